@@ -1,0 +1,175 @@
+//! Asset configuration: what the wallet supports. One source (a JSON file in development, fed by
+//! the operator from `Asset` resources in a cluster), validated as a whole before it is used.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::amount::{ledger_max, Amount, AmountError, MAX_DECIMALS};
+
+/// The file format (`config/assets.dev.json`, the operator's ConfigMap), version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetsFile {
+    pub version: u32,
+    pub assets: Vec<AssetSpec>,
+}
+
+/// One asset as written in the file. Limits are decimal strings in whole units ("0.5").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetSpec {
+    pub symbol: String,
+    pub chain: String,
+    pub decimals: u8,
+    /// The token contract for ERC-20 assets; `null` for the chain's native coin.
+    pub contract: Option<String>,
+    pub confirmations_required: u32,
+    pub deposits_enabled: bool,
+    pub withdrawals_enabled: bool,
+    pub withdrawal_min: String,
+    pub withdrawal_max: String,
+    pub daily_withdrawal_limit: String,
+    pub review_threshold: String,
+}
+
+/// A validated asset, limits parsed to smallest units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetConfig {
+    pub symbol: String,
+    pub chain: String,
+    pub decimals: u8,
+    pub contract: Option<String>,
+    pub confirmations_required: u32,
+    pub deposits_enabled: bool,
+    pub withdrawals_enabled: bool,
+    pub withdrawal_min: Amount,
+    pub withdrawal_max: Amount,
+    pub daily_withdrawal_limit: Amount,
+    pub review_threshold: Amount,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AssetError {
+    #[error("the assets file is not valid JSON of version 1: {0}")]
+    Format(String),
+    #[error("asset symbol {0:?} must be 2 to 12 upper-case letters or digits")]
+    Symbol(String),
+    #[error("asset {symbol}: decimals must be at most {MAX_DECIMALS}")]
+    Decimals { symbol: String },
+    #[error("asset {symbol}: {field} is not a valid amount ({source})")]
+    Limit { symbol: String, field: &'static str, source: AmountError },
+    #[error("asset {symbol}: withdrawal_min is above withdrawal_max")]
+    LimitOrder { symbol: String },
+    #[error("asset {0} is declared twice")]
+    Duplicate(String),
+}
+
+impl AssetSpec {
+    pub fn validate(&self) -> Result<AssetConfig, AssetError> {
+        let symbol = &self.symbol;
+        let symbol_ok = (2..=12).contains(&symbol.len())
+            && symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !symbol_ok {
+            return Err(AssetError::Symbol(symbol.clone()));
+        }
+        if self.decimals > MAX_DECIMALS {
+            return Err(AssetError::Decimals { symbol: symbol.clone() });
+        }
+        let limit = |field: &'static str, text: &str| {
+            let amount = Amount::parse_decimal(text, self.decimals)
+                .map_err(|source| AssetError::Limit { symbol: symbol.clone(), field, source })?;
+            if amount > ledger_max() {
+                return Err(AssetError::Limit { symbol: symbol.clone(), field, source: AmountError::TooLarge });
+            }
+            Ok(amount)
+        };
+        let config = AssetConfig {
+            symbol: symbol.clone(),
+            chain: self.chain.clone(),
+            decimals: self.decimals,
+            contract: self.contract.clone(),
+            confirmations_required: self.confirmations_required,
+            deposits_enabled: self.deposits_enabled,
+            withdrawals_enabled: self.withdrawals_enabled,
+            withdrawal_min: limit("withdrawal_min", &self.withdrawal_min)?,
+            withdrawal_max: limit("withdrawal_max", &self.withdrawal_max)?,
+            daily_withdrawal_limit: limit("daily_withdrawal_limit", &self.daily_withdrawal_limit)?,
+            review_threshold: limit("review_threshold", &self.review_threshold)?,
+        };
+        if config.withdrawal_min > config.withdrawal_max {
+            return Err(AssetError::LimitOrder { symbol: symbol.clone() });
+        }
+        Ok(config)
+    }
+}
+
+/// The validated set of assets, by symbol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssetCatalog {
+    assets: BTreeMap<String, AssetConfig>,
+}
+
+impl AssetCatalog {
+    /// Parses and validates a whole file; one bad asset refuses the whole file, so a running
+    /// service keeps its last good catalog instead of half of a new one.
+    pub fn from_json(text: &str) -> Result<Self, AssetError> {
+        let file: AssetsFile = serde_json::from_str(text).map_err(|e| AssetError::Format(e.to_string()))?;
+        if file.version != 1 {
+            return Err(AssetError::Format(format!("unsupported version {}", file.version)));
+        }
+        Self::from_specs(&file.assets)
+    }
+
+    pub fn from_specs(specs: &[AssetSpec]) -> Result<Self, AssetError> {
+        let mut assets = BTreeMap::new();
+        for spec in specs {
+            let config = spec.validate()?;
+            if assets.insert(config.symbol.clone(), config).is_some() {
+                return Err(AssetError::Duplicate(spec.symbol.clone()));
+            }
+        }
+        Ok(AssetCatalog { assets })
+    }
+
+    pub fn get(&self, symbol: &str) -> Option<&AssetConfig> {
+        self.assets.get(symbol)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AssetConfig> {
+        self.assets.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV_ASSETS: &str = include_str!("../../../config/assets.dev.json");
+
+    #[test]
+    fn the_dev_assets_file_is_valid() {
+        let catalog = AssetCatalog::from_json(DEV_ASSETS).unwrap();
+        assert_eq!(catalog.get("ETH").unwrap().decimals, 18);
+        assert_eq!(catalog.get("USDT").unwrap().decimals, 6);
+        assert_eq!(catalog.get("USDT").unwrap().withdrawal_min, Amount::from_u64(1_000_000));
+    }
+
+    #[test]
+    fn one_bad_asset_refuses_the_whole_file() {
+        let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
+        file.assets[1].withdrawal_min = "1.0000001".into();
+        let err = AssetCatalog::from_specs(&file.assets).unwrap_err();
+        assert!(matches!(err, AssetError::Limit { field: "withdrawal_min", .. }), "{err:?}");
+        file.assets[1] = file.assets[0].clone();
+        assert_eq!(AssetCatalog::from_specs(&file.assets), Err(AssetError::Duplicate("ETH".into())));
+    }
+
+    #[test]
+    fn lower_case_symbols_are_refused() {
+        let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
+        file.assets[0].symbol = "eth".into();
+        assert_eq!(AssetCatalog::from_specs(&file.assets), Err(AssetError::Symbol("eth".into())));
+    }
+}
