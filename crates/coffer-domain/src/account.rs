@@ -16,8 +16,12 @@ pub enum AccountKind {
 
 impl AccountKind {
     /// The platform accounts every asset has.
-    pub const PLATFORM: [AccountKind; 4] =
-        [AccountKind::Custody, AccountKind::WithdrawalsInFlight, AccountKind::Fees, AccountKind::Suspense];
+    pub const PLATFORM: [AccountKind; 4] = [
+        AccountKind::Custody,
+        AccountKind::WithdrawalsInFlight,
+        AccountKind::Fees,
+        AccountKind::Suspense,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {

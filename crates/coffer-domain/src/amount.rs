@@ -93,7 +93,10 @@ impl Amount {
 
     /// Parses a decimal string scaled by `decimals`: `parse_decimal("1.5", 18)` is 1.5 * 10^18.
     pub fn parse_decimal(text: &str, decimals: u8) -> Result<Amount, AmountError> {
-        assert!(decimals <= MAX_DECIMALS, "asset decimals are validated at configuration");
+        assert!(
+            decimals <= MAX_DECIMALS,
+            "asset decimals are validated at configuration"
+        );
         if text.is_empty() {
             return Err(AmountError::Empty);
         }
@@ -117,7 +120,10 @@ impl Amount {
         }
         let mut value = U256::ZERO;
         let padding = decimals as usize - fraction.len();
-        let digits = whole.bytes().chain(fraction.bytes()).chain(std::iter::repeat_n(b'0', padding));
+        let digits = whole
+            .bytes()
+            .chain(fraction.bytes())
+            .chain(std::iter::repeat_n(b'0', padding));
         for digit in digits {
             value = value
                 .checked_mul(U256::from(10u8))

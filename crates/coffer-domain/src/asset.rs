@@ -59,7 +59,11 @@ pub enum AssetError {
     #[error("asset {symbol}: decimals must be at most {MAX_DECIMALS}")]
     Decimals { symbol: String },
     #[error("asset {symbol}: {field} is not a valid amount ({source})")]
-    Limit { symbol: String, field: &'static str, source: AmountError },
+    Limit {
+        symbol: String,
+        field: &'static str,
+        source: AmountError,
+    },
     #[error("asset {symbol}: withdrawal_min is above withdrawal_max")]
     LimitOrder { symbol: String },
     #[error("asset {0} is declared twice")]
@@ -70,18 +74,29 @@ impl AssetSpec {
     pub fn validate(&self) -> Result<AssetConfig, AssetError> {
         let symbol = &self.symbol;
         let symbol_ok = (2..=12).contains(&symbol.len())
-            && symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            && symbol
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !symbol_ok {
             return Err(AssetError::Symbol(symbol.clone()));
         }
         if self.decimals > MAX_DECIMALS {
-            return Err(AssetError::Decimals { symbol: symbol.clone() });
+            return Err(AssetError::Decimals {
+                symbol: symbol.clone(),
+            });
         }
         let limit = |field: &'static str, text: &str| {
-            let amount = Amount::parse_decimal(text, self.decimals)
-                .map_err(|source| AssetError::Limit { symbol: symbol.clone(), field, source })?;
+            let amount = Amount::parse_decimal(text, self.decimals).map_err(|source| AssetError::Limit {
+                symbol: symbol.clone(),
+                field,
+                source,
+            })?;
             if amount > ledger_max() {
-                return Err(AssetError::Limit { symbol: symbol.clone(), field, source: AmountError::TooLarge });
+                return Err(AssetError::Limit {
+                    symbol: symbol.clone(),
+                    field,
+                    source: AmountError::TooLarge,
+                });
             }
             Ok(amount)
         };
@@ -99,7 +114,9 @@ impl AssetSpec {
             review_threshold: limit("review_threshold", &self.review_threshold)?,
         };
         if config.withdrawal_min > config.withdrawal_max {
-            return Err(AssetError::LimitOrder { symbol: symbol.clone() });
+            return Err(AssetError::LimitOrder {
+                symbol: symbol.clone(),
+            });
         }
         Ok(config)
     }
@@ -117,7 +134,10 @@ impl AssetCatalog {
     pub fn from_json(text: &str) -> Result<Self, AssetError> {
         let file: AssetsFile = serde_json::from_str(text).map_err(|e| AssetError::Format(e.to_string()))?;
         if file.version != 1 {
-            return Err(AssetError::Format(format!("unsupported version {}", file.version)));
+            return Err(AssetError::Format(format!(
+                "unsupported version {}",
+                file.version
+            )));
         }
         Self::from_specs(&file.assets)
     }
@@ -153,7 +173,10 @@ mod tests {
         let catalog = AssetCatalog::from_json(DEV_ASSETS).unwrap();
         assert_eq!(catalog.get("ETH").unwrap().decimals, 18);
         assert_eq!(catalog.get("USDT").unwrap().decimals, 6);
-        assert_eq!(catalog.get("USDT").unwrap().withdrawal_min, Amount::from_u64(1_000_000));
+        assert_eq!(
+            catalog.get("USDT").unwrap().withdrawal_min,
+            Amount::from_u64(1_000_000)
+        );
     }
 
     #[test]
@@ -161,15 +184,54 @@ mod tests {
         let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
         file.assets[1].withdrawal_min = "1.0000001".into();
         let err = AssetCatalog::from_specs(&file.assets).unwrap_err();
-        assert!(matches!(err, AssetError::Limit { field: "withdrawal_min", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                AssetError::Limit {
+                    field: "withdrawal_min",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         file.assets[1] = file.assets[0].clone();
-        assert_eq!(AssetCatalog::from_specs(&file.assets), Err(AssetError::Duplicate("ETH".into())));
+        assert_eq!(
+            AssetCatalog::from_specs(&file.assets),
+            Err(AssetError::Duplicate("ETH".into()))
+        );
     }
 
     #[test]
     fn lower_case_symbols_are_refused() {
         let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
         file.assets[0].symbol = "eth".into();
-        assert_eq!(AssetCatalog::from_specs(&file.assets), Err(AssetError::Symbol("eth".into())));
+        assert_eq!(
+            AssetCatalog::from_specs(&file.assets),
+            Err(AssetError::Symbol("eth".into()))
+        );
+    }
+}
+
+/// The catalog in force, swappable at run time (K4: asset changes apply without a restart).
+/// Readers take a cheap snapshot; a reload replaces the whole catalog at once.
+#[derive(Debug, Clone, Default)]
+pub struct LiveCatalog(std::sync::Arc<std::sync::RwLock<std::sync::Arc<AssetCatalog>>>);
+
+impl LiveCatalog {
+    pub fn new(catalog: AssetCatalog) -> Self {
+        LiveCatalog(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(
+            catalog,
+        ))))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<AssetCatalog> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, catalog: AssetCatalog) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = std::sync::Arc::new(catalog);
     }
 }

@@ -62,11 +62,21 @@ pub struct Posting {
 
 impl Posting {
     pub fn debit(account_id: impl Into<String>, bucket: Bucket, amount: Amount) -> Self {
-        Posting { account_id: account_id.into(), bucket, side: Side::Debit, amount }
+        Posting {
+            account_id: account_id.into(),
+            bucket,
+            side: Side::Debit,
+            amount,
+        }
     }
 
     pub fn credit(account_id: impl Into<String>, bucket: Bucket, amount: Amount) -> Self {
-        Posting { account_id: account_id.into(), bucket, side: Side::Credit, amount }
+        Posting {
+            account_id: account_id.into(),
+            bucket,
+            side: Side::Credit,
+            amount,
+        }
     }
 }
 
@@ -120,16 +130,27 @@ impl LedgerTransaction {
                 Side::Credit => &mut credits,
             };
             // Cannot overflow: each posting is below 10^33 and a Vec holds far fewer than 10^44.
-            *total = total.checked_add(posting.amount).ok_or(LedgerError::AboveLedgerLimit)?;
+            *total = total
+                .checked_add(posting.amount)
+                .ok_or(LedgerError::AboveLedgerLimit)?;
         }
         if debits != credits {
             return Err(LedgerError::Unbalanced { debits, credits });
         }
-        Ok(LedgerTransaction { kind, asset: asset.into(), postings })
+        Ok(LedgerTransaction {
+            kind,
+            asset: asset.into(),
+            postings,
+        })
     }
 
     /// Moves `amount` from one wallet's available balance to another's.
-    pub fn transfer(asset: &str, from_wallet: &str, to_wallet: &str, amount: Amount) -> Result<Self, LedgerError> {
+    pub fn transfer(
+        asset: &str,
+        from_wallet: &str,
+        to_wallet: &str,
+        amount: Amount,
+    ) -> Result<Self, LedgerError> {
         if from_wallet == to_wallet {
             return Err(LedgerError::SameAccount);
         }
@@ -149,7 +170,11 @@ impl LedgerTransaction {
             TxKind::Deposit,
             asset,
             vec![
-                Posting::debit(platform_account_id(asset, AccountKind::Custody), Bucket::Available, amount),
+                Posting::debit(
+                    platform_account_id(asset, AccountKind::Custody),
+                    Bucket::Available,
+                    amount,
+                ),
                 Posting::credit(wallet, Bucket::Available, amount),
             ],
         )
@@ -160,7 +185,10 @@ impl LedgerTransaction {
         Self::new(
             TxKind::Withdrawal,
             asset,
-            vec![Posting::debit(wallet, Bucket::Available, amount), Posting::credit(wallet, Bucket::Held, amount)],
+            vec![
+                Posting::debit(wallet, Bucket::Available, amount),
+                Posting::credit(wallet, Bucket::Held, amount),
+            ],
         )
     }
 
@@ -169,9 +197,16 @@ impl LedgerTransaction {
         let postings = original
             .postings
             .iter()
-            .map(|p| Posting { side: p.side.opposite(), ..p.clone() })
+            .map(|p| Posting {
+                side: p.side.opposite(),
+                ..p.clone()
+            })
             .collect();
-        LedgerTransaction { kind: TxKind::Reversal, asset: original.asset.clone(), postings }
+        LedgerTransaction {
+            kind: TxKind::Reversal,
+            asset: original.asset.clone(),
+            postings,
+        }
     }
 
     pub fn kind(&self) -> TxKind {
@@ -191,17 +226,31 @@ impl LedgerTransaction {
     pub fn balance_deltas(&self) -> Vec<(String, Bucket, BalanceDelta)> {
         let mut sums: BTreeMap<(String, Bucket), (Amount, Amount)> = BTreeMap::new();
         for posting in &self.postings {
-            let entry = sums.entry((posting.account_id.clone(), posting.bucket)).or_default();
-            let side = if posting.side == Side::Credit { &mut entry.0 } else { &mut entry.1 };
-            *side = side.checked_add(posting.amount).expect("bounded by the constructor");
+            let entry = sums
+                .entry((posting.account_id.clone(), posting.bucket))
+                .or_default();
+            let side = if posting.side == Side::Credit {
+                &mut entry.0
+            } else {
+                &mut entry.1
+            };
+            *side = side
+                .checked_add(posting.amount)
+                .expect("bounded by the constructor");
         }
         sums.into_iter()
             .filter(|(_, (credits, debits))| credits != debits)
             .map(|((account, bucket), (credits, debits))| {
                 let delta = if credits > debits {
-                    BalanceDelta { amount: credits.checked_sub(debits).expect("credits > debits"), negative: false }
+                    BalanceDelta {
+                        amount: credits.checked_sub(debits).expect("credits > debits"),
+                        negative: false,
+                    }
                 } else {
-                    BalanceDelta { amount: debits.checked_sub(credits).expect("debits > credits"), negative: true }
+                    BalanceDelta {
+                        amount: debits.checked_sub(credits).expect("debits > credits"),
+                        negative: true,
+                    }
                 };
                 (account, bucket, delta)
             })
@@ -231,23 +280,43 @@ mod tests {
         let result = LedgerTransaction::new(
             TxKind::Adjustment,
             "ETH",
-            vec![Posting::debit("a", Bucket::Available, amount(5)), Posting::credit("b", Bucket::Available, amount(4))],
+            vec![
+                Posting::debit("a", Bucket::Available, amount(5)),
+                Posting::credit("b", Bucket::Available, amount(4)),
+            ],
         );
-        assert_eq!(result, Err(LedgerError::Unbalanced { debits: amount(5), credits: amount(4) }));
+        assert_eq!(
+            result,
+            Err(LedgerError::Unbalanced {
+                debits: amount(5),
+                credits: amount(4)
+            })
+        );
     }
 
     #[test]
     fn a_single_posting_or_a_zero_posting_is_refused() {
         let one = vec![Posting::debit("a", Bucket::Available, amount(5))];
-        assert_eq!(LedgerTransaction::new(TxKind::Fee, "ETH", one), Err(LedgerError::TooFewPostings));
-        let zero =
-            vec![Posting::debit("a", Bucket::Available, amount(0)), Posting::credit("b", Bucket::Available, amount(0))];
-        assert_eq!(LedgerTransaction::new(TxKind::Fee, "ETH", zero), Err(LedgerError::ZeroPosting));
+        assert_eq!(
+            LedgerTransaction::new(TxKind::Fee, "ETH", one),
+            Err(LedgerError::TooFewPostings)
+        );
+        let zero = vec![
+            Posting::debit("a", Bucket::Available, amount(0)),
+            Posting::credit("b", Bucket::Available, amount(0)),
+        ];
+        assert_eq!(
+            LedgerTransaction::new(TxKind::Fee, "ETH", zero),
+            Err(LedgerError::ZeroPosting)
+        );
     }
 
     #[test]
     fn transfer_to_self_is_rejected() {
-        assert_eq!(LedgerTransaction::transfer("ETH", "w1", "w1", amount(1)), Err(LedgerError::SameAccount));
+        assert_eq!(
+            LedgerTransaction::transfer("ETH", "w1", "w1", amount(1)),
+            Err(LedgerError::SameAccount)
+        );
     }
 
     #[test]
@@ -257,8 +326,22 @@ mod tests {
         assert_eq!(
             deltas,
             vec![
-                ("w1".to_string(), Bucket::Available, BalanceDelta { amount: amount(7), negative: true }),
-                ("w1".to_string(), Bucket::Held, BalanceDelta { amount: amount(7), negative: false }),
+                (
+                    "w1".to_string(),
+                    Bucket::Available,
+                    BalanceDelta {
+                        amount: amount(7),
+                        negative: true
+                    }
+                ),
+                (
+                    "w1".to_string(),
+                    Bucket::Held,
+                    BalanceDelta {
+                        amount: amount(7),
+                        negative: false
+                    }
+                ),
             ]
         );
     }

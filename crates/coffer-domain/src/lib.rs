@@ -15,6 +15,6 @@ pub mod state;
 
 pub use account::{AccountKind, Bucket};
 pub use amount::{Amount, AmountError};
-pub use asset::{AssetCatalog, AssetConfig, AssetError, AssetsFile};
+pub use asset::{AssetCatalog, AssetConfig, AssetError, AssetsFile, LiveCatalog};
 pub use ledger::{LedgerError, LedgerTransaction, Posting, Side, TxKind};
 pub use state::{StateChange, TransitionError, TxState};

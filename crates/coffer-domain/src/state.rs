@@ -101,7 +101,12 @@ pub struct StateChange {
 impl StateChange {
     /// The first entry: a transaction comes into being in `to`.
     pub fn initial(to: TxState, at: DateTime<Utc>, cause: impl Into<String>) -> Self {
-        StateChange { from: None, to, at, cause: cause.into() }
+        StateChange {
+            from: None,
+            to,
+            at,
+            cause: cause.into(),
+        }
     }
 
     /// A checked move from `from` to `to`.
@@ -112,7 +117,12 @@ impl StateChange {
         cause: impl Into<String>,
     ) -> Result<Self, TransitionError> {
         from.transition(to)?;
-        Ok(StateChange { from: Some(from), to, at, cause: cause.into() })
+        Ok(StateChange {
+            from: Some(from),
+            to,
+            at,
+            cause: cause.into(),
+        })
     }
 }
 
@@ -124,7 +134,12 @@ mod tests {
     #[test]
     fn a_withdrawal_walks_the_happy_path() {
         let mut state = TxState::Created;
-        for next in [TxState::PendingBroadcast, TxState::Broadcasted, TxState::Confirming, TxState::Confirmed] {
+        for next in [
+            TxState::PendingBroadcast,
+            TxState::Broadcasted,
+            TxState::Confirming,
+            TxState::Confirmed,
+        ] {
             state = state.transition(next).unwrap();
         }
         assert_eq!(state, TxState::Confirmed);
@@ -140,10 +155,22 @@ mod tests {
 
     #[test]
     fn a_step_records_where_it_came_from() {
-        let change = StateChange::step(TxState::PendingBroadcast, TxState::Broadcasted, Utc::now(), "sent").unwrap();
+        let change = StateChange::step(
+            TxState::PendingBroadcast,
+            TxState::Broadcasted,
+            Utc::now(),
+            "sent",
+        )
+        .unwrap();
         assert_eq!(change.from, Some(TxState::PendingBroadcast));
         let refused = StateChange::step(TxState::Created, TxState::Broadcasted, Utc::now(), "skip");
-        assert_eq!(refused, Err(TransitionError { from: TxState::Created, to: TxState::Broadcasted }));
+        assert_eq!(
+            refused,
+            Err(TransitionError {
+                from: TxState::Created,
+                to: TxState::Broadcasted
+            })
+        );
     }
 
     proptest! {

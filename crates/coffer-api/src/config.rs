@@ -1,0 +1,71 @@
+//! The API role's configuration, validated once at start.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// Requests to /v1/auth/* per client IP per minute.
+    pub auth_per_ip_per_minute: u32,
+    /// Money-moving requests per user per minute.
+    pub money_per_user_per_minute: u32,
+    /// Money-moving requests per client IP per minute.
+    pub money_per_ip_per_minute: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            auth_per_ip_per_minute: 30,
+            money_per_user_per_minute: 120,
+            money_per_ip_per_minute: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordHashing {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordHashing {
+    /// OWASP's argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
+    fn default() -> Self {
+        PasswordHashing {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// HMAC key of access tokens; at least 32 bytes.
+    pub jwt_secret: SecretString,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub body_limit_bytes: usize,
+    pub rate_limits: RateLimits,
+    /// The header carrying the client IP when behind a trusted proxy (e.g. `x-forwarded-for`).
+    /// `None` (the default) uses the TCP peer address: headers are not trusted unless configured.
+    pub client_ip_header: Option<String>,
+    pub password_hashing: PasswordHashing,
+}
+
+impl ApiConfig {
+    pub fn new(jwt_secret: SecretString) -> Self {
+        ApiConfig {
+            jwt_secret,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            body_limit_bytes: 64 * 1024,
+            rate_limits: RateLimits::default(),
+            client_ip_header: None,
+            password_hashing: PasswordHashing::default(),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The one place errors become HTTP: `application/problem+json` (RFC 9457) with a stable `code`.
+//! 5xx causes are logged (without secrets) and never sent to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use coffer_domain::AmountError;
+use coffer_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A problem document. `code` is part of the API contract (docs/api.md lists every code).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `https://coffer.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable machine-readable error code.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The JSON path of the offending field, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    BadRequest {
+        code: &'static str,
+        detail: String,
+        field: Option<String>,
+    },
+    #[error("authentication required")]
+    Unauthenticated { code: &'static str },
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    /// A referenced object (e.g. a wallet id in the body) does not exist for this caller.
+    #[error("{detail}")]
+    UnknownReference { code: &'static str, detail: String },
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    #[error("{detail}")]
+    Unprocessable { code: &'static str, detail: String },
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("rate limited")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("temporarily unable to complete the request")]
+    RetryLater { retry_after_seconds: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid_field(code: &'static str, field: &str, detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    pub fn amount(error: AmountError, field: &str) -> Self {
+        Self::invalid_field(error.code(), field, error.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::UnknownReference { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RetryLater { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unauthenticated { code }
+            | ApiError::Conflict { code, .. }
+            | ApiError::UnknownReference { code, .. }
+            | ApiError::Unprocessable { code, .. } => code,
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::PayloadTooLarge => "body_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RetryLater { .. } => "retry_later",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            ApiError::Internal(_) => None,
+            ApiError::Unauthenticated { code } => Some(
+                match *code {
+                    "invalid_credentials" => "the e-mail or password is wrong",
+                    "refresh_token_reused" => {
+                        "the refresh token was already used; its session family is revoked"
+                    }
+                    "invalid_refresh_token" => "the refresh token is unknown, expired or revoked",
+                    _ => "a valid bearer access token is required",
+                }
+                .to_string(),
+            ),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::InsufficientFunds => ApiError::Unprocessable {
+                code: "insufficient_funds",
+                detail: "the available balance is lower than the amount".into(),
+            },
+            StoreError::BalanceLimit => ApiError::Unprocessable {
+                code: "balance_limit_exceeded",
+                detail: "the credit would take the balance above the ledger's limit".into(),
+            },
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Contention => ApiError::RetryLater {
+                retry_after_seconds: 1,
+            },
+            StoreError::Database(e) if is_unavailable(&e) => ApiError::RetryLater {
+                retry_after_seconds: 2,
+            },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_unavailable(error: &coffer_store::mongodb::error::Error) -> bool {
+    use coffer_store::mongodb::error::ErrorKind;
+    matches!(
+        error.kind.as_ref(),
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        }
+        let problem = Problem {
+            kind: format!("https://coffer.dev/problems/{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            code: self.code().to_string(),
+            detail: self.detail(),
+            field: match &self {
+                ApiError::BadRequest { field, .. } => field.clone(),
+                _ => None,
+            },
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let ApiError::RateLimited { retry_after_seconds } | ApiError::RetryLater { retry_after_seconds } =
+            self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

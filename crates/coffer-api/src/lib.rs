@@ -1,0 +1,250 @@
+//! Coffer's HTTP API v1.
+//!
+//! Handlers are thin: parse and authorize, call one store function, map its typed error to a
+//! problem document in one place ([`error::ApiError`]). Routes are declared once, with their
+//! OpenAPI description, through `utoipa-axum`, so the document cannot miss a route.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod limits;
+pub mod metrics;
+pub mod money;
+pub mod ops;
+pub mod transactions;
+pub mod views;
+pub mod wallets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::Response;
+use axum::Router;
+use coffer_domain::LiveCatalog;
+use coffer_store::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use config::ApiConfig;
+
+/// The state every handler shares.
+#[derive(Clone)]
+pub struct ApiContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: ApiConfig,
+    assets: LiveCatalog,
+    tokens: auth::TokenService,
+    limiters: Arc<limits::Limiters>,
+    metrics: metrics::HttpMetrics,
+    registry: prometheus::Registry,
+}
+
+impl ApiContext {
+    /// Builds the context; registers the HTTP metrics into `registry` (served at /metrics).
+    pub fn new(
+        store: Store,
+        config: ApiConfig,
+        assets: LiveCatalog,
+        registry: prometheus::Registry,
+    ) -> prometheus::Result<Self> {
+        let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+        limits::spawn_pruner(&limiters);
+        let metrics = metrics::HttpMetrics::new(&registry)?;
+        let tokens = auth::TokenService::new(&config);
+        Ok(ApiContext {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                assets,
+                tokens,
+                limiters,
+                metrics,
+                registry,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+    pub fn assets(&self) -> &LiveCatalog {
+        &self.inner.assets
+    }
+    pub fn tokens(&self) -> &auth::TokenService {
+        &self.inner.tokens
+    }
+    pub fn limiters(&self) -> &limits::Limiters {
+        &self.inner.limiters
+    }
+    pub fn metrics(&self) -> &metrics::HttpMetrics {
+        &self.inner.metrics
+    }
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.inner.registry
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
+    modifiers(&BearerAuth),
+    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"))
+)]
+struct ApiDoc;
+
+/// The route groups, each with the layers it needs.
+struct Groups {
+    operations: OpenApiRouter<ApiContext>,
+    auth: OpenApiRouter<ApiContext>,
+    reads: OpenApiRouter<ApiContext>,
+    writes: OpenApiRouter<ApiContext>,
+}
+
+fn groups() -> Groups {
+    Groups {
+        operations: OpenApiRouter::new()
+            .routes(routes!(ops::healthz))
+            .routes(routes!(ops::readyz))
+            .routes(routes!(ops::metrics))
+            .routes(routes!(ops::openapi_json)),
+        auth: OpenApiRouter::new()
+            .routes(routes!(auth::register))
+            .routes(routes!(auth::login))
+            .routes(routes!(auth::refresh)),
+        reads: OpenApiRouter::new()
+            .routes(routes!(wallets::list_wallets))
+            .routes(routes!(wallets::get_wallet))
+            .routes(routes!(wallets::wallet_ledger))
+            .routes(routes!(transactions::list_transactions))
+            .routes(routes!(transactions::get_transaction)),
+        writes: OpenApiRouter::new()
+            .routes(routes!(wallets::create_wallet))
+            .routes(routes!(money::create_transfer))
+            .routes(routes!(money::create_deposit))
+            .routes(routes!(money::create_withdrawal)),
+    }
+}
+
+/// Every route the API serves, as (method, path template). A test checks that each is routed and
+/// documented in [`openapi`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/auth/register"),
+    ("POST", "/v1/auth/login"),
+    ("POST", "/v1/auth/refresh"),
+    ("GET", "/v1/wallets"),
+    ("POST", "/v1/wallets"),
+    ("GET", "/v1/wallets/{id}"),
+    ("GET", "/v1/wallets/{id}/ledger"),
+    ("POST", "/v1/transfers"),
+    ("POST", "/v1/deposits"),
+    ("POST", "/v1/withdrawals"),
+    ("GET", "/v1/transactions"),
+    ("GET", "/v1/transactions/{id}"),
+];
+
+/// The OpenAPI 3.1 document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let g = groups();
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(g.operations)
+        .merge(g.auth)
+        .merge(g.reads)
+        .merge(g.writes)
+        .into_openapi()
+}
+
+/// The application, with its layers.
+pub fn router(ctx: ApiContext) -> Router {
+    let g = groups();
+    let (operations, _) = g.operations.split_for_parts();
+    let (auth, _) = g.auth.split_for_parts();
+    let (reads, _) = g.reads.split_for_parts();
+    let (writes, _) = g.writes.split_for_parts();
+    let auth = auth.route_layer(from_fn_with_state(ctx.clone(), limits::auth_limit));
+    let writes = writes
+        .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
+        .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(operations)
+        .merge(auth)
+        .merge(reads)
+        .merge(writes)
+        .fallback(|| async { error::ApiError::NotFound })
+        .route_layer(from_fn_with_state(ctx.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(ctx.config().body_limit_bytes))
+        .layer(from_fn(echo_traceparent))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(ctx)
+}
+
+/// Echoes a valid W3C `traceparent` so a client can correlate its request with our traces.
+async fn echo_traceparent(request: Request, next: Next) -> Response {
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .cloned()
+        .filter(valid_traceparent);
+    let mut response = next.run(request).await;
+    if let Some(value) = traceparent {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}
+
+fn valid_traceparent(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else { return false };
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    ctx: ApiContext,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,79 @@
+//! HTTP metrics: requests and latency by route template (never raw paths), method, status class.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::ApiContext;
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub idempotent_replays: IntCounter,
+    pub rate_limited: IntCounterVec,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let labels = &["route", "method", "status_class"];
+        let metrics = HttpMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "coffer_http_requests_total",
+                    "HTTP requests by route template, method and status class.",
+                ),
+                labels,
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new("coffer_http_request_duration_seconds", "HTTP request latency.").buckets(
+                    vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ],
+                ),
+                &["route", "method"],
+            )?,
+            idempotent_replays: IntCounter::with_opts(Opts::new(
+                "coffer_idempotent_replays_total",
+                "Responses replayed for a repeated Idempotency-Key.",
+            ))?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "coffer_http_rate_limited_total",
+                    "Requests refused with 429, by limiter.",
+                ),
+                &["limiter"],
+            )?,
+        };
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.duration.clone()))?;
+        registry.register(Box::new(metrics.idempotent_replays.clone()))?;
+        registry.register(Box::new(metrics.rate_limited.clone()))?;
+        Ok(metrics)
+    }
+}
+
+pub async fn track(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    let metrics = ctx.metrics();
+    metrics
+        .requests
+        .with_label_values(&[&route, &method, &class])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

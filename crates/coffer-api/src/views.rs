@@ -1,0 +1,161 @@
+//! Response bodies. Amounts are decimal strings scaled by the asset's decimals, never numbers.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use coffer_domain::amount::signed_decimal_string;
+use coffer_store::codec;
+use coffer_store::{LedgerEntryDoc, TransactionDoc, WalletDoc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult};
+
+fn time(value: &coffer_store::mongodb::bson::DateTime) -> String {
+    DateTime::<Utc>::from_timestamp_millis(value.timestamp_millis())
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WalletView {
+    pub id: String,
+    pub asset: String,
+    /// Digits after the decimal point of this asset's amounts.
+    pub decimals: u8,
+    /// Spendable now, e.g. "1.75".
+    pub available: String,
+    /// Seen but not final (deposits confirming).
+    pub pending: String,
+    /// Reserved for withdrawals in progress.
+    pub held: String,
+    /// available + pending + held.
+    pub total: String,
+    pub created_at: String,
+}
+
+impl WalletView {
+    pub fn from_doc(wallet: &WalletDoc) -> ApiResult<Self> {
+        let balances = wallet.balances().map_err(corrupt)?;
+        let d = wallet.decimals;
+        Ok(WalletView {
+            id: wallet.id.clone(),
+            asset: wallet.asset.clone(),
+            decimals: d,
+            available: balances.available.to_decimal_string(d),
+            pending: balances.pending.to_decimal_string(d),
+            held: balances.held.to_decimal_string(d),
+            total: balances.total().to_decimal_string(d),
+            created_at: time(&wallet.created_at),
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub id: String,
+    pub transaction_id: String,
+    pub wallet_id: String,
+    /// deposit, withdrawal, transfer, fee, reversal or adjustment.
+    pub kind: String,
+    /// available, pending or held.
+    pub bucket: String,
+    /// Signed from the wallet's point of view: "-0.75" left the bucket.
+    pub amount: String,
+    pub created_at: String,
+}
+
+impl LedgerEntryView {
+    pub fn from_doc(entry: &LedgerEntryDoc, decimals: u8) -> ApiResult<Self> {
+        let (amount, negative) = codec::from_decimal(&entry.amount).map_err(corrupt)?;
+        Ok(LedgerEntryView {
+            id: entry.id.clone(),
+            transaction_id: entry.transaction_id.clone(),
+            wallet_id: entry.account_id.clone(),
+            kind: entry.kind.as_str().to_string(),
+            bucket: entry.bucket.as_str().to_string(),
+            amount: signed_decimal_string(&amount, negative, decimals),
+            created_at: time(&entry.created_at),
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StateChangeView {
+    pub from: Option<String>,
+    pub to: String,
+    pub at: String,
+    pub cause: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TransactionView {
+    pub id: String,
+    pub kind: String,
+    /// created, pending_broadcast, broadcasted, confirming, confirmed, retryable, failed, manual_review.
+    pub state: String,
+    pub asset: String,
+    pub decimals: u8,
+    pub amount: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_wallet_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_wallet_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    pub timeline: Vec<StateChangeView>,
+    /// The entries of this transaction on the caller's own wallets (detail view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_entries: Option<Vec<LedgerEntryView>>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl TransactionView {
+    pub fn from_doc(tx: &TransactionDoc) -> Self {
+        let decimals = tx.decimals;
+        TransactionView {
+            id: tx.id.clone(),
+            kind: tx.kind.as_str().to_string(),
+            state: tx.state.as_str().to_string(),
+            asset: tx.asset.clone(),
+            decimals,
+            amount: tx.amount.to_decimal_string(decimals),
+            from_wallet_id: tx.from_wallet_id.clone(),
+            to_wallet_id: tx.to_wallet_id.clone(),
+            external_reference: tx.external_reference.clone(),
+            destination: tx.destination.clone(),
+            timeline: tx
+                .timeline
+                .iter()
+                .map(|c| StateChangeView {
+                    from: c.from.map(|s| s.as_str().to_string()),
+                    to: c.to.as_str().to_string(),
+                    at: time(&c.at),
+                    cause: c.cause.clone(),
+                })
+                .collect(),
+            ledger_entries: None,
+            created_at: time(&tx.created_at),
+            updated_at: time(&tx.updated_at),
+        }
+    }
+}
+
+/// A page of ledger entries, newest first; pass `next_cursor` as `cursor` for the next page.
+#[derive(Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub items: Vec<LedgerEntryView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of transactions, newest first; pass `next_cursor` as `cursor` for the next page.
+#[derive(Serialize, ToSchema)]
+pub struct TransactionPage {
+    pub items: Vec<TransactionView>,
+    pub next_cursor: Option<String>,
+}

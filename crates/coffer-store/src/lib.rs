@@ -1,0 +1,228 @@
+//! Coffer's MongoDB adapter.
+//!
+//! The write path of money lives in [`money`]: one multi-document transaction per movement that
+//! updates cached balances conditionally, inserts the balanced ledger entries, the transaction
+//! record and its outbox events. Everything else here is plain reads and single-document writes.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod audit;
+pub mod codec;
+pub mod idempotency;
+pub mod locks;
+pub mod metrics;
+pub mod model;
+pub mod money;
+pub mod queries;
+pub mod tokens;
+pub mod users;
+pub mod verify;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::{Client, Collection, Database, IndexModel};
+use thiserror::Error;
+
+pub use metrics::StoreMetrics;
+pub use model::*;
+pub use mongodb;
+
+/// Collection names, in one place.
+pub mod collections {
+    pub const USERS: &str = "users";
+    pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    pub const WALLETS: &str = "wallets";
+    pub const TRANSACTIONS: &str = "transactions";
+    pub const LEDGER_ENTRIES: &str = "ledger_entries";
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+    pub const OUTBOX: &str = "outbox";
+    pub const AUDIT_LOG: &str = "audit_log";
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the credit would take the balance above the ledger limit")]
+    BalanceLimit,
+    #[error("not found")]
+    NotFound,
+    #[error("a transaction with this ledger key already exists")]
+    DuplicateLedgerKey(Box<TransactionDoc>),
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("the write could not commit within its bounded retries")]
+    Contention,
+    #[error("stored data violates an invariant: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] mongodb::error::Error),
+}
+
+impl From<codec::DecodeError> for StoreError {
+    fn from(e: codec::DecodeError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl From<mongodb::bson::ser::Error> for StoreError {
+    fn from(e: mongodb::bson::ser::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Whether a driver error is a duplicate key (code 11000), wherever the driver put it.
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e.write_errors.iter().flatten().any(|w| w.code == 11000),
+        ErrorKind::Command(e) => e.code == 11000,
+        _ => false,
+    }
+}
+
+/// Tunables of the write path, with bounds (TigerStyle: a limit on everything).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Attempts of one database transaction before answering "retry later".
+    pub max_transaction_attempts: u32,
+    /// Longest a writer waits for its wallets' in-process locks.
+    pub lock_timeout: Duration,
+    /// Base of the jittered exponential backoff between attempts.
+    pub backoff_base: Duration,
+    /// Stripes of the per-wallet lock array.
+    pub lock_stripes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_transaction_attempts: 8,
+            lock_timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(5),
+            lock_stripes: 4096,
+        }
+    }
+}
+
+/// The handle every role shares: a client, its database, and the write path's state.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) client: Client,
+    pub(crate) db: Database,
+    pub(crate) locks: std::sync::Arc<locks::WalletLocks>,
+    pub(crate) config: StoreConfig,
+    pub metrics: StoreMetrics,
+}
+
+impl Store {
+    /// Connects (lazily: the driver dials on first use) to `uri` and uses database `database`.
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        config: StoreConfig,
+        metrics: StoreMetrics,
+    ) -> Result<Store, StoreError> {
+        let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+        options.app_name.get_or_insert_with(|| "coffer".to_string());
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(10));
+        let client = Client::with_options(options)?;
+        let db = client.database(database);
+        let locks = std::sync::Arc::new(locks::WalletLocks::new(config.lock_stripes));
+        Ok(Store {
+            client,
+            db,
+            locks,
+            config,
+            metrics,
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection(name)
+    }
+
+    /// Answers whether the database is reachable (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Creates every index the code relies on. Idempotent: safe on every start of every role.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        use collections::*;
+        let unique = |name: &str| {
+            IndexOptions::builder()
+                .unique(true)
+                .name(name.to_string())
+                .build()
+        };
+        let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
+        let specs: Vec<(&str, Document, IndexOptions)> = vec![
+            (USERS, doc! { "email": 1 }, unique("email_unique")),
+            (REFRESH_TOKENS, doc! { "family_id": 1 }, named("family")),
+            (
+                REFRESH_TOKENS,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            (WALLETS, doc! { "owner_key": 1 }, unique("owner_key_unique")),
+            (WALLETS, doc! { "user_id": 1, "_id": 1 }, named("by_user")),
+            (
+                TRANSACTIONS,
+                doc! { "ledger_key": 1 },
+                unique("ledger_key_unique"),
+            ),
+            (
+                TRANSACTIONS,
+                doc! { "participants": 1, "_id": -1 },
+                named("by_participant"),
+            ),
+            (
+                LEDGER_ENTRIES,
+                doc! { "account_id": 1, "_id": -1 },
+                named("by_account"),
+            ),
+            (
+                LEDGER_ENTRIES,
+                doc! { "transaction_id": 1 },
+                named("by_transaction"),
+            ),
+            (
+                IDEMPOTENCY_KEYS,
+                doc! { "created_at": 1 },
+                IndexOptions::builder()
+                    .name("retention_ttl".to_string())
+                    .expire_after(idempotency::RETENTION)
+                    .build(),
+            ),
+            (OUTBOX, doc! { "published_at": 1, "_id": 1 }, named("unpublished")),
+            (AUDIT_LOG, doc! { "seq": 1 }, unique("seq_unique")),
+        ];
+        for (collection, keys, options) in specs {
+            let model = IndexModel::builder().keys(keys).options(options).build();
+            self.db
+                .collection::<Document>(collection)
+                .create_index(model)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A new time-ordered id (UUIDv7): ids sort by creation, which cursor pagination relies on.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

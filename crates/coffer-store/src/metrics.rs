@@ -1,0 +1,44 @@
+//! Metrics of the storage layer, registered into the role's registry.
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Database transactions retried after a transient error (write conflicts mostly).
+    pub transaction_retries: IntCounter,
+    /// Movements refused with "retry later" after exhausting attempts or waiting for locks.
+    pub transaction_give_ups: IntCounter,
+    /// Committed money movements by kind.
+    pub movements: IntCounterVec,
+}
+
+impl StoreMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = StoreMetrics {
+            transaction_retries: IntCounter::with_opts(Opts::new(
+                "coffer_ledger_transaction_retries_total",
+                "Database transactions of money movements retried after a transient error.",
+            ))?,
+            transaction_give_ups: IntCounter::with_opts(Opts::new(
+                "coffer_ledger_transaction_give_ups_total",
+                "Money movements answered with retry-later after their bounded attempts.",
+            ))?,
+            movements: IntCounterVec::new(
+                Opts::new(
+                    "coffer_ledger_movements_total",
+                    "Committed money movements by kind.",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(metrics.transaction_retries.clone()))?;
+        registry.register(Box::new(metrics.transaction_give_ups.clone()))?;
+        registry.register(Box::new(metrics.movements.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Metrics registered nowhere, for tools and tests that do not export them.
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+}

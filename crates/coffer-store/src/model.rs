@@ -1,0 +1,212 @@
+//! Documents as stored. Amounts are Decimal128 (see [`crate::codec`]); times are BSON dates.
+
+use coffer_domain::{AccountKind, Amount, Bucket, Side, StateChange, TxKind, TxState};
+use mongodb::bson::{DateTime, Decimal128, Document};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+
+/// Roles (S2). `payment` is the service role of payment rails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Support,
+    Finance,
+    Engineering,
+    Admin,
+    Payment,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Support => "support",
+            Role::Finance => "finance",
+            Role::Engineering => "engineering",
+            Role::Admin => "admin",
+            Role::Payment => "payment",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [
+            Role::User,
+            Role::Support,
+            Role::Finance,
+            Role::Engineering,
+            Role::Admin,
+            Role::Payment,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Lower-cased; unique.
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: DateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshTokenDoc {
+    /// SHA-256 of the token; the token itself is never stored.
+    #[serde(rename = "_id")]
+    pub token_hash: String,
+    pub user_id: String,
+    pub family_id: String,
+    /// When the user proved their password; refreshes carry it unchanged.
+    pub auth_time: i64,
+    pub created_at: DateTime,
+    pub expires_at: DateTime,
+    pub used_at: Option<DateTime>,
+    pub revoked: bool,
+}
+
+/// An account with its cached balances. User wallets and platform accounts share the shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalletDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// `user:<user id>:<asset>` or `platform:<asset>:<kind>`; unique.
+    pub owner_key: String,
+    pub kind: AccountKind,
+    pub user_id: Option<String>,
+    pub asset: String,
+    /// The asset's decimals when the account was opened; an asset's decimals never change.
+    pub decimals: u8,
+    /// Cached sums of the ledger, credit-positive, per bucket.
+    pub available: Decimal128,
+    pub pending: Decimal128,
+    pub held: Decimal128,
+    pub version: i64,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+/// A user wallet's balances decoded, never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balances {
+    pub available: Amount,
+    pub pending: Amount,
+    pub held: Amount,
+}
+
+impl Balances {
+    pub fn total(&self) -> Amount {
+        self.available
+            .checked_add(self.held)
+            .and_then(|t| t.checked_add(self.pending))
+            .expect("each is below 10^33")
+    }
+}
+
+impl WalletDoc {
+    pub fn user_owner_key(user_id: &str, asset: &str) -> String {
+        format!("user:{user_id}:{asset}")
+    }
+
+    /// The cached balance of a bucket, as stored.
+    pub fn bucket(&self, bucket: Bucket) -> &Decimal128 {
+        match bucket {
+            Bucket::Available => &self.available,
+            Bucket::Pending => &self.pending,
+            Bucket::Held => &self.held,
+        }
+    }
+
+    /// A user wallet's balances; an error if any is negative (which the write path forbids).
+    pub fn balances(&self) -> Result<Balances, codec::DecodeError> {
+        Ok(Balances {
+            available: codec::non_negative(&self.available)?,
+            pending: codec::non_negative(&self.pending)?,
+            held: codec::non_negative(&self.held)?,
+        })
+    }
+}
+
+/// One timeline entry of a transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub from: Option<TxState>,
+    pub to: TxState,
+    pub at: DateTime,
+    pub cause: String,
+}
+
+impl From<&StateChange> for TimelineEntry {
+    fn from(change: &StateChange) -> Self {
+        TimelineEntry {
+            from: change.from,
+            to: change.to,
+            at: DateTime::from_millis(change.at.timestamp_millis()),
+            cause: change.cause.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransactionDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub kind: TxKind,
+    pub state: TxState,
+    pub asset: String,
+    /// The asset's decimals, to render `amount`.
+    pub decimals: u8,
+    /// Smallest units, as a decimal integer string.
+    pub amount: Amount,
+    /// Deterministic key that makes a movement happen at most once (unique).
+    pub ledger_key: String,
+    /// Users who may see this transaction.
+    pub participants: Vec<String>,
+    pub from_wallet_id: Option<String>,
+    pub to_wallet_id: Option<String>,
+    pub external_reference: Option<String>,
+    /// Where a withdrawal goes (a chain address).
+    pub destination: Option<String>,
+    pub initiated_by: String,
+    pub timeline: Vec<TimelineEntry>,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerEntryDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub transaction_id: String,
+    pub account_id: String,
+    pub user_id: Option<String>,
+    pub asset: String,
+    pub kind: TxKind,
+    pub bucket: Bucket,
+    pub side: Side,
+    /// Credit-positive signed amount: summing a wallet's entries per bucket gives its balance.
+    pub amount: Decimal128,
+    pub created_at: DateTime,
+}
+
+/// An event waiting in the outbox (issue: outbox publisher relays these to RabbitMQ).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub event_type: String,
+    pub data_version: u32,
+    /// The aggregate: the wallet the event is about (per-aggregate order).
+    pub subject: String,
+    /// The user whose stream receives it.
+    pub user_id: String,
+    pub data: Document,
+    pub created_at: DateTime,
+    pub published_at: Option<DateTime>,
+    pub attempts: i32,
+}

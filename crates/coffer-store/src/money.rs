@@ -1,0 +1,458 @@
+//! The write path of money: one multi-document transaction per movement.
+//!
+//! Inside one transaction (snapshot read concern, majority write concern, primary): the
+//! transaction record is inserted (its unique `ledger_key` makes the movement happen at most
+//! once), each touched balance is updated with a conditional `$inc` (a user's balance never goes
+//! below zero), the balanced ledger entries and the outbox events are inserted. Transient errors
+//! are retried a bounded number of times with jittered exponential backoff; writers to the same
+//! wallet in one process queue on [`crate::locks::WalletLocks`] first.
+
+use std::time::Duration;
+
+use coffer_domain::amount::{ledger_max, signed_decimal_string};
+use coffer_domain::events::{BalanceUpdatedV1, EventType, TransactionEventV1};
+use coffer_domain::ledger::BalanceDelta;
+use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, StateChange, TxState};
+use futures::future::BoxFuture;
+use mongodb::bson::{doc, to_document, DateTime};
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{Acknowledgment, ReadConcern, ReturnDocument, SelectionCriteria, WriteConcern};
+use mongodb::ClientSession;
+use rand::Rng;
+
+use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, WALLETS};
+use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
+use crate::{codec, new_id, Store, StoreError};
+
+/// A money movement ready to be written: the validated ledger transaction and its record.
+#[derive(Debug, Clone)]
+pub struct NewMovement {
+    pub ledger: LedgerTransaction,
+    /// Deterministic: `api:<user>:<idempotency key>`, `deposit:<rail>:<reference>`,
+    /// `chain:<chain>:<tx hash>:<log index>`. A second movement with the key is refused.
+    pub ledger_key: String,
+    pub state: TxState,
+    pub timeline: Vec<StateChange>,
+    pub amount: Amount,
+    /// The asset's decimals, for the amounts in the outbox events.
+    pub decimals: u8,
+    pub initiated_by: String,
+    pub from_wallet_id: Option<String>,
+    pub to_wallet_id: Option<String>,
+    pub external_reference: Option<String>,
+    pub destination: Option<String>,
+}
+
+impl Store {
+    /// Writes `movement` atomically and returns its transaction record.
+    ///
+    /// Errors: [`StoreError::InsufficientFunds`] (a user balance would go negative; nothing
+    /// written), [`StoreError::DuplicateLedgerKey`] (already applied; carries the existing
+    /// record), [`StoreError::Contention`] (could not commit within the bounds; retry later).
+    pub async fn apply_movement(&self, movement: &NewMovement) -> Result<TransactionDoc, StoreError> {
+        assert_eq!(
+            movement.timeline.last().map(|c| c.to),
+            Some(movement.state),
+            "timeline ends in state"
+        );
+        if let Some(existing) = self.transaction_by_ledger_key(&movement.ledger_key).await? {
+            return Err(StoreError::DuplicateLedgerKey(Box::new(existing)));
+        }
+        let Some(_guard) = self
+            .locks
+            .lock(&movement.ledger.account_ids(), self.config.lock_timeout)
+            .await
+        else {
+            self.metrics.transaction_give_ups.inc();
+            return Err(StoreError::Contention);
+        };
+        let tx_id = new_id();
+        // The body is re-run on retries and must own what it uses (the session is borrowed per attempt).
+        let shared = std::sync::Arc::new((self.clone(), movement.clone(), tx_id));
+        let result = self
+            .with_transaction(|session| {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    let (store, movement, tx_id) = &*shared;
+                    write_movement(store, session, movement, tx_id).await
+                })
+            })
+            .await;
+        match result {
+            Ok(doc) => {
+                self.metrics
+                    .movements
+                    .with_label_values(&[doc.kind.as_str()])
+                    .inc();
+                Ok(doc)
+            }
+            Err(StoreError::AlreadyExists) => {
+                match self.transaction_by_ledger_key(&movement.ledger_key).await? {
+                    Some(existing) => Err(StoreError::DuplicateLedgerKey(Box::new(existing))),
+                    None => Err(StoreError::Corrupt(
+                        "duplicate ledger key without a transaction".into(),
+                    )),
+                }
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Runs `body` in a transaction, retrying transient failures with jittered backoff, and
+    /// retrying the commit itself while its result is unknown. Bounded by the store config.
+    pub async fn with_transaction<T, F>(&self, mut body: F) -> Result<T, StoreError>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<T, StoreError>>,
+    {
+        let mut session = self.client.start_session().await?;
+        for attempt in 1..=self.config.max_transaction_attempts {
+            session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+                .selection_criteria(SelectionCriteria::ReadPreference(
+                    mongodb::options::ReadPreference::Primary,
+                ))
+                .await?;
+            let outcome = match body(&mut session).await {
+                Ok(value) => commit(&mut session).await.map(|()| value),
+                Err(error) => {
+                    // Aborting can fail when the server already aborted; the error that matters is `error`.
+                    let _ = session.abort_transaction().await;
+                    Err(error)
+                }
+            };
+            match outcome {
+                Err(StoreError::Database(e)) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                    self.metrics.transaction_retries.inc();
+                    tracing::debug!(attempt, "transient transaction error, retrying");
+                    tokio::time::sleep(backoff(self.config.backoff_base, attempt)).await;
+                }
+                other => return other,
+            }
+        }
+        self.metrics.transaction_give_ups.inc();
+        Err(StoreError::Contention)
+    }
+
+    pub async fn transaction_by_ledger_key(
+        &self,
+        ledger_key: &str,
+    ) -> Result<Option<TransactionDoc>, StoreError> {
+        let found = self
+            .collection::<TransactionDoc>(TRANSACTIONS)
+            .find_one(doc! { "ledger_key": ledger_key })
+            .await?;
+        Ok(found)
+    }
+
+    /// Creates the platform accounts of `asset` if missing. Idempotent.
+    pub async fn ensure_platform_accounts(&self, asset: &str, decimals: u8) -> Result<(), StoreError> {
+        for kind in AccountKind::PLATFORM {
+            let id = coffer_domain::account::platform_account_id(asset, kind);
+            let now = DateTime::now();
+            let fresh = WalletDoc {
+                id: id.clone(),
+                owner_key: id.clone(),
+                kind,
+                user_id: None,
+                asset: asset.to_string(),
+                decimals,
+                available: codec::zero(),
+                pending: codec::zero(),
+                held: codec::zero(),
+                version: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            let result = self
+                .collection::<WalletDoc>(WALLETS)
+                .update_one(doc! { "_id": &id }, doc! { "$setOnInsert": to_document(&fresh)? })
+                .upsert(true)
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if crate::is_duplicate_key(&e) => {} // a concurrent start created it
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the user's wallet for `asset`, or returns the existing one (one per user and asset).
+    pub async fn create_wallet(
+        &self,
+        user_id: &str,
+        asset: &str,
+        decimals: u8,
+    ) -> Result<(WalletDoc, bool), StoreError> {
+        let now = DateTime::now();
+        let wallet = WalletDoc {
+            id: new_id(),
+            owner_key: WalletDoc::user_owner_key(user_id, asset),
+            kind: AccountKind::User,
+            user_id: Some(user_id.to_string()),
+            asset: asset.to_string(),
+            decimals,
+            available: codec::zero(),
+            pending: codec::zero(),
+            held: codec::zero(),
+            version: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let wallets = self.collection::<WalletDoc>(WALLETS);
+        match wallets.insert_one(&wallet).await {
+            Ok(_) => Ok((wallet, true)),
+            Err(e) if crate::is_duplicate_key(&e) => {
+                let existing = wallets.find_one(doc! { "owner_key": &wallet.owner_key }).await?;
+                existing.map(|w| (w, false)).ok_or(StoreError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
+    const COMMIT_ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match session.commit_transaction().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempt < COMMIT_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << attempt.min(8));
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+}
+
+/// One attempt of a movement inside an open transaction.
+async fn write_movement(
+    store: &Store,
+    session: &mut ClientSession,
+    movement: &NewMovement,
+    tx_id: &str,
+) -> Result<TransactionDoc, StoreError> {
+    let now = DateTime::now();
+    let ledger = &movement.ledger;
+    let mut record = TransactionDoc {
+        id: tx_id.to_string(),
+        kind: ledger.kind(),
+        state: movement.state,
+        asset: ledger.asset().to_string(),
+        decimals: movement.decimals,
+        amount: movement.amount,
+        ledger_key: movement.ledger_key.clone(),
+        participants: Vec::new(),
+        from_wallet_id: movement.from_wallet_id.clone(),
+        to_wallet_id: movement.to_wallet_id.clone(),
+        external_reference: movement.external_reference.clone(),
+        destination: movement.destination.clone(),
+        initiated_by: movement.initiated_by.clone(),
+        timeline: movement.timeline.iter().map(TimelineEntry::from).collect(),
+        created_at: now,
+        updated_at: now,
+    };
+    let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
+    if let Err(e) = transactions.insert_one(&record).session(&mut *session).await {
+        return Err(if crate::is_duplicate_key(&e) {
+            StoreError::AlreadyExists
+        } else {
+            e.into()
+        });
+    }
+
+    let mut updated: Vec<WalletDoc> = Vec::new();
+    for (account_id, bucket, delta) in ledger.balance_deltas() {
+        let wallet = apply_delta(store, session, &account_id, bucket, &delta, now).await?;
+        updated.retain(|w| w.id != wallet.id);
+        updated.push(wallet);
+    }
+
+    let entries: Vec<LedgerEntryDoc> = ledger
+        .postings()
+        .iter()
+        .map(|posting| LedgerEntryDoc {
+            id: new_id(),
+            transaction_id: tx_id.to_string(),
+            account_id: posting.account_id.clone(),
+            user_id: updated
+                .iter()
+                .find(|w| w.id == posting.account_id)
+                .and_then(|w| w.user_id.clone()),
+            asset: ledger.asset().to_string(),
+            kind: ledger.kind(),
+            bucket: posting.bucket,
+            side: posting.side,
+            amount: codec::to_decimal(&posting.amount, posting.side == coffer_domain::Side::Debit),
+            created_at: now,
+        })
+        .collect();
+    store
+        .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+        .insert_many(&entries)
+        .session(&mut *session)
+        .await?;
+
+    let mut participants: Vec<String> = updated.iter().filter_map(|w| w.user_id.clone()).collect();
+    participants.sort();
+    participants.dedup();
+    if !participants.is_empty() {
+        transactions
+            .update_one(
+                doc! { "_id": tx_id },
+                doc! { "$set": { "participants": &participants } },
+            )
+            .session(&mut *session)
+            .await?;
+    }
+    record.participants = participants;
+
+    let events = outbox_events(&record, movement.decimals, &updated, &entries)?;
+    if !events.is_empty() {
+        store
+            .collection::<OutboxDoc>(OUTBOX)
+            .insert_many(&events)
+            .session(&mut *session)
+            .await?;
+    }
+    Ok(record)
+}
+
+/// Applies one balance delta with a conditional `$inc` and returns the wallet after it.
+async fn apply_delta(
+    store: &Store,
+    session: &mut ClientSession,
+    account_id: &str,
+    bucket: Bucket,
+    delta: &BalanceDelta,
+    now: DateTime,
+) -> Result<WalletDoc, StoreError> {
+    let field = bucket.as_str();
+    let mut filter = doc! { "_id": account_id };
+    if delta.negative {
+        // Only user wallets must stay non-negative; platform accounts (custody) may go either way.
+        filter.insert(
+            "$or",
+            vec![
+                doc! { "kind": { "$ne": "user" } },
+                doc! { field: { "$gte": codec::to_decimal(&delta.amount, false) } },
+            ],
+        );
+    } else {
+        let headroom = ledger_max()
+            .checked_sub(delta.amount)
+            .expect("postings are below the ledger limit");
+        filter.insert(field, doc! { "$lte": codec::to_decimal(&headroom, false) });
+    }
+    let update = doc! {
+        "$inc": { field: codec::to_decimal(&delta.amount, delta.negative), "version": 1i64 },
+        "$set": { "updated_at": now },
+    };
+    let wallets = store.collection::<WalletDoc>(WALLETS);
+    let after = wallets
+        .find_one_and_update(filter, update)
+        .return_document(ReturnDocument::After)
+        .session(&mut *session)
+        .await?;
+    if let Some(wallet) = after {
+        return Ok(wallet);
+    }
+    // Nothing matched: find out why, inside the same snapshot, to answer precisely.
+    let existing = wallets
+        .find_one(doc! { "_id": account_id })
+        .session(&mut *session)
+        .await?;
+    match existing {
+        None => Err(StoreError::NotFound),
+        Some(_) if delta.negative => Err(StoreError::InsufficientFunds),
+        Some(_) => Err(StoreError::BalanceLimit),
+    }
+}
+
+/// The events of a committed movement, per user wallet touched: the transaction as that user
+/// sees it, then the wallet's new balances. Platform accounts produce no user events.
+fn outbox_events(
+    record: &TransactionDoc,
+    decimals: u8,
+    wallets: &[WalletDoc],
+    entries: &[LedgerEntryDoc],
+) -> Result<Vec<OutboxDoc>, StoreError> {
+    let mut events = Vec::new();
+    for wallet in wallets.iter().filter(|w| w.kind == AccountKind::User) {
+        let user_id = wallet.user_id.clone().expect("user wallets have a user");
+        let (mut credit, mut debit) = (Amount::ZERO, Amount::ZERO);
+        for entry in entries
+            .iter()
+            .filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available)
+        {
+            let (amount, negative) = codec::from_decimal(&entry.amount)?;
+            let side = if negative { &mut debit } else { &mut credit };
+            *side = side.checked_add(amount).expect("bounded");
+        }
+        let (net, negative) = if credit >= debit {
+            (credit.checked_sub(debit), false)
+        } else {
+            (debit.checked_sub(credit), true)
+        };
+        let net = net.expect("ordered");
+        let transaction = TransactionEventV1 {
+            transaction_id: record.id.clone(),
+            wallet_id: wallet.id.clone(),
+            kind: record.kind.as_str().to_string(),
+            state: record.state.as_str().to_string(),
+            asset: record.asset.clone(),
+            amount: signed_decimal_string(&net, negative, decimals),
+        };
+        let balances = wallet.balances()?;
+        let balance = BalanceUpdatedV1 {
+            wallet_id: wallet.id.clone(),
+            asset: wallet.asset.clone(),
+            decimals,
+            available: balances.available.to_decimal_string(decimals),
+            pending: balances.pending.to_decimal_string(decimals),
+            held: balances.held.to_decimal_string(decimals),
+            total: balances.total().to_decimal_string(decimals),
+            transaction_id: record.id.clone(),
+        };
+        events.push(outbox_doc(
+            EventType::TransactionCreated,
+            wallet,
+            &user_id,
+            to_document(&transaction)?,
+        ));
+        events.push(outbox_doc(
+            EventType::BalanceUpdated,
+            wallet,
+            &user_id,
+            to_document(&balance)?,
+        ));
+    }
+    Ok(events)
+}
+
+fn outbox_doc(
+    kind: EventType,
+    wallet: &WalletDoc,
+    user_id: &str,
+    data: mongodb::bson::Document,
+) -> OutboxDoc {
+    OutboxDoc {
+        id: new_id(),
+        event_type: kind.as_str().to_string(),
+        data_version: kind.data_version(),
+        subject: wallet.id.clone(),
+        user_id: user_id.to_string(),
+        data,
+        created_at: DateTime::now(),
+        published_at: None,
+        attempts: 0,
+    }
+}

@@ -1,0 +1,44 @@
+//! Users and staff accounts.
+
+use mongodb::bson::{doc, DateTime};
+
+use crate::collections::USERS;
+use crate::model::{Role, UserDoc};
+use crate::{new_id, Store, StoreError};
+
+impl Store {
+    /// Creates a user; [`StoreError::AlreadyExists`] when the e-mail is taken.
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password_hash: String,
+        role: Role,
+    ) -> Result<UserDoc, StoreError> {
+        let user = UserDoc {
+            id: new_id(),
+            email: email.to_lowercase(),
+            password_hash,
+            role,
+            created_at: DateTime::now(),
+        };
+        match self.collection::<UserDoc>(USERS).insert_one(&user).await {
+            Ok(_) => Ok(user),
+            Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserDoc>, StoreError> {
+        Ok(self
+            .collection::<UserDoc>(USERS)
+            .find_one(doc! { "email": email.to_lowercase() })
+            .await?)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserDoc>, StoreError> {
+        Ok(self
+            .collection::<UserDoc>(USERS)
+            .find_one(doc! { "_id": id })
+            .await?)
+    }
+}

@@ -1,0 +1,295 @@
+//! Helpers for integration tests. Every test gets its own database on the real server named by
+//! `MONGODB_URI` (scripts/test starts SecantusDB and sets it), and its own API on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+
+use coffer_api::config::{ApiConfig, PasswordHashing, RateLimits};
+use coffer_api::ApiContext;
+use coffer_domain::{AssetCatalog, LiveCatalog};
+use coffer_store::{Role, Store, StoreConfig, StoreMetrics};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub const DEV_ASSETS: &str = include_str!("../../../config/assets.dev.json");
+
+/// The MongoDB URI of the test server. Integration tests need the real server: run them
+/// through `scripts/test`, which starts it.
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").expect(
+        "MONGODB_URI is not set: integration tests talk to a real MongoDB-compatible server; run scripts/test",
+    )
+}
+
+/// Options of a test app.
+#[derive(Clone)]
+pub struct Options {
+    pub rate_limits: RateLimits,
+    pub store: StoreConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rate_limits: RateLimits {
+                auth_per_ip_per_minute: 100_000,
+                money_per_user_per_minute: 100_000,
+                money_per_ip_per_minute: 100_000,
+            },
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub registry: prometheus::Registry,
+}
+
+/// A registered user with a live session.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// A response: status, headers and JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The problem document's `code`, or "" if the body has none.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        let registry = prometheus::Registry::new();
+        let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let metrics = StoreMetrics::new(&registry).expect("metrics");
+        let store = Store::connect(&mongodb_uri(), &database, options.store.clone(), metrics)
+            .await
+            .expect("connect to the test server");
+        store.ensure_indexes().await.expect("indexes");
+        let catalog = AssetCatalog::from_json(DEV_ASSETS).expect("dev assets");
+        for asset in catalog.iter() {
+            store
+                .ensure_platform_accounts(&asset.symbol, asset.decimals)
+                .await
+                .expect("platform accounts");
+        }
+        let mut config = ApiConfig::new(secrecy::SecretString::from(
+            "test-secret-test-secret-test-secret-0123",
+        ));
+        config.rate_limits = options.rate_limits;
+        // Real argon2id, with cheap parameters so the suite stays fast.
+        config.password_hashing = PasswordHashing {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let ctx = ApiContext::new(store.clone(), config, LiveCatalog::new(catalog), registry.clone())
+            .expect("context");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(coffer_api::serve(ctx, listener, std::future::pending()));
+        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        TestApp {
+            address,
+            store,
+            client,
+            registry,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    /// Sends a request; `body` None sends no body.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send("GET", path, Some(token), None, None).await
+    }
+
+    /// POST with a fresh Idempotency-Key.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.send("POST", path, Some(token), Some(&key), Some(&body))
+            .await
+    }
+
+    pub async fn register(&self) -> TestUser {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let reply = self
+            .send(
+                "POST",
+                "/v1/auth/register",
+                None,
+                None,
+                Some(&json!({ "email": email, "password": password })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "register: {:?}", reply.body);
+        user_from(&reply, email, password)
+    }
+
+    /// A user with `role`, created directly in the store (as `coffer user create` does), logged in.
+    pub async fn staff(&self, role: Role) -> TestUser {
+        let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let hash = coffer_api::auth::hash_password(
+            secrecy::SecretString::from(password.clone()),
+            PasswordHashing {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+        )
+        .await
+        .expect("hash");
+        self.store
+            .create_user(&email, hash, role)
+            .await
+            .expect("create staff");
+        self.login(&email, &password).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> TestUser {
+        let reply = self
+            .send(
+                "POST",
+                "/v1/auth/login",
+                None,
+                None,
+                Some(&json!({ "email": email, "password": password })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "login: {:?}", reply.body);
+        user_from(&reply, email.to_string(), password.to_string())
+    }
+
+    pub async fn create_wallet(&self, user: &TestUser, asset: &str) -> String {
+        let reply = self
+            .post("/v1/wallets", &user.access_token, json!({ "asset": asset }))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "create wallet: {:?}",
+            reply.body
+        );
+        reply.body["id"].as_str().expect("wallet id").to_string()
+    }
+
+    /// Credits `amount` to a wallet through the payment service role.
+    pub async fn deposit(&self, payment: &TestUser, wallet_id: &str, amount: &str) -> Reply {
+        let reference = format!("ref-{}", uuid::Uuid::new_v4().simple());
+        let body = json!({ "wallet_id": wallet_id, "amount": amount, "external_reference": reference });
+        let reply = self.post("/v1/deposits", &payment.access_token, body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "deposit: {:?}", reply.body);
+        reply
+    }
+
+    pub async fn wallet(&self, user: &TestUser, wallet_id: &str) -> Value {
+        let reply = self
+            .get(&format!("/v1/wallets/{wallet_id}"), &user.access_token)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "wallet: {:?}", reply.body);
+        reply.body
+    }
+
+    /// Fails the test unless every cached balance equals its ledger sum and every transaction and
+    /// asset sums to zero.
+    pub async fn assert_books_balance(&self) {
+        let report = self.store.verify_ledger().await.expect("verify");
+        assert!(
+            report.findings.is_empty(),
+            "the books do not balance: {:#?}",
+            report.findings
+        );
+        assert!(report.accounts_checked > 0);
+    }
+
+    /// Counts documents in a collection.
+    pub async fn count(&self, collection: &str) -> u64 {
+        self.store
+            .database()
+            .collection::<coffer_store::mongodb::bson::Document>(collection)
+            .count_documents(coffer_store::mongodb::bson::doc! {})
+            .await
+            .expect("count")
+    }
+
+    /// The value of a counter or gauge in this app's registry (0 if absent), summed over labels.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+            .sum()
+    }
+}
+
+fn user_from(reply: &Reply, email: String, password: String) -> TestUser {
+    TestUser {
+        id: reply.body["user_id"].as_str().expect("user_id").to_string(),
+        email,
+        password,
+        access_token: reply.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+        refresh_token: reply.body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_string(),
+    }
+}

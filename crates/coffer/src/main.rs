@@ -1,0 +1,161 @@
+//! `coffer`: one binary, one subcommand per role, plus the admin CLI.
+#![forbid(unsafe_code)]
+
+mod assets;
+mod cli;
+mod logging;
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use coffer_api::ApiContext;
+use coffer_store::{Role, Store, StoreConfig, StoreMetrics};
+use secrecy::{ExposeSecret, SecretString};
+
+use cli::{ApiArgs, Cli, Command, DbArgs, LedgerCommand, UserCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log_format, cli.command.role());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "coffer stopped with an error");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Api(args) => serve_api(args, "api").await.map(|()| ExitCode::SUCCESS),
+        Command::Dev(args) => serve_api(args, "dev").await.map(|()| ExitCode::SUCCESS),
+        Command::ChainListener
+        | Command::OutboxPublisher
+        | Command::Reconciler
+        | Command::Operator
+        | Command::Crdgen => {
+            eprintln!(
+                "coffer: the {} role is not built yet (see the open issues); nothing was started.",
+                command_name(&command)
+            );
+            Ok(ExitCode::from(2))
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify(db),
+        } => verify_ledger(db).await,
+        Command::User {
+            command: UserCommand::Create(args),
+        } => create_user(args).await,
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    command.role()
+}
+
+async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+    let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
+    let store = Store::connect(&db.mongodb_uri, &db.database, StoreConfig::default(), metrics)
+        .await
+        .context("connecting to MongoDB (MONGODB_URI)")?;
+    store.ensure_indexes().await.context("creating indexes")?;
+    Ok(store)
+}
+
+async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
+    let config = args.api_config()?;
+    let catalog = assets::load(&args.assets_file)?;
+    let registry = prometheus::Registry::new();
+    let store = connect(&args.db, &registry).await?;
+    for asset in catalog.current().iter() {
+        store
+            .ensure_platform_accounts(&asset.symbol, asset.decimals)
+            .await?;
+    }
+    assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
+    let ctx = ApiContext::new(store, config, catalog, registry)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(role, listen = %listener.local_addr()?, "serving the API");
+    if role == "dev" {
+        tracing::info!(
+            "dev runs the roles that are built: api (chain-listener, outbox-publisher, reconciler follow)"
+        );
+    }
+    coffer_api::serve(ctx, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+async fn verify_ledger(db: DbArgs) -> anyhow::Result<ExitCode> {
+    let store = connect(&db, &prometheus::Registry::new()).await?;
+    let report = store.verify_ledger().await?;
+    println!("accounts checked: {}", report.accounts_checked);
+    if report.findings.is_empty() {
+        println!("ledger verified: every cached balance equals its ledger sum; every transaction and asset sums to zero");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for finding in &report.findings {
+        println!("MISMATCH {finding:?}");
+    }
+    println!("{} finding(s)", report.findings.len());
+    Ok(ExitCode::FAILURE)
+}
+
+async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
+    let Some(role) = Role::parse(&args.role) else {
+        bail!(
+            "unknown role {:?}: use user, support, finance, engineering, admin or payment",
+            args.role
+        );
+    };
+    if !args.password_stdin {
+        bail!("pass the password on standard input with --password-stdin (never as an argument)");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from stdin")?;
+    let password = SecretString::from(password.trim_end_matches(['\n', '\r']).to_string());
+    if password.expose_secret().chars().count() < 12 {
+        bail!("the password needs at least 12 characters");
+    }
+    let store = connect(&args.db, &prometheus::Registry::new()).await?;
+    let hash = coffer_api::auth::hash_password(password, Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match store.create_user(&args.email, hash, role).await {
+        Ok(user) => {
+            let details = coffer_store::mongodb::bson::doc! { "role": role.as_str() };
+            store.audit("cli", "staff.created", &user.id, details).await?;
+            println!("created {} account {}", role.as_str(), user.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(coffer_store::StoreError::AlreadyExists) => {
+            println!("exists: an account with this e-mail already exists; nothing changed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

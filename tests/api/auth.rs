@@ -1,0 +1,143 @@
+use coffer_test_support::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn refresh_token_reuse_revokes_the_family() {
+    let app = TestApp::spawn().await;
+    let user = app.register().await;
+    let first = user.refresh_token.clone();
+
+    let rotated = app
+        .send(
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            None,
+            Some(&json!({ "refresh_token": first })),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let second = rotated.body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first, "a refresh returns a new refresh token");
+
+    let reused = app
+        .send(
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            None,
+            Some(&json!({ "refresh_token": first })),
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reused.code(), "refresh_token_reused");
+
+    // The legitimate successor is revoked with its family.
+    let after = app
+        .send(
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            None,
+            Some(&json!({ "refresh_token": second })),
+        )
+        .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(after.code(), "invalid_refresh_token");
+    assert_eq!(app.count("audit_log").await, 1, "the reuse is audited");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_audited_without_revealing_which_part_was_wrong() {
+    let app = TestApp::spawn().await;
+    let user = app.register().await;
+    let wrong = app
+        .send(
+            "POST",
+            "/v1/auth/login",
+            None,
+            None,
+            Some(&json!({ "email": user.email, "password": "wrong-password-123" })),
+        )
+        .await;
+    let unknown = app
+        .send(
+            "POST",
+            "/v1/auth/login",
+            None,
+            None,
+            Some(&json!({ "email": "nobody@example.com", "password": user.password })),
+        )
+        .await;
+    for reply in [&wrong, &unknown] {
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.code(), "invalid_credentials");
+        assert_eq!(reply.headers["content-type"], "application/problem+json");
+    }
+    assert_eq!(wrong.body["detail"], unknown.body["detail"]);
+    assert_eq!(app.count("audit_log").await, 2);
+    app.login(&user.email, &user.password).await;
+}
+
+#[tokio::test]
+async fn registering_an_email_twice_conflicts_and_passwords_are_never_stored_in_clear() {
+    let app = TestApp::spawn().await;
+    let user = app.register().await;
+    let again = app
+        .send(
+            "POST",
+            "/v1/auth/register",
+            None,
+            None,
+            Some(&json!({ "email": user.email.to_uppercase(), "password": "another-password-1" })),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.code(), "email_taken");
+    let stored = app.store.user_by_email(&user.email).await.unwrap().unwrap();
+    assert!(
+        stored.password_hash.starts_with("$argon2id$"),
+        "argon2id PHC string"
+    );
+    assert!(!stored.password_hash.contains(&user.password));
+}
+
+#[tokio::test]
+async fn a_tampered_or_missing_access_token_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.register().await;
+    let mut tampered = user.access_token.clone();
+    tampered.pop();
+    tampered.push(if user.access_token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    for token in [Some(tampered.as_str()), Some("not-a-jwt"), None] {
+        let reply = app.send("GET", "/v1/wallets", token, None, None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.code(), "unauthenticated");
+    }
+}
+
+#[tokio::test]
+async fn auth_endpoints_are_rate_limited_per_ip_with_retry_after() {
+    let mut options = coffer_test_support::Options::default();
+    options.rate_limits.auth_per_ip_per_minute = 3;
+    let app = TestApp::spawn_with(options).await;
+    let body = json!({ "email": "nobody@example.com", "password": "whatever-password" });
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(app.send("POST", "/v1/auth/login", None, None, Some(&body)).await);
+    }
+    assert!(statuses[..3].iter().all(|r| r.status == StatusCode::UNAUTHORIZED));
+    assert_eq!(statuses[3].status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(statuses[3].code(), "rate_limited");
+    let retry_after: u64 = statuses[3].headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+}
