@@ -172,3 +172,43 @@ async fn the_ledger_pages_newest_first_with_a_cursor() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.code(), "invalid_query");
 }
+
+#[tokio::test]
+async fn a_failed_withdrawal_releases_its_hold_exactly_once() {
+    use coffer_store::transitions::Transition;
+    let app = TestApp::spawn().await;
+    let payment = app.staff(Role::Payment).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "ETH").await;
+    app.deposit(&payment, &wallet, "2").await;
+    let reply = app
+        .post("/v1/withdrawals", &alice.access_token, json!({ "wallet_id": wallet, "amount": "1.5", "destination_address": format!("0x{}", "cd".repeat(20)) }))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let tx_id = reply.body["id"].as_str().unwrap();
+
+    let amount = Amount::parse_decimal("1.5", 18).unwrap();
+    let hold = LedgerTransaction::withdrawal_hold("ETH", &wallet, amount).unwrap();
+    let release = Transition::new(tx_id, TxState::PendingBroadcast, TxState::Failed, "broadcast refused by the node")
+        .with_ledger(LedgerTransaction::reversal_of(&hold));
+    let failed = app.store.apply_transition(&release).await.unwrap();
+    assert_eq!(failed.state, TxState::Failed);
+    let again = app.store.apply_transition(&release).await;
+    assert!(matches!(again, Err(StoreError::StateConflict)), "{again:?}");
+
+    let balances = app.wallet(&alice, &wallet).await;
+    assert_eq!((balances["available"].as_str(), balances["held"].as_str()), (Some("2"), Some("0")));
+    let seen = app.get(&format!("/v1/transactions/{tx_id}"), &alice.access_token).await;
+    let states: Vec<&str> = seen.body["timeline"].as_array().unwrap().iter().map(|c| c["to"].as_str().unwrap()).collect();
+    assert_eq!(states, vec!["created", "pending_broadcast", "failed"]);
+    assert_eq!(seen.body["ledger_entries"].as_array().unwrap().len(), 4, "hold and release, two entries each");
+    let updated = app
+        .store
+        .database()
+        .collection::<coffer_store::OutboxDoc>("outbox")
+        .count_documents(coffer_store::mongodb::bson::doc! { "event_type": "wallet.transaction.updated", "subject": &wallet })
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    app.assert_books_balance().await;
+}

@@ -143,6 +143,10 @@ impl From<StoreError> for ApiError {
                 detail: "the credit would take the balance above the ledger's limit".into(),
             },
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::StateConflict => ApiError::Conflict {
+                code: "state_conflict",
+                detail: "the transaction changed state meanwhile; read it again".into(),
+            },
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,
             },

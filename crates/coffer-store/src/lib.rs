@@ -15,6 +15,7 @@ pub mod model;
 pub mod money;
 pub mod queries;
 pub mod tokens;
+pub mod transitions;
 pub mod users;
 pub mod verify;
 
@@ -53,6 +54,8 @@ pub enum StoreError {
     DuplicateLedgerKey(Box<TransactionDoc>),
     #[error("already exists")]
     AlreadyExists,
+    #[error("the transaction is no longer in the state the change expected")]
+    StateConflict,
     #[error("the write could not commit within its bounded retries")]
     Contention,
     #[error("stored data violates an invariant: {0}")]

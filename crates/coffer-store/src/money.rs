@@ -269,37 +269,7 @@ async fn write_movement(
         });
     }
 
-    let mut updated: Vec<WalletDoc> = Vec::new();
-    for (account_id, bucket, delta) in ledger.balance_deltas() {
-        let wallet = apply_delta(store, session, &account_id, bucket, &delta, now).await?;
-        updated.retain(|w| w.id != wallet.id);
-        updated.push(wallet);
-    }
-
-    let entries: Vec<LedgerEntryDoc> = ledger
-        .postings()
-        .iter()
-        .map(|posting| LedgerEntryDoc {
-            id: new_id(),
-            transaction_id: tx_id.to_string(),
-            account_id: posting.account_id.clone(),
-            user_id: updated
-                .iter()
-                .find(|w| w.id == posting.account_id)
-                .and_then(|w| w.user_id.clone()),
-            asset: ledger.asset().to_string(),
-            kind: ledger.kind(),
-            bucket: posting.bucket,
-            side: posting.side,
-            amount: codec::to_decimal(&posting.amount, posting.side == coffer_domain::Side::Debit),
-            created_at: now,
-        })
-        .collect();
-    store
-        .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
-        .insert_many(&entries)
-        .session(&mut *session)
-        .await?;
+    let (updated, entries) = post_entries(store, session, ledger, tx_id, now).await?;
 
     let mut participants: Vec<String> = updated.iter().filter_map(|w| w.user_id.clone()).collect();
     participants.sort();
@@ -315,15 +285,52 @@ async fn write_movement(
     }
     record.participants = participants;
 
-    let events = outbox_events(&record, movement.decimals, &updated, &entries)?;
-    if !events.is_empty() {
-        store
-            .collection::<OutboxDoc>(OUTBOX)
-            .insert_many(&events)
-            .session(&mut *session)
-            .await?;
-    }
+    let mut events = transaction_events(&record, EventType::TransactionCreated, &updated, &entries)?;
+    events.extend(balance_events(&record, &updated)?);
+    insert_events(store, session, &events).await?;
     Ok(record)
+}
+
+/// Applies a balanced ledger transaction's deltas and inserts its entries, inside `session`'s
+/// transaction; returns the touched accounts after the update and the entries.
+pub(crate) async fn post_entries(
+    store: &Store,
+    session: &mut ClientSession,
+    ledger: &LedgerTransaction,
+    tx_id: &str,
+    now: DateTime,
+) -> Result<(Vec<WalletDoc>, Vec<LedgerEntryDoc>), StoreError> {
+    let mut updated: Vec<WalletDoc> = Vec::new();
+    for (account_id, bucket, delta) in ledger.balance_deltas() {
+        let wallet = apply_delta(store, session, &account_id, bucket, &delta, now).await?;
+        updated.retain(|w| w.id != wallet.id);
+        updated.push(wallet);
+    }
+    let entries: Vec<LedgerEntryDoc> = ledger
+        .postings()
+        .iter()
+        .map(|posting| LedgerEntryDoc {
+            id: new_id(),
+            transaction_id: tx_id.to_string(),
+            account_id: posting.account_id.clone(),
+            user_id: updated.iter().find(|w| w.id == posting.account_id).and_then(|w| w.user_id.clone()),
+            asset: ledger.asset().to_string(),
+            kind: ledger.kind(),
+            bucket: posting.bucket,
+            side: posting.side,
+            amount: codec::to_decimal(&posting.amount, posting.side == coffer_domain::Side::Debit),
+            created_at: now,
+        })
+        .collect();
+    store.collection::<LedgerEntryDoc>(LEDGER_ENTRIES).insert_many(&entries).session(&mut *session).await?;
+    Ok((updated, entries))
+}
+
+pub(crate) async fn insert_events(store: &Store, session: &mut ClientSession, events: &[OutboxDoc]) -> Result<(), StoreError> {
+    if !events.is_empty() {
+        store.collection::<OutboxDoc>(OUTBOX).insert_many(events).session(&mut *session).await?;
+    }
+    Ok(())
 }
 
 /// Applies one balance delta with a conditional `$inc` and returns the wallet after it.
@@ -377,11 +384,11 @@ async fn apply_delta(
     }
 }
 
-/// The events of a committed movement, per user wallet touched: the transaction as that user
-/// sees it, then the wallet's new balances. Platform accounts produce no user events.
-fn outbox_events(
+/// One transaction event per user wallet in `wallets`: the transaction as that wallet's owner
+/// sees it, with the amount signed from the wallet's point of view (net of `entries`).
+pub(crate) fn transaction_events(
     record: &TransactionDoc,
-    decimals: u8,
+    kind: EventType,
     wallets: &[WalletDoc],
     entries: &[LedgerEntryDoc],
 ) -> Result<Vec<OutboxDoc>, StoreError> {
@@ -389,30 +396,41 @@ fn outbox_events(
     for wallet in wallets.iter().filter(|w| w.kind == AccountKind::User) {
         let user_id = wallet.user_id.clone().expect("user wallets have a user");
         let (mut credit, mut debit) = (Amount::ZERO, Amount::ZERO);
-        for entry in entries
-            .iter()
-            .filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available)
-        {
+        for entry in entries.iter().filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available) {
             let (amount, negative) = codec::from_decimal(&entry.amount)?;
             let side = if negative { &mut debit } else { &mut credit };
             *side = side.checked_add(amount).expect("bounded");
         }
-        let (net, negative) = if credit >= debit {
-            (credit.checked_sub(debit), false)
+        // With no available-bucket entries (a hold, a state change) the amount is the
+        // transaction's, signed by the wallet's side of it.
+        let (net, negative) = if credit == debit {
+            (record.amount, record.from_wallet_id.as_deref() == Some(wallet.id.as_str()))
+        } else if credit > debit {
+            (credit.checked_sub(debit).expect("ordered"), false)
         } else {
-            (debit.checked_sub(credit), true)
+            (debit.checked_sub(credit).expect("ordered"), true)
         };
-        let net = net.expect("ordered");
-        let transaction = TransactionEventV1 {
+        let data = TransactionEventV1 {
             transaction_id: record.id.clone(),
             wallet_id: wallet.id.clone(),
             kind: record.kind.as_str().to_string(),
             state: record.state.as_str().to_string(),
             asset: record.asset.clone(),
-            amount: signed_decimal_string(&net, negative, decimals),
+            amount: signed_decimal_string(&net, negative, record.decimals),
         };
+        events.push(outbox_doc(kind, wallet, &user_id, to_document(&data)?));
+    }
+    Ok(events)
+}
+
+/// One `wallet.balance.updated` per user wallet whose balances changed.
+pub(crate) fn balance_events(record: &TransactionDoc, changed: &[WalletDoc]) -> Result<Vec<OutboxDoc>, StoreError> {
+    let mut events = Vec::new();
+    for wallet in changed.iter().filter(|w| w.kind == AccountKind::User) {
+        let user_id = wallet.user_id.clone().expect("user wallets have a user");
         let balances = wallet.balances()?;
-        let balance = BalanceUpdatedV1 {
+        let decimals = wallet.decimals;
+        let data = BalanceUpdatedV1 {
             wallet_id: wallet.id.clone(),
             asset: wallet.asset.clone(),
             decimals,
@@ -422,18 +440,7 @@ fn outbox_events(
             total: balances.total().to_decimal_string(decimals),
             transaction_id: record.id.clone(),
         };
-        events.push(outbox_doc(
-            EventType::TransactionCreated,
-            wallet,
-            &user_id,
-            to_document(&transaction)?,
-        ));
-        events.push(outbox_doc(
-            EventType::BalanceUpdated,
-            wallet,
-            &user_id,
-            to_document(&balance)?,
-        ));
+        events.push(outbox_doc(EventType::BalanceUpdated, wallet, &user_id, to_document(&data)?));
     }
     Ok(events)
 }

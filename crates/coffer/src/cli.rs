@@ -34,9 +34,9 @@ pub enum Command {
     OutboxPublisher,
     /// Prove the books on an interval (not built yet).
     Reconciler,
-    /// Run the Kubernetes operator (not built yet).
-    Operator,
-    /// Print the CustomResourceDefinitions (not built yet).
+    /// Run the Kubernetes operator.
+    Operator(coffer_operator::OperatorArgs),
+    /// Print the CustomResourceDefinitions (`coffer crdgen > crds/coffer.yaml`).
     Crdgen,
     /// Ledger tools.
     Ledger {
@@ -58,7 +58,7 @@ impl Command {
             Command::ChainListener => "chain-listener",
             Command::OutboxPublisher => "outbox-publisher",
             Command::Reconciler => "reconciler",
-            Command::Operator => "operator",
+            Command::Operator(_) => "operator",
             Command::Crdgen => "crdgen",
             Command::Ledger { .. } => "ledger",
             Command::User { .. } => "user",

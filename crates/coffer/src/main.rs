@@ -38,11 +38,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Api(args) => serve_api(args, "api").await.map(|()| ExitCode::SUCCESS),
         Command::Dev(args) => serve_api(args, "dev").await.map(|()| ExitCode::SUCCESS),
-        Command::ChainListener
-        | Command::OutboxPublisher
-        | Command::Reconciler
-        | Command::Operator
-        | Command::Crdgen => {
+        Command::Operator(args) => coffer_operator::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Crdgen => {
+            print!("{}", coffer_operator::crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ChainListener | Command::OutboxPublisher | Command::Reconciler => {
             eprintln!(
                 "coffer: the {} role is not built yet (see the open issues); nothing was started.",
                 command_name(&command)

@@ -1,0 +1,73 @@
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+
+use super::pod::{common_env, env, pod_template, secret_env, Workload};
+use super::{labels, owned_meta, selector_labels, Component, LISTENER_LABEL, WORKER_LABEL, WORKER_PORT};
+use crate::crd::{ChainListener, WalletPlatform};
+
+/// `<platform>-listener-<listener>`: the Deployment of one ChainListener.
+pub fn chain_listener_deployment_name(platform: &str, listener: &str) -> String {
+    format!("{platform}-listener-{listener}")
+}
+
+/// The single-replica Deployment following one chain. Owned by the ChainListener (deleting it
+/// removes the Deployment); the platform's finalizer removes it when the platform goes.
+pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainListener) -> Deployment {
+    let platform_name = platform.name_any();
+    let listener_name = listener.name_any();
+    let spec = &listener.spec;
+    let mut vars = common_env(platform, Component::ChainListener, WORKER_PORT);
+    vars.push(secret_env("ETH_RPC_URL", &spec.rpc_secret_ref, "url"));
+    vars.push(env("COFFER_POLL_INTERVAL_MS", spec.poll_interval_ms.to_string()));
+    if let Some(block) = spec.start_block {
+        vars.push(env("COFFER_START_BLOCK", block.to_string()));
+    }
+    let mut pod_labels = labels(
+        &platform_name,
+        Some(Component::ChainListener),
+        &platform.spec.image,
+    );
+    pod_labels.insert(LISTENER_LABEL.into(), listener_name.clone());
+    pod_labels.insert(WORKER_LABEL.into(), "true".into());
+    let mut selector = selector_labels(&platform_name, Component::ChainListener);
+    selector.insert(LISTENER_LABEL.into(), listener_name.clone());
+    let mut object_labels = labels(
+        &platform_name,
+        Some(Component::ChainListener),
+        &platform.spec.image,
+    );
+    object_labels.insert(LISTENER_LABEL.into(), listener_name.clone());
+    let workload = Workload {
+        component: Component::ChainListener,
+        args: vec!["chain-listener".into(), "--chain".into(), spec.chain.clone()],
+        port_name: "metrics",
+        port: WORKER_PORT,
+        env: vars,
+        resources: spec.resources.clone(),
+        labels: pod_labels,
+    };
+    Deployment {
+        metadata: owned_meta(
+            listener,
+            chain_listener_deployment_name(&platform_name, &listener_name),
+            object_labels,
+        ),
+        spec: Some(DeploymentSpec {
+            // One follower per chain: two would race on the checkpoint.
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            revision_history_limit: Some(5),
+            template: pod_template(platform, workload),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}

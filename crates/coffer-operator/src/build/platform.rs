@@ -1,0 +1,352 @@
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
+use kube::ResourceExt;
+
+use super::pod::{common_env, env, pod_template, secret_env, Workload};
+use super::{
+    assets_config_map, assets_config_map_name, deployment_name, labels, owned_meta, selector_labels,
+    service_account_name, workers_service_name, AssetSelection, Component, API_PORT, WORKER_LABEL,
+    WORKER_PORT,
+};
+use crate::crd::WalletPlatform;
+
+/// Longest platform name: every derived name (`<name>-outbox-publisher`, Service names) must
+/// stay a valid DNS label of at most 63 characters.
+pub const PLATFORM_NAME_MAX: usize = 40;
+
+/// Every object a WalletPlatform becomes (its ChainListeners are built separately).
+#[derive(Clone, Debug)]
+pub struct PlatformObjects {
+    pub assets: ConfigMap,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub deployments: Vec<Deployment>,
+    pub api_service: Service,
+    pub workers_service: Service,
+    pub api_autoscaler: Option<HorizontalPodAutoscaler>,
+    pub api_disruption_budget: PodDisruptionBudget,
+    /// Only when `observability.serviceMonitor` is set (and applied only if the CRD exists).
+    pub service_monitor: Option<DynamicObject>,
+    /// Only when `observability.prometheusRule` is set (and applied only if the CRD exists).
+    pub prometheus_rule: Option<DynamicObject>,
+}
+
+/// Checks what the schema cannot: rules that would otherwise surface as an apply error later.
+pub fn validate_platform(platform: &WalletPlatform) -> Result<(), String> {
+    let name = platform.name_any();
+    if name.len() > PLATFORM_NAME_MAX {
+        return Err(format!(
+            "the name {name:?} is longer than {PLATFORM_NAME_MAX} characters"
+        ));
+    }
+    let spec = &platform.spec;
+    if spec.image.trim().is_empty() {
+        return Err("spec.image is empty".into());
+    }
+    if let Some(autoscaling) = &spec.api.autoscaling {
+        if autoscaling.min_replicas > autoscaling.max_replicas {
+            return Err(format!(
+                "spec.api.autoscaling.minReplicas ({}) exceeds maxReplicas ({})",
+                autoscaling.min_replicas, autoscaling.max_replicas
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the platform's objects. Call [`validate_platform`] first.
+pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> PlatformObjects {
+    PlatformObjects {
+        assets: assets_config_map(platform, &assets.file),
+        service_account: service_account(platform),
+        role: role(platform),
+        role_binding: role_binding(platform),
+        deployments: vec![
+            api_deployment(platform),
+            outbox_deployment(platform),
+            reconciler_deployment(platform),
+        ],
+        api_service: api_service(platform),
+        workers_service: workers_service(platform),
+        api_autoscaler: api_autoscaler(platform),
+        api_disruption_budget: api_disruption_budget(platform),
+        service_monitor: platform
+            .spec
+            .observability
+            .service_monitor
+            .then(|| super::service_monitor(platform)),
+        prometheus_rule: platform
+            .spec
+            .observability
+            .prometheus_rule
+            .then(|| super::prometheus_rule(platform)),
+    }
+}
+
+fn service_account(platform: &WalletPlatform) -> ServiceAccount {
+    let name = platform.name_any();
+    ServiceAccount {
+        metadata: owned_meta(
+            platform,
+            service_account_name(&name),
+            labels(&name, None, &platform.spec.image),
+        ),
+        ..ServiceAccount::default()
+    }
+}
+
+/// Least privilege: the workloads may read their own assets ConfigMap and nothing else.
+fn role(platform: &WalletPlatform) -> Role {
+    let name = platform.name_any();
+    Role {
+        metadata: owned_meta(
+            platform,
+            service_account_name(&name),
+            labels(&name, None, &platform.spec.image),
+        ),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![assets_config_map_name(&name)]),
+            verbs: vec!["get".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+fn role_binding(platform: &WalletPlatform) -> RoleBinding {
+    let name = platform.name_any();
+    RoleBinding {
+        metadata: owned_meta(
+            platform,
+            service_account_name(&name),
+            labels(&name, None, &platform.spec.image),
+        ),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: service_account_name(&name),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: service_account_name(&name),
+            namespace: platform.namespace(),
+            ..Subject::default()
+        }]),
+    }
+}
+
+fn deployment(
+    platform: &WalletPlatform,
+    workload: Workload,
+    replicas: Option<i32>,
+    recreate: bool,
+) -> Deployment {
+    let name = platform.name_any();
+    let component = workload.component;
+    Deployment {
+        metadata: owned_meta(
+            platform,
+            deployment_name(&name, component),
+            labels(&name, Some(component), &platform.spec.image),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name, component)),
+                ..LabelSelector::default()
+            },
+            strategy: recreate.then(|| DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            revision_history_limit: Some(5),
+            template: pod_template(platform, workload),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn api_deployment(platform: &WalletPlatform) -> Deployment {
+    let name = platform.name_any();
+    let spec = &platform.spec;
+    let mut vars = common_env(platform, Component::Api, API_PORT);
+    vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
+    let workload = Workload {
+        component: Component::Api,
+        args: vec!["api".into()],
+        port_name: "http",
+        port: API_PORT,
+        env: vars,
+        resources: spec.api.resources.clone(),
+        labels: labels(&name, Some(Component::Api), &spec.image),
+    };
+    // With an autoscaler the HPA owns the replica count; applying one would fight it.
+    let replicas = spec.api.autoscaling.is_none().then_some(spec.api.replicas);
+    deployment(platform, workload, replicas, false)
+}
+
+fn worker_labels(
+    platform: &WalletPlatform,
+    component: Component,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = labels(&platform.name_any(), Some(component), &platform.spec.image);
+    labels.insert(WORKER_LABEL.into(), "true".into());
+    labels
+}
+
+fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
+    let spec = &platform.spec;
+    let workload = Workload {
+        component: Component::OutboxPublisher,
+        args: vec!["outbox-publisher".into()],
+        port_name: "metrics",
+        port: WORKER_PORT,
+        env: common_env(platform, Component::OutboxPublisher, WORKER_PORT),
+        resources: spec.outbox_publisher.resources.clone(),
+        labels: worker_labels(platform, Component::OutboxPublisher),
+    };
+    deployment(platform, workload, Some(spec.outbox_publisher.replicas), false)
+}
+
+fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
+    let spec = &platform.spec;
+    let mut vars = common_env(platform, Component::Reconciler, WORKER_PORT);
+    vars.push(env_interval(spec.reconciler.interval_seconds));
+    let workload = Workload {
+        component: Component::Reconciler,
+        args: vec!["reconciler".into()],
+        port_name: "metrics",
+        port: WORKER_PORT,
+        env: vars,
+        resources: spec.reconciler.resources.clone(),
+        labels: worker_labels(platform, Component::Reconciler),
+    };
+    // Exactly one reconciler at any time, also during a rollout.
+    deployment(platform, workload, Some(1), true)
+}
+
+fn env_interval(seconds: u32) -> k8s_openapi::api::core::v1::EnvVar {
+    env("COFFER_RECONCILE_INTERVAL_SECONDS", seconds.to_string())
+}
+
+fn api_service(platform: &WalletPlatform) -> Service {
+    let name = platform.name_any();
+    Service {
+        metadata: owned_meta(
+            platform,
+            deployment_name(&name, Component::Api),
+            labels(&name, Some(Component::Api), &platform.spec.image),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&name, Component::Api)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: API_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Headless Service over every worker pod's `metrics` port, for the ServiceMonitor.
+fn workers_service(platform: &WalletPlatform) -> Service {
+    let name = platform.name_any();
+    let mut selector = std::collections::BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "coffer".to_string()),
+        (super::INSTANCE_LABEL.to_string(), name.clone()),
+    ]);
+    selector.insert(WORKER_LABEL.into(), "true".into());
+    Service {
+        metadata: owned_meta(
+            platform,
+            workers_service_name(&name),
+            labels(&name, None, &platform.spec.image),
+        ),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: WORKER_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn api_autoscaler(platform: &WalletPlatform) -> Option<HorizontalPodAutoscaler> {
+    let name = platform.name_any();
+    let autoscaling = platform.spec.api.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: owned_meta(
+            platform,
+            deployment_name(&name, Component::Api),
+            labels(&name, Some(Component::Api), &platform.spec.image),
+        ),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: deployment_name(&name, Component::Api),
+            },
+            min_replicas: Some(autoscaling.min_replicas),
+            max_replicas: autoscaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(autoscaling.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+/// At most one API pod down by voluntary disruption; never blocks a drain of a one-replica API.
+fn api_disruption_budget(platform: &WalletPlatform) -> PodDisruptionBudget {
+    let name = platform.name_any();
+    PodDisruptionBudget {
+        metadata: owned_meta(
+            platform,
+            deployment_name(&name, Component::Api),
+            labels(&name, Some(Component::Api), &platform.spec.image),
+        ),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name, Component::Api)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}

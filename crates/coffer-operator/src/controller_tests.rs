@@ -1,0 +1,495 @@
+//! The controller against an in-memory API server ([`crate::fake_api`]): each test is one
+//! scenario and asserts the calls made, in order, and what ends up stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_domain::asset::AssetCatalog;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::ByteString;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::ResourceExt;
+use serde_json::Value;
+
+use super::{error_policy, reconcile, Context, FINALIZER};
+use crate::crd::{AutoscalingSpec, WalletPlatform};
+use crate::error::Error;
+use crate::fake_api::{Call, FakeApi};
+use crate::metrics::Metrics;
+use crate::render::Resources;
+
+const PLATFORM: &str = "/apis/coffer.dev/v1alpha1/namespaces/wallet/walletplatforms/coffer";
+const ASSETS: &str = "/apis/coffer.dev/v1alpha1/namespaces/wallet/assets";
+const LISTENERS: &str = "/apis/coffer.dev/v1alpha1/namespaces/wallet/chainlisteners";
+const SECRETS: &str = "/api/v1/namespaces/wallet/secrets";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/wallet/deployments";
+const CONFIGMAP: &str = "/api/v1/namespaces/wallet/configmaps/coffer-assets";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/wallet/events";
+
+fn secret(name: &str, key: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("wallet".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(b"not-a-real-value".to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The minimal fixture stored in the fake server: a finalized platform, four Assets (one invalid,
+/// one duplicate), a ChainListener, and every Secret they reference.
+fn cluster() -> FakeApi {
+    let mut resources = Resources::from_yaml(include_str!("../tests/fixtures/minimal.yaml")).unwrap();
+    let mut api = FakeApi::default();
+    for platform in &mut resources.platforms {
+        platform.metadata.uid = Some("uid-platform".into());
+        platform.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        api.put(platform);
+    }
+    for asset in &resources.assets {
+        api.put(asset);
+    }
+    for listener in &mut resources.listeners {
+        listener.metadata.uid = Some("uid-listener".into());
+        api.put(listener);
+    }
+    for (name, key) in [
+        ("coffer-mongodb", "uri"),
+        ("coffer-rabbitmq", "uri"),
+        ("coffer-jwt", "secret"),
+        ("coffer-eth-rpc", "url"),
+    ] {
+        api.put(&secret(name, key));
+    }
+    api
+}
+
+fn platform_in(api: &FakeApi) -> WalletPlatform {
+    serde_json::from_value(api.get(PLATFORM).expect("platform stored").clone()).unwrap()
+}
+
+fn context(client: kube::Client) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: "coffer-operator-test".into(),
+        instance: None,
+    };
+    Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client, reporter),
+        Arc::new(Metrics::default()),
+    ))
+}
+
+/// Runs one reconcile of `platform` against `api`; returns the result, the calls made and the
+/// server's state. Also runs the error policy on failure, as the controller would.
+async fn reconcile_once(
+    api: FakeApi,
+    platform: WalletPlatform,
+) -> (Result<Action, Error>, Option<Action>, FakeApi) {
+    let calls_before = api.calls.len();
+    let (client, server) = api.start();
+    let ctx = context(client);
+    let platform = Arc::new(platform);
+    let result = reconcile(platform.clone(), ctx.clone()).await;
+    let retry = result
+        .as_ref()
+        .err()
+        .map(|e| error_policy(platform, e, ctx.clone()));
+    drop(ctx);
+    let mut api = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+    api.calls.drain(..calls_before);
+    (result, retry, api)
+}
+
+fn lines(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::line).collect()
+}
+
+fn status_of<'a>(api: &'a FakeApi, path: &str) -> &'a Value {
+    &api.get(path).unwrap_or_else(|| panic!("{path} stored"))["status"]
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("condition {type_} in {status}"))
+}
+
+fn applied_kinds(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| {
+            c.method == "PATCH" && c.content_type.contains("apply-patch") && !c.path.ends_with("/status")
+        })
+        .map(|c| {
+            c.path
+                .rsplit('/')
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_platform_first_gets_the_finalizer() {
+    let mut api = cluster();
+    let mut platform = platform_in(&api);
+    platform.metadata.finalizers = None;
+    api.put(&platform);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(lines(&api.calls), [format!("PATCH {PLATFORM}")]);
+    assert!(api.calls[0].content_type.contains("json-patch"));
+    assert_eq!(api.get(PLATFORM).unwrap()["metadata"]["finalizers"][0], FINALIZER);
+}
+
+#[tokio::test]
+async fn creation_applies_every_object_then_reports_status() {
+    let api = cluster();
+    let platform = platform_in(&api);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+
+    let expected_reads = [
+        format!("GET {ASSETS}"),
+        format!("GET {LISTENERS}"),
+        format!("GET {SECRETS}/coffer-eth-rpc"),
+        format!("GET {SECRETS}/coffer-mongodb"),
+        format!("GET {SECRETS}/coffer-rabbitmq"),
+        format!("GET {SECRETS}/coffer-jwt"),
+    ];
+    assert_eq!(lines(&api.calls[..6]), expected_reads);
+    assert_eq!(
+        applied_kinds(&api.calls),
+        [
+            "configmaps/coffer-assets",
+            "serviceaccounts/coffer",
+            "roles/coffer",
+            "rolebindings/coffer",
+            "services/coffer-api",
+            "services/coffer-workers",
+            "deployments/coffer-api",
+            "deployments/coffer-outbox-publisher",
+            "deployments/coffer-reconciler",
+            "poddisruptionbudgets/coffer-api",
+            "deployments/coffer-listener-ethereum",
+        ]
+    );
+    for call in api
+        .calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.content_type.contains("apply-patch"))
+    {
+        assert!(
+            call.query.contains("fieldManager=coffer-operator") && call.query.contains("force=true"),
+            "{call:?}"
+        );
+    }
+    let status_patches: Vec<_> = api
+        .calls
+        .iter()
+        .filter(|c| c.path.ends_with("/status"))
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        status_patches,
+        [
+            format!("PATCH {ASSETS}/eth/status"),
+            format!("PATCH {ASSETS}/eth-again/status"),
+            format!("PATCH {ASSETS}/usdc/status"),
+            format!("PATCH {ASSETS}/usdt/status"),
+            format!("PATCH {LISTENERS}/ethereum/status"),
+            format!("PATCH {PLATFORM}/status"),
+        ]
+    );
+
+    let published = api.get(CONFIGMAP).unwrap()["data"]["assets.json"]
+        .as_str()
+        .unwrap();
+    let catalog = AssetCatalog::from_json(published).expect("the services accept the published file");
+    assert_eq!(
+        catalog.iter().map(|a| a.symbol.as_str()).collect::<Vec<_>>(),
+        ["ETH", "USDT"]
+    );
+
+    let status = status_of(&api, PLATFORM);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        (status["assets"].as_i64(), status["invalidAssets"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        condition(status, "Ready")["reason"],
+        "Starting",
+        "deployments are not available yet"
+    );
+    assert_eq!(condition(status, "Progressing")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["status"], "False");
+
+    let eth = status_of(&api, &format!("{ASSETS}/eth"));
+    assert_eq!(
+        (eth["inUse"].as_bool(), &condition(eth, "Ready")["status"]),
+        (Some(true), &Value::from("True"))
+    );
+    let usdc = status_of(&api, &format!("{ASSETS}/usdc"));
+    assert_eq!(condition(usdc, "Degraded")["reason"], "InvalidAsset");
+    assert!(condition(usdc, "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .contains("withdrawal_min"));
+    assert_eq!(usdc["inUse"], false);
+    let duplicate = status_of(&api, &format!("{ASSETS}/eth-again"));
+    assert_eq!(condition(duplicate, "Degraded")["reason"], "DuplicateSymbol");
+}
+
+#[tokio::test]
+async fn a_spec_change_updates_the_objects_and_asset_changes_do_not_restart_pods() {
+    let mut api = cluster();
+    api.deployments_available = true;
+    let (first, _, mut api) = reconcile_once(api, platform_in(&cluster())).await;
+    first.unwrap();
+    let api_deployment = format!("{DEPLOYMENTS}/coffer-api");
+    let template_before = api.get(&api_deployment).unwrap()["spec"]["template"].clone();
+    assert_eq!(
+        condition(status_of(&api, PLATFORM), "Ready")["reason"],
+        "Available"
+    );
+
+    let mut platform = platform_in(&api);
+    platform.spec.api.replicas = 5;
+    platform.metadata.generation = Some(2);
+    api.put(&platform);
+    let eth_path = format!("{ASSETS}/eth");
+    api.objects.get_mut(&eth_path).unwrap()["spec"]["confirmationsRequired"] = 12.into();
+    let (second, _, api) = reconcile_once(api, platform).await;
+    second.unwrap();
+
+    let deployment = api.get(&api_deployment).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 5);
+    assert_eq!(
+        deployment["spec"]["template"], template_before,
+        "the pod template (no config hash) is unchanged"
+    );
+    let catalog = AssetCatalog::from_json(
+        api.get(CONFIGMAP).unwrap()["data"]["assets.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(catalog.get("ETH").unwrap().confirmations_required, 12);
+    assert_eq!(status_of(&api, PLATFORM)["observedGeneration"], 2);
+
+    // Nothing changed since: objects are re-applied (idempotent), no status is re-written.
+    let platform = platform_in(&api);
+    let (third, _, api) = reconcile_once(api, platform).await;
+    third.unwrap();
+    assert!(
+        api.calls.iter().all(|c| !c.path.ends_with("/status")),
+        "{:?}",
+        lines(&api.calls)
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_degrades_the_platform_with_a_reason_and_backs_off() {
+    let mut api = cluster();
+    api.objects.remove(&format!("{SECRETS}/coffer-jwt"));
+    let platform = platform_in(&api);
+    let (result, retry, api) = reconcile_once(api, platform).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "SecretMissing");
+    assert!(error.to_string().contains("coffer-jwt"), "{error}");
+    assert_eq!(retry, Some(Action::requeue(Duration::from_secs(5))));
+    assert!(
+        applied_kinds(&api.calls).is_empty(),
+        "nothing is applied: {:?}",
+        applied_kinds(&api.calls)
+    );
+    let event = api
+        .calls
+        .iter()
+        .find(|c| c.path == EVENTS)
+        .expect("a Warning event");
+    assert_eq!(
+        (event.body["type"].as_str(), event.body["reason"].as_str()),
+        (Some("Warning"), Some("SecretMissing"))
+    );
+    let status = status_of(&api, PLATFORM);
+    assert_eq!(condition(status, "Degraded")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["reason"], "SecretMissing");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    let eth = status_of(&api, &format!("{ASSETS}/eth"));
+    assert_eq!(condition(eth, "Progressing")["reason"], "SecretMissing");
+}
+
+#[tokio::test]
+async fn backoff_doubles_up_to_five_minutes() {
+    let (client, _server) = FakeApi::default().start();
+    let ctx = context(client);
+    let delays: Vec<_> = (0..9)
+        .map(|_| ctx.next_backoff("wallet/coffer").as_secs())
+        .collect();
+    assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    ctx.reset_failures("wallet/coffer");
+    assert_eq!(ctx.next_backoff("wallet/coffer").as_secs(), 5);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_degrades_the_platform_without_panicking() {
+    let mut api = cluster();
+    let mut platform = platform_in(&api);
+    platform.spec.api.autoscaling = Some(AutoscalingSpec {
+        min_replicas: 5,
+        max_replicas: 2,
+        target_cpu_utilization_percentage: 70,
+    });
+    api.put(&platform);
+    let (result, retry, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap_err().reason(), "InvalidSpec");
+    assert!(retry.is_some());
+    assert!(applied_kinds(&api.calls).is_empty());
+    let degraded = condition(status_of(&api, PLATFORM), "Degraded").clone();
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("InvalidSpec"))
+    );
+    assert!(degraded["message"].as_str().unwrap().contains("minReplicas"));
+}
+
+#[tokio::test]
+async fn a_listener_without_its_secret_is_degraded_alone() {
+    let mut api = cluster();
+    api.objects.remove(&format!("{SECRETS}/coffer-eth-rpc"));
+    let platform = platform_in(&api);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    assert!(!applied_kinds(&api.calls).contains(&"deployments/coffer-listener-ethereum".to_string()));
+    assert!(applied_kinds(&api.calls).contains(&"deployments/coffer-api".to_string()));
+    let listener = status_of(&api, &format!("{LISTENERS}/ethereum"));
+    assert_eq!(condition(listener, "Degraded")["reason"], "SecretMissing");
+    assert_eq!(
+        condition(status_of(&api, PLATFORM), "Degraded")["status"],
+        "False"
+    );
+    assert_eq!(status_of(&api, PLATFORM)["chainListeners"], 0);
+}
+
+#[tokio::test]
+async fn a_paused_platform_applies_nothing_but_keeps_status_current() {
+    let mut api = cluster();
+    let mut platform = platform_in(&api);
+    platform.spec.paused = true;
+    api.put(&platform);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    result.unwrap();
+    assert!(
+        applied_kinds(&api.calls).is_empty(),
+        "{:?}",
+        applied_kinds(&api.calls)
+    );
+    let status = status_of(&api, PLATFORM);
+    assert_eq!(condition(status, "Progressing")["reason"], "Paused");
+    assert_eq!(status["invalidAssets"], 2);
+    assert_eq!(
+        condition(status_of(&api, &format!("{ASSETS}/eth")), "Progressing")["reason"],
+        "PlatformPaused"
+    );
+    assert_eq!(
+        condition(status_of(&api, &format!("{ASSETS}/usdc")), "Degraded")["reason"],
+        "InvalidAsset"
+    );
+}
+
+#[tokio::test]
+async fn deletion_runs_the_finalizer_cleanup() {
+    let mut api = cluster();
+    api.deployments_available = true;
+    let (first, _, mut api) = reconcile_once(api, platform_in(&cluster())).await;
+    first.unwrap();
+    let listener_deployment = format!("{DEPLOYMENTS}/coffer-listener-ethereum");
+    assert!(api.get(&listener_deployment).is_some());
+
+    let mut platform = platform_in(&api);
+    platform.metadata.deletion_timestamp = Some(Time("2026-01-01T12:00:00Z".parse().unwrap()));
+    api.put(&platform);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let calls = lines(&api.calls);
+    assert!(
+        calls.contains(&format!("DELETE {listener_deployment}")),
+        "{calls:?}"
+    );
+    assert!(api.get(&listener_deployment).is_none());
+    let eth = status_of(&api, &format!("{ASSETS}/eth"));
+    assert_eq!(
+        (eth["inUse"].as_bool(), condition(eth, "Ready")["reason"].as_str()),
+        (Some(false), Some("PlatformDeleted"))
+    );
+    let event = api
+        .calls
+        .iter()
+        .find(|c| c.path == EVENTS)
+        .expect("a Normal event");
+    assert_eq!(event.body["reason"], "Deleted");
+    let last = api.calls.last().unwrap();
+    assert_eq!(
+        (last.line(), last.content_type.contains("json-patch")),
+        (format!("PATCH {PLATFORM}"), true)
+    );
+    assert_eq!(
+        api.get(PLATFORM).unwrap()["metadata"]["finalizers"],
+        Value::Array(vec![]),
+        "finalizer removed"
+    );
+}
+
+#[tokio::test]
+async fn monitoring_objects_are_applied_only_when_their_crds_exist() {
+    for monitoring in [false, true] {
+        let mut api = cluster();
+        api.monitoring = monitoring;
+        let mut platform = platform_in(&api);
+        platform.spec.observability.service_monitor = true;
+        api.put(&platform);
+        let (result, _, api) = reconcile_once(api, platform).await;
+        result.unwrap();
+        let applied = applied_kinds(&api.calls).contains(&"servicemonitors/coffer".to_string());
+        assert_eq!(applied, monitoring);
+        let message = condition(status_of(&api, PLATFORM), "Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message.contains("servicemonitors.monitoring.coreos.com is not installed"),
+            !monitoring,
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn platform_names_are_checked_before_anything_is_applied() {
+    let resources = Resources::from_yaml(include_str!("../tests/fixtures/minimal.yaml")).unwrap();
+    let mut platform = resources.platforms[0].clone();
+    platform.metadata.name = Some("x".repeat(41));
+    assert!(crate::build::validate_platform(&platform)
+        .unwrap_err()
+        .contains("longer than 40"));
+    assert_eq!(platform.name_any().len(), 41);
+}

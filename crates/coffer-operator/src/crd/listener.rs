@@ -1,0 +1,75 @@
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+
+/// A chain follower for one platform: becomes its own single-replica Deployment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "ChainListener",
+    namespaced,
+    status = "ChainListenerStatus",
+    shortname = "cl",
+    category = "coffer",
+    doc = "A chain listener of a WalletPlatform: follows one chain through a JSON-RPC endpoint and credits deposits.",
+    printcolumn(name = "Chain", type_ = "string", json_path = ".spec.chain"),
+    printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platformRef"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainListenerSpec {
+    /// Name of the WalletPlatform (same namespace) this listener feeds.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = ("self == oldSelf", "platformRef is immutable"))]
+    pub platform_ref: String,
+    /// Chain identifier, as in Asset.spec.chain.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[x_kube(validation = ("self == oldSelf", "chain is immutable: checkpoints belong to one chain"))]
+    pub chain: String,
+    /// Secret holding the JSON-RPC URL (`ETH_RPC_URL`); key defaults to `url`.
+    pub rpc_secret_ref: SecretKeyRef,
+    /// Milliseconds between two polls of the node (`COFFER_POLL_INTERVAL_MS`).
+    #[serde(default = "default_poll_interval_ms")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub poll_interval_ms: u32,
+    /// Block to start from when no checkpoint exists yet (`COFFER_START_BLOCK`); default: the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_block: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_poll_interval_ms() -> u32 {
+    2000
+}
+
+/// What the operator did with this listener.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainListenerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded (missing secret, unknown platform).
+    #[serde(default)]
+    #[x_kube(merge_strategy = kube::core::cel::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The Deployment running this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+}

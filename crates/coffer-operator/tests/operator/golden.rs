@@ -1,0 +1,98 @@
+use coffer_domain::asset::AssetCatalog;
+use coffer_operator::build::{assets_config_map, select_assets, AssetVerdict, ASSETS_KEY};
+use coffer_operator::render::{render_platform, Resources};
+use kube::ResourceExt;
+
+use crate::assert_golden;
+
+/// Fixture resources with the uids an API server would have set (owner references need them).
+fn fixture(name: &str) -> Resources {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let mut resources = Resources::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for platform in &mut resources.platforms {
+        platform.metadata.uid = Some(format!("uid-walletplatform-{}", platform.name_any()));
+    }
+    for listener in &mut resources.listeners {
+        listener.metadata.uid = Some(format!("uid-chainlistener-{}", listener.name_any()));
+    }
+    resources
+}
+
+fn golden_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+#[test]
+fn minimal_platform_renders_the_golden_objects() {
+    let resources = fixture("minimal.yaml");
+    let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+    assert_golden(&golden_path("minimal.yaml"), &rendered);
+}
+
+#[test]
+fn full_platform_renders_the_golden_objects() {
+    let resources = fixture("full.yaml");
+    let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+    assert_golden(&golden_path("full.yaml"), &rendered);
+}
+
+#[test]
+fn published_assets_file_is_what_the_services_accept() {
+    let resources = fixture("minimal.yaml");
+    let platform = &resources.platforms[0];
+    let selection = select_assets(&resources.assets_of(platform));
+    let config_map = assets_config_map(platform, &selection.file);
+    let json = &config_map.data.as_ref().unwrap()[ASSETS_KEY];
+    let catalog = AssetCatalog::from_json(json).expect("the services accept the operator's file");
+    let symbols: Vec<_> = catalog.iter().map(|a| a.symbol.as_str()).collect();
+    assert_eq!(symbols, ["ETH", "USDT"]);
+    assert_eq!(catalog.get("USDT").unwrap().confirmations_required, 12);
+    assert!(!catalog.get("USDT").unwrap().withdrawals_enabled);
+    assert_eq!(config_map.name_any(), "coffer-assets");
+}
+
+#[test]
+fn invalid_and_duplicate_assets_are_refused_with_a_reason() {
+    let resources = fixture("minimal.yaml");
+    let selection = select_assets(&resources.assets_of(&resources.platforms[0]));
+    assert_eq!(selection.verdicts["eth"], AssetVerdict::Published);
+    assert_eq!(
+        selection.verdicts["eth-again"],
+        AssetVerdict::Duplicate {
+            symbol: "ETH".into(),
+            kept: "eth".into()
+        }
+    );
+    let invalid = &selection.verdicts["usdc"];
+    assert_eq!(invalid.reason(), Some("InvalidAsset"));
+    assert!(
+        invalid.message().contains("withdrawal_min"),
+        "{}",
+        invalid.message()
+    );
+    assert_eq!((selection.published(), selection.refused()), (2, 2));
+}
+
+#[test]
+fn the_assets_file_does_not_depend_on_list_order() {
+    let resources = fixture("minimal.yaml");
+    let mut assets = resources.assets_of(&resources.platforms[0]);
+    let forward = select_assets(&assets);
+    assets.reverse();
+    assert_eq!(select_assets(&assets), forward);
+}
+
+#[test]
+fn workloads_mount_the_assets_directory_and_never_hash_it() {
+    let resources = fixture("minimal.yaml");
+    let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+    assert!(rendered.contains("mountPath: /etc/coffer\n"));
+    assert!(rendered.contains("value: /etc/coffer/assets.json"));
+    // A subPath mount is never updated by kubelet, and a checksum annotation would restart pods.
+    assert!(!rendered.contains("subPath"));
+    assert!(!rendered.to_lowercase().contains("checksum"));
+}

@@ -1,0 +1,137 @@
+//! State changes of an existing transaction, optionally with the ledger movement that goes with
+//! them (a withdrawal settled to custody, a hold released on rejection, a credited deposit
+//! reversed), in one database transaction with its outbox events.
+
+use coffer_domain::events::EventType;
+use coffer_domain::{LedgerTransaction, StateChange, TxState};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, to_bson, DateTime, Document};
+use mongodb::ClientSession;
+
+use crate::collections::{TRANSACTIONS, WALLETS};
+use crate::model::{TimelineEntry, TransactionDoc, WalletDoc};
+use crate::money::{balance_events, insert_events, post_entries, transaction_events};
+use crate::{Store, StoreError};
+
+/// A checked move of transaction `transaction_id` from `from` to `to`.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub transaction_id: String,
+    /// The state the caller saw; if another writer moved the transaction since, nothing happens
+    /// and the call answers [`StoreError::StateConflict`]. This is what makes a transition (and its
+    /// ledger movement) happen at most once.
+    pub from: TxState,
+    pub to: TxState,
+    pub cause: String,
+    /// Postings that belong to this change, recorded under the same transaction id.
+    pub ledger: Option<LedgerTransaction>,
+    /// Extra fields to set on the transaction record (e.g. `chain_tx_hash`).
+    pub set: Document,
+}
+
+impl Transition {
+    pub fn new(transaction_id: &str, from: TxState, to: TxState, cause: impl Into<String>) -> Self {
+        Transition {
+            transaction_id: transaction_id.to_string(),
+            from,
+            to,
+            cause: cause.into(),
+            ledger: None,
+            set: Document::new(),
+        }
+    }
+
+    pub fn with_ledger(mut self, ledger: LedgerTransaction) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+}
+
+impl Store {
+    /// Applies `transition` atomically and returns the transaction after it.
+    pub async fn apply_transition(&self, transition: &Transition) -> Result<TransactionDoc, StoreError> {
+        let change = StateChange::step(transition.from, transition.to, chrono::Utc::now(), transition.cause.clone())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut accounts = vec![];
+        if let Some(ledger) = &transition.ledger {
+            accounts = ledger.account_ids();
+        }
+        let Some(_guard) = self.locks.lock(&accounts, self.config.lock_timeout).await else {
+            self.metrics.transaction_give_ups.inc();
+            return Err(StoreError::Contention);
+        };
+        let shared = std::sync::Arc::new((self.clone(), transition.clone(), change));
+        self.with_transaction(|session| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (store, transition, change) = &*shared;
+                write_transition(store, session, transition, change).await
+            })
+        })
+        .await
+    }
+
+    pub async fn transaction_by_id(&self, id: &str) -> Result<Option<TransactionDoc>, StoreError> {
+        Ok(self.collection::<TransactionDoc>(TRANSACTIONS).find_one(doc! { "_id": id }).await?)
+    }
+
+    /// Transactions in `state`, oldest first (workers and review queues), at most `limit`.
+    pub async fn transactions_in_state(&self, state: TxState, limit: u32) -> Result<Vec<TransactionDoc>, StoreError> {
+        let cursor = self
+            .collection::<TransactionDoc>(TRANSACTIONS)
+            .find(doc! { "state": state.as_str() })
+            .sort(doc! { "_id": 1 })
+            .limit(i64::from(limit.clamp(1, 1000)))
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+}
+
+async fn write_transition(
+    store: &Store,
+    session: &mut ClientSession,
+    transition: &Transition,
+    change: &StateChange,
+) -> Result<TransactionDoc, StoreError> {
+    let now = DateTime::now();
+    let mut set = transition.set.clone();
+    set.insert("state", transition.to.as_str());
+    set.insert("updated_at", now);
+    let entry = to_bson(&TimelineEntry::from(change))?;
+    let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
+    let record = transactions
+        .find_one_and_update(
+            doc! { "_id": &transition.transaction_id, "state": transition.from.as_str() },
+            doc! { "$set": set, "$push": { "timeline": entry } },
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .session(&mut *session)
+        .await?;
+    let Some(record) = record else {
+        let exists = transactions.find_one(doc! { "_id": &transition.transaction_id }).session(&mut *session).await?;
+        return Err(if exists.is_some() { StoreError::StateConflict } else { StoreError::NotFound });
+    };
+    let (changed, entries) = match &transition.ledger {
+        Some(ledger) => post_entries(store, session, ledger, &record.id, now).await?,
+        None => (Vec::new(), Vec::new()),
+    };
+    // Tell every participant wallet, changed or not, that the transaction moved.
+    let mut wallets = changed.clone();
+    for id in [&record.from_wallet_id, &record.to_wallet_id].into_iter().flatten() {
+        if !wallets.iter().any(|w| &w.id == id) {
+            if let Some(wallet) =
+                store.collection::<WalletDoc>(WALLETS).find_one(doc! { "_id": id }).session(&mut *session).await?
+            {
+                wallets.push(wallet);
+            }
+        }
+    }
+    let kind = match transition.to {
+        TxState::ManualReview => EventType::TransactionRequiresReview,
+        _ => EventType::TransactionUpdated,
+    };
+    let mut events = transaction_events(&record, kind, &wallets, &entries)?;
+    events.extend(balance_events(&record, &changed)?);
+    insert_events(store, session, &events).await?;
+    Ok(record)
+}

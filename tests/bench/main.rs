@@ -1,0 +1,161 @@
+//! Transfer throughput through the HTTP API, against a raw-driver baseline on the same server
+//! in the same run. Usage: `cargo run --release -p coffer-tests --bin coffer-bench [TRANSFERS]`
+//! with `MONGODB_URI` set (scripts/bench does both).
+
+use std::time::{Duration, Instant};
+
+use coffer_store::mongodb::bson::{doc, Decimal128, Document};
+use coffer_store::mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
+use coffer_store::mongodb::Client;
+use coffer_store::Role;
+use coffer_test_support::{Options, TestApp, TestUser};
+use serde_json::json;
+
+struct Figures {
+    label: String,
+    count: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index].as_secs_f64() * 1000.0
+    }
+
+    fn print(&self, baseline: Option<f64>) {
+        let ratio = baseline.map(|b| format!("  ratio to raw driver {:.2}", self.rate() / b)).unwrap_or_default();
+        println!(
+            "{:<48} {:>6} in {:>6.2}s  {:>8.1}/s  p50 {:>6.2} ms  p99 {:>6.2} ms{}",
+            self.label,
+            self.count,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.percentile(0.5),
+            self.percentile(0.99),
+            ratio
+        );
+    }
+}
+
+/// The raw baseline: per transaction two `$inc` updates and one insert, as a transfer does at least.
+async fn raw_driver(client: &Client, clients: usize, total: usize) -> Figures {
+    let db = client.database(&format!("bench_raw_{}", uuid::Uuid::new_v4().simple()));
+    let balances = db.collection::<Document>("balances");
+    let entries = db.collection::<Document>("entries");
+    for i in 0..clients * 2 {
+        balances.insert_one(doc! { "_id": i as i64, "v": Decimal128::from_bytes(0u128.to_le_bytes()) }).await.unwrap();
+    }
+    let one = Decimal128::from_bytes(((6176u128 << 113) | 1).to_le_bytes());
+    let started = Instant::now();
+    let tasks = (0..clients).map(|c| {
+        let (client, balances, entries) = (client.clone(), balances.clone(), entries.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut session = client.start_session().await.unwrap();
+            for _ in 0..total / clients {
+                let t = Instant::now();
+                session
+                    .start_transaction()
+                    .read_concern(ReadConcern::snapshot())
+                    .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+                    .await
+                    .unwrap();
+                let (a, b) = ((c * 2) as i64, (c * 2 + 1) as i64);
+                balances.update_one(doc! { "_id": a }, doc! { "$inc": { "v": one } }).session(&mut session).await.unwrap();
+                balances.update_one(doc! { "_id": b }, doc! { "$inc": { "v": one } }).session(&mut session).await.unwrap();
+                entries.insert_one(doc! { "a": a, "b": b }).session(&mut session).await.unwrap();
+                session.commit_transaction().await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        })
+    });
+    let latencies: Vec<Duration> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let figures = Figures {
+        label: format!("raw driver, {clients} client(s), 2x$inc+insert/tx"),
+        count: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    };
+    db.drop().await.unwrap();
+    figures
+}
+
+/// Transfers through the API: each client moves 1 unit back and forth between its own pair of
+/// wallets (`hot` = every client pays out of ONE wallet instead).
+async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -> Figures {
+    let payment = app.staff(Role::Payment).await;
+    let mut pairs: Vec<(TestUser, String, String)> = Vec::new();
+    let shared = app.register().await;
+    let shared_wallet = app.create_wallet(&shared, "USDT").await;
+    app.deposit(&payment, &shared_wallet, "1000000").await;
+    for _ in 0..clients {
+        let receiver = app.register().await;
+        let to = app.create_wallet(&receiver, "USDT").await;
+        if hot {
+            pairs.push((shared.clone(), shared_wallet.clone(), to));
+        } else {
+            let sender = app.register().await;
+            let from = app.create_wallet(&sender, "USDT").await;
+            app.deposit(&payment, &from, "1000000").await;
+            pairs.push((sender, from, to));
+        }
+    }
+    let started = Instant::now();
+    let per_client = total / clients;
+    let runs = pairs.iter().map(|(user, from, to)| async move {
+        let mut latencies = Vec::with_capacity(per_client);
+        for _ in 0..per_client {
+            let t = Instant::now();
+            let reply = app
+                .post("/v1/transfers", &user.access_token, json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" }))
+                .await;
+            assert_eq!(reply.status.as_u16(), 201, "{:?}", reply.body);
+            latencies.push(t.elapsed());
+        }
+        latencies
+    });
+    let latencies: Vec<Duration> = futures::future::join_all(runs).await.into_iter().flatten().collect();
+    let label = format!("API POST /v1/transfers, {clients} client(s){}", if hot { ", one hot wallet" } else { "" });
+    Figures { label, count: latencies.len(), elapsed: started.elapsed(), latencies }
+}
+
+#[tokio::main]
+async fn main() {
+    let total: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1600);
+    let uri = coffer_test_support::mongodb_uri();
+    let client = Client::with_uri_str(&uri).await.expect("connect");
+    println!("coffer-bench: {total} transfers per scenario against {}", uri.split('@').next_back().unwrap_or(""));
+
+    let raw_one = raw_driver(&client, 1, total).await;
+    raw_one.print(None);
+    let raw_sixteen = raw_driver(&client, 16, total).await;
+    raw_sixteen.print(None);
+
+    let app = TestApp::spawn_with(Options::default()).await;
+    let api_one = api_transfers(&app, 1, total, false).await;
+    api_one.print(Some(raw_one.rate()));
+    let api_sixteen = api_transfers(&app, 16, total, false).await;
+    api_sixteen.print(Some(raw_sixteen.rate()));
+    let api_hot = api_transfers(&app, 16, total, true).await;
+    api_hot.print(Some(raw_sixteen.rate()));
+    println!(
+        "write-conflict retries {}  give-ups {}",
+        app.metric("coffer_ledger_transaction_retries_total"),
+        app.metric("coffer_ledger_transaction_give_ups_total")
+    );
+    let report = app.store.verify_ledger().await.expect("verify");
+    println!("ledger verify after the run: {} finding(s)", report.findings.len());
+    assert!(report.findings.is_empty());
+}
