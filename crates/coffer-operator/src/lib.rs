@@ -40,13 +40,13 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// Keys are sorted, so the output is the same whatever features `serde_json` is built with
 /// (`preserve_order` is switched on by other crates of the workspace).
 pub fn crds_yaml() -> String {
-    let mut out = String::new();
-    for crd in crds() {
-        let value = serde_json::to_value(&crd).expect("a CRD serialises");
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&sorted(value)).expect("a CRD serialises to YAML"));
-    }
-    out
+    crds().iter().map(canonical_yaml).collect()
+}
+
+/// One YAML document (`---` first) with sorted keys: stable output for files and golden tests.
+pub fn canonical_yaml<T: serde::Serialize>(object: &T) -> String {
+    let value = serde_json::to_value(object).expect("Kubernetes objects serialise");
+    format!("---\n{}", serde_yaml::to_string(&sorted(value)).expect("JSON values serialise to YAML"))
 }
 
 /// `value` with every object's keys in sorted order.

@@ -132,6 +132,5 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
 }
 
 fn push<T: Serialize>(out: &mut String, object: &T) {
-    out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(object).expect("Kubernetes objects serialise to YAML"));
+    out.push_str(&crate::canonical_yaml(object));
 }
