@@ -7,7 +7,7 @@ use coffer_test_support::TestApp;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn adjustment(ledger: LedgerTransaction, amount: Amount) -> NewMovement {
+fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<String>) -> NewMovement {
     NewMovement {
         ledger,
         ledger_key: format!("test:{}", uuid::Uuid::new_v4()),
@@ -24,6 +24,7 @@ fn adjustment(ledger: LedgerTransaction, amount: Amount) -> NewMovement {
         to_wallet_id: None,
         external_reference: None,
         destination: None,
+        participants,
     }
 }
 
@@ -56,7 +57,10 @@ async fn a_movement_that_fails_midway_leaves_nothing_behind() {
         ],
     )
     .unwrap();
-    let result = app.store.apply_movement(&adjustment(ledger, amount)).await;
+    let result = app
+        .store
+        .apply_movement(&adjustment(ledger, amount, vec![alice.id.clone()]))
+        .await;
     assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}");
 
     assert_eq!(
@@ -189,19 +193,38 @@ async fn a_failed_withdrawal_releases_its_hold_exactly_once() {
 
     let amount = Amount::parse_decimal("1.5", 18).unwrap();
     let hold = LedgerTransaction::withdrawal_hold("ETH", &wallet, amount).unwrap();
-    let release = Transition::new(tx_id, TxState::PendingBroadcast, TxState::Failed, "broadcast refused by the node")
-        .with_ledger(LedgerTransaction::reversal_of(&hold));
+    let release = Transition::new(
+        tx_id,
+        TxState::PendingBroadcast,
+        TxState::Failed,
+        "broadcast refused by the node",
+    )
+    .with_ledger(LedgerTransaction::reversal_of(&hold));
     let failed = app.store.apply_transition(&release).await.unwrap();
     assert_eq!(failed.state, TxState::Failed);
     let again = app.store.apply_transition(&release).await;
     assert!(matches!(again, Err(StoreError::StateConflict)), "{again:?}");
 
     let balances = app.wallet(&alice, &wallet).await;
-    assert_eq!((balances["available"].as_str(), balances["held"].as_str()), (Some("2"), Some("0")));
-    let seen = app.get(&format!("/v1/transactions/{tx_id}"), &alice.access_token).await;
-    let states: Vec<&str> = seen.body["timeline"].as_array().unwrap().iter().map(|c| c["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        (balances["available"].as_str(), balances["held"].as_str()),
+        (Some("2"), Some("0"))
+    );
+    let seen = app
+        .get(&format!("/v1/transactions/{tx_id}"), &alice.access_token)
+        .await;
+    let states: Vec<&str> = seen.body["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["to"].as_str().unwrap())
+        .collect();
     assert_eq!(states, vec!["created", "pending_broadcast", "failed"]);
-    assert_eq!(seen.body["ledger_entries"].as_array().unwrap().len(), 4, "hold and release, two entries each");
+    assert_eq!(
+        seen.body["ledger_entries"].as_array().unwrap().len(),
+        4,
+        "hold and release, two entries each"
+    );
     let updated = app
         .store
         .database()

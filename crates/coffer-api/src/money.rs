@@ -182,6 +182,10 @@ pub async fn create_transfer(
         to_wallet_id: Some(to.id.clone()),
         external_reference: None,
         destination: None,
+        participants: [from.user_id.clone(), to.user_id.clone()]
+            .into_iter()
+            .flatten()
+            .collect(),
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     let tx = same_movement(tx, fresh, &from.id, Some(&to.id), amount)?;
@@ -241,6 +245,7 @@ pub async fn create_deposit(
         to_wallet_id: Some(wallet.id.clone()),
         external_reference: Some(reference.to_string()),
         destination: None,
+        participants: wallet.user_id.clone().into_iter().collect(),
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     if fresh {
@@ -326,6 +331,7 @@ pub async fn create_withdrawal(
         to_wallet_id: None,
         external_reference: None,
         destination: Some(body.destination_address.to_lowercase()),
+        participants: vec![principal.user_id.clone()],
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     let tx = same_movement(tx, fresh, &wallet.id, None, amount)?;

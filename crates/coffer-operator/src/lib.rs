@@ -46,7 +46,10 @@ pub fn crds_yaml() -> String {
 /// One YAML document (`---` first) with sorted keys: stable output for files and golden tests.
 pub fn canonical_yaml<T: serde::Serialize>(object: &T) -> String {
     let value = serde_json::to_value(object).expect("Kubernetes objects serialise");
-    format!("---\n{}", serde_yaml::to_string(&sorted(value)).expect("JSON values serialise to YAML"))
+    format!(
+        "---\n{}",
+        serde_yaml::to_string(&sorted(value)).expect("JSON values serialise to YAML")
+    )
 }
 
 /// `value` with every object's keys in sorted order.

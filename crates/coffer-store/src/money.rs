@@ -41,6 +41,9 @@ pub struct NewMovement {
     pub to_wallet_id: Option<String>,
     pub external_reference: Option<String>,
     pub destination: Option<String>,
+    /// The users who may see the transaction (owners of the user wallets it touches). Checked
+    /// against the wallets actually updated, so a caller cannot grant visibility by mistake.
+    pub participants: Vec<String>,
 }
 
 impl Store {
@@ -213,6 +216,13 @@ impl Store {
     }
 }
 
+fn sorted_unique(ids: &[String]) -> Vec<String> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     const COMMIT_ATTEMPTS: u32 = 3;
     let mut attempt = 1;
@@ -242,7 +252,7 @@ async fn write_movement(
 ) -> Result<TransactionDoc, StoreError> {
     let now = DateTime::now();
     let ledger = &movement.ledger;
-    let mut record = TransactionDoc {
+    let record = TransactionDoc {
         id: tx_id.to_string(),
         kind: ledger.kind(),
         state: movement.state,
@@ -250,7 +260,7 @@ async fn write_movement(
         decimals: movement.decimals,
         amount: movement.amount,
         ledger_key: movement.ledger_key.clone(),
-        participants: Vec::new(),
+        participants: sorted_unique(&movement.participants),
         from_wallet_id: movement.from_wallet_id.clone(),
         to_wallet_id: movement.to_wallet_id.clone(),
         external_reference: movement.external_reference.clone(),
@@ -271,19 +281,13 @@ async fn write_movement(
 
     let (updated, entries) = post_entries(store, session, ledger, tx_id, now).await?;
 
-    let mut participants: Vec<String> = updated.iter().filter_map(|w| w.user_id.clone()).collect();
-    participants.sort();
-    participants.dedup();
-    if !participants.is_empty() {
-        transactions
-            .update_one(
-                doc! { "_id": tx_id },
-                doc! { "$set": { "participants": &participants } },
-            )
-            .session(&mut *session)
-            .await?;
+    let owners: Vec<String> = updated.iter().filter_map(|w| w.user_id.clone()).collect();
+    if sorted_unique(&owners) != record.participants {
+        return Err(StoreError::Corrupt(format!(
+            "movement participants {:?} differ from the owners of the wallets it touches",
+            record.participants
+        )));
     }
-    record.participants = participants;
 
     let mut events = transaction_events(&record, EventType::TransactionCreated, &updated, &entries)?;
     events.extend(balance_events(&record, &updated)?);
@@ -313,7 +317,10 @@ pub(crate) async fn post_entries(
             id: new_id(),
             transaction_id: tx_id.to_string(),
             account_id: posting.account_id.clone(),
-            user_id: updated.iter().find(|w| w.id == posting.account_id).and_then(|w| w.user_id.clone()),
+            user_id: updated
+                .iter()
+                .find(|w| w.id == posting.account_id)
+                .and_then(|w| w.user_id.clone()),
             asset: ledger.asset().to_string(),
             kind: ledger.kind(),
             bucket: posting.bucket,
@@ -322,13 +329,25 @@ pub(crate) async fn post_entries(
             created_at: now,
         })
         .collect();
-    store.collection::<LedgerEntryDoc>(LEDGER_ENTRIES).insert_many(&entries).session(&mut *session).await?;
+    store
+        .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+        .insert_many(&entries)
+        .session(&mut *session)
+        .await?;
     Ok((updated, entries))
 }
 
-pub(crate) async fn insert_events(store: &Store, session: &mut ClientSession, events: &[OutboxDoc]) -> Result<(), StoreError> {
+pub(crate) async fn insert_events(
+    store: &Store,
+    session: &mut ClientSession,
+    events: &[OutboxDoc],
+) -> Result<(), StoreError> {
     if !events.is_empty() {
-        store.collection::<OutboxDoc>(OUTBOX).insert_many(events).session(&mut *session).await?;
+        store
+            .collection::<OutboxDoc>(OUTBOX)
+            .insert_many(events)
+            .session(&mut *session)
+            .await?;
     }
     Ok(())
 }
@@ -396,7 +415,10 @@ pub(crate) fn transaction_events(
     for wallet in wallets.iter().filter(|w| w.kind == AccountKind::User) {
         let user_id = wallet.user_id.clone().expect("user wallets have a user");
         let (mut credit, mut debit) = (Amount::ZERO, Amount::ZERO);
-        for entry in entries.iter().filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available) {
+        for entry in entries
+            .iter()
+            .filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available)
+        {
             let (amount, negative) = codec::from_decimal(&entry.amount)?;
             let side = if negative { &mut debit } else { &mut credit };
             *side = side.checked_add(amount).expect("bounded");
@@ -404,7 +426,10 @@ pub(crate) fn transaction_events(
         // With no available-bucket entries (a hold, a state change) the amount is the
         // transaction's, signed by the wallet's side of it.
         let (net, negative) = if credit == debit {
-            (record.amount, record.from_wallet_id.as_deref() == Some(wallet.id.as_str()))
+            (
+                record.amount,
+                record.from_wallet_id.as_deref() == Some(wallet.id.as_str()),
+            )
         } else if credit > debit {
             (credit.checked_sub(debit).expect("ordered"), false)
         } else {
@@ -424,7 +449,10 @@ pub(crate) fn transaction_events(
 }
 
 /// One `wallet.balance.updated` per user wallet whose balances changed.
-pub(crate) fn balance_events(record: &TransactionDoc, changed: &[WalletDoc]) -> Result<Vec<OutboxDoc>, StoreError> {
+pub(crate) fn balance_events(
+    record: &TransactionDoc,
+    changed: &[WalletDoc],
+) -> Result<Vec<OutboxDoc>, StoreError> {
     let mut events = Vec::new();
     for wallet in changed.iter().filter(|w| w.kind == AccountKind::User) {
         let user_id = wallet.user_id.clone().expect("user wallets have a user");
@@ -440,7 +468,12 @@ pub(crate) fn balance_events(record: &TransactionDoc, changed: &[WalletDoc]) -> 
             total: balances.total().to_decimal_string(decimals),
             transaction_id: record.id.clone(),
         };
-        events.push(outbox_doc(EventType::BalanceUpdated, wallet, &user_id, to_document(&data)?));
+        events.push(outbox_doc(
+            EventType::BalanceUpdated,
+            wallet,
+            &user_id,
+            to_document(&data)?,
+        ));
     }
     Ok(events)
 }
