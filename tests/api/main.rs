@@ -6,5 +6,6 @@ mod authorization;
 mod concurrency;
 mod idempotency;
 mod ledger;
+mod logs;
 mod routes;
 mod validation;
