@@ -118,6 +118,8 @@ pub struct Store {
     pub(crate) db: Database,
     pub(crate) locks: std::sync::Arc<locks::WalletLocks>,
     pub(crate) config: StoreConfig,
+    /// Assets whose platform accounts this process has already ensured.
+    pub(crate) ensured_assets: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub metrics: StoreMetrics,
 }
 
@@ -143,6 +145,7 @@ impl Store {
             locks,
             config,
             metrics,
+            ensured_assets: Default::default(),
         })
     }
 

@@ -149,8 +149,12 @@ impl Store {
         Ok(found)
     }
 
-    /// Creates the platform accounts of `asset` if missing. Idempotent.
+    /// Creates the platform accounts of `asset` if missing. Idempotent; after the first success
+    /// in this process it costs nothing.
     pub async fn ensure_platform_accounts(&self, asset: &str, decimals: u8) -> Result<(), StoreError> {
+        if self.ensured_assets.lock().unwrap_or_else(|p| p.into_inner()).contains(asset) {
+            return Ok(());
+        }
         for kind in AccountKind::PLATFORM {
             let id = coffer_domain::account::platform_account_id(asset, kind);
             let now = DateTime::now();
@@ -179,6 +183,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.ensured_assets.lock().unwrap_or_else(|p| p.into_inner()).insert(asset.to_string());
         Ok(())
     }
 
@@ -363,19 +368,15 @@ async fn apply_delta(
 ) -> Result<WalletDoc, StoreError> {
     let field = bucket.as_str();
     let mut filter = doc! { "_id": account_id };
+    // Decimal128 stays exact only within the ledger limit, so every update keeps the stored sum
+    // inside [-limit, limit]; a user's balance must additionally never go below zero.
+    let headroom = ledger_max().checked_sub(delta.amount).expect("postings are below the ledger limit");
     if delta.negative {
-        // Only user wallets must stay non-negative; platform accounts (custody) may go either way.
-        filter.insert(
-            "$or",
-            vec![
-                doc! { "kind": { "$ne": "user" } },
-                doc! { field: { "$gte": codec::to_decimal(&delta.amount, false) } },
-            ],
-        );
+        filter.insert("$or", vec![
+            doc! { "kind": "user", field: { "$gte": codec::to_decimal(&delta.amount, false) } },
+            doc! { "kind": { "$ne": "user" }, field: { "$gte": codec::to_decimal(&headroom, true) } },
+        ]);
     } else {
-        let headroom = ledger_max()
-            .checked_sub(delta.amount)
-            .expect("postings are below the ledger limit");
         filter.insert(field, doc! { "$lte": codec::to_decimal(&headroom, false) });
     }
     let update = doc! {
