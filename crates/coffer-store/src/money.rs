@@ -152,7 +152,12 @@ impl Store {
     /// Creates the platform accounts of `asset` if missing. Idempotent; after the first success
     /// in this process it costs nothing.
     pub async fn ensure_platform_accounts(&self, asset: &str, decimals: u8) -> Result<(), StoreError> {
-        if self.ensured_assets.lock().unwrap_or_else(|p| p.into_inner()).contains(asset) {
+        if self
+            .ensured_assets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(asset)
+        {
             return Ok(());
         }
         for kind in AccountKind::PLATFORM {
@@ -183,7 +188,10 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.ensured_assets.lock().unwrap_or_else(|p| p.into_inner()).insert(asset.to_string());
+        self.ensured_assets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(asset.to_string());
         Ok(())
     }
 
@@ -370,12 +378,17 @@ async fn apply_delta(
     let mut filter = doc! { "_id": account_id };
     // Decimal128 stays exact only within the ledger limit, so every update keeps the stored sum
     // inside [-limit, limit]; a user's balance must additionally never go below zero.
-    let headroom = ledger_max().checked_sub(delta.amount).expect("postings are below the ledger limit");
+    let headroom = ledger_max()
+        .checked_sub(delta.amount)
+        .expect("postings are below the ledger limit");
     if delta.negative {
-        filter.insert("$or", vec![
-            doc! { "kind": "user", field: { "$gte": codec::to_decimal(&delta.amount, false) } },
-            doc! { "kind": { "$ne": "user" }, field: { "$gte": codec::to_decimal(&headroom, true) } },
-        ]);
+        filter.insert(
+            "$or",
+            vec![
+                doc! { "kind": "user", field: { "$gte": codec::to_decimal(&delta.amount, false) } },
+                doc! { "kind": { "$ne": "user" }, field: { "$gte": codec::to_decimal(&headroom, true) } },
+            ],
+        );
     } else {
         filter.insert(field, doc! { "$lte": codec::to_decimal(&headroom, false) });
     }
