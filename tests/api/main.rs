@@ -7,5 +7,6 @@ mod concurrency;
 mod idempotency;
 mod ledger;
 mod logs;
+mod metrics;
 mod routes;
 mod validation;

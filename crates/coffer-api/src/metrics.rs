@@ -52,6 +52,10 @@ impl HttpMetrics {
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
         registry.register(Box::new(metrics.rate_limited.clone()))?;
+        // Every limiter's series exists from the start, at zero, so rate() and absence alerts work.
+        for limiter in ["auth_ip", "money_ip", "money_user"] {
+            metrics.rate_limited.with_label_values(&[limiter]);
+        }
         Ok(metrics)
     }
 }

@@ -34,6 +34,16 @@ impl StoreMetrics {
         registry.register(Box::new(metrics.transaction_retries.clone()))?;
         registry.register(Box::new(metrics.transaction_give_ups.clone()))?;
         registry.register(Box::new(metrics.movements.clone()))?;
+        for kind in [
+            "deposit",
+            "withdrawal",
+            "transfer",
+            "fee",
+            "reversal",
+            "adjustment",
+        ] {
+            metrics.movements.with_label_values(&[kind]);
+        }
         Ok(metrics)
     }
 
