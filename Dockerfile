@@ -4,6 +4,9 @@
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
+# The commit shown by the coffer_build_info metric: docker build --build-arg COFFER_GIT_COMMIT=$(git rev-parse HEAD)
+ARG COFFER_GIT_COMMIT=unknown
+ENV COFFER_GIT_COMMIT=${COFFER_GIT_COMMIT}
 COPY . .
 # Cache mounts keep the registry and the build directory between builds; the binary is copied
 # out of the cached target directory because cache mounts do not end up in the image.

@@ -52,6 +52,13 @@ impl HttpMetrics {
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
         registry.register(Box::new(metrics.rate_limited.clone()))?;
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("coffer_build_info", "Always 1; the labels say which build runs."),
+            &["version", "commit"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        let commit = option_env!("COFFER_GIT_COMMIT").unwrap_or("unknown");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), commit]).set(1);
         // Every limiter's series exists from the start, at zero, so rate() and absence alerts work.
         for limiter in ["auth_ip", "money_ip", "money_user"] {
             metrics.rate_limited.with_label_values(&[limiter]);
