@@ -234,7 +234,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// One attempt of a movement inside an open transaction.
-async fn write_movement(
+pub(crate) async fn write_movement(
     store: &Store,
     session: &mut ClientSession,
     movement: &NewMovement,
@@ -313,7 +313,10 @@ pub(crate) async fn post_entries(
             id: new_id(),
             transaction_id: tx_id.to_string(),
             account_id: posting.account_id.clone(),
-            user_id: updated.iter().find(|w| w.id == posting.account_id).and_then(|w| w.user_id.clone()),
+            user_id: updated
+                .iter()
+                .find(|w| w.id == posting.account_id)
+                .and_then(|w| w.user_id.clone()),
             asset: ledger.asset().to_string(),
             kind: ledger.kind(),
             bucket: posting.bucket,
@@ -322,13 +325,25 @@ pub(crate) async fn post_entries(
             created_at: now,
         })
         .collect();
-    store.collection::<LedgerEntryDoc>(LEDGER_ENTRIES).insert_many(&entries).session(&mut *session).await?;
+    store
+        .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+        .insert_many(&entries)
+        .session(&mut *session)
+        .await?;
     Ok((updated, entries))
 }
 
-pub(crate) async fn insert_events(store: &Store, session: &mut ClientSession, events: &[OutboxDoc]) -> Result<(), StoreError> {
+pub(crate) async fn insert_events(
+    store: &Store,
+    session: &mut ClientSession,
+    events: &[OutboxDoc],
+) -> Result<(), StoreError> {
     if !events.is_empty() {
-        store.collection::<OutboxDoc>(OUTBOX).insert_many(events).session(&mut *session).await?;
+        store
+            .collection::<OutboxDoc>(OUTBOX)
+            .insert_many(events)
+            .session(&mut *session)
+            .await?;
     }
     Ok(())
 }
@@ -396,7 +411,10 @@ pub(crate) fn transaction_events(
     for wallet in wallets.iter().filter(|w| w.kind == AccountKind::User) {
         let user_id = wallet.user_id.clone().expect("user wallets have a user");
         let (mut credit, mut debit) = (Amount::ZERO, Amount::ZERO);
-        for entry in entries.iter().filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available) {
+        for entry in entries
+            .iter()
+            .filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available)
+        {
             let (amount, negative) = codec::from_decimal(&entry.amount)?;
             let side = if negative { &mut debit } else { &mut credit };
             *side = side.checked_add(amount).expect("bounded");
@@ -404,7 +422,10 @@ pub(crate) fn transaction_events(
         // With no available-bucket entries (a hold, a state change) the amount is the
         // transaction's, signed by the wallet's side of it.
         let (net, negative) = if credit == debit {
-            (record.amount, record.from_wallet_id.as_deref() == Some(wallet.id.as_str()))
+            (
+                record.amount,
+                record.from_wallet_id.as_deref() == Some(wallet.id.as_str()),
+            )
         } else if credit > debit {
             (credit.checked_sub(debit).expect("ordered"), false)
         } else {
@@ -424,7 +445,10 @@ pub(crate) fn transaction_events(
 }
 
 /// One `wallet.balance.updated` per user wallet whose balances changed.
-pub(crate) fn balance_events(record: &TransactionDoc, changed: &[WalletDoc]) -> Result<Vec<OutboxDoc>, StoreError> {
+pub(crate) fn balance_events(
+    record: &TransactionDoc,
+    changed: &[WalletDoc],
+) -> Result<Vec<OutboxDoc>, StoreError> {
     let mut events = Vec::new();
     for wallet in changed.iter().filter(|w| w.kind == AccountKind::User) {
         let user_id = wallet.user_id.clone().expect("user wallets have a user");
@@ -440,7 +464,12 @@ pub(crate) fn balance_events(record: &TransactionDoc, changed: &[WalletDoc]) -> 
             total: balances.total().to_decimal_string(decimals),
             transaction_id: record.id.clone(),
         };
-        events.push(outbox_doc(EventType::BalanceUpdated, wallet, &user_id, to_document(&data)?));
+        events.push(outbox_doc(
+            EventType::BalanceUpdated,
+            wallet,
+            &user_id,
+            to_document(&data)?,
+        ));
     }
     Ok(events)
 }

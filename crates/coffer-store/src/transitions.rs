@@ -50,8 +50,13 @@ impl Transition {
 impl Store {
     /// Applies `transition` atomically and returns the transaction after it.
     pub async fn apply_transition(&self, transition: &Transition) -> Result<TransactionDoc, StoreError> {
-        let change = StateChange::step(transition.from, transition.to, chrono::Utc::now(), transition.cause.clone())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let change = StateChange::step(
+            transition.from,
+            transition.to,
+            chrono::Utc::now(),
+            transition.cause.clone(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut accounts = vec![];
         if let Some(ledger) = &transition.ledger {
             accounts = ledger.account_ids();
@@ -72,11 +77,18 @@ impl Store {
     }
 
     pub async fn transaction_by_id(&self, id: &str) -> Result<Option<TransactionDoc>, StoreError> {
-        Ok(self.collection::<TransactionDoc>(TRANSACTIONS).find_one(doc! { "_id": id }).await?)
+        Ok(self
+            .collection::<TransactionDoc>(TRANSACTIONS)
+            .find_one(doc! { "_id": id })
+            .await?)
     }
 
     /// Transactions in `state`, oldest first (workers and review queues), at most `limit`.
-    pub async fn transactions_in_state(&self, state: TxState, limit: u32) -> Result<Vec<TransactionDoc>, StoreError> {
+    pub async fn transactions_in_state(
+        &self,
+        state: TxState,
+        limit: u32,
+    ) -> Result<Vec<TransactionDoc>, StoreError> {
         let cursor = self
             .collection::<TransactionDoc>(TRANSACTIONS)
             .find(doc! { "state": state.as_str() })
@@ -108,8 +120,15 @@ async fn write_transition(
         .session(&mut *session)
         .await?;
     let Some(record) = record else {
-        let exists = transactions.find_one(doc! { "_id": &transition.transaction_id }).session(&mut *session).await?;
-        return Err(if exists.is_some() { StoreError::StateConflict } else { StoreError::NotFound });
+        let exists = transactions
+            .find_one(doc! { "_id": &transition.transaction_id })
+            .session(&mut *session)
+            .await?;
+        return Err(if exists.is_some() {
+            StoreError::StateConflict
+        } else {
+            StoreError::NotFound
+        });
     };
     let (changed, entries) = match &transition.ledger {
         Some(ledger) => post_entries(store, session, ledger, &record.id, now).await?,
@@ -117,10 +136,16 @@ async fn write_transition(
     };
     // Tell every participant wallet, changed or not, that the transaction moved.
     let mut wallets = changed.clone();
-    for id in [&record.from_wallet_id, &record.to_wallet_id].into_iter().flatten() {
+    for id in [&record.from_wallet_id, &record.to_wallet_id]
+        .into_iter()
+        .flatten()
+    {
         if !wallets.iter().any(|w| &w.id == id) {
-            if let Some(wallet) =
-                store.collection::<WalletDoc>(WALLETS).find_one(doc! { "_id": id }).session(&mut *session).await?
+            if let Some(wallet) = store
+                .collection::<WalletDoc>(WALLETS)
+                .find_one(doc! { "_id": id })
+                .session(&mut *session)
+                .await?
             {
                 wallets.push(wallet);
             }
