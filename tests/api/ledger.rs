@@ -189,19 +189,38 @@ async fn a_failed_withdrawal_releases_its_hold_exactly_once() {
 
     let amount = Amount::parse_decimal("1.5", 18).unwrap();
     let hold = LedgerTransaction::withdrawal_hold("ETH", &wallet, amount).unwrap();
-    let release = Transition::new(tx_id, TxState::PendingBroadcast, TxState::Failed, "broadcast refused by the node")
-        .with_ledger(LedgerTransaction::reversal_of(&hold));
+    let release = Transition::new(
+        tx_id,
+        TxState::PendingBroadcast,
+        TxState::Failed,
+        "broadcast refused by the node",
+    )
+    .with_ledger(LedgerTransaction::reversal_of(&hold));
     let failed = app.store.apply_transition(&release).await.unwrap();
     assert_eq!(failed.state, TxState::Failed);
     let again = app.store.apply_transition(&release).await;
     assert!(matches!(again, Err(StoreError::StateConflict)), "{again:?}");
 
     let balances = app.wallet(&alice, &wallet).await;
-    assert_eq!((balances["available"].as_str(), balances["held"].as_str()), (Some("2"), Some("0")));
-    let seen = app.get(&format!("/v1/transactions/{tx_id}"), &alice.access_token).await;
-    let states: Vec<&str> = seen.body["timeline"].as_array().unwrap().iter().map(|c| c["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        (balances["available"].as_str(), balances["held"].as_str()),
+        (Some("2"), Some("0"))
+    );
+    let seen = app
+        .get(&format!("/v1/transactions/{tx_id}"), &alice.access_token)
+        .await;
+    let states: Vec<&str> = seen.body["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["to"].as_str().unwrap())
+        .collect();
     assert_eq!(states, vec!["created", "pending_broadcast", "failed"]);
-    assert_eq!(seen.body["ledger_entries"].as_array().unwrap().len(), 4, "hold and release, two entries each");
+    assert_eq!(
+        seen.body["ledger_entries"].as_array().unwrap().len(),
+        4,
+        "hold and release, two entries each"
+    );
     let updated = app
         .store
         .database()

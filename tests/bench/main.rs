@@ -34,7 +34,9 @@ impl Figures {
     }
 
     fn print(&self, baseline: Option<f64>) {
-        let ratio = baseline.map(|b| format!("  ratio to raw driver {:.2}", self.rate() / b)).unwrap_or_default();
+        let ratio = baseline
+            .map(|b| format!("  ratio to raw driver {:.2}", self.rate() / b))
+            .unwrap_or_default();
         println!(
             "{:<48} {:>6} in {:>6.2}s  {:>8.1}/s  p50 {:>6.2} ms  p99 {:>6.2} ms{}",
             self.label,
@@ -54,7 +56,10 @@ async fn raw_driver(client: &Client, clients: usize, total: usize) -> Figures {
     let balances = db.collection::<Document>("balances");
     let entries = db.collection::<Document>("entries");
     for i in 0..clients * 2 {
-        balances.insert_one(doc! { "_id": i as i64, "v": Decimal128::from_bytes(0u128.to_le_bytes()) }).await.unwrap();
+        balances
+            .insert_one(doc! { "_id": i as i64, "v": Decimal128::from_bytes(0u128.to_le_bytes()) })
+            .await
+            .unwrap();
     }
     let one = Decimal128::from_bytes(((6176u128 << 113) | 1).to_le_bytes());
     let started = Instant::now();
@@ -72,16 +77,32 @@ async fn raw_driver(client: &Client, clients: usize, total: usize) -> Figures {
                     .await
                     .unwrap();
                 let (a, b) = ((c * 2) as i64, (c * 2 + 1) as i64);
-                balances.update_one(doc! { "_id": a }, doc! { "$inc": { "v": one } }).session(&mut session).await.unwrap();
-                balances.update_one(doc! { "_id": b }, doc! { "$inc": { "v": one } }).session(&mut session).await.unwrap();
-                entries.insert_one(doc! { "a": a, "b": b }).session(&mut session).await.unwrap();
+                balances
+                    .update_one(doc! { "_id": a }, doc! { "$inc": { "v": one } })
+                    .session(&mut session)
+                    .await
+                    .unwrap();
+                balances
+                    .update_one(doc! { "_id": b }, doc! { "$inc": { "v": one } })
+                    .session(&mut session)
+                    .await
+                    .unwrap();
+                entries
+                    .insert_one(doc! { "a": a, "b": b })
+                    .session(&mut session)
+                    .await
+                    .unwrap();
                 session.commit_transaction().await.unwrap();
                 latencies.push(t.elapsed());
             }
             latencies
         })
     });
-    let latencies: Vec<Duration> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let latencies: Vec<Duration> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
     let figures = Figures {
         label: format!("raw driver, {clients} client(s), 2x$inc+insert/tx"),
         count: latencies.len(),
@@ -119,24 +140,46 @@ async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -
         for _ in 0..per_client {
             let t = Instant::now();
             let reply = app
-                .post("/v1/transfers", &user.access_token, json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" }))
+                .post(
+                    "/v1/transfers",
+                    &user.access_token,
+                    json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" }),
+                )
                 .await;
             assert_eq!(reply.status.as_u16(), 201, "{:?}", reply.body);
             latencies.push(t.elapsed());
         }
         latencies
     });
-    let latencies: Vec<Duration> = futures::future::join_all(runs).await.into_iter().flatten().collect();
-    let label = format!("API POST /v1/transfers, {clients} client(s){}", if hot { ", one hot wallet" } else { "" });
-    Figures { label, count: latencies.len(), elapsed: started.elapsed(), latencies }
+    let latencies: Vec<Duration> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let label = format!(
+        "API POST /v1/transfers, {clients} client(s){}",
+        if hot { ", one hot wallet" } else { "" }
+    );
+    Figures {
+        label,
+        count: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let total: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1600);
+    let total: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1600);
     let uri = coffer_test_support::mongodb_uri();
     let client = Client::with_uri_str(&uri).await.expect("connect");
-    println!("coffer-bench: {total} transfers per scenario against {}", uri.split('@').next_back().unwrap_or(""));
+    println!(
+        "coffer-bench: {total} transfers per scenario against {}",
+        uri.split('@').next_back().unwrap_or("")
+    );
 
     let raw_one = raw_driver(&client, 1, total).await;
     raw_one.print(None);
@@ -156,6 +199,9 @@ async fn main() {
         app.metric("coffer_ledger_transaction_give_ups_total")
     );
     let report = app.store.verify_ledger().await.expect("verify");
-    println!("ledger verify after the run: {} finding(s)", report.findings.len());
+    println!(
+        "ledger verify after the run: {} finding(s)",
+        report.findings.len()
+    );
     assert!(report.findings.is_empty());
 }

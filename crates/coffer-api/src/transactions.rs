@@ -25,11 +25,7 @@ pub async fn list_transactions(
             page.limit.unwrap_or(50),
         )
         .await?;
-    let items = result
-        .items
-        .iter()
-        .map(TransactionView::from_doc)
-        .collect();
+    let items = result.items.iter().map(TransactionView::from_doc).collect();
     Ok(Json(TransactionPage {
         items,
         next_cursor: result.next_cursor,
