@@ -1,6 +1,8 @@
 //! Integration tests of the API and the ledger against the real MongoDB-compatible server.
 //! Each test starts its own app on 127.0.0.1:0 with its own database.
 
+mod admin;
+mod audit;
 mod auth;
 mod authorization;
 mod concurrency;
@@ -8,5 +10,6 @@ mod idempotency;
 mod ledger;
 mod logs;
 mod metrics;
+mod reconcile;
 mod routes;
 mod validation;

@@ -54,6 +54,8 @@ pub struct ApiConfig {
     /// `None` (the default) uses the TCP peer address: headers are not trusted unless configured.
     pub client_ip_header: Option<String>,
     pub password_hashing: PasswordHashing,
+    /// Limits of on-demand reconciliation runs (`POST /v1/admin/reconciliations`).
+    pub reconcile: coffer_store::reconcile::ReconcileConfig,
 }
 
 impl ApiConfig {
@@ -66,6 +68,7 @@ impl ApiConfig {
             rate_limits: RateLimits::default(),
             client_ip_header: None,
             password_hashing: PasswordHashing::default(),
+            reconcile: Default::default(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum ApiError {
     Unauthenticated { code: &'static str },
     #[error("forbidden")]
     Forbidden,
+    /// Refused for a reason more specific than the role (e.g. `self_approval`).
+    #[error("{detail}")]
+    ForbiddenBecause { code: &'static str, detail: String },
     #[error("not found")]
     NotFound,
     /// A referenced object (e.g. a wallet id in the body) does not exist for this caller.
@@ -83,7 +86,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::ForbiddenBecause { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::UnknownReference { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -99,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. }
             | ApiError::Unauthenticated { code }
+            | ApiError::ForbiddenBecause { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::UnknownReference { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
@@ -147,6 +151,14 @@ impl From<StoreError> for ApiError {
                 code: "state_conflict",
                 detail: "the transaction changed state meanwhile; read it again".into(),
             },
+            StoreError::SelfApproval => ApiError::ForbiddenBecause {
+                code: "self_approval",
+                detail: "the proposer of an adjustment cannot approve it; another admin must".into(),
+            },
+            StoreError::Unsupported(what) => ApiError::Unprocessable {
+                code: "not_supported",
+                detail: what.into(),
+            },
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,
             },
@@ -155,6 +167,17 @@ impl From<StoreError> for ApiError {
             },
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// A decision on an adjustment that is no longer proposed is `adjustment_not_proposed`.
+pub fn adjustment_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::StateConflict => ApiError::Conflict {
+            code: "adjustment_not_proposed",
+            detail: "the adjustment was already approved or rejected".into(),
+        },
+        other => other.into(),
     }
 }
 

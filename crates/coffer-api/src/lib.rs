@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -52,6 +53,7 @@ struct Inner {
     limiters: Arc<limits::Limiters>,
     metrics: metrics::HttpMetrics,
     registry: prometheus::Registry,
+    reconciler: coffer_store::reconcile::Reconciler,
 }
 
 impl ApiContext {
@@ -66,6 +68,11 @@ impl ApiContext {
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
+        let reconciler = coffer_store::reconcile::Reconciler {
+            config: config.reconcile.clone(),
+            custody: Arc::new(coffer_store::reconcile::NoChainConfigured),
+            metrics: coffer_store::reconcile::ReconcileMetrics::new(&registry)?,
+        };
         Ok(ApiContext {
             inner: Arc::new(Inner {
                 store,
@@ -75,8 +82,18 @@ impl ApiContext {
                 limiters,
                 metrics,
                 registry,
+                reconciler,
             }),
         })
+    }
+
+    /// Uses `source` for the custody check of on-demand reconciliations (before the context is shared).
+    pub fn with_custody_source(mut self, source: Arc<dyn coffer_store::reconcile::CustodySource>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("the custody source is set before the context is cloned")
+            .reconciler
+            .custody = source;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -100,6 +117,9 @@ impl ApiContext {
     pub fn registry(&self) -> &prometheus::Registry {
         &self.inner.registry
     }
+    pub fn reconciler(&self) -> &coffer_store::reconcile::Reconciler {
+        &self.inner.reconciler
+    }
 }
 
 struct BearerAuth;
@@ -119,7 +139,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"))
+    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"))
 )]
 struct ApiDoc;
 
@@ -129,6 +149,8 @@ struct Groups {
     auth: OpenApiRouter<ApiContext>,
     reads: OpenApiRouter<ApiContext>,
     writes: OpenApiRouter<ApiContext>,
+    admin_reads: OpenApiRouter<ApiContext>,
+    admin_writes: OpenApiRouter<ApiContext>,
 }
 
 fn groups() -> Groups {
@@ -153,6 +175,8 @@ fn groups() -> Groups {
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))
             .routes(routes!(money::create_withdrawal)),
+        admin_reads: admin::reads(),
+        admin_writes: admin::writes(),
     }
 }
 
@@ -175,6 +199,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/withdrawals"),
     ("GET", "/v1/transactions"),
     ("GET", "/v1/transactions/{id}"),
+    ("GET", "/v1/admin/users/{id}/wallets"),
+    ("GET", "/v1/admin/transactions/{id}"),
+    ("GET", "/v1/admin/adjustments"),
+    ("POST", "/v1/admin/adjustments"),
+    ("GET", "/v1/admin/adjustments/{id}"),
+    ("POST", "/v1/admin/adjustments/{id}/approve"),
+    ("POST", "/v1/admin/adjustments/{id}/reject"),
+    ("GET", "/v1/admin/reviews"),
+    ("POST", "/v1/admin/reviews/{id}/approve"),
+    ("POST", "/v1/admin/reviews/{id}/reject"),
+    ("GET", "/v1/admin/reconciliations"),
+    ("POST", "/v1/admin/reconciliations"),
+    ("GET", "/v1/admin/reconciliations/{id}"),
+    ("GET", "/v1/admin/audit/verify"),
 ];
 
 /// The OpenAPI 3.1 document of every route.
@@ -185,6 +223,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(g.auth)
         .merge(g.reads)
         .merge(g.writes)
+        .merge(g.admin_reads)
+        .merge(g.admin_writes)
         .into_openapi()
 }
 
@@ -195,6 +235,12 @@ pub fn router(ctx: ApiContext) -> Router {
     let (auth, _) = g.auth.split_for_parts();
     let (reads, _) = g.reads.split_for_parts();
     let (writes, _) = g.writes.split_for_parts();
+    let (admin_reads, _) = g.admin_reads.split_for_parts();
+    let (admin_writes, _) = g.admin_writes.split_for_parts();
+    // Admin writes take Idempotency-Key like every mutating route.
+    let admin_writes = admin_writes
+        .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
+        .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
     let auth = auth.route_layer(from_fn_with_state(ctx.clone(), limits::auth_limit));
     let writes = writes
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
@@ -205,6 +251,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(auth)
         .merge(reads)
         .merge(writes)
+        .merge(admin_reads)
+        .merge(admin_writes)
         .fallback(|| async { error::ApiError::NotFound })
         .route_layer(from_fn_with_state(ctx.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(ctx.config().body_limit_bytes))

@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod adjustments;
 pub mod audit;
+pub mod audit_chain;
 pub mod codec;
 pub mod idempotency;
 pub mod locks;
@@ -14,6 +16,8 @@ pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod queries;
+pub mod reconcile;
+pub mod support;
 pub mod tokens;
 pub mod transitions;
 pub mod users;
@@ -40,6 +44,8 @@ pub mod collections {
     pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
     pub const OUTBOX: &str = "outbox";
     pub const AUDIT_LOG: &str = "audit_log";
+    pub const ADJUSTMENTS: &str = "adjustments";
+    pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
 }
 
 #[derive(Debug, Error)]
@@ -58,6 +64,10 @@ pub enum StoreError {
     StateConflict,
     #[error("the write could not commit within its bounded retries")]
     Contention,
+    #[error("the proposer of an adjustment cannot decide it")]
+    SelfApproval,
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     #[error("stored data violates an invariant: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -224,7 +234,7 @@ impl Store {
                 .create_index(model)
                 .await?;
         }
-        Ok(())
+        self.ensure_admin_indexes().await
     }
 }
 

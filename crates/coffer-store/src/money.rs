@@ -257,7 +257,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// One attempt of a movement inside an open transaction.
-async fn write_movement(
+pub(crate) async fn write_movement(
     store: &Store,
     session: &mut ClientSession,
     movement: &NewMovement,

@@ -25,6 +25,8 @@ pub fn mongodb_uri() -> String {
 pub struct Options {
     pub rate_limits: RateLimits,
     pub store: StoreConfig,
+    /// Limits of on-demand reconciliations (tests shorten the stuck limits).
+    pub reconcile: coffer_store::reconcile::ReconcileConfig,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
                 money_per_ip_per_minute: 100_000,
             },
             store: StoreConfig::default(),
+            reconcile: Default::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl TestApp {
             "test-secret-test-secret-test-secret-0123",
         ));
         config.rate_limits = options.rate_limits;
+        config.reconcile = options.reconcile;
         // Real argon2id, with cheap parameters so the suite stays fast.
         config.password_hashing = PasswordHashing {
             memory_kib: 1024,

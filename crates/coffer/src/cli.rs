@@ -32,8 +32,8 @@ pub enum Command {
     ChainListener,
     /// Relay the outbox to RabbitMQ (not built yet).
     OutboxPublisher,
-    /// Prove the books on an interval (not built yet).
-    Reconciler,
+    /// Prove the books on an interval; serves /healthz, /readyz and /metrics.
+    Reconciler(ReconcilerArgs),
     /// Run the Kubernetes operator.
     Operator(coffer_operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (`coffer crdgen > crds/coffer.yaml`).
@@ -42,6 +42,11 @@ pub enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Accounts: staff and service credentials.
     User {
@@ -57,10 +62,11 @@ impl Command {
             Command::Dev(_) => "dev",
             Command::ChainListener => "chain-listener",
             Command::OutboxPublisher => "outbox-publisher",
-            Command::Reconciler => "reconciler",
+            Command::Reconciler(_) => "reconciler",
             Command::Operator(_) => "operator",
             Command::Crdgen => "crdgen",
             Command::Ledger { .. } => "ledger",
+            Command::Audit { .. } => "audit",
             Command::User { .. } => "user",
         }
     }
@@ -69,6 +75,12 @@ impl Command {
 #[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Recompute every balance from the ledger; exit 1 on any difference.
+    Verify(DbArgs),
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit log's hash chain; exit 1 and name the record where it breaks.
     Verify(DbArgs),
 }
 
@@ -131,6 +143,51 @@ pub struct ApiArgs {
     /// Trust this header (e.g. x-forwarded-for) for the client IP; only behind a proxy you run.
     #[arg(long, env = "COFFER_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
+    #[command(flatten)]
+    pub reconcile: ReconcileArgs,
+}
+
+/// Limits of reconciliation runs (the reconciler role and on-demand runs through the API).
+#[derive(Args, Clone)]
+pub struct ReconcileArgs {
+    /// Override how long a transaction may stay in a state, e.g. `pending_broadcast=900,confirming=7200`.
+    /// Defaults: created 900, pending_broadcast 900, broadcasted 3600, confirming 7200,
+    /// retryable 3600, manual_review 259200 seconds.
+    #[arg(long, env = "COFFER_RECONCILE_STUCK_LIMITS")]
+    pub reconcile_stuck_limits: Option<String>,
+    /// How old (seconds) the oldest unpublished outbox event may be.
+    #[arg(long, env = "COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS", default_value_t = 300)]
+    pub reconcile_outbox_limit_seconds: u64,
+}
+
+impl ReconcileArgs {
+    pub fn config(&self) -> anyhow::Result<coffer_store::reconcile::ReconcileConfig> {
+        let mut config = coffer_store::reconcile::ReconcileConfig::default();
+        if let Some(text) = &self.reconcile_stuck_limits {
+            config = config
+                .with_state_limits(text)
+                .map_err(|e| anyhow::anyhow!("COFFER_RECONCILE_STUCK_LIMITS: {e}"))?;
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.reconcile_outbox_limit_seconds) {
+            bail!("COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS must be between 1 and 604800");
+        }
+        config.outbox_limit = Duration::from_secs(self.reconcile_outbox_limit_seconds);
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+pub struct ReconcilerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Serves /healthz, /readyz and /metrics.
+    #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+    /// Seconds between runs (10 to 86400); the first run starts at once.
+    #[arg(long, env = "COFFER_RECONCILE_INTERVAL_SECONDS", default_value_t = 300)]
+    pub interval_seconds: u64,
+    #[command(flatten)]
+    pub limits: ReconcileArgs,
 }
 
 impl ApiArgs {
@@ -150,6 +207,7 @@ impl ApiArgs {
             money_per_ip_per_minute: self.rate_money_per_ip_per_minute,
         };
         config.client_ip_header = self.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase());
+        config.reconcile = self.reconcile.config()?;
         Ok(config)
     }
 }

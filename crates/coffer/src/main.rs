@@ -4,6 +4,7 @@
 mod assets;
 mod cli;
 mod logging;
+mod reconciler;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use coffer_api::ApiContext;
 use coffer_store::{Role, Store, StoreConfig, StoreMetrics};
 use secrecy::{ExposeSecret, SecretString};
 
-use cli::{ApiArgs, Cli, Command, DbArgs, LedgerCommand, UserCommand};
+use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, LedgerCommand, UserCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,7 +44,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", coffer_operator::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::ChainListener | Command::OutboxPublisher | Command::Reconciler => {
+        Command::Reconciler(args) => reconciler::run(args, shutdown_signal())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Audit {
+            command: AuditCommand::Verify(db),
+        } => reconciler::verify_audit(db).await,
+        Command::ChainListener | Command::OutboxPublisher => {
             eprintln!(
                 "coffer: the {} role is not built yet (see the open issues); nothing was started.",
                 command_name(&command)
@@ -63,7 +70,7 @@ fn command_name(command: &Command) -> &'static str {
     command.role()
 }
 
-async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let store = Store::connect(&db.mongodb_uri, &db.database, StoreConfig::default(), metrics)
         .await
@@ -98,7 +105,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -1,0 +1,555 @@
+//! Reconciliation (O1): prove the books, store what was found, never fix anything.
+//!
+//! A run checks, each in the database (aggregations and indexed queries, never every entry in
+//! memory): cached balances against ledger sums (`balances`), transactions and assets summing to
+//! zero (`postings`), custody against the chain (`custody`, skipped without a chain source),
+//! transactions past their state's time limit (`stuck_transactions`), the age of the oldest
+//! unpublished outbox event (`outbox_lag`), and the audit hash chain (`audit_chain`). The run and
+//! its findings are stored in `reconciliation_runs`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_domain::{Amount, TxState};
+use futures::future::BoxFuture;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime, Document};
+use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::collections::{OUTBOX, RECONCILIATION_RUNS, TRANSACTIONS, WALLETS};
+use crate::model::{OutboxDoc, TransactionDoc, WalletDoc};
+use crate::verify::Finding;
+use crate::{codec, new_id, Store, StoreError};
+
+/// The checks of a run, in order. Also the values of the `check` metric label.
+pub const CHECKS: [&str; 6] = [
+    "balances",
+    "postings",
+    "custody",
+    "stuck_transactions",
+    "outbox_lag",
+    "audit_chain",
+];
+
+/// The most findings one run stores; counts per check stay exact beyond it.
+pub const FINDINGS_STORED_MAX: usize = 1000;
+/// The most stuck transactions reported per state in one run.
+const STUCK_PER_STATE_MAX: i64 = 100;
+
+/// Limits of a run, validated at start.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How long a transaction may stay in a state before it is reported as stuck.
+    pub state_limits: Vec<(TxState, Duration)>,
+    /// How old the oldest unpublished outbox event may be.
+    pub outbox_limit: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        ReconcileConfig {
+            state_limits: vec![
+                (TxState::Created, minutes(15)),
+                (TxState::PendingBroadcast, minutes(15)),
+                (TxState::Broadcasted, minutes(60)),
+                (TxState::Confirming, minutes(120)),
+                (TxState::Retryable, minutes(60)),
+                (TxState::ManualReview, minutes(72 * 60)),
+            ],
+            outbox_limit: minutes(5),
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// Overrides state limits from `state=seconds,state=seconds`, e.g. `confirming=3600`.
+    pub fn with_state_limits(mut self, text: &str) -> Result<Self, String> {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, seconds) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not state=seconds"))?;
+            let state = TxState::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name.trim())
+                .ok_or_else(|| format!("unknown state {name:?}"))?;
+            if state.is_final() {
+                return Err(format!("{name} is final: nothing stays stuck there"));
+            }
+            let seconds: u64 = seconds
+                .trim()
+                .parse()
+                .map_err(|_| format!("{pair:?}: seconds must be a whole number"))?;
+            if seconds == 0 {
+                return Err(format!("{pair:?}: the limit must be at least 1 second"));
+            }
+            self.state_limits.retain(|(s, _)| *s != state);
+            self.state_limits.push((state, Duration::from_secs(seconds)));
+        }
+        Ok(self)
+    }
+}
+
+/// Where the custody check learns what the hot wallets hold on chain. The chain listener provides
+/// one; without it the check is reported as skipped.
+pub trait CustodySource: Send + Sync {
+    /// The on-chain balance of `asset`'s hot wallets in smallest units; `Ok(None)` when no chain
+    /// is configured for the asset.
+    fn on_chain_balance<'a>(&'a self, asset: &'a str) -> BoxFuture<'a, Result<Option<Amount>, String>>;
+}
+
+/// No chain configured: every custody check is skipped.
+pub struct NoChainConfigured;
+
+impl CustodySource for NoChainConfigured {
+    fn on_chain_balance<'a>(&'a self, _asset: &'a str) -> BoxFuture<'a, Result<Option<Amount>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    Mismatch,
+    Skipped,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub check: String,
+    pub status: CheckStatus,
+    /// Findings of this check (exact, even when not all are stored).
+    pub mismatches: i64,
+    pub detail: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// One thing a check found. Amounts are signed integers of smallest units, as strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingDoc {
+    pub check: String,
+    /// e.g. `balance_mismatch`, `unbalanced_transaction`, `stuck`, `outbox_lag`, `chain_edited`.
+    pub kind: String,
+    /// The id of what is wrong: an account, transaction, asset, event or audit record.
+    pub subject: String,
+    pub details: Document,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconciliationRun {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// `interval` (the reconciler role) or `api` (on demand).
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    pub started_at: DateTime,
+    pub finished_at: DateTime,
+    pub duration_ms: i64,
+    pub checks: Vec<CheckOutcome>,
+    /// Total findings over all checks.
+    pub mismatches: i64,
+    /// Empty in listings (not loaded); see [`Store::reconciliation_run`].
+    #[serde(default)]
+    pub findings: Vec<FindingDoc>,
+    pub findings_truncated: bool,
+}
+
+/// Metrics of reconciliation and of the audit chain, registered into the role's registry.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    pub runs: IntCounter,
+    pub mismatches: IntGaugeVec,
+    pub last_run_timestamp: Gauge,
+    pub audit_chain_valid: IntGauge,
+}
+
+impl ReconcileMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = ReconcileMetrics {
+            runs: IntCounter::with_opts(Opts::new(
+                "coffer_reconciliation_runs_total",
+                "Reconciliation runs completed and stored.",
+            ))?,
+            mismatches: IntGaugeVec::new(
+                Opts::new(
+                    "coffer_reconciliation_mismatches",
+                    "Findings of the last reconciliation run, by check.",
+                ),
+                &["check"],
+            )?,
+            last_run_timestamp: Gauge::with_opts(Opts::new(
+                "coffer_reconciliation_last_run_timestamp_seconds",
+                "Unix time the last reconciliation run finished.",
+            ))?,
+            audit_chain_valid: IntGauge::with_opts(Opts::new(
+                "coffer_audit_chain_valid",
+                "1 when the last verification of the audit hash chain found it intact, 0 when broken.",
+            ))?,
+        };
+        registry.register(Box::new(metrics.runs.clone()))?;
+        registry.register(Box::new(metrics.mismatches.clone()))?;
+        registry.register(Box::new(metrics.last_run_timestamp.clone()))?;
+        registry.register(Box::new(metrics.audit_chain_valid.clone()))?;
+        Ok(metrics)
+    }
+
+    fn record(&self, run: &ReconciliationRun) {
+        self.runs.inc();
+        for outcome in &run.checks {
+            self.mismatches
+                .with_label_values(&[&outcome.check])
+                .set(outcome.mismatches);
+        }
+        self.last_run_timestamp
+            .set(run.finished_at.timestamp_millis() as f64 / 1000.0);
+    }
+}
+
+/// What a reconciliation needs besides the store.
+#[derive(Clone)]
+pub struct Reconciler {
+    pub config: ReconcileConfig,
+    pub custody: Arc<dyn CustodySource>,
+    pub metrics: ReconcileMetrics,
+}
+
+/// Findings of one check, before it is timed and stored.
+struct Checked {
+    status: CheckStatus,
+    findings: Vec<FindingDoc>,
+    /// Findings counted beyond those listed (e.g. more stuck transactions than reported).
+    uncounted: i64,
+    detail: Option<String>,
+}
+
+impl Checked {
+    fn of(findings: Vec<FindingDoc>) -> Self {
+        let status = if findings.is_empty() {
+            CheckStatus::Ok
+        } else {
+            CheckStatus::Mismatch
+        };
+        Checked {
+            status,
+            findings,
+            uncounted: 0,
+            detail: None,
+        }
+    }
+}
+
+fn finding(check: &str, kind: &str, subject: &str, details: Document) -> FindingDoc {
+    FindingDoc {
+        check: check.into(),
+        kind: kind.into(),
+        subject: subject.into(),
+        details,
+    }
+}
+
+fn ledger_findings(findings: Vec<Finding>) -> (Vec<FindingDoc>, Vec<FindingDoc>) {
+    let (mut balances, mut postings) = (Vec::new(), Vec::new());
+    for f in findings {
+        match f {
+            Finding::BalanceMismatch {
+                account_id,
+                bucket,
+                cached,
+                ledger,
+            } => balances.push(finding(
+                "balances",
+                "balance_mismatch",
+                &account_id,
+                doc! { "bucket": bucket, "cached_atomic": cached, "ledger_atomic": ledger },
+            )),
+            Finding::UnknownAccount { account_id } => {
+                balances.push(finding("balances", "unknown_account", &account_id, doc! {}))
+            }
+            Finding::UnbalancedTransaction { transaction_id, sum } => postings.push(finding(
+                "postings",
+                "unbalanced_transaction",
+                &transaction_id,
+                doc! { "sum_atomic": sum },
+            )),
+            Finding::UnbalancedAsset { asset, sum } => postings.push(finding(
+                "postings",
+                "unbalanced_asset",
+                &asset,
+                doc! { "sum_atomic": sum },
+            )),
+        }
+    }
+    (balances, postings)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Reconciler {
+    /// Runs every check, stores the run and updates the metrics.
+    pub async fn run(
+        &self,
+        store: &Store,
+        trigger: &str,
+        requested_by: Option<&str>,
+    ) -> Result<ReconciliationRun, StoreError> {
+        let started_at = DateTime::now();
+        let started = Instant::now();
+        let mut outcomes = Vec::new();
+        let mut findings = Vec::new();
+        let mut push = |check: &str, elapsed: Duration, checked: Checked| {
+            outcomes.push(CheckOutcome {
+                check: check.to_string(),
+                status: checked.status,
+                mismatches: checked.findings.len() as i64 + checked.uncounted,
+                detail: checked.detail,
+                duration_ms: millis(elapsed),
+            });
+            findings.extend(checked.findings);
+        };
+
+        let t = Instant::now();
+        let report = store.verify_ledger().await?;
+        let (balances, postings) = ledger_findings(report.findings);
+        let elapsed = t.elapsed();
+        push("balances", elapsed, Checked::of(balances));
+        push("postings", elapsed, Checked::of(postings));
+
+        let t = Instant::now();
+        let custody = self.check_custody(store).await?;
+        push("custody", t.elapsed(), custody);
+        let t = Instant::now();
+        let stuck = self.check_stuck(store).await?;
+        push("stuck_transactions", t.elapsed(), stuck);
+        let t = Instant::now();
+        let outbox = self.check_outbox(store).await?;
+        push("outbox_lag", t.elapsed(), outbox);
+        let t = Instant::now();
+        let audit = self.check_audit(store).await?;
+        push("audit_chain", t.elapsed(), audit);
+
+        let mismatches = outcomes.iter().map(|o| o.mismatches).sum();
+        let findings_truncated = findings.len() > FINDINGS_STORED_MAX;
+        findings.truncate(FINDINGS_STORED_MAX);
+        let run = ReconciliationRun {
+            id: new_id(),
+            trigger: trigger.to_string(),
+            requested_by: requested_by.map(str::to_string),
+            started_at,
+            finished_at: DateTime::now(),
+            duration_ms: millis(started.elapsed()),
+            checks: outcomes,
+            mismatches,
+            findings,
+            findings_truncated,
+        };
+        store
+            .collection::<ReconciliationRun>(RECONCILIATION_RUNS)
+            .insert_one(&run)
+            .await?;
+        self.metrics.record(&run);
+        Ok(run)
+    }
+
+    /// Custody is debit-normal: the ledger holds `-(available + pending + held)` of the account.
+    async fn check_custody(&self, store: &Store) -> Result<Checked, StoreError> {
+        let mut cursor = store
+            .collection::<WalletDoc>(WALLETS)
+            .find(doc! { "kind": "custody" })
+            .limit(10_000)
+            .await?;
+        let (mut compared, mut errors, mut found) = (0, Vec::new(), Vec::new());
+        while let Some(account) = cursor.try_next().await? {
+            let on_chain = match self.custody.on_chain_balance(&account.asset).await {
+                Ok(Some(amount)) => amount,
+                Ok(None) => continue,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", account.asset));
+                    continue;
+                }
+            };
+            compared += 1;
+            let mut held = Amount::ZERO;
+            let mut owed = Amount::ZERO;
+            for bucket in coffer_domain::Bucket::ALL {
+                let (amount, negative) = codec::from_decimal(account.bucket(bucket))?;
+                let side = if negative { &mut held } else { &mut owed };
+                *side = side.checked_add(amount).expect("bounded by the ledger limit");
+            }
+            let in_ledger = held.checked_sub(owed);
+            if in_ledger != Some(on_chain) {
+                let ledger_atomic = match in_ledger {
+                    Some(amount) => amount.to_string(),
+                    None => format!("-{}", owed.checked_sub(held).expect("owed > held")),
+                };
+                found.push(finding(
+                    "custody",
+                    "custody_mismatch",
+                    &account.asset,
+                    doc! { "account_id": &account.id, "ledger_atomic": ledger_atomic, "on_chain_atomic": on_chain.to_string() },
+                ));
+            }
+        }
+        let mut checked = Checked::of(found);
+        if !errors.is_empty() {
+            checked.status = CheckStatus::Error;
+            checked.detail = Some(errors.join("; ").chars().take(500).collect());
+        } else if compared == 0 {
+            checked.status = CheckStatus::Skipped;
+            checked.detail = Some("no chain configured".into());
+        }
+        Ok(checked)
+    }
+
+    async fn check_stuck(&self, store: &Store) -> Result<Checked, StoreError> {
+        let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
+        let now = DateTime::now().timestamp_millis();
+        let (mut found, mut uncounted) = (Vec::new(), 0);
+        for (state, limit) in &self.config.state_limits {
+            let since = DateTime::from_millis(now - millis(*limit));
+            let filter = doc! { "state": state.as_str(), "updated_at": { "$lt": since } };
+            let total = transactions.count_documents(filter.clone()).await? as i64;
+            if total == 0 {
+                continue;
+            }
+            let mut cursor = transactions
+                .find(filter)
+                .sort(doc! { "updated_at": 1 })
+                .limit(STUCK_PER_STATE_MAX)
+                .await?;
+            let mut listed = 0;
+            while let Some(tx) = cursor.try_next().await? {
+                listed += 1;
+                let age_seconds = (now - tx.updated_at.timestamp_millis()) / 1000;
+                found.push(finding(
+                    "stuck_transactions",
+                    "stuck",
+                    &tx.id,
+                    doc! { "kind": tx.kind.as_str(), "state": state.as_str(), "in_state_seconds": age_seconds,
+                    "limit_seconds": limit.as_secs() as i64 },
+                ));
+            }
+            uncounted += total - listed;
+        }
+        let mut checked = Checked::of(found);
+        checked.uncounted = uncounted;
+        if uncounted > 0 {
+            checked.status = CheckStatus::Mismatch;
+        }
+        Ok(checked)
+    }
+
+    async fn check_outbox(&self, store: &Store) -> Result<Checked, StoreError> {
+        let outbox = store.collection::<OutboxDoc>(OUTBOX);
+        let oldest = outbox
+            .find_one(doc! { "published_at": null })
+            .sort(doc! { "published_at": 1, "_id": 1 })
+            .await?;
+        let Some(oldest) = oldest else {
+            return Ok(Checked::of(Vec::new()));
+        };
+        let age = DateTime::now().timestamp_millis() - oldest.created_at.timestamp_millis();
+        if age <= millis(self.config.outbox_limit) {
+            return Ok(Checked::of(Vec::new()));
+        }
+        Ok(Checked::of(vec![finding(
+            "outbox_lag",
+            "outbox_lag",
+            &oldest.id,
+            doc! { "event_type": &oldest.event_type, "age_seconds": age / 1000,
+            "limit_seconds": self.config.outbox_limit.as_secs() as i64 },
+        )]))
+    }
+
+    async fn check_audit(&self, store: &Store) -> Result<Checked, StoreError> {
+        let verification = store.verify_audit().await?;
+        self.metrics
+            .audit_chain_valid
+            .set(i64::from(verification.valid()));
+        let found = verification
+            .first_break
+            .map(|b| {
+                finding(
+                    "audit_chain",
+                    &format!("chain_{}", b.kind.as_str()),
+                    &b.id,
+                    doc! { "seq": b.seq, "detail": b.detail },
+                )
+            })
+            .into_iter()
+            .collect();
+        Ok(Checked::of(found))
+    }
+}
+
+impl Store {
+    pub async fn reconciliation_run(&self, id: &str) -> Result<Option<ReconciliationRun>, StoreError> {
+        Ok(self
+            .collection::<ReconciliationRun>(RECONCILIATION_RUNS)
+            .find_one(doc! { "_id": id })
+            .await?)
+    }
+
+    /// Runs newest first, without their findings; at most `limit` (1..=100), before `cursor`.
+    pub async fn reconciliation_runs(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<crate::queries::Page<ReconciliationRun>, StoreError> {
+        let limit = limit.clamp(1, crate::queries::PAGE_LIMIT_MAX);
+        let filter = match cursor {
+            Some(cursor) => doc! { "_id": { "$lt": cursor } },
+            None => doc! {},
+        };
+        let mut items: Vec<ReconciliationRun> = self
+            .collection::<ReconciliationRun>(RECONCILIATION_RUNS)
+            .find(filter)
+            .projection(doc! { "findings": 0 })
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(limit) + 1)
+            .await?
+            .try_collect()
+            .await?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok(crate::queries::Page { items, next_cursor })
+    }
+
+    /// Indexes of the admin collections and queries (called by [`Store::ensure_indexes`]).
+    pub(crate) async fn ensure_admin_indexes(&self) -> Result<(), StoreError> {
+        use crate::collections::ADJUSTMENTS;
+        let specs = [
+            (TRANSACTIONS, doc! { "state": 1, "updated_at": 1 }, "stuck"),
+            (
+                OUTBOX,
+                doc! { "data.transaction_id": 1, "_id": -1 },
+                "by_transaction",
+            ),
+            (ADJUSTMENTS, doc! { "status": 1, "_id": -1 }, "by_status"),
+        ];
+        for (collection, keys, name) in specs {
+            let options = mongodb::options::IndexOptions::builder()
+                .name(name.to_string())
+                .build();
+            let model = mongodb::IndexModel::builder().keys(keys).options(options).build();
+            store_index(self, collection, model).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn store_index(store: &Store, collection: &str, model: mongodb::IndexModel) -> Result<(), StoreError> {
+    store
+        .collection::<Document>(collection)
+        .create_index(model)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Support reads (a transaction's whole story) and manual-review decisions (O2).
+
+use coffer_domain::{LedgerTransaction, TxKind, TxState};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime, Document};
+
+use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS};
+use crate::model::{LedgerEntryDoc, OutboxDoc, TransactionDoc};
+use crate::transitions::Transition;
+use crate::{Store, StoreError};
+
+/// The most ledger entries a timeline shows (a transaction has a handful; this is a bound).
+pub const TIMELINE_ENTRIES_MAX: i64 = 1000;
+
+/// Everything known about one transaction, for support.
+#[derive(Debug, Clone)]
+pub struct TransactionStory {
+    pub transaction: TransactionDoc,
+    /// The record as stored: fields other roles add (chain references, confirmations, risk
+    /// flags, review decisions) are read from here.
+    pub raw: Document,
+    /// All its ledger entries, on every account, oldest first.
+    pub entries: Vec<LedgerEntryDoc>,
+    /// The newest real-time event written for it.
+    pub last_event: Option<OutboxDoc>,
+}
+
+/// A reviewer's decision on a transaction in manual review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewDecision {
+    Approve,
+    Reject,
+}
+
+impl ReviewDecision {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReviewDecision::Approve => "approved",
+            ReviewDecision::Reject => "rejected",
+        }
+    }
+}
+
+/// The transition a decision makes: approve sends a withdrawal on to broadcast; reject fails it
+/// and releases its hold (the reversal of the hold, in the same database transaction).
+pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Result<Transition, StoreError> {
+    if tx.state != TxState::ManualReview {
+        return Err(StoreError::StateConflict);
+    }
+    if tx.kind != TxKind::Withdrawal {
+        return Err(StoreError::Unsupported(
+            "only withdrawals can be decided in manual review yet",
+        ));
+    }
+    let wallet = tx
+        .from_wallet_id
+        .as_deref()
+        .ok_or_else(|| StoreError::Corrupt("a withdrawal without a source wallet".into()))?;
+    Ok(match decision {
+        ReviewDecision::Approve => Transition::new(
+            &tx.id,
+            TxState::ManualReview,
+            TxState::PendingBroadcast,
+            "approved in manual review",
+        ),
+        ReviewDecision::Reject => {
+            let hold = LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Transition::new(
+                &tx.id,
+                TxState::ManualReview,
+                TxState::Failed,
+                "rejected in manual review; funds released",
+            )
+            .with_ledger(LedgerTransaction::reversal_of(&hold))
+        }
+    })
+}
+
+impl Store {
+    pub async fn transaction_story(&self, id: &str) -> Result<Option<TransactionStory>, StoreError> {
+        let Some(raw) = self
+            .collection::<Document>(TRANSACTIONS)
+            .find_one(doc! { "_id": id })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let transaction: TransactionDoc =
+            mongodb::bson::from_document(raw.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let entries = self
+            .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+            .find(doc! { "transaction_id": id })
+            .sort(doc! { "_id": 1 })
+            .limit(TIMELINE_ENTRIES_MAX)
+            .await?
+            .try_collect()
+            .await?;
+        let last_event = self
+            .collection::<OutboxDoc>(OUTBOX)
+            .find_one(doc! { "data.transaction_id": id })
+            .sort(doc! { "_id": -1 })
+            .await?;
+        Ok(Some(TransactionStory {
+            transaction,
+            raw,
+            entries,
+            last_event,
+        }))
+    }
+
+    /// Applies a reviewer's decision. The reason is kept on the transaction record under
+    /// `review` (staff-only; the user's view shows the generic cause in the timeline).
+    pub async fn decide_review(
+        &self,
+        id: &str,
+        decision: ReviewDecision,
+        reviewer: &str,
+        reason: &str,
+    ) -> Result<TransactionDoc, StoreError> {
+        let tx = self.transaction_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        let mut transition = review_transition(&tx, decision)?;
+        transition.set = doc! { "review": {
+            "decision": decision.as_str(), "by": reviewer, "reason": reason, "at": DateTime::now(),
+        } };
+        self.apply_transition(&transition).await
+    }
+}

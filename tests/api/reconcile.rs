@@ -1,0 +1,257 @@
+//! Reconciliation runs: what they find, that they store it, list it and count it.
+
+use std::sync::Arc;
+
+use coffer_domain::Amount;
+use coffer_store::codec;
+use coffer_store::mongodb::bson::{doc, Document};
+use coffer_store::reconcile::{CustodySource, ReconcileConfig, ReconcileMetrics, Reconciler};
+use coffer_store::Role;
+use coffer_test_support::{Options, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn check<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap()
+}
+
+fn findings_of<'a>(run: &'a Value, name: &str) -> Vec<&'a Value> {
+    run["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == name)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_corrupted_cached_balance_is_reported_for_exactly_that_wallet() {
+    let app = TestApp::spawn().await;
+    let (payment, engineer) = (app.staff(Role::Payment).await, app.staff(Role::Engineering).await);
+    let (alice, bob) = (app.register().await, app.register().await);
+    let alice_wallet = app.create_wallet(&alice, "ETH").await;
+    let bob_wallet = app.create_wallet(&bob, "ETH").await;
+    app.deposit(&payment, &alice_wallet, "2.5").await;
+    app.deposit(&payment, &bob_wallet, "1").await;
+
+    let clean = app
+        .post("/v1/admin/reconciliations", &engineer.access_token, json!({}))
+        .await;
+    assert_eq!(clean.status, StatusCode::CREATED, "{:?}", clean.body);
+    assert_eq!(clean.body["mismatches"], 0, "{:#}", clean.body);
+    for name in [
+        "balances",
+        "postings",
+        "stuck_transactions",
+        "outbox_lag",
+        "audit_chain",
+    ] {
+        assert_eq!(check(&clean.body, name)["status"], "ok", "{name}");
+    }
+    assert_eq!(
+        check(&clean.body, "custody")["status"],
+        "skipped",
+        "no chain is configured"
+    );
+
+    // 2.5 ETH cached as 2.500000000000000001 behind the ledger's back.
+    let corrupted = codec::to_decimal(&Amount::from_u64(2_500_000_000_000_000_001), false);
+    app.store
+        .database()
+        .collection::<Document>("wallets")
+        .update_one(
+            doc! { "_id": &alice_wallet },
+            doc! { "$set": { "available": corrupted } },
+        )
+        .await
+        .unwrap();
+
+    let run = app
+        .post("/v1/admin/reconciliations", &engineer.access_token, json!({}))
+        .await;
+    assert_eq!(run.status, StatusCode::CREATED);
+    assert_eq!(run.body["mismatches"], 1, "{:#}", run.body);
+    assert_eq!(check(&run.body, "balances")["status"], "mismatch");
+    assert_eq!(
+        check(&run.body, "postings")["status"],
+        "ok",
+        "entries are untouched"
+    );
+    let found = findings_of(&run.body, "balances");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["subject"], alice_wallet.as_str());
+    assert_eq!(found[0]["kind"], "balance_mismatch");
+    assert_eq!(found[0]["details"]["bucket"], "available");
+    assert_eq!(found[0]["details"]["cached_atomic"], "2500000000000000001");
+    assert_eq!(found[0]["details"]["ledger_atomic"], "2500000000000000000");
+
+    // Stored: listed newest first without findings, and readable with them.
+    let list = app.get("/v1/admin/reconciliations", &engineer.access_token).await;
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["id"], run.body["id"]);
+    assert!(items[0].get("findings").is_none());
+    let one = app
+        .get(
+            &format!("/v1/admin/reconciliations/{}", run.body["id"].as_str().unwrap()),
+            &engineer.access_token,
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.body["findings"], run.body["findings"]);
+    assert_eq!(one.body["requested_by"], engineer.id.as_str());
+
+    assert_eq!(app.metric("coffer_reconciliation_runs_total"), 2.0);
+    assert_eq!(
+        app.metric("coffer_reconciliation_mismatches"),
+        1.0,
+        "only balances has a finding"
+    );
+    assert!(app.metric("coffer_reconciliation_last_run_timestamp_seconds") > 1.7e9);
+    assert_eq!(
+        app.wallet(&bob, &bob_wallet).await["available"],
+        "1",
+        "a run fixes nothing silently"
+    );
+    assert_eq!(
+        app.wallet(&alice, &alice_wallet).await["available"],
+        "2.500000000000000001"
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawal_left_past_its_state_limit_is_reported_as_stuck() {
+    let reconcile = ReconcileConfig::default()
+        .with_state_limits("pending_broadcast=1")
+        .unwrap();
+    let app = TestApp::spawn_with(Options {
+        reconcile,
+        ..Options::default()
+    })
+    .await;
+    let (payment, admin) = (app.staff(Role::Payment).await, app.staff(Role::Admin).await);
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "ETH").await;
+    app.deposit(&payment, &wallet, "5").await;
+    let destination = format!("0x{}", "ab".repeat(20));
+    let body = json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination });
+    let old = app
+        .post("/v1/withdrawals", &alice.access_token, body.clone())
+        .await;
+    assert_eq!(old.status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let fresh = app.post("/v1/withdrawals", &alice.access_token, body).await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+
+    let run = app
+        .post("/v1/admin/reconciliations", &admin.access_token, json!({}))
+        .await;
+    assert_eq!(run.status, StatusCode::CREATED);
+    let stuck = findings_of(&run.body, "stuck_transactions");
+    assert_eq!(stuck.len(), 1, "only the old one: {:#}", run.body);
+    assert_eq!(stuck[0]["subject"], old.body["id"]);
+    assert_eq!(stuck[0]["details"]["state"], "pending_broadcast");
+    assert_eq!(stuck[0]["details"]["kind"], "withdrawal");
+    assert_eq!(stuck[0]["details"]["limit_seconds"], 1);
+    assert!(stuck[0]["details"]["in_state_seconds"].as_i64().unwrap() >= 1);
+    assert_eq!(check(&run.body, "balances")["status"], "ok");
+    assert_eq!(run.body["mismatches"], 1);
+}
+
+#[tokio::test]
+async fn old_unpublished_outbox_events_are_reported() {
+    let app = TestApp::spawn().await;
+    let payment = app.staff(Role::Payment).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "USDT").await;
+    app.deposit(&payment, &wallet, "5").await;
+    let outbox = app.store.database().collection::<Document>("outbox");
+    let oldest = outbox
+        .find_one(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .unwrap();
+    let an_hour_ago = coffer_store::mongodb::bson::DateTime::from_millis(
+        coffer_store::mongodb::bson::DateTime::now().timestamp_millis() - 3_600_000,
+    );
+    outbox
+        .update_one(
+            doc! { "_id": oldest.get_str("_id").unwrap() },
+            doc! { "$set": { "created_at": an_hour_ago } },
+        )
+        .await
+        .unwrap();
+    let reconciler = Reconciler {
+        config: ReconcileConfig::default(),
+        custody: Arc::new(coffer_store::reconcile::NoChainConfigured),
+        metrics: ReconcileMetrics::new(&prometheus_registry()).unwrap(),
+    };
+    let run = reconciler.run(&app.store, "test", None).await.unwrap();
+    let lag: Vec<_> = run.findings.iter().filter(|f| f.check == "outbox_lag").collect();
+    assert_eq!(lag.len(), 1);
+    assert_eq!(lag[0].subject, oldest.get_str("_id").unwrap());
+    assert!(lag[0].details.get_i64("age_seconds").unwrap() >= 3600);
+    let stored = app.store.reconciliation_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.findings, run.findings);
+}
+
+/// A chain that says what it holds of each asset.
+struct FixedChain(Vec<(&'static str, Amount)>);
+
+impl CustodySource for FixedChain {
+    fn on_chain_balance<'a>(
+        &'a self,
+        asset: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Amount>, String>> {
+        let found = self
+            .0
+            .iter()
+            .find(|(a, _)| *a == asset)
+            .map(|(_, amount)| *amount);
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+fn prometheus_registry() -> prometheus::Registry {
+    prometheus::Registry::new()
+}
+
+#[tokio::test]
+async fn custody_is_compared_with_the_chain_where_one_is_configured() {
+    let app = TestApp::spawn().await;
+    let payment = app.staff(Role::Payment).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "USDT").await;
+    app.deposit(&payment, &wallet, "5").await;
+    let run_with = |chain: FixedChain| {
+        let store = app.store.clone();
+        async move {
+            let reconciler = Reconciler {
+                config: ReconcileConfig::default(),
+                custody: Arc::new(chain),
+                metrics: ReconcileMetrics::new(&prometheus_registry()).unwrap(),
+            };
+            reconciler.run(&store, "test", None).await.unwrap()
+        }
+    };
+    let matching = run_with(FixedChain(vec![("USDT", Amount::from_u64(5_000_000))])).await;
+    let custody = matching.checks.iter().find(|c| c.check == "custody").unwrap();
+    assert_eq!(
+        custody.status,
+        coffer_store::reconcile::CheckStatus::Ok,
+        "ETH has no chain, USDT matches"
+    );
+
+    let short = run_with(FixedChain(vec![("USDT", Amount::from_u64(4_000_000))])).await;
+    let found: Vec<_> = short.findings.iter().filter(|f| f.check == "custody").collect();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].subject, "USDT");
+    assert_eq!(found[0].details.get_str("ledger_atomic").unwrap(), "5000000");
+    assert_eq!(found[0].details.get_str("on_chain_atomic").unwrap(), "4000000");
+}
