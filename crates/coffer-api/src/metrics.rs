@@ -58,7 +58,9 @@ impl HttpMetrics {
         )?;
         registry.register(Box::new(build_info.clone()))?;
         let commit = option_env!("COFFER_GIT_COMMIT").unwrap_or("unknown");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), commit]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), commit])
+            .set(1);
         // Every limiter's series exists from the start, at zero, so rate() and absence alerts work.
         for limiter in ["auth_ip", "money_ip", "money_user"] {
             metrics.rate_limited.with_label_values(&[limiter]);

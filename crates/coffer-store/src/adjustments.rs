@@ -201,7 +201,10 @@ impl Store {
         }
         self.ensure_platform_accounts(&adjustment.asset, adjustment.decimals)
             .await?;
-        let owner = self.wallet_by_id(&adjustment.wallet_id).await?.and_then(|w| w.user_id);
+        let owner = self
+            .wallet_by_id(&adjustment.wallet_id)
+            .await?
+            .and_then(|w| w.user_id);
         let movement = adjustment.movement(approver, owner)?;
         let Some(_guard) = self
             .locks
