@@ -4,6 +4,7 @@
 mod assets;
 mod cli;
 mod logging;
+mod publisher;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -43,7 +44,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", coffer_operator::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::ChainListener | Command::OutboxPublisher | Command::Reconciler => {
+        Command::OutboxPublisher(args) => publisher::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::ChainListener | Command::Reconciler => {
             eprintln!(
                 "coffer: the {} role is not built yet (see the open issues); nothing was started.",
                 command_name(&command)
@@ -63,7 +65,7 @@ fn command_name(command: &Command) -> &'static str {
     command.role()
 }
 
-async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let store = Store::connect(&db.mongodb_uri, &db.database, StoreConfig::default(), metrics)
         .await
@@ -83,14 +85,23 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
             .await?;
     }
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
+    if role == "dev" {
+        publisher::spawn_beside_api(&store, &args.amqp, &registry)?;
+    }
     let ctx = ApiContext::new(store, config, catalog, registry)?;
+    // Each API replica consumes events with its own queue and fans them out to its sockets.
+    tokio::spawn(coffer_events::consumer::run(
+        args.amqp.amqp_uri.clone(),
+        args.amqp.events_exchange.clone(),
+        ctx.stream_hub().clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(role, listen = %listener.local_addr()?, "serving the API");
     if role == "dev" {
         tracing::info!(
-            "dev runs the roles that are built: api (chain-listener, outbox-publisher, reconciler follow)"
+            "dev runs the roles that are built: api and outbox-publisher (chain-listener, reconciler follow)"
         );
     }
     coffer_api::serve(ctx, listener, shutdown_signal()).await?;
@@ -98,7 +109,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
