@@ -6,5 +6,7 @@ mod authorization;
 mod concurrency;
 mod idempotency;
 mod ledger;
+mod outbox;
 mod routes;
+mod stream;
 mod validation;

@@ -12,7 +12,7 @@ use crate::{broker, EventsError, Relay};
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Whether the publisher holds a working broker channel (for `/readyz`).
+/// Whether a publisher or consumer holds a working broker channel (for `/readyz`, tests).
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
@@ -20,7 +20,7 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn set(&self, ready: bool) {
+    pub(crate) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed)
     }
 }

@@ -94,6 +94,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
         args.amqp.amqp_uri.clone(),
         args.amqp.events_exchange.clone(),
         ctx.stream_hub().clone(),
+        coffer_events::publisher::Readiness::default(),
     ));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
