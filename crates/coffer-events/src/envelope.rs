@@ -180,7 +180,8 @@ mod tests {
         assert_eq!(event.time, "2023-11-14T22:13:20.123Z");
         assert_eq!(event.dataschema, "urn:coffer:schema:wallet.balance.updated:v1");
         let json = serde_json::to_value(&event).unwrap();
-        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
         assert_eq!(
             keys,
             ["data", "datacontenttype", "dataschema", "id", "source", "specversion", "subject", "time", "type"]
