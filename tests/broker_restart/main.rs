@@ -46,11 +46,11 @@ async fn a_broker_restart_while_publishing_loses_no_event() {
     let (relay, registry) = broker::relay(&app.store, broker::relay_config(&broker.exchange, "p1"));
     let publisher = broker::spawn_publisher(relay);
 
-    // Money keeps moving while the broker is away: 1,000 events written over about 4 s.
+    // Money keeps moving while the broker is away: 1,000 events written over about 5 s.
     let store = app.store.clone();
     let writer = tokio::spawn(async move {
         let mut ids = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..25 {
             let rows = broker::insert_events(&store, &subjects, 2, "wallet.balance.updated").await;
             ids.extend(rows.into_iter().map(|r| r.id));
             tokio::time::sleep(Duration::from_millis(200)).await;
