@@ -20,7 +20,11 @@ impl Drop for StartOnDrop {
 }
 
 fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl").args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// `start_app`, then poll `check_running` (after `stop_app`, `await_startup` hangs).
@@ -28,7 +32,9 @@ fn start_broker() {
     rabbitmqctl(&["start_app"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let running = Command::new("rabbitmq-diagnostics").args(["-q", "check_running"]).output();
+        let running = Command::new("rabbitmq-diagnostics")
+            .args(["-q", "check_running"])
+            .output();
         if running.map(|o| o.status.success()).unwrap_or(false) {
             return;
         }
@@ -58,16 +64,25 @@ async fn a_broker_restart_while_publishing_loses_no_event() {
         ids
     });
     let published = |r: &prometheus::Registry| {
-        r.gather().iter().filter(|f| f.name() == "coffer_outbox_published_total").map(|f| f.get_metric()[0].get_counter().get_value()).sum::<f64>()
+        r.gather()
+            .iter()
+            .filter(|f| f.name() == "coffer_outbox_published_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value())
+            .sum::<f64>()
     };
     while published(&registry) < 50.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     {
         let _restart = StartOnDrop;
-        let stopped = tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await.unwrap();
+        let stopped = tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+            .await
+            .unwrap();
         assert!(stopped, "rabbitmqctl stop_app failed");
-        assert!(published(&registry) < 1000.0, "the restart must happen mid-stream");
+        assert!(
+            published(&registry) < 1000.0,
+            "the restart must happen mid-stream"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         tokio::task::spawn_blocking(|| drop(_restart)).await.unwrap();
     }
@@ -82,7 +97,9 @@ async fn a_broker_restart_while_publishing_loses_no_event() {
     let expected: HashSet<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(distinct, expected, "every event arrived, and only ours");
     let duplicates = received.len() - distinct.len();
-    eprintln!("received {} messages for 1000 events ({duplicates} duplicates, each sharing its event's message_id)", received.len());
+    eprintln!(
+        "received {} messages for 1000 events ({duplicates} duplicates, each sharing its event's message_id)",
+        received.len()
+    );
     broker.cleanup().await;
 }
-

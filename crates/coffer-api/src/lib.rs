@@ -236,9 +236,16 @@ async fn echo_traceparent(request: Request, next: Next) -> Response {
         .cloned()
         .filter(valid_traceparent);
     // Outbox rows written by this request carry its trace context to the broker.
-    let scoped = traceparent.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+    let scoped = traceparent
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut response = match scoped {
-        Some(text) => coffer_store::model::TRACEPARENT.scope(text, next.run(request)).await,
+        Some(text) => {
+            coffer_store::model::TRACEPARENT
+                .scope(text, next.run(request))
+                .await
+        }
         None => next.run(request).await,
     };
     if let Some(value) = traceparent {

@@ -61,20 +61,32 @@ pub async fn stream(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let token = bearer(&headers).or(query.access_token.as_deref());
-    let token = token.ok_or(ApiError::Unauthenticated { code: "unauthenticated" })?;
+    let token = token.ok_or(ApiError::Unauthenticated {
+        code: "unauthenticated",
+    })?;
     let principal = ctx.tokens().verify_access(token)?;
     if let Some(after) = &query.after {
-        uuid::Uuid::parse_str(after).map_err(|_| ApiError::invalid_field("invalid_query", "after", "not an event id"))?;
+        uuid::Uuid::parse_str(after)
+            .map_err(|_| ApiError::invalid_field("invalid_query", "after", "not an event id"))?;
     }
-    let upgrade = upgrade
-        .map_err(|_| ApiError::bad_request("websocket_upgrade_required", "this endpoint speaks WebSocket only"))?;
+    let upgrade = upgrade.map_err(|_| {
+        ApiError::bad_request(
+            "websocket_upgrade_required",
+            "this endpoint speaks WebSocket only",
+        )
+    })?;
     let after = query.after;
     Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal.user_id, after)))
 }
 
 async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: Option<String>) {
     let Some(mut subscription) = ctx.stream_hub().subscribe(&user_id) else {
-        return shut(socket, close::TOO_MANY_CONNECTIONS, "too many connections for this user").await;
+        return shut(
+            socket,
+            close::TOO_MANY_CONNECTIONS,
+            "too many connections for this user",
+        )
+        .await;
     };
     // Subscribed first, history second: nothing committed in between can fall through the gap.
     let mut sent = HashSet::new();
@@ -131,7 +143,10 @@ async fn send_history(
             Some((1011, "history unavailable; retry"))
         })?;
     if rows.len() > HISTORY_LIMIT as usize {
-        return Err(Some((close::RESUME_GAP, "resume gap too large: reload over REST, then reconnect")));
+        return Err(Some((
+            close::RESUME_GAP,
+            "resume gap too large: reload over REST, then reconnect",
+        )));
     }
     for row in &rows {
         let event = CloudEvent::from_outbox(row);
@@ -154,6 +169,9 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
 }
 
 async fn shut(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
     let _ = send(&mut socket, Message::Close(Some(frame))).await;
 }

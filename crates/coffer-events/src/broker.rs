@@ -22,9 +22,17 @@ pub async fn connect(uri: &str, name: &str) -> Result<Connection, EventsError> {
 
 /// Declares the events exchange, durable.
 pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), EventsError> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     Ok(())
 }
@@ -35,14 +43,33 @@ pub async fn publisher_channel(connection: &Connection, exchange: &str) -> Resul
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     declare_exchange(&channel, exchange).await?;
     let dead = dead_letter_name(exchange);
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(dead.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            dead.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
-    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(dead.as_str().into(), queue, FieldTable::default()).await?;
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .queue_bind(dead.as_str().into(), dead.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_declare(dead.as_str().into(), queue, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            dead.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     Ok(channel)
 }
@@ -60,10 +87,19 @@ pub async fn publish_dead_letter(
     headers.insert("coffer-dead-letter-reason".into(), text(reason));
     headers.insert("coffer-attempts".into(), AMQPValue::LongInt(row.attempts + 1));
     let properties = message.properties.with_headers(headers);
-    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
     let dead = dead_letter_name(exchange);
     let confirm = channel
-        .basic_publish(dead.as_str().into(), message.routing_key.as_str().into(), options, &message.body, properties)
+        .basic_publish(
+            dead.as_str().into(),
+            message.routing_key.as_str().into(),
+            options,
+            &message.body,
+            properties,
+        )
         .await?
         .await?;
     Ok(matches!(confirm, lapin::Confirmation::Ack(None)))

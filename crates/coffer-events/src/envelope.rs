@@ -126,7 +126,8 @@ pub fn from_amqp(properties: &BasicProperties, body: &[u8]) -> Result<(String, C
         header(properties, &format!("{PREFIX}{name}"))
             .ok_or_else(|| EventsError::Envelope(format!("missing {PREFIX}{name}")))
     };
-    let user_id = header(properties, USER_HEADER).ok_or_else(|| EventsError::Envelope("missing user".into()))?;
+    let user_id =
+        header(properties, USER_HEADER).ok_or_else(|| EventsError::Envelope("missing user".into()))?;
     let data = serde_json::from_slice(body).map_err(|e| EventsError::Envelope(e.to_string()))?;
     let event = CloudEvent {
         specversion: attribute("specversion")?,
@@ -172,8 +173,14 @@ mod tests {
         let message = to_amqp(&row());
         assert_eq!(message.routing_key, "wallet.balance.updated");
         assert_eq!(message.properties.delivery_mode(), &Some(2));
-        assert_eq!(message.properties.message_id().as_ref().map(|m| m.as_str()), Some(row().id.as_str()));
-        assert_eq!(header(&message.properties, "traceparent").as_deref(), row().traceparent.as_deref());
+        assert_eq!(
+            message.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some(row().id.as_str())
+        );
+        assert_eq!(
+            header(&message.properties, "traceparent").as_deref(),
+            row().traceparent.as_deref()
+        );
         let (user, event) = from_amqp(&message.properties, &message.body).unwrap();
         assert_eq!(user, "user-1");
         assert_eq!(event, CloudEvent::from_outbox(&row()));
@@ -184,7 +191,17 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["data", "datacontenttype", "dataschema", "id", "source", "specversion", "subject", "time", "type"]
+            [
+                "data",
+                "datacontenttype",
+                "dataschema",
+                "id",
+                "source",
+                "specversion",
+                "subject",
+                "time",
+                "type"
+            ]
         );
         assert_eq!(json["data"]["decimals"], 18);
     }

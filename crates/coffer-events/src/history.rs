@@ -13,7 +13,12 @@ use crate::EventsError;
 /// confirmed may still be waiting for its mark, so leaving them out could open a gap between
 /// history and the live feed. The client dedupes by id. Dead letters are left out, as they never
 /// reach the live feed either.
-pub async fn missed_events(store: &Store, user_id: &str, after: &str, limit: u32) -> Result<Vec<OutboxDoc>, EventsError> {
+pub async fn missed_events(
+    store: &Store,
+    user_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<OutboxDoc>, EventsError> {
     let rows = store
         .collection::<OutboxDoc>(OUTBOX)
         .find(doc! { "user_id": user_id, "_id": { "$gt": after }, "dead_lettered_at": null })

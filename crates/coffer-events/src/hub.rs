@@ -67,7 +67,10 @@ impl StreamHub {
     }
 
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
-        self.shared.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a connection of `user_id`; None when the user already has the maximum.
@@ -80,8 +83,18 @@ impl StreamHub {
         let (sender, receiver) = mpsc::channel(self.shared.buffer);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let overflowed = Arc::new(AtomicBool::new(false));
-        list.push(Subscriber { id, sender, overflowed: overflowed.clone() });
-        Some(Subscription { receiver, overflowed, hub: self.clone(), user_id: user_id.to_string(), id })
+        list.push(Subscriber {
+            id,
+            sender,
+            overflowed: overflowed.clone(),
+        });
+        Some(Subscription {
+            receiver,
+            overflowed,
+            hub: self.clone(),
+            user_id: user_id.to_string(),
+            id,
+        })
     }
 
     fn remove(&self, user_id: &str, id: u64) {
@@ -110,7 +123,10 @@ impl StreamHub {
         });
         let delivered = list.len();
         if before != delivered {
-            tracing::info!(dropped = before - delivered, "stream connections cut off: buffer full");
+            tracing::info!(
+                dropped = before - delivered,
+                "stream connections cut off: buffer full"
+            );
         }
         if list.is_empty() {
             users.remove(user_id);
@@ -158,7 +174,11 @@ mod tests {
         assert!(bob.receiver.try_recv().is_err(), "bob sees nothing of alice's");
         hub.dispatch("bob", event("2"));
         hub.dispatch("bob", event("3"));
-        assert_eq!(hub.dispatch("bob", event("4")), 0, "the third event overflows bob's buffer of 2");
+        assert_eq!(
+            hub.dispatch("bob", event("4")),
+            0,
+            "the third event overflows bob's buffer of 2"
+        );
         assert!(bob.overflowed() && !alice.overflowed());
         assert_eq!(hub.connections(), 1);
         let _second = hub.subscribe("alice").unwrap();

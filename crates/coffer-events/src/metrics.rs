@@ -25,7 +25,9 @@ impl PublisherMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
         let commit_to_confirm = Histogram::with_opts(
             HistogramOpts::new(
                 "coffer_outbox_commit_to_confirm_seconds",
@@ -35,18 +37,30 @@ impl PublisherMetrics {
         )?;
         registry.register(Box::new(commit_to_confirm.clone()))?;
         Ok(PublisherMetrics {
-            backlog: gauge("coffer_outbox_backlog", "Outbox rows not yet published (dead letters excluded)")?,
+            backlog: gauge(
+                "coffer_outbox_backlog",
+                "Outbox rows not yet published (dead letters excluded)",
+            )?,
             oldest_unpublished_age_seconds: gauge(
                 "coffer_outbox_oldest_unpublished_age_seconds",
                 "Age of the oldest unpublished outbox row (0 when none)",
             )?,
-            dead_letters: gauge("coffer_outbox_dead_letters", "Outbox rows in the dead-letter state")?,
-            published: counter("coffer_outbox_published_total", "Outbox rows published and confirmed")?,
+            dead_letters: gauge(
+                "coffer_outbox_dead_letters",
+                "Outbox rows in the dead-letter state",
+            )?,
+            published: counter(
+                "coffer_outbox_published_total",
+                "Outbox rows published and confirmed",
+            )?,
             publish_failures: counter(
                 "coffer_outbox_publish_failures_total",
                 "Publish attempts that were returned, nacked or not confirmed",
             )?,
-            dead_lettered: counter("coffer_outbox_dead_lettered_total", "Outbox rows moved to the dead-letter queue")?,
+            dead_lettered: counter(
+                "coffer_outbox_dead_lettered_total",
+                "Outbox rows moved to the dead-letter queue",
+            )?,
             commit_to_confirm,
         })
     }

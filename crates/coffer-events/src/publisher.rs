@@ -33,7 +33,11 @@ pub async fn run(relay: Relay, amqp_uri: String, readiness: Readiness) {
         let error = relay_until_error(&relay, &amqp_uri, &readiness).await;
         readiness.set(false);
         // A connection that worked for a while starts the backoff over.
-        failures = if started.elapsed() > RECONNECT_MAX { 1 } else { failures.saturating_add(1) };
+        failures = if started.elapsed() > RECONNECT_MAX {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
         let pause = crate::backoff(Duration::from_millis(200), failures, RECONNECT_MAX);
         tracing::warn!(error = %error, retry_in_ms = pause.as_millis() as u64, "outbox publisher lost the broker or the database; reconnecting");
         tokio::time::sleep(pause).await;
@@ -41,7 +45,12 @@ pub async fn run(relay: Relay, amqp_uri: String, readiness: Readiness) {
 }
 
 async fn relay_until_error(relay: &Relay, amqp_uri: &str, readiness: &Readiness) -> EventsError {
-    let connection = match broker::connect(amqp_uri, &format!("coffer-outbox-publisher:{}", relay.config().owner)).await {
+    let connection = match broker::connect(
+        amqp_uri,
+        &format!("coffer-outbox-publisher:{}", relay.config().owner),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return e,
     };

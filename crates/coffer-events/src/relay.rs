@@ -82,7 +82,10 @@ impl Claim {
     }
     fn select(&self, outcome: Outcome) -> Vec<&str> {
         let pairs = self.rows.iter().zip(&self.outcomes);
-        pairs.filter(|(_, o)| **o == outcome).map(|(r, _)| r.id.as_str()).collect()
+        pairs
+            .filter(|(_, o)| **o == outcome)
+            .map(|(r, _)| r.id.as_str())
+            .collect()
     }
 }
 
@@ -96,7 +99,10 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(store: &Store, config: RelayConfig, metrics: PublisherMetrics) -> Relay {
-        assert!((1..=1000).contains(&config.batch_size), "batch size within 1..=1000");
+        assert!(
+            (1..=1000).contains(&config.batch_size),
+            "batch size within 1..=1000"
+        );
         assert!(config.max_attempts >= 1 && config.lease > config.confirm_timeout);
         Relay {
             outbox: store.collection(OUTBOX),
@@ -135,7 +141,10 @@ impl Relay {
         };
         let token = new_id();
         let until = DateTime::from_millis(now.timestamp_millis() + self.config.lease.as_millis() as i64);
-        free.insert("_id", doc! { "$gte": first.get_str("_id").unwrap_or(""), "$lte": last.get_str("_id").unwrap_or("") });
+        free.insert(
+            "_id",
+            doc! { "$gte": first.get_str("_id").unwrap_or(""), "$lte": last.get_str("_id").unwrap_or("") },
+        );
         let lease = doc! { "$set": { "claim_token": &token, "lease_owner": &self.config.owner, "lease_until": until } };
         self.outbox.update_many(free, lease).await?;
         // A late commit can add rows inside the range; the overflow is released by `settle`.
@@ -151,7 +160,12 @@ impl Relay {
             return Ok(None);
         }
         let n = rows.len();
-        Ok(Some(Claim { token, rows, outcomes: vec![Outcome::Pending; n], errors: vec![None; n] }))
+        Ok(Some(Claim {
+            token,
+            rows,
+            outcomes: vec![Outcome::Pending; n],
+            errors: vec![None; n],
+        }))
     }
 
     /// For each subject of the claim, the id of its earliest publishable row held by someone else
@@ -168,7 +182,12 @@ impl Relay {
             doc! { "$group": { "_id": "$subject", "first": { "$min": "$_id" } } },
         ];
         let groups: Vec<Document> = self.outbox.aggregate(pipeline).await?.try_collect().await?;
-        let heads = groups.iter().filter_map(|g| Some((g.get_str("_id").ok()?.to_string(), g.get_str("first").ok()?.to_string())));
+        let heads = groups.iter().filter_map(|g| {
+            Some((
+                g.get_str("_id").ok()?.to_string(),
+                g.get_str("first").ok()?.to_string(),
+            ))
+        });
         Ok(heads.collect())
     }
 
@@ -204,14 +223,26 @@ impl Relay {
     }
 
     /// Sends one row per subject, pipelined, then waits for all their confirms.
-    async fn publish_wave(&self, claim: &mut Claim, channel: &Channel, wave: &[usize]) -> Result<(), EventsError> {
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    async fn publish_wave(
+        &self,
+        claim: &mut Claim,
+        channel: &Channel,
+        wave: &[usize],
+    ) -> Result<(), EventsError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
         let mut confirms = Vec::with_capacity(wave.len());
         for index in wave {
             let message = envelope::to_amqp(&claim.rows[*index]);
             let exchange = self.config.exchange.as_str().into();
             let key = message.routing_key.as_str().into();
-            confirms.push(channel.basic_publish(exchange, key, options, &message.body, message.properties).await?);
+            confirms.push(
+                channel
+                    .basic_publish(exchange, key, options, &message.body, message.properties)
+                    .await?,
+            );
         }
         let all = futures::future::join_all(confirms);
         let results = tokio::time::timeout(self.config.confirm_timeout, all)
@@ -229,12 +260,20 @@ impl Relay {
     fn confirmed(&self, claim: &mut Claim, index: usize) {
         claim.outcomes[index] = Outcome::Confirmed;
         let age_ms = DateTime::now().timestamp_millis() - claim.rows[index].created_at.timestamp_millis();
-        self.metrics.commit_to_confirm.observe(age_ms.max(0) as f64 / 1000.0);
+        self.metrics
+            .commit_to_confirm
+            .observe(age_ms.max(0) as f64 / 1000.0);
         self.metrics.published.inc();
     }
 
     /// Records a failed publish; the last allowed attempt goes to the dead-letter exchange.
-    async fn failed(&self, claim: &mut Claim, index: usize, reason: String, channel: &Channel) -> Result<(), EventsError> {
+    async fn failed(
+        &self,
+        claim: &mut Claim,
+        index: usize,
+        reason: String,
+        channel: &Channel,
+    ) -> Result<(), EventsError> {
         self.metrics.publish_failures.inc();
         let row = &claim.rows[index];
         tracing::warn!(event_id = %row.id, attempts = row.attempts + 1, %reason, "outbox publish failed");
@@ -258,15 +297,23 @@ impl Relay {
         for ((row, outcome), error) in claim.rows.iter().zip(&claim.outcomes).zip(&claim.errors) {
             let set = match outcome {
                 Outcome::Failed => {
-                    let delay = crate::backoff(self.config.retry_base, row.attempts as u32, Duration::from_secs(60));
+                    let delay = crate::backoff(
+                        self.config.retry_base,
+                        row.attempts as u32,
+                        Duration::from_secs(60),
+                    );
                     let retry_at = DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64);
                     doc! { "last_error": error, "lease_until": retry_at, "claim_token": null, "lease_owner": null }
                 }
-                Outcome::DeadLettered => doc! { "last_error": error, "dead_lettered_at": now, "claim_token": null, "lease_owner": null },
+                Outcome::DeadLettered => {
+                    doc! { "last_error": error, "dead_lettered_at": now, "claim_token": null, "lease_owner": null }
+                }
                 _ => continue,
             };
             let update = doc! { "$set": set, "$inc": { "attempts": 1 } };
-            self.outbox.update_one(doc! { "_id": &row.id, "claim_token": token }, update).await?;
+            self.outbox
+                .update_one(doc! { "_id": &row.id, "claim_token": token }, update)
+                .await?;
         }
         let release = doc! { "$set": { "claim_token": null, "lease_owner": null, "lease_until": null } };
         let untried = claim.select(Outcome::Pending);
@@ -275,7 +322,8 @@ impl Relay {
         self.outbox.update_many(filter, release).await?;
         // What is still ours in the range is exactly what the broker confirmed: mark it by range.
         let first = &claim.rows[0].id;
-        let filter = doc! { "claim_token": token, "published_at": null, "_id": { "$gte": first, "$lte": last } };
+        let filter =
+            doc! { "claim_token": token, "published_at": null, "_id": { "$gte": first, "$lte": last } };
         let mark = doc! { "$set": { "published_at": now, "claim_token": null, "lease_until": null } };
         self.outbox.update_many(filter, mark).await?;
         Ok(())
@@ -297,10 +345,17 @@ impl Relay {
         let pending = doc! { "published_at": null, "dead_lettered_at": null };
         let backlog = self.outbox.count_documents(pending.clone()).await?;
         let oldest = self.outbox.find_one(pending).sort(doc! { "_id": 1 }).await?;
-        let dead = self.outbox.count_documents(doc! { "dead_lettered_at": { "$ne": null } }).await?;
-        let age_ms = oldest.map_or(0, |row| DateTime::now().timestamp_millis() - row.created_at.timestamp_millis());
+        let dead = self
+            .outbox
+            .count_documents(doc! { "dead_lettered_at": { "$ne": null } })
+            .await?;
+        let age_ms = oldest.map_or(0, |row| {
+            DateTime::now().timestamp_millis() - row.created_at.timestamp_millis()
+        });
         self.metrics.backlog.set(backlog as i64);
-        self.metrics.oldest_unpublished_age_seconds.set(age_ms.max(0) / 1000);
+        self.metrics
+            .oldest_unpublished_age_seconds
+            .set(age_ms.max(0) / 1000);
         self.metrics.dead_letters.set(dead as i64);
         Ok(())
     }
@@ -310,7 +365,10 @@ impl Relay {
 fn rejection(confirmation: Confirmation) -> Option<String> {
     match confirmation {
         Confirmation::Ack(None) => None,
-        Confirmation::Ack(Some(returned)) => Some(format!("returned: {} {}", returned.reply_code, returned.reply_text)),
+        Confirmation::Ack(Some(returned)) => Some(format!(
+            "returned: {} {}",
+            returned.reply_code, returned.reply_text
+        )),
         Confirmation::Nack(_) => Some("nacked by the broker".into()),
         Confirmation::NotRequested => Some("confirms not enabled on the channel".into()),
     }

@@ -7,7 +7,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a client presents its token.
 pub enum Token<'a> {
@@ -27,9 +28,13 @@ pub async fn connect(address: std::net::SocketAddr, token: Token<'_>, after: Opt
     let url = format!("ws://{address}/v1/stream?{}", query.join("&"));
     let mut request = url.into_client_request().expect("request");
     if let Token::Header(t) = token {
-        request.headers_mut().insert("authorization", format!("Bearer {t}").parse().expect("header"));
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().expect("header"));
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connect");
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket connect");
     socket
 }
 
@@ -37,7 +42,10 @@ pub async fn connect(address: std::net::SocketAddr, token: Token<'_>, after: Opt
 pub async fn next_event(socket: &mut Socket, wait: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let frame = tokio::time::timeout_at(deadline, socket.next()).await.ok()??.ok()?;
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+            .ok()?;
         match frame {
             Message::Text(text) => return serde_json::from_str(&text).ok(),
             Message::Ping(payload) => socket.send(Message::Pong(payload)).await.ok()?,

@@ -96,7 +96,12 @@ pub struct DbArgs {
 #[derive(Args, Clone)]
 pub struct AmqpArgs {
     /// AMQP 0-9-1 URI; carries credentials, never logged.
-    #[arg(long, env = "AMQP_URI", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AMQP_URI",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_uri: String,
     /// The topic exchange of events (routing key = event type).
     #[arg(long, env = "COFFER_EVENTS_EXCHANGE", default_value = coffer_events::DEFAULT_EXCHANGE)]

@@ -33,8 +33,16 @@ pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
     let metrics = PublisherMetrics::new(&registry).context("registering publisher metrics")?;
     let relay = Relay::new(&store, config, metrics);
     let readiness = Readiness::default();
-    let publisher = tokio::spawn(coffer_events::publisher::run(relay, args.amqp.amqp_uri.clone(), readiness.clone()));
-    let state = OpsState { store, readiness, registry };
+    let publisher = tokio::spawn(coffer_events::publisher::run(
+        relay,
+        args.amqp.amqp_uri.clone(),
+        readiness.clone(),
+    ));
+    let state = OpsState {
+        store,
+        readiness,
+        registry,
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -44,7 +52,9 @@ pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, exchange = %args.amqp.events_exchange, "outbox publisher serving /healthz, /readyz, /metrics");
-    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
     // Stopping mid-batch is safe: leased rows are re-published (same message id) after the lease.
     publisher.abort();
     tracing::info!("stopped");
@@ -53,7 +63,11 @@ pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
 
 /// `coffer dev`: the publisher as a task beside the API, its metrics in the API's registry. If the
 /// broker is unreachable it logs a warning and keeps retrying with backoff; the API keeps serving.
-pub fn spawn_beside_api(store: &Store, amqp: &AmqpArgs, registry: &prometheus::Registry) -> anyhow::Result<()> {
+pub fn spawn_beside_api(
+    store: &Store,
+    amqp: &AmqpArgs,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
     let config = coffer_events::RelayConfig::new(&amqp.events_exchange, &owner());
     let metrics = PublisherMetrics::new(registry).context("registering publisher metrics")?;
     let relay = Relay::new(store, config, metrics);
@@ -80,7 +94,15 @@ async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
     let mut buffer = Vec::new();
     let encoded = prometheus::TextEncoder::new().encode(&state.registry.gather(), &mut buffer);
     match encoded {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buffer),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], Vec::new()),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            buffer,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            Vec::new(),
+        ),
     }
 }
