@@ -10,6 +10,8 @@ mod idempotency;
 mod ledger;
 mod logs;
 mod metrics;
+mod outbox;
 mod reconcile;
 mod routes;
+mod stream;
 mod validation;

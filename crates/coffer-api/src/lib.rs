@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod ops;
+pub mod stream;
 pub mod transactions;
 pub mod views;
 pub mod wallets;
@@ -54,6 +55,7 @@ struct Inner {
     metrics: metrics::HttpMetrics,
     registry: prometheus::Registry,
     reconciler: coffer_store::reconcile::Reconciler,
+    stream_hub: coffer_events::StreamHub,
 }
 
 impl ApiContext {
@@ -83,6 +85,7 @@ impl ApiContext {
                 metrics,
                 registry,
                 reconciler,
+                stream_hub: coffer_events::StreamHub::default(),
             }),
         })
     }
@@ -120,6 +123,11 @@ impl ApiContext {
     pub fn reconciler(&self) -> &coffer_store::reconcile::Reconciler {
         &self.inner.reconciler
     }
+
+    /// The connections of `GET /v1/stream`; the binary feeds it from the broker.
+    pub fn stream_hub(&self) -> &coffer_events::StreamHub {
+        &self.inner.stream_hub
+    }
 }
 
 struct BearerAuth;
@@ -139,7 +147,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"))
+    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"))
 )]
 struct ApiDoc;
 
@@ -169,7 +177,8 @@ fn groups() -> Groups {
             .routes(routes!(wallets::get_wallet))
             .routes(routes!(wallets::wallet_ledger))
             .routes(routes!(transactions::list_transactions))
-            .routes(routes!(transactions::get_transaction)),
+            .routes(routes!(transactions::get_transaction))
+            .routes(routes!(stream::stream)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(money::create_transfer))
@@ -213,6 +222,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/reconciliations"),
     ("GET", "/v1/admin/reconciliations/{id}"),
     ("GET", "/v1/admin/audit/verify"),
+    ("GET", "/v1/stream"),
 ];
 
 /// The OpenAPI 3.1 document of every route.
@@ -274,7 +284,19 @@ async fn echo_traceparent(request: Request, next: Next) -> Response {
         .get("traceparent")
         .cloned()
         .filter(valid_traceparent);
-    let mut response = next.run(request).await;
+    // Outbox rows written by this request carry its trace context to the broker.
+    let scoped = traceparent
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut response = match scoped {
+        Some(text) => {
+            coffer_store::model::TRACEPARENT
+                .scope(text, next.run(request))
+                .await
+        }
+        None => next.run(request).await,
+    };
     if let Some(value) = traceparent {
         response.headers_mut().insert("traceparent", value);
     }

@@ -49,6 +49,12 @@ impl Store {
         details: Document,
     ) -> Result<(), StoreError> {
         const ATTEMPTS: usize = 16;
+        // Appenders of one process queue on the chain's head instead of racing for the same `seq`;
+        // only appends from other processes can still collide, and those retry.
+        let head_lock = ["audit_log:head".to_string()];
+        let Some(_guard) = self.locks.lock(&head_lock, self.config.lock_timeout).await else {
+            return Err(StoreError::Contention);
+        };
         let log = self.collection::<AuditRecord>(AUDIT_LOG);
         for _ in 0..ATTEMPTS {
             let head = log.find_one(doc! {}).sort(doc! { "seq": -1 }).await?;

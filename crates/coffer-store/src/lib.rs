@@ -225,6 +225,9 @@ impl Store {
                     .build(),
             ),
             (OUTBOX, doc! { "published_at": 1, "_id": 1 }, named("unpublished")),
+            (OUTBOX, doc! { "claim_token": 1 }, named("by_claim")),
+            (OUTBOX, doc! { "user_id": 1, "_id": 1 }, named("by_user_stream")),
+            (OUTBOX, doc! { "dead_lettered_at": 1 }, named("dead_letters")),
             (AUDIT_LOG, doc! { "seq": 1 }, unique("seq_unique")),
         ];
         for (collection, keys, options) in specs {

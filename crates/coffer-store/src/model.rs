@@ -207,6 +207,36 @@ pub struct OutboxDoc {
     pub user_id: String,
     pub data: Document,
     pub created_at: DateTime,
+    /// Set once the broker confirmed the message; the row is then never published again.
     pub published_at: Option<DateTime>,
+    /// Failed publish attempts (returned, nacked, timed out); see `dead_lettered_at`.
     pub attempts: i32,
+    /// W3C trace context of the request that wrote the row, carried into the message headers.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The publisher replica holding the row (operators: who is working on it).
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// The claim of one publisher iteration; a row is marked published only under its claim.
+    #[serde(default)]
+    pub claim_token: Option<String>,
+    /// Until when the claim holds; after a failure, the earliest time of the next attempt.
+    #[serde(default)]
+    pub lease_until: Option<DateTime>,
+    /// Set when the row kept failing and was sent to the dead-letter queue instead.
+    #[serde(default)]
+    pub dead_lettered_at: Option<DateTime>,
+    /// The last publish failure (reply text of the broker), for operators.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+tokio::task_local! {
+    /// The `traceparent` of the request being served; outbox rows written within it carry it.
+    pub static TRACEPARENT: String;
+}
+
+/// The current request's `traceparent`, if the caller runs within [`TRACEPARENT`].
+pub fn current_traceparent() -> Option<String> {
+    TRACEPARENT.try_with(|t| t.clone()).ok()
 }

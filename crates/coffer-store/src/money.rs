@@ -508,5 +508,11 @@ fn outbox_doc(
         created_at: DateTime::now(),
         published_at: None,
         attempts: 0,
+        traceparent: crate::model::current_traceparent(),
+        lease_owner: None,
+        claim_token: None,
+        lease_until: None,
+        dead_lettered_at: None,
+        last_error: None,
     }
 }

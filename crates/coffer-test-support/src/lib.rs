@@ -1,6 +1,9 @@
 //! Helpers for integration tests. Every test gets its own database on the real server named by
 //! `MONGODB_URI` (scripts/test starts SecantusDB and sets it), and its own API on 127.0.0.1:0.
 
+pub mod broker;
+pub mod stream;
+
 use std::net::SocketAddr;
 
 use coffer_api::config::{ApiConfig, PasswordHashing, RateLimits};
@@ -48,6 +51,8 @@ pub struct TestApp {
     pub store: Store,
     pub client: reqwest::Client,
     pub registry: prometheus::Registry,
+    /// The hub of this app's `GET /v1/stream` connections (feed it with a stream consumer).
+    pub stream_hub: coffer_events::StreamHub,
 }
 
 /// A registered user with a live session.
@@ -108,6 +113,7 @@ impl TestApp {
         };
         let ctx = ApiContext::new(store.clone(), config, LiveCatalog::new(catalog), registry.clone())
             .expect("context");
+        let stream_hub = ctx.stream_hub().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(coffer_api::serve(ctx, listener, std::future::pending()));
@@ -117,6 +123,7 @@ impl TestApp {
             store,
             client,
             registry,
+            stream_hub,
         }
     }
 
@@ -266,6 +273,16 @@ impl TestApp {
             .database()
             .collection::<coffer_store::mongodb::bson::Document>(collection)
             .count_documents(coffer_store::mongodb::bson::doc! {})
+            .await
+            .expect("count")
+    }
+
+    /// Counts documents of a collection that match `filter`.
+    pub async fn count_where(&self, collection: &str, filter: coffer_store::mongodb::bson::Document) -> u64 {
+        self.store
+            .database()
+            .collection::<coffer_store::mongodb::bson::Document>(collection)
+            .count_documents(filter)
             .await
             .expect("count")
     }

@@ -30,8 +30,8 @@ pub enum Command {
     Dev(ApiArgs),
     /// Follow a chain (not built yet).
     ChainListener,
-    /// Relay the outbox to RabbitMQ (not built yet).
-    OutboxPublisher,
+    /// Relay the outbox to RabbitMQ (publisher confirms, per-wallet order, dead letters).
+    OutboxPublisher(PublisherArgs),
     /// Prove the books on an interval; serves /healthz, /readyz and /metrics.
     Reconciler(ReconcilerArgs),
     /// Run the Kubernetes operator.
@@ -61,7 +61,7 @@ impl Command {
             Command::Api(_) => "api",
             Command::Dev(_) => "dev",
             Command::ChainListener => "chain-listener",
-            Command::OutboxPublisher => "outbox-publisher",
+            Command::OutboxPublisher(_) => "outbox-publisher",
             Command::Reconciler(_) => "reconciler",
             Command::Operator(_) => "operator",
             Command::Crdgen => "crdgen",
@@ -104,6 +104,62 @@ pub struct DbArgs {
     pub database: String,
 }
 
+/// RabbitMQ: where events go (the publisher) and come from (the API's stream consumer).
+#[derive(Args, Clone)]
+pub struct AmqpArgs {
+    /// AMQP 0-9-1 URI; carries credentials, never logged.
+    #[arg(
+        long,
+        env = "AMQP_URI",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_uri: String,
+    /// The topic exchange of events (routing key = event type).
+    #[arg(long, env = "COFFER_EVENTS_EXCHANGE", default_value = coffer_events::DEFAULT_EXCHANGE)]
+    pub events_exchange: String,
+}
+
+#[derive(Args)]
+pub struct PublisherArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Serves /healthz, /readyz and /metrics.
+    #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+    /// Rows per claim (1..=1000).
+    #[arg(long, env = "COFFER_OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: u32,
+    /// Failed attempts before a row is dead-lettered (1..=100).
+    #[arg(long, env = "COFFER_OUTBOX_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i32,
+    /// Seconds a claim holds (10..=600); a crashed replica's rows are re-published after it.
+    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+}
+
+impl PublisherArgs {
+    /// The relay configuration, validated; `owner` names this replica.
+    pub fn relay_config(&self, owner: &str) -> anyhow::Result<coffer_events::RelayConfig> {
+        if !(1..=1000).contains(&self.batch_size) {
+            bail!("COFFER_OUTBOX_BATCH_SIZE must be between 1 and 1000");
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            bail!("COFFER_OUTBOX_MAX_ATTEMPTS must be between 1 and 100");
+        }
+        if !(10..=600).contains(&self.lease_seconds) {
+            bail!("COFFER_OUTBOX_LEASE_SECONDS must be between 10 and 600");
+        }
+        let mut config = coffer_events::RelayConfig::new(&self.amqp.events_exchange, owner);
+        config.batch_size = self.batch_size;
+        config.max_attempts = self.max_attempts;
+        config.lease = Duration::from_secs(self.lease_seconds);
+        Ok(config)
+    }
+}
+
 #[derive(Args)]
 pub struct UserCreateArgs {
     #[command(flatten)]
@@ -122,6 +178,8 @@ pub struct UserCreateArgs {
 pub struct ApiArgs {
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
     #[arg(long, env = "COFFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// HMAC key of access tokens (at least 32 bytes). No default: there are no default secrets.

@@ -4,6 +4,7 @@
 mod assets;
 mod cli;
 mod logging;
+mod publisher;
 mod reconciler;
 
 use std::io::Read;
@@ -50,7 +51,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify(db),
         } => reconciler::verify_audit(db).await,
-        Command::ChainListener | Command::OutboxPublisher => {
+        Command::OutboxPublisher(args) => publisher::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::ChainListener => {
             eprintln!(
                 "coffer: the {} role is not built yet (see the open issues); nothing was started.",
                 command_name(&command)
@@ -90,14 +92,24 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
             .await?;
     }
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
+    if role == "dev" {
+        publisher::spawn_beside_api(&store, &args.amqp, &registry)?;
+    }
     let ctx = ApiContext::new(store, config, catalog, registry)?;
+    // Each API replica consumes events with its own queue and fans them out to its sockets.
+    tokio::spawn(coffer_events::consumer::run(
+        args.amqp.amqp_uri.clone(),
+        args.amqp.events_exchange.clone(),
+        ctx.stream_hub().clone(),
+        coffer_events::publisher::Readiness::default(),
+    ));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(role, listen = %listener.local_addr()?, "serving the API");
     if role == "dev" {
         tracing::info!(
-            "dev runs the roles that are built: api (chain-listener, outbox-publisher, reconciler follow)"
+            "dev runs the roles that are built: api and outbox-publisher (chain-listener, reconciler follow)"
         );
     }
     coffer_api::serve(ctx, listener, shutdown_signal()).await?;

@@ -1,0 +1,189 @@
+//! Fan-out of live events to WebSocket connections, per user, with bounded buffers.
+//!
+//! A connection whose buffer is full is cut off (its sender dropped and its overflow flag set)
+//! instead of being buffered without bound; the socket then closes with a reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::CloudEvent;
+
+struct Subscriber {
+    id: u64,
+    sender: mpsc::Sender<Arc<CloudEvent>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+struct Shared {
+    users: Mutex<HashMap<String, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    buffer: usize,
+    max_per_user: usize,
+}
+
+/// The per-replica registry of stream connections.
+#[derive(Clone)]
+pub struct StreamHub {
+    shared: Arc<Shared>,
+}
+
+/// One connection's feed; leaving the hub happens on drop.
+pub struct Subscription {
+    pub receiver: mpsc::Receiver<Arc<CloudEvent>>,
+    overflowed: Arc<AtomicBool>,
+    hub: StreamHub,
+    user_id: String,
+    id: u64,
+}
+
+impl Subscription {
+    /// Whether the hub cut this connection off because its buffer was full.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.user_id, self.id);
+    }
+}
+
+impl StreamHub {
+    /// `buffer` events per connection, at most `max_per_user` connections per user.
+    pub fn new(buffer: usize, max_per_user: usize) -> Self {
+        assert!(buffer > 0 && max_per_user > 0);
+        StreamHub {
+            shared: Arc::new(Shared {
+                users: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                buffer,
+                max_per_user,
+            }),
+        }
+    }
+
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+        self.shared
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a connection of `user_id`; None when the user already has the maximum.
+    pub fn subscribe(&self, user_id: &str) -> Option<Subscription> {
+        let mut users = self.users();
+        let list = users.entry(user_id.to_string()).or_default();
+        if list.len() >= self.shared.max_per_user {
+            return None;
+        }
+        let (sender, receiver) = mpsc::channel(self.shared.buffer);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        list.push(Subscriber {
+            id,
+            sender,
+            overflowed: overflowed.clone(),
+        });
+        Some(Subscription {
+            receiver,
+            overflowed,
+            hub: self.clone(),
+            user_id: user_id.to_string(),
+            id,
+        })
+    }
+
+    fn remove(&self, user_id: &str, id: u64) {
+        let mut users = self.users();
+        if let Some(list) = users.get_mut(user_id) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                users.remove(user_id);
+            }
+        }
+    }
+
+    /// Hands `event` to every connection of `user_id` (and no one else's); returns how many took it.
+    pub fn dispatch(&self, user_id: &str, event: Arc<CloudEvent>) -> usize {
+        let mut users = self.users();
+        let Some(list) = users.get_mut(user_id) else {
+            return 0;
+        };
+        let before = list.len();
+        list.retain(|s| match s.sender.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(_) => {
+                s.overflowed.store(true, Ordering::Relaxed);
+                false
+            }
+        });
+        let delivered = list.len();
+        if before != delivered {
+            tracing::info!(
+                dropped = before - delivered,
+                "stream connections cut off: buffer full"
+            );
+        }
+        if list.is_empty() {
+            users.remove(user_id);
+        }
+        delivered
+    }
+
+    /// Open connections (all users).
+    pub fn connections(&self) -> usize {
+        self.users().values().map(Vec::len).sum()
+    }
+}
+
+impl Default for StreamHub {
+    fn default() -> Self {
+        StreamHub::new(256, 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Arc<CloudEvent> {
+        Arc::new(CloudEvent {
+            specversion: "1.0".into(),
+            id: id.into(),
+            source: "/coffer/ledger".into(),
+            event_type: "wallet.balance.updated".into(),
+            time: "t".into(),
+            subject: "w".into(),
+            dataschema: "s".into(),
+            datacontenttype: "application/json".into(),
+            data: serde_json::Value::Null,
+        })
+    }
+
+    #[test]
+    fn events_reach_only_their_users_connections_and_a_full_buffer_cuts_the_connection() {
+        let hub = StreamHub::new(2, 2);
+        let mut alice = hub.subscribe("alice").unwrap();
+        let mut bob = hub.subscribe("bob").unwrap();
+        assert_eq!(hub.dispatch("alice", event("1")), 1);
+        assert_eq!(alice.receiver.try_recv().unwrap().id, "1");
+        assert!(bob.receiver.try_recv().is_err(), "bob sees nothing of alice's");
+        hub.dispatch("bob", event("2"));
+        hub.dispatch("bob", event("3"));
+        assert_eq!(
+            hub.dispatch("bob", event("4")),
+            0,
+            "the third event overflows bob's buffer of 2"
+        );
+        assert!(bob.overflowed() && !alice.overflowed());
+        assert_eq!(hub.connections(), 1);
+        let _second = hub.subscribe("alice").unwrap();
+        assert!(hub.subscribe("alice").is_none(), "at most 2 connections per user");
+        drop(alice);
+        assert_eq!(hub.connections(), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! The publisher's Prometheus metrics, registered into the registry the caller serves.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+#[derive(Clone)]
+pub struct PublisherMetrics {
+    pub backlog: IntGauge,
+    pub oldest_unpublished_age_seconds: IntGauge,
+    pub dead_letters: IntGauge,
+    pub published: IntCounter,
+    pub publish_failures: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub commit_to_confirm: Histogram,
+}
+
+impl PublisherMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let commit_to_confirm = Histogram::with_opts(
+            HistogramOpts::new(
+                "coffer_outbox_commit_to_confirm_seconds",
+                "Time from writing an outbox row to the broker's confirm of its message",
+            )
+            .buckets(buckets),
+        )?;
+        registry.register(Box::new(commit_to_confirm.clone()))?;
+        Ok(PublisherMetrics {
+            backlog: gauge(
+                "coffer_outbox_backlog",
+                "Outbox rows not yet published (dead letters excluded)",
+            )?,
+            oldest_unpublished_age_seconds: gauge(
+                "coffer_outbox_oldest_unpublished_age_seconds",
+                "Age of the oldest unpublished outbox row (0 when none)",
+            )?,
+            dead_letters: gauge(
+                "coffer_outbox_dead_letters",
+                "Outbox rows in the dead-letter state",
+            )?,
+            published: counter(
+                "coffer_outbox_published_total",
+                "Outbox rows published and confirmed",
+            )?,
+            publish_failures: counter(
+                "coffer_outbox_publish_failures_total",
+                "Publish attempts that were returned, nacked or not confirmed",
+            )?,
+            dead_lettered: counter(
+                "coffer_outbox_dead_lettered_total",
+                "Outbox rows moved to the dead-letter queue",
+            )?,
+            commit_to_confirm,
+        })
+    }
+}

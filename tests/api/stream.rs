@@ -1,0 +1,164 @@
+//! `GET /v1/stream` end to end: publisher → RabbitMQ → the API's consumer → the user's socket.
+
+use std::time::Duration;
+
+use coffer_store::Role;
+use coffer_test_support::broker::{self, Broker};
+use coffer_test_support::stream::{connect, events, next_event, Token};
+use coffer_test_support::TestApp;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn each_user_gets_only_their_events_and_a_resumed_socket_gets_what_it_missed() {
+    let app = TestApp::spawn().await;
+    let broker = Broker::new().await;
+    let consumer = broker::spawn_stream_consumer(&broker.exchange, app.stream_hub.clone()).await;
+    let (relay, _) = broker::relay(&app.store, broker::relay_config(&broker.exchange, "p1"));
+    let publisher = broker::spawn_publisher(relay);
+    let payment = app.staff(Role::Payment).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (
+        app.create_wallet(&alice, "ETH").await,
+        app.create_wallet(&bob, "ETH").await,
+    );
+    let mut alice_socket = connect(app.address, Token::Query(&alice.access_token), None).await;
+    let mut bob_socket = connect(app.address, Token::Header(&bob.access_token), None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // both sockets registered in the hub
+
+    app.deposit(&payment, &a, "5").await;
+    let transfer = json!({ "from_wallet_id": a, "to_wallet_id": b, "amount": "1" });
+    assert_eq!(
+        app.post("/v1/transfers", &alice.access_token, transfer)
+            .await
+            .status,
+        201
+    );
+
+    let seen_by_alice = events(&mut alice_socket, 4, WAIT).await;
+    assert_eq!(
+        seen_by_alice.len(),
+        4,
+        "deposit and transfer, a transaction and a balance event each"
+    );
+    assert!(
+        seen_by_alice.iter().all(|e| e["subject"] == a),
+        "alice sees only her wallet: {seen_by_alice:?}"
+    );
+    let seen_by_bob = events(&mut bob_socket, 2, WAIT).await;
+    let types: Vec<&str> = seen_by_bob.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["wallet.transaction.created", "wallet.balance.updated"]);
+    assert_eq!(
+        (
+            seen_by_bob[0]["data"]["amount"].as_str(),
+            seen_by_bob[1]["data"]["available"].as_str()
+        ),
+        (Some("1"), Some("1"))
+    );
+    assert!(
+        seen_by_bob.iter().all(|e| e["subject"] == b),
+        "bob sees only his wallet"
+    );
+    let envelope = seen_by_bob[1].as_object().unwrap();
+    let mut keys: Vec<&str> = envelope.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "data",
+            "datacontenttype",
+            "dataschema",
+            "id",
+            "source",
+            "specversion",
+            "subject",
+            "time",
+            "type"
+        ]
+    );
+    assert_eq!(
+        envelope["dataschema"],
+        "urn:coffer:schema:wallet.balance.updated:v1"
+    );
+    assert!(
+        next_event(&mut bob_socket, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing of alice's reaches bob"
+    );
+
+    // Bob goes away; money moves; he comes back with the last id he saw and gets what he missed.
+    let last_seen = seen_by_bob[1]["id"].as_str().unwrap().to_string();
+    drop(bob_socket);
+    let transfer = json!({ "from_wallet_id": a, "to_wallet_id": b, "amount": "2" });
+    assert_eq!(
+        app.post("/v1/transfers", &alice.access_token, transfer)
+            .await
+            .status,
+        201
+    );
+    broker::await_drained(&app.store, WAIT).await;
+    let mut bob_socket = connect(app.address, Token::Header(&bob.access_token), Some(&last_seen)).await;
+    let missed = events(&mut bob_socket, 2, WAIT).await;
+    let got: Vec<(&str, &str)> = missed
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["subject"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("wallet.transaction.created", b.as_str()),
+            ("wallet.balance.updated", b.as_str())
+        ]
+    );
+    assert_eq!(missed[1]["data"]["available"], "3");
+    assert!(missed
+        .iter()
+        .all(|e| e["id"].as_str().unwrap() > last_seen.as_str()));
+    assert!(
+        next_event(&mut bob_socket, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no event twice"
+    );
+
+    // Still live after the resume: the next transfer arrives once.
+    let transfer = json!({ "from_wallet_id": a, "to_wallet_id": b, "amount": "0.5" });
+    assert_eq!(
+        app.post("/v1/transfers", &alice.access_token, transfer)
+            .await
+            .status,
+        201
+    );
+    let live = events(&mut bob_socket, 2, WAIT).await;
+    assert_eq!(
+        live.get(1).map(|e| e["data"]["available"].clone()),
+        Some(json!("3.5"))
+    );
+    publisher.abort();
+    consumer.abort();
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_stream_refuses_a_missing_or_bad_token_and_a_non_websocket_request() {
+    let app = TestApp::spawn().await;
+    let anonymous = app.send("GET", "/v1/stream", None, None, None).await;
+    assert_eq!(
+        (anonymous.status.as_u16(), anonymous.code()),
+        (401, "unauthenticated")
+    );
+    let forged = app
+        .send("GET", "/v1/stream?access_token=not-a-token", None, None, None)
+        .await;
+    assert_eq!(forged.status.as_u16(), 401);
+    let alice = app.register().await;
+    let plain = app.get("/v1/stream", &alice.access_token).await;
+    assert_eq!(
+        (plain.status.as_u16(), plain.code()),
+        (400, "websocket_upgrade_required")
+    );
+    let bad_after = app.get("/v1/stream?after=nope", &alice.access_token).await;
+    assert_eq!(bad_after.code(), "invalid_query");
+}
