@@ -3,6 +3,7 @@
 
 mod auth;
 mod authorization;
+mod chain;
 mod concurrency;
 mod idempotency;
 mod ledger;

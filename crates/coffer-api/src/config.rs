@@ -54,6 +54,10 @@ pub struct ApiConfig {
     /// `None` (the default) uses the TCP peer address: headers are not trusted unless configured.
     pub client_ip_header: Option<String>,
     pub password_hashing: PasswordHashing,
+    /// Derives deposit addresses from the configured extended public key (`COFFER_DEPOSIT_XPUB`).
+    pub deposit_keys: Option<coffer_chain::hd::DepositKeys>,
+    /// Webhook HMAC secrets by provider name (`COFFER_WEBHOOK_SECRET_<PROVIDER>`).
+    pub webhook_secrets: std::collections::BTreeMap<String, SecretString>,
 }
 
 impl ApiConfig {
@@ -66,6 +70,8 @@ impl ApiConfig {
             rate_limits: RateLimits::default(),
             client_ip_header: None,
             password_hashing: PasswordHashing::default(),
+            deposit_keys: None,
+            webhook_secrets: Default::default(),
         }
     }
 }

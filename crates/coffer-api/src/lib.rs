@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -137,7 +138,8 @@ fn groups() -> Groups {
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))
-            .routes(routes!(ops::openapi_json)),
+            .routes(routes!(ops::openapi_json))
+            .routes(routes!(chain::webhook)),
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
             .routes(routes!(auth::login))
@@ -147,7 +149,9 @@ fn groups() -> Groups {
             .routes(routes!(wallets::get_wallet))
             .routes(routes!(wallets::wallet_ledger))
             .routes(routes!(transactions::list_transactions))
-            .routes(routes!(transactions::get_transaction)),
+            .routes(routes!(transactions::get_transaction))
+            .routes(routes!(chain::deposit_address))
+            .routes(routes!(chain::wallet_deposits)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(money::create_transfer))
@@ -175,6 +179,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/withdrawals"),
     ("GET", "/v1/transactions"),
     ("GET", "/v1/transactions/{id}"),
+    ("GET", "/v1/wallets/{id}/deposit-address"),
+    ("GET", "/v1/wallets/{id}/deposits"),
+    ("POST", "/v1/webhooks/{provider}"),
 ];
 
 /// The OpenAPI 3.1 document of every route.

@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod audit;
+pub mod chain;
 pub mod codec;
 pub mod idempotency;
 pub mod locks;
@@ -221,6 +222,7 @@ impl Store {
                 .create_index(model)
                 .await?;
         }
+        self.ensure_chain_indexes().await?;
         Ok(())
     }
 }

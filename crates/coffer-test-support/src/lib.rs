@@ -1,6 +1,8 @@
 //! Helpers for integration tests. Every test gets its own database on the real server named by
 //! `MONGODB_URI` (scripts/test starts SecantusDB and sets it), and its own API on 127.0.0.1:0.
 
+pub mod chain;
+
 use std::net::SocketAddr;
 
 use coffer_api::config::{ApiConfig, PasswordHashing, RateLimits};
@@ -25,6 +27,12 @@ pub fn mongodb_uri() -> String {
 pub struct Options {
     pub rate_limits: RateLimits,
     pub store: StoreConfig,
+    /// The asset catalog (default: config/assets.dev.json).
+    pub assets: Option<AssetCatalog>,
+    /// The account xpub deposit addresses derive from (default: none configured).
+    pub deposit_xpub: Option<String>,
+    /// Webhook secrets by provider.
+    pub webhook_secrets: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -36,6 +44,9 @@ impl Default for Options {
                 money_per_ip_per_minute: 100_000,
             },
             store: StoreConfig::default(),
+            assets: None,
+            deposit_xpub: None,
+            webhook_secrets: Vec::new(),
         }
     }
 }
@@ -45,6 +56,8 @@ pub struct TestApp {
     pub store: Store,
     pub client: reqwest::Client,
     pub registry: prometheus::Registry,
+    /// The live catalog the app reads (replace it to change an asset at run time).
+    pub catalog: LiveCatalog,
 }
 
 /// A registered user with a live session.
@@ -85,7 +98,10 @@ impl TestApp {
             .await
             .expect("connect to the test server");
         store.ensure_indexes().await.expect("indexes");
-        let catalog = AssetCatalog::from_json(DEV_ASSETS).expect("dev assets");
+        let catalog = options
+            .assets
+            .clone()
+            .unwrap_or_else(|| AssetCatalog::from_json(DEV_ASSETS).expect("dev assets"));
         for asset in catalog.iter() {
             store
                 .ensure_platform_accounts(&asset.symbol, asset.decimals)
@@ -102,8 +118,17 @@ impl TestApp {
             iterations: 1,
             parallelism: 1,
         };
-        let ctx = ApiContext::new(store.clone(), config, LiveCatalog::new(catalog), registry.clone())
-            .expect("context");
+        config.deposit_keys = options
+            .deposit_xpub
+            .as_deref()
+            .map(|xpub| coffer_chain::hd::DepositKeys::from_xpub(xpub).expect("xpub"));
+        for (provider, secret) in &options.webhook_secrets {
+            config
+                .webhook_secrets
+                .insert(provider.clone(), secrecy::SecretString::from(secret.clone()));
+        }
+        let live = LiveCatalog::new(catalog);
+        let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(coffer_api::serve(ctx, listener, std::future::pending()));
@@ -113,6 +138,7 @@ impl TestApp {
             store,
             client,
             registry,
+            catalog: live,
         }
     }
 
