@@ -9,3 +9,4 @@ mod idempotency;
 mod ledger;
 mod routes;
 mod validation;
+mod webhooks;
