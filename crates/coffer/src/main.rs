@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod chain_role;
 mod cli;
 mod logging;
 
@@ -43,7 +44,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", coffer_operator::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::ChainListener | Command::OutboxPublisher | Command::Reconciler => {
+        Command::ChainListener(args) => chain_role::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::OutboxPublisher | Command::Reconciler => {
             eprintln!(
                 "coffer: the {} role is not built yet (see the open issues); nothing was started.",
                 command_name(&command)
@@ -63,7 +65,7 @@ fn command_name(command: &Command) -> &'static str {
     command.role()
 }
 
-async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let store = Store::connect(&db.mongodb_uri, &db.database, StoreConfig::default(), metrics)
         .await
@@ -83,6 +85,9 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
             .await?;
     }
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
+    if role == "dev" {
+        chain_role::spawn_in_dev(args.eth_rpc_url.as_deref(), &store, &catalog).await;
+    }
     let ctx = ApiContext::new(store, config, catalog, registry)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -98,7 +103,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
