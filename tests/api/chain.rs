@@ -290,7 +290,7 @@ async fn chain_listener_killed_and_restarted_mid_stream_misses_nothing_and_credi
     let task = tokio::spawn(async move { running.run(std::future::pending()).await });
     for _ in 0..100 {
         let cursor = w.app.store.chain_cursor(CHAIN).await.unwrap();
-        if cursor.is_some_and(|c| c.block_number as u64 >= w.start_block + 1) {
+        if cursor.is_some_and(|c| c.block_number as u64 > w.start_block) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

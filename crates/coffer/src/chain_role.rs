@@ -23,7 +23,12 @@ struct Probe {
 }
 
 /// The listener's settings from its arguments.
-pub fn listener_config(chain: &str, poll_interval_ms: u64, start_block: Option<u64>, max_blocks: u64) -> ListenerConfig {
+pub fn listener_config(
+    chain: &str,
+    poll_interval_ms: u64,
+    start_block: Option<u64>,
+    max_blocks: u64,
+) -> ListenerConfig {
     let mut config = ListenerConfig::new(chain);
     config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
     config.start_block = start_block;
@@ -37,7 +42,12 @@ pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let store = crate::connect(&args.db, &registry).await?;
     let rpc = Rpc::connect(&args.eth_rpc_url)?;
-    let config = listener_config(&args.chain, args.poll_interval_ms, args.start_block, args.max_blocks_per_poll);
+    let config = listener_config(
+        &args.chain,
+        args.poll_interval_ms,
+        args.start_block,
+        args.max_blocks_per_poll,
+    );
     let listener = Listener::new(config, rpc.clone(), store.clone(), catalog);
     let probe = Arc::new(Probe { store, rpc, registry });
     let app = Router::new()
@@ -91,7 +101,12 @@ pub async fn spawn_in_dev(url: Option<&str>, store: &Store, catalog: &LiveCatalo
     chains.sort();
     chains.dedup();
     for chain in chains {
-        let listener = Listener::new(listener_config(&chain, 1000, None, 50), rpc.clone(), store.clone(), catalog.clone());
+        let listener = Listener::new(
+            listener_config(&chain, 1000, None, 50),
+            rpc.clone(),
+            store.clone(),
+            catalog.clone(),
+        );
         tracing::info!(%chain, "dev: following the chain");
         tokio::spawn(async move { listener.run(std::future::pending()).await });
     }
