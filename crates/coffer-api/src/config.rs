@@ -56,6 +56,10 @@ pub struct ApiConfig {
     pub password_hashing: PasswordHashing,
     /// Limits of on-demand reconciliation runs (`POST /v1/admin/reconciliations`).
     pub reconcile: coffer_store::reconcile::ReconcileConfig,
+    /// Derives deposit addresses from the configured extended public key (`COFFER_DEPOSIT_XPUB`).
+    pub deposit_keys: Option<coffer_chain::hd::DepositKeys>,
+    /// Webhook HMAC secrets by provider name (`COFFER_WEBHOOK_SECRET_<PROVIDER>`).
+    pub webhook_secrets: std::collections::BTreeMap<String, SecretString>,
 }
 
 impl ApiConfig {
@@ -69,6 +73,8 @@ impl ApiConfig {
             client_ip_header: None,
             password_hashing: PasswordHashing::default(),
             reconcile: Default::default(),
+            deposit_keys: None,
+            webhook_secrets: Default::default(),
         }
     }
 }

@@ -126,6 +126,7 @@ impl ApiError {
                         "the refresh token was already used; its session family is revoked"
                     }
                     "invalid_refresh_token" => "the refresh token is unknown, expired or revoked",
+                    "invalid_signature" => "the webhook signature is missing, invalid or stale",
                     _ => "a valid bearer access token is required",
                 }
                 .to_string(),

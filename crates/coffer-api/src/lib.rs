@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -167,7 +168,8 @@ fn groups() -> Groups {
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))
-            .routes(routes!(ops::openapi_json)),
+            .routes(routes!(ops::openapi_json))
+            .routes(routes!(chain::webhook)),
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
             .routes(routes!(auth::login))
@@ -178,7 +180,9 @@ fn groups() -> Groups {
             .routes(routes!(wallets::wallet_ledger))
             .routes(routes!(transactions::list_transactions))
             .routes(routes!(transactions::get_transaction))
-            .routes(routes!(stream::stream)),
+            .routes(routes!(stream::stream))
+            .routes(routes!(chain::deposit_address))
+            .routes(routes!(chain::wallet_deposits)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(money::create_transfer))
@@ -223,6 +227,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/reconciliations/{id}"),
     ("GET", "/v1/admin/audit/verify"),
     ("GET", "/v1/stream"),
+    ("GET", "/v1/wallets/{id}/deposit-address"),
+    ("GET", "/v1/wallets/{id}/deposits"),
+    ("POST", "/v1/webhooks/{provider}"),
 ];
 
 /// The OpenAPI 3.1 document of every route.

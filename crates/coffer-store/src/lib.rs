@@ -9,6 +9,7 @@
 pub mod adjustments;
 pub mod audit;
 pub mod audit_chain;
+pub mod chain;
 pub mod codec;
 pub mod idempotency;
 pub mod locks;
@@ -237,6 +238,7 @@ impl Store {
                 .create_index(model)
                 .await?;
         }
+        self.ensure_chain_indexes().await?;
         self.ensure_admin_indexes().await
     }
 }

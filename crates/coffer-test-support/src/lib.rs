@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod stream;
+pub mod chain;
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,12 @@ pub struct Options {
     pub store: StoreConfig,
     /// Limits of on-demand reconciliations (tests shorten the stuck limits).
     pub reconcile: coffer_store::reconcile::ReconcileConfig,
+    /// The asset catalog (default: config/assets.dev.json).
+    pub assets: Option<AssetCatalog>,
+    /// The account xpub deposit addresses derive from (default: none configured).
+    pub deposit_xpub: Option<String>,
+    /// Webhook secrets by provider.
+    pub webhook_secrets: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -42,6 +49,9 @@ impl Default for Options {
             },
             store: StoreConfig::default(),
             reconcile: Default::default(),
+            assets: None,
+            deposit_xpub: None,
+            webhook_secrets: Vec::new(),
         }
     }
 }
@@ -53,6 +63,8 @@ pub struct TestApp {
     pub registry: prometheus::Registry,
     /// The hub of this app's `GET /v1/stream` connections (feed it with a stream consumer).
     pub stream_hub: coffer_events::StreamHub,
+    /// The live catalog the app reads (replace it to change an asset at run time).
+    pub catalog: LiveCatalog,
 }
 
 /// A registered user with a live session.
@@ -93,7 +105,10 @@ impl TestApp {
             .await
             .expect("connect to the test server");
         store.ensure_indexes().await.expect("indexes");
-        let catalog = AssetCatalog::from_json(DEV_ASSETS).expect("dev assets");
+        let catalog = options
+            .assets
+            .clone()
+            .unwrap_or_else(|| AssetCatalog::from_json(DEV_ASSETS).expect("dev assets"));
         for asset in catalog.iter() {
             store
                 .ensure_platform_accounts(&asset.symbol, asset.decimals)
@@ -111,8 +126,17 @@ impl TestApp {
             iterations: 1,
             parallelism: 1,
         };
-        let ctx = ApiContext::new(store.clone(), config, LiveCatalog::new(catalog), registry.clone())
-            .expect("context");
+        config.deposit_keys = options
+            .deposit_xpub
+            .as_deref()
+            .map(|xpub| coffer_chain::hd::DepositKeys::from_xpub(xpub).expect("xpub"));
+        for (provider, secret) in &options.webhook_secrets {
+            config
+                .webhook_secrets
+                .insert(provider.clone(), secrecy::SecretString::from(secret.clone()));
+        }
+        let live = LiveCatalog::new(catalog);
+        let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let stream_hub = ctx.stream_hub().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
@@ -124,6 +148,7 @@ impl TestApp {
             client,
             registry,
             stream_hub,
+            catalog: live,
         }
     }
 

@@ -28,8 +28,8 @@ pub enum Command {
     Api(ApiArgs),
     /// Run every built role in one process (local development).
     Dev(ApiArgs),
-    /// Follow a chain (not built yet).
-    ChainListener,
+    /// Follow a chain: deposits, confirmations, re-orgs (docs/chain.md).
+    ChainListener(ChainListenerArgs),
     /// Relay the outbox to RabbitMQ (publisher confirms, per-wallet order, dead letters).
     OutboxPublisher(PublisherArgs),
     /// Prove the books on an interval; serves /healthz, /readyz and /metrics.
@@ -60,7 +60,7 @@ impl Command {
         match self {
             Command::Api(_) => "api",
             Command::Dev(_) => "dev",
-            Command::ChainListener => "chain-listener",
+            Command::ChainListener(_) => "chain-listener",
             Command::OutboxPublisher(_) => "outbox-publisher",
             Command::Reconciler(_) => "reconciler",
             Command::Operator(_) => "operator",
@@ -175,6 +175,30 @@ pub struct UserCreateArgs {
 }
 
 #[derive(Args)]
+pub struct ChainListenerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The chain name, as assets declare it (e.g. ethereum-dev).
+    #[arg(long)]
+    pub chain: String,
+    /// The node's JSON-RPC endpoint (http://).
+    #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
+    pub eth_rpc_url: String,
+    #[arg(long, env = "COFFER_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+    /// First block to scan when there is no checkpoint (default: the node's head).
+    #[arg(long, env = "COFFER_START_BLOCK")]
+    pub start_block: Option<u64>,
+    #[arg(long, env = "COFFER_MAX_BLOCKS_PER_POLL", default_value_t = 50)]
+    pub max_blocks_per_poll: u64,
+    #[arg(long, env = "COFFER_ASSETS_FILE")]
+    pub assets_file: std::path::PathBuf,
+    /// /healthz, /readyz and /metrics.
+    #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+}
+
+#[derive(Args)]
 pub struct ApiArgs {
     #[command(flatten)]
     pub db: DbArgs,
@@ -203,6 +227,12 @@ pub struct ApiArgs {
     pub client_ip_header: Option<String>,
     #[command(flatten)]
     pub reconcile: ReconcileArgs,
+    /// The BIP44 account xpub (m/44'/60'/0') deposit addresses derive from; public key only.
+    #[arg(long, env = "COFFER_DEPOSIT_XPUB", hide_env_values = true)]
+    pub deposit_xpub: Option<String>,
+    /// `coffer dev` runs the chain listener when this node answers.
+    #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
+    pub eth_rpc_url: Option<String>,
 }
 
 /// Limits of reconciliation runs (the reconciler role and on-demand runs through the API).
@@ -248,6 +278,17 @@ pub struct ReconcilerArgs {
     pub limits: ReconcileArgs,
 }
 
+/// Webhook secrets from `COFFER_WEBHOOK_SECRET_<PROVIDER>` (provider lower-cased, `_` → `-`).
+fn webhook_secrets() -> std::collections::BTreeMap<String, SecretString> {
+    std::env::vars()
+        .filter_map(|(name, value)| {
+            let provider = name.strip_prefix("COFFER_WEBHOOK_SECRET_")?;
+            let provider = provider.to_ascii_lowercase().replace('_', "-");
+            (!provider.is_empty() && !value.is_empty()).then(|| (provider, SecretString::from(value)))
+        })
+        .collect()
+}
+
 impl ApiArgs {
     pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
         if self.jwt_secret.expose_secret().len() < 32 {
@@ -266,6 +307,16 @@ impl ApiArgs {
         };
         config.client_ip_header = self.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase());
         config.reconcile = self.reconcile.config()?;
+        if let Some(xpub) = &self.deposit_xpub {
+            let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
+            config.deposit_keys = Some(keys);
+        }
+        config.webhook_secrets = webhook_secrets();
+        for (provider, secret) in &config.webhook_secrets {
+            if secret.expose_secret().len() < 16 {
+                bail!("the webhook secret of {provider} must be at least 16 bytes");
+            }
+        }
         Ok(config)
     }
 }

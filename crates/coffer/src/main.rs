@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod chain_role;
 mod cli;
 mod logging;
 mod publisher;
@@ -52,13 +53,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify(db),
         } => reconciler::verify_audit(db).await,
         Command::OutboxPublisher(args) => publisher::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::ChainListener => {
-            eprintln!(
-                "coffer: the {} role is not built yet (see the open issues); nothing was started.",
-                command_name(&command)
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::ChainListener(args) => chain_role::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Ledger {
             command: LedgerCommand::Verify(db),
         } => verify_ledger(db).await,
@@ -66,10 +61,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: UserCommand::Create(args),
         } => create_user(args).await,
     }
-}
-
-fn command_name(command: &Command) -> &'static str {
-    command.role()
 }
 
 pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
@@ -94,6 +85,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     if role == "dev" {
         publisher::spawn_beside_api(&store, &args.amqp, &registry)?;
+        chain_role::spawn_in_dev(args.eth_rpc_url.as_deref(), &store, &catalog).await;
     }
     let ctx = ApiContext::new(store, config, catalog, registry)?;
     // Each API replica consumes events with its own queue and fans them out to its sockets.

@@ -1,0 +1,26 @@
+//! Coffer's EVM adapter (docs/chain.md): deposit addresses derived from an extended public key,
+//! the chain listener (deposits, confirmations, re-orgs, checkpoints), the withdrawal
+//! broadcaster and the [`signer::Signer`] interface.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod hd;
+pub mod listener;
+pub mod rpc;
+
+use thiserror::Error;
+
+/// Everything that can go wrong in this crate. Never carries a key, seed or signature.
+#[derive(Debug, Error)]
+pub enum ChainError {
+    #[error("the node answered with an error or not at all: {0}")]
+    Rpc(String),
+    #[error(transparent)]
+    Store(#[from] coffer_store::StoreError),
+    #[error("a re-org deeper than the {0} blocks the cursor remembers: operator action needed")]
+    ReorgTooDeep(usize),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("key derivation: {0}")]
+    Derivation(String),
+}

@@ -1,0 +1,154 @@
+//! A thin, time-bounded wrapper over alloy's JSON-RPC provider: only the calls Coffer makes.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{Block, Filter, Log, Transaction, TransactionReceipt};
+use alloy::sol;
+use alloy::sol_types::SolEvent;
+
+use crate::ChainError;
+
+sol! {
+    /// The ERC-20 transfer event.
+    event Transfer(address indexed from, address indexed to, uint256 value);
+}
+
+/// Each call's time limit: a hung node must not hang the listener.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Rpc {
+    provider: RootProvider,
+}
+
+/// A decoded ERC-20 transfer.
+#[derive(Debug, Clone)]
+pub struct TokenTransfer {
+    pub contract: Address,
+    pub to: Address,
+    pub value: U256,
+    pub tx_hash: B256,
+    pub log_index: u64,
+}
+
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ChainError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ChainError::Rpc(format!("{what}: {e}"))),
+        Err(_) => Err(ChainError::Rpc(format!("{what}: timed out"))),
+    }
+}
+
+impl Rpc {
+    /// An HTTP JSON-RPC client (no request is sent until the first call).
+    pub fn connect(url: &str) -> Result<Self, ChainError> {
+        let url = url
+            .parse()
+            .map_err(|_| ChainError::Config("ETH_RPC_URL is not a valid URL".into()))?;
+        Ok(Rpc {
+            provider: RootProvider::new_http(url),
+        })
+    }
+
+    pub fn provider(&self) -> &RootProvider {
+        &self.provider
+    }
+
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        bounded("eth_blockNumber", self.provider.get_block_number().into_future()).await
+    }
+
+    pub async fn chain_id(&self) -> Result<u64, ChainError> {
+        bounded("eth_chainId", self.provider.get_chain_id().into_future()).await
+    }
+
+    /// Block `number` with its full transactions, `None` if the node does not have it.
+    pub async fn block(&self, number: u64) -> Result<Option<Block>, ChainError> {
+        let call = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .full();
+        bounded("eth_getBlockByNumber", call.into_future()).await
+    }
+
+    /// The canonical hash at `number`, lower-case `0x…`.
+    pub async fn block_hash(&self, number: u64) -> Result<Option<String>, ChainError> {
+        let call = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number));
+        let block = bounded("eth_getBlockByNumber", call.into_future()).await?;
+        Ok(block.map(|b| format!("{:#x}", b.header.hash)))
+    }
+
+    /// ERC-20 `Transfer` logs of `contracts` in block `number`.
+    pub async fn token_transfers(
+        &self,
+        number: u64,
+        contracts: &[Address],
+    ) -> Result<Vec<TokenTransfer>, ChainError> {
+        if contracts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = Filter::new()
+            .from_block(number)
+            .to_block(number)
+            .address(contracts.to_vec())
+            .event_signature(Transfer::SIGNATURE_HASH);
+        let logs = bounded("eth_getLogs", self.provider.get_logs(&filter)).await?;
+        Ok(logs.iter().filter_map(decode_transfer).collect())
+    }
+
+    pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+        bounded(
+            "eth_getTransactionReceipt",
+            self.provider.get_transaction_receipt(hash).into_future(),
+        )
+        .await
+    }
+
+    pub async fn transaction(&self, hash: B256) -> Result<Option<Transaction>, ChainError> {
+        bounded(
+            "eth_getTransactionByHash",
+            self.provider.get_transaction_by_hash(hash).into_future(),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, address: Address) -> Result<U256, ChainError> {
+        bounded("eth_getBalance", self.provider.get_balance(address).into_future()).await
+    }
+
+    /// The next nonce of `address` counting pending transactions.
+    pub async fn pending_nonce(&self, address: Address) -> Result<u64, ChainError> {
+        let call = self.provider.get_transaction_count(address).pending();
+        bounded("eth_getTransactionCount", call.into_future()).await
+    }
+
+    pub async fn gas_price(&self) -> Result<u128, ChainError> {
+        bounded("eth_gasPrice", self.provider.get_gas_price().into_future()).await
+    }
+
+    /// Sends a signed transaction; the node's answer (or its absence) is reported as is.
+    pub async fn send_raw(&self, raw: &[u8]) -> Result<B256, ChainError> {
+        let pending = bounded("eth_sendRawTransaction", self.provider.send_raw_transaction(raw)).await?;
+        Ok(*pending.tx_hash())
+    }
+}
+
+fn decode_transfer(log: &Log) -> Option<TokenTransfer> {
+    let decoded = Transfer::decode_log(&log.inner).ok()?;
+    Some(TokenTransfer {
+        contract: log.inner.address,
+        to: decoded.data.to,
+        value: decoded.data.value,
+        tx_hash: log.transaction_hash?,
+        log_index: log.log_index?,
+    })
+}

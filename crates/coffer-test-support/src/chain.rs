@@ -1,0 +1,137 @@
+//! A private anvil per test (re-orgs are global to a node, so tests never share one), plus the
+//! few JSON-RPC calls chain tests make: send coin and tokens from anvil's unlocked accounts,
+//! deploy the ERC-20 fixture, mine, re-org.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use coffer_chain::rpc::Rpc;
+use serde_json::{json, Value};
+
+/// anvil's first funded account (unlocked on a dev node).
+pub const FUNDER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+/// The test mnemonic of deposit addresses (BIP39 test vector; never holds real funds).
+pub const DEPOSIT_MNEMONIC: &str =
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+/// The creation bytecode of tests/fixtures/erc20/TestToken.sol.
+pub const TOKEN_BYTECODE: &str = include_str!("../../../tests/fixtures/erc20/TestToken.bin");
+
+/// A running anvil, killed when dropped.
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+    pub rpc: Rpc,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn anvil_binary() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.join(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+}
+
+/// A free port in 8700–8799 (the range this project's chain tests use).
+fn free_port() -> u16 {
+    let start = 8700 + (std::process::id() % 100) as u16;
+    (0..100u16)
+        .map(|i| 8700 + (start - 8700 + i) % 100)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 8700-8799")
+}
+
+impl Anvil {
+    /// Starts anvil on a free port and waits until it answers (bounded: 10 s).
+    pub async fn start() -> Anvil {
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(anvil_binary())
+                .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start anvil (scripts/test installs it under .tools)");
+            let url = format!("http://127.0.0.1:{port}");
+            let anvil = Anvil {
+                child,
+                rpc: Rpc::connect(&url).expect("url"),
+                url,
+            };
+            for _ in 0..100 {
+                if anvil.rpc.head().await.is_ok() {
+                    return anvil;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        panic!("anvil did not start");
+    }
+
+    pub async fn call(&self, method: &'static str, params: Value) -> Value {
+        self.rpc
+            .provider()
+            .raw_request::<_, Value>(method.into(), params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    pub async fn head(&self) -> u64 {
+        self.rpc.head().await.expect("head")
+    }
+
+    pub async fn mine(&self, blocks: u64) {
+        self.call("anvil_mine", json!([format!("{blocks:#x}")])).await;
+    }
+
+    /// Replaces the last `depth` blocks with empty ones.
+    pub async fn reorg(&self, depth: u64) {
+        self.call("anvil_reorg", json!([depth, []])).await;
+    }
+
+    /// Sends `wei` from the funded account to `to` (mined at once); returns the tx hash.
+    pub async fn send_eth(&self, to: &str, wei: U256) -> String {
+        let tx = json!({ "from": FUNDER, "to": to, "value": format!("{wei:#x}") });
+        self.call("eth_sendTransaction", json!([tx]))
+            .await
+            .as_str()
+            .expect("hash")
+            .to_string()
+    }
+
+    /// Deploys the ERC-20 fixture with `supply` to the funded account; returns its address.
+    pub async fn deploy_token(&self, supply: U256) -> String {
+        let data = format!("0x{}{:064x}", TOKEN_BYTECODE.trim(), supply);
+        let tx = json!({ "from": FUNDER, "data": data, "gas": "0x200000" });
+        let hash = self.call("eth_sendTransaction", json!([tx])).await;
+        let receipt = self.call("eth_getTransactionReceipt", json!([hash])).await;
+        receipt["contractAddress"]
+            .as_str()
+            .expect("deployed")
+            .to_lowercase()
+    }
+
+    /// `transfer(to, amount)` on `token` from the funded account; returns the tx hash.
+    pub async fn send_token(&self, token: &str, to: &str, amount: U256) -> String {
+        let to: Address = to.parse().expect("address");
+        let data = format!("0xa9059cbb{:0>64}{:064x}", hex::encode(to.as_slice()), amount);
+        let tx = json!({ "from": FUNDER, "to": token, "data": data, "gas": "0x100000" });
+        self.call("eth_sendTransaction", json!([tx]))
+            .await
+            .as_str()
+            .expect("hash")
+            .to_string()
+    }
+
+    pub async fn balance(&self, address: &str) -> U256 {
+        self.rpc
+            .balance(address.parse().expect("address"))
+            .await
+            .expect("balance")
+    }
+}
