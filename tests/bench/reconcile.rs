@@ -21,18 +21,31 @@ const WRITERS: usize = 2;
 
 #[tokio::main]
 async fn main() {
-    let entries: u64 = std::env::args().nth(1).map(|a| a.parse().expect("ENTRIES is a number")).unwrap_or(1_000_000);
+    let entries: u64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("ENTRIES is a number"))
+        .unwrap_or(1_000_000);
     let transactions = entries / 2;
     let uri = std::env::var("MONGODB_URI").expect("MONGODB_URI");
     let database = format!("bench_reconcile_{}", uuid::Uuid::new_v4().simple());
-    let store = Store::connect(&uri, &database, StoreConfig::default(), StoreMetrics::unregistered()).await.unwrap();
+    let store = Store::connect(
+        &uri,
+        &database,
+        StoreConfig::default(),
+        StoreMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
     store.ensure_indexes().await.unwrap();
     store.ensure_platform_accounts("ETH", 18).await.unwrap();
 
     let seeding = Instant::now();
     let mut wallet_ids = Vec::new();
     for i in 0..WALLETS {
-        let (wallet, _) = store.create_wallet(&format!("bench-user-{i}"), "ETH", 18).await.unwrap();
+        let (wallet, _) = store
+            .create_wallet(&format!("bench-user-{i}"), "ETH", 18)
+            .await
+            .unwrap();
         wallet_ids.push(wallet.id);
     }
     let wallet_ids = Arc::new(wallet_ids);
@@ -80,20 +93,46 @@ async fn main() {
     let wallets = store.collection::<Document>("wallets");
     for (id, total) in wallet_ids.iter().zip(&per_wallet) {
         let cached = codec::to_decimal(&Amount::from_u64(*total), false);
-        wallets.update_one(doc! { "_id": id }, doc! { "$set": { "available": cached } }).await.unwrap();
+        wallets
+            .update_one(doc! { "_id": id }, doc! { "$set": { "available": cached } })
+            .await
+            .unwrap();
     }
     let custody = codec::to_decimal(&Amount::from_u64(per_wallet.iter().sum()), true);
-    wallets.update_one(doc! { "_id": "platform:ETH:custody" }, doc! { "$set": { "available": custody } }).await.unwrap();
-    let seeded = store.collection::<Document>("ledger_entries").estimated_document_count().await.unwrap();
-    println!("seeded {seeded} ledger entries ({transactions} transactions, {} accounts) in {:.1}s", WALLETS + 4, seeding.elapsed().as_secs_f64());
+    wallets
+        .update_one(
+            doc! { "_id": "platform:ETH:custody" },
+            doc! { "$set": { "available": custody } },
+        )
+        .await
+        .unwrap();
+    let seeded = store
+        .collection::<Document>("ledger_entries")
+        .estimated_document_count()
+        .await
+        .unwrap();
+    println!(
+        "seeded {seeded} ledger entries ({transactions} transactions, {} accounts) in {:.1}s",
+        WALLETS + 4,
+        seeding.elapsed().as_secs_f64()
+    );
 
     // Baseline: one raw `$group` by account over every entry.
     let started = Instant::now();
     let pipeline = vec![doc! { "$group": { "_id": "$account_id", "sum": { "$sum": "$amount" } } }];
-    let groups: Vec<Document> =
-        store.collection::<Document>("ledger_entries").aggregate(pipeline).await.unwrap().try_collect().await.unwrap();
+    let groups: Vec<Document> = store
+        .collection::<Document>("ledger_entries")
+        .aggregate(pipeline)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let raw = started.elapsed().as_secs_f64();
-    println!("raw driver: one $group by account ({} groups)      {raw:>8.2}s", groups.len());
+    println!(
+        "raw driver: one $group by account ({} groups)      {raw:>8.2}s",
+        groups.len()
+    );
 
     let reconciler = Reconciler {
         config: ReconcileConfig::default(),
@@ -103,9 +142,15 @@ async fn main() {
     let started = Instant::now();
     let run = reconciler.run(&store, "bench", None).await.unwrap();
     let total = started.elapsed().as_secs_f64();
-    println!("reconciliation run, all checks                     {total:>8.2}s  ratio to raw {:.2}", total / raw);
+    println!(
+        "reconciliation run, all checks                     {total:>8.2}s  ratio to raw {:.2}",
+        total / raw
+    );
     for check in &run.checks {
-        println!("  {:<20} {:>9} ms  {:?}", check.check, check.duration_ms, check.status);
+        println!(
+            "  {:<20} {:>9} ms  {:?}",
+            check.check, check.duration_ms, check.status
+        );
     }
     assert_eq!(run.mismatches, 0, "the seeded books balance: {:?}", run.findings);
     store.database().drop().await.unwrap();
