@@ -2,8 +2,8 @@
 //! `MONGODB_URI` (scripts/test starts SecantusDB and sets it), and its own API on 127.0.0.1:0.
 
 pub mod broker;
-pub mod stream;
 pub mod chain;
+pub mod stream;
 
 use std::net::SocketAddr;
 
