@@ -101,7 +101,7 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     tracing::info!(role, listen = %listener.local_addr()?, "serving the API");
     if role == "dev" {
         tracing::info!(
-            "dev runs the roles that are built: api and outbox-publisher (chain-listener, reconciler follow)"
+            "dev runs api, outbox-publisher and, when ETH_RPC_URL answers, a chain listener; reconciliations run on demand (POST /v1/admin/reconciliations)"
         );
     }
     coffer_api::serve(ctx, listener, shutdown_signal()).await?;
