@@ -206,14 +206,7 @@ impl Store {
             .await?
             .and_then(|w| w.user_id);
         let movement = adjustment.movement(approver, owner)?;
-        let Some(_guard) = self
-            .locks
-            .lock(&movement.ledger.account_ids(), self.config.lock_timeout)
-            .await
-        else {
-            self.metrics.transaction_give_ups.inc();
-            return Err(StoreError::Contention);
-        };
+        let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let tx_id = new_id();
         let decision = (id.to_string(), approver.to_string(), reason.to_string());
         let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision));

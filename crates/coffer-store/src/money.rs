@@ -61,14 +61,7 @@ impl Store {
         if let Some(existing) = self.transaction_by_ledger_key(&movement.ledger_key).await? {
             return Err(StoreError::DuplicateLedgerKey(Box::new(existing)));
         }
-        let Some(_guard) = self
-            .locks
-            .lock(&movement.ledger.account_ids(), self.config.lock_timeout)
-            .await
-        else {
-            self.metrics.transaction_give_ups.inc();
-            return Err(StoreError::Contention);
-        };
+        let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let tx_id = new_id();
         // The body is re-run on retries and must own what it uses (the session is borrowed per attempt).
         let shared = std::sync::Arc::new((self.clone(), movement.clone(), tx_id));
@@ -98,6 +91,21 @@ impl Store {
                 }
             }
             Err(other) => Err(other),
+        }
+    }
+
+    /// Takes the in-process locks of `accounts` before a money write; a wait beyond the lock
+    /// timeout counts as a give-up and answers [`StoreError::Contention`] (retry later).
+    pub(crate) async fn lock_accounts(
+        &self,
+        accounts: &[String],
+    ) -> Result<crate::locks::WalletGuard, StoreError> {
+        match self.locks.lock(accounts, self.config.lock_timeout).await {
+            Some(guard) => Ok(guard),
+            None => {
+                self.metrics.transaction_give_ups.inc();
+                Err(StoreError::Contention)
+            }
         }
     }
 

@@ -61,10 +61,7 @@ impl Store {
         if let Some(ledger) = &transition.ledger {
             accounts = ledger.account_ids();
         }
-        let Some(_guard) = self.locks.lock(&accounts, self.config.lock_timeout).await else {
-            self.metrics.transaction_give_ups.inc();
-            return Err(StoreError::Contention);
-        };
+        let _guard = self.lock_accounts(&accounts).await?;
         let shared = std::sync::Arc::new((self.clone(), transition.clone(), change));
         self.with_transaction(|session| {
             let shared = shared.clone();
