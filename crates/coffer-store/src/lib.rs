@@ -19,6 +19,7 @@ pub mod money;
 pub mod queries;
 pub mod reconcile;
 pub mod support;
+mod telemetry;
 pub mod tokens;
 pub mod transitions;
 pub mod users;
@@ -109,6 +110,9 @@ pub struct StoreConfig {
     pub backoff_base: Duration,
     /// Stripes of the per-wallet lock array.
     pub lock_stripes: usize,
+    /// A client span per database command (issue 8); on when traces are exported, since the
+    /// driver then copies every command into an event.
+    pub command_spans: bool,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +122,7 @@ impl Default for StoreConfig {
             lock_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(5),
             lock_stripes: 4096,
+            command_spans: false,
         }
     }
 }
@@ -147,6 +152,10 @@ impl Store {
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(10));
+        if config.command_spans {
+            let spans = std::sync::Arc::new(telemetry::CommandSpans::default());
+            options.command_event_handler = Some(spans.handler());
+        }
         let client = Client::with_options(options)?;
         let db = client.database(database);
         let locks = std::sync::Arc::new(locks::WalletLocks::new(config.lock_stripes));

@@ -211,7 +211,8 @@ pub struct OutboxDoc {
     pub published_at: Option<DateTime>,
     /// Failed publish attempts (returned, nacked, timed out); see `dead_lettered_at`.
     pub attempts: i32,
-    /// W3C trace context of the request that wrote the row, carried into the message headers.
+    /// W3C trace context of the span that wrote the row (the database transaction's when traces
+    /// are exported, else the client's `traceparent` as received), carried into the message.
     #[serde(default)]
     pub traceparent: Option<String>,
     /// The publisher replica holding the row (operators: who is working on it).
@@ -232,11 +233,13 @@ pub struct OutboxDoc {
 }
 
 tokio::task_local! {
-    /// The `traceparent` of the request being served; outbox rows written within it carry it.
+    /// The `traceparent` of the request being served; outbox rows written within it carry it
+    /// when traces are not exported.
     pub static TRACEPARENT: String;
 }
 
-/// The current request's `traceparent`, if the caller runs within [`TRACEPARENT`].
+/// The trace context an outbox row written now carries: the current span's when traces are
+/// exported, else the request's `traceparent` if the caller runs within [`TRACEPARENT`].
 pub fn current_traceparent() -> Option<String> {
-    TRACEPARENT.try_with(|t| t.clone()).ok()
+    coffer_telemetry::propagation::current_traceparent().or_else(|| TRACEPARENT.try_with(|t| t.clone()).ok())
 }

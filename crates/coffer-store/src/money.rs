@@ -19,6 +19,7 @@ use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RES
 use mongodb::options::{Acknowledgment, ReadConcern, ReturnDocument, SelectionCriteria, WriteConcern};
 use mongodb::ClientSession;
 use rand::Rng;
+use tracing::Instrument;
 
 use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, WALLETS};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
@@ -111,7 +112,18 @@ impl Store {
 
     /// Runs `body` in a transaction, retrying transient failures with jittered backoff, and
     /// retrying the commit itself while its result is unknown. Bounded by the store config.
-    pub async fn with_transaction<T, F>(&self, mut body: F) -> Result<T, StoreError>
+    /// Traced as one `transaction` span; outbox rows written inside carry its trace context.
+    pub async fn with_transaction<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<T, StoreError>>,
+    {
+        let span = crate::telemetry::transaction_span(self.db.name());
+        let result = self.transaction_attempts(body).instrument(span.clone()).await;
+        crate::telemetry::record_outcome(&span, &result);
+        result
+    }
+
+    async fn transaction_attempts<T, F>(&self, mut body: F) -> Result<T, StoreError>
     where
         F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<T, StoreError>>,
     {
