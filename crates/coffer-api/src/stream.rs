@@ -15,9 +15,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use coffer_events::CloudEvent;
+use coffer_events::{CloudEvent, Live};
 use serde::Deserialize;
 use tokio::time::{timeout, Instant};
+use tracing::Instrument;
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ApiResult};
@@ -101,14 +102,14 @@ async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: O
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            event = subscription.receiver.recv() => {
+            live = subscription.receiver.recv() => {
                 if subscription.overflowed() {
                     return shut(socket, close::TOO_SLOW, "too slow: event buffer full; resume with ?after=").await;
                 }
-                let Some(event) = event else {
+                let Some(live) = live else {
                     return shut(socket, close::GOING_AWAY, "server stream ended").await;
                 };
-                if !sent.contains(&event.id) && send_event(&mut socket, &event).await.is_err() {
+                if !sent.contains(&live.event.id) && send_live(&mut socket, &live).await.is_err() {
                     return;
                 }
             }
@@ -154,6 +155,31 @@ async fn send_history(
         sent.insert(event.id);
     }
     Ok(())
+}
+
+/// Sends a live event; when it came with trace context, inside a span continuing that trace.
+async fn send_live(socket: &mut WebSocket, live: &Live) -> Result<(), ()> {
+    let Some(parent) = &live.trace else {
+        return send_event(socket, &live.event).await;
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "deliver",
+        otel.name = "send /v1/stream",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = "/v1/stream",
+        messaging.message.id = live.event.id.as_str(),
+        network.protocol.name = "websocket",
+    );
+    coffer_telemetry::propagation::set_remote_parent(&span, parent);
+    let sent = send_event(socket, &live.event).instrument(span.clone()).await;
+    if sent.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    sent
 }
 
 async fn send_event(socket: &mut WebSocket, event: &CloudEvent) -> Result<(), ()> {

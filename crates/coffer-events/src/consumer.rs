@@ -11,7 +11,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 
 use crate::publisher::Readiness;
-use crate::{broker, envelope, EventsError, StreamHub};
+use crate::{broker, envelope, EventsError, Live, StreamHub};
 
 const PREFETCH: u16 = 256;
 
@@ -84,13 +84,37 @@ async fn consume(
     tracing::info!(%exchange, "stream consumer connected");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        match envelope::from_amqp(&delivery.properties, &delivery.data) {
-            Ok((user_id, event)) => {
-                hub.dispatch(&user_id, Arc::new(event));
-            }
-            Err(e) => tracing::warn!(error = %e, "ignoring a message that is not a Coffer event"),
-        }
+        let span = process_span(exchange, &delivery);
+        span.in_scope(
+            || match envelope::from_amqp(&delivery.properties, &delivery.data) {
+                Ok((user_id, event)) => {
+                    let trace = coffer_telemetry::propagation::span_context(&span);
+                    hub.dispatch(&user_id, Arc::new(Live { event, trace }));
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a message that is not a Coffer event"),
+            },
+        );
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
+}
+
+/// The consumer span of one delivery, a child of the publish span named by its `traceparent`.
+fn process_span(exchange: &str, delivery: &lapin::message::Delivery) -> tracing::Span {
+    let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str());
+    let span = tracing::info_span!(
+        parent: None,
+        "process",
+        otel.name = format!("process {exchange}").as_str(),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.message.id = message_id.unwrap_or(""),
+    );
+    let traceparent = envelope::header(&delivery.properties, envelope::TRACEPARENT_HEADER);
+    coffer_telemetry::propagation::set_parent_from_traceparent(&span, traceparent.as_deref(), None);
+    span
 }

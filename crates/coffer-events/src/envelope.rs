@@ -75,8 +75,14 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
 
-/// The AMQP message of an outbox row: persistent, `message_id` = event id, binary content mode.
+/// The AMQP message of an outbox row: persistent, `message_id` = event id, binary content mode;
+/// its `traceparent` header is the row's.
 pub fn to_amqp(row: &OutboxDoc) -> Outbound {
+    to_amqp_traced(row, row.traceparent.as_deref())
+}
+
+/// [`to_amqp`] with the `traceparent` header given: the publish span's, when traces are exported.
+pub fn to_amqp_traced(row: &OutboxDoc, traceparent: Option<&str>) -> Outbound {
     let event = CloudEvent::from_outbox(row);
     let mut headers = FieldTable::default();
     for (name, value) in [
@@ -91,7 +97,7 @@ pub fn to_amqp(row: &OutboxDoc) -> Outbound {
         headers.insert(ShortString::from(format!("{PREFIX}{name}")), text(value));
     }
     headers.insert(USER_HEADER.into(), text(&row.user_id));
-    if let Some(traceparent) = &row.traceparent {
+    if let Some(traceparent) = traceparent {
         headers.insert(TRACEPARENT_HEADER.into(), text(traceparent));
     }
     let properties = BasicProperties::default()

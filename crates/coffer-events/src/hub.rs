@@ -11,9 +11,25 @@ use tokio::sync::mpsc;
 
 use crate::CloudEvent;
 
+/// An event on its way to the connections of its user.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub event: CloudEvent,
+    /// The span that received it from the broker, when traces are exported: a delivery to a
+    /// socket continues that trace.
+    pub trace: Option<coffer_telemetry::SpanContext>,
+}
+
+impl Live {
+    /// An event without trace context.
+    pub fn untraced(event: CloudEvent) -> Arc<Live> {
+        Arc::new(Live { event, trace: None })
+    }
+}
+
 struct Subscriber {
     id: u64,
-    sender: mpsc::Sender<Arc<CloudEvent>>,
+    sender: mpsc::Sender<Arc<Live>>,
     overflowed: Arc<AtomicBool>,
 }
 
@@ -32,7 +48,7 @@ pub struct StreamHub {
 
 /// One connection's feed; leaving the hub happens on drop.
 pub struct Subscription {
-    pub receiver: mpsc::Receiver<Arc<CloudEvent>>,
+    pub receiver: mpsc::Receiver<Arc<Live>>,
     overflowed: Arc<AtomicBool>,
     hub: StreamHub,
     user_id: String,
@@ -108,7 +124,7 @@ impl StreamHub {
     }
 
     /// Hands `event` to every connection of `user_id` (and no one else's); returns how many took it.
-    pub fn dispatch(&self, user_id: &str, event: Arc<CloudEvent>) -> usize {
+    pub fn dispatch(&self, user_id: &str, event: Arc<Live>) -> usize {
         let mut users = self.users();
         let Some(list) = users.get_mut(user_id) else {
             return 0;
@@ -150,8 +166,8 @@ impl Default for StreamHub {
 mod tests {
     use super::*;
 
-    fn event(id: &str) -> Arc<CloudEvent> {
-        Arc::new(CloudEvent {
+    fn event(id: &str) -> Arc<Live> {
+        Live::untraced(CloudEvent {
             specversion: "1.0".into(),
             id: id.into(),
             source: "/coffer/ledger".into(),
@@ -170,7 +186,7 @@ mod tests {
         let mut alice = hub.subscribe("alice").unwrap();
         let mut bob = hub.subscribe("bob").unwrap();
         assert_eq!(hub.dispatch("alice", event("1")), 1);
-        assert_eq!(alice.receiver.try_recv().unwrap().id, "1");
+        assert_eq!(alice.receiver.try_recv().unwrap().event.id, "1");
         assert!(bob.receiver.try_recv().is_err(), "bob sees nothing of alice's");
         hub.dispatch("bob", event("2"));
         hub.dispatch("bob", event("3"));

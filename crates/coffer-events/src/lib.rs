@@ -22,7 +22,7 @@ pub mod relay;
 use thiserror::Error;
 
 pub use envelope::CloudEvent;
-pub use hub::StreamHub;
+pub use hub::{Live, StreamHub};
 pub use metrics::PublisherMetrics;
 pub use relay::{Relay, RelayConfig};
 

@@ -17,6 +17,7 @@ use coffer_store::{new_id, OutboxDoc, Store};
 use futures::TryStreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation};
+use tracing::Instrument;
 
 use crate::{broker, envelope, EventsError, PublisherMetrics};
 
@@ -95,6 +96,8 @@ pub struct Relay {
     outbox: Collection<OutboxDoc>,
     config: std::sync::Arc<RelayConfig>,
     metrics: PublisherMetrics,
+    /// `publish <exchange>`: the name of every publish span.
+    publish_name: std::sync::Arc<str>,
 }
 
 impl Relay {
@@ -106,6 +109,7 @@ impl Relay {
         assert!(config.max_attempts >= 1 && config.lease > config.confirm_timeout);
         Relay {
             outbox: store.collection(OUTBOX),
+            publish_name: format!("publish {}", config.exchange).into(),
             config: std::sync::Arc::new(config),
             metrics,
         }
@@ -234,27 +238,57 @@ impl Relay {
             ..Default::default()
         };
         let mut confirms = Vec::with_capacity(wave.len());
+        let mut spans = Vec::with_capacity(wave.len());
         for index in wave {
-            let message = envelope::to_amqp(&claim.rows[*index]);
+            let row = &claim.rows[*index];
+            let span = self.publish_span(row);
+            // Consumers continue the trace from the publish span; untraced, from the row's context.
+            let traceparent = coffer_telemetry::propagation::traceparent_of(&span);
+            let traceparent = traceparent.as_deref().or(row.traceparent.as_deref());
+            let message = envelope::to_amqp_traced(row, traceparent);
             let exchange = self.config.exchange.as_str().into();
             let key = message.routing_key.as_str().into();
-            confirms.push(
-                channel
-                    .basic_publish(exchange, key, options, &message.body, message.properties)
-                    .await?,
-            );
+            let publish = channel.basic_publish(exchange, key, options, &message.body, message.properties);
+            confirms.push(publish.instrument(span.clone()).await?);
+            spans.push(span);
         }
         let all = futures::future::join_all(confirms);
         let results = tokio::time::timeout(self.config.confirm_timeout, all)
             .await
             .map_err(|_| EventsError::ConfirmTimeout(self.config.confirm_timeout))?;
-        for (index, result) in wave.iter().zip(results) {
+        // A publish span lasts until its confirm: what publishing with confirms costs.
+        for ((index, result), span) in wave.iter().zip(results).zip(spans) {
             match rejection(result?) {
                 None => self.confirmed(claim, *index),
-                Some(reason) => self.failed(claim, *index, reason, channel).await?,
+                Some(reason) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", reason_type(&reason));
+                    self.failed(claim, *index, reason, channel).await?
+                }
             }
         }
         Ok(())
+    }
+
+    /// The producer span of one row's message: a child of the context stored with the row (the
+    /// transaction that wrote it), so a trace runs from the request to the broker and beyond.
+    fn publish_span(&self, row: &OutboxDoc) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = &*self.publish_name,
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "publish",
+            messaging.operation.name = "publish",
+            messaging.destination.name = self.config.exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = row.event_type.as_str(),
+            messaging.message.id = row.id.as_str(),
+            error.type = tracing::field::Empty,
+        );
+        coffer_telemetry::propagation::set_parent_from_traceparent(&span, row.traceparent.as_deref(), None);
+        span
     }
 
     fn confirmed(&self, claim: &mut Claim, index: usize) {
@@ -358,6 +392,17 @@ impl Relay {
             .set(age_ms.max(0) / 1000);
         self.metrics.dead_letters.set(dead as i64);
         Ok(())
+    }
+}
+
+/// A low-cardinality name of a [`rejection`] reason.
+fn reason_type(reason: &str) -> &'static str {
+    if reason.starts_with("returned") {
+        "returned"
+    } else if reason.starts_with("nacked") {
+        "nacked"
+    } else {
+        "not_confirmed"
     }
 }
 
