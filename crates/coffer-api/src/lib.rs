@@ -25,7 +25,7 @@ pub mod wallets;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::Response;
@@ -274,14 +274,67 @@ pub fn router(ctx: ApiContext) -> Router {
         .route_layer(from_fn_with_state(ctx.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(ctx.config().body_limit_bytes))
         .layer(from_fn(echo_traceparent))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            // The path holds object ids, never secrets or PII; bodies and headers are not logged.
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(http_span)
+                .on_response(RecordStatus),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(ctx)
+}
+
+/// The server span of a request, with the OpenTelemetry HTTP attributes; its parent is the
+/// client's span when the request carries a valid W3C `traceparent`. The path holds object ids,
+/// never secrets or PII; the query string, bodies and other headers are left out.
+fn http_span(request: &Request) -> tracing::Span {
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let method = request.method().as_str();
+    // Layers added with `Router::layer` run after routing, so the route template is known.
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "http",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = tracing::field::Empty,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request_id = header("x-request-id").unwrap_or(""),
+    );
+    if let Some(route) = route {
+        span.record("http.route", route);
+    }
+    coffer_telemetry::propagation::set_parent_from_traceparent(
+        &span,
+        header("traceparent"),
+        header("tracestate"),
+    );
+    span
+}
+
+/// Records the status on the request's span (an error status for 5xx only: a 4xx is the
+/// client's), then logs the response as before.
+#[derive(Clone, Copy)]
+struct RecordStatus;
+
+impl<B> tower_http::trace::OnResponse<B> for RecordStatus {
+    fn on_response(self, response: &Response<B>, latency: std::time::Duration, span: &tracing::Span) {
+        let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+        DefaultOnResponse::new()
+            .level(tracing::Level::INFO)
+            .on_response(response, latency, span)
+    }
 }
 
 /// Echoes a valid W3C `traceparent` so a client can correlate its request with our traces.
