@@ -1,20 +1,34 @@
-//! Structured logs: JSON lines with timestamp, level, role, target, span fields (request_id).
+//! Logs and traces of every role (docs/observability.md): JSON lines on stderr with timestamp,
+//! level, role, target, message, request_id and, when spans are exported, trace_id and span_id;
+//! OpenTelemetry spans over OTLP/HTTP when `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is set.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use std::sync::OnceLock;
 
-pub fn init(format: &str, role: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if format == "text" {
-        fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+use anyhow::Context;
+use coffer_telemetry::{LogFormat, Telemetry};
+
+static EXPORTING_TRACES: OnceLock<bool> = OnceLock::new();
+
+/// Installs logging and, when configured, span export for `role`. Flush with
+/// [`Telemetry::shutdown`] once the runtime has stopped.
+pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
+    let format = if format == "text" {
+        LogFormat::Text
     } else {
-        fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    tracing::info!(role, version = env!("CARGO_PKG_VERSION"), "starting");
+        LogFormat::Json
+    };
+    let telemetry = coffer_telemetry::init(role, format).context("starting logs and traces")?;
+    let _ = EXPORTING_TRACES.set(telemetry.exporting());
+    tracing::info!(
+        role,
+        version = env!("CARGO_PKG_VERSION"),
+        traces = telemetry.exporting(),
+        "starting"
+    );
+    Ok(telemetry)
+}
+
+/// Whether spans are exported: database command spans are worth their cost only then.
+pub fn exporting_traces() -> bool {
+    EXPORTING_TRACES.get().copied().unwrap_or(false)
 }

@@ -22,19 +22,29 @@ use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, LedgerCommand, UserComman
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(&cli.log_format, cli.command.role());
+    let telemetry = match logging::init(&cli.log_format, cli.command.role()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "coffer stopped with an error");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks still running end (and close their spans) with the runtime; then flush the spans.
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -65,7 +75,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
-    let store = Store::connect(&db.mongodb_uri, &db.database, StoreConfig::default(), metrics)
+    let config = StoreConfig {
+        command_spans: logging::exporting_traces(),
+        ..StoreConfig::default()
+    };
+    let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)
         .await
         .context("connecting to MongoDB (MONGODB_URI)")?;
     store.ensure_indexes().await.context("creating indexes")?;
