@@ -15,5 +15,6 @@ mod outbox;
 mod reconcile;
 mod routes;
 mod stream;
+mod traces;
 mod validation;
 mod webhooks;

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod chain;
+pub mod otlp;
 pub mod stream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,230 @@
+//! Issue 8, traces: one trace from the client's request through the database transaction, the
+//! outbox row, the RabbitMQ message and the publisher to the stream consumer and the socket,
+//! received by an in-process OTLP/HTTP receiver; and log lines that name the trace.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coffer_store::{Role, StoreConfig};
+use coffer_telemetry::{export, logs};
+use coffer_test_support::broker::{self, Broker};
+use coffer_test_support::otlp::{ReceivedSpan, Receiver};
+use coffer_test_support::stream::{connect, events, Token};
+use coffer_test_support::{Options, TestApp};
+use serde_json::{json, Value};
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `bytes` random bytes in lower-case hex (at most 16).
+fn random_hex(bytes: usize) -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..bytes * 2].to_string()
+}
+
+/// The one span named `name` with parent `parent`, or a failure listing what arrived.
+fn child<'a>(spans: &'a [ReceivedSpan], name: &str, parent: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == name && s.parent_span_id == parent)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {name:?} span under {parent}; received: {:#?}",
+        summary(spans)
+    );
+    found[0]
+}
+
+fn summary(spans: &[ReceivedSpan]) -> Vec<String> {
+    let line = |s: &ReceivedSpan| format!("{} {} {} <- {}", s.name, s.trace_id, s.span_id, s.parent_span_id);
+    spans.iter().map(line).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_to_the_socket() {
+    let receiver = Receiver::start().await;
+    let provider = export::tracer_provider(&export::ExportConfig::to_endpoint(
+        &receiver.endpoint,
+        "coffer-api",
+    ))
+    .unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::registry()
+        .with(export::layer(&provider).with_filter(filter_fn(export::exported)))
+        .with(logs::json_layer("api", move || writer.clone()).with_filter(LevelFilter::INFO))
+        .init();
+    let options = Options {
+        store: StoreConfig {
+            command_spans: true,
+            ..StoreConfig::default()
+        },
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    let mut broker = Broker::new().await;
+    let queue = broker.queue("#").await;
+    let consumer = broker::spawn_stream_consumer(&broker.exchange, app.stream_hub.clone()).await;
+    let payment = app.staff(Role::Payment).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (
+        app.create_wallet(&alice, "ETH").await,
+        app.create_wallet(&bob, "ETH").await,
+    );
+    app.deposit(&payment, &a, "5").await;
+    let mut bob_socket = connect(app.address, Token::Header(&bob.access_token), None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the socket is registered in the hub
+
+    // The client's own span: the server span must be its child, in its trace.
+    let (trace_id, client_span_id) = (random_hex(16), random_hex(8));
+    let transfer = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .bearer_auth(&alice.access_token)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .header("traceparent", format!("00-{trace_id}-{client_span_id}-01"))
+        .json(&json!({ "from_wallet_id": a, "to_wallet_id": b, "amount": "1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(transfer.status(), 201);
+    let request_id = transfer.headers()["x-request-id"].to_str().unwrap().to_string();
+    let transfer: Value = transfer.json().await.unwrap();
+    let transaction_id = transfer["id"].as_str().unwrap();
+    let rows: Vec<_> = broker::outbox_rows(&app.store)
+        .await
+        .into_iter()
+        .filter(|r| r.data.get_str("transaction_id") == Ok(transaction_id))
+        .collect();
+    assert_eq!(rows.len(), 4, "a transaction and a balance event per wallet");
+
+    let (relay, _) = broker::relay(&app.store, broker::relay_config(&broker.exchange, "p1"));
+    let publisher = broker::spawn_publisher(relay);
+    broker::await_drained(&app.store, WAIT).await;
+    let seen_by_bob = events(&mut bob_socket, 2, WAIT).await;
+    assert_eq!(
+        seen_by_bob.len(),
+        2,
+        "bob's socket gets the transfer's two events"
+    );
+    let messages = broker.take(&queue, 6, Duration::from_secs(2)).await;
+    publisher.abort();
+    consumer.abort();
+
+    let flush = {
+        let provider = provider.clone();
+        move || {
+            let _ = provider.force_flush();
+        }
+    };
+    let spans = receiver
+        .wait_for(WAIT, flush, |spans| {
+            let ours = spans.iter().filter(|s| s.trace_id == trace_id);
+            ours.filter(|s| s.name == "send /v1/stream").count() >= 2
+        })
+        .await;
+    let spans: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+
+    // HTTP server span: the client's span is its parent.
+    let http = child(&spans, "POST /v1/transfers", &client_span_id);
+    assert_eq!(http.kind, "server");
+    assert_eq!(http.service_name, "coffer-api");
+    assert_eq!(http.attribute("http.request.method"), Some("POST"));
+    assert_eq!(http.attribute("http.route"), Some("/v1/transfers"));
+    assert_eq!(http.attribute("url.path"), Some("/v1/transfers"));
+    assert_eq!(http.attribute("http.response.status_code"), Some("201"));
+    assert!(!http.error);
+
+    // The database transaction is the HTTP span's child; its commands are its children.
+    let database = app.store.database().name();
+    let transaction = child(&spans, "transaction", &http.span_id);
+    assert_eq!(transaction.kind, "client");
+    assert_eq!(transaction.attribute("db.system"), Some("mongodb"));
+    assert_eq!(transaction.attribute("db.namespace"), Some(database));
+    let insert = child(&spans, "insert outbox", &transaction.span_id);
+    assert_eq!(insert.kind, "client");
+    assert_eq!(insert.attribute("db.system"), Some("mongodb"));
+    assert_eq!(insert.attribute("db.operation.name"), Some("insert"));
+    assert_eq!(insert.attribute("db.collection.name"), Some("outbox"));
+    assert_eq!(insert.attribute("db.namespace"), Some(database));
+    child(&spans, "commitTransaction", &transaction.span_id);
+    let outside_transaction = spans
+        .iter()
+        .filter(|s| s.parent_span_id == http.span_id && s.attribute("db.system") == Some("mongodb"));
+    assert!(
+        outside_transaction.count() >= 2,
+        "reads and idempotency writes outside the transaction are the request's children"
+    );
+
+    // Each outbox row stores the context of the transaction that wrote it.
+    for row in &rows {
+        assert_eq!(
+            row.traceparent.as_deref(),
+            Some(transaction.traceparent().as_str())
+        );
+    }
+
+    // Each row's publish span continues the stored context and is what the message carries.
+    let exchange_publish = format!("publish {}", broker.exchange);
+    for row in &rows {
+        let publish = spans
+            .iter()
+            .find(|s| s.name == exchange_publish && s.attribute("messaging.message.id") == Some(&row.id))
+            .unwrap_or_else(|| panic!("a publish span for {}: {:#?}", row.id, summary(&spans)));
+        assert_eq!(publish.parent_span_id, transaction.span_id);
+        assert_eq!(publish.kind, "producer");
+        assert_eq!(publish.attribute("messaging.system"), Some("rabbitmq"));
+        assert_eq!(publish.attribute("messaging.operation.type"), Some("publish"));
+        assert_eq!(
+            publish.attribute("messaging.destination.name"),
+            Some(broker.exchange.as_str())
+        );
+        let message = messages
+            .iter()
+            .find(|m| m.message_id == row.id)
+            .expect("published");
+        assert_eq!(
+            message.traceparent.as_deref(),
+            Some(publish.traceparent().as_str())
+        );
+        // The API's stream consumer continues from the message's header.
+        let process = child(&spans, &format!("process {}", broker.exchange), &publish.span_id);
+        assert_eq!(process.kind, "consumer");
+        assert_eq!(process.attribute("messaging.operation.type"), Some("process"));
+        if row.user_id == bob.id {
+            let deliver = child(&spans, "send /v1/stream", &process.span_id);
+            assert_eq!(deliver.attribute("messaging.message.id"), Some(row.id.as_str()));
+        }
+    }
+
+    // Log lines inside the request name its trace, its span and its request id.
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["request_id"] == request_id.as_str() && l["message"] == "finished processing request")
+        .unwrap_or_else(|| panic!("the request's log line: {text:.2000}"));
+    assert_eq!(finished["trace_id"], trace_id.as_str());
+    assert_eq!(finished["span_id"], http.span_id.as_str());
+    assert_eq!(finished["role"], "api");
+    assert_eq!(finished["span"]["http.route"], "/v1/transfers");
+    broker.cleanup().await;
+}
