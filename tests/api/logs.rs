@@ -1,12 +1,18 @@
-//! S6: secrets and PII never reach the logs, at any level.
+//! S6: secrets and PII never reach the logs, at any level, nor the exported spans.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use coffer_store::Role;
-use coffer_test_support::TestApp;
+use coffer_store::{Role, StoreConfig};
+use coffer_telemetry::{export, logs};
+use coffer_test_support::otlp::Receiver;
+use coffer_test_support::{Options, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -21,18 +27,29 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn secrets_and_personal_data_never_reach_the_logs() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
     let captured = Captured::default();
     let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
+    // The production log format at TRACE, and span export with database command spans.
+    let receiver = Receiver::start().await;
+    let provider = export::tracer_provider(&export::ExportConfig::to_endpoint(
+        &receiver.endpoint,
+        "coffer-api",
+    ))
+    .unwrap();
+    tracing_subscriber::registry()
+        .with(export::layer(&provider).with_filter(filter_fn(export::exported)))
+        .with(logs::json_layer("api", move || writer.clone()).with_filter(LevelFilter::TRACE))
         .init();
-
-    let app = TestApp::spawn().await;
+    let options = Options {
+        store: StoreConfig {
+            command_spans: true,
+            ..StoreConfig::default()
+        },
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(options).await;
     let canary = uuid::Uuid::new_v4().simple().to_string();
     let email = format!("pii-{canary}@example.com");
     let password = format!("password-{canary}");
@@ -82,6 +99,30 @@ async fn secrets_and_personal_data_never_reach_the_logs() {
         .post("/v1/withdrawals", &user.access_token, json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ef".repeat(20)) }))
         .await;
     assert_eq!(withdrawal.status, StatusCode::CREATED);
+    let support = app.staff(Role::Support).await;
+    let wallets_of_user = format!("/v1/admin/users/{}/wallets", user.id);
+    assert_eq!(
+        app.get(&wallets_of_user, &support.access_token).await.status,
+        StatusCode::OK
+    );
+    let flush = move || {
+        let _ = provider.force_flush();
+    };
+    let wait = std::time::Duration::from_secs(10);
+    let spans = receiver
+        .wait_for(wait, flush, |spans| {
+            spans.iter().any(|s| s.name == "GET /v1/admin/users/{id}/wallets")
+        })
+        .await;
+    assert!(
+        spans.iter().any(|s| s.name == "POST /v1/auth/login")
+            && spans.iter().any(|s| s.name == "insert users"),
+        "the span capture works"
+    );
+    let traces: String = spans
+        .iter()
+        .map(|s| format!("{} {:?}\n", s.name, s.attributes))
+        .collect();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -104,10 +145,22 @@ async fn secrets_and_personal_data_never_reach_the_logs() {
     ];
     for (what, value) in secrets {
         assert!(!logs.contains(value), "the {what} appears in the logs");
+        assert!(!traces.contains(value), "the {what} appears in the traces");
     }
     // The canary is unique to this test: no fragment of it may appear either (e.g. a partial e-mail).
     assert!(
         !logs.contains(&canary),
         "a fragment of a secret appears in the logs"
     );
+    assert!(
+        !traces.contains(&canary),
+        "a fragment of a secret appears in the traces"
+    );
+    // Nor do user ids (the admin route's path is recorded as its template) or chain addresses.
+    for (what, value) in [("user id", user.id.as_str()), ("address", "efefefef")] {
+        assert!(
+            !traces.contains(value),
+            "the {what} appears in the traces: {traces}"
+        );
+    }
 }
