@@ -19,6 +19,19 @@ use tracing_subscriber::Layer;
 /// The span field lifted to the top of every line logged inside the span.
 pub const REQUEST_ID_FIELD: &str = "request_id";
 
+/// The members the formatter writes itself.
+const RESERVED: &[&str] = &[
+    "timestamp",
+    "level",
+    "role",
+    "target",
+    "message",
+    "span",
+    REQUEST_ID_FIELD,
+    "trace_id",
+    "span_id",
+];
+
 /// The JSON log layer of `role`, writing lines to `writer` (stderr in the binary).
 pub fn json_layer<S, W>(role: &'static str, writer: W) -> impl Layer<S>
 where
@@ -86,7 +99,12 @@ where
             push(&mut line, "message", &Value::from(message));
         }
         for (name, value) in &fields.fields {
-            push(&mut line, name, value);
+            // An event field never hides (or duplicates) a member every line has.
+            if RESERVED.contains(name) {
+                push(&mut line, &format!("fields.{name}"), value);
+            } else {
+                push(&mut line, name, value);
+            }
         }
         let mut span = Map::new();
         let mut ids = None;
@@ -234,7 +252,7 @@ mod tests {
             let _http = http.enter();
             let inner = tracing::info_span!("transaction", db.system = "mongodb");
             let _inner = inner.enter();
-            tracing::warn!(error = "boom \"quoted\"", "inside");
+            tracing::warn!(error = "boom \"quoted\"", role = "dev", "inside");
         });
         let lines = lines(&captured);
         assert_eq!(lines.len(), 2);
@@ -252,6 +270,11 @@ mod tests {
         let inside = &lines[1];
         assert_eq!(inside["request_id"], "req-1");
         assert_eq!(inside["error"], "boom \"quoted\"");
+        assert_eq!(
+            (&inside["role"], &inside["fields.role"]),
+            (&Value::from("api"), &Value::from("dev")),
+            "an event field named like a member is renamed, not duplicated"
+        );
         assert_eq!(inside["span"]["name"], "transaction");
         assert_eq!(inside["span"]["url.path"], "/v1/x");
         assert_eq!(inside["span"]["db.system"], "mongodb");

@@ -20,7 +20,6 @@ pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
     let telemetry = coffer_telemetry::init(role, format).context("starting logs and traces")?;
     let _ = EXPORTING_TRACES.set(telemetry.exporting());
     tracing::info!(
-        role,
         version = env!("CARGO_PKG_VERSION"),
         traces = telemetry.exporting(),
         "starting"
