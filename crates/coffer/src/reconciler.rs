@@ -14,6 +14,7 @@ use axum::Router;
 use coffer_store::reconcile::{NoChainConfigured, ReconcileMetrics, Reconciler};
 use coffer_store::Store;
 use prometheus::Encoder;
+use tracing::Instrument;
 
 use crate::cli::{DbArgs, ReconcilerArgs};
 
@@ -78,8 +79,15 @@ pub async fn run(
     Ok(())
 }
 
+/// One run, traced as one `reconcile` span with its database commands as children.
 async fn run_once(reconciler: &Reconciler, store: &Store) {
-    match reconciler.run(store, "interval", None).await {
+    let span = tracing::info_span!("reconcile", otel.name = "reconcile", trigger = "interval");
+    let result = reconciler
+        .run(store, "interval", None)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    match result {
         Ok(run) if run.mismatches == 0 => {
             tracing::info!(run_id = %run.id, duration_ms = run.duration_ms, "reconciliation: the books balance")
         }
