@@ -1,6 +1,11 @@
 //! Transfer throughput through the HTTP API, against a raw-driver baseline on the same server
 //! in the same run. Usage: `cargo run --release -p coffer-tests --bin coffer-bench [TRANSFERS]`
 //! with `MONGODB_URI` set (scripts/bench does both).
+//!
+//! `coffer-bench tracing [TRANSFERS]` instead measures what traces cost: the API transfer
+//! benchmark with span export off and on, alternating (off, on, off, on) in one process, spans
+//! going to an in-process OTLP/HTTP sink on 127.0.0.1; logs (JSON, INFO, to a sink) and metrics
+//! are on in both. It prints each rate and the ratio of on to off (issue 8: above 0.95).
 
 use std::time::{Duration, Instant};
 
@@ -231,12 +236,107 @@ async fn store_transfers(app: &TestApp, total: usize) -> Figures {
     }
 }
 
+/// Span export switched on and off at run time, between phases.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs as in production (JSON at INFO, here to a sink) and span export behind [`EXPORTING`].
+fn install_telemetry(endpoint: &str) -> coffer_telemetry::export::SdkTracerProvider {
+    use std::sync::atomic::Ordering;
+    use tracing_subscriber::filter::{dynamic_filter_fn, LevelFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let config = coffer_telemetry::export::ExportConfig::to_endpoint(endpoint, "coffer-bench");
+    let provider = coffer_telemetry::export::tracer_provider(&config).expect("tracer provider");
+    let switch = dynamic_filter_fn(|metadata, _| {
+        EXPORTING.load(Ordering::Relaxed) && coffer_telemetry::export::exported(metadata)
+    });
+    tracing_subscriber::registry()
+        .with(coffer_telemetry::export::layer(&provider).with_filter(switch))
+        .with(coffer_telemetry::logs::json_layer("api", std::io::sink).with_filter(LevelFilter::INFO))
+        .init();
+    provider
+}
+
+/// The API transfer benchmark (16 clients) with span export off and on, alternating.
+async fn tracing_overhead(total: usize) {
+    use std::sync::atomic::Ordering;
+    let sink = coffer_test_support::otlp::Receiver::start_discarding().await;
+    let provider = install_telemetry(&sink.endpoint);
+    let app = |command_spans: bool| {
+        let mut options = Options::default();
+        options.store.command_spans = command_spans;
+        TestApp::spawn_with(options)
+    };
+    let (app_off, app_on) = (app(false).await, app(true).await);
+    // Per mode: (rate, CPU milliseconds of this process per transfer) of each round.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 1..=2 {
+        for exporting in [false, true] {
+            EXPORTING.store(exporting, Ordering::Relaxed);
+            let app = if exporting { &app_on } else { &app_off };
+            let cpu_before = process_cpu();
+            let mut figures = api_transfers(app, 16, total, false).await;
+            let cpu_ms = (process_cpu() - cpu_before).as_secs_f64() * 1000.0 / figures.count as f64;
+            let mode = if exporting { "traces ON " } else { "traces off" };
+            figures.label = format!("{mode} round {round}: {}", figures.label);
+            figures.print(None);
+            println!("{:<48} CPU of this process {cpu_ms:.2} ms per transfer", "");
+            let runs = if exporting { &mut on } else { &mut off };
+            runs.push((figures.rate(), cpu_ms));
+        }
+    }
+    EXPORTING.store(false, Ordering::Relaxed);
+    let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+    let (requests, bytes) = sink.requests_and_bytes();
+    let mean = |runs: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        runs.iter().map(pick).sum::<f64>() / runs.len() as f64
+    };
+    let (rate_off, rate_on) = (mean(&off, |r| r.0), mean(&on, |r| r.0));
+    let (cpu_off, cpu_on) = (mean(&off, |r| r.1), mean(&on, |r| r.1));
+    println!(
+        "traces off {rate_off:.1}/s  traces on {rate_on:.1}/s  ratio on/off {:.3} (overhead {:.1}%)",
+        rate_on / rate_off,
+        (1.0 - rate_on / rate_off) * 100.0
+    );
+    println!(
+        "CPU per transfer (API, client and sink; not the database): off {cpu_off:.2} ms, on {cpu_on:.2} ms, +{:.1}%",
+        (cpu_on / cpu_off - 1.0) * 100.0
+    );
+    println!(
+        "exported: {requests} OTLP request(s), {bytes} bytes (flush: {})",
+        match flushed {
+            Ok(Ok(())) => "ok".to_string(),
+            other => format!("{other:?}"),
+        }
+    );
+}
+
+/// User and system CPU time of this process so far (Linux `/proc/self/stat`, in 1/100 s).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 #[tokio::main]
 async fn main() {
-    let total: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1600);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tracing_mode = args.first().is_some_and(|a| a == "tracing");
+    if tracing_mode {
+        args.remove(0);
+    }
+    let total: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1600);
+    if tracing_mode {
+        return tracing_overhead(total).await;
+    }
     let uri = coffer_test_support::mongodb_uri();
     let client = Client::with_uri_str(&uri).await.expect("connect");
     println!(
