@@ -226,7 +226,7 @@ pub struct ObservabilitySpec {
     pub service_monitor: bool,
     #[serde(default)]
     pub prometheus_rule: bool,
-    /// OTLP gRPC endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`), e.g. `http://otel-collector:4317`.
+    /// OTLP/HTTP endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`), e.g. `http://otel-collector:4318`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub otlp_endpoint: Option<String>,
