@@ -58,28 +58,75 @@ fn summary(spans: &[ReceivedSpan]) -> Vec<String> {
     spans.iter().map(line).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_to_the_socket() {
-    let receiver = Receiver::start().await;
-    let provider = export::tracer_provider(&export::ExportConfig::to_endpoint(
-        &receiver.endpoint,
-        "coffer-api",
-    ))
-    .unwrap();
+/// The transaction span under `http`, after checking it and its outbox insert and commit spans.
+fn assert_database_spans<'a>(
+    spans: &'a [ReceivedSpan],
+    http: &ReceivedSpan,
+    database: &str,
+) -> &'a ReceivedSpan {
+    let transaction = child(spans, "transaction", &http.span_id);
+    assert_eq!(transaction.kind, "client");
+    assert_eq!(transaction.attribute("db.system"), Some("mongodb"));
+    assert_eq!(transaction.attribute("db.namespace"), Some(database));
+    let insert = child(spans, "insert outbox", &transaction.span_id);
+    assert_eq!(insert.kind, "client");
+    assert_eq!(insert.attribute("db.system"), Some("mongodb"));
+    assert_eq!(insert.attribute("db.operation.name"), Some("insert"));
+    assert_eq!(insert.attribute("db.collection.name"), Some("outbox"));
+    assert_eq!(insert.attribute("db.namespace"), Some(database));
+    let commit = child(spans, "commitTransaction", &transaction.span_id);
+    assert_eq!(commit.attribute("db.operation.name"), Some("commitTransaction"));
+    transaction
+}
+
+/// Installs span export to `receiver` and JSON logs into the returned buffer.
+fn install_telemetry(receiver: &Receiver) -> (export::SdkTracerProvider, Captured) {
+    let config = export::ExportConfig::to_endpoint(&receiver.endpoint, "coffer-api");
+    let provider = export::tracer_provider(&config).unwrap();
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::registry()
         .with(export::layer(&provider).with_filter(filter_fn(export::exported)))
         .with(logs::json_layer("api", move || writer.clone()).with_filter(LevelFilter::INFO))
         .init();
-    let options = Options {
-        store: StoreConfig {
-            command_spans: true,
-            ..StoreConfig::default()
-        },
-        ..Options::default()
-    };
-    let app = TestApp::spawn_with(options).await;
+    (provider, captured)
+}
+
+/// Sends a transfer of 1 from `from` to `to` with the client span `00-<trace>-<span>-01`.
+async fn traced_transfer(
+    app: &TestApp,
+    token: &str,
+    from: &str,
+    to: &str,
+    trace: &str,
+    span: &str,
+) -> reqwest::Response {
+    let transfer = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .bearer_auth(token)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .header("traceparent", format!("00-{trace}-{span}-01"))
+        .json(&json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(transfer.status(), 201);
+    transfer
+}
+
+fn flusher(provider: &export::SdkTracerProvider) -> impl Fn() + Clone + Send + 'static {
+    let provider = provider.clone();
+    move || {
+        let _ = provider.force_flush();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_to_the_socket() {
+    let receiver = Receiver::start().await;
+    let (provider, captured) = install_telemetry(&receiver);
+    let app = TestApp::spawn().await;
     let mut broker = Broker::new().await;
     let queue = broker.queue("#").await;
     let consumer = broker::spawn_stream_consumer(&broker.exchange, app.stream_hub.clone()).await;
@@ -95,17 +142,7 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
 
     // The client's own span: the server span must be its child, in its trace.
     let (trace_id, client_span_id) = (random_hex(16), random_hex(8));
-    let transfer = app
-        .client
-        .post(app.url("/v1/transfers"))
-        .bearer_auth(&alice.access_token)
-        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-        .header("traceparent", format!("00-{trace_id}-{client_span_id}-01"))
-        .json(&json!({ "from_wallet_id": a, "to_wallet_id": b, "amount": "1" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(transfer.status(), 201);
+    let transfer = traced_transfer(&app, &alice.access_token, &a, &b, &trace_id, &client_span_id).await;
     let request_id = transfer.headers()["x-request-id"].to_str().unwrap().to_string();
     let transfer: Value = transfer.json().await.unwrap();
     let transaction_id = transfer["id"].as_str().unwrap();
@@ -129,14 +166,8 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     publisher.abort();
     consumer.abort();
 
-    let flush = {
-        let provider = provider.clone();
-        move || {
-            let _ = provider.force_flush();
-        }
-    };
     let spans = receiver
-        .wait_for(WAIT, flush, |spans| {
+        .wait_for(WAIT, flusher(&provider), |spans| {
             let ours = spans.iter().filter(|s| s.trace_id == trace_id);
             ours.filter(|s| s.name == "send /v1/stream").count() >= 2
         })
@@ -153,26 +184,8 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     assert_eq!(http.attribute("http.response.status_code"), Some("201"));
     assert!(!http.error);
 
-    // The database transaction is the HTTP span's child; its commands are its children.
-    let database = app.store.database().name();
-    let transaction = child(&spans, "transaction", &http.span_id);
-    assert_eq!(transaction.kind, "client");
-    assert_eq!(transaction.attribute("db.system"), Some("mongodb"));
-    assert_eq!(transaction.attribute("db.namespace"), Some(database));
-    let insert = child(&spans, "insert outbox", &transaction.span_id);
-    assert_eq!(insert.kind, "client");
-    assert_eq!(insert.attribute("db.system"), Some("mongodb"));
-    assert_eq!(insert.attribute("db.operation.name"), Some("insert"));
-    assert_eq!(insert.attribute("db.collection.name"), Some("outbox"));
-    assert_eq!(insert.attribute("db.namespace"), Some(database));
-    child(&spans, "commitTransaction", &transaction.span_id);
-    let outside_transaction = spans
-        .iter()
-        .filter(|s| s.parent_span_id == http.span_id && s.attribute("db.system") == Some("mongodb"));
-    assert!(
-        outside_transaction.count() >= 2,
-        "reads and idempotency writes outside the transaction are the request's children"
-    );
+    // The database transaction is the HTTP span's child; the outbox insert and the commit its.
+    let transaction = assert_database_spans(&spans, http, app.store.database().name());
 
     // Each outbox row stores the context of the transaction that wrote it.
     for row in &rows {
@@ -227,4 +240,67 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     assert_eq!(finished["role"], "api");
     assert_eq!(finished["span"]["http.route"], "/v1/transfers");
     broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_asked_every_database_command_is_a_span_of_the_operation_that_ran_it() {
+    let receiver = Receiver::start().await;
+    let (provider, _logs) = install_telemetry(&receiver);
+    let options = Options {
+        store: StoreConfig {
+            command_spans: true,
+            ..StoreConfig::default()
+        },
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    let payment = app.staff(Role::Payment).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let (a, b) = (
+        app.create_wallet(&alice, "ETH").await,
+        app.create_wallet(&bob, "ETH").await,
+    );
+    app.deposit(&payment, &a, "5").await;
+    let (trace_id, client_span_id) = (random_hex(16), random_hex(8));
+    traced_transfer(&app, &alice.access_token, &a, &b, &trace_id, &client_span_id).await;
+
+    let spans = receiver
+        .wait_for(WAIT, flusher(&provider), |spans| {
+            spans.iter().any(|s| s.trace_id == trace_id && s.kind == "server")
+        })
+        .await;
+    let spans: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+    let http = child(&spans, "POST /v1/transfers", &client_span_id);
+    let transaction = assert_database_spans(&spans, http, app.store.database().name());
+    let in_transaction = |name: &str| {
+        let of = |s: &&ReceivedSpan| s.name == name && s.parent_span_id == transaction.span_id;
+        spans.iter().filter(of).count()
+    };
+    assert_eq!(in_transaction("insert transactions"), 1, "{:#?}", summary(&spans));
+    assert_eq!(
+        in_transaction("findAndModify wallets"),
+        2,
+        "a balance update per wallet"
+    );
+    assert_eq!(in_transaction("insert ledger_entries"), 1);
+    let find = spans.iter().find(|s| s.name == "findAndModify wallets").unwrap();
+    assert_eq!(find.kind, "client");
+    assert_eq!(find.attribute("db.system"), Some("mongodb"));
+    assert_eq!(find.attribute("db.operation.name"), Some("findAndModify"));
+    assert_eq!(find.attribute("db.collection.name"), Some("wallets"));
+    assert_eq!(find.attribute("db.namespace"), Some(app.store.database().name()));
+    // A command runs under the operation span the write path opened around it.
+    let insert = child(&spans, "insert outbox", &transaction.span_id);
+    child(&spans, "insert outbox", &insert.span_id);
+    let commit = child(&spans, "commitTransaction", &transaction.span_id);
+    child(&spans, "commitTransaction", &commit.span_id);
+    // Reads and the idempotency record, outside the transaction, are the request's children.
+    let outside = spans
+        .iter()
+        .filter(|s| s.parent_span_id == http.span_id && s.attribute("db.system") == Some("mongodb"));
+    let names: Vec<&str> = outside.map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"insert idempotency_keys") && names.contains(&"update idempotency_keys"),
+        "{names:?}"
+    );
 }

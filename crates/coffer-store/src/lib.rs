@@ -110,8 +110,8 @@ pub struct StoreConfig {
     pub backoff_base: Duration,
     /// Stripes of the per-wallet lock array.
     pub lock_stripes: usize,
-    /// A client span per database command (issue 8); on when traces are exported, since the
-    /// driver then copies every command into an event.
+    /// A client span per database command (issue 8). Off by default even when traces are
+    /// exported: the driver then decodes every command and reply (`COFFER_TRACE_DB_COMMANDS`).
     pub command_spans: bool,
 }
 

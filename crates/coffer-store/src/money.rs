@@ -7,6 +7,7 @@
 //! are retried a bounded number of times with jittered exponential backoff; writers to the same
 //! wallet in one process queue on [`crate::locks::WalletLocks`] first.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use coffer_domain::amount::{ledger_max, signed_decimal_string};
@@ -138,7 +139,10 @@ impl Store {
                 ))
                 .await?;
             let outcome = match body(&mut session).await {
-                Ok(value) => commit(&mut session).await.map(|()| value),
+                Ok(value) => {
+                    let span = crate::telemetry::operation_span("commitTransaction", self.db.name(), None);
+                    commit(&mut session).instrument(span).await.map(|()| value)
+                }
                 Err(error) => {
                     // Aborting can fail when the server already aborted; the error that matters is `error`.
                     let _ = session.abort_transaction().await;
@@ -376,10 +380,13 @@ pub(crate) async fn insert_events(
     events: &[OutboxDoc],
 ) -> Result<(), StoreError> {
     if !events.is_empty() {
+        let span = crate::telemetry::operation_span("insert", store.db.name(), Some(OUTBOX));
         store
             .collection::<OutboxDoc>(OUTBOX)
             .insert_many(events)
             .session(&mut *session)
+            .into_future()
+            .instrument(span)
             .await?;
     }
     Ok(())

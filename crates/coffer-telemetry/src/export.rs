@@ -25,6 +25,9 @@ pub struct ExportConfig {
     pub endpoint: Option<String>,
     /// `service.name` of every span: `OTEL_SERVICE_NAME`, else `coffer-<role>`.
     pub service_name: String,
+    /// A span per database command as well (`COFFER_TRACE_DB_COMMANDS=true`): detailed, and
+    /// costly (the MongoDB driver then decodes every command and reply), so off by default.
+    pub database_commands: bool,
 }
 
 impl ExportConfig {
@@ -33,6 +36,7 @@ impl ExportConfig {
         ExportConfig {
             endpoint: Some(endpoint.to_string()),
             service_name: service_name.to_string(),
+            database_commands: false,
         }
     }
 
@@ -78,9 +82,19 @@ impl ExportConfig {
                 "OTLP protocol {protocol:?}: only \"http/protobuf\" is supported"
             )));
         }
+        let database_commands = match var("COFFER_TRACE_DB_COMMANDS").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(TelemetryError::Config(format!(
+                    "COFFER_TRACE_DB_COMMANDS={other:?}: use true or false"
+                )))
+            }
+        };
         Ok(Some(ExportConfig {
             endpoint: None,
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| format!("coffer-{role}")),
+            database_commands,
         }))
     }
 }
@@ -155,7 +169,14 @@ mod tests {
             None
         );
         let on = config("api", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap();
-        assert_eq!(on.unwrap().service_name, "coffer-api");
+        let on = on.unwrap();
+        assert_eq!(on.service_name, "coffer-api");
+        assert!(!on.database_commands, "command spans only when asked");
+        let detailed = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("COFFER_TRACE_DB_COMMANDS", "true"),
+        ];
+        assert!(config("api", &detailed).unwrap().unwrap().database_commands);
         let named = config(
             "outbox-publisher",
             &[
@@ -181,6 +202,7 @@ mod tests {
             vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
             vec![endpoint, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
             vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
+            vec![endpoint, ("COFFER_TRACE_DB_COMMANDS", "yes please")],
         ] {
             assert!(config("api", &refused).is_err(), "{refused:?} is refused");
         }

@@ -43,12 +43,18 @@ pub enum LogFormat {
 /// The installed telemetry of a process; [`Telemetry::shutdown`] flushes buffered spans.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    database_commands: bool,
 }
 
 impl Telemetry {
     /// Whether spans are exported (an OTLP endpoint is configured).
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
+    }
+
+    /// Whether spans are exported and should include one per database command.
+    pub fn trace_database_commands(&self) -> bool {
+        self.exporting() && self.database_commands
     }
 
     /// Sends the spans still buffered and stops the exporter (bounded by the exporter's timeout).
@@ -84,7 +90,10 @@ pub fn init(role: &'static str, format: LogFormat) -> Result<Telemetry, Telemetr
             )
             .try_init()?,
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        database_commands: export.is_some_and(|e| e.database_commands),
+    })
 }
 
 #[cfg(test)]

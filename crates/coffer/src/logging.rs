@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use anyhow::Context;
 use coffer_telemetry::{LogFormat, Telemetry};
 
-static EXPORTING_TRACES: OnceLock<bool> = OnceLock::new();
+static TRACE_DATABASE_COMMANDS: OnceLock<bool> = OnceLock::new();
 
 /// Installs logging and, when configured, span export for `role`. Flush with
 /// [`Telemetry::shutdown`] once the runtime has stopped.
@@ -18,7 +18,7 @@ pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
         LogFormat::Json
     };
     let telemetry = coffer_telemetry::init(role, format).context("starting logs and traces")?;
-    let _ = EXPORTING_TRACES.set(telemetry.exporting());
+    let _ = TRACE_DATABASE_COMMANDS.set(telemetry.trace_database_commands());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         traces = telemetry.exporting(),
@@ -27,7 +27,7 @@ pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
     Ok(telemetry)
 }
 
-/// Whether spans are exported: database command spans are worth their cost only then.
-pub fn exporting_traces() -> bool {
-    EXPORTING_TRACES.get().copied().unwrap_or(false)
+/// Whether spans are exported with one per database command (`COFFER_TRACE_DB_COMMANDS`).
+pub fn trace_database_commands() -> bool {
+    TRACE_DATABASE_COMMANDS.get().copied().unwrap_or(false)
 }

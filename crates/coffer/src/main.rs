@@ -76,7 +76,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let config = StoreConfig {
-        command_spans: logging::exporting_traces(),
+        command_spans: logging::trace_database_commands(),
         ..StoreConfig::default()
     };
     let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)
