@@ -192,9 +192,8 @@ async fn maker_checker_posts_an_adjustment_only_after_another_admin_approves() {
 async fn withdrawal_in_review(app: &TestApp, user: &TestUser, wallet: &str, amount: &str) -> String {
     let destination = format!("0x{}", "cd".repeat(20));
     let reply = app
-        .post(
-            "/v1/withdrawals",
-            &user.access_token,
+        .withdraw(
+            user,
             json!({ "wallet_id": wallet, "amount": amount, "destination_address": destination }),
         )
         .await;

@@ -54,24 +54,19 @@ async fn metrics_cover_the_catalogue_with_the_values_of_a_scripted_flow() {
     }
     let body =
         json!({ "wallet_id": from, "amount": "1", "destination_address": format!("0x{}", "aa".repeat(20)) });
-    let first = app
-        .send(
+    let device = app.trusted_device(&alice).await;
+    let headers = [("X-Device-Id", device.as_str())];
+    let withdraw = || {
+        app.send_with(
             "POST",
             "/v1/withdrawals",
             Some(&alice.access_token),
             Some("w-1"),
             Some(&body),
+            &headers,
         )
-        .await;
-    let replay = app
-        .send(
-            "POST",
-            "/v1/withdrawals",
-            Some(&alice.access_token),
-            Some("w-1"),
-            Some(&body),
-        )
-        .await;
+    };
+    let (first, replay) = (withdraw().await, withdraw().await);
     assert_eq!(
         (first.status, replay.status),
         (StatusCode::CREATED, StatusCode::CREATED)

@@ -131,6 +131,12 @@ impl Rpc {
         bounded("eth_getTransactionCount", call.into_future()).await
     }
 
+    /// The number of transactions of `address` mined so far (its next nonce on chain).
+    pub async fn latest_nonce(&self, address: Address) -> Result<u64, ChainError> {
+        let call = self.provider.get_transaction_count(address).latest();
+        bounded("eth_getTransactionCount", call.into_future()).await
+    }
+
     pub async fn gas_price(&self) -> Result<u128, ChainError> {
         bounded("eth_gasPrice", self.provider.get_gas_price().into_future()).await
     }
