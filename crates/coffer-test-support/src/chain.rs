@@ -141,6 +141,16 @@ impl Anvil {
         receipt["transactionHash"].as_str().expect("hash").to_string()
     }
 
+    /// `balanceOf(holder)` of the ERC-20 at `token`.
+    pub async fn token_balance(&self, token: &str, holder: &str) -> U256 {
+        let holder: Address = holder.parse().expect("address");
+        let data = format!("0x70a08231{:0>64}", hex::encode(holder.as_slice()));
+        let answer = self
+            .call("eth_call", json!([{ "to": token, "data": data }, "latest"]))
+            .await;
+        U256::from_str_radix(answer.as_str().expect("hex").trim_start_matches("0x"), 16).expect("uint256")
+    }
+
     pub async fn balance(&self, address: &str) -> U256 {
         self.rpc
             .balance(address.parse().expect("address"))
