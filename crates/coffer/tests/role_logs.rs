@@ -334,7 +334,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     let destination = format!("0x{}", "ab".repeat(20));
     let (status, withdrawal) = post(
         "/v1/withdrawals",
-        Some(&login["access_token"].as_str().unwrap().to_string()),
+        login["access_token"].as_str(),
         &[("X-Device-Id", &device)],
         json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination }),
     )
@@ -387,7 +387,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         );
     }
     let log = std::fs::read_to_string(&user_log).unwrap();
-    check_log("user", &log, &[payment_password.clone()]);
+    check_log("user", &log, std::slice::from_ref(&payment_password));
     assert_eq!(ROLES.len(), 5);
     let _ = std::fs::remove_dir_all(&dir);
 }
