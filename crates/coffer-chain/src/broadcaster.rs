@@ -322,15 +322,12 @@ impl Broadcaster {
                         // Our nonce was consumed by a transaction that is not this one: someone
                         // else used the hot wallet. A person decides; the hold stays.
                         self.bump("nonce_conflict");
-                        self.transition(
-                            Transition::new(
-                                &tx.id,
-                                TxState::PendingBroadcast,
-                                TxState::ManualReview,
-                                "the hot wallet's nonce was used by another transaction; needs review",
-                            ),
-                            outcome,
-                        )
+                        self.transition(Transition::new(
+                            &tx.id,
+                            TxState::PendingBroadcast,
+                            TxState::ManualReview,
+                            "the hot wallet's nonce was used by another transaction; needs review",
+                        ))
                         .await?;
                         outcome.to_review += 1;
                         continue;
@@ -344,7 +341,7 @@ impl Broadcaster {
             };
             self.bump(label);
             let moved = Transition::new(&tx.id, TxState::PendingBroadcast, TxState::Broadcasted, cause);
-            if self.transition(moved, outcome).await? {
+            if self.transition(moved).await? {
                 outcome.broadcast += 1;
             }
         }
@@ -359,7 +356,7 @@ impl Broadcaster {
     }
 
     /// Applies `transition`; a concurrent change (someone else moved it first) is not an error.
-    async fn transition(&self, transition: Transition, _: &mut BroadcastOutcome) -> Result<bool, ChainError> {
+    async fn transition(&self, transition: Transition) -> Result<bool, ChainError> {
         match self.store.apply_transition(&transition).await {
             Ok(_) => Ok(true),
             Err(StoreError::StateConflict) => Ok(false),
@@ -429,19 +426,10 @@ impl Broadcaster {
             "broadcast.network_fee": to_bson(&fee).map_err(|e| ChainError::Store(e.into()))?,
         };
         if !receipt.status() {
-            let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, booked_fee)
-                .map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
-            let mut failed = Transition::new(
-                &tx.id,
-                tx.state,
-                TxState::Failed,
-                format!("reverted on chain in block {block}; funds released"),
-            )
-            .with_ledger(release);
-            failed.set = set;
-            if self.transition(failed, outcome).await? {
+            let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, booked_fee);
+            let cause = format!("reverted on chain in block {block}; funds released");
+            if self.finish(tx, TxState::Failed, release, cause, set).await? {
                 outcome.failed += 1;
-                self.finished("failed");
             }
             return Ok(());
         }
@@ -449,19 +437,10 @@ impl Broadcaster {
         set.insert("broadcast.confirmations", confirmations as i64);
         let required = u64::from(asset.confirmations_required.max(1));
         if confirmations >= required {
-            let settle = LedgerTransaction::withdrawal_settlement(&tx.asset, wallet, tx.amount, booked_fee)
-                .map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
-            let mut done = Transition::new(
-                &tx.id,
-                tx.state,
-                TxState::Confirmed,
-                format!("{confirmations} confirmations (block {block})"),
-            )
-            .with_ledger(settle);
-            done.set = set;
-            if self.transition(done, outcome).await? {
+            let settle = LedgerTransaction::withdrawal_settlement(&tx.asset, wallet, tx.amount, booked_fee);
+            let cause = format!("{confirmations} confirmations (block {block})");
+            if self.finish(tx, TxState::Confirmed, settle, cause, set).await? {
                 outcome.confirmed += 1;
-                self.finished("confirmed");
             }
         } else if tx.state == TxState::Broadcasted {
             let mut mined = Transition::new(
@@ -471,7 +450,7 @@ impl Broadcaster {
                 format!("mined in block {block}; {confirmations} of {required} confirmations"),
             );
             mined.set = set;
-            self.transition(mined, outcome).await?;
+            self.transition(mined).await?;
         } else if record.confirmations != confirmations as i64 || record.block_number != Some(block as i64) {
             self.store
                 .set_withdrawal_progress(&tx.id, Some(block as i64), confirmations as i64)
@@ -480,10 +459,25 @@ impl Broadcaster {
         Ok(())
     }
 
-    fn finished(&self, state: &str) {
-        self.metrics
-            .withdrawals_finished
-            .with_label_values(&[&self.config.chain, state])
-            .inc();
+    /// Moves `tx` to its final state `to` with the postings that settle or release its hold.
+    async fn finish(
+        &self,
+        tx: &TransactionDoc,
+        to: TxState,
+        ledger: Result<LedgerTransaction, coffer_domain::LedgerError>,
+        cause: String,
+        set: coffer_store::mongodb::bson::Document,
+    ) -> Result<bool, ChainError> {
+        let ledger = ledger.map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
+        let mut transition = Transition::new(&tx.id, tx.state, to, cause).with_ledger(ledger);
+        transition.set = set;
+        let moved = self.transition(transition).await?;
+        if moved {
+            self.metrics
+                .withdrawals_finished
+                .with_label_values(&[&self.config.chain, to.as_str()])
+                .inc();
+        }
+        Ok(moved)
     }
 }
