@@ -17,7 +17,11 @@ fn catalogued(role: &str) -> Vec<String> {
         .filter(|line| line.starts_with("| `coffer_"))
         .filter_map(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            (cells.get(5) == Some(&role)).then(|| cells[1].trim_matches('`').to_string())
+            let roles = cells.get(5)?;
+            roles
+                .split(',')
+                .any(|r| r.trim() == role)
+                .then(|| cells[1].trim_matches('`').to_string())
         })
         .collect()
 }

@@ -415,7 +415,25 @@ impl Listener {
             }
             self.store.credit_deposit(&deposit).await?;
             outcome.credited += 1;
+            let threshold_block = block + u64::from(asset.confirmations_required.max(1)) - 1;
+            self.observe_credit_latency(threshold_block).await;
         }
         Ok(())
+    }
+
+    /// Observes `coffer_chain_deposit_credit_latency_seconds` for a deposit just credited: from
+    /// the timestamp of `threshold_block` (where the deposit reached its required confirmations;
+    /// the earliest it could be credited) to now. A node that cannot say costs the sample, never
+    /// the poll: the credit is already committed.
+    async fn observe_credit_latency(&self, threshold_block: u64) {
+        match self.rpc.block_timestamp(threshold_block).await {
+            Ok(Some(time)) => self.metrics.deposit_credited(&self.config.chain, time),
+            Ok(None) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, "no timestamp for the threshold block: credit latency not observed")
+            }
+            Err(error) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, %error, "credit latency not observed")
+            }
+        }
     }
 }
