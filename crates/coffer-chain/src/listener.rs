@@ -381,10 +381,8 @@ impl Listener {
             )
             .await?;
         let catalog = self.catalog.current();
-        self.metrics
-            .deposits_confirming
-            .with_label_values(&[&self.config.chain])
-            .set(confirming.len() as i64);
+        // Still waiting after this poll: the page, less what it credits or finds gone.
+        let mut waiting = confirming.len() as i64;
         for mut deposit in confirming {
             let block = deposit.block_number as u64;
             if block > tip {
@@ -410,14 +408,20 @@ impl Listener {
                 Placement::Gone => {
                     self.store.orphan_deposit(&deposit).await?;
                     outcome.orphaned += 1;
+                    waiting -= 1;
                     continue;
                 }
             }
             self.store.credit_deposit(&deposit).await?;
             outcome.credited += 1;
+            waiting -= 1;
             let threshold_block = block + u64::from(asset.confirmations_required.max(1)) - 1;
             self.observe_credit_latency(threshold_block).await;
         }
+        self.metrics
+            .deposits_confirming
+            .with_label_values(&[&self.config.chain])
+            .set(waiting);
         Ok(())
     }
 
