@@ -72,6 +72,7 @@ impl ApiContext {
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
+        let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
         let reconciler = coffer_store::reconcile::Reconciler {
             config: config.reconcile.clone(),
             custody: Arc::new(coffer_store::reconcile::NoChainConfigured),
@@ -87,7 +88,11 @@ impl ApiContext {
                 metrics,
                 registry,
                 reconciler,
-                stream_hub: coffer_events::StreamHub::default(),
+                stream_hub: coffer_events::StreamHub::with_metrics(
+                    coffer_events::hub::DEFAULT_BUFFER,
+                    coffer_events::hub::DEFAULT_MAX_PER_USER,
+                    stream_metrics,
+                ),
             }),
         })
     }

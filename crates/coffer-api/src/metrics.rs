@@ -88,15 +88,7 @@ impl HttpMetrics {
                 metrics.refused.with_label_values(&[kind, reason]);
             }
         }
-        let build_info = prometheus::IntGaugeVec::new(
-            Opts::new("coffer_build_info", "Always 1; the labels say which build runs."),
-            &["version", "commit"],
-        )?;
-        registry.register(Box::new(build_info.clone()))?;
-        let commit = option_env!("COFFER_GIT_COMMIT").unwrap_or("unknown");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), commit])
-            .set(1);
+        coffer_store::metrics::register_build_info(registry)?;
         // Every limiter's series exists from the start, at zero, so rate() and absence alerts work.
         for limiter in ["auth_ip", "money_ip", "money_user"] {
             metrics.rate_limited.with_label_values(&[limiter]);

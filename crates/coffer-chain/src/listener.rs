@@ -381,10 +381,8 @@ impl Listener {
             )
             .await?;
         let catalog = self.catalog.current();
-        self.metrics
-            .deposits_confirming
-            .with_label_values(&[&self.config.chain])
-            .set(confirming.len() as i64);
+        // Still waiting after this poll: the page, less what it credits or finds gone.
+        let mut waiting = confirming.len() as i64;
         for mut deposit in confirming {
             let block = deposit.block_number as u64;
             if block > tip {
@@ -410,12 +408,36 @@ impl Listener {
                 Placement::Gone => {
                     self.store.orphan_deposit(&deposit).await?;
                     outcome.orphaned += 1;
+                    waiting -= 1;
                     continue;
                 }
             }
             self.store.credit_deposit(&deposit).await?;
             outcome.credited += 1;
+            waiting -= 1;
+            let threshold_block = block + u64::from(asset.confirmations_required.max(1)) - 1;
+            self.observe_credit_latency(threshold_block).await;
         }
+        self.metrics
+            .deposits_confirming
+            .with_label_values(&[&self.config.chain])
+            .set(waiting);
         Ok(())
+    }
+
+    /// Observes `coffer_chain_deposit_credit_latency_seconds` for a deposit just credited: from
+    /// the timestamp of `threshold_block` (where the deposit reached its required confirmations;
+    /// the earliest it could be credited) to now. A node that cannot say costs the sample, never
+    /// the poll: the credit is already committed.
+    async fn observe_credit_latency(&self, threshold_block: u64) {
+        match self.rpc.block_timestamp(threshold_block).await {
+            Ok(Some(time)) => self.metrics.deposit_credited(&self.config.chain, time),
+            Ok(None) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, "no timestamp for the threshold block: credit latency not observed")
+            }
+            Err(error) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, %error, "credit latency not observed")
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Metrics of the chain roles (listener and withdrawal broadcaster), catalogued in
 //! docs/metrics.md. The `chain` label is the configured chain name (a handful per platform).
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use coffer_store::withdrawals::WithdrawalStats;
 
@@ -9,6 +9,12 @@ use coffer_store::withdrawals::WithdrawalStats;
 pub const DEPOSIT_EVENTS: [&str; 5] = ["recorded", "unmatched", "credited", "failed", "reversed"];
 /// Outcomes of a broadcast attempt, the `outcome` label of `coffer_withdrawal_broadcasts_total`.
 pub const BROADCAST_OUTCOMES: [&str; 4] = ["accepted", "found_after_error", "retry", "nonce_conflict"];
+/// Buckets of `coffer_chain_deposit_credit_latency_seconds`. The deposit-crediting SLO counts a
+/// deposit as good when credited within 60 s of its threshold block, so 60 must stay a bucket
+/// boundary (deploy/monitoring/rules/coffer.rules.yaml, docs/observability.md).
+pub const CREDIT_LATENCY_BUCKETS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 #[derive(Clone)]
 pub struct ChainMetrics {
@@ -17,6 +23,7 @@ pub struct ChainMetrics {
     pub lag_blocks: IntGaugeVec,
     pub deposits_confirming: IntGaugeVec,
     pub deposit_events: IntCounterVec,
+    pub deposit_credit_latency: HistogramVec,
     pub reorgs: IntCounterVec,
     pub poll_errors: IntCounterVec,
     pub withdrawals_signed: IntCounterVec,
@@ -24,6 +31,7 @@ pub struct ChainMetrics {
     pub withdrawals_finished: IntCounterVec,
     pub withdrawals: IntGaugeVec,
     pub oldest_withdrawal_age: IntGauge,
+    pub withdrawal_longest_in_state: IntGaugeVec,
 }
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
@@ -58,6 +66,14 @@ impl ChainMetrics {
                 "Deposit lifecycle events: recorded, unmatched, credited, failed (re-orged before credit), reversed (re-orged after credit: a compensation).",
                 &["chain", "event"],
             )?,
+            deposit_credit_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "coffer_chain_deposit_credit_latency_seconds",
+                    "From the block that gave a deposit its required confirmations (the block's timestamp) to the deposit's credit.",
+                )
+                .buckets(CREDIT_LATENCY_BUCKETS.to_vec()),
+                &["chain"],
+            )?,
             reorgs: counter("coffer_chain_reorgs_total", "Re-orgs detected (cursor rolled back).", &["chain"])?,
             poll_errors: counter(
                 "coffer_chain_poll_errors_total",
@@ -88,12 +104,18 @@ impl ChainMetrics {
                 "coffer_withdrawal_oldest_non_final_age_seconds",
                 "Age of the oldest withdrawal that is not Confirmed or Failed (0 when none).",
             ))?,
+            withdrawal_longest_in_state: gauge(
+                "coffer_withdrawal_longest_in_state_seconds",
+                "Per non-final state, how long the withdrawal waiting longest in it has gone without progress (since its last transition or signing; 0 when none).",
+                &["state"],
+            )?,
         };
         registry.register(Box::new(metrics.head_block.clone()))?;
         registry.register(Box::new(metrics.processed_block.clone()))?;
         registry.register(Box::new(metrics.lag_blocks.clone()))?;
         registry.register(Box::new(metrics.deposits_confirming.clone()))?;
         registry.register(Box::new(metrics.deposit_events.clone()))?;
+        registry.register(Box::new(metrics.deposit_credit_latency.clone()))?;
         registry.register(Box::new(metrics.reorgs.clone()))?;
         registry.register(Box::new(metrics.poll_errors.clone()))?;
         registry.register(Box::new(metrics.withdrawals_signed.clone()))?;
@@ -101,6 +123,7 @@ impl ChainMetrics {
         registry.register(Box::new(metrics.withdrawals_finished.clone()))?;
         registry.register(Box::new(metrics.withdrawals.clone()))?;
         registry.register(Box::new(metrics.oldest_withdrawal_age.clone()))?;
+        registry.register(Box::new(metrics.withdrawal_longest_in_state.clone()))?;
         Ok(metrics)
     }
 
@@ -125,6 +148,7 @@ impl ChainMetrics {
             self.poll_errors.with_label_values(&[chain, worker]);
         }
         self.reorgs.with_label_values(&[chain]);
+        self.deposit_credit_latency.with_label_values(&[chain]);
         self.withdrawals_signed.with_label_values(&[chain]);
     }
 
@@ -140,10 +164,25 @@ impl ChainMetrics {
                 .with_label_values(&[state.as_str()])
                 .set(*count as i64);
         }
-        let age = stats
-            .oldest_non_final
-            .map(|t| (chrono::Utc::now().timestamp_millis() - t.timestamp_millis()).max(0) / 1000)
-            .unwrap_or(0);
-        self.oldest_withdrawal_age.set(age);
+        let now = chrono::Utc::now().timestamp_millis();
+        let age = |t: Option<coffer_store::mongodb::bson::DateTime>| {
+            t.map(|t| (now - t.timestamp_millis()).max(0) / 1000).unwrap_or(0)
+        };
+        self.oldest_withdrawal_age.set(age(stats.oldest_non_final));
+        for (state, since) in &stats.least_recently_updated {
+            self.withdrawal_longest_in_state
+                .with_label_values(&[state.as_str()])
+                .set(age(*since));
+        }
+    }
+
+    /// Records a credited deposit: `threshold_block_time` is the Unix time (seconds) of the block
+    /// that gave it its required confirmations.
+    pub fn deposit_credited(&self, chain: &str, threshold_block_time: u64) {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let latency = (now - threshold_block_time as f64).max(0.0);
+        self.deposit_credit_latency
+            .with_label_values(&[chain])
+            .observe(latency);
     }
 }

@@ -87,6 +87,16 @@ impl Rpc {
         Ok(block.map(|b| format!("{:#x}", b.header.hash)))
     }
 
+    /// The timestamp (Unix seconds, set by its producer) of block `number`, `None` if the node
+    /// does not have it.
+    pub async fn block_timestamp(&self, number: u64) -> Result<Option<u64>, ChainError> {
+        let call = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number));
+        let block = bounded("eth_getBlockByNumber", call.into_future()).await?;
+        Ok(block.map(|b| b.header.timestamp))
+    }
+
     /// ERC-20 `Transfer` logs of `contracts` in block `number`.
     pub async fn token_transfers(
         &self,

@@ -27,6 +27,10 @@ pub struct WithdrawalStats {
     pub by_state: Vec<(TxState, u64)>,
     /// When the oldest non-final withdrawal was requested.
     pub oldest_non_final: Option<DateTime>,
+    /// (state, the earliest `updated_at` of the withdrawals in it) for every state of
+    /// [`NON_FINAL`]: how long the longest-waiting one has been there without progress (its last
+    /// transition, or its signing). `None` when the state is empty.
+    pub least_recently_updated: Vec<(TxState, Option<DateTime>)>,
 }
 
 fn nonce_key(chain: &str, from: &str) -> String {
@@ -147,12 +151,14 @@ impl Store {
         Ok(())
     }
 
-    /// Non-final withdrawals by state and the oldest one's request time.
+    /// Non-final withdrawals by state, the oldest one's request time and, per state, the earliest
+    /// last update.
     pub async fn withdrawal_stats(&self) -> Result<WithdrawalStats, StoreError> {
         let states: Vec<&str> = NON_FINAL.iter().map(|s| s.as_str()).collect();
         let pipeline = vec![
             doc! { "$match": { "kind": TxKind::Withdrawal.as_str(), "state": { "$in": states } } },
-            doc! { "$group": { "_id": "$state", "count": { "$sum": 1 }, "oldest": { "$min": "$created_at" } } },
+            doc! { "$group": { "_id": "$state", "count": { "$sum": 1 }, "oldest": { "$min": "$created_at" },
+            "stalest": { "$min": "$updated_at" } } },
         ];
         let groups: Vec<Document> = self
             .collection::<Document>(TRANSACTIONS)
@@ -168,6 +174,8 @@ impl Store {
                 .and_then(|c| c.as_i64().or(c.as_i32().map(i64::from)))
                 .unwrap_or(0);
             stats.by_state.push((state, count.max(0) as u64));
+            let stalest = group.and_then(|g| g.get_datetime("stalest").ok()).copied();
+            stats.least_recently_updated.push((state, stalest));
             if let Some(oldest) = group.and_then(|g| g.get_datetime("oldest").ok()) {
                 if stats.oldest_non_final.is_none_or(|o| *oldest < o) {
                     stats.oldest_non_final = Some(*oldest);

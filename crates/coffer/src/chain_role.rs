@@ -44,6 +44,7 @@ pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
     let catalog = crate::assets::load(&args.assets_file)?;
     crate::assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let registry = prometheus::Registry::new();
+    coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
     let rpc = Rpc::connect(&args.eth_rpc_url)?;
     let config = listener_config(
