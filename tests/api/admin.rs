@@ -188,13 +188,13 @@ async fn maker_checker_posts_an_adjustment_only_after_another_admin_approves() {
     assert!(app.store.verify_audit().await.unwrap().valid());
 }
 
-/// A withdrawal of `amount` from `wallet`, sent to manual review as the risk checks (issue 4) will.
+/// A withdrawal of `amount` from `wallet` (below the review threshold), moved to manual review
+/// by hand, as the broadcaster does when the hot wallet's nonce was taken.
 async fn withdrawal_in_review(app: &TestApp, user: &TestUser, wallet: &str, amount: &str) -> String {
     let destination = format!("0x{}", "cd".repeat(20));
     let reply = app
-        .post(
-            "/v1/withdrawals",
-            &user.access_token,
+        .withdraw(
+            user,
             json!({ "wallet_id": wallet, "amount": amount, "destination_address": destination }),
         )
         .await;

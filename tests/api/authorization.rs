@@ -34,7 +34,7 @@ async fn user_b_gets_404_for_every_object_of_user_a() {
     assert_eq!(steal.status, StatusCode::NOT_FOUND);
     assert_eq!(steal.code(), "wallet_not_found");
     let withdraw = app
-        .post("/v1/withdrawals", &bob.access_token, json!({ "wallet_id": alice_wallet, "amount": "1", "destination_address": format!("0x{}", "ab".repeat(20)) }))
+        .withdraw(&bob, json!({ "wallet_id": alice_wallet, "amount": "1", "destination_address": format!("0x{}", "ab".repeat(20)) }))
         .await;
     assert_eq!(withdraw.status, StatusCode::NOT_FOUND);
 

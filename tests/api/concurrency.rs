@@ -74,7 +74,7 @@ async fn held_funds_are_not_spendable() {
     app.deposit(&payment, &wallet, "10").await;
 
     let withdrawal = app
-        .post("/v1/withdrawals", &alice.access_token, json!({ "wallet_id": wallet, "amount": "6", "destination_address": format!("0x{}", "12".repeat(20)) }))
+        .withdraw(&alice, json!({ "wallet_id": wallet, "amount": "6", "destination_address": format!("0x{}", "12".repeat(20)) }))
         .await;
     assert_eq!(withdrawal.status, StatusCode::CREATED, "{:?}", withdrawal.body);
     assert_eq!(withdrawal.body["state"], "pending_broadcast");

@@ -25,6 +25,7 @@ fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<Strin
         external_reference: None,
         destination: None,
         participants,
+        velocity: None,
     }
 }
 
@@ -186,7 +187,7 @@ async fn a_failed_withdrawal_releases_its_hold_exactly_once() {
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, "2").await;
     let reply = app
-        .post("/v1/withdrawals", &alice.access_token, json!({ "wallet_id": wallet, "amount": "1.5", "destination_address": format!("0x{}", "cd".repeat(20)) }))
+        .withdraw(&alice, json!({ "wallet_id": wallet, "amount": "1.5", "destination_address": format!("0x{}", "cd".repeat(20)) }))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     let tx_id = reply.body["id"].as_str().unwrap();

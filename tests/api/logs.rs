@@ -96,7 +96,7 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
     let wallet = app.create_wallet(&user, "ETH").await;
     app.deposit(&payment, &wallet, "1").await;
     let withdrawal = app
-        .post("/v1/withdrawals", &user.access_token, json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ef".repeat(20)) }))
+        .withdraw(&user, json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ef".repeat(20)) }))
         .await;
     assert_eq!(withdrawal.status, StatusCode::CREATED);
     let support = app.staff(Role::Support).await;

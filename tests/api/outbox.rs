@@ -64,12 +64,7 @@ async fn every_committed_money_movement_publishes_exactly_its_events_in_wallet_o
     );
     let withdrawal =
         json!({ "wallet_id": a, "amount": "0.5", "destination_address": format!("0x{}", "ab".repeat(20)) });
-    assert_eq!(
-        app.post("/v1/withdrawals", &alice.access_token, withdrawal)
-            .await
-            .status,
-        201
-    );
+    assert_eq!(app.withdraw(&alice, withdrawal).await.status, 201);
 
     let (relay, registry) = broker::relay(&app.store, broker::relay_config(&broker.exchange, "p1"));
     let publisher = broker::spawn_publisher(relay);

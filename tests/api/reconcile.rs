@@ -140,12 +140,10 @@ async fn a_withdrawal_left_past_its_state_limit_is_reported_as_stuck() {
     app.deposit(&payment, &wallet, "5").await;
     let destination = format!("0x{}", "ab".repeat(20));
     let body = json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination });
-    let old = app
-        .post("/v1/withdrawals", &alice.access_token, body.clone())
-        .await;
+    let old = app.withdraw(&alice, body.clone()).await;
     assert_eq!(old.status, StatusCode::CREATED);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let fresh = app.post("/v1/withdrawals", &alice.access_token, body).await;
+    let fresh = app.withdraw(&alice, body).await;
     assert_eq!(fresh.status, StatusCode::CREATED);
 
     let run = app

@@ -170,7 +170,7 @@ async fn withdrawal_limits_and_addresses_are_checked_before_anything_is_held() {
         ),
     ];
     for (body, status, code) in cases {
-        let reply = app.post("/v1/withdrawals", &alice.access_token, body).await;
+        let reply = app.withdraw(&alice, body).await;
         assert_eq!((reply.status, reply.code()), (status, code));
     }
     let balances = app.wallet(&alice, &wallet).await;

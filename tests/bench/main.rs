@@ -225,6 +225,7 @@ async fn store_transfers(app: &TestApp, total: usize) -> Figures {
             external_reference: None,
             destination: None,
             participants: vec![alice.id.clone(), bob.id.clone()],
+            velocity: None,
         };
         app.store.apply_movement(&movement).await.unwrap();
         latencies.push(t.elapsed());

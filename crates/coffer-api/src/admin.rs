@@ -762,9 +762,6 @@ pub async fn verify_audit(
 ) -> ApiResult<Json<AuditVerificationView>> {
     principal.require(OPERATORS)?;
     let report = ctx.store().verify_audit().await?;
-    ctx.reconciler()
-        .metrics
-        .audit_chain_valid
-        .set(i64::from(report.valid()));
+    ctx.reconciler().metrics.audit_chain_verified(report.valid());
     Ok(Json(AuditVerificationView::from_report(&report)))
 }

@@ -60,6 +60,12 @@ pub struct ApiConfig {
     pub deposit_keys: Option<coffer_chain::hd::DepositKeys>,
     /// Webhook HMAC secrets by provider name (`COFFER_WEBHOOK_SECRET_<PROVIDER>`).
     pub webhook_secrets: std::collections::BTreeMap<String, SecretString>,
+    /// How long a newly registered device waits before it is trusted (unless a trusted device
+    /// vouches for it). `COFFER_DEVICE_TRUST_DELAY_SECONDS`, default 24 h.
+    pub device_trust_delay: Duration,
+    /// A withdrawal needs a password login at most this long ago (refreshes keep the login
+    /// time). `COFFER_WITHDRAWAL_REAUTH_SECONDS`, default 10 minutes.
+    pub withdrawal_reauth_window: Duration,
 }
 
 impl ApiConfig {
@@ -75,6 +81,8 @@ impl ApiConfig {
             reconcile: Default::default(),
             deposit_keys: None,
             webhook_secrets: Default::default(),
+            device_trust_delay: Duration::from_secs(24 * 60 * 60),
+            withdrawal_reauth_window: Duration::from_secs(10 * 60),
         }
     }
 }

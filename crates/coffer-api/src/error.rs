@@ -25,6 +25,10 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
+/// The problem code of an error response, for the metrics layer (response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{detail}")]
@@ -127,6 +131,9 @@ impl ApiError {
                     }
                     "invalid_refresh_token" => "the refresh token is unknown, expired or revoked",
                     "invalid_signature" => "the webhook signature is missing, invalid or stale",
+                    "reauthentication_required" => {
+                        "this needs a recent password login: log in again, then retry"
+                    }
                     _ => "a valid bearer access token is required",
                 }
                 .to_string(),
@@ -159,6 +166,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unsupported(what) => ApiError::Unprocessable {
                 code: "not_supported",
                 detail: what.into(),
+            },
+            StoreError::LimitExceeded => ApiError::Unprocessable {
+                code: "daily_limit_exceeded",
+                detail: "the amount would take today's withdrawals above the asset's daily limit".into(),
             },
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,
@@ -208,6 +219,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(problem)).into_response();
+        response.extensions_mut().insert(ProblemCode(self.code()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod chain;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -71,6 +72,7 @@ impl ApiContext {
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
+        let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
         let reconciler = coffer_store::reconcile::Reconciler {
             config: config.reconcile.clone(),
             custody: Arc::new(coffer_store::reconcile::NoChainConfigured),
@@ -86,7 +88,11 @@ impl ApiContext {
                 metrics,
                 registry,
                 reconciler,
-                stream_hub: coffer_events::StreamHub::default(),
+                stream_hub: coffer_events::StreamHub::with_metrics(
+                    coffer_events::hub::DEFAULT_BUFFER,
+                    coffer_events::hub::DEFAULT_MAX_PER_USER,
+                    stream_metrics,
+                ),
             }),
         })
     }
@@ -148,7 +154,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"))
+    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"), (name = "devices"))
 )]
 struct ApiDoc;
 
@@ -182,12 +188,16 @@ fn groups() -> Groups {
             .routes(routes!(transactions::get_transaction))
             .routes(routes!(stream::stream))
             .routes(routes!(chain::deposit_address))
-            .routes(routes!(chain::wallet_deposits)),
+            .routes(routes!(chain::wallet_deposits))
+            .routes(routes!(devices::list_devices)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))
-            .routes(routes!(money::create_withdrawal)),
+            .routes(routes!(money::create_withdrawal))
+            .routes(routes!(devices::register_device))
+            .routes(routes!(devices::trust_device))
+            .routes(routes!(devices::revoke_device)),
         admin_reads: admin::reads(),
         admin_writes: admin::writes(),
     }
@@ -230,6 +240,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/wallets/{id}/deposit-address"),
     ("GET", "/v1/wallets/{id}/deposits"),
     ("POST", "/v1/webhooks/{provider}"),
+    ("GET", "/v1/devices"),
+    ("POST", "/v1/devices"),
+    ("POST", "/v1/devices/{id}/trust"),
+    ("DELETE", "/v1/devices/{id}"),
 ];
 
 /// The OpenAPI 3.1 document of every route.

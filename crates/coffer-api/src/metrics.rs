@@ -15,7 +15,30 @@ pub struct HttpMetrics {
     pub duration: HistogramVec,
     pub idempotent_replays: IntCounter,
     pub rate_limited: IntCounterVec,
+    pub refused: IntCounterVec,
 }
+
+/// The money routes whose refusals are counted, and the movement kind of each.
+const MONEY_ROUTES: [(&str, &str); 3] = [
+    ("/v1/transfers", "transfer"),
+    ("/v1/withdrawals", "withdrawal"),
+    ("/v1/deposits", "deposit"),
+];
+
+/// The reasons of `coffer_movements_refused_total` (problem codes, plus `manual_review` for a
+/// withdrawal held for a reviewer instead of going straight to broadcast).
+pub const REFUSAL_REASONS: [&str; 10] = [
+    "insufficient_funds",
+    "below_minimum",
+    "above_maximum",
+    "daily_limit_exceeded",
+    "withdrawals_disabled",
+    "device_not_trusted",
+    "reauthentication_required",
+    "balance_limit_exceeded",
+    "same_wallet",
+    "manual_review",
+];
 
 impl HttpMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
@@ -40,6 +63,13 @@ impl HttpMetrics {
                 "coffer_idempotent_replays_total",
                 "Responses replayed for a repeated Idempotency-Key.",
             ))?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "coffer_movements_refused_total",
+                    "Money movements refused by the risk and balance checks, by kind and reason (manual_review: held for a reviewer).",
+                ),
+                &["kind", "reason"],
+            )?,
             rate_limited: IntCounterVec::new(
                 Opts::new(
                     "coffer_http_rate_limited_total",
@@ -52,20 +82,28 @@ impl HttpMetrics {
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
         registry.register(Box::new(metrics.rate_limited.clone()))?;
-        let build_info = prometheus::IntGaugeVec::new(
-            Opts::new("coffer_build_info", "Always 1; the labels say which build runs."),
-            &["version", "commit"],
-        )?;
-        registry.register(Box::new(build_info.clone()))?;
-        let commit = option_env!("COFFER_GIT_COMMIT").unwrap_or("unknown");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), commit])
-            .set(1);
+        registry.register(Box::new(metrics.refused.clone()))?;
+        for (_, kind) in MONEY_ROUTES {
+            for reason in REFUSAL_REASONS {
+                metrics.refused.with_label_values(&[kind, reason]);
+            }
+        }
+        coffer_store::metrics::register_build_info(registry)?;
         // Every limiter's series exists from the start, at zero, so rate() and absence alerts work.
         for limiter in ["auth_ip", "money_ip", "money_user"] {
             metrics.rate_limited.with_label_values(&[limiter]);
         }
         Ok(metrics)
+    }
+}
+
+impl HttpMetrics {
+    /// Counts a refused (or review-held) movement; unknown reasons are not counted, so the label
+    /// set stays bounded.
+    pub fn refused(&self, kind: &str, reason: &str) {
+        if REFUSAL_REASONS.contains(&reason) {
+            self.refused.with_label_values(&[kind, reason]).inc();
+        }
     }
 }
 
@@ -80,6 +118,12 @@ pub async fn track(State(ctx): State<ApiContext>, request: Request, next: Next) 
     let response = next.run(request).await;
     let class = format!("{}xx", response.status().as_u16() / 100);
     let metrics = ctx.metrics();
+    if let (Some((_, kind)), Some(code)) = (
+        MONEY_ROUTES.iter().find(|(r, _)| *r == route),
+        response.extensions().get::<crate::error::ProblemCode>(),
+    ) {
+        metrics.refused(kind, code.0);
+    }
     metrics
         .requests
         .with_label_values(&[&route, &method, &class])

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use coffer_domain::{Amount, AssetConfig, LedgerTransaction, StateChange, TxState};
-use coffer_store::money::NewMovement;
+use coffer_store::money::{NewMovement, VelocityCharge};
 use coffer_store::{Role, StoreError, TransactionDoc, WalletDoc};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -186,6 +186,7 @@ pub async fn create_transfer(
             .into_iter()
             .flatten()
             .collect(),
+        velocity: None,
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     let tx = same_movement(tx, fresh, &from.id, Some(&to.id), amount)?;
@@ -246,6 +247,7 @@ pub async fn create_deposit(
         external_reference: Some(reference.to_string()),
         destination: None,
         participants: wallet.user_id.clone().into_iter().collect(),
+        velocity: None,
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     if fresh {
@@ -264,12 +266,18 @@ fn valid_evm_address(address: &str) -> bool {
     address.len() == 42 && address.starts_with("0x") && address[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Request a withdrawal: the amount moves from available to held and the transaction waits in
-/// PendingBroadcast for the broadcaster.
+/// Request a withdrawal. Risk checks come first, before anything is held or signed: a trusted
+/// device (`X-Device-Id`), a password login within the re-authentication window, the asset's
+/// switch, minimum and maximum, and the daily limit (charged atomically with the hold). The amount
+/// moves from available to held; the transaction waits in PendingBroadcast for the broadcaster, or
+/// in ManualReview when it is above the asset's review threshold.
 #[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = WithdrawalRequest,
-    params(("Idempotency-Key" = String, Header, description = "Required")),
-    responses((status = 201, body = TransactionView),
-              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, withdrawals_disabled", body = Problem)),
+    params(("Idempotency-Key" = String, Header, description = "Required"),
+           ("X-Device-Id" = String, Header, description = "A trusted device of the caller")),
+    responses((status = 201, description = "held; state pending_broadcast or manual_review", body = TransactionView),
+              (status = 401, description = "reauthentication_required: log in again", body = Problem),
+              (status = 403, description = "device_not_trusted", body = Problem),
+              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_withdrawal(
     State(ctx): State<ApiContext>,
@@ -279,6 +287,13 @@ pub async fn create_withdrawal(
 ) -> ApiResult<(StatusCode, Json<TransactionView>)> {
     principal.require(&[Role::User])?;
     let key = idempotency_key(&headers)?;
+    let device = crate::devices::require_trusted_device(&ctx, &principal, &headers).await?;
+    let window = ctx.config().withdrawal_reauth_window.as_secs() as i64;
+    if Utc::now().timestamp() - principal.auth_time > window {
+        return Err(ApiError::Unauthenticated {
+            code: "reauthentication_required",
+        });
+    }
     let wallet = ctx
         .store()
         .wallet_of_user(&principal.user_id, &body.wallet_id)
@@ -314,16 +329,22 @@ pub async fn create_withdrawal(
             "the amount is above the asset's maximum withdrawal",
         );
     }
+    let review = amount > asset.review_threshold;
+    let (state, cause) = if review {
+        (
+            TxState::ManualReview,
+            "funds held; above the review threshold, waiting for a reviewer",
+        )
+    } else {
+        (TxState::PendingBroadcast, "funds held; waiting for broadcast")
+    };
     let ledger =
         LedgerTransaction::withdrawal_hold(&asset.symbol, &wallet.id, amount).map_err(ledger_error)?;
     let movement = NewMovement {
         ledger,
         ledger_key: format!("api:{}:{}", principal.user_id, key),
-        state: TxState::PendingBroadcast,
-        timeline: initial_timeline(&[
-            (TxState::Created, "requested"),
-            (TxState::PendingBroadcast, "funds held; waiting for broadcast"),
-        ]),
+        state,
+        timeline: initial_timeline(&[(TxState::Created, "requested"), (state, cause)]),
         amount,
         decimals: asset.decimals,
         initiated_by: principal.user_id.clone(),
@@ -332,8 +353,29 @@ pub async fn create_withdrawal(
         external_reference: None,
         destination: Some(body.destination_address.to_lowercase()),
         participants: vec![principal.user_id.clone()],
+        velocity: Some(VelocityCharge::daily(
+            &wallet.id,
+            amount,
+            asset.daily_withdrawal_limit,
+            Utc::now(),
+        )),
     };
     let (tx, fresh) = apply(&ctx, movement).await?;
     let tx = same_movement(tx, fresh, &wallet.id, None, amount)?;
+    if fresh {
+        if review {
+            ctx.metrics().refused("withdrawal", "manual_review");
+        }
+        let details = coffer_store::mongodb::bson::doc! {
+            "wallet_id": &wallet.id, "device_id": device, "review": review,
+        };
+        // The money is held already: a trail that cannot be written is an operator problem, not
+        // a reason to answer this request with an error.
+        let actor = &principal.user_id;
+        let action = coffer_store::audit_chain::actions::WITHDRAWAL_REQUESTED;
+        if let Err(error) = ctx.store().audit(actor, action, &tx.id, details).await {
+            tracing::error!(transaction_id = %tx.id, %error, "withdrawal held but its audit record failed");
+        }
+    }
     Ok(created(&tx, &asset))
 }

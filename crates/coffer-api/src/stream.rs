@@ -109,16 +109,18 @@ async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: O
                 let Some(live) = live else {
                     return shut(socket, close::GOING_AWAY, "server stream ended").await;
                 };
-                if !sent.contains(&live.event.id) && send_live(&mut socket, &live).await.is_err() {
-                    return;
+                if !sent.contains(&live.event.id) {
+                    if let Err(failure) = send_live(&mut socket, &live).await {
+                        return failure.count(&ctx);
+                    }
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > HEARTBEAT * 3 {
                     return shut(socket, close::HEARTBEAT_TIMEOUT, "no pong").await;
                 }
-                if send(&mut socket, Message::Ping(Default::default())).await.is_err() {
-                    return;
+                if let Err(failure) = send(&mut socket, Message::Ping(Default::default())).await {
+                    return failure.count(&ctx);
                 }
             }
             frame = socket.recv() => match frame {
@@ -151,14 +153,17 @@ async fn send_history(
     }
     for row in &rows {
         let event = CloudEvent::from_outbox(row);
-        send_event(socket, &event).await.map_err(|()| None)?;
+        send_event(socket, &event)
+            .await
+            .map_err(|failure| failure.count(ctx))
+            .map_err(|()| None)?;
         sent.insert(event.id);
     }
     Ok(())
 }
 
 /// Sends a live event; when it came with trace context, inside a span continuing that trace.
-async fn send_live(socket: &mut WebSocket, live: &Live) -> Result<(), ()> {
+async fn send_live(socket: &mut WebSocket, live: &Live) -> Result<(), SendFailure> {
     let Some(parent) = &live.trace else {
         return send_event(socket, &live.event).await;
     };
@@ -182,15 +187,33 @@ async fn send_live(socket: &mut WebSocket, live: &Live) -> Result<(), ()> {
     sent
 }
 
-async fn send_event(socket: &mut WebSocket, event: &CloudEvent) -> Result<(), ()> {
-    let text = serde_json::to_string(event).map_err(|_| ())?;
+/// Why a send to the client failed: the socket is gone, or the client did not take the frame
+/// within [`SEND_TIMEOUT`] (a slow consumer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendFailure {
+    Closed,
+    TimedOut,
+}
+
+impl SendFailure {
+    /// Counts a timed-out send as a slow consumer dropped (the connection closes after it).
+    fn count(self, ctx: &ApiContext) {
+        if self == SendFailure::TimedOut {
+            ctx.stream_hub().slow_consumer_dropped("send_timeout");
+        }
+    }
+}
+
+async fn send_event(socket: &mut WebSocket, event: &CloudEvent) -> Result<(), SendFailure> {
+    let text = serde_json::to_string(event).map_err(|_| SendFailure::Closed)?;
     send(socket, Message::Text(text.into())).await
 }
 
-async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), SendFailure> {
     match timeout(SEND_TIMEOUT, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(SendFailure::Closed),
+        Err(_) => Err(SendFailure::TimedOut),
     }
 }
 

@@ -107,6 +107,12 @@ pub struct TransactionView {
     pub external_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// A withdrawal's chain transaction hash, once signed (it is stored before the broadcast).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_tx_hash: Option<String>,
+    /// A sent withdrawal's confirmations so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<i64>,
     pub timeline: Vec<StateChangeView>,
     /// The entries of this transaction on the caller's own wallets (detail view only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +135,8 @@ impl TransactionView {
             to_wallet_id: tx.to_wallet_id.clone(),
             external_reference: tx.external_reference.clone(),
             destination: tx.destination.clone(),
+            chain_tx_hash: tx.broadcast.as_ref().map(|b| b.tx_hash.clone()),
+            confirmations: tx.broadcast.as_ref().map(|b| b.confirmations),
             timeline: tx
                 .timeline
                 .iter()
@@ -158,4 +166,32 @@ pub struct LedgerPage {
 pub struct TransactionPage {
     pub items: Vec<TransactionView>,
     pub next_cursor: Option<String>,
+}
+
+/// A device of the caller. Only a trusted device may request withdrawals.
+#[derive(Serialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub name: String,
+    /// Whether the device may request withdrawals now.
+    pub trusted: bool,
+    /// When it becomes (or became) trusted: after the cooling-off period, or when a trusted
+    /// device vouched for it.
+    pub trusted_from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    pub created_at: String,
+}
+
+impl DeviceView {
+    pub fn from_doc(device: &coffer_store::devices::DeviceDoc) -> Self {
+        DeviceView {
+            id: device.id.clone(),
+            name: device.name.clone(),
+            trusted: device.is_trusted_at(coffer_store::mongodb::bson::DateTime::now()),
+            trusted_from: time(&device.trusted_from),
+            revoked_at: device.revoked_at.as_ref().map(time),
+            created_at: time(&device.created_at),
+        }
+    }
 }

@@ -4,9 +4,12 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod broadcaster;
 pub mod hd;
 pub mod listener;
+pub mod metrics;
 pub mod rpc;
+pub mod signer;
 
 use thiserror::Error;
 
@@ -21,6 +24,8 @@ pub enum ChainError {
     ReorgTooDeep(usize),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("signing: {0}")]
+    Signing(String),
     #[error("key derivation: {0}")]
     Derivation(String),
 }

@@ -15,6 +15,7 @@ use coffer_domain::{Amount, AssetConfig, LiveCatalog};
 use coffer_store::chain::{BlockRef, ChainDepositDoc, DepositStatus, Observation, ObservedDeposit};
 use coffer_store::Store;
 
+use crate::metrics::ChainMetrics;
 use crate::rpc::Rpc;
 use crate::ChainError;
 
@@ -53,7 +54,10 @@ pub struct PollOutcome {
     pub credited: u64,
     /// The common ancestor the cursor rolled back to, if a re-org was found.
     pub reorg_to: Option<u64>,
+    /// Deposits gone from the chain (failed before credit, or reversed after).
     pub orphaned: u64,
+    /// Of those, credited deposits reversed by a compensating entry.
+    pub reversed: u64,
 }
 
 /// Where a recorded deposit's transaction is now.
@@ -69,6 +73,7 @@ pub struct Listener {
     rpc: Rpc,
     store: Store,
     catalog: LiveCatalog,
+    metrics: ChainMetrics,
 }
 
 fn hex_of(hash: &B256) -> String {
@@ -81,12 +86,22 @@ fn to_amount(value: U256) -> Amount {
 
 impl Listener {
     pub fn new(config: ListenerConfig, rpc: Rpc, store: Store, catalog: LiveCatalog) -> Self {
+        let metrics = ChainMetrics::unregistered();
+        metrics.init_chain(&config.chain);
         Listener {
             config,
             rpc,
             store,
             catalog,
+            metrics,
         }
+    }
+
+    /// Exports this listener's figures into `metrics` (the role's registry).
+    pub fn with_metrics(mut self, metrics: ChainMetrics) -> Self {
+        metrics.init_chain(&self.config.chain);
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &ListenerConfig {
@@ -103,7 +118,13 @@ impl Listener {
                     continue;
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(chain = %self.config.chain, %error, "poll failed; retrying"),
+                Err(error) => {
+                    self.metrics
+                        .poll_errors
+                        .with_label_values(&[&self.config.chain, "listener"])
+                        .inc();
+                    tracing::warn!(chain = %self.config.chain, %error, "poll failed; retrying")
+                }
             }
             tokio::select! {
                 _ = &mut stop => return,
@@ -152,7 +173,32 @@ impl Listener {
         if let Some(tip) = outcome.tip {
             self.confirm(tip, &mut outcome).await?;
         }
+        self.record(head, &outcome);
         Ok(outcome)
+    }
+
+    fn record(&self, head: u64, outcome: &PollOutcome) {
+        let chain = self.config.chain.as_str();
+        let m = &self.metrics;
+        m.head_block.with_label_values(&[chain]).set(head as i64);
+        if let Some(tip) = outcome.tip {
+            m.processed_block.with_label_values(&[chain]).set(tip as i64);
+            m.lag_blocks
+                .with_label_values(&[chain])
+                .set(head.saturating_sub(tip) as i64);
+        }
+        if outcome.reorg_to.is_some() {
+            m.reorgs.with_label_values(&[chain]).inc();
+        }
+        m.deposit_event(chain, "recorded", outcome.deposits_recorded);
+        m.deposit_event(chain, "unmatched", outcome.unmatched);
+        m.deposit_event(chain, "credited", outcome.credited);
+        m.deposit_event(
+            chain,
+            "failed",
+            outcome.orphaned - outcome.reversed.min(outcome.orphaned),
+        );
+        m.deposit_event(chain, "reversed", outcome.reversed);
     }
 
     /// The checkpoint's recent blocks; on a first start, the block before the start block (so
@@ -283,6 +329,9 @@ impl Listener {
                 if !self.still_on_chain(&deposit).await? {
                     self.store.orphan_deposit(&deposit).await?;
                     outcome.orphaned += 1;
+                    if status == DepositStatus::Credited {
+                        outcome.reversed += 1;
+                    }
                 }
             }
         }
@@ -332,6 +381,8 @@ impl Listener {
             )
             .await?;
         let catalog = self.catalog.current();
+        // Still waiting after this poll: the page, less what it credits or finds gone.
+        let mut waiting = confirming.len() as i64;
         for mut deposit in confirming {
             let block = deposit.block_number as u64;
             if block > tip {
@@ -357,12 +408,36 @@ impl Listener {
                 Placement::Gone => {
                     self.store.orphan_deposit(&deposit).await?;
                     outcome.orphaned += 1;
+                    waiting -= 1;
                     continue;
                 }
             }
             self.store.credit_deposit(&deposit).await?;
             outcome.credited += 1;
+            waiting -= 1;
+            let threshold_block = block + u64::from(asset.confirmations_required.max(1)) - 1;
+            self.observe_credit_latency(threshold_block).await;
         }
+        self.metrics
+            .deposits_confirming
+            .with_label_values(&[&self.config.chain])
+            .set(waiting);
         Ok(())
+    }
+
+    /// Observes `coffer_chain_deposit_credit_latency_seconds` for a deposit just credited: from
+    /// the timestamp of `threshold_block` (where the deposit reached its required confirmations;
+    /// the earliest it could be credited) to now. A node that cannot say costs the sample, never
+    /// the poll: the credit is already committed.
+    async fn observe_credit_latency(&self, threshold_block: u64) {
+        match self.rpc.block_timestamp(threshold_block).await {
+            Ok(Some(time)) => self.metrics.deposit_credited(&self.config.chain, time),
+            Ok(None) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, "no timestamp for the threshold block: credit latency not observed")
+            }
+            Err(error) => {
+                tracing::warn!(chain = %self.config.chain, threshold_block, %error, "credit latency not observed")
+            }
+        }
     }
 }

@@ -87,6 +87,16 @@ impl Rpc {
         Ok(block.map(|b| format!("{:#x}", b.header.hash)))
     }
 
+    /// The timestamp (Unix seconds, set by its producer) of block `number`, `None` if the node
+    /// does not have it.
+    pub async fn block_timestamp(&self, number: u64) -> Result<Option<u64>, ChainError> {
+        let call = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number));
+        let block = bounded("eth_getBlockByNumber", call.into_future()).await?;
+        Ok(block.map(|b| b.header.timestamp))
+    }
+
     /// ERC-20 `Transfer` logs of `contracts` in block `number`.
     pub async fn token_transfers(
         &self,
@@ -128,6 +138,12 @@ impl Rpc {
     /// The next nonce of `address` counting pending transactions.
     pub async fn pending_nonce(&self, address: Address) -> Result<u64, ChainError> {
         let call = self.provider.get_transaction_count(address).pending();
+        bounded("eth_getTransactionCount", call.into_future()).await
+    }
+
+    /// The number of transactions of `address` mined so far (its next nonce on chain).
+    pub async fn latest_nonce(&self, address: Address) -> Result<u64, ChainError> {
+        let call = self.provider.get_transaction_count(address).latest();
         bounded("eth_getTransactionCount", call.into_future()).await
     }
 

@@ -70,6 +70,10 @@ impl Amount {
         Amount(U256::from(value))
     }
 
+    pub fn from_u128(value: u128) -> Self {
+        Amount(U256::from(value))
+    }
+
     pub fn atomic(&self) -> U256 {
         self.0
     }

@@ -192,6 +192,60 @@ impl LedgerTransaction {
         )
     }
 
+    /// Settles a withdrawal that reached its confirmation threshold: the held amount leaves the
+    /// wallet and the asset's custody account (what the platform holds on chain) goes down by it.
+    /// A network fee paid in this same asset (a native-coin withdrawal's gas) is the platform's
+    /// cost: custody goes down by it too, against the fees account.
+    pub fn withdrawal_settlement(
+        asset: &str,
+        wallet: &str,
+        amount: Amount,
+        network_fee: Option<Amount>,
+    ) -> Result<Self, LedgerError> {
+        let custody = platform_account_id(asset, AccountKind::Custody);
+        let mut postings = vec![
+            Posting::debit(wallet, Bucket::Held, amount),
+            Posting::credit(&custody, Bucket::Available, amount),
+        ];
+        if let Some(fee) = network_fee.filter(|f| !f.is_zero()) {
+            postings.push(Posting::debit(
+                platform_account_id(asset, AccountKind::Fees),
+                Bucket::Available,
+                fee,
+            ));
+            postings.push(Posting::credit(&custody, Bucket::Available, fee));
+        }
+        Self::new(TxKind::Withdrawal, asset, postings)
+    }
+
+    /// Releases a withdrawal's hold (the withdrawal failed or was rejected): held back to
+    /// available. A network fee already spent on chain is booked as in
+    /// [`LedgerTransaction::withdrawal_settlement`].
+    pub fn withdrawal_release(
+        asset: &str,
+        wallet: &str,
+        amount: Amount,
+        network_fee: Option<Amount>,
+    ) -> Result<Self, LedgerError> {
+        let mut postings = vec![
+            Posting::debit(wallet, Bucket::Held, amount),
+            Posting::credit(wallet, Bucket::Available, amount),
+        ];
+        if let Some(fee) = network_fee.filter(|f| !f.is_zero()) {
+            postings.push(Posting::debit(
+                platform_account_id(asset, AccountKind::Fees),
+                Bucket::Available,
+                fee,
+            ));
+            postings.push(Posting::credit(
+                platform_account_id(asset, AccountKind::Custody),
+                Bucket::Available,
+                fee,
+            ));
+        }
+        Self::new(TxKind::Reversal, asset, postings)
+    }
+
     /// The compensating entry that undoes `original`: every posting on the opposite side.
     pub fn reversal_of(original: &LedgerTransaction) -> LedgerTransaction {
         let postings = original
@@ -273,6 +327,45 @@ mod tests {
 
     fn amount(n: u64) -> Amount {
         Amount::from_u64(n)
+    }
+
+    #[test]
+    fn a_settled_withdrawal_leaves_the_wallet_and_custody_and_books_the_fee() {
+        let settle =
+            LedgerTransaction::withdrawal_settlement("ETH", "w1", amount(70), Some(amount(3))).unwrap();
+        let deltas: Vec<(String, Bucket, bool, Amount)> = settle
+            .balance_deltas()
+            .into_iter()
+            .map(|(a, b, d)| (a, b, d.negative, d.amount))
+            .collect();
+        assert_eq!(
+            deltas,
+            vec![
+                (
+                    "platform:ETH:custody".into(),
+                    Bucket::Available,
+                    false,
+                    amount(73)
+                ),
+                ("platform:ETH:fees".into(), Bucket::Available, true, amount(3)),
+                ("w1".into(), Bucket::Held, true, amount(70)),
+            ]
+        );
+        let no_fee = LedgerTransaction::withdrawal_settlement("ETH", "w1", amount(70), None).unwrap();
+        assert_eq!(no_fee.postings().len(), 2);
+        let zero_fee = LedgerTransaction::withdrawal_settlement("ETH", "w1", amount(70), Some(Amount::ZERO));
+        assert_eq!(zero_fee.unwrap().postings().len(), 2, "a zero fee is no posting");
+    }
+
+    #[test]
+    fn a_released_withdrawal_returns_the_hold_to_available() {
+        let release = LedgerTransaction::withdrawal_release("ETH", "w1", amount(70), None).unwrap();
+        let hold = LedgerTransaction::withdrawal_hold("ETH", "w1", amount(70)).unwrap();
+        assert_eq!(
+            release.balance_deltas(),
+            LedgerTransaction::reversal_of(&hold).balance_deltas()
+        );
+        assert_eq!(release.kind(), TxKind::Reversal);
     }
 
     #[test]

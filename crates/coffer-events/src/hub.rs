@@ -2,6 +2,10 @@
 //!
 //! A connection whose buffer is full is cut off (its sender dropped and its overflow flag set)
 //! instead of being buffered without bound; the socket then closes with a reason.
+//!
+//! Metrics (docs/metrics.md): `coffer_stream_connections` follows every subscribe and removal;
+//! `coffer_stream_slow_consumers_dropped_total{reason="buffer_full"}` counts the cut-offs here, and
+//! the stream handler counts `send_timeout` through [`StreamHub::slow_consumer_dropped`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::CloudEvent;
+use crate::{CloudEvent, StreamMetrics};
+
+/// Events buffered per connection by default.
+pub const DEFAULT_BUFFER: usize = 256;
+/// Connections per user by default.
+pub const DEFAULT_MAX_PER_USER: usize = 16;
 
 /// An event on its way to the connections of its user.
 #[derive(Debug, Clone)]
@@ -38,6 +47,7 @@ struct Shared {
     next_id: AtomicU64,
     buffer: usize,
     max_per_user: usize,
+    metrics: StreamMetrics,
 }
 
 /// The per-replica registry of stream connections.
@@ -69,8 +79,14 @@ impl Drop for Subscription {
 }
 
 impl StreamHub {
-    /// `buffer` events per connection, at most `max_per_user` connections per user.
+    /// `buffer` events per connection, at most `max_per_user` connections per user; its metrics
+    /// are registered nowhere (see [`StreamHub::with_metrics`]).
     pub fn new(buffer: usize, max_per_user: usize) -> Self {
+        Self::with_metrics(buffer, max_per_user, StreamMetrics::unregistered())
+    }
+
+    /// [`StreamHub::new`] exporting its figures through `metrics` (the API's registry).
+    pub fn with_metrics(buffer: usize, max_per_user: usize, metrics: StreamMetrics) -> Self {
         assert!(buffer > 0 && max_per_user > 0);
         StreamHub {
             shared: Arc::new(Shared {
@@ -78,8 +94,14 @@ impl StreamHub {
                 next_id: AtomicU64::new(1),
                 buffer,
                 max_per_user,
+                metrics,
             }),
         }
+    }
+
+    /// Counts a connection the stream handler closed because a send to its client timed out.
+    pub fn slow_consumer_dropped(&self, reason: &str) {
+        self.shared.metrics.slow_consumer_dropped(reason);
     }
 
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
@@ -104,6 +126,7 @@ impl StreamHub {
             sender,
             overflowed: overflowed.clone(),
         });
+        self.shared.metrics.connections.inc();
         Some(Subscription {
             receiver,
             overflowed,
@@ -116,7 +139,10 @@ impl StreamHub {
     fn remove(&self, user_id: &str, id: u64) {
         let mut users = self.users();
         if let Some(list) = users.get_mut(user_id) {
+            let before = list.len();
             list.retain(|s| s.id != id);
+            // Gone already if the hub cut it off (counted there).
+            self.shared.metrics.connections.sub((before - list.len()) as i64);
             if list.is_empty() {
                 users.remove(user_id);
             }
@@ -139,6 +165,13 @@ impl StreamHub {
         });
         let delivered = list.len();
         if before != delivered {
+            let dropped = (before - delivered) as u64;
+            self.shared.metrics.connections.sub(dropped as i64);
+            self.shared
+                .metrics
+                .slow_consumers_dropped
+                .with_label_values(&["buffer_full"])
+                .inc_by(dropped);
             tracing::info!(
                 dropped = before - delivered,
                 "stream connections cut off: buffer full"
@@ -158,7 +191,7 @@ impl StreamHub {
 
 impl Default for StreamHub {
     fn default() -> Self {
-        StreamHub::new(256, 16)
+        StreamHub::new(DEFAULT_BUFFER, DEFAULT_MAX_PER_USER)
     }
 }
 
@@ -201,5 +234,34 @@ mod tests {
         assert!(hub.subscribe("alice").is_none(), "at most 2 connections per user");
         drop(alice);
         assert_eq!(hub.connections(), 1);
+    }
+
+    #[test]
+    fn the_gauge_follows_connections_and_cut_offs_are_counted_once() {
+        let registry = prometheus::Registry::new();
+        let metrics = StreamMetrics::new(&registry).unwrap();
+        let hub = StreamHub::with_metrics(1, 4, metrics.clone());
+        let dropped = |reason: &str| metrics.slow_consumers_dropped.with_label_values(&[reason]).get();
+        let alice = hub.subscribe("alice").unwrap();
+        let bob = hub.subscribe("bob").unwrap();
+        let second = hub.subscribe("bob").unwrap();
+        assert_eq!(metrics.connections.get(), 3);
+        hub.dispatch("bob", event("1"));
+        hub.dispatch("bob", event("2")); // both of bob's buffers (1 event) overflow
+        assert_eq!((metrics.connections.get(), dropped("buffer_full")), (1, 2));
+        drop((bob, second)); // already removed by the hub: not subtracted twice
+        assert_eq!(metrics.connections.get(), 1);
+        hub.slow_consumer_dropped("send_timeout");
+        hub.slow_consumer_dropped("anything else"); // unknown reasons are not counted
+        drop(alice);
+        assert_eq!(
+            (
+                metrics.connections.get(),
+                dropped("send_timeout"),
+                dropped("buffer_full")
+            ),
+            (0, 1, 2)
+        );
+        assert_eq!(hub.connections(), 0);
     }
 }

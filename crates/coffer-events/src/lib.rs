@@ -23,7 +23,7 @@ use thiserror::Error;
 
 pub use envelope::CloudEvent;
 pub use hub::{Live, StreamHub};
-pub use metrics::PublisherMetrics;
+pub use metrics::{PublisherMetrics, StreamMetrics};
 pub use relay::{Relay, RelayConfig};
 
 /// The default topic exchange; tests and side-by-side deployments configure their own.

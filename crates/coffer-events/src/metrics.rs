@@ -1,6 +1,6 @@
 //! The publisher's Prometheus metrics, registered into the registry the caller serves.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct PublisherMetrics {
@@ -63,5 +63,53 @@ impl PublisherMetrics {
             )?,
             commit_to_confirm,
         })
+    }
+}
+
+/// Why a stream connection was cut off as a slow consumer (the `reason` label).
+pub const SLOW_CONSUMER_REASONS: [&str; 2] = ["buffer_full", "send_timeout"];
+
+/// Metrics of the API's WebSocket fan-out (`GET /v1/stream`), registered into the API's registry.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    /// Open stream connections on this replica.
+    pub connections: IntGauge,
+    /// Connections cut off because the client could not keep up, by reason.
+    pub slow_consumers_dropped: IntCounterVec,
+}
+
+impl StreamMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = StreamMetrics {
+            connections: IntGauge::new(
+                "coffer_stream_connections",
+                "Open WebSocket stream connections on this replica",
+            )?,
+            slow_consumers_dropped: IntCounterVec::new(
+                Opts::new(
+                    "coffer_stream_slow_consumers_dropped_total",
+                    "Stream connections cut off because the client could not keep up: its event buffer was full (buffer_full) or one send took longer than the send timeout (send_timeout)",
+                ),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.slow_consumers_dropped.clone()))?;
+        for reason in SLOW_CONSUMER_REASONS {
+            metrics.slow_consumers_dropped.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+
+    /// Metrics registered nowhere (a hub without an exporting role, tests).
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+
+    /// Counts a connection cut off as a slow consumer; `reason` is one of [`SLOW_CONSUMER_REASONS`].
+    pub fn slow_consumer_dropped(&self, reason: &str) {
+        if SLOW_CONSUMER_REASONS.contains(&reason) {
+            self.slow_consumers_dropped.with_label_values(&[reason]).inc();
+        }
     }
 }

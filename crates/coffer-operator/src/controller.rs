@@ -223,11 +223,15 @@ impl WalletPlatform {
         let mut verdicts = BTreeMap::new();
         for listener in listeners {
             let referrer = format!("ChainListener {}", listener.name_any());
-            let verdict =
-                match check_secret(ctx, &self.ns(), &listener.spec.rpc_secret_ref, "url", &referrer).await {
-                    Err(error) if !error.is_user_error() => return Err(error),
-                    other => other,
-                };
+            let mut verdict =
+                check_secret(ctx, &self.ns(), &listener.spec.rpc_secret_ref, "url", &referrer).await;
+            if let (Ok(()), Some(signer)) = (&verdict, &listener.spec.signer_secret_ref) {
+                verdict = check_secret(ctx, &self.ns(), signer, "key", &referrer).await;
+            }
+            let verdict = match verdict {
+                Err(error) if !error.is_user_error() => return Err(error),
+                other => other,
+            };
             verdicts.insert(listener.name_any(), verdict);
         }
         Ok(verdicts)

@@ -391,6 +391,49 @@ async fn a_listener_without_its_secret_is_degraded_alone() {
 }
 
 #[tokio::test]
+async fn a_listener_whose_signer_secret_is_missing_is_degraded_and_gets_no_deployment() {
+    let mut api = cluster();
+    let path = format!("{LISTENERS}/ethereum");
+    let mut listener: crate::crd::ChainListener = serde_json::from_value(api.objects[&path].clone()).unwrap();
+    listener.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+        name: "hot-wallet".into(),
+        key: None,
+    });
+    api.put(&listener);
+    let platform = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, platform).await;
+    assert!(!applied_kinds(&api.calls).contains(&"deployments/coffer-listener-ethereum".to_string()));
+    let status = status_of(&api, &path);
+    assert_eq!(condition(status, "Degraded")["reason"], "SecretMissing");
+    assert!(condition(status, "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .contains("hot-wallet"));
+
+    // With the Secret present the Deployment mounts it as a file, never as an environment value.
+    let mut api = api;
+    api.calls.clear();
+    api.put(&secret("hot-wallet", "key"));
+    let platform = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, platform).await;
+    let deployment = &api.objects[&format!("{DEPLOYMENTS}/coffer-listener-ethereum")];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "COFFER_SIGNER_KEY_FILE" && e["value"] == "/var/run/coffer/signer/key"));
+    assert!(env
+        .iter()
+        .all(|e| e["valueFrom"]["secretKeyRef"]["name"] != "hot-wallet"));
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let signer = volumes.iter().find(|v| v["name"] == "signer").unwrap();
+    assert_eq!(signer["secret"]["secretName"], "hot-wallet");
+    assert_eq!(signer["secret"]["defaultMode"], 0o400);
+}
+
+#[tokio::test]
 async fn a_paused_platform_applies_nothing_but_keeps_status_current() {
     let mut api = cluster();
     let mut platform = platform_in(&api);

@@ -112,6 +112,7 @@ impl AdjustmentDoc {
             external_reference: Some(format!("adjustment:{}", self.id)),
             destination: None,
             participants: owner.into_iter().collect(),
+            velocity: None,
         })
     }
 }

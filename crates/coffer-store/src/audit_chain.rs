@@ -36,6 +36,7 @@ pub mod actions {
     /// For the withdrawal and device work (issue 4): call `Store::audit` with these.
     pub const WITHDRAWAL_REQUESTED: &str = "withdrawal.requested";
     pub const DEVICE_ADDED: &str = "device.added";
+    pub const DEVICE_TRUSTED: &str = "device.trusted";
     pub const DEVICE_REMOVED: &str = "device.removed";
     pub const ADDRESS_ADDED: &str = "address.added";
     pub const ADDRESS_REMOVED: &str = "address.removed";

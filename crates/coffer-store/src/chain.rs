@@ -599,5 +599,6 @@ fn pending_movement(
         external_reference: Some(deposit.tx_hash.clone()),
         destination: None,
         participants: vec![user_id.to_string()],
+        velocity: None,
     })
 }

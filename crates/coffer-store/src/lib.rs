@@ -11,6 +11,7 @@ pub mod audit;
 pub mod audit_chain;
 pub mod chain;
 pub mod codec;
+pub mod devices;
 pub mod idempotency;
 pub mod locks;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod tokens;
 pub mod transitions;
 pub mod users;
 pub mod verify;
+pub mod withdrawals;
 
 use std::time::Duration;
 
@@ -48,6 +50,9 @@ pub mod collections {
     pub const AUDIT_LOG: &str = "audit_log";
     pub const ADJUSTMENTS: &str = "adjustments";
     pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
+    pub const VELOCITY: &str = "withdrawal_velocity";
+    pub const DEVICES: &str = "devices";
+    pub const CHAIN_NONCES: &str = "chain_nonces";
 }
 
 #[derive(Debug, Error)]
@@ -66,6 +71,8 @@ pub enum StoreError {
     StateConflict,
     #[error("the write could not commit within its bounded retries")]
     Contention,
+    #[error("the movement would exceed its daily limit")]
+    LimitExceeded,
     #[error("the proposer of an adjustment cannot decide it")]
     SelfApproval,
     #[error("not supported: {0}")]
@@ -239,6 +246,20 @@ impl Store {
             (OUTBOX, doc! { "user_id": 1, "_id": 1 }, named("by_user_stream")),
             (OUTBOX, doc! { "dead_lettered_at": 1 }, named("dead_letters")),
             (AUDIT_LOG, doc! { "seq": 1 }, unique("seq_unique")),
+            (
+                VELOCITY,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            (DEVICES, doc! { "user_id": 1, "_id": 1 }, named("by_user")),
+            (
+                TRANSACTIONS,
+                doc! { "kind": 1, "state": 1, "_id": 1 },
+                named("by_kind_state"),
+            ),
         ];
         for (collection, keys, options) in specs {
             let model = IndexModel::builder().keys(keys).options(options).build();

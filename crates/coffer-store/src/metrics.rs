@@ -1,6 +1,21 @@
 //! Metrics of the storage layer, registered into the role's registry.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Registers `coffer_build_info` (always 1; labels `version` and `commit`) into `registry`. Every
+/// role calls it once for the registry it serves; the commit is `COFFER_GIT_COMMIT` at build time.
+pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
+    let build_info = IntGaugeVec::new(
+        Opts::new("coffer_build_info", "Always 1; the labels say which build runs."),
+        &["version", "commit"],
+    )?;
+    registry.register(Box::new(build_info.clone()))?;
+    let commit = option_env!("COFFER_GIT_COMMIT").unwrap_or("unknown");
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), commit])
+        .set(1);
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct StoreMetrics {

@@ -176,6 +176,36 @@ pub struct TransactionDoc {
     pub timeline: Vec<TimelineEntry>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// The daily withdrawal counter this withdrawal charged (`<wallet>:<YYYY-MM-DD>`); released
+    /// when the withdrawal fails or is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity_key: Option<String>,
+    /// A withdrawal's signed chain transaction, stored before it is broadcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastDoc>,
+}
+
+/// The on-chain side of a withdrawal. Written once, with the nonce it consumed, before the first
+/// broadcast: every later attempt re-sends these exact bytes, so a withdrawal is signed once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastDoc {
+    pub chain: String,
+    /// The hot wallet that signed (lower-case `0x…`).
+    pub from: String,
+    pub nonce: i64,
+    /// Lower-case `0x…` hash of the signed transaction.
+    pub tx_hash: String,
+    /// The signed transaction, EIP-2718 encoded, `0x…` hex. Public once broadcast; never logged.
+    pub raw_tx: String,
+    pub signed_at: DateTime,
+    /// Where it was mined, as last seen (re-orgs move it).
+    #[serde(default)]
+    pub block_number: Option<i64>,
+    #[serde(default)]
+    pub confirmations: i64,
+    /// Gas paid, in the chain's native coin's smallest units, once mined.
+    #[serde(default)]
+    pub network_fee: Option<Amount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

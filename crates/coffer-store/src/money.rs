@@ -22,7 +22,7 @@ use mongodb::ClientSession;
 use rand::Rng;
 use tracing::Instrument;
 
-use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, WALLETS};
+use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
 use crate::{codec, new_id, Store, StoreError};
 
@@ -46,6 +46,29 @@ pub struct NewMovement {
     /// The users who may see the transaction (owners of the user wallets it touches). Checked
     /// against the wallets actually updated, so a caller cannot grant visibility by mistake.
     pub participants: Vec<String>,
+    /// A limited amount this movement uses up (a withdrawal's daily velocity), charged in the same
+    /// database transaction: over the limit, nothing is written.
+    pub velocity: Option<VelocityCharge>,
+}
+
+/// A charge against a per-day counter (`withdrawal_velocity`), refused above `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VelocityCharge {
+    /// `<wallet id>:<YYYY-MM-DD>` (UTC day).
+    pub key: String,
+    pub amount: Amount,
+    pub limit: Amount,
+}
+
+impl VelocityCharge {
+    /// The charge of `amount` on `wallet`'s counter of the UTC day of `now`.
+    pub fn daily(wallet_id: &str, amount: Amount, limit: Amount, now: chrono::DateTime<chrono::Utc>) -> Self {
+        VelocityCharge {
+            key: format!("{wallet_id}:{}", now.format("%Y-%m-%d")),
+            amount,
+            limit,
+        }
+    }
 }
 
 impl Store {
@@ -306,7 +329,12 @@ pub(crate) async fn write_movement(
         timeline: movement.timeline.iter().map(TimelineEntry::from).collect(),
         created_at: now,
         updated_at: now,
+        velocity_key: movement.velocity.as_ref().map(|v| v.key.clone()),
+        broadcast: None,
     };
+    if let Some(charge) = &movement.velocity {
+        charge_velocity(store, session, charge, now).await?;
+    }
     let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
     if let Err(e) = transactions.insert_one(&record).session(&mut *session).await {
         return Err(if crate::is_duplicate_key(&e) {
@@ -331,6 +359,62 @@ pub(crate) async fn write_movement(
     insert_events(store, session, &events).await?;
     Ok(record)
 }
+
+/// Adds `charge` to its day's counter unless that takes it above the limit
+/// ([`StoreError::LimitExceeded`]). The counter documents expire after a few days.
+async fn charge_velocity(
+    store: &Store,
+    session: &mut ClientSession,
+    charge: &VelocityCharge,
+    now: DateTime,
+) -> Result<(), StoreError> {
+    let Some(room) = charge.limit.checked_sub(charge.amount) else {
+        return Err(StoreError::LimitExceeded);
+    };
+    let counters = store.collection::<mongodb::bson::Document>(VELOCITY);
+    let expires = DateTime::from_millis(now.timestamp_millis() + VELOCITY_RETENTION_MS);
+    counters
+        .update_one(
+            doc! { "_id": &charge.key },
+            doc! { "$setOnInsert": { "total": codec::zero(), "expires_at": expires } },
+        )
+        .upsert(true)
+        .session(&mut *session)
+        .await?;
+    let charged = counters
+        .update_one(
+            doc! { "_id": &charge.key, "total": { "$lte": codec::to_decimal(&room, false) } },
+            doc! { "$inc": { "total": codec::to_decimal(&charge.amount, false) } },
+        )
+        .session(&mut *session)
+        .await?;
+    if charged.matched_count == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LimitExceeded)
+    }
+}
+
+/// Gives a failed withdrawal's amount back to the day's counter it charged.
+pub(crate) async fn release_velocity(
+    store: &Store,
+    session: &mut ClientSession,
+    key: &str,
+    amount: &Amount,
+) -> Result<(), StoreError> {
+    store
+        .collection::<mongodb::bson::Document>(VELOCITY)
+        .update_one(
+            doc! { "_id": key },
+            doc! { "$inc": { "total": codec::to_decimal(amount, true) } },
+        )
+        .session(&mut *session)
+        .await?;
+    Ok(())
+}
+
+/// Velocity counters are kept three days (a UTC day plus margin), then the TTL index drops them.
+pub const VELOCITY_RETENTION_MS: i64 = 3 * 24 * 3600 * 1000;
 
 /// Applies a balanced ledger transaction's deltas and inserts its entries, inside `session`'s
 /// transaction; returns the touched accounts after the update and the entries.

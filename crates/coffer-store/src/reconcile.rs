@@ -14,7 +14,7 @@ use coffer_domain::{Amount, TxState};
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
-use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::collections::{OUTBOX, RECONCILIATION_RUNS, TRANSACTIONS, WALLETS};
@@ -163,7 +163,9 @@ pub struct ReconcileMetrics {
     pub runs: IntCounter,
     pub mismatches: IntGaugeVec,
     pub last_run_timestamp: Gauge,
-    pub audit_chain_valid: IntGauge,
+    /// Without labels; exposed only once a verification ran in this process (a 0 before any
+    /// verification would read as "broken"). Set it through [`ReconcileMetrics::audit_chain_verified`].
+    pub audit_chain_valid: IntGaugeVec,
 }
 
 impl ReconcileMetrics {
@@ -184,16 +186,26 @@ impl ReconcileMetrics {
                 "coffer_reconciliation_last_run_timestamp_seconds",
                 "Unix time the last reconciliation run finished.",
             ))?,
-            audit_chain_valid: IntGauge::with_opts(Opts::new(
-                "coffer_audit_chain_valid",
-                "1 when the last verification of the audit hash chain found it intact, 0 when broken.",
-            ))?,
+            audit_chain_valid: IntGaugeVec::new(
+                Opts::new(
+                    "coffer_audit_chain_valid",
+                    "1 when the last verification of the audit hash chain found it intact, 0 when broken (absent before the first).",
+                ),
+                &[],
+            )?,
         };
         registry.register(Box::new(metrics.runs.clone()))?;
         registry.register(Box::new(metrics.mismatches.clone()))?;
         registry.register(Box::new(metrics.last_run_timestamp.clone()))?;
         registry.register(Box::new(metrics.audit_chain_valid.clone()))?;
         Ok(metrics)
+    }
+
+    /// Records the result of an audit-chain verification.
+    pub fn audit_chain_verified(&self, valid: bool) {
+        self.audit_chain_valid
+            .with_label_values::<&str>(&[])
+            .set(i64::from(valid));
     }
 
     fn record(&self, run: &ReconciliationRun) {
@@ -467,9 +479,7 @@ impl Reconciler {
 
     async fn check_audit(&self, store: &Store) -> Result<Checked, StoreError> {
         let verification = store.verify_audit().await?;
-        self.metrics
-            .audit_chain_valid
-            .set(i64::from(verification.valid()));
+        self.metrics.audit_chain_verified(verification.valid());
         let found = verification
             .first_break
             .map(|b| {

@@ -127,6 +127,11 @@ async fn write_transition(
             StoreError::NotFound
         });
     };
+    if transition.to == TxState::Failed {
+        if let Some(key) = &record.velocity_key {
+            crate::money::release_velocity(store, session, key, &record.amount).await?;
+        }
+    }
     let (changed, entries) = match &transition.ledger {
         Some(ledger) => post_entries(store, session, ledger, &record.id, now).await?,
         None => (Vec::new(), Vec::new()),

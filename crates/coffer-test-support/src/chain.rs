@@ -94,38 +94,61 @@ impl Anvil {
         self.call("anvil_reorg", json!([depth, []])).await;
     }
 
-    /// Sends `wei` from the funded account to `to` (mined at once); returns the tx hash.
+    /// Sends `tx` from an unlocked account and waits until it is mined (anvil mines each
+    /// transaction in its own block, but answers `eth_sendTransaction` before that block exists:
+    /// a test that polled at once would race the node). Returns the receipt.
+    pub async fn send_and_mine(&self, tx: Value) -> Value {
+        let hash = self.call("eth_sendTransaction", json!([tx])).await;
+        self.receipt_of(hash.as_str().expect("hash")).await
+    }
+
+    /// Waits (bounded: 10 s) for the receipt of `hash`.
+    pub async fn receipt_of(&self, hash: &str) -> Value {
+        for _ in 0..200 {
+            let receipt = self.call("eth_getTransactionReceipt", json!([hash])).await;
+            if !receipt.is_null() {
+                return receipt;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("transaction {hash} was not mined within 10 s");
+    }
+
+    /// Sends `wei` from the funded account to `to` and waits until it is mined; returns the tx hash.
     pub async fn send_eth(&self, to: &str, wei: U256) -> String {
         let tx = json!({ "from": FUNDER, "to": to, "value": format!("{wei:#x}") });
-        self.call("eth_sendTransaction", json!([tx]))
-            .await
-            .as_str()
-            .expect("hash")
-            .to_string()
+        let receipt = self.send_and_mine(tx).await;
+        receipt["transactionHash"].as_str().expect("hash").to_string()
     }
 
     /// Deploys the ERC-20 fixture with `supply` to the funded account; returns its address.
     pub async fn deploy_token(&self, supply: U256) -> String {
         let data = format!("0x{}{:064x}", TOKEN_BYTECODE.trim(), supply);
         let tx = json!({ "from": FUNDER, "data": data, "gas": "0x200000" });
-        let hash = self.call("eth_sendTransaction", json!([tx])).await;
-        let receipt = self.call("eth_getTransactionReceipt", json!([hash])).await;
+        let receipt = self.send_and_mine(tx).await;
         receipt["contractAddress"]
             .as_str()
             .expect("deployed")
             .to_lowercase()
     }
 
-    /// `transfer(to, amount)` on `token` from the funded account; returns the tx hash.
+    /// `transfer(to, amount)` on `token` from the funded account, mined; returns the tx hash.
     pub async fn send_token(&self, token: &str, to: &str, amount: U256) -> String {
         let to: Address = to.parse().expect("address");
         let data = format!("0xa9059cbb{:0>64}{:064x}", hex::encode(to.as_slice()), amount);
         let tx = json!({ "from": FUNDER, "to": token, "data": data, "gas": "0x100000" });
-        self.call("eth_sendTransaction", json!([tx]))
-            .await
-            .as_str()
-            .expect("hash")
-            .to_string()
+        let receipt = self.send_and_mine(tx).await;
+        receipt["transactionHash"].as_str().expect("hash").to_string()
+    }
+
+    /// `balanceOf(holder)` of the ERC-20 at `token`.
+    pub async fn token_balance(&self, token: &str, holder: &str) -> U256 {
+        let holder: Address = holder.parse().expect("address");
+        let data = format!("0x70a08231{:0>64}", hex::encode(holder.as_slice()));
+        let answer = self
+            .call("eth_call", json!([{ "to": token, "data": data }, "latest"]))
+            .await;
+        U256::from_str_radix(answer.as_str().expect("hex").trim_start_matches("0x"), 16).expect("uint256")
     }
 
     pub async fn balance(&self, address: &str) -> U256 {

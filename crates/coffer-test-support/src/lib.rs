@@ -38,6 +38,10 @@ pub struct Options {
     pub deposit_xpub: Option<String>,
     /// Webhook secrets by provider.
     pub webhook_secrets: Vec<(String, String)>,
+    /// A new device's cooling-off period (default 0: trusted at once).
+    pub device_trust_delay: std::time::Duration,
+    /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
+    pub withdrawal_reauth_window: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -53,6 +57,8 @@ impl Default for Options {
             assets: None,
             deposit_xpub: None,
             webhook_secrets: Vec::new(),
+            device_trust_delay: std::time::Duration::ZERO,
+            withdrawal_reauth_window: None,
         }
     }
 }
@@ -66,6 +72,8 @@ pub struct TestApp {
     pub stream_hub: coffer_events::StreamHub,
     /// The live catalog the app reads (replace it to change an asset at run time).
     pub catalog: LiveCatalog,
+    /// Each user's trusted device (see [`TestApp::trusted_device`]).
+    devices: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A registered user with a live session.
@@ -131,6 +139,10 @@ impl TestApp {
             .deposit_xpub
             .as_deref()
             .map(|xpub| coffer_chain::hd::DepositKeys::from_xpub(xpub).expect("xpub"));
+        config.device_trust_delay = options.device_trust_delay;
+        if let Some(window) = options.withdrawal_reauth_window {
+            config.withdrawal_reauth_window = window;
+        }
         for (provider, secret) in &options.webhook_secrets {
             config
                 .webhook_secrets
@@ -150,6 +162,7 @@ impl TestApp {
             registry,
             stream_hub,
             catalog: live,
+            devices: Default::default(),
         }
     }
 
@@ -166,8 +179,25 @@ impl TestApp {
         idempotency_key: Option<&str>,
         body: Option<&Value>,
     ) -> Reply {
+        self.send_with(method, path, token, idempotency_key, body, &[])
+            .await
+    }
+
+    /// [`TestApp::send`] with extra headers.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -198,6 +228,41 @@ impl TestApp {
         let key = uuid::Uuid::new_v4().to_string();
         self.send("POST", path, Some(token), Some(&key), Some(&body))
             .await
+    }
+
+    /// A device of `user` registered through the API (trusted at once with the default
+    /// options), the same one on every call.
+    pub async fn trusted_device(&self, user: &TestUser) -> String {
+        if let Some(id) = self.devices.lock().unwrap().get(&user.id) {
+            return id.clone();
+        }
+        let reply = self
+            .post("/v1/devices", &user.access_token, json!({ "name": "test phone" }))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register device: {:?}",
+            reply.body
+        );
+        let id = reply.body["id"].as_str().expect("device id").to_string();
+        self.devices.lock().unwrap().insert(user.id.clone(), id.clone());
+        id
+    }
+
+    /// `POST /v1/withdrawals` from the user's trusted device, with a fresh Idempotency-Key.
+    pub async fn withdraw(&self, user: &TestUser, body: Value) -> Reply {
+        let device = self.trusted_device(user).await;
+        let key = uuid::Uuid::new_v4().to_string();
+        self.send_with(
+            "POST",
+            "/v1/withdrawals",
+            Some(&user.access_token),
+            Some(&key),
+            Some(&body),
+            &[("X-Device-Id", &device)],
+        )
+        .await
     }
 
     pub async fn register(&self) -> TestUser {

@@ -1,4 +1,5 @@
-//! The `chain-listener` role: follows one chain, serves /healthz, /readyz and /metrics.
+//! The `chain-listener` role: follows one chain, serves /healthz, /readyz and /metrics; with a
+//! signer key file it also runs the chain's withdrawal broadcaster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::listener::{Listener, ListenerConfig};
+use coffer_chain::metrics::ChainMetrics;
 use coffer_chain::rpc::Rpc;
+use coffer_chain::signer::LocalSigner;
 use coffer_domain::LiveCatalog;
 use coffer_store::Store;
 use prometheus::Encoder;
@@ -40,6 +44,7 @@ pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
     let catalog = crate::assets::load(&args.assets_file)?;
     crate::assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let registry = prometheus::Registry::new();
+    coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
     let rpc = Rpc::connect(&args.eth_rpc_url)?;
     let config = listener_config(
@@ -48,7 +53,15 @@ pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
         args.start_block,
         args.max_blocks_per_poll,
     );
-    let listener = Listener::new(config, rpc.clone(), store.clone(), catalog);
+    let chain_metrics = ChainMetrics::new(&registry)?;
+    let listener = Listener::new(config, rpc.clone(), store.clone(), catalog.clone())
+        .with_metrics(chain_metrics.clone());
+    if let Some(path) = &args.signer_key_file {
+        let broadcaster = broadcaster(&args.chain, path, &rpc, &store, &catalog, args.poll_interval_ms)?
+            .with_metrics(chain_metrics);
+        tracing::info!(chain = %args.chain, hot_wallet = %broadcaster.hot_wallet(), "broadcasting withdrawals");
+        tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
+    }
     let probe = Arc::new(Probe { store, rpc, registry });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -83,31 +96,67 @@ async fn metrics(State(probe): State<Arc<Probe>>) -> (StatusCode, String) {
     }
 }
 
+/// The withdrawal broadcaster of `chain`, signing with the local key in `key_file`.
+fn broadcaster(
+    chain: &str,
+    key_file: &std::path::Path,
+    rpc: &Rpc,
+    store: &Store,
+    catalog: &LiveCatalog,
+    poll_interval_ms: u64,
+) -> anyhow::Result<Broadcaster> {
+    let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = BroadcasterConfig::new(chain);
+    config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
+    Ok(Broadcaster::new(
+        config,
+        rpc.clone(),
+        store.clone(),
+        catalog.clone(),
+        Arc::new(signer),
+    ))
+}
+
 /// In `coffer dev`: one listener per chain of the catalog when `ETH_RPC_URL` answers; otherwise
 /// a warning, and the API runs alone.
-pub async fn spawn_in_dev(url: Option<&str>, store: &Store, catalog: &LiveCatalog) {
+pub async fn spawn_in_dev(
+    url: Option<&str>,
+    signer_key_file: Option<&std::path::Path>,
+    store: &Store,
+    catalog: &LiveCatalog,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
     let Some(url) = url else {
         tracing::warn!("ETH_RPC_URL is not set: dev runs without the chain listener");
-        return;
+        return Ok(());
     };
     let rpc = match Rpc::connect(url) {
         Ok(rpc) if rpc.head().await.is_ok() => rpc,
         _ => {
             tracing::warn!("ETH_RPC_URL does not answer: dev runs without the chain listener");
-            return;
+            return Ok(());
         }
     };
     let mut chains: Vec<String> = catalog.current().iter().map(|a| a.chain.clone()).collect();
     chains.sort();
     chains.dedup();
+    let metrics = ChainMetrics::new(registry)?;
     for chain in chains {
         let listener = Listener::new(
             listener_config(&chain, 1000, None, 50),
             rpc.clone(),
             store.clone(),
             catalog.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         tracing::info!(%chain, "dev: following the chain");
         tokio::spawn(async move { listener.run(std::future::pending()).await });
+        if let Some(path) = signer_key_file {
+            let broadcaster =
+                broadcaster(&chain, path, &rpc, store, catalog, 1000)?.with_metrics(metrics.clone());
+            tracing::info!(%chain, hot_wallet = %broadcaster.hot_wallet(), "dev: broadcasting withdrawals");
+            tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
+        }
     }
+    Ok(())
 }

@@ -196,6 +196,11 @@ pub struct ChainListenerArgs {
     /// /healthz, /readyz and /metrics.
     #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: String,
+    /// The hot wallet's private key file (hex; a mounted Secret). When set, this process also
+    /// runs the withdrawal broadcaster of the chain. Development signer: production plugs a KMS
+    /// or HSM behind the same `Signer` interface.
+    #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
+    pub signer_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -233,6 +238,15 @@ pub struct ApiArgs {
     /// `coffer dev` runs the chain listener when this node answers.
     #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
     pub eth_rpc_url: Option<String>,
+    /// `coffer dev` also runs the withdrawal broadcaster with this hot-wallet key file.
+    #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
+    pub signer_key_file: Option<std::path::PathBuf>,
+    /// Seconds a newly registered device waits before it is trusted (0 to 30 days).
+    #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600)]
+    pub device_trust_delay_seconds: u64,
+    /// A withdrawal needs a password login at most this many seconds ago (60 to 86400).
+    #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600)]
+    pub withdrawal_reauth_seconds: u64,
 }
 
 /// Limits of reconciliation runs (the reconciler role and on-demand runs through the API).
@@ -311,6 +325,14 @@ impl ApiArgs {
             let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
             config.deposit_keys = Some(keys);
         }
+        if self.device_trust_delay_seconds > 30 * 24 * 3600 {
+            bail!("COFFER_DEVICE_TRUST_DELAY_SECONDS must be at most 2592000 (30 days)");
+        }
+        config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
+        if !(60..=86_400).contains(&self.withdrawal_reauth_seconds) {
+            bail!("COFFER_WITHDRAWAL_REAUTH_SECONDS must be between 60 and 86400");
+        }
+        config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.webhook_secrets = webhook_secrets();
         for (provider, secret) in &config.webhook_secrets {
             if secret.expose_secret().len() < 16 {

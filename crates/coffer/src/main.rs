@@ -99,7 +99,14 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     if role == "dev" {
         publisher::spawn_beside_api(&store, &args.amqp, &registry)?;
-        chain_role::spawn_in_dev(args.eth_rpc_url.as_deref(), &store, &catalog).await;
+        chain_role::spawn_in_dev(
+            args.eth_rpc_url.as_deref(),
+            args.signer_key_file.as_deref(),
+            &store,
+            &catalog,
+            &registry,
+        )
+        .await?;
     }
     let ctx = ApiContext::new(store, config, catalog, registry)?;
     // Each API replica consumes events with its own queue and fans them out to its sockets.

@@ -29,6 +29,7 @@ fn owner() -> String {
 pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
     let config = args.relay_config(&owner())?;
     let registry = prometheus::Registry::new();
+    coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
     let metrics = PublisherMetrics::new(&registry).context("registering publisher metrics")?;
     let relay = Relay::new(&store, config, metrics);

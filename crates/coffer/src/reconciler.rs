@@ -34,6 +34,7 @@ pub async fn run(
     }
     let config = args.limits.config()?;
     let registry = prometheus::Registry::new();
+    coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
     let reconciler = Reconciler {
         config,

@@ -1,10 +1,39 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use super::pod::{common_env, env, pod_template, secret_env, Workload};
 use super::{labels, owned_meta, selector_labels, Component, LISTENER_LABEL, WORKER_LABEL, WORKER_PORT};
-use crate::crd::{ChainListener, WalletPlatform};
+use crate::crd::{ChainListener, SecretKeyRef, WalletPlatform};
+
+/// Where the signer's key file is mounted (read-only, owner-only).
+const SIGNER_DIR: &str = "/var/run/coffer/signer";
+
+/// The signer key Secret as a read-only file `key` (mode 0400), never an environment variable.
+fn signer_volume(secret: &SecretKeyRef) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: "signer".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone().unwrap_or_else(|| "key".into()),
+                path: "key".into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o400),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "signer".into(),
+        mount_path: SIGNER_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
 
 /// `<platform>-listener-<listener>`: the Deployment of one ChainListener.
 pub fn chain_listener_deployment_name(platform: &str, listener: &str) -> String {
@@ -22,6 +51,11 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
     vars.push(env("COFFER_POLL_INTERVAL_MS", spec.poll_interval_ms.to_string()));
     if let Some(block) = spec.start_block {
         vars.push(env("COFFER_START_BLOCK", block.to_string()));
+    }
+    let mut mounts = Vec::new();
+    if let Some(secret) = &spec.signer_secret_ref {
+        vars.push(env("COFFER_SIGNER_KEY_FILE", format!("{SIGNER_DIR}/key")));
+        mounts.push(signer_volume(secret));
     }
     let mut pod_labels = labels(
         &platform_name,
@@ -46,6 +80,7 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
         env: vars,
         resources: spec.resources.clone(),
         labels: pod_labels,
+        mounts,
     };
     Deployment {
         metadata: owned_meta(

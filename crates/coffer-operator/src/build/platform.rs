@@ -191,6 +191,7 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
         env: vars,
         resources: spec.api.resources.clone(),
         labels: labels(&name, Some(Component::Api), &spec.image),
+        mounts: Vec::new(),
     };
     // With an autoscaler the HPA owns the replica count; applying one would fight it.
     let replicas = spec.api.autoscaling.is_none().then_some(spec.api.replicas);
@@ -216,6 +217,7 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
         env: common_env(platform, Component::OutboxPublisher, WORKER_PORT),
         resources: spec.outbox_publisher.resources.clone(),
         labels: worker_labels(platform, Component::OutboxPublisher),
+        mounts: Vec::new(),
     };
     deployment(platform, workload, Some(spec.outbox_publisher.replicas), false)
 }
@@ -232,6 +234,7 @@ fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
         env: vars,
         resources: spec.reconciler.resources.clone(),
         labels: worker_labels(platform, Component::Reconciler),
+        mounts: Vec::new(),
     };
     // Exactly one reconciler at any time, also during a rollout.
     deployment(platform, workload, Some(1), true)

@@ -28,6 +28,8 @@ pub(crate) struct Workload {
     pub env: Vec<EnvVar>,
     pub resources: Option<ResourceRequirements>,
     pub labels: BTreeMap<String, String>,
+    /// Extra volumes and where the container mounts them (e.g. a signer key Secret).
+    pub mounts: Vec<(Volume, VolumeMount)>,
 }
 
 pub(crate) fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -133,21 +135,26 @@ pub(crate) fn pod_template(platform: &WalletPlatform, workload: Workload) -> Pod
         liveness_probe: Some(http_probe("/healthz", workload.port_name, 10, 3)),
         readiness_probe: Some(http_probe("/readyz", workload.port_name, 5, 3)),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![
-            // The whole directory, never a subPath: kubelet only updates directory mounts in place,
-            // which is how asset changes reach running services without a restart.
-            VolumeMount {
-                name: "assets".into(),
-                mount_path: ASSETS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            vec![
+                // The whole directory, never a subPath: kubelet only updates directory mounts in place,
+                // which is how asset changes reach running services without a restart.
+                VolumeMount {
+                    name: "assets".into(),
+                    mount_path: ASSETS_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(workload.mounts.iter().map(|(_, mount)| mount.clone()))
+            .collect(),
+        ),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -159,24 +166,29 @@ pub(crate) fn pod_template(platform: &WalletPlatform, workload: Workload) -> Pod
             service_account_name: Some(service_account_name(&name)),
             security_context: Some(pod_security_context()),
             containers: vec![container],
-            volumes: Some(vec![
-                Volume {
-                    name: "assets".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: assets_config_map_name(&name),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        size_limit: Some(Quantity("64Mi".into())),
-                        ..EmptyDirVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-            ]),
+            volumes: Some(
+                vec![
+                    Volume {
+                        name: "assets".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: assets_config_map_name(&name),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            size_limit: Some(Quantity("64Mi".into())),
+                            ..EmptyDirVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                ]
+                .into_iter()
+                .chain(workload.mounts.into_iter().map(|(volume, _)| volume))
+                .collect(),
+            ),
             ..PodSpec::default()
         }),
     }

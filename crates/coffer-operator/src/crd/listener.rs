@@ -42,6 +42,11 @@ pub struct ChainListenerSpec {
     pub chain: String,
     /// Secret holding the JSON-RPC URL (`ETH_RPC_URL`); key defaults to `url`.
     pub rpc_secret_ref: SecretKeyRef,
+    /// Secret holding the hot wallet's private key (hex) for the development signer; key defaults
+    /// to `key`. When set, the listener also broadcasts this chain's withdrawals; the key is
+    /// mounted read-only as a file (`COFFER_SIGNER_KEY_FILE`), never put in an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_secret_ref: Option<SecretKeyRef>,
     /// Milliseconds between two polls of the node (`COFFER_POLL_INTERVAL_MS`).
     #[serde(default = "default_poll_interval_ms")]
     #[schemars(range(min = 100, max = 600000))]

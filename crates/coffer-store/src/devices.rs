@@ -1,0 +1,116 @@
+//! Devices of a user (S3): a device is registered by the app, becomes trusted after a cooling-off
+//! period or at once when an already trusted device vouches for it, and can be revoked. Only a
+//! trusted device may request a withdrawal.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime};
+use serde::{Deserialize, Serialize};
+
+use crate::collections::DEVICES;
+use crate::{new_id, Store, StoreError};
+
+/// The most devices a user may have registered (revoked ones included): a bound, not a policy.
+pub const DEVICES_PER_USER_MAX: u64 = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    /// The name the user gave it ("Pixel 8"); shown back to the user only.
+    pub name: String,
+    pub created_at: DateTime,
+    /// From this instant the device is trusted (registration + cooling-off, or the moment a
+    /// trusted device vouched for it).
+    pub trusted_from: DateTime,
+    /// `cooling_off`, or the id of the device that vouched for it.
+    pub trusted_by: String,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime>,
+}
+
+impl DeviceDoc {
+    pub fn is_trusted_at(&self, now: DateTime) -> bool {
+        self.revoked_at.is_none() && self.trusted_from <= now
+    }
+}
+
+impl Store {
+    /// Registers a device; it is trusted once `cooling_off` has passed. Refused with
+    /// [`StoreError::LimitExceeded`] beyond [`DEVICES_PER_USER_MAX`].
+    pub async fn register_device(
+        &self,
+        user_id: &str,
+        name: &str,
+        cooling_off: std::time::Duration,
+    ) -> Result<DeviceDoc, StoreError> {
+        let devices = self.collection::<DeviceDoc>(DEVICES);
+        if devices.count_documents(doc! { "user_id": user_id }).await? >= DEVICES_PER_USER_MAX {
+            return Err(StoreError::LimitExceeded);
+        }
+        let now = DateTime::now();
+        let cooling_off_ms = i64::try_from(cooling_off.as_millis()).unwrap_or(i64::MAX / 2);
+        let device = DeviceDoc {
+            id: new_id(),
+            user_id: user_id.to_string(),
+            name: name.to_string(),
+            created_at: now,
+            trusted_from: DateTime::from_millis(now.timestamp_millis().saturating_add(cooling_off_ms)),
+            trusted_by: "cooling_off".into(),
+            revoked_at: None,
+        };
+        devices.insert_one(&device).await?;
+        Ok(device)
+    }
+
+    /// The user's devices, newest first.
+    pub async fn devices_of(&self, user_id: &str) -> Result<Vec<DeviceDoc>, StoreError> {
+        Ok(self
+            .collection::<DeviceDoc>(DEVICES)
+            .find(doc! { "user_id": user_id })
+            .sort(doc! { "_id": -1 })
+            .limit(DEVICES_PER_USER_MAX as i64)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// The user's device `id` (another user's device is `None`).
+    pub async fn device_of(&self, user_id: &str, id: &str) -> Result<Option<DeviceDoc>, StoreError> {
+        Ok(self
+            .collection::<DeviceDoc>(DEVICES)
+            .find_one(doc! { "_id": id, "user_id": user_id })
+            .await?)
+    }
+
+    /// Trusts device `id` now, vouched for by the user's trusted device `by`. A revoked device
+    /// stays revoked ([`StoreError::StateConflict`]).
+    pub async fn trust_device(&self, user_id: &str, id: &str, by: &str) -> Result<DeviceDoc, StoreError> {
+        let now = DateTime::now();
+        let updated = self
+            .collection::<DeviceDoc>(DEVICES)
+            .find_one_and_update(
+                doc! { "_id": id, "user_id": user_id, "revoked_at": null },
+                doc! { "$set": { "trusted_from": now, "trusted_by": by } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?;
+        match updated {
+            Some(device) => Ok(device),
+            None if self.device_of(user_id, id).await?.is_some() => Err(StoreError::StateConflict),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Revokes device `id` (idempotent).
+    pub async fn revoke_device(&self, user_id: &str, id: &str) -> Result<DeviceDoc, StoreError> {
+        let devices = self.collection::<DeviceDoc>(DEVICES);
+        devices
+            .update_one(
+                doc! { "_id": id, "user_id": user_id, "revoked_at": null },
+                doc! { "$set": { "revoked_at": DateTime::now() } },
+            )
+            .await?;
+        self.device_of(user_id, id).await?.ok_or(StoreError::NotFound)
+    }
+}

@@ -1,0 +1,192 @@
+//! The broadcaster's reads and writes of withdrawals (docs/chain.md, "Withdrawals"): the work
+//! queues by state, the signed transaction stored together with the hot wallet's nonce before any
+//! broadcast, and the chain progress of a sent withdrawal.
+
+use coffer_domain::{Amount, TxKind, TxState};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, to_bson, DateTime, Document};
+
+use crate::collections::{CHAIN_NONCES, TRANSACTIONS};
+use crate::model::{BroadcastDoc, TransactionDoc};
+use crate::{Store, StoreError};
+
+/// The states of a withdrawal that is not final yet.
+pub const NON_FINAL: [TxState; 6] = [
+    TxState::Created,
+    TxState::PendingBroadcast,
+    TxState::Broadcasted,
+    TxState::Confirming,
+    TxState::Retryable,
+    TxState::ManualReview,
+];
+
+/// Counts of non-final withdrawals, for the gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WithdrawalStats {
+    /// (state, count) for every state of [`NON_FINAL`], zero included.
+    pub by_state: Vec<(TxState, u64)>,
+    /// When the oldest non-final withdrawal was requested.
+    pub oldest_non_final: Option<DateTime>,
+    /// (state, the earliest `updated_at` of the withdrawals in it) for every state of
+    /// [`NON_FINAL`]: how long the longest-waiting one has been there without progress (its last
+    /// transition, or its signing). `None` when the state is empty.
+    pub least_recently_updated: Vec<(TxState, Option<DateTime>)>,
+}
+
+fn nonce_key(chain: &str, from: &str) -> String {
+    format!("{chain}:{from}")
+}
+
+impl Store {
+    /// Withdrawals of `assets` in `state`, oldest first, at most `limit`.
+    pub async fn withdrawals_in(
+        &self,
+        assets: &[String],
+        state: TxState,
+        limit: u32,
+    ) -> Result<Vec<TransactionDoc>, StoreError> {
+        let cursor = self
+            .collection::<TransactionDoc>(TRANSACTIONS)
+            .find(doc! {
+                "kind": TxKind::Withdrawal.as_str(),
+                "state": state.as_str(),
+                "asset": { "$in": assets },
+            })
+            .sort(doc! { "_id": 1 })
+            .limit(i64::from(limit.clamp(1, 1000)))
+            .await?;
+        Ok(cursor.try_collect().await?)
+    }
+
+    /// The next nonce this store has recorded for hot wallet `from` on `chain`.
+    pub async fn recorded_nonce(&self, chain: &str, from: &str) -> Result<Option<i64>, StoreError> {
+        let found = self
+            .collection::<Document>(CHAIN_NONCES)
+            .find_one(doc! { "_id": nonce_key(chain, from) })
+            .await?;
+        Ok(found.and_then(|d| d.get_i64("next").ok()))
+    }
+
+    /// Stores `signed` on withdrawal `tx_id` and advances the hot wallet's nonce past it, in one
+    /// database transaction. `recorded` is the nonce record read before signing: if another
+    /// writer moved it, or the withdrawal already has a signed transaction or left
+    /// PendingBroadcast, nothing is written ([`StoreError::StateConflict`]) and the signature is
+    /// discarded unbroadcast.
+    pub async fn record_signed(
+        &self,
+        tx_id: &str,
+        recorded: Option<i64>,
+        signed: &BroadcastDoc,
+    ) -> Result<(), StoreError> {
+        let shared = std::sync::Arc::new((self.clone(), tx_id.to_string(), recorded, signed.clone()));
+        self.with_transaction(|session| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (store, tx_id, recorded, signed) = &*shared;
+                let nonces = store.collection::<Document>(CHAIN_NONCES);
+                let key = nonce_key(&signed.chain, &signed.from);
+                let next = signed.nonce + 1;
+                match recorded {
+                    Some(previous) => {
+                        let moved = nonces
+                            .update_one(
+                                doc! { "_id": &key, "next": previous },
+                                doc! { "$set": { "next": next } },
+                            )
+                            .session(&mut *session)
+                            .await?;
+                        if moved.matched_count != 1 {
+                            return Err(StoreError::StateConflict);
+                        }
+                    }
+                    None => {
+                        let inserted = nonces
+                            .insert_one(doc! { "_id": &key, "next": next })
+                            .session(&mut *session)
+                            .await;
+                        match inserted {
+                            Ok(_) => {}
+                            Err(e) if crate::is_duplicate_key(&e) => return Err(StoreError::StateConflict),
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                let stored = store
+                    .collection::<Document>(TRANSACTIONS)
+                    .update_one(
+                        doc! {
+                            "_id": tx_id.as_str(),
+                            "state": TxState::PendingBroadcast.as_str(),
+                            "broadcast": null,
+                        },
+                        doc! { "$set": { "broadcast": to_bson(signed)?, "updated_at": DateTime::now() } },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                if stored.matched_count != 1 {
+                    return Err(StoreError::StateConflict);
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Records where a sent withdrawal stands on chain (no state change).
+    pub async fn set_withdrawal_progress(
+        &self,
+        tx_id: &str,
+        block_number: Option<i64>,
+        confirmations: i64,
+    ) -> Result<(), StoreError> {
+        self.collection::<Document>(TRANSACTIONS)
+            .update_one(
+                doc! { "_id": tx_id, "broadcast": { "$ne": null } },
+                doc! { "$set": {
+                    "broadcast.block_number": block_number,
+                    "broadcast.confirmations": confirmations,
+                } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Non-final withdrawals by state, the oldest one's request time and, per state, the earliest
+    /// last update.
+    pub async fn withdrawal_stats(&self) -> Result<WithdrawalStats, StoreError> {
+        let states: Vec<&str> = NON_FINAL.iter().map(|s| s.as_str()).collect();
+        let pipeline = vec![
+            doc! { "$match": { "kind": TxKind::Withdrawal.as_str(), "state": { "$in": states } } },
+            doc! { "$group": { "_id": "$state", "count": { "$sum": 1 }, "oldest": { "$min": "$created_at" },
+            "stalest": { "$min": "$updated_at" } } },
+        ];
+        let groups: Vec<Document> = self
+            .collection::<Document>(TRANSACTIONS)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        let mut stats = WithdrawalStats::default();
+        for state in NON_FINAL {
+            let group = groups.iter().find(|g| g.get_str("_id") == Ok(state.as_str()));
+            let count = group
+                .and_then(|g| g.get("count"))
+                .and_then(|c| c.as_i64().or(c.as_i32().map(i64::from)))
+                .unwrap_or(0);
+            stats.by_state.push((state, count.max(0) as u64));
+            let stalest = group.and_then(|g| g.get_datetime("stalest").ok()).copied();
+            stats.least_recently_updated.push((state, stalest));
+            if let Some(oldest) = group.and_then(|g| g.get_datetime("oldest").ok()) {
+                if stats.oldest_non_final.is_none_or(|o| *oldest < o) {
+                    stats.oldest_non_final = Some(*oldest);
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The network fee of a mined transaction: gas used × effective gas price.
+pub fn network_fee(gas_used: u64, effective_gas_price: u128) -> Amount {
+    Amount::from_u128(u128::from(gas_used).saturating_mul(effective_gas_price))
+}

@@ -1,0 +1,456 @@
+//! Withdrawals on a real node (issue 4, tests 7–9): requested through the API, signed once by the
+//! broadcaster through the `Signer` interface, stored before broadcast, mined by anvil, confirmed
+//! or failed, with the books, the custody account and the chain in agreement.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use alloy::consensus::TxEip1559;
+use alloy::primitives::{Address, U256};
+use async_trait::async_trait;
+use coffer_chain::broadcaster::{BroadcastOutcome, Broadcaster, BroadcasterConfig};
+use coffer_chain::signer::{LocalSigner, SignedTx, Signer};
+use coffer_chain::ChainError;
+use coffer_store::{codec, Role};
+use coffer_test_support::Options;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::chain::{eth, spec, world, World, CHAIN};
+
+/// The local signer, counting its signatures.
+struct CountingSigner {
+    inner: LocalSigner,
+    signatures: AtomicU64,
+}
+
+#[async_trait]
+impl Signer for CountingSigner {
+    fn address(&self) -> Address {
+        self.inner.address()
+    }
+
+    async fn sign(&self, tx: TxEip1559) -> Result<SignedTx, ChainError> {
+        self.signatures.fetch_add(1, Ordering::SeqCst);
+        self.inner.sign(tx).await
+    }
+}
+
+/// A funded hot wallet and its signer.
+struct Hot {
+    signer: Arc<CountingSigner>,
+    address: String,
+}
+
+impl Hot {
+    async fn funded(w: &World, funding: &str) -> Hot {
+        let signer = Arc::new(CountingSigner {
+            inner: LocalSigner::random(),
+            signatures: AtomicU64::new(0),
+        });
+        let address = format!("{:#x}", signer.address());
+        w.anvil.send_eth(&address, eth(funding)).await;
+        Hot { signer, address }
+    }
+
+    /// A broadcaster for this hot wallet (a new one stands for a restarted process).
+    fn broadcaster(&self, w: &World) -> Broadcaster {
+        let mut config = BroadcasterConfig::new(CHAIN);
+        config.poll_interval = std::time::Duration::from_millis(50);
+        Broadcaster::new(
+            config,
+            w.anvil.rpc.clone(),
+            w.app.store.clone(),
+            w.app.catalog.clone(),
+            self.signer.clone(),
+        )
+    }
+
+    fn signatures(&self) -> u64 {
+        self.signer.signatures.load(Ordering::SeqCst)
+    }
+}
+
+fn wei(value: U256) -> i128 {
+    i128::try_from(value).expect("test amounts fit")
+}
+
+/// A platform account's stored (credit-positive) available balance, in wei.
+async fn platform_balance(w: &World, account: &str) -> i128 {
+    let doc = w.app.store.wallet_by_id(account).await.unwrap().unwrap();
+    let (amount, negative) = codec::from_decimal(&doc.available).unwrap();
+    let value = wei(U256::from_limbs(amount.atomic().into_limbs()));
+    if negative {
+        -value
+    } else {
+        value
+    }
+}
+
+async fn chain_balance(w: &World, address: &str) -> i128 {
+    wei(w.anvil.balance(address).await)
+}
+
+fn fresh_address() -> String {
+    format!("{:#x}", LocalSigner::random().address())
+}
+
+async fn request(w: &World, amount: &str, destination: &str) -> Value {
+    let reply = w
+        .app
+        .withdraw(
+            &w.user,
+            json!({ "wallet_id": w.wallet, "amount": amount, "destination_address": destination }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body
+}
+
+async fn view(w: &World, id: &str) -> Value {
+    let reply = w
+        .app
+        .get(&format!("/v1/transactions/{id}"), &w.user.access_token)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
+}
+
+/// Polls `broadcaster` until the withdrawal is in `state` (bounded: 5 s).
+async fn poll_until(w: &World, broadcaster: &Broadcaster, id: &str, state: &str) -> Value {
+    for _ in 0..100 {
+        broadcaster.poll_once().await.expect("poll");
+        let body = view(w, id).await;
+        if body["state"] == state {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("withdrawal {id} never reached {state}: {:?}", view(w, id).await);
+}
+
+fn timeline_states(body: &Value) -> Vec<String> {
+    body["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["to"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn held(w: &World) -> (String, String) {
+    let body = w.app.wallet(&w.user, &w.wallet).await;
+    (
+        body["available"].as_str().unwrap().into(),
+        body["held"].as_str().unwrap().into(),
+    )
+}
+
+async fn funded_world(confirmations: u32, deposit: &str) -> World {
+    let w = world(&[spec("ETH", 18, None, confirmations)], "ETH", Options::default()).await;
+    let payment = w.app.staff(Role::Payment).await;
+    w.app.deposit(&payment, &w.wallet, deposit).await;
+    w
+}
+
+#[tokio::test]
+async fn chain_withdrawal_end_to_end_is_signed_once_confirmed_and_agrees_with_the_chain() {
+    let w = funded_world(2, "5").await;
+    let hot = Hot::funded(&w, "20").await;
+    let destination = fresh_address();
+    let custody = "platform:ETH:custody";
+    let (custody_before, fees_before) = (
+        platform_balance(&w, custody).await,
+        platform_balance(&w, "platform:ETH:fees").await,
+    );
+    let hot_before = chain_balance(&w, &hot.address).await;
+
+    let requested = request(&w, "1.5", &destination).await;
+    assert_eq!(requested["state"], "pending_broadcast");
+    let id = requested["id"].as_str().unwrap().to_string();
+    assert_eq!(held(&w).await, ("3.5".into(), "1.5".into()));
+
+    let broadcaster = hot.broadcaster(&w);
+    let first = broadcaster.poll_once().await.unwrap();
+    assert_eq!((first.signed, first.broadcast), (1, 1), "{first:?}");
+    let confirming = poll_until(&w, &broadcaster, &id, "confirming").await;
+    assert_eq!(confirming["confirmations"], 1);
+    assert_eq!(held(&w).await, ("3.5".into(), "1.5".into()), "held until final");
+
+    w.anvil.mine(1).await;
+    let done = poll_until(&w, &broadcaster, &id, "confirmed").await;
+    assert_eq!(
+        timeline_states(&done),
+        [
+            "created",
+            "pending_broadcast",
+            "broadcasted",
+            "confirming",
+            "confirmed"
+        ]
+    );
+    let hash = done["chain_tx_hash"].as_str().unwrap().to_string();
+    let receipt = w.anvil.receipt_of(&hash).await;
+    assert_eq!(receipt["from"].as_str(), Some(hot.address.as_str()));
+    assert_eq!(receipt["status"], "0x1");
+    let hex_u128 =
+        |v: &Value| i128::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let fee = hex_u128(&receipt["gasUsed"]) * hex_u128(&receipt["effectiveGasPrice"]);
+    let amount = wei(eth("1.5"));
+
+    assert_eq!(held(&w).await, ("3.5".into(), "0".into()));
+    assert_eq!(chain_balance(&w, &destination).await, amount, "paid out once");
+    let hot_spent = hot_before - chain_balance(&w, &hot.address).await;
+    assert_eq!(
+        hot_spent,
+        amount + fee,
+        "the hot wallet paid the amount and the gas"
+    );
+    let custody_out = platform_balance(&w, custody).await - custody_before;
+    assert_eq!(
+        custody_out, hot_spent,
+        "custody went down by exactly what left the hot wallet"
+    );
+    assert_eq!(
+        platform_balance(&w, "platform:ETH:fees").await - fees_before,
+        -fee,
+        "the gas is the platform's cost"
+    );
+    assert_eq!(hot.signatures(), 1);
+    for _ in 0..3 {
+        w.anvil.mine(1).await;
+        assert_eq!(
+            broadcaster.poll_once().await.unwrap(),
+            BroadcastOutcome::default()
+        );
+    }
+    assert_eq!(view(&w, &id).await["state"], "confirmed");
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_broadcast_whose_answer_was_lost_is_settled_by_hash_without_a_second_signature() {
+    let w = funded_world(1, "5").await;
+    let hot = Hot::funded(&w, "10").await;
+    let destination = fresh_address();
+    let id = request(&w, "1", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The broadcaster signs and stores, sends, and dies before it hears the node's answer.
+    let first = hot.broadcaster(&w);
+    let mut outcome = BroadcastOutcome::default();
+    first.sign_pending(&mut outcome).await.unwrap();
+    assert_eq!(outcome.signed, 1);
+    let stored = w
+        .app
+        .store
+        .transaction_by_id(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .broadcast
+        .expect("stored before any broadcast");
+    assert_eq!(view(&w, &id).await["state"], "pending_broadcast");
+    let raw = hex::decode(stored.raw_tx.trim_start_matches("0x")).unwrap();
+    w.anvil.rpc.send_raw(&raw).await.unwrap();
+    w.anvil.receipt_of(&stored.tx_hash).await;
+    drop(first);
+
+    // A new process finds the withdrawal signed but not marked broadcast: it re-sends the same
+    // bytes, the node refuses them (already mined), and the hash settles it.
+    let second = hot.broadcaster(&w);
+    let done = poll_until(&w, &second, &id, "confirmed").await;
+    assert_eq!(done["chain_tx_hash"].as_str(), Some(stored.tx_hash.as_str()));
+    let broadcast_cause = done["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["to"] == "broadcasted")
+        .map(|c| c["cause"].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(broadcast_cause.contains("found by hash"), "{broadcast_cause}");
+    assert_eq!(hot.signatures(), 1, "never signed twice");
+    let sent = w
+        .anvil
+        .rpc
+        .latest_nonce(hot.address.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sent, 1, "one transaction left the hot wallet");
+    assert_eq!(chain_balance(&w, &destination).await, wei(eth("1")));
+    assert_eq!(held(&w).await, ("4".into(), "0".into()));
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_broadcaster_killed_after_signing_sends_the_stored_bytes_and_nonces_stay_in_order() {
+    let w = funded_world(1, "5").await;
+    let hot = Hot::funded(&w, "10").await;
+    let (a, b) = (fresh_address(), fresh_address());
+    let first_id = request(&w, "1", &a).await["id"].as_str().unwrap().to_string();
+    let second_id = request(&w, "2", &b).await["id"].as_str().unwrap().to_string();
+
+    let dying = hot.broadcaster(&w);
+    let mut outcome = BroadcastOutcome::default();
+    dying.sign_pending(&mut outcome).await.unwrap();
+    assert_eq!(outcome.signed, 2);
+    drop(dying); // killed: nothing was sent
+
+    let restarted = hot.broadcaster(&w);
+    poll_until(&w, &restarted, &first_id, "confirmed").await;
+    poll_until(&w, &restarted, &second_id, "confirmed").await;
+    assert_eq!(hot.signatures(), 2, "one signature per withdrawal");
+    let nonces: Vec<i64> = futures::future::join_all([&first_id, &second_id].map(|id| async {
+        let tx = w.app.store.transaction_by_id(id).await.unwrap().unwrap();
+        tx.broadcast.unwrap().nonce
+    }))
+    .await;
+    assert_eq!(
+        nonces,
+        vec![0, 1],
+        "the hot wallet's nonces in request order, no gap"
+    );
+    assert_eq!(chain_balance(&w, &a).await, wei(eth("1")));
+    assert_eq!(chain_balance(&w, &b).await, wei(eth("2")));
+    assert_eq!(held(&w).await, ("2".into(), "0".into()));
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_withdrawal_above_the_review_threshold_waits_for_approval_and_a_rejected_one_is_released() {
+    let w = funded_world(1, "40").await;
+    let (support, admin) = (w.app.staff(Role::Support).await, w.app.staff(Role::Admin).await);
+    let hot = Hot::funded(&w, "30").await;
+    let broadcaster = hot.broadcaster(&w);
+    let destination = fresh_address();
+
+    let big = request(&w, "12", &destination).await; // review threshold 10
+    assert_eq!(big["state"], "manual_review");
+    let big_id = big["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(
+            broadcaster.poll_once().await.unwrap(),
+            BroadcastOutcome::default()
+        );
+    }
+    assert_eq!(hot.signatures(), 0, "nothing is signed while in review");
+    let queue = w.app.get("/v1/admin/reviews", &support.access_token).await;
+    let queued: Vec<&str> = queue
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(queued, vec![big_id.as_str()], "support sees the queue");
+    let by_support = w
+        .app
+        .post(
+            &format!("/v1/admin/reviews/{big_id}/approve"),
+            &support.access_token,
+            json!({ "reason": "looks fine" }),
+        )
+        .await;
+    assert_eq!(by_support.status, StatusCode::FORBIDDEN, "only an admin decides");
+
+    let approved = w
+        .app
+        .post(
+            &format!("/v1/admin/reviews/{big_id}/approve"),
+            &admin.access_token,
+            json!({ "reason": "customer called back; verified" }),
+        )
+        .await;
+    assert_eq!(approved.body["state"], "pending_broadcast");
+    let done = poll_until(&w, &broadcaster, &big_id, "confirmed").await;
+    assert_eq!(
+        timeline_states(&done),
+        [
+            "created",
+            "manual_review",
+            "pending_broadcast",
+            "broadcasted",
+            "confirmed"
+        ]
+    );
+    assert_eq!(chain_balance(&w, &destination).await, wei(eth("12")));
+
+    let other = request(&w, "11", &fresh_address()).await;
+    let other_id = other["id"].as_str().unwrap().to_string();
+    assert_eq!(held(&w).await, ("17".into(), "11".into()));
+    let rejected = w
+        .app
+        .post(
+            &format!("/v1/admin/reviews/{other_id}/reject"),
+            &admin.access_token,
+            json!({ "reason": "destination flagged" }),
+        )
+        .await;
+    assert_eq!(rejected.body["state"], "failed");
+    assert_eq!(held(&w).await, ("28".into(), "0".into()), "the hold is released");
+    assert_eq!(
+        broadcaster.poll_once().await.unwrap(),
+        BroadcastOutcome::default()
+    );
+    assert_eq!(hot.signatures(), 1, "the rejected one was never signed");
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_an_erc20_withdrawal_pays_tokens_and_a_reverted_one_fails_and_releases_the_hold() {
+    let placeholder = "0x0000000000000000000000000000000000000001";
+    let eth_spec = spec("ETH", 18, None, 1);
+    let w = world(
+        &[eth_spec.clone(), spec("CTT", 6, Some(placeholder), 1)],
+        "CTT",
+        Options::default(),
+    )
+    .await;
+    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
+    w.app.catalog.replace(crate::chain::catalog(&[
+        eth_spec,
+        spec("CTT", 6, Some(&token), 1),
+    ]));
+    let payment = w.app.staff(Role::Payment).await;
+    w.app.deposit(&payment, &w.wallet, "15").await;
+    let hot = Hot::funded(&w, "1").await; // gas
+    w.anvil
+        .send_token(&token, &hot.address, U256::from(9_000_000u64))
+        .await; // 9 CTT on chain
+    let broadcaster = hot.broadcaster(&w);
+    let destination = fresh_address();
+
+    let paid = request(&w, "6", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    poll_until(&w, &broadcaster, &paid, "confirmed").await;
+    assert_eq!(
+        w.anvil.token_balance(&token, &destination).await,
+        U256::from(6_000_000u64)
+    );
+    assert_eq!(held(&w).await, ("9".into(), "0".into()));
+
+    // 5 more than the hot wallet's 3 CTT: the token contract reverts on chain.
+    let reverted = request(&w, "5", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(held(&w).await, ("4".into(), "5".into()));
+    let failed = poll_until(&w, &broadcaster, &reverted, "failed").await;
+    let last = failed["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["cause"].as_str().unwrap().contains("reverted on chain"),
+        "{last:?}"
+    );
+    assert_eq!(held(&w).await, ("9".into(), "0".into()), "the hold is released");
+    assert_eq!(
+        w.anvil.token_balance(&token, &destination).await,
+        U256::from(6_000_000u64),
+        "nothing more arrived"
+    );
+    assert_eq!(hot.signatures(), 2);
+    w.app.assert_books_balance().await;
+}
