@@ -19,11 +19,12 @@ pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
     };
     let telemetry = coffer_telemetry::init(role, format).context("starting logs and traces")?;
     let _ = TRACE_DATABASE_COMMANDS.set(telemetry.trace_database_commands());
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        traces = telemetry.exporting(),
-        "starting"
-    );
+    let (version, traces) = (env!("CARGO_PKG_VERSION"), telemetry.exporting());
+    match format {
+        // JSON lines carry the role on every line already.
+        LogFormat::Json => tracing::info!(version, traces, "starting"),
+        LogFormat::Text => tracing::info!(role, version, traces, "starting"),
+    }
     Ok(telemetry)
 }
 
