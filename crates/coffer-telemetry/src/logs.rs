@@ -117,7 +117,8 @@ where
                 let fields = extensions.get::<FormattedFields<N>>();
                 fields.and_then(|f| serde_json::from_str::<Map<String, Value>>(&f.fields).ok())
             };
-            for (key, value) in own.into_iter().flatten() {
+            // `otel.*` fields steer the exported span (its name, kind, status), not the logs.
+            for (key, value) in own.into_iter().flatten().filter(|(k, _)| !k.starts_with("otel.")) {
                 span.entry(key).or_insert(value);
             }
             if ids.is_none() {
@@ -248,7 +249,12 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(json_layer("api", move || writer.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, "outside");
-            let http = tracing::info_span!("http", request_id = "req-1", url.path = "/v1/x");
+            let http = tracing::info_span!(
+                "http",
+                otel.kind = "server",
+                request_id = "req-1",
+                url.path = "/v1/x"
+            );
             let _http = http.enter();
             let inner = tracing::info_span!("transaction", db.system = "mongodb");
             let _inner = inner.enter();
@@ -278,6 +284,10 @@ mod tests {
         assert_eq!(inside["span"]["name"], "transaction");
         assert_eq!(inside["span"]["url.path"], "/v1/x");
         assert_eq!(inside["span"]["db.system"], "mongodb");
+        assert!(
+            inside["span"].get("otel.kind").is_none(),
+            "otel.* fields stay out of the logs"
+        );
         assert!(
             inside.get("trace_id").is_none(),
             "no trace ids without an OpenTelemetry layer"
