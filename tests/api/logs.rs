@@ -1,7 +1,6 @@
 //! S6: secrets and PII never reach the logs, at any level, nor the exported spans.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use coffer_telemetry::capture::Captured;
 
 use coffer_store::{Role, StoreConfig};
 use coffer_telemetry::{export, logs};
@@ -13,19 +12,6 @@ use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
@@ -124,7 +110,7 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
         .map(|s| format!("{} {:?}\n", s.name, s.attributes))
         .collect();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("/v1/auth/login") && logs.contains("request_id"),
         "the capture works: {logs:.400}"

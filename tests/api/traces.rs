@@ -2,8 +2,7 @@
 //! outbox row, the RabbitMQ message and the publisher to the stream consumer and the socket,
 //! received by an in-process OTLP/HTTP receiver; and log lines that name the trace.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use coffer_telemetry::capture::Captured;
 use std::time::Duration;
 
 use coffer_store::{Role, StoreConfig};
@@ -19,19 +18,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `bytes` random bytes in lower-case hex (at most 16).
 fn random_hex(bytes: usize) -> String {
@@ -229,7 +215,7 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     }
 
     // Log lines inside the request name its trace, its span and its request id.
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let finished = lines
         .iter()

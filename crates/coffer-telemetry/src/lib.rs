@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod capture;
 pub mod export;
 pub mod logs;
 pub mod propagation;
@@ -98,23 +99,9 @@ pub fn init(role: &'static str, format: LogFormat) -> Result<Telemetry, Telemetr
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use crate::capture::Captured;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn with_traces_on_a_span_continues_the_remote_trace_and_log_lines_name_its_ids() {
@@ -143,7 +130,7 @@ mod tests {
             http, client,
             "the server span is a new span of the client's trace"
         );
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["span_id"], inner.span_id().to_string());
