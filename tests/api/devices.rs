@@ -19,18 +19,7 @@ async fn withdraw_from(
     device: Option<&str>,
     body: &Value,
 ) -> (StatusCode, String) {
-    let key = uuid::Uuid::new_v4().to_string();
-    let headers: Vec<(&str, &str)> = device.map(|d| ("X-Device-Id", d)).into_iter().collect();
-    let reply = app
-        .send_with(
-            "POST",
-            "/v1/withdrawals",
-            Some(&user.access_token),
-            Some(&key),
-            Some(body),
-            &headers,
-        )
-        .await;
+    let reply = app.withdraw_from(user, device, body).await;
     (reply.status, reply.code().to_string())
 }
 

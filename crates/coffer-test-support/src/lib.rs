@@ -253,14 +253,21 @@ impl TestApp {
     /// `POST /v1/withdrawals` from the user's trusted device, with a fresh Idempotency-Key.
     pub async fn withdraw(&self, user: &TestUser, body: Value) -> Reply {
         let device = self.trusted_device(user).await;
+        self.withdraw_from(user, Some(&device), &body).await
+    }
+
+    /// `POST /v1/withdrawals` naming `device` in `X-Device-Id` (or no device), with a fresh
+    /// Idempotency-Key.
+    pub async fn withdraw_from(&self, user: &TestUser, device: Option<&str>, body: &Value) -> Reply {
         let key = uuid::Uuid::new_v4().to_string();
+        let headers: Vec<(&str, &str)> = device.map(|d| ("X-Device-Id", d)).into_iter().collect();
         self.send_with(
             "POST",
             "/v1/withdrawals",
             Some(&user.access_token),
             Some(&key),
-            Some(&body),
-            &[("X-Device-Id", &device)],
+            Some(body),
+            &headers,
         )
         .await
     }
