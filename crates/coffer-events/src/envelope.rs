@@ -155,23 +155,16 @@ mod tests {
     use coffer_store::mongodb::bson::{doc, DateTime};
 
     fn row() -> OutboxDoc {
-        OutboxDoc {
-            id: "0190f0a0-0000-7000-8000-000000000001".into(),
-            event_type: "wallet.balance.updated".into(),
-            data_version: 1,
-            subject: "wallet-1".into(),
-            user_id: "user-1".into(),
-            data: doc! { "wallet_id": "wallet-1", "available": "1.5", "decimals": 18 },
-            created_at: DateTime::from_millis(1_700_000_000_123),
-            published_at: None,
-            attempts: 3,
-            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-            lease_owner: Some("replica-a".into()),
-            claim_token: Some("claim".into()),
-            lease_until: None,
-            dead_lettered_at: None,
-            last_error: Some("NO_ROUTE".into()),
-        }
+        let data = doc! { "wallet_id": "wallet-1", "available": "1.5", "decimals": 18 };
+        let mut row = OutboxDoc::new("wallet.balance.updated", 1, "wallet-1", "user-1", data);
+        row.id = "0190f0a0-0000-7000-8000-000000000001".into();
+        row.created_at = DateTime::from_millis(1_700_000_000_123);
+        row.attempts = 3;
+        row.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        row.lease_owner = Some("replica-a".into());
+        row.claim_token = Some("claim".into());
+        row.last_error = Some("NO_ROUTE".into());
+        row
     }
 
     #[test]

@@ -262,6 +262,30 @@ pub struct OutboxDoc {
     pub last_error: Option<String>,
 }
 
+impl OutboxDoc {
+    /// A new unpublished row (id and creation time now); the one constructor every writer uses,
+    /// so that the relay's bookkeeping fields start the same everywhere.
+    pub fn new(event_type: &str, data_version: u32, subject: &str, user_id: &str, data: Document) -> Self {
+        OutboxDoc {
+            id: crate::new_id(),
+            event_type: event_type.to_string(),
+            data_version,
+            subject: subject.to_string(),
+            user_id: user_id.to_string(),
+            data,
+            created_at: DateTime::now(),
+            published_at: None,
+            attempts: 0,
+            traceparent: None,
+            lease_owner: None,
+            claim_token: None,
+            lease_until: None,
+            dead_lettered_at: None,
+            last_error: None,
+        }
+    }
+}
+
 tokio::task_local! {
     /// The `traceparent` of the request being served; outbox rows written within it carry it
     /// when traces are not exported.

@@ -609,21 +609,7 @@ fn outbox_doc(
     user_id: &str,
     data: mongodb::bson::Document,
 ) -> OutboxDoc {
-    OutboxDoc {
-        id: new_id(),
-        event_type: kind.as_str().to_string(),
-        data_version: kind.data_version(),
-        subject: wallet.id.clone(),
-        user_id: user_id.to_string(),
-        data,
-        created_at: DateTime::now(),
-        published_at: None,
-        attempts: 0,
-        traceparent: crate::model::current_traceparent(),
-        lease_owner: None,
-        claim_token: None,
-        lease_until: None,
-        dead_lettered_at: None,
-        last_error: None,
-    }
+    let mut row = OutboxDoc::new(kind.as_str(), kind.data_version(), &wallet.id, user_id, data);
+    row.traceparent = crate::model::current_traceparent();
+    row
 }

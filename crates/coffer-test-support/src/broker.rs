@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use coffer_events::publisher::Readiness;
 use coffer_events::{PublisherMetrics, Relay, RelayConfig};
-use coffer_store::mongodb::bson::{doc, DateTime};
+use coffer_store::mongodb::bson::doc;
 use coffer_store::{OutboxDoc, Store};
 use futures::StreamExt;
 use lapin::options::{
@@ -260,23 +260,8 @@ pub async fn insert_events(
 }
 
 pub fn synthetic_row(subject: &str, event_type: &str, sequence: usize) -> OutboxDoc {
-    OutboxDoc {
-        id: coffer_store::new_id(),
-        event_type: event_type.to_string(),
-        data_version: 1,
-        subject: subject.to_string(),
-        user_id: format!("user-of-{subject}"),
-        data: doc! { "wallet_id": subject, "sequence": sequence as i64 },
-        created_at: DateTime::now(),
-        published_at: None,
-        attempts: 0,
-        traceparent: None,
-        lease_owner: None,
-        claim_token: None,
-        lease_until: None,
-        dead_lettered_at: None,
-        last_error: None,
-    }
+    let data = doc! { "wallet_id": subject, "sequence": sequence as i64 };
+    OutboxDoc::new(event_type, 1, subject, &format!("user-of-{subject}"), data)
 }
 
 /// Waits until no row is left unpublished (dead letters aside); panics after `wait`.

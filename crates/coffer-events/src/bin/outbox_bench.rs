@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use coffer_events::{broker, PublisherMetrics, Relay, RelayConfig};
-use coffer_store::mongodb::bson::{doc, DateTime};
+use coffer_store::mongodb::bson::doc;
 use coffer_store::{OutboxDoc, Store, StoreConfig, StoreMetrics};
 use futures::TryStreamExt;
 use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -156,21 +156,12 @@ async fn relay_run(store: &Store, exchange: &str, amqp_uri: &str) -> (f64, f64, 
 
 fn row(subject: &str) -> OutboxDoc {
     let padding = "x".repeat(200);
-    OutboxDoc {
-        id: coffer_store::new_id(),
-        event_type: "wallet.balance.updated".into(),
-        data_version: 1,
-        subject: subject.to_string(),
-        user_id: format!("user-of-{subject}"),
-        data: doc! { "wallet_id": subject, "available": "1.5", "note": padding },
-        created_at: DateTime::now(),
-        published_at: None,
-        attempts: 0,
-        traceparent: None,
-        lease_owner: None,
-        claim_token: None,
-        lease_until: None,
-        dead_lettered_at: None,
-        last_error: None,
-    }
+    let data = doc! { "wallet_id": subject, "available": "1.5", "note": padding };
+    OutboxDoc::new(
+        "wallet.balance.updated",
+        1,
+        subject,
+        &format!("user-of-{subject}"),
+        data,
+    )
 }
