@@ -1,14 +1,14 @@
 //! The ledger write path against the real server: atomicity, verification, pagination.
 
-use coffer_domain::{Amount, Bucket, LedgerTransaction, Posting, StateChange, TxKind, TxState};
-use coffer_store::money::NewMovement;
+use coffer_domain::{Amount, Bucket, LedgerTransaction, Movement, Posting, StateChange, TxKind, TxState};
 use coffer_store::{Role, StoreError};
 use coffer_test_support::TestApp;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<String>) -> NewMovement {
-    NewMovement {
+fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<String>) -> Movement {
+    Movement {
+        transaction_id: coffer_store::new_id(),
         ledger,
         ledger_key: format!("test:{}", uuid::Uuid::new_v4()),
         state: TxState::Confirmed,
@@ -25,7 +25,8 @@ fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<Strin
         external_reference: None,
         destination: None,
         participants,
-        velocity: None,
+        limits: Vec::new(),
+        events: Vec::new(),
     }
 }
 
@@ -60,7 +61,7 @@ async fn a_movement_that_fails_midway_leaves_nothing_behind() {
     .unwrap();
     let result = app
         .store
-        .apply_movement(&adjustment(ledger, amount, vec![alice.id.clone()]))
+        .apply_movement(adjustment(ledger, amount, vec![alice.id.clone()]))
         .await;
     assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}");
 

@@ -44,25 +44,38 @@ fn summary(spans: &[ReceivedSpan]) -> Vec<String> {
     spans.iter().map(line).collect()
 }
 
-/// The transaction span under `http`, after checking it and its outbox insert and commit spans.
+/// The batch span (its own trace: group commit serves many requests) that links to `movement`.
+fn batch_of<'a>(all: &'a [ReceivedSpan], movement: &ReceivedSpan) -> Option<&'a ReceivedSpan> {
+    let link = (movement.trace_id.clone(), movement.span_id.clone());
+    all.iter().find(|s| s.name == "transaction" && s.links.contains(&link))
+}
+
+/// The movement span under `http` and the batch transaction that wrote it, after checking them
+/// and the batch's outbox insert and commit spans.
 fn assert_database_spans<'a>(
-    spans: &'a [ReceivedSpan],
+    ours: &'a [ReceivedSpan],
+    all: &'a [ReceivedSpan],
     http: &ReceivedSpan,
     database: &str,
-) -> &'a ReceivedSpan {
-    let transaction = child(spans, "transaction", &http.span_id);
+) -> (&'a ReceivedSpan, &'a ReceivedSpan) {
+    let movement = child(ours, "ledger.apply", &http.span_id);
+    assert_eq!(movement.attribute("db.system"), Some("mongodb"));
+    let transaction = batch_of(all, movement)
+        .unwrap_or_else(|| panic!("a batch span linked to the movement: {:#?}", summary(all)));
     assert_eq!(transaction.kind, "client");
+    assert_eq!(transaction.parent_span_id, "", "a batch is a root span");
     assert_eq!(transaction.attribute("db.system"), Some("mongodb"));
     assert_eq!(transaction.attribute("db.namespace"), Some(database));
-    let insert = child(spans, "insert outbox", &transaction.span_id);
+    assert_eq!(transaction.attribute("coffer.batch.movements"), Some("1"));
+    let insert = child(all, "insert outbox", &transaction.span_id);
     assert_eq!(insert.kind, "client");
     assert_eq!(insert.attribute("db.system"), Some("mongodb"));
     assert_eq!(insert.attribute("db.operation.name"), Some("insert"));
     assert_eq!(insert.attribute("db.collection.name"), Some("outbox"));
     assert_eq!(insert.attribute("db.namespace"), Some(database));
-    let commit = child(spans, "commitTransaction", &transaction.span_id);
+    let commit = child(all, "commitTransaction", &transaction.span_id);
     assert_eq!(commit.attribute("db.operation.name"), Some("commitTransaction"));
-    transaction
+    (movement, transaction)
 }
 
 /// Installs span export to `receiver` and JSON logs into the returned buffer.
@@ -152,13 +165,13 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     publisher.abort();
     consumer.abort();
 
-    let spans = receiver
+    let all = receiver
         .wait_for(WAIT, flusher(&provider), |spans| {
             let ours = spans.iter().filter(|s| s.trace_id == trace_id);
             ours.filter(|s| s.name == "send /v1/stream").count() >= 2
         })
         .await;
-    let spans: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+    let spans: Vec<ReceivedSpan> = all.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
 
     // HTTP server span: the client's span is its parent.
     let http = child(&spans, "POST /v1/transfers", &client_span_id);
@@ -170,14 +183,15 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     assert_eq!(http.attribute("http.response.status_code"), Some("201"));
     assert!(!http.error);
 
-    // The database transaction is the HTTP span's child; the outbox insert and the commit its.
-    let transaction = assert_database_spans(&spans, http, app.store.database().name());
+    // The movement is the HTTP span's child; the batch transaction that wrote it links to it,
+    // and has the outbox insert and the commit as its children.
+    let (movement, _) = assert_database_spans(&spans, &all, http, app.store.database().name());
 
-    // Each outbox row stores the context of the transaction that wrote it.
+    // Each outbox row stores the context of the movement that wrote it.
     for row in &rows {
         assert_eq!(
             row.traceparent.as_deref(),
-            Some(transaction.traceparent().as_str())
+            Some(movement.traceparent().as_str())
         );
     }
 
@@ -188,7 +202,7 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
             .iter()
             .find(|s| s.name == exchange_publish && s.attribute("messaging.message.id") == Some(&row.id))
             .unwrap_or_else(|| panic!("a publish span for {}: {:#?}", row.id, summary(&spans)));
-        assert_eq!(publish.parent_span_id, transaction.span_id);
+        assert_eq!(publish.parent_span_id, movement.span_id);
         assert_eq!(publish.kind, "producer");
         assert_eq!(publish.attribute("messaging.system"), Some("rabbitmq"));
         assert_eq!(publish.attribute("messaging.operation.type"), Some("publish"));
@@ -250,43 +264,48 @@ async fn when_asked_every_database_command_is_a_span_of_the_operation_that_ran_i
     let (trace_id, client_span_id) = (random_hex(16), random_hex(8));
     traced_transfer(&app, &alice.access_token, &a, &b, &trace_id, &client_span_id).await;
 
-    let spans = receiver
+    let all = receiver
         .wait_for(WAIT, flusher(&provider), |spans| {
-            spans.iter().any(|s| s.trace_id == trace_id && s.kind == "server")
+            let movement = spans.iter().find(|s| s.trace_id == trace_id && s.name == "ledger.apply");
+            let server = spans.iter().any(|s| s.trace_id == trace_id && s.kind == "server");
+            server && movement.is_some_and(|m| batch_of(spans, m).is_some())
         })
         .await;
-    let spans: Vec<ReceivedSpan> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+    let spans: Vec<ReceivedSpan> = all.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
     let http = child(&spans, "POST /v1/transfers", &client_span_id);
-    let transaction = assert_database_spans(&spans, http, app.store.database().name());
+    let (_, transaction) = assert_database_spans(&spans, &all, http, app.store.database().name());
     let in_transaction = |name: &str| {
         let of = |s: &&ReceivedSpan| s.name == name && s.parent_span_id == transaction.span_id;
-        spans.iter().filter(of).count()
+        all.iter().filter(of).count()
     };
-    assert_eq!(in_transaction("insert transactions"), 1, "{:#?}", summary(&spans));
+    assert_eq!(in_transaction("insert transactions"), 1, "{:#?}", summary(&all));
     assert_eq!(
-        in_transaction("findAndModify wallets"),
-        2,
-        "a balance update per wallet"
+        in_transaction("update wallets"),
+        1,
+        "one update command for every balance change of the batch"
     );
     assert_eq!(in_transaction("insert ledger_entries"), 1);
-    let find = spans.iter().find(|s| s.name == "findAndModify wallets").unwrap();
-    assert_eq!(find.kind, "client");
-    assert_eq!(find.attribute("db.system"), Some("mongodb"));
-    assert_eq!(find.attribute("db.operation.name"), Some("findAndModify"));
-    assert_eq!(find.attribute("db.collection.name"), Some("wallets"));
-    assert_eq!(find.attribute("db.namespace"), Some(app.store.database().name()));
-    // A command runs under the operation span the write path opened around it.
-    let insert = child(&spans, "insert outbox", &transaction.span_id);
-    child(&spans, "insert outbox", &insert.span_id);
-    let commit = child(&spans, "commitTransaction", &transaction.span_id);
-    child(&spans, "commitTransaction", &commit.span_id);
-    // Reads and the idempotency record, outside the transaction, are the request's children.
-    let outside = spans
-        .iter()
-        .filter(|s| s.parent_span_id == http.span_id && s.attribute("db.system") == Some("mongodb"));
-    let names: Vec<&str> = outside.map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"insert idempotency_keys") && names.contains(&"update idempotency_keys"),
-        "{names:?}"
+    assert_eq!(
+        in_transaction("insert idempotency_keys"),
+        1,
+        "the idempotent response commits with the money"
     );
+    let update = all.iter().find(|s| s.name == "update wallets").unwrap();
+    assert_eq!(update.kind, "client");
+    assert_eq!(update.attribute("db.system"), Some("mongodb"));
+    assert_eq!(update.attribute("db.operation.name"), Some("update"));
+    assert_eq!(update.attribute("db.collection.name"), Some("wallets"));
+    assert_eq!(update.attribute("db.namespace"), Some(app.store.database().name()));
+    // A command runs under the operation span the write path opened around it.
+    let insert = child(&all, "insert outbox", &transaction.span_id);
+    child(&all, "insert outbox", &insert.span_id);
+    let commit = child(&all, "commitTransaction", &transaction.span_id);
+    child(&all, "commitTransaction", &commit.span_id);
+    // Nothing of the movement runs outside its batch: no idempotency claim or completion.
+    let outside: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.attribute("db.collection.name") == Some("idempotency_keys"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 }

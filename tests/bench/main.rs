@@ -197,7 +197,8 @@ async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -
 
 /// The store's write path alone (no HTTP, no idempotency record): where the time goes.
 async fn store_transfers(app: &TestApp, total: usize) -> Figures {
-    use coffer_domain::{Amount, LedgerTransaction, StateChange, TxState};
+    use coffer_domain::Amount;
+    let usdt = app.catalog.current().get("USDT").unwrap().clone();
     let payment = app.staff(Role::Payment).await;
     let (alice, bob) = (app.register().await, app.register().await);
     let from = app.create_wallet(&alice, "USDT").await;
@@ -208,26 +209,22 @@ async fn store_transfers(app: &TestApp, total: usize) -> Figures {
     let started = Instant::now();
     for _ in 0..total {
         let t = Instant::now();
-        let movement = coffer_store::money::NewMovement {
-            ledger: LedgerTransaction::transfer("USDT", &from, &to, amount).unwrap(),
-            ledger_key: format!("bench:{}", uuid::Uuid::new_v4()),
-            state: TxState::Confirmed,
-            timeline: vec![StateChange::initial(
-                TxState::Confirmed,
-                chrono::Utc::now(),
-                "bench",
-            )],
-            amount,
-            decimals: 6,
+        let origin = coffer_domain::Origin {
+            transaction_id: coffer_store::new_id(),
+            now: chrono::Utc::now(),
             initiated_by: alice.id.clone(),
-            from_wallet_id: Some(from.clone()),
-            to_wallet_id: Some(to.clone()),
-            external_reference: None,
-            destination: None,
-            participants: vec![alice.id.clone(), bob.id.clone()],
-            velocity: None,
         };
-        app.store.apply_movement(&movement).await.unwrap();
+        let refs = app.store.wallet_refs(&[&from, &to]).await.unwrap();
+        let movement = coffer_domain::plan::plan_transfer(
+            origin,
+            &uuid::Uuid::new_v4().to_string(),
+            &refs[&from],
+            &refs[&to],
+            amount,
+            &usdt,
+        )
+        .unwrap();
+        app.store.apply_movement(movement).await.unwrap();
         latencies.push(t.elapsed());
     }
     Figures {

@@ -256,7 +256,7 @@ async fn ingest(ctx: &ApiContext, provider: &str, event: &WebhookDeposit) -> Api
     };
     let observation = ctx
         .store()
-        .observe_deposit(&deposit, Some((asset.decimals, asset.deposits_enabled)))
+        .observe_deposit(&deposit, Some(&asset))
         .await?;
     let outcome = match observation {
         Observation::Recorded => "recorded",

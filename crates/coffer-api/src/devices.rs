@@ -27,7 +27,7 @@ pub struct RegisterDeviceRequest {
     pub name: String,
 }
 
-fn untrusted() -> ApiError {
+pub(crate) fn untrusted() -> ApiError {
     ApiError::ForbiddenBecause {
         code: "device_not_trusted",
         detail: "send X-Device-Id naming one of your trusted devices; a new device is trusted after its \
@@ -36,22 +36,32 @@ fn untrusted() -> ApiError {
     }
 }
 
+/// The caller's trusted device named by `X-Device-Id`, if the header names one.
+pub async fn trusted_device(
+    ctx: &ApiContext,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> ApiResult<Option<String>> {
+    let Some(id) = headers
+        .get(DEVICE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+    else {
+        return Ok(None);
+    };
+    let device = ctx.store().device_of(&principal.user_id, id).await?;
+    Ok(device
+        .filter(|d| d.is_trusted_at(DateTime::now()))
+        .map(|d| d.id))
+}
+
 /// The caller's trusted device named by `X-Device-Id`, or `device_not_trusted`.
 pub async fn require_trusted_device(
     ctx: &ApiContext,
     principal: &Principal,
     headers: &HeaderMap,
 ) -> ApiResult<String> {
-    let id = headers
-        .get(DEVICE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64)
-        .ok_or_else(untrusted)?;
-    let device = ctx.store().device_of(&principal.user_id, id).await?;
-    match device {
-        Some(device) if device.is_trusted_at(DateTime::now()) => Ok(device.id),
-        _ => Err(untrusted()),
-    }
+    trusted_device(ctx, principal, headers).await?.ok_or_else(untrusted)
 }
 
 async fn audit(ctx: &ApiContext, principal: &Principal, action: &str, device: &str) -> ApiResult<()> {

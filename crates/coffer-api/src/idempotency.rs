@@ -1,19 +1,26 @@
-//! The `Idempotency-Key` middleware (L5, API level).
+//! The `Idempotency-Key` middlewares (L5, API level).
 //!
 //! For an authenticated mutating request with a key: the first request runs and its response is
 //! stored; the same key with the same request (method, path, body) replays that response with
 //! `Idempotent-Replayed: true`; with a different request it is 422 `idempotency_key_reused`;
-//! while the first is still running it is 409 `idempotency_key_in_progress`. Responses that ask
-//! the client to retry (429, 5xx) are not stored, so the retry runs again. The money itself is
-//! additionally protected by a deterministic ledger key derived from the same key.
+//! while the first is still running it is 409 `idempotency_key_in_progress`.
+//!
+//! Two ways to store it:
+//! - [`middleware`] (wallets, devices, admin actions) claims the key before the handler runs and
+//!   stores its response after; responses that ask the client to retry (429, 5xx) are not stored.
+//! - [`money_middleware`] (transfers, deposits, withdrawals) claims nothing: the handler passes
+//!   the key and request fingerprint on with its movement, and the store writes the response in
+//!   the SAME database transaction as the money, so a crash can never leave money moved without
+//!   the response its retry replays. A refusal stores nothing (nothing moved: a retry is judged
+//!   afresh), and a movement applied before is answered from its stored response. The money is
+//!   additionally protected by the deterministic ledger key derived from the same key.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use coffer_store::idempotency::{Begin, StoredResponse};
-use coffer_store::mongodb::bson::{spec::BinarySubtype, Binary};
+use coffer_store::idempotency::{Begin, Lookup, StoredResponse};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -42,21 +49,44 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_string())
 }
 
-pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+/// What the money middleware hands to a handler: whose key, which key, and the request's
+/// fingerprint (method, path, body).
+#[derive(Debug, Clone)]
+pub struct IdempotencyContext {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<IdempotencyContext>().cloned())
+    }
+}
+
+/// Marks a handler's answer to a movement that was applied before: the middleware replays the
+/// stored response instead when the key has one.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeReplay;
+
+/// An authenticated request with an Idempotency-Key, its body read: (scope, key, parts, body,
+/// fingerprint); `Err` is the response to send (no key: the request itself, to run as is).
+async fn keyed(ctx: &ApiContext, request: Request) -> Result<(IdempotencyContext, Request), KeyedError> {
     let principal = bearer(request.headers()).and_then(|token| ctx.tokens().verify_access(token).ok());
     let (Some(principal), Some(_)) = (principal, request.headers().get(HEADER)) else {
         // Unauthenticated or keyless: the handler answers 401 / idempotency_key_required.
-        return next.run(request).await;
+        return Err(KeyedError::Unkeyed(request));
     };
-    let key = match idempotency_key(request.headers()) {
-        Ok(key) => key,
-        Err(error) => return error.into_response(),
-    };
+    let key = idempotency_key(request.headers()).map_err(|e| KeyedError::Refused(e.into_response()))?;
     let (parts, body) = request.into_parts();
-    let bytes = match to_bytes(body, ctx.config().body_limit_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => return ApiError::PayloadTooLarge.into_response(),
-    };
+    let bytes = to_bytes(body, ctx.config().body_limit_bytes)
+        .await
+        .map_err(|_| KeyedError::Refused(ApiError::PayloadTooLarge.into_response()))?;
     let mut hasher = Sha256::new();
     for piece in [
         parts.method.as_str().as_bytes(),
@@ -66,8 +96,81 @@ pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: N
         hasher.update((piece.len() as u64).to_be_bytes());
         hasher.update(piece);
     }
-    let fingerprint = hex::encode(hasher.finalize());
-    let scope = principal.user_id.clone();
+    let context = IdempotencyContext {
+        scope: principal.user_id.clone(),
+        key,
+        fingerprint: hex::encode(hasher.finalize()),
+    };
+    Ok((context, Request::from_parts(parts, Body::from(bytes))))
+}
+
+enum KeyedError {
+    Unkeyed(Request),
+    Refused(Response),
+}
+
+fn reused() -> Response {
+    ApiError::Unprocessable {
+        code: "idempotency_key_reused",
+        detail: "this Idempotency-Key was used for a different request".into(),
+    }
+    .into_response()
+}
+
+fn in_progress() -> Response {
+    ApiError::Conflict {
+        code: "idempotency_key_in_progress",
+        detail: "a request with this Idempotency-Key is still being processed".into(),
+    }
+    .into_response()
+}
+
+/// The money routes' middleware: see the module documentation.
+pub async fn money_middleware(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let (context, mut request) = match keyed(&ctx, request).await {
+        Ok(keyed) => keyed,
+        Err(KeyedError::Unkeyed(request)) => return next.run(request).await,
+        Err(KeyedError::Refused(response)) => return response,
+    };
+    request.extensions_mut().insert(context.clone());
+    let response = next.run(request).await;
+    let status = response.status();
+    let duplicate = response.extensions().get::<MaybeReplay>().is_some();
+    // A refusal may meet a key whose movement succeeded before (e.g. a retry that the balance
+    // could no longer cover): the stored success wins.
+    if !duplicate && !(status.is_client_error() && status.as_u16() != 429) {
+        return response;
+    }
+    let found = ctx
+        .store()
+        .idempotency_lookup(&context.scope, &context.key, &context.fingerprint)
+        .await;
+    match found {
+        Ok(Lookup::Replay(stored)) => {
+            ctx.metrics().idempotent_replays.inc();
+            replay(stored)
+        }
+        Ok(Lookup::Mismatch) => reused(),
+        Ok(Lookup::InProgress) => in_progress(),
+        Ok(Lookup::Absent) => response,
+        Err(error) => {
+            tracing::warn!(%error, "could not look an idempotency key up; answering as the handler did");
+            response
+        }
+    }
+}
+
+pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let (context, request) = match keyed(&ctx, request).await {
+        Ok(keyed) => keyed,
+        Err(KeyedError::Unkeyed(request)) => return next.run(request).await,
+        Err(KeyedError::Refused(response)) => return response,
+    };
+    let IdempotencyContext {
+        scope,
+        key,
+        fingerprint,
+    } = context;
     let store = ctx.store();
     match store.idempotency_begin(&scope, &key, &fingerprint).await {
         Err(error) => return ApiError::from(error).into_response(),
@@ -75,23 +178,11 @@ pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: N
             ctx.metrics().idempotent_replays.inc();
             return replay(stored);
         }
-        Ok(Begin::Mismatch) => {
-            return ApiError::Unprocessable {
-                code: "idempotency_key_reused",
-                detail: "this Idempotency-Key was used for a different request".into(),
-            }
-            .into_response()
-        }
-        Ok(Begin::InProgress) => {
-            return ApiError::Conflict {
-                code: "idempotency_key_in_progress",
-                detail: "a request with this Idempotency-Key is still being processed".into(),
-            }
-            .into_response()
-        }
+        Ok(Begin::Mismatch) => return reused(),
+        Ok(Begin::InProgress) => return in_progress(),
         Ok(Begin::Started) => {}
     }
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next.run(request).await;
     let status = response.status();
     let retryable = status.is_server_error() || status.as_u16() == 429;
     if retryable {
@@ -113,10 +204,7 @@ pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: N
     let stored = StoredResponse {
         status: status.as_u16(),
         content_type,
-        body: Binary {
-            subtype: BinarySubtype::Generic,
-            bytes: body.to_vec(),
-        },
+        body: body.to_vec(),
     };
     if let Err(e) = store.idempotency_complete(&scope, &key, stored).await {
         // The movement is committed; a retry is still safe because of the ledger key.
@@ -126,7 +214,7 @@ pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: N
 }
 
 fn replay(stored: StoredResponse) -> Response {
-    let mut response = Response::new(Body::from(stored.body.bytes));
+    let mut response = Response::new(Body::from(stored.body));
     *response.status_mut() = axum::http::StatusCode::from_u16(stored.status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = HeaderValue::from_str(&stored.content_type) {

@@ -164,6 +164,7 @@ struct Groups {
     auth: OpenApiRouter<ApiContext>,
     reads: OpenApiRouter<ApiContext>,
     writes: OpenApiRouter<ApiContext>,
+    money: OpenApiRouter<ApiContext>,
     admin_reads: OpenApiRouter<ApiContext>,
     admin_writes: OpenApiRouter<ApiContext>,
 }
@@ -192,12 +193,13 @@ fn groups() -> Groups {
             .routes(routes!(devices::list_devices)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
-            .routes(routes!(money::create_transfer))
-            .routes(routes!(money::create_deposit))
-            .routes(routes!(money::create_withdrawal))
             .routes(routes!(devices::register_device))
             .routes(routes!(devices::trust_device))
             .routes(routes!(devices::revoke_device)),
+        money: OpenApiRouter::new()
+            .routes(routes!(money::create_transfer))
+            .routes(routes!(money::create_deposit))
+            .routes(routes!(money::create_withdrawal)),
         admin_reads: admin::reads(),
         admin_writes: admin::writes(),
     }
@@ -254,6 +256,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(g.auth)
         .merge(g.reads)
         .merge(g.writes)
+        .merge(g.money)
         .merge(g.admin_reads)
         .merge(g.admin_writes)
         .into_openapi()
@@ -266,6 +269,7 @@ pub fn router(ctx: ApiContext) -> Router {
     let (auth, _) = g.auth.split_for_parts();
     let (reads, _) = g.reads.split_for_parts();
     let (writes, _) = g.writes.split_for_parts();
+    let (money, _) = g.money.split_for_parts();
     let (admin_reads, _) = g.admin_reads.split_for_parts();
     let (admin_writes, _) = g.admin_writes.split_for_parts();
     // Admin writes take Idempotency-Key like every mutating route.
@@ -276,12 +280,17 @@ pub fn router(ctx: ApiContext) -> Router {
     let writes = writes
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
+    // Money routes store their idempotent response in the movement's own transaction.
+    let money = money
+        .route_layer(from_fn_with_state(ctx.clone(), idempotency::money_middleware))
+        .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(operations)
         .merge(auth)
         .merge(reads)
         .merge(writes)
+        .merge(money)
         .merge(admin_reads)
         .merge(admin_writes)
         .fallback(|| async { error::ApiError::NotFound })

@@ -1,19 +1,25 @@
-//! Money-moving endpoints: thin handlers that parse, authorize, build one balanced movement and
-//! hand it to the store's single-transaction write path.
+//! Money-moving endpoints. Each handler parses, authorizes, asks the domain for a plan
+//! (`coffer_domain::plan`), hands it to the store's group commit with the response its
+//! Idempotency-Key keeps, and renders the committed record.
+
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use coffer_domain::{Amount, AssetConfig, LedgerTransaction, StateChange, TxState};
-use coffer_store::money::{NewMovement, VelocityCharge};
-use coffer_store::{Role, StoreError, TransactionDoc, WalletDoc};
+use coffer_domain::plan::{self, Refusal, WithdrawalAuthority};
+use coffer_domain::{Amount, AssetConfig, Movement, Origin, WalletRef};
+use coffer_store::batch::{IdempotentWrite, Submission};
+use coffer_store::idempotency::StoredResponse;
+use coffer_store::{Role, StoreError, TransactionDoc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Principal, ValidJson};
-use crate::idempotency::idempotency_key;
+use crate::idempotency::{idempotency_key, IdempotencyContext, MaybeReplay};
 use crate::views::TransactionView;
 use crate::ApiContext;
 
@@ -53,22 +59,31 @@ fn wallet_not_found(field: &str) -> ApiError {
     }
 }
 
-fn parse_amount(text: &str, asset: &AssetConfig) -> ApiResult<Amount> {
-    let amount = Amount::parse_positive(text, asset.decimals).map_err(|e| ApiError::amount(e, "amount"))?;
-    if amount > coffer_domain::amount::ledger_max() {
-        return Err(ApiError::invalid_field(
-            "amount_too_large",
-            "amount",
-            "the amount is above the ledger's limit",
-        ));
+/// A plan's refusal as a problem document.
+pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
+    let detail = refusal.to_string();
+    match refusal {
+        Refusal::NotAUserWallet => wallet_not_found(field),
+        Refusal::AmountTooLarge => ApiError::invalid_field(refusal.code(), "amount", detail),
+        Refusal::DeviceNotTrusted => crate::devices::untrusted(),
+        Refusal::ReauthenticationRequired => ApiError::Unauthenticated {
+            code: refusal.code(),
+        },
+        _ => ApiError::Unprocessable {
+            code: refusal.code(),
+            detail,
+        },
     }
-    Ok(amount)
 }
 
-fn asset_of(ctx: &ApiContext, wallet: &WalletDoc) -> ApiResult<AssetConfig> {
+fn parse_amount(text: &str, asset: &AssetConfig) -> ApiResult<Amount> {
+    Amount::parse_positive(text, asset.decimals).map_err(|e| ApiError::amount(e, "amount"))
+}
+
+fn asset_of(ctx: &ApiContext, symbol: &str) -> ApiResult<AssetConfig> {
     ctx.assets()
         .current()
-        .get(&wallet.asset)
+        .get(symbol)
         .cloned()
         .ok_or(ApiError::Unprocessable {
             code: "asset_unavailable",
@@ -76,59 +91,85 @@ fn asset_of(ctx: &ApiContext, wallet: &WalletDoc) -> ApiResult<AssetConfig> {
         })
 }
 
-fn ledger_error(error: coffer_domain::LedgerError) -> ApiError {
-    match error {
-        coffer_domain::LedgerError::SameAccount => ApiError::Unprocessable {
-            code: "same_wallet",
-            detail: "the source and destination are the same wallet".into(),
-        },
-        other => ApiError::Internal(other.to_string()),
+/// The wallets named by `ids` (owner and asset), from the store's cache of immutable facts.
+async fn wallets(ctx: &ApiContext, ids: &[&str]) -> ApiResult<std::collections::HashMap<String, WalletRef>> {
+    Ok(ctx.store().wallet_refs(ids).await?)
+}
+
+fn origin(principal: &Principal) -> Origin {
+    Origin {
+        transaction_id: coffer_store::new_id(),
+        now: Utc::now(),
+        initiated_by: principal.user_id.clone(),
     }
 }
 
-fn created(tx: &TransactionDoc, _asset: &AssetConfig) -> (StatusCode, Json<TransactionView>) {
-    (StatusCode::CREATED, Json(TransactionView::from_doc(tx)))
-}
-
-/// The common path of every movement: write it, and map "already applied" to the existing record.
-async fn apply(ctx: &ApiContext, movement: NewMovement) -> Result<(TransactionDoc, bool), ApiError> {
-    match ctx.store().apply_movement(&movement).await {
-        Ok(tx) => Ok((tx, true)),
-        Err(StoreError::DuplicateLedgerKey(existing)) => Ok((*existing, false)),
-        Err(other) => Err(other.into()),
+/// The 201 a new movement answers, as stored for its Idempotency-Key.
+fn render_created(tx: &TransactionDoc) -> StoredResponse {
+    let body = serde_json::to_vec(&TransactionView::from_doc(tx)).expect("views serialize");
+    StoredResponse {
+        status: StatusCode::CREATED.as_u16(),
+        content_type: "application/json".into(),
+        body,
     }
 }
 
-/// A replayed ledger key must be the same movement; otherwise the client reused a key (possibly
-/// after the 24 h idempotency record expired) for a different request.
-fn same_movement(
-    tx: TransactionDoc,
-    fresh: bool,
-    from: &str,
-    to: Option<&str>,
-    amount: Amount,
-) -> ApiResult<TransactionDoc> {
-    if fresh
-        || (tx.from_wallet_id.as_deref() == Some(from)
-            && tx.to_wallet_id.as_deref() == to
-            && tx.amount == amount)
-    {
-        Ok(tx)
-    } else {
-        Err(ApiError::Unprocessable {
-            code: "idempotency_key_reused",
-            detail: "this Idempotency-Key was used for a different request".into(),
-        })
+fn created(tx: &TransactionDoc) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, Json(TransactionView::from_doc(tx))).into_response())
+}
+
+/// What applying a movement came to.
+enum Applied {
+    /// Committed now.
+    Fresh(TransactionDoc),
+    /// Applied before (its ledger key or idempotency key is taken): the duplicate's answer,
+    /// marked so the middleware replays the stored response instead when there is one.
+    Duplicate(Response),
+}
+
+/// Applies `movement` with the caller's idempotency record; `duplicate` answers a movement that
+/// was applied before (given the existing record, or None when only the key was taken).
+async fn apply(
+    ctx: &ApiContext,
+    movement: Movement,
+    request: Option<IdempotencyContext>,
+    duplicate: impl FnOnce(Option<&TransactionDoc>) -> ApiResult<Response>,
+) -> ApiResult<Applied> {
+    let idempotency = request.map(|r| IdempotentWrite {
+        scope: r.scope,
+        key: r.key,
+        fingerprint: r.fingerprint,
+        render: Arc::new(render_created),
+    });
+    let submission = Submission {
+        movement,
+        idempotency,
+    };
+    let answer = match ctx.store().apply(submission).await {
+        Ok(tx) => return Ok(Applied::Fresh(tx)),
+        Err(StoreError::DuplicateLedgerKey(existing)) => duplicate(Some(&existing)),
+        Err(StoreError::IdempotencyKeyTaken) => duplicate(None),
+        Err(other) => return Err(other.into()),
+    };
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(MaybeReplay);
+    Ok(Applied::Duplicate(response))
+}
+
+impl Applied {
+    fn respond(self) -> ApiResult<Response> {
+        match self {
+            Applied::Fresh(tx) => created(&tx),
+            Applied::Duplicate(response) => Ok(response),
+        }
     }
 }
 
-fn initial_timeline(states: &[(TxState, &str)]) -> Vec<StateChange> {
-    let now = Utc::now();
-    let mut timeline = vec![StateChange::initial(states[0].0, now, states[0].1)];
-    for pair in states.windows(2) {
-        timeline.push(StateChange::step(pair[0].0, pair[1].0, now, pair[1].1).expect("allowed transitions"));
+fn key_reused() -> ApiError {
+    ApiError::Unprocessable {
+        code: "idempotency_key_reused",
+        detail: "this Idempotency-Key was used for a different request".into(),
     }
-    timeline
 }
 
 /// Move funds between two wallets of one asset.
@@ -144,53 +185,36 @@ pub async fn create_transfer(
     State(ctx): State<ApiContext>,
     principal: Principal,
     headers: HeaderMap,
+    request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<TransferRequest>,
-) -> ApiResult<(StatusCode, Json<TransactionView>)> {
+) -> ApiResult<Response> {
     principal.require(&[Role::User])?;
     let key = idempotency_key(&headers)?;
-    let store = ctx.store();
-    let from = store
-        .wallet_of_user(&principal.user_id, &body.from_wallet_id)
-        .await?;
-    let from = from.ok_or_else(|| wallet_not_found("from_wallet_id"))?;
-    let asset = asset_of(&ctx, &from)?;
+    let found = wallets(&ctx, &[&body.from_wallet_id, &body.to_wallet_id]).await?;
+    let from = found
+        .get(&body.from_wallet_id)
+        .filter(|w| w.user_id.as_deref() == Some(principal.user_id.as_str()))
+        .ok_or_else(|| wallet_not_found("from_wallet_id"))?;
+    let asset = asset_of(&ctx, &from.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
-    let to = store.wallet_by_id(&body.to_wallet_id).await?;
-    let to = to
-        .filter(|w| w.user_id.is_some())
+    let to = found
+        .get(&body.to_wallet_id)
         .ok_or_else(|| wallet_not_found("to_wallet_id"))?;
-    if to.asset != from.asset {
-        return Err(ApiError::Unprocessable {
-            code: "asset_mismatch",
-            detail: "the wallets hold different assets".into(),
-        });
-    }
-    let ledger =
-        LedgerTransaction::transfer(&asset.symbol, &from.id, &to.id, amount).map_err(ledger_error)?;
-    let movement = NewMovement {
-        ledger,
-        ledger_key: format!("api:{}:{}", principal.user_id, key),
-        state: TxState::Confirmed,
-        timeline: initial_timeline(&[
-            (TxState::Created, "requested"),
-            (TxState::Confirmed, "internal transfer posted"),
-        ]),
-        amount,
-        decimals: asset.decimals,
-        initiated_by: principal.user_id.clone(),
-        from_wallet_id: Some(from.id.clone()),
-        to_wallet_id: Some(to.id.clone()),
-        external_reference: None,
-        destination: None,
-        participants: [from.user_id.clone(), to.user_id.clone()]
-            .into_iter()
-            .flatten()
-            .collect(),
-        velocity: None,
-    };
-    let (tx, fresh) = apply(&ctx, movement).await?;
-    let tx = same_movement(tx, fresh, &from.id, Some(&to.id), amount)?;
-    Ok(created(&tx, &asset))
+    let movement = plan::plan_transfer(origin(&principal), &key, from, to, amount, &asset)
+        .map_err(|r| refusal(r, "to_wallet_id"))?;
+    let (from_id, to_id) = (from.id.clone(), to.id.clone());
+    apply(&ctx, movement, request, |existing| match existing {
+        Some(tx) if same(tx, &from_id, Some(&to_id), amount) => created(tx),
+        _ => Err(key_reused()),
+    })
+    .await?
+    .respond()
+}
+
+/// A replayed ledger key must be the same movement; otherwise the client reused a key (possibly
+/// after its 24 h idempotency record expired) for a different request.
+fn same(tx: &TransactionDoc, from: &str, to: Option<&str>, amount: Amount) -> bool {
+    tx.from_wallet_id.as_deref() == Some(from) && tx.to_wallet_id.as_deref() == to && tx.amount == amount
 }
 
 /// Credit a wallet from a payment rail (service role `payment` only).
@@ -203,8 +227,9 @@ pub async fn create_deposit(
     State(ctx): State<ApiContext>,
     principal: Principal,
     headers: HeaderMap,
+    request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<DepositRequest>,
-) -> ApiResult<(StatusCode, Json<TransactionView>)> {
+) -> ApiResult<Response> {
     principal.require(&[Role::Payment])?;
     idempotency_key(&headers)?;
     let reference = body.external_reference.trim();
@@ -215,51 +240,31 @@ pub async fn create_deposit(
             "1 to 128 characters",
         ));
     }
-    let wallet = ctx.store().wallet_by_id(&body.wallet_id).await?;
-    let wallet = wallet
+    let found = wallets(&ctx, &[&body.wallet_id]).await?;
+    let wallet = found
+        .get(&body.wallet_id)
         .filter(|w| w.user_id.is_some())
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
-    let asset = asset_of(&ctx, &wallet)?;
-    if !asset.deposits_enabled {
-        return Err(ApiError::Unprocessable {
-            code: "deposits_disabled",
-            detail: "deposits of this asset are paused".into(),
-        });
-    }
+    let asset = asset_of(&ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
+    let movement = plan::plan_rail_deposit(origin(&principal), "payment", reference, wallet, amount, &asset)
+        .map_err(|r| refusal(r, "wallet_id"))?;
     ctx.store()
         .ensure_platform_accounts(&asset.symbol, asset.decimals)
         .await?;
-    let ledger = LedgerTransaction::deposit(&asset.symbol, &wallet.id, amount).map_err(ledger_error)?;
-    let movement = NewMovement {
-        ledger,
-        ledger_key: format!("deposit:payment:{reference}"),
-        state: TxState::Confirmed,
-        timeline: initial_timeline(&[
-            (TxState::Created, "reported by payment rail"),
-            (TxState::Confirmed, "credited"),
-        ]),
-        amount,
-        decimals: asset.decimals,
-        initiated_by: principal.user_id.clone(),
-        from_wallet_id: None,
-        to_wallet_id: Some(wallet.id.clone()),
-        external_reference: Some(reference.to_string()),
-        destination: None,
-        participants: wallet.user_id.clone().into_iter().collect(),
-        velocity: None,
-    };
-    let (tx, fresh) = apply(&ctx, movement).await?;
-    if fresh {
-        return Ok(created(&tx, &asset));
-    }
-    if tx.to_wallet_id.as_deref() != Some(wallet.id.as_str()) || tx.amount != amount {
-        return Err(ApiError::Conflict {
+    let wallet_id = wallet.id.clone();
+    apply(&ctx, movement, request, |existing| match existing {
+        Some(tx) if tx.to_wallet_id.as_deref() == Some(&wallet_id) && tx.amount == amount => {
+            Ok((StatusCode::OK, Json(TransactionView::from_doc(tx))).into_response())
+        }
+        Some(_) => Err(ApiError::Conflict {
             code: "external_reference_conflict",
             detail: "this external_reference was credited with a different wallet or amount".into(),
-        });
-    }
-    Ok((StatusCode::OK, Json(TransactionView::from_doc(&tx))))
+        }),
+        None => Err(key_reused()),
+    })
+    .await?
+    .respond()
 }
 
 fn valid_evm_address(address: &str) -> bool {
@@ -283,23 +288,24 @@ pub async fn create_withdrawal(
     State(ctx): State<ApiContext>,
     principal: Principal,
     headers: HeaderMap,
+    request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<WithdrawalRequest>,
-) -> ApiResult<(StatusCode, Json<TransactionView>)> {
+) -> ApiResult<Response> {
     principal.require(&[Role::User])?;
     let key = idempotency_key(&headers)?;
-    let device = crate::devices::require_trusted_device(&ctx, &principal, &headers).await?;
-    let window = ctx.config().withdrawal_reauth_window.as_secs() as i64;
-    if Utc::now().timestamp() - principal.auth_time > window {
-        return Err(ApiError::Unauthenticated {
-            code: "reauthentication_required",
-        });
-    }
-    let wallet = ctx
-        .store()
-        .wallet_of_user(&principal.user_id, &body.wallet_id)
-        .await?;
-    let wallet = wallet.ok_or_else(|| wallet_not_found("wallet_id"))?;
-    let asset = asset_of(&ctx, &wallet)?;
+    let device = crate::devices::trusted_device(&ctx, &principal, &headers).await?;
+    let authority = WithdrawalAuthority {
+        device_trusted: device.is_some(),
+        seconds_since_login: Utc::now().timestamp() - principal.auth_time,
+        reauthentication_window_seconds: ctx.config().withdrawal_reauth_window.as_secs() as i64,
+    };
+    plan::authorize_withdrawal(&authority).map_err(|r| refusal(r, "wallet_id"))?;
+    let found = wallets(&ctx, &[&body.wallet_id]).await?;
+    let wallet = found
+        .get(&body.wallet_id)
+        .filter(|w| w.user_id.as_deref() == Some(principal.user_id.as_str()))
+        .ok_or_else(|| wallet_not_found("wallet_id"))?;
+    let asset = asset_of(&ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
     if !valid_evm_address(&body.destination_address) {
         return Err(ApiError::invalid_field(
@@ -308,74 +314,27 @@ pub async fn create_withdrawal(
             "not a valid address",
         ));
     }
-    let refuse = |code, detail: &str| {
-        Err(ApiError::Unprocessable {
-            code,
-            detail: detail.to_string(),
-        })
-    };
-    if !asset.withdrawals_enabled {
-        return refuse("withdrawals_disabled", "withdrawals of this asset are paused");
-    }
-    if amount < asset.withdrawal_min {
-        return refuse(
-            "below_minimum",
-            "the amount is below the asset's minimum withdrawal",
-        );
-    }
-    if amount > asset.withdrawal_max {
-        return refuse(
-            "above_maximum",
-            "the amount is above the asset's maximum withdrawal",
-        );
-    }
-    let review = amount > asset.review_threshold;
-    let (state, cause) = if review {
-        (
-            TxState::ManualReview,
-            "funds held; above the review threshold, waiting for a reviewer",
-        )
-    } else {
-        (TxState::PendingBroadcast, "funds held; waiting for broadcast")
-    };
-    let ledger =
-        LedgerTransaction::withdrawal_hold(&asset.symbol, &wallet.id, amount).map_err(ledger_error)?;
-    let movement = NewMovement {
-        ledger,
-        ledger_key: format!("api:{}:{}", principal.user_id, key),
-        state,
-        timeline: initial_timeline(&[(TxState::Created, "requested"), (state, cause)]),
-        amount,
-        decimals: asset.decimals,
-        initiated_by: principal.user_id.clone(),
-        from_wallet_id: Some(wallet.id.clone()),
-        to_wallet_id: None,
-        external_reference: None,
-        destination: Some(body.destination_address.to_lowercase()),
-        participants: vec![principal.user_id.clone()],
-        velocity: Some(VelocityCharge::daily(
-            &wallet.id,
-            amount,
-            asset.daily_withdrawal_limit,
-            Utc::now(),
-        )),
-    };
-    let (tx, fresh) = apply(&ctx, movement).await?;
-    let tx = same_movement(tx, fresh, &wallet.id, None, amount)?;
-    if fresh {
+    let destination = body.destination_address.to_lowercase();
+    let movement = plan::plan_withdrawal(origin(&principal), &key, wallet, amount, &destination, &asset)
+        .map_err(|r| refusal(r, "wallet_id"))?;
+    let review = movement.state == coffer_domain::TxState::ManualReview;
+    let wallet_id = wallet.id.clone();
+    let applied = apply(&ctx, movement, request, |existing| match existing {
+        Some(tx) if same(tx, &wallet_id, None, amount) => created(tx),
+        _ => Err(key_reused()),
+    })
+    .await?;
+    if let Applied::Fresh(tx) = &applied {
         if review {
             ctx.metrics().refused("withdrawal", "manual_review");
         }
-        let details = coffer_store::mongodb::bson::doc! {
-            "wallet_id": &wallet.id, "device_id": device, "review": review,
-        };
-        // The money is held already: a trail that cannot be written is an operator problem, not
-        // a reason to answer this request with an error.
-        let actor = &principal.user_id;
+        let details = serde_json::json!({ "wallet_id": wallet_id, "device_id": device, "review": review });
+        // The money is held already: a trail that cannot be written is an operator problem
+        // (logged), not a reason to answer this request with an error.
         let action = coffer_store::audit_chain::actions::WITHDRAWAL_REQUESTED;
-        if let Err(error) = ctx.store().audit(actor, action, &tx.id, details).await {
+        if let Err(error) = ctx.store().audit_json(&principal.user_id, action, &tx.id, details).await {
             tracing::error!(transaction_id = %tx.id, %error, "withdrawal held but its audit record failed");
         }
     }
-    Ok(created(&tx, &asset))
+    applied.respond()
 }

@@ -289,10 +289,7 @@ impl Listener {
 
     async fn observe(&self, deposit: &ObservedDeposit, outcome: &mut PollOutcome) -> Result<(), ChainError> {
         let catalog = self.catalog.current();
-        let asset = catalog
-            .get(&deposit.asset)
-            .map(|a| (a.decimals, a.deposits_enabled));
-        match self.store.observe_deposit(deposit, asset).await? {
+        match self.store.observe_deposit(deposit, catalog.get(&deposit.asset)).await? {
             Observation::Recorded => outcome.deposits_recorded += 1,
             Observation::Unmatched => outcome.unmatched += 1,
             Observation::AlreadyKnown => {}

@@ -62,3 +62,30 @@ pub struct TransactionEventV1 {
     /// Signed from the wallet's point of view: "-0.75" leaves the wallet.
     pub amount: String,
 }
+
+/// `wallet.deposit.detected` v1: a chain deposit to the wallet was seen; it is pending until it
+/// has `confirmations_required` confirmations (then `wallet.transaction.updated` says confirmed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositDetectedV1 {
+    pub transaction_id: String,
+    pub wallet_id: String,
+    pub asset: String,
+    pub amount: String,
+    pub chain: String,
+    pub tx_hash: String,
+    pub block_number: u64,
+    pub confirmations_required: u32,
+}
+
+/// `wallet.withdrawal.confirmed` v1: the withdrawal is settled on chain (final).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalConfirmedV1 {
+    pub transaction_id: String,
+    pub wallet_id: String,
+    pub asset: String,
+    /// Negative: it left the wallet.
+    pub amount: String,
+    pub destination: Option<String>,
+    pub chain: Option<String>,
+    pub tx_hash: Option<String>,
+}

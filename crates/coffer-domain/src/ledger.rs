@@ -246,6 +246,35 @@ impl LedgerTransaction {
         Self::new(TxKind::Reversal, asset, postings)
     }
 
+    /// A chain deposit seen, not final: the asset's suspense account → the wallet's pending bucket.
+    pub fn chain_deposit_seen(asset: &str, wallet: &str, amount: Amount) -> Result<Self, LedgerError> {
+        Self::new(
+            TxKind::Deposit,
+            asset,
+            vec![
+                Posting::debit(platform_account_id(asset, AccountKind::Suspense), Bucket::Available, amount),
+                Posting::credit(wallet, Bucket::Pending, amount),
+            ],
+        )
+    }
+
+    /// A chain deposit that reached its threshold: the pending amount goes back to suspense and
+    /// custody (what the platform now holds on chain) → the wallet's available bucket.
+    pub fn chain_deposit_credit(asset: &str, wallet: &str, amount: Amount) -> Result<Self, LedgerError> {
+        let suspense = platform_account_id(asset, AccountKind::Suspense);
+        let custody = platform_account_id(asset, AccountKind::Custody);
+        Self::new(
+            TxKind::Deposit,
+            asset,
+            vec![
+                Posting::debit(wallet, Bucket::Pending, amount),
+                Posting::credit(suspense, Bucket::Available, amount),
+                Posting::debit(custody, Bucket::Available, amount),
+                Posting::credit(wallet, Bucket::Available, amount),
+            ],
+        )
+    }
+
     /// The compensating entry that undoes `original`: every posting on the opposite side.
     pub fn reversal_of(original: &LedgerTransaction) -> LedgerTransaction {
         let postings = original

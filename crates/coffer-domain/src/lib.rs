@@ -9,12 +9,18 @@
 pub mod account;
 pub mod amount;
 pub mod asset;
+pub mod book;
 pub mod events;
 pub mod ledger;
+pub mod movement;
+pub mod plan;
 pub mod state;
 
 pub use account::{AccountKind, Bucket};
 pub use amount::{Amount, AmountError};
 pub use asset::{AssetCatalog, AssetConfig, AssetError, AssetsFile, LiveCatalog};
 pub use ledger::{LedgerError, LedgerTransaction, Posting, Side, TxKind};
+pub use book::{AccountBalances, Book, BookRefusal, SignedAmount};
+pub use movement::{LimitCharge, Movement, PlannedEvent, WalletRef};
+pub use plan::{ChainDeposit, Origin, Refusal};
 pub use state::{StateChange, TransitionError, TxState};

@@ -8,14 +8,18 @@
 
 use chrono::Utc;
 use coffer_domain::account::platform_account_id;
-use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, Posting, StateChange, TxKind, TxState};
+use coffer_domain::events::EventType;
+use coffer_domain::movement::transaction_events;
+use coffer_domain::{
+    AccountKind, Amount, Bucket, LedgerTransaction, Movement, Posting, StateChange, TxKind, TxState, WalletRef,
+};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::collections::ADJUSTMENTS;
 use crate::model::{TransactionDoc, WalletDoc};
-use crate::money::{write_movement, NewMovement};
+use crate::batch::write_one;
 use crate::{new_id, Store, StoreError};
 
 /// Longest reason kept, in characters.
@@ -87,7 +91,7 @@ impl AdjustmentDoc {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    fn movement(&self, approver: &str, owner: Option<String>) -> Result<NewMovement, StoreError> {
+    fn movement(&self, approver: &str, owner: Option<String>, tx_id: &str) -> Result<Movement, StoreError> {
         let now = Utc::now();
         let timeline = vec![
             StateChange::initial(TxState::Created, now, "adjustment proposed"),
@@ -99,7 +103,13 @@ impl AdjustmentDoc {
             Direction::Credit => (None, wallet),
             Direction::Debit => (wallet, None),
         };
-        Ok(NewMovement {
+        let wallet_ref = WalletRef {
+            id: self.wallet_id.clone(),
+            user_id: owner.clone(),
+            asset: self.asset.clone(),
+        };
+        let mut movement = Movement {
+            transaction_id: tx_id.to_string(),
             ledger: self.ledger()?,
             ledger_key: format!("adjustment:{}", self.id),
             state: TxState::Confirmed,
@@ -112,8 +122,16 @@ impl AdjustmentDoc {
             external_reference: Some(format!("adjustment:{}", self.id)),
             destination: None,
             participants: owner.into_iter().collect(),
-            velocity: None,
-        })
+            limits: Vec::new(),
+            events: Vec::new(),
+        };
+        movement.events = transaction_events(
+            EventType::TransactionCreated,
+            &movement.summary(),
+            &[&wallet_ref],
+            Some(&movement.ledger),
+        );
+        Ok(movement)
     }
 }
 
@@ -206,9 +224,9 @@ impl Store {
             .wallet_by_id(&adjustment.wallet_id)
             .await?
             .and_then(|w| w.user_id);
-        let movement = adjustment.movement(approver, owner)?;
-        let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let tx_id = new_id();
+        let movement = adjustment.movement(approver, owner, &tx_id)?;
+        let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let decision = (id.to_string(), approver.to_string(), reason.to_string());
         let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision));
         let tx = self
@@ -230,7 +248,7 @@ impl Store {
                     if decided.modified_count != 1 {
                         return Err(StoreError::StateConflict);
                     }
-                    write_movement(store, session, movement, tx_id).await
+                    write_one(&store.db, session, movement.clone().into()).await
                 })
             })
             .await;

@@ -41,6 +41,18 @@ pub fn record_hash(record: &AuditRecord) -> String {
 }
 
 impl Store {
+    /// [`Store::audit`] with JSON details (for callers that do not speak BSON).
+    pub async fn audit_json(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.audit(actor, action, subject, mongodb::bson::to_document(&details)?)
+            .await
+    }
+
     pub async fn audit(
         &self,
         actor: &str,

@@ -8,14 +8,12 @@
 //! available against custody. Both steps are idempotent: the key is unique and a transition is
 //! optimistic on the state it expects, so however often an event is seen it is credited once.
 
-use coffer_domain::account::platform_account_id;
-use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, Posting, StateChange, TxKind, TxState};
+use coffer_domain::{Amount, LedgerTransaction, TxState};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use crate::money::NewMovement;
 use crate::transitions::Transition;
 use crate::{Store, StoreError, TransactionDoc};
 
@@ -62,33 +60,8 @@ pub enum DepositStatus {
     Unmatched,
 }
 
-/// A deposit as the listener or a provider saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedDeposit {
-    pub chain: String,
-    /// Lower-case `0x…`.
-    pub tx_hash: String,
-    /// The log index of an ERC-20 `Transfer`; `None` for a native coin transfer.
-    pub log_index: Option<u64>,
-    /// The receiving address, lower-case.
-    pub address: String,
-    pub asset: String,
-    pub amount: Amount,
-    pub block_number: u64,
-    pub block_hash: String,
-    /// `listener` or `webhook:<provider>`.
-    pub source: String,
-}
-
-impl ObservedDeposit {
-    /// The deterministic ledger key: the same event credits once, whoever reports it.
-    pub fn ledger_key(&self) -> String {
-        let index = self
-            .log_index
-            .map_or_else(|| "native".to_string(), |i| i.to_string());
-        format!("chain:{}:{}:{}", self.chain, self.tx_hash, index)
-    }
-}
+/// A deposit as the listener or a provider saw it (the domain's type).
+pub use coffer_domain::ChainDeposit as ObservedDeposit;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainDepositDoc {
@@ -250,25 +223,43 @@ impl Store {
         Ok(cursor.try_collect().await?)
     }
 
-    /// Records a deposit at first sight; idempotent. `decimals` and `deposits_enabled` come from
-    /// the asset's live configuration (`None` when the asset is unknown).
+    /// Records a deposit at first sight; idempotent. `asset` is the asset's live configuration
+    /// (`None` when the asset is unknown).
     pub async fn observe_deposit(
         &self,
         deposit: &ObservedDeposit,
-        asset: Option<(u8, bool)>,
+        asset: Option<&coffer_domain::AssetConfig>,
     ) -> Result<Observation, StoreError> {
         let addresses = self.collection::<DepositAddressDoc>(DEPOSIT_ADDRESSES);
         let owner = addresses.find_one(doc! { "_id": &deposit.address }).await?;
         let matched = owner.filter(|o| o.asset == deposit.asset && o.chain == deposit.chain);
-        let in_range = !deposit.amount.is_zero() && deposit.amount <= coffer_domain::amount::ledger_max();
-        let (Some(owner), Some((decimals, true)), true) = (matched, asset, in_range) else {
+        let planned = match (&matched, asset) {
+            (Some(owner), Some(asset)) => {
+                let wallet = coffer_domain::WalletRef {
+                    id: owner.wallet_id.clone(),
+                    user_id: Some(owner.user_id.clone()),
+                    asset: owner.asset.clone(),
+                };
+                let origin = coffer_domain::Origin {
+                    transaction_id: crate::new_id(),
+                    now: chrono::Utc::now(),
+                    initiated_by: deposit.source.clone(),
+                };
+                let valid = !deposit.amount.is_zero();
+                coffer_domain::plan::plan_chain_deposit(origin, deposit, &wallet, asset)
+                    .ok()
+                    .filter(|_| valid)
+                    .map(|m| (m, asset.decimals))
+            }
+            _ => None,
+        };
+        let (Some(owner), Some((movement, decimals))) = (matched, planned) else {
             self.insert_deposit_doc(deposit, DepositStatus::Unmatched, None, None)
                 .await?;
             return Ok(Observation::Unmatched);
         };
         self.ensure_platform_accounts(&deposit.asset, decimals).await?;
-        let movement = pending_movement(deposit, &owner.wallet_id, &owner.user_id, decimals)?;
-        let (tx, fresh) = match self.apply_movement(&movement).await {
+        let (tx, fresh) = match self.apply_movement(movement).await {
             Ok(tx) => (tx, true),
             Err(StoreError::DuplicateLedgerKey(existing)) => (*existing, false),
             Err(other) => return Err(other),
@@ -409,7 +400,8 @@ impl Store {
     /// transition expects `Confirming`, so a repeat finds it `Confirmed` and only fixes the status.
     pub async fn credit_deposit(&self, deposit: &ChainDepositDoc) -> Result<(), StoreError> {
         let (tx_id, wallet_id) = linked(deposit)?;
-        let ledger = credit_ledger(&deposit.asset, wallet_id, deposit.amount)?;
+        let ledger = LedgerTransaction::chain_deposit_credit(&deposit.asset, wallet_id, deposit.amount)
+            .map_err(ledger_error)?;
         let cause = format!("{} confirmations reached", deposit.confirmations);
         let transition =
             Transition::new(tx_id, TxState::Confirming, TxState::Confirmed, cause).with_ledger(ledger);
@@ -429,11 +421,9 @@ impl Store {
         let tx = self.transaction_by_id(tx_id).await?.ok_or(StoreError::NotFound)?;
         match tx.state {
             TxState::Confirming => {
-                let release = LedgerTransaction::reversal_of(&pending_ledger(
-                    &deposit.asset,
-                    wallet_id,
-                    deposit.amount,
-                )?);
+                let seen = LedgerTransaction::chain_deposit_seen(&deposit.asset, wallet_id, deposit.amount)
+                    .map_err(ledger_error)?;
+                let release = LedgerTransaction::reversal_of(&seen);
                 let cause = "removed from the chain by a re-org before it was credited";
                 let t =
                     Transition::new(tx_id, TxState::Confirming, TxState::Failed, cause).with_ledger(release);
@@ -540,65 +530,3 @@ fn ledger_error(e: coffer_domain::LedgerError) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// Seen, not final: suspense → the wallet's pending bucket.
-fn pending_ledger(asset: &str, wallet_id: &str, amount: Amount) -> Result<LedgerTransaction, StoreError> {
-    let suspense = platform_account_id(asset, AccountKind::Suspense);
-    LedgerTransaction::new(
-        TxKind::Deposit,
-        asset,
-        vec![
-            Posting::debit(suspense, Bucket::Available, amount),
-            Posting::credit(wallet_id, Bucket::Pending, amount),
-        ],
-    )
-    .map_err(ledger_error)
-}
-
-/// Final: the pending amount back to suspense, and custody → the wallet's available bucket.
-fn credit_ledger(asset: &str, wallet_id: &str, amount: Amount) -> Result<LedgerTransaction, StoreError> {
-    let suspense = platform_account_id(asset, AccountKind::Suspense);
-    let custody = platform_account_id(asset, AccountKind::Custody);
-    LedgerTransaction::new(
-        TxKind::Deposit,
-        asset,
-        vec![
-            Posting::debit(wallet_id, Bucket::Pending, amount),
-            Posting::credit(suspense, Bucket::Available, amount),
-            Posting::debit(custody, Bucket::Available, amount),
-            Posting::credit(wallet_id, Bucket::Available, amount),
-        ],
-    )
-    .map_err(ledger_error)
-}
-
-fn pending_movement(
-    deposit: &ObservedDeposit,
-    wallet_id: &str,
-    user_id: &str,
-    decimals: u8,
-) -> Result<NewMovement, StoreError> {
-    let now = chrono::Utc::now();
-    let detected = StateChange::initial(TxState::Created, now, format!("detected by {}", deposit.source));
-    let confirming = StateChange::step(
-        TxState::Created,
-        TxState::Confirming,
-        now,
-        "waiting for confirmations",
-    )
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(NewMovement {
-        ledger: pending_ledger(&deposit.asset, wallet_id, deposit.amount)?,
-        ledger_key: deposit.ledger_key(),
-        state: TxState::Confirming,
-        timeline: vec![detected, confirming],
-        amount: deposit.amount,
-        decimals,
-        initiated_by: deposit.source.clone(),
-        from_wallet_id: None,
-        to_wallet_id: Some(wallet_id.to_string()),
-        external_reference: Some(deposit.tx_hash.clone()),
-        destination: None,
-        participants: vec![user_id.to_string()],
-        velocity: None,
-    })
-}

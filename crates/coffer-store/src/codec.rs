@@ -116,3 +116,21 @@ mod tests {
         }
     }
 }
+
+/// Serde for bytes stored as BSON binary (not an array of numbers).
+pub mod binary {
+    use mongodb::bson::{spec::BinarySubtype, Binary};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: bytes.to_vec(),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        Ok(Binary::deserialize(deserializer)?.bytes)
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Binary, DateTime};
+use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::collections::IDEMPOTENCY_KEYS;
@@ -21,11 +21,13 @@ pub const LEASE: Duration = Duration::from_secs(60);
 pub struct StoredResponse {
     pub status: u16,
     pub content_type: String,
-    pub body: Binary,
+    /// Stored as BSON binary.
+    #[serde(with = "crate::codec::binary")]
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdempotencyDoc {
+pub(crate) struct IdempotencyDoc {
     #[serde(rename = "_id")]
     id: String,
     fingerprint: String,
@@ -46,8 +48,31 @@ pub enum Begin {
     Mismatch,
 }
 
-fn key_id(scope: &str, key: &str) -> String {
+/// What [`Store::idempotency_lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    Absent,
+    Replay(StoredResponse),
+    Mismatch,
+    /// Claimed by the other (claim-based) path and still running.
+    InProgress,
+}
+
+pub(crate) fn key_id(scope: &str, key: &str) -> String {
     format!("{scope}:{key}")
+}
+
+impl IdempotencyDoc {
+    /// A record completed at once: written in the money movement's own database transaction.
+    pub(crate) fn completed(write: &crate::batch::IdempotentWrite, response: StoredResponse, now: DateTime) -> Self {
+        IdempotencyDoc {
+            id: key_id(&write.scope, &write.key),
+            fingerprint: write.fingerprint.clone(),
+            response: Some(response),
+            locked_until: now,
+            created_at: now,
+        }
+    }
 }
 
 impl Store {
@@ -93,6 +118,30 @@ impl Store {
             Begin::Started
         } else {
             Begin::InProgress
+        })
+    }
+
+    /// What a money route's retry finds under its key: the response stored with the movement's
+    /// own transaction, a different request, or nothing (never claimed: the movement path writes
+    /// its record only when the money moves).
+    pub async fn idempotency_lookup(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Lookup, StoreError> {
+        let found = self
+            .collection::<IdempotencyDoc>(IDEMPOTENCY_KEYS)
+            .find_one(doc! { "_id": key_id(scope, key) })
+            .await?;
+        Ok(match found {
+            None => Lookup::Absent,
+            Some(record) if record.fingerprint != fingerprint => Lookup::Mismatch,
+            Some(IdempotencyDoc {
+                response: Some(response),
+                ..
+            }) => Lookup::Replay(response),
+            Some(_) => Lookup::InProgress,
         })
     }
 

@@ -9,6 +9,7 @@
 pub mod adjustments;
 pub mod audit;
 pub mod audit_chain;
+pub mod batch;
 pub mod chain;
 pub mod codec;
 pub mod devices;
@@ -71,6 +72,8 @@ pub enum StoreError {
     StateConflict,
     #[error("the write could not commit within its bounded retries")]
     Contention,
+    #[error("the Idempotency-Key is taken by another request")]
+    IdempotencyKeyTaken,
     #[error("the movement would exceed its daily limit")]
     LimitExceeded,
     #[error("the proposer of an adjustment cannot decide it")]
@@ -117,6 +120,8 @@ pub struct StoreConfig {
     pub backoff_base: Duration,
     /// Stripes of the per-wallet lock array.
     pub lock_stripes: usize,
+    /// Group commit of money movements (batch size, window, queue, attempts, timeout).
+    pub batch: batch::BatchConfig,
     /// A client span per database command (issue 8). Off by default even when traces are
     /// exported: the driver then decodes every command and reply (`COFFER_TRACE_DB_COMMANDS`).
     pub command_spans: bool,
@@ -129,6 +134,7 @@ impl Default for StoreConfig {
             lock_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(5),
             lock_stripes: 4096,
+            batch: batch::BatchConfig::default(),
             command_spans: false,
         }
     }
@@ -143,6 +149,10 @@ pub struct Store {
     pub(crate) config: StoreConfig,
     /// Assets whose platform accounts this process has already ensured.
     pub(crate) ensured_assets: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The group-commit writer of this process (one per store, shared by its clones).
+    pub(crate) committer: std::sync::Arc<batch::Committer>,
+    /// Owners and assets of wallets seen (immutable facts; see [`Store::wallet_refs`]).
+    pub(crate) wallet_refs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, coffer_domain::WalletRef>>>,
     pub metrics: StoreMetrics,
 }
 
@@ -173,6 +183,8 @@ impl Store {
             config,
             metrics,
             ensured_assets: Default::default(),
+            committer: Default::default(),
+            wallet_refs: Default::default(),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Metrics of the storage layer, registered into the role's registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Registers `coffer_build_info` (always 1; labels `version` and `commit`) into `registry`. Every
 /// role calls it once for the registry it serves; the commit is `COFFER_GIT_COMMIT` at build time.
@@ -25,6 +25,10 @@ pub struct StoreMetrics {
     pub transaction_give_ups: IntCounter,
     /// Committed money movements by kind.
     pub movements: IntCounterVec,
+    /// Movements per group-commit batch.
+    pub batch_movements: Histogram,
+    /// Time from a batch's start to its commit (all attempts).
+    pub batch_seconds: Histogram,
 }
 
 impl StoreMetrics {
@@ -45,7 +49,23 @@ impl StoreMetrics {
                 ),
                 &["kind"],
             )?,
+            batch_movements: Histogram::with_opts(
+                HistogramOpts::new(
+                    "coffer_ledger_batch_movements",
+                    "Money movements written per group-commit database transaction.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]),
+            )?,
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "coffer_ledger_batch_duration_seconds",
+                    "Time a group-commit batch takes from its first attempt to its commit.",
+                )
+                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
         };
+        registry.register(Box::new(metrics.batch_movements.clone()))?;
+        registry.register(Box::new(metrics.batch_seconds.clone()))?;
         registry.register(Box::new(metrics.transaction_retries.clone()))?;
         registry.register(Box::new(metrics.transaction_give_ups.clone()))?;
         registry.register(Box::new(metrics.movements.clone()))?;

@@ -113,6 +113,15 @@ impl WalletDoc {
         format!("user:{user_id}:{asset}")
     }
 
+    /// The wallet as a plan sees it.
+    pub fn as_ref(&self) -> coffer_domain::WalletRef {
+        coffer_domain::WalletRef {
+            id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            asset: self.asset.clone(),
+        }
+    }
+
     /// The cached balance of a bucket, as stored.
     pub fn bucket(&self, bucket: Bucket) -> &Decimal128 {
         match bucket {
@@ -183,6 +192,21 @@ pub struct TransactionDoc {
     /// A withdrawal's signed chain transaction, stored before it is broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastDoc>,
+}
+
+impl TransactionDoc {
+    /// The fields its events describe.
+    pub fn summary(&self) -> coffer_domain::movement::TransactionSummary {
+        coffer_domain::movement::TransactionSummary {
+            transaction_id: self.id.clone(),
+            kind: self.kind,
+            state: self.state,
+            asset: self.asset.clone(),
+            amount: self.amount,
+            decimals: self.decimals,
+            from_wallet_id: self.from_wallet_id.clone(),
+        }
+    }
 }
 
 /// The on-chain side of a withdrawal. Written once, with the nonce it consumed, before the first

@@ -1,19 +1,17 @@
-//! The write path of money: one multi-document transaction per movement.
+//! The write path of money.
 //!
-//! Inside one transaction (snapshot read concern, majority write concern, primary): the
-//! transaction record is inserted (its unique `ledger_key` makes the movement happen at most
-//! once), each touched balance is updated with a conditional `$inc` (a user's balance never goes
-//! below zero), the balanced ledger entries and the outbox events are inserted. Transient errors
-//! are retried a bounded number of times with jittered exponential backoff; writers to the same
-//! wallet in one process queue on [`crate::locks::WalletLocks`] first.
+//! New movements are planned by the domain (`coffer_domain::plan`) and applied by group commit
+//! ([`crate::batch`]): many movements per database transaction, each with its own outcome. This
+//! module keeps what every write shares: the bounded transaction runner with its retries (used by
+//! state transitions, adjustments and the broadcaster), the posting of a balanced ledger
+//! transaction inside an open transaction, platform accounts and wallet creation.
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use coffer_domain::amount::{ledger_max, signed_decimal_string};
-use coffer_domain::events::{BalanceUpdatedV1, EventType, TransactionEventV1};
+use coffer_domain::amount::ledger_max;
 use coffer_domain::ledger::BalanceDelta;
-use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, StateChange, TxState};
+use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, Movement, PlannedEvent};
 use futures::future::BoxFuture;
 use mongodb::bson::{doc, to_document, DateTime};
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
@@ -22,101 +20,45 @@ use mongodb::ClientSession;
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::batch::Submission;
 use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
-use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
+use crate::model::{LedgerEntryDoc, OutboxDoc, TransactionDoc, WalletDoc};
 use crate::{codec, new_id, Store, StoreError};
 
-/// A money movement ready to be written: the validated ledger transaction and its record.
-#[derive(Debug, Clone)]
-pub struct NewMovement {
-    pub ledger: LedgerTransaction,
-    /// Deterministic: `api:<user>:<idempotency key>`, `deposit:<rail>:<reference>`,
-    /// `chain:<chain>:<tx hash>:<log index>`. A second movement with the key is refused.
-    pub ledger_key: String,
-    pub state: TxState,
-    pub timeline: Vec<StateChange>,
-    pub amount: Amount,
-    /// The asset's decimals, for the amounts in the outbox events.
-    pub decimals: u8,
-    pub initiated_by: String,
-    pub from_wallet_id: Option<String>,
-    pub to_wallet_id: Option<String>,
-    pub external_reference: Option<String>,
-    pub destination: Option<String>,
-    /// The users who may see the transaction (owners of the user wallets it touches). Checked
-    /// against the wallets actually updated, so a caller cannot grant visibility by mistake.
-    pub participants: Vec<String>,
-    /// A limited amount this movement uses up (a withdrawal's daily velocity), charged in the same
-    /// database transaction: over the limit, nothing is written.
-    pub velocity: Option<VelocityCharge>,
-}
+impl Store {
+    /// Applies a planned movement (group commit) and returns its transaction record.
+    ///
+    /// Errors: [`StoreError::InsufficientFunds`] or [`StoreError::LimitExceeded`] (refused by the
+    /// balances or limits; nothing written), [`StoreError::DuplicateLedgerKey`] (applied already;
+    /// carries the existing record), [`StoreError::IdempotencyKeyTaken`], [`StoreError::Contention`]
+    /// (not committed within the bounds; retry later).
+    pub async fn apply(&self, submission: Submission) -> Result<TransactionDoc, StoreError> {
+        self.committer.submit(&self.writer_parts(), submission).await
+    }
 
-/// A charge against a per-day counter (`withdrawal_velocity`), refused above `limit`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VelocityCharge {
-    /// `<wallet id>:<YYYY-MM-DD>` (UTC day).
-    pub key: String,
-    pub amount: Amount,
-    pub limit: Amount,
-}
+    /// Applies `submissions` together: in one batch (one database transaction) when they fit the
+    /// batch size, each with its own outcome, in order. At most 1,000.
+    pub async fn apply_all(&self, submissions: Vec<Submission>) -> Vec<Result<TransactionDoc, StoreError>> {
+        assert!(submissions.len() <= 1000, "at most 1,000 movements per call");
+        if submissions.is_empty() {
+            return Vec::new();
+        }
+        let parts = self.writer_parts();
+        self.committer.queue_unit(&parts, submissions).await
+    }
 
-impl VelocityCharge {
-    /// The charge of `amount` on `wallet`'s counter of the UTC day of `now`.
-    pub fn daily(wallet_id: &str, amount: Amount, limit: Amount, now: chrono::DateTime<chrono::Utc>) -> Self {
-        VelocityCharge {
-            key: format!("{wallet_id}:{}", now.format("%Y-%m-%d")),
-            amount,
-            limit,
+    fn writer_parts(&self) -> crate::batch::WriterParts {
+        crate::batch::WriterParts {
+            client: self.client.clone(),
+            db: self.db.clone(),
+            config: self.config.batch.clone(),
+            metrics: self.metrics.clone(),
         }
     }
-}
 
-impl Store {
-    /// Writes `movement` atomically and returns its transaction record.
-    ///
-    /// Errors: [`StoreError::InsufficientFunds`] (a user balance would go negative; nothing
-    /// written), [`StoreError::DuplicateLedgerKey`] (already applied; carries the existing
-    /// record), [`StoreError::Contention`] (could not commit within the bounds; retry later).
-    pub async fn apply_movement(&self, movement: &NewMovement) -> Result<TransactionDoc, StoreError> {
-        assert_eq!(
-            movement.timeline.last().map(|c| c.to),
-            Some(movement.state),
-            "timeline ends in state"
-        );
-        if let Some(existing) = self.transaction_by_ledger_key(&movement.ledger_key).await? {
-            return Err(StoreError::DuplicateLedgerKey(Box::new(existing)));
-        }
-        let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
-        let tx_id = new_id();
-        // The body is re-run on retries and must own what it uses (the session is borrowed per attempt).
-        let shared = std::sync::Arc::new((self.clone(), movement.clone(), tx_id));
-        let result = self
-            .with_transaction(|session| {
-                let shared = shared.clone();
-                Box::pin(async move {
-                    let (store, movement, tx_id) = &*shared;
-                    write_movement(store, session, movement, tx_id).await
-                })
-            })
-            .await;
-        match result {
-            Ok(doc) => {
-                self.metrics
-                    .movements
-                    .with_label_values(&[doc.kind.as_str()])
-                    .inc();
-                Ok(doc)
-            }
-            Err(StoreError::AlreadyExists) => {
-                match self.transaction_by_ledger_key(&movement.ledger_key).await? {
-                    Some(existing) => Err(StoreError::DuplicateLedgerKey(Box::new(existing))),
-                    None => Err(StoreError::Corrupt(
-                        "duplicate ledger key without a transaction".into(),
-                    )),
-                }
-            }
-            Err(other) => Err(other),
-        }
+    /// [`Store::apply`] of a movement with no idempotency record.
+    pub async fn apply_movement(&self, movement: Movement) -> Result<TransactionDoc, StoreError> {
+        self.apply(movement.into()).await
     }
 
     /// Takes the in-process locks of `accounts` before a money write; a wait beyond the lock
@@ -276,14 +218,7 @@ impl Store {
     }
 }
 
-fn sorted_unique(ids: &[String]) -> Vec<String> {
-    let mut ids = ids.to_vec();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
-async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
+pub(crate) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     const COMMIT_ATTEMPTS: u32 = 3;
     let mut attempt = 1;
     loop {
@@ -297,102 +232,10 @@ async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
     }
 }
 
-fn backoff(base: Duration, attempt: u32) -> Duration {
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     let ceiling = base.saturating_mul(1 << attempt.min(8));
     let millis = ceiling.as_millis().max(1) as u64;
     Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
-}
-
-/// One attempt of a movement inside an open transaction.
-pub(crate) async fn write_movement(
-    store: &Store,
-    session: &mut ClientSession,
-    movement: &NewMovement,
-    tx_id: &str,
-) -> Result<TransactionDoc, StoreError> {
-    let now = DateTime::now();
-    let ledger = &movement.ledger;
-    let record = TransactionDoc {
-        id: tx_id.to_string(),
-        kind: ledger.kind(),
-        state: movement.state,
-        asset: ledger.asset().to_string(),
-        decimals: movement.decimals,
-        amount: movement.amount,
-        ledger_key: movement.ledger_key.clone(),
-        participants: sorted_unique(&movement.participants),
-        from_wallet_id: movement.from_wallet_id.clone(),
-        to_wallet_id: movement.to_wallet_id.clone(),
-        external_reference: movement.external_reference.clone(),
-        destination: movement.destination.clone(),
-        initiated_by: movement.initiated_by.clone(),
-        timeline: movement.timeline.iter().map(TimelineEntry::from).collect(),
-        created_at: now,
-        updated_at: now,
-        velocity_key: movement.velocity.as_ref().map(|v| v.key.clone()),
-        broadcast: None,
-    };
-    if let Some(charge) = &movement.velocity {
-        charge_velocity(store, session, charge, now).await?;
-    }
-    let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
-    if let Err(e) = transactions.insert_one(&record).session(&mut *session).await {
-        return Err(if crate::is_duplicate_key(&e) {
-            StoreError::AlreadyExists
-        } else {
-            e.into()
-        });
-    }
-
-    let (updated, entries) = post_entries(store, session, ledger, tx_id, now).await?;
-
-    let owners: Vec<String> = updated.iter().filter_map(|w| w.user_id.clone()).collect();
-    if sorted_unique(&owners) != record.participants {
-        return Err(StoreError::Corrupt(format!(
-            "movement participants {:?} differ from the owners of the wallets it touches",
-            record.participants
-        )));
-    }
-
-    let mut events = transaction_events(&record, EventType::TransactionCreated, &updated, &entries)?;
-    events.extend(balance_events(&record, &updated)?);
-    insert_events(store, session, &events).await?;
-    Ok(record)
-}
-
-/// Adds `charge` to its day's counter unless that takes it above the limit
-/// ([`StoreError::LimitExceeded`]). The counter documents expire after a few days.
-async fn charge_velocity(
-    store: &Store,
-    session: &mut ClientSession,
-    charge: &VelocityCharge,
-    now: DateTime,
-) -> Result<(), StoreError> {
-    let Some(room) = charge.limit.checked_sub(charge.amount) else {
-        return Err(StoreError::LimitExceeded);
-    };
-    let counters = store.collection::<mongodb::bson::Document>(VELOCITY);
-    let expires = DateTime::from_millis(now.timestamp_millis() + VELOCITY_RETENTION_MS);
-    counters
-        .update_one(
-            doc! { "_id": &charge.key },
-            doc! { "$setOnInsert": { "total": codec::zero(), "expires_at": expires } },
-        )
-        .upsert(true)
-        .session(&mut *session)
-        .await?;
-    let charged = counters
-        .update_one(
-            doc! { "_id": &charge.key, "total": { "$lte": codec::to_decimal(&room, false) } },
-            doc! { "$inc": { "total": codec::to_decimal(&charge.amount, false) } },
-        )
-        .session(&mut *session)
-        .await?;
-    if charged.matched_count == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LimitExceeded)
-    }
 }
 
 /// Gives a failed withdrawal's amount back to the day's counter it charged.
@@ -417,45 +260,28 @@ pub(crate) async fn release_velocity(
 pub const VELOCITY_RETENTION_MS: i64 = 3 * 24 * 3600 * 1000;
 
 /// Applies a balanced ledger transaction's deltas and inserts its entries, inside `session`'s
-/// transaction; returns the touched accounts after the update and the entries.
+/// transaction; returns the touched accounts after the update.
 pub(crate) async fn post_entries(
     store: &Store,
     session: &mut ClientSession,
     ledger: &LedgerTransaction,
     tx_id: &str,
     now: DateTime,
-) -> Result<(Vec<WalletDoc>, Vec<LedgerEntryDoc>), StoreError> {
+) -> Result<Vec<WalletDoc>, StoreError> {
     let mut updated: Vec<WalletDoc> = Vec::new();
     for (account_id, bucket, delta) in ledger.balance_deltas() {
         let wallet = apply_delta(store, session, &account_id, bucket, &delta, now).await?;
         updated.retain(|w| w.id != wallet.id);
         updated.push(wallet);
     }
-    let entries: Vec<LedgerEntryDoc> = ledger
-        .postings()
-        .iter()
-        .map(|posting| LedgerEntryDoc {
-            id: new_id(),
-            transaction_id: tx_id.to_string(),
-            account_id: posting.account_id.clone(),
-            user_id: updated
-                .iter()
-                .find(|w| w.id == posting.account_id)
-                .and_then(|w| w.user_id.clone()),
-            asset: ledger.asset().to_string(),
-            kind: ledger.kind(),
-            bucket: posting.bucket,
-            side: posting.side,
-            amount: codec::to_decimal(&posting.amount, posting.side == coffer_domain::Side::Debit),
-            created_at: now,
-        })
-        .collect();
+    let owner_of = |id: &str| updated.iter().find(|w| w.id == id).and_then(|w| w.user_id.clone());
+    let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, now);
     store
         .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
         .insert_many(&entries)
         .session(&mut *session)
         .await?;
-    Ok((updated, entries))
+    Ok(updated)
 }
 
 pub(crate) async fn insert_events(
@@ -528,88 +354,9 @@ async fn apply_delta(
     }
 }
 
-/// One transaction event per user wallet in `wallets`: the transaction as that wallet's owner
-/// sees it, with the amount signed from the wallet's point of view (net of `entries`).
-pub(crate) fn transaction_events(
-    record: &TransactionDoc,
-    kind: EventType,
-    wallets: &[WalletDoc],
-    entries: &[LedgerEntryDoc],
-) -> Result<Vec<OutboxDoc>, StoreError> {
-    let mut events = Vec::new();
-    for wallet in wallets.iter().filter(|w| w.kind == AccountKind::User) {
-        let user_id = wallet.user_id.clone().expect("user wallets have a user");
-        let (mut credit, mut debit) = (Amount::ZERO, Amount::ZERO);
-        for entry in entries
-            .iter()
-            .filter(|e| e.account_id == wallet.id && e.bucket == Bucket::Available)
-        {
-            let (amount, negative) = codec::from_decimal(&entry.amount)?;
-            let side = if negative { &mut debit } else { &mut credit };
-            *side = side.checked_add(amount).expect("bounded");
-        }
-        // With no available-bucket entries (a hold, a state change) the amount is the
-        // transaction's, signed by the wallet's side of it.
-        let (net, negative) = if credit == debit {
-            (
-                record.amount,
-                record.from_wallet_id.as_deref() == Some(wallet.id.as_str()),
-            )
-        } else if credit > debit {
-            (credit.checked_sub(debit).expect("ordered"), false)
-        } else {
-            (debit.checked_sub(credit).expect("ordered"), true)
-        };
-        let data = TransactionEventV1 {
-            transaction_id: record.id.clone(),
-            wallet_id: wallet.id.clone(),
-            kind: record.kind.as_str().to_string(),
-            state: record.state.as_str().to_string(),
-            asset: record.asset.clone(),
-            amount: signed_decimal_string(&net, negative, record.decimals),
-        };
-        events.push(outbox_doc(kind, wallet, &user_id, to_document(&data)?));
-    }
-    Ok(events)
-}
-
-/// One `wallet.balance.updated` per user wallet whose balances changed.
-pub(crate) fn balance_events(
-    record: &TransactionDoc,
-    changed: &[WalletDoc],
-) -> Result<Vec<OutboxDoc>, StoreError> {
-    let mut events = Vec::new();
-    for wallet in changed.iter().filter(|w| w.kind == AccountKind::User) {
-        let user_id = wallet.user_id.clone().expect("user wallets have a user");
-        let balances = wallet.balances()?;
-        let decimals = wallet.decimals;
-        let data = BalanceUpdatedV1 {
-            wallet_id: wallet.id.clone(),
-            asset: wallet.asset.clone(),
-            decimals,
-            available: balances.available.to_decimal_string(decimals),
-            pending: balances.pending.to_decimal_string(decimals),
-            held: balances.held.to_decimal_string(decimals),
-            total: balances.total().to_decimal_string(decimals),
-            transaction_id: record.id.clone(),
-        };
-        events.push(outbox_doc(
-            EventType::BalanceUpdated,
-            wallet,
-            &user_id,
-            to_document(&data)?,
-        ));
-    }
-    Ok(events)
-}
-
-fn outbox_doc(
-    kind: EventType,
-    wallet: &WalletDoc,
-    user_id: &str,
-    data: mongodb::bson::Document,
-) -> OutboxDoc {
-    let mut row = OutboxDoc::new(kind.as_str(), kind.data_version(), &wallet.id, user_id, data);
-    row.traceparent = crate::model::current_traceparent();
-    row
+/// The outbox rows of `events`, carrying the current trace context.
+pub(crate) fn event_rows(events: &[PlannedEvent]) -> Result<Vec<OutboxDoc>, StoreError> {
+    let traceparent = crate::model::current_traceparent();
+    let rows = events.iter().map(|e| crate::batch::outbox_row(e, traceparent.clone()));
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

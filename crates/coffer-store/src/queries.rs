@@ -7,6 +7,9 @@ use crate::collections::{LEDGER_ENTRIES, TRANSACTIONS, WALLETS};
 use crate::model::{LedgerEntryDoc, TransactionDoc, WalletDoc};
 use crate::{Store, StoreError};
 
+/// Most wallets whose owner and asset one process remembers (they never change).
+const WALLET_REFS_CACHED_MAX: usize = 100_000;
+
 /// The most items one page may hold.
 pub const PAGE_LIMIT_MAX: u32 = 100;
 
@@ -38,6 +41,45 @@ impl Store {
             .collection::<WalletDoc>(WALLETS)
             .find_one(doc! { "_id": wallet_id, "user_id": user_id, "kind": "user" })
             .await?)
+    }
+
+    /// What never changes about wallets (owner, asset), for plans: from this process's bounded
+    /// cache, else one read of the misses. Absent ids are left out (and not cached).
+    pub async fn wallet_refs(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, coffer_domain::WalletRef>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.wallet_refs.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                match cache.get(*id) {
+                    Some(wallet) => {
+                        found.insert(id.to_string(), wallet.clone());
+                    }
+                    None => missing.push(id.to_string()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let wallets: Vec<WalletDoc> = self
+            .collection::<WalletDoc>(WALLETS)
+            .find(doc! { "_id": { "$in": &missing } })
+            .await?
+            .try_collect()
+            .await?;
+        let mut cache = self.wallet_refs.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() + wallets.len() > WALLET_REFS_CACHED_MAX {
+            cache.clear(); // bounded; a miss costs one read
+        }
+        for wallet in wallets {
+            cache.insert(wallet.id.clone(), wallet.as_ref());
+            found.insert(wallet.id.clone(), wallet.as_ref());
+        }
+        Ok(found)
     }
 
     pub async fn wallet_by_id(&self, wallet_id: &str) -> Result<Option<WalletDoc>, StoreError> {

@@ -160,6 +160,40 @@ pub(crate) fn transaction_span(database: &str) -> Span {
     )
 }
 
+/// A movement's span in its request's trace: from its submission to its batch's commit. The
+/// movement's outbox rows carry its context; its batch's span links to it.
+pub(crate) fn movement_span(database: &str) -> Span {
+    tracing::info_span!(
+        "ledger.apply",
+        otel.kind = "internal",
+        otel.status_code = Empty,
+        db.system = "mongodb",
+        db.system.name = "mongodb",
+        db.namespace = database,
+        error.type = Empty,
+    )
+}
+
+/// The span of one group-commit batch: a root span (it serves many requests, each linked), the
+/// transaction of `movements` movements.
+pub(crate) fn batch_span(database: &str, movements: usize, traceparents: &[&str]) -> Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "transaction",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system = "mongodb",
+        db.system.name = "mongodb",
+        db.namespace = database,
+        coffer.batch.movements = movements as u64,
+        error.type = Empty,
+    );
+    for traceparent in traceparents {
+        coffer_telemetry::propagation::link_to_traceparent(&span, traceparent);
+    }
+    span
+}
+
 /// Marks a transaction span failed when the failure is the database's, not a refusal of the
 /// movement (insufficient funds, a duplicate ledger key: answers, not errors).
 pub(crate) fn record_outcome<T>(span: &Span, result: &Result<T, crate::StoreError>) {

@@ -2,7 +2,6 @@
 //! them (a withdrawal settled to custody, a hold released on rejection, a credited deposit
 //! reversed), in one database transaction with its outbox events.
 
-use coffer_domain::events::EventType;
 use coffer_domain::{LedgerTransaction, StateChange, TxState};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, to_bson, DateTime, Document};
@@ -10,7 +9,8 @@ use mongodb::ClientSession;
 
 use crate::collections::{TRANSACTIONS, WALLETS};
 use crate::model::{TimelineEntry, TransactionDoc, WalletDoc};
-use crate::money::{balance_events, insert_events, post_entries, transaction_events};
+use crate::money::{insert_events, post_entries};
+use coffer_domain::movement::{balance_event, state_change_events, Settlement, WalletRef};
 use crate::{Store, StoreError};
 
 /// A checked move of transaction `transaction_id` from `from` to `to`.
@@ -132,9 +132,9 @@ async fn write_transition(
             crate::money::release_velocity(store, session, key, &record.amount).await?;
         }
     }
-    let (changed, entries) = match &transition.ledger {
+    let changed = match &transition.ledger {
         Some(ledger) => post_entries(store, session, ledger, &record.id, now).await?,
-        None => (Vec::new(), Vec::new()),
+        None => Vec::new(),
     };
     // Tell every participant wallet, changed or not, that the transaction moved.
     let mut wallets = changed.clone();
@@ -153,12 +153,23 @@ async fn write_transition(
             }
         }
     }
-    let kind = match transition.to {
-        TxState::ManualReview => EventType::TransactionRequiresReview,
-        _ => EventType::TransactionUpdated,
-    };
-    let mut events = transaction_events(&record, kind, &wallets, &entries)?;
-    events.extend(balance_events(&record, &changed)?);
+    let refs: Vec<WalletRef> = wallets.iter().map(WalletDoc::as_ref).collect();
+    let settlement = record.broadcast.as_ref().map(|b| Settlement {
+        destination: record.destination.clone(),
+        chain: Some(b.chain.clone()),
+        tx_hash: Some(b.tx_hash.clone()),
+    });
+    let mut events = state_change_events(
+        &record.summary(),
+        &refs.iter().collect::<Vec<_>>(),
+        transition.ledger.as_ref(),
+        settlement.as_ref(),
+    );
+    for wallet in &changed {
+        let balances = crate::batch::account_balances(wallet)?;
+        events.extend(balance_event(&wallet.id, &balances, wallet.decimals, &record.id));
+    }
+    let events = crate::money::event_rows(&events)?;
     insert_events(store, session, &events).await?;
     Ok(record)
 }

@@ -75,6 +75,14 @@ pub fn set_parent_from_traceparent(
     }
 }
 
+/// Links `span` to the span a `traceparent` names (a batch span to each request it serves).
+/// Call it before the span is entered; harmless when traces are off.
+pub fn link_to_traceparent(span: &tracing::Span, traceparent: &str) {
+    if let Some(linked) = parse_traceparent(traceparent, None) {
+        span.add_link(linked);
+    }
+}
+
 /// The OpenTelemetry span context of `span`; None when traces are off or the span is disabled.
 pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
     if span.is_none() {

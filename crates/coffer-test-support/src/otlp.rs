@@ -33,6 +33,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// Whether the span's status is an error.
     pub error: bool,
+    /// The spans this one links to, as (trace id, span id).
+    pub links: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -151,6 +153,11 @@ fn decoded(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                 parent_span_id: hex::encode(&span.parent_span_id),
                 attributes: attributes(&span.attributes),
                 error: span.status.is_some_and(|s| s.code == 2),
+                links: span
+                    .links
+                    .iter()
+                    .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                    .collect(),
                 name: span.name,
             });
         }

@@ -1,0 +1,1001 @@
+//! Group commit (BRIEF B1): the movements a process is asked to apply are written in batches, one
+//! MongoDB transaction per batch, by one writer task per process.
+//!
+//! A batch takes what is queued (at most [`BatchConfig::max_movements`]) and, when the previous
+//! batch was not a single movement, waits at most [`BatchConfig::max_wait`] for more. Inside its
+//! transaction it reads every touched account it does not already know (one `find`), lets the
+//! domain's [`Book`] apply the movements one by one in order against the running balances (a
+//! movement that would overdraw a wallet or pass a limit is refused alone), and writes the result
+//! in as few round trips as the server allows: ONE `update` command with a statement per touched
+//! account (conditional on the version the batch read, so a stale read cannot commit), then one
+//! `insert_many` each for the transaction records, the ledger entries, the outbox events and the
+//! idempotency records, and the limit counters in one more `update` when any are charged.
+//!
+//! Correctness never depends on this process's memory: the account cache only saves the read;
+//! a version that moved (another process wrote) makes the update match fewer documents, the batch
+//! is aborted and retried after a fresh read, and two writers of one document conflict in the
+//! database (a transient error, retried with backoff). A duplicate ledger key or idempotency key
+//! (the movement was applied already) aborts the attempt; the duplicates are answered from the
+//! committed records and the rest is retried without them. A commit whose outcome is unknown is
+//! retried the same way: what did commit is then found as duplicates, never written twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_domain::book::{AccountBalances, Applied, Book, BookRefusal, SignedAmount};
+use coffer_domain::movement::balance_event;
+use coffer_domain::{Bucket, Movement, PlannedEvent, Side};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, to_document, DateTime, Document};
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{Acknowledgment, ReadConcern, SelectionCriteria, WriteConcern};
+use mongodb::{Client, ClientSession, Database};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::collections::{IDEMPOTENCY_KEYS, LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
+use crate::idempotency::{IdempotencyDoc, StoredResponse};
+use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
+use crate::{codec, new_id, StoreError, StoreMetrics};
+
+/// Bounds of group commit.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most movements in one database transaction (1..=1000).
+    pub max_movements: usize,
+    /// Longest a batch waits for more movements after the first (only while batches are busy).
+    pub max_wait: Duration,
+    /// Movements waiting for the writer; a full queue makes callers wait (backpressure).
+    pub queue_capacity: usize,
+    /// Attempts of one batch against transient errors before its movements answer "retry later".
+    pub max_attempts: u32,
+    /// Base of the jittered exponential backoff between attempts.
+    pub backoff_base: Duration,
+    /// Longest a caller waits for its movement's outcome (queue + batch + commit).
+    pub movement_timeout: Duration,
+    /// Accounts whose balances the writer remembers between batches (a bounded cache).
+    pub cached_accounts_max: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_movements: 128,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 4096,
+            max_attempts: 16,
+            backoff_base: Duration::from_millis(2),
+            movement_timeout: Duration::from_secs(10),
+            cached_accounts_max: 100_000,
+        }
+    }
+}
+
+/// How the response of an idempotent API request is stored with its movement: in the same
+/// database transaction, so money never moves without the response a retry replays.
+#[derive(Clone)]
+pub struct IdempotentWrite {
+    /// `<scope>:<key>` as in [`crate::idempotency`].
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    /// Renders the response from the transaction record as written.
+    pub render: Arc<dyn Fn(&TransactionDoc) -> StoredResponse + Send + Sync>,
+}
+
+impl std::fmt::Debug for IdempotentWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotentWrite")
+            .field("scope", &self.scope)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A movement with what its request asks the store to keep beside it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub movement: Movement,
+    pub idempotency: Option<IdempotentWrite>,
+}
+
+impl From<Movement> for Submission {
+    fn from(movement: Movement) -> Self {
+        Submission {
+            movement,
+            idempotency: None,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<TransactionDoc, StoreError>>;
+
+/// A submission as the writer handles it.
+pub(crate) struct Item {
+    pub submission: Submission,
+    /// The trace context the movement's events carry (the caller's span, captured at submission).
+    pub traceparent: Option<String>,
+}
+
+impl Item {
+    fn movement(&self) -> &Movement {
+        &self.submission.movement
+    }
+}
+
+struct Job {
+    item: Item,
+    reply: Reply,
+}
+
+impl Job {
+    fn movement(&self) -> &Movement {
+        self.item.movement()
+    }
+}
+
+/// The handle callers submit through; the writer task is started on first use (in the caller's
+/// runtime) and again if that runtime went away.
+#[derive(Default)]
+pub(crate) struct Committer {
+    /// Units of jobs: the jobs of one unit go into one batch when they fit.
+    sender: std::sync::Mutex<Option<mpsc::Sender<Vec<Job>>>>,
+}
+
+/// What the writer needs of the store (not the store itself: it holds the committer).
+#[derive(Clone)]
+pub(crate) struct WriterParts {
+    pub client: Client,
+    pub db: Database,
+    pub config: BatchConfig,
+    pub metrics: StoreMetrics,
+}
+
+impl Committer {
+    fn sender(&self, parts: &WriterParts) -> mpsc::Sender<Vec<Job>> {
+        let mut slot = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(parts.config.queue_capacity.max(1));
+        let writer = Writer {
+            parts: parts.clone(),
+            cache: AccountCache::new(parts.config.cached_accounts_max),
+            deferred: VecDeque::new(),
+            session: None,
+        };
+        tokio::spawn(writer.run(receiver));
+        *slot = Some(sender.clone());
+        sender
+    }
+
+    /// Queues `submission` and waits for its outcome, within the movement timeout.
+    pub(crate) async fn submit(
+        &self,
+        parts: &WriterParts,
+        submission: Submission,
+    ) -> Result<TransactionDoc, StoreError> {
+        let movement = &submission.movement;
+        assert_eq!(
+            movement.timeline.last().map(|c| c.to),
+            Some(movement.state),
+            "timeline ends in state"
+        );
+        let span = crate::telemetry::movement_span(parts.db.name());
+        let result = self.queue_and_wait(parts, submission).instrument(span.clone()).await;
+        crate::telemetry::record_outcome(&span, &result);
+        result
+    }
+
+    async fn queue_and_wait(
+        &self,
+        parts: &WriterParts,
+        submission: Submission,
+    ) -> Result<TransactionDoc, StoreError> {
+        let mut outcomes = self.queue_unit(parts, vec![submission]).await;
+        outcomes.pop().expect("one outcome per submission")
+    }
+
+    /// Queues `submissions` as one unit (one batch when it fits the batch size) and waits for
+    /// every outcome, in order, within the movement timeout.
+    pub(crate) async fn queue_unit(
+        &self,
+        parts: &WriterParts,
+        submissions: Vec<Submission>,
+    ) -> Vec<Result<TransactionDoc, StoreError>> {
+        let deadline = tokio::time::Instant::now() + parts.config.movement_timeout;
+        let mut waits = Vec::with_capacity(submissions.len());
+        let mut unit = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            let (reply, outcome) = oneshot::channel();
+            let item = Item {
+                submission,
+                // Inside the movement's span: its events continue the request's trace from it.
+                traceparent: crate::model::current_traceparent(),
+            };
+            unit.push(Job { item, reply });
+            waits.push(outcome);
+        }
+        let sender = self.sender(parts);
+        let queued = tokio::time::timeout_at(deadline, sender.send(unit)).await;
+        let queued = matches!(queued, Ok(Ok(())));
+        let mut outcomes = Vec::with_capacity(waits.len());
+        for outcome in waits {
+            let answered = match queued {
+                true => tokio::time::timeout_at(deadline, outcome).await.ok().and_then(Result::ok),
+                false => None,
+            };
+            outcomes.push(answered.unwrap_or_else(|| {
+                // Not queued or not answered in time: it may still commit; a retry with the same
+                // key finds it.
+                parts.metrics.transaction_give_ups.inc();
+                Err(StoreError::Contention)
+            }));
+        }
+        outcomes
+    }
+}
+
+/// The last known balances and version of accounts this writer wrote or read.
+struct AccountCache {
+    entries: HashMap<String, (AccountBalances, i64)>,
+    max: usize,
+}
+
+impl AccountCache {
+    fn new(max: usize) -> Self {
+        AccountCache {
+            entries: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn forget(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            self.entries.remove(&id);
+        }
+    }
+
+    fn remember(&mut self, id: String, balances: AccountBalances, version: i64) {
+        if self.entries.len() >= self.max && !self.entries.contains_key(&id) {
+            self.entries.clear(); // bounded; a miss only costs a read
+        }
+        self.entries.insert(id, (balances, version));
+    }
+}
+
+/// Why an attempt did not commit, and what the batch does next.
+enum Retry {
+    /// A ledger key or idempotency key was taken: answer those movements and retry the rest.
+    Duplicates,
+    /// An account's version moved since it was cached: read again.
+    Stale,
+    /// A write conflict or an unknown commit result: back off and retry.
+    Transient(mongodb::error::Error),
+    /// Not retryable: isolate the movement that causes it.
+    Fatal(StoreError),
+}
+
+impl From<mongodb::error::Error> for Retry {
+    fn from(error: mongodb::error::Error) -> Self {
+        if error.contains_label(TRANSIENT_TRANSACTION_ERROR) || error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+        {
+            Retry::Transient(error)
+        } else if crate::is_duplicate_key(&error) {
+            Retry::Duplicates
+        } else {
+            Retry::Fatal(StoreError::Database(error))
+        }
+    }
+}
+
+impl From<StoreError> for Retry {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Database(e) => Retry::from(e),
+            other => Retry::Fatal(other),
+        }
+    }
+}
+
+impl From<mongodb::bson::ser::Error> for Retry {
+    fn from(error: mongodb::bson::ser::Error) -> Self {
+        Retry::Fatal(StoreError::from(error))
+    }
+}
+
+/// What one committed (or refused) movement of an attempt came to.
+type Outcome = Result<TransactionDoc, StoreError>;
+
+/// The writer task: one per process and store.
+struct Writer {
+    parts: WriterParts,
+    cache: AccountCache,
+    /// Movements whose ledger key another movement of the same batch had: they go next.
+    deferred: VecDeque<Job>,
+    /// Reused between attempts, except after a transient error.
+    session: Option<ClientSession>,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Vec<Job>>) {
+        let mut last_batch = 0usize;
+        loop {
+            let Some(jobs) = self.collect(&mut receiver, last_batch > 1).await else {
+                return;
+            };
+            last_batch = jobs.len();
+            self.commit(jobs).await;
+        }
+    }
+
+    /// Adds `unit` to `jobs` if it fits in `max`; a unit that does not waits for the next batch
+    /// (whole when it fits a batch at all, else split). False when the batch is full.
+    fn take(&mut self, jobs: &mut Vec<Job>, mut unit: Vec<Job>, max: usize) -> bool {
+        if jobs.len() + unit.len() <= max {
+            jobs.append(&mut unit);
+            return jobs.len() < max;
+        }
+        if !jobs.is_empty() && unit.len() <= max {
+            self.deferred.extend(unit);
+            return false;
+        }
+        let rest = unit.split_off(max - jobs.len());
+        jobs.append(&mut unit);
+        for job in rest.into_iter().rev() {
+            self.deferred.push_front(job);
+        }
+        false
+    }
+
+    /// The next batch: deferred jobs, what is queued, and (when `linger`) what arrives within the
+    /// batch window. None when every sender is gone.
+    async fn collect(&mut self, receiver: &mut mpsc::Receiver<Vec<Job>>, linger: bool) -> Option<Vec<Job>> {
+        let max = self.parts.config.max_movements.clamp(1, 1000);
+        let mut jobs: Vec<Job> = Vec::new();
+        while jobs.len() < max {
+            match self.deferred.pop_front() {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+        }
+        let mut open = jobs.len() < max;
+        if jobs.is_empty() {
+            let unit = receiver.recv().await?;
+            open = self.take(&mut jobs, unit, max);
+        }
+        while open {
+            match receiver.try_recv() {
+                Ok(unit) => open = self.take(&mut jobs, unit, max),
+                Err(_) => break,
+            }
+        }
+        if open && linger && !self.parts.config.max_wait.is_zero() {
+            let until = tokio::time::Instant::now() + self.parts.config.max_wait;
+            while open {
+                match tokio::time::timeout_at(until, receiver.recv()).await {
+                    Ok(Some(unit)) => open = self.take(&mut jobs, unit, max),
+                    _ => break,
+                }
+            }
+        }
+        Some(jobs)
+    }
+
+    /// Commits `jobs` and answers every one of them.
+    async fn commit(&mut self, jobs: Vec<Job>) {
+        let mut keys = HashSet::new();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.reply.is_closed() {
+                continue; // the caller is gone (timed out or disconnected): nothing to answer
+            }
+            if keys.insert(job.movement().ledger_key.clone()) {
+                live.push(job);
+            } else {
+                self.deferred.push_back(job);
+            }
+        }
+        let traceparents: Vec<&str> = live.iter().filter_map(|j| j.item.traceparent.as_deref()).collect();
+        let span = crate::telemetry::batch_span(self.parts.db.name(), live.len(), &traceparents);
+        let started = Instant::now();
+        let size = live.len();
+        self.commit_live(live).instrument(span).await;
+        if size > 0 {
+            self.parts.metrics.batch_movements.observe(size as f64);
+            self.parts
+                .metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    async fn commit_live(&mut self, mut live: Vec<Job>) {
+        let mut attempt = 0;
+        while !live.is_empty() {
+            attempt += 1;
+            match self.attempt(&live).await {
+                Ok(outcomes) => return self.answer(live, outcomes).await,
+                Err(Retry::Duplicates) => {
+                    if !self.answer_duplicates(&mut live).await {
+                        self.back_off(attempt).await;
+                    }
+                }
+                Err(Retry::Stale) => self.forget_accounts(&live),
+                Err(Retry::Transient(error)) => {
+                    self.parts.metrics.transaction_retries.inc();
+                    tracing::debug!(attempt, %error, "transient batch error, retrying");
+                    self.forget_accounts(&live);
+                    if attempt >= self.parts.config.max_attempts {
+                        break;
+                    }
+                    self.back_off(attempt).await;
+                }
+                Err(Retry::Fatal(error)) if live.len() == 1 => {
+                    let job = live.pop().expect("one job");
+                    let _ = job.reply.send(Err(error));
+                }
+                Err(Retry::Fatal(error)) => {
+                    // One movement breaks the batch: apply each alone, so only it fails.
+                    tracing::warn!(%error, movements = live.len(), "batch failed; applying its movements one by one");
+                    self.forget_accounts(&live);
+                    for job in live.drain(..) {
+                        Box::pin(self.commit_live(vec![job])).await;
+                    }
+                }
+            }
+        }
+        for job in live {
+            self.parts.metrics.transaction_give_ups.inc();
+            let _ = job.reply.send(Err(StoreError::Contention));
+        }
+    }
+
+    async fn back_off(&self, attempt: u32) {
+        tokio::time::sleep(crate::money::backoff(self.parts.config.backoff_base, attempt)).await;
+    }
+
+    fn forget_accounts(&mut self, live: &[Job]) {
+        let ids = live.iter().flat_map(|j| j.movement().ledger.account_ids());
+        self.cache.forget(ids);
+    }
+
+    /// One database transaction for `live`: Ok with each movement's outcome once committed.
+    async fn attempt(&mut self, live: &[Job]) -> Result<Vec<Outcome>, Retry> {
+        let mut session = match self.session.take() {
+            Some(session) => session,
+            None => self.parts.client.start_session().await?,
+        };
+        let result = self.attempt_in(&mut session, live).await;
+        if !matches!(result, Err(Retry::Transient(_))) {
+            self.session = Some(session); // a session whose commit is in doubt is not reused
+        }
+        let (outcomes, accounts) = result?;
+        for (id, (balances, version)) in accounts {
+            self.cache.remember(id, balances, version);
+        }
+        Ok(outcomes)
+    }
+
+    async fn attempt_in(
+        &self,
+        session: &mut ClientSession,
+        live: &[Job],
+    ) -> Result<(Vec<Outcome>, BTreeMap<String, (AccountBalances, i64)>), Retry> {
+        let parts = &self.parts;
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+            .selection_criteria(SelectionCriteria::ReadPreference(
+                mongodb::options::ReadPreference::Primary,
+            ))
+            .await?;
+        let items: Vec<&Item> = live.iter().map(|j| &j.item).collect();
+        let written = match write_batch(&parts.db, session, &items, &self.cache.entries).await {
+            Ok(written) => written,
+            Err(retry) => {
+                let _ = session.abort_transaction().await;
+                return Err(retry);
+            }
+        };
+        if written.accounts.is_empty() {
+            let _ = session.abort_transaction().await; // everything was refused: nothing to keep
+        } else {
+            let commit_span = crate::telemetry::operation_span("commitTransaction", parts.db.name(), None);
+            crate::money::commit(session).instrument(commit_span).await?;
+        }
+        Ok((written.outcomes, written.accounts))
+    }
+
+    /// Answers each job; refusals whose movement turns out to be applied already are duplicates.
+    async fn answer(&mut self, live: Vec<Job>, outcomes: Vec<Outcome>) {
+        let refused: Vec<String> = live
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_err())
+            .map(|(j, _)| j.movement().ledger_key.clone())
+            .collect();
+        let existing = existing_by_ledger_key(&self.parts.db, &refused).await.unwrap_or_default();
+        for (job, outcome) in live.into_iter().zip(outcomes) {
+            let outcome = match outcome {
+                Ok(record) => {
+                    self.parts
+                        .metrics
+                        .movements
+                        .with_label_values(&[record.kind.as_str()])
+                        .inc();
+                    Ok(record)
+                }
+                Err(refusal) => match existing.get(&job.movement().ledger_key) {
+                    Some(record) => Err(StoreError::DuplicateLedgerKey(Box::new(record.clone()))),
+                    None => Err(refusal),
+                },
+            };
+            let _ = job.reply.send(outcome);
+        }
+    }
+
+    /// After a duplicate key: answers the jobs that were applied already (by ledger key) or whose
+    /// idempotency key is taken, and keeps the rest. False when none was found (a race: retry).
+    async fn answer_duplicates(&mut self, live: &mut Vec<Job>) -> bool {
+        let keys: Vec<String> = live.iter().map(|j| j.movement().ledger_key.clone()).collect();
+        let Ok(existing) = existing_by_ledger_key(&self.parts.db, &keys).await else {
+            return false;
+        };
+        let ids: Vec<String> = live
+            .iter()
+            .filter_map(|j| j.item.submission.idempotency.as_ref())
+            .map(|i| crate::idempotency::key_id(&i.scope, &i.key))
+            .collect();
+        let Ok(taken) = taken_idempotency_ids(&self.parts.db, &ids).await else {
+            return false;
+        };
+        let before = live.len();
+        let mut kept = Vec::with_capacity(live.len());
+        for job in live.drain(..) {
+            let key_taken = job
+                .item
+                .submission
+                .idempotency
+                .as_ref()
+                .is_some_and(|i| taken.contains(&crate::idempotency::key_id(&i.scope, &i.key)));
+            if let Some(record) = existing.get(&job.movement().ledger_key) {
+                let _ = job.reply.send(Err(StoreError::DuplicateLedgerKey(Box::new(record.clone()))));
+            } else if key_taken {
+                let _ = job.reply.send(Err(StoreError::IdempotencyKeyTaken));
+            } else {
+                kept.push(job);
+            }
+        }
+        *live = kept;
+        live.len() < before
+    }
+}
+
+/// What an attempt wrote: each movement's outcome and the touched accounts after it.
+struct Written {
+    outcomes: Vec<Outcome>,
+    accounts: BTreeMap<String, (AccountBalances, i64)>,
+}
+
+/// The body of one attempt, inside the open transaction of `session`.
+async fn write_batch(
+    db: &Database,
+    session: &mut ClientSession,
+    items: &[&Item],
+    known: &HashMap<String, (AccountBalances, i64)>,
+) -> Result<Written, Retry> {
+    let ids: BTreeSet<String> = items.iter().flat_map(|i| i.movement().ledger.account_ids()).collect();
+    let accounts = load_accounts(db, session, &ids, known).await?;
+    let mut book = Book::new();
+    for (id, (balances, _)) in &accounts {
+        book.insert_account(id.clone(), balances.clone());
+    }
+    let counter_keys: BTreeSet<String> = items
+        .iter()
+        .flat_map(|i| i.movement().limits.iter().map(|l| l.key.clone()))
+        .collect();
+    let counters = load_counters(db, session, &counter_keys).await?;
+    for (key, used) in &counters {
+        book.insert_counter(key.clone(), *used);
+    }
+    let now = DateTime::now();
+    let mut plan = BatchWrites::default();
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match book.apply(item.movement()) {
+            Ok(applied) => Ok(plan.add(item, &applied, &book, now)?),
+            Err(refusal) => Err(refused(refusal)),
+        };
+        outcomes.push(outcome);
+    }
+    if plan.records.is_empty() {
+        return Ok(Written {
+            outcomes,
+            accounts: BTreeMap::new(),
+        });
+    }
+    let after = update_accounts(db, session, &accounts, &plan.touches, &book, now).await?;
+    plan.insert(db, session).await?;
+    update_counters(db, session, &plan.charged, now).await?;
+    Ok(Written {
+        outcomes,
+        accounts: after,
+    })
+}
+
+/// Writes one movement inside a transaction its caller runs (with other writes of its own, e.g.
+/// an adjustment's decision): the same rules and writes as a batch of one, no cache.
+pub(crate) async fn write_one(
+    db: &Database,
+    session: &mut ClientSession,
+    submission: Submission,
+) -> Result<TransactionDoc, StoreError> {
+    let item = Item {
+        submission,
+        traceparent: crate::model::current_traceparent(),
+    };
+    match write_batch(db, session, &[&item], &HashMap::new()).await {
+        Ok(mut written) => written.outcomes.pop().expect("one outcome"),
+        Err(Retry::Duplicates) => Err(StoreError::AlreadyExists),
+        Err(Retry::Stale) => Err(StoreError::Contention),
+        Err(Retry::Transient(e)) => Err(StoreError::Database(e)),
+        Err(Retry::Fatal(e)) => Err(e),
+    }
+}
+
+fn refused(refusal: BookRefusal) -> StoreError {
+    match refusal {
+        BookRefusal::InsufficientFunds => StoreError::InsufficientFunds,
+        BookRefusal::BalanceLimit => StoreError::BalanceLimit,
+        BookRefusal::UnknownAccount(_) => StoreError::NotFound,
+        BookRefusal::LimitExceeded(_) => StoreError::LimitExceeded,
+        other => StoreError::Corrupt(other.to_string()),
+    }
+}
+
+/// Every account of `ids`, from `known` or read in the transaction (one `find` for the misses).
+async fn load_accounts(
+    db: &Database,
+    session: &mut ClientSession,
+    ids: &BTreeSet<String>,
+    known: &HashMap<String, (AccountBalances, i64)>,
+) -> Result<BTreeMap<String, (AccountBalances, i64)>, Retry> {
+    let mut accounts = BTreeMap::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        match known.get(id) {
+            Some(entry) => {
+                accounts.insert(id.clone(), entry.clone());
+            }
+            None => missing.push(id.clone()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(accounts);
+    }
+    let mut cursor = db
+        .collection::<WalletDoc>(WALLETS)
+        .find(doc! { "_id": { "$in": &missing } })
+        .session(&mut *session)
+        .await?;
+    while let Some(wallet) = cursor.next(&mut *session).await.transpose()? {
+        let balances = account_balances(&wallet).map_err(|e| Retry::Fatal(e.into()))?;
+        accounts.insert(wallet.id.clone(), (balances, wallet.version));
+    }
+    Ok(accounts)
+}
+
+/// A stored account as the book sees it.
+pub(crate) fn account_balances(wallet: &WalletDoc) -> Result<AccountBalances, codec::DecodeError> {
+    let signed = |bucket: Bucket| {
+        codec::from_decimal(wallet.bucket(bucket)).map(|(magnitude, negative)| SignedAmount::new(magnitude, negative))
+    };
+    Ok(AccountBalances {
+        kind: wallet.kind,
+        user_id: wallet.user_id.clone(),
+        asset: wallet.asset.clone(),
+        available: signed(Bucket::Available)?,
+        pending: signed(Bucket::Pending)?,
+        held: signed(Bucket::Held)?,
+    })
+}
+
+/// The limit counters of `keys` (absent ones are zero), read in the transaction.
+async fn load_counters(
+    db: &Database,
+    session: &mut ClientSession,
+    keys: &BTreeSet<String>,
+) -> Result<BTreeMap<String, coffer_domain::Amount>, Retry> {
+    let mut counters = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(counters);
+    }
+    let mut cursor = db
+        .collection::<Document>(VELOCITY)
+        .find(doc! { "_id": { "$in": keys.iter().collect::<Vec<_>>() } })
+        .session(&mut *session)
+        .await?;
+    while let Some(counter) = cursor.next(&mut *session).await.transpose()? {
+        let key = counter.get_str("_id").unwrap_or_default().to_string();
+        let total = counter
+            .get("total")
+            .and_then(|t| match t {
+                mongodb::bson::Bson::Decimal128(d) => Some(d),
+                _ => None,
+            })
+            .ok_or_else(|| Retry::Fatal(StoreError::Corrupt(format!("limit counter {key} has no total"))))?;
+        let used = codec::non_negative(total).map_err(|e| Retry::Fatal(e.into()))?;
+        counters.insert(key, used);
+    }
+    Ok(counters)
+}
+
+/// Everything an attempt inserts, built movement by movement as the book applies them.
+#[derive(Default)]
+struct BatchWrites {
+    records: Vec<TransactionDoc>,
+    entries: Vec<LedgerEntryDoc>,
+    events: Vec<OutboxDoc>,
+    idempotency: Vec<IdempotencyDoc>,
+    /// Per account: how many applied movements touched it (its version moves by that much).
+    touches: BTreeMap<String, i64>,
+    /// Per limit counter: the amount the applied movements charged.
+    charged: BTreeMap<String, coffer_domain::Amount>,
+}
+
+impl BatchWrites {
+    fn add(&mut self, item: &Item, applied: &Applied, book: &Book, now: DateTime) -> Result<TransactionDoc, Retry> {
+        let movement = item.movement();
+        let record = transaction_record(movement, now);
+        for id in movement.ledger.account_ids() {
+            *self.touches.entry(id).or_default() += 1;
+        }
+        for charge in &movement.limits {
+            let used = self.charged.entry(charge.key.clone()).or_default();
+            *used = used.checked_add(charge.amount).expect("bounded by the limit");
+        }
+        let owner_of = |id: &str| book.account(id).and_then(|a| a.user_id.clone());
+        let entries = ledger_entries(&movement.transaction_id, &movement.ledger, owner_of, now);
+        self.entries.extend(entries);
+        let balance_events = applied
+            .user_balances
+            .iter()
+            .filter_map(|(id, balances)| balance_event(id, balances, movement.decimals, &movement.transaction_id));
+        for event in movement.events.iter().cloned().chain(balance_events) {
+            self.events.push(outbox_row(&event, item.traceparent.clone())?);
+        }
+        if let Some(write) = &item.submission.idempotency {
+            self.idempotency.push(IdempotencyDoc::completed(write, (write.render)(&record), now));
+        }
+        self.records.push(record.clone());
+        Ok(record)
+    }
+
+    async fn insert(&self, db: &Database, session: &mut ClientSession) -> Result<(), Retry> {
+        db.collection::<TransactionDoc>(TRANSACTIONS)
+            .insert_many(&self.records)
+            .session(&mut *session)
+            .await?;
+        db.collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+            .insert_many(&self.entries)
+            .session(&mut *session)
+            .await?;
+        if !self.events.is_empty() {
+            let span = crate::telemetry::operation_span("insert", db.name(), Some(OUTBOX));
+            db.collection::<OutboxDoc>(OUTBOX)
+                .insert_many(&self.events)
+                .session(&mut *session)
+                .into_future()
+                .instrument(span)
+                .await?;
+        }
+        if !self.idempotency.is_empty() {
+            db.collection::<IdempotencyDoc>(IDEMPOTENCY_KEYS)
+                .insert_many(&self.idempotency)
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The transaction record of a new movement.
+pub(crate) fn transaction_record(movement: &Movement, now: DateTime) -> TransactionDoc {
+    let ledger = &movement.ledger;
+    TransactionDoc {
+        id: movement.transaction_id.clone(),
+        kind: ledger.kind(),
+        state: movement.state,
+        asset: ledger.asset().to_string(),
+        decimals: movement.decimals,
+        amount: movement.amount,
+        ledger_key: movement.ledger_key.clone(),
+        participants: movement.participants.clone(),
+        from_wallet_id: movement.from_wallet_id.clone(),
+        to_wallet_id: movement.to_wallet_id.clone(),
+        external_reference: movement.external_reference.clone(),
+        destination: movement.destination.clone(),
+        initiated_by: movement.initiated_by.clone(),
+        timeline: movement.timeline.iter().map(TimelineEntry::from).collect(),
+        created_at: now,
+        updated_at: now,
+        velocity_key: movement.limits.first().map(|l| l.key.clone()),
+        broadcast: None,
+    }
+}
+
+/// The ledger entries of `ledger`'s postings under transaction `transaction_id`; `owner_of`
+/// names the user of each account (None for platform accounts).
+pub(crate) fn ledger_entries(
+    transaction_id: &str,
+    ledger: &coffer_domain::LedgerTransaction,
+    owner_of: impl Fn(&str) -> Option<String>,
+    now: DateTime,
+) -> Vec<LedgerEntryDoc> {
+    let postings = ledger.postings().iter();
+    postings
+        .map(|posting| LedgerEntryDoc {
+            id: new_id(),
+            transaction_id: transaction_id.to_string(),
+            account_id: posting.account_id.clone(),
+            user_id: owner_of(&posting.account_id),
+            asset: ledger.asset().to_string(),
+            kind: ledger.kind(),
+            bucket: posting.bucket,
+            side: posting.side,
+            amount: codec::to_decimal(&posting.amount, posting.side == Side::Debit),
+            created_at: now,
+        })
+        .collect()
+}
+
+/// A planned event as an outbox row.
+pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> Result<OutboxDoc, mongodb::bson::ser::Error> {
+    let data = to_document(&event.data)?;
+    let mut row = OutboxDoc::new(
+        event.event_type.as_str(),
+        event.event_type.data_version(),
+        &event.wallet_id,
+        &event.user_id,
+        data,
+    );
+    row.traceparent = traceparent;
+    Ok(row)
+}
+
+/// ONE `update` command for every touched account: each statement adds the batch's net change
+/// and moves the version by the number of movements, conditional on the version read. Answers
+/// the accounts after the batch; [`Retry::Stale`] when any version moved.
+async fn update_accounts(
+    db: &Database,
+    session: &mut ClientSession,
+    before: &BTreeMap<String, (AccountBalances, i64)>,
+    touches: &BTreeMap<String, i64>,
+    book: &Book,
+    now: DateTime,
+) -> Result<BTreeMap<String, (AccountBalances, i64)>, Retry> {
+    let mut statements = Vec::with_capacity(touches.len());
+    let mut after = BTreeMap::new();
+    for (id, count) in touches {
+        let (old, version) = &before[id];
+        let new = book.account(id).expect("touched accounts are in the book").clone();
+        let mut inc = doc! { "version": *count };
+        let mut filter = doc! { "_id": id, "version": *version };
+        for bucket in Bucket::ALL {
+            let delta = new.bucket(bucket).minus(old.bucket(bucket));
+            if delta.amount.is_zero() {
+                continue;
+            }
+            inc.insert(bucket.as_str(), codec::to_decimal(&delta.amount, delta.negative));
+            // Belt and braces: the database itself refuses to take a user's bucket below zero.
+            if delta.negative && new.kind.must_stay_non_negative() {
+                filter.insert(bucket.as_str(), doc! { "$gte": codec::to_decimal(&delta.amount, false) });
+            }
+        }
+        statements.push(doc! {
+            "q": filter,
+            "u": { "$inc": inc, "$set": { "updated_at": now } },
+        });
+        after.insert(id.clone(), (new, version + count));
+    }
+    let expected = statements.len();
+    let reply = db
+        .run_command(doc! { "update": WALLETS, "updates": statements, "ordered": true })
+        .session(&mut *session)
+        .await?;
+    check_write_errors(&reply)?;
+    if matched(&reply) != expected as i64 {
+        return Err(Retry::Stale);
+    }
+    Ok(after)
+}
+
+/// Adds what the batch charged to each limit counter (created on first use), in one command.
+async fn update_counters(
+    db: &Database,
+    session: &mut ClientSession,
+    charged: &BTreeMap<String, coffer_domain::Amount>,
+    now: DateTime,
+) -> Result<(), Retry> {
+    if charged.is_empty() {
+        return Ok(());
+    }
+    let expires = DateTime::from_millis(now.timestamp_millis() + crate::money::VELOCITY_RETENTION_MS);
+    let statements: Vec<Document> = charged
+        .iter()
+        .map(|(key, amount)| {
+            doc! {
+                "q": { "_id": key },
+                "u": { "$inc": { "total": codec::to_decimal(amount, false) }, "$setOnInsert": { "expires_at": expires } },
+                "upsert": true,
+            }
+        })
+        .collect();
+    let reply = db
+        .run_command(doc! { "update": VELOCITY, "updates": statements, "ordered": true })
+        .session(&mut *session)
+        .await?;
+    check_write_errors(&reply)
+}
+
+fn matched(reply: &Document) -> i64 {
+    match reply.get("n") {
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        _ => -1,
+    }
+}
+
+/// A write error inside an `update` reply (the command itself succeeds with `writeErrors`).
+fn check_write_errors(reply: &Document) -> Result<(), Retry> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok(());
+    };
+    let first = errors.first().and_then(|e| e.as_document());
+    let code = first.and_then(|e| e.get_i32("code").ok()).unwrap_or_default();
+    let message = first
+        .and_then(|e| e.get_str("errmsg").ok())
+        .unwrap_or("unknown write error")
+        .to_string();
+    Err(match code {
+        11000 => Retry::Duplicates,
+        112 => Retry::Stale, // WriteConflict reported per statement
+        _ => Retry::Fatal(StoreError::Corrupt(format!("update failed ({code}): {message}"))),
+    })
+}
+
+/// Committed transactions with any of `keys`, by key.
+async fn existing_by_ledger_key(db: &Database, keys: &[String]) -> Result<HashMap<String, TransactionDoc>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found: Vec<TransactionDoc> = db
+        .collection::<TransactionDoc>(TRANSACTIONS)
+        .find(doc! { "ledger_key": { "$in": keys } })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().map(|t| (t.ledger_key.clone(), t)).collect())
+}
+
+/// The idempotency records among `ids` that exist.
+async fn taken_idempotency_ids(db: &Database, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<Document> = db
+        .collection::<Document>(IDEMPOTENCY_KEYS)
+        .find(doc! { "_id": { "$in": ids } })
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(found
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(String::from))
+        .collect())
+}
