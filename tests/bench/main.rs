@@ -1,6 +1,16 @@
-//! Transfer throughput through the HTTP API, against a raw-driver baseline on the same server
-//! in the same run. Usage: `cargo run --release -p coffer-tests --bin coffer-bench [TRANSFERS]`
-//! with `MONGODB_URI` set (scripts/bench does both).
+//! Transfer throughput through the HTTP API, against raw-driver baselines on the same server in
+//! the same run. Usage: `cargo run --release -p coffer-tests --bin coffer-bench [TRANSFERS]` with
+//! `MONGODB_URI` set (scripts/bench does both). It prints, each with p50/p99 and its ratio:
+//! the raw baseline (one transfer per transaction: two `$inc` and an insert) at 1, 16 and 64
+//! clients; the group-commit ceiling (128 transfers per transaction as ONE `update` command and
+//! one `insert_many`); the API at 1, 16 and 64 clients on spread wallets and at 16 and 64 clients
+//! paying out of ONE wallet; then `ledger verify`.
+//!
+//! `coffer-bench sustained [SECONDS]`: 64 clients paying out of one wallet for that long (default
+//! 120); counts the answers by status (issue 12: no 503 while the database has capacity).
+//!
+//! `coffer-bench growth`: the cost per transfer when the ledger already holds 10,000, 100,000 and
+//! 1,000,000 entries (seeded straight into the collections, with every index in place).
 //!
 //! `coffer-bench tracing [TRANSFERS]` instead measures what traces cost: the API transfer
 //! benchmark with span export off, on, and on with database command spans, taking turns in short
@@ -9,6 +19,8 @@
 //! transfer, and the ratios to "off" (issue 8: traces on above 0.95).
 
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use coffer_store::mongodb::bson::{doc, Decimal128, Document};
 use coffer_store::mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
@@ -129,7 +141,7 @@ async fn raw_driver(client: &Client, clients: usize, total: usize) -> Figures {
     let retries: u64 = results.iter().map(|r| r.1).sum();
     let latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
     let figures = Figures {
-        label: format!("raw driver, {clients} client(s), 2x$inc+insert/tx ({retries} retries)"),
+        label: format!("raw driver, {clients} client(s) ({retries} retries)"),
         count: latencies.len(),
         elapsed: started.elapsed(),
         latencies,
@@ -138,14 +150,13 @@ async fn raw_driver(client: &Client, clients: usize, total: usize) -> Figures {
     figures
 }
 
-/// Transfers through the API: each client moves 1 unit back and forth between its own pair of
-/// wallets (`hot` = every client pays out of ONE wallet instead).
-async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -> Figures {
+/// A funded sender and a receiver per client (`hot`: every client pays out of ONE wallet).
+async fn transfer_pairs(app: &TestApp, clients: usize, hot: bool) -> Vec<(TestUser, String, String)> {
     let payment = app.staff(Role::Payment).await;
     let mut pairs: Vec<(TestUser, String, String)> = Vec::new();
     let shared = app.register().await;
     let shared_wallet = app.create_wallet(&shared, "USDT").await;
-    app.deposit(&payment, &shared_wallet, "1000000").await;
+    app.deposit(&payment, &shared_wallet, "100000000").await;
     for _ in 0..clients {
         let receiver = app.register().await;
         let to = app.create_wallet(&receiver, "USDT").await;
@@ -154,45 +165,124 @@ async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -
         } else {
             let sender = app.register().await;
             let from = app.create_wallet(&sender, "USDT").await;
-            app.deposit(&payment, &from, "1000000").await;
+            app.deposit(&payment, &from, "100000000").await;
             pairs.push((sender, from, to));
         }
     }
+    pairs
+}
+
+/// What a run of transfers got back.
+#[derive(Default)]
+struct Answers {
+    latencies: Vec<Duration>,
+    retry_later: usize,
+    other: usize,
+}
+
+/// Each client sends transfers of 1 unit until `done(sent so far)` says stop.
+async fn send_transfers(
+    app: &TestApp,
+    pairs: &[(TestUser, String, String)],
+    done: impl Fn(usize, Instant) -> bool + Sync,
+) -> Answers {
     let started = Instant::now();
-    let per_client = total / clients;
-    let runs = pairs.iter().map(|(user, from, to)| async move {
-        let mut latencies = Vec::with_capacity(per_client);
-        let mut refused = 0usize;
-        for _ in 0..per_client {
-            let t = Instant::now();
-            let reply = app
-                .post(
-                    "/v1/transfers",
-                    &user.access_token,
-                    json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" }),
-                )
-                .await;
-            // 503 retry_later is a legitimate answer under contention; anything else is a bug.
-            assert!(matches!(reply.status.as_u16(), 201 | 503), "{:?}", reply.body);
-            if reply.status.as_u16() == 201 {
-                latencies.push(t.elapsed());
-            } else {
-                refused += 1;
+    let runs = pairs.iter().map(|(user, from, to)| {
+        let done = &done;
+        async move {
+            let mut answers = Answers::default();
+            let mut sent = 0;
+            while !done(sent, started) {
+                sent += 1;
+                let t = Instant::now();
+                let body = json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" });
+                let reply = app.post("/v1/transfers", &user.access_token, body).await;
+                match reply.status.as_u16() {
+                    201 => answers.latencies.push(t.elapsed()),
+                    503 => answers.retry_later += 1,
+                    _ => {
+                        eprintln!("unexpected answer {}: {}", reply.status, reply.body);
+                        answers.other += 1;
+                    }
+                }
             }
+            answers
         }
-        (latencies, refused)
     });
-    let results = futures::future::join_all(runs).await;
-    let refused: usize = results.iter().map(|r| r.1).sum();
-    let latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+    let mut all = Answers::default();
+    for answers in futures::future::join_all(runs).await {
+        all.latencies.extend(answers.latencies);
+        all.retry_later += answers.retry_later;
+        all.other += answers.other;
+    }
+    all
+}
+
+/// `total` transfers through the API from `clients` concurrent clients.
+async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -> Figures {
+    let pairs = transfer_pairs(app, clients, hot).await;
+    let per_client = total.div_ceil(clients);
+    let started = Instant::now();
+    let answers = send_transfers(app, &pairs, |sent, _| sent >= per_client).await;
+    let elapsed = started.elapsed();
+    assert_eq!(answers.other, 0, "every transfer is funded: only 201 or 503 may come back");
     let hot_label = if hot { ", one hot wallet" } else { "" };
-    let label = format!("API POST /v1/transfers, {clients} client(s){hot_label} ({refused} x 503)");
+    let label = format!(
+        "API POST /v1/transfers, {clients} client(s){hot_label} ({} x 503)",
+        answers.retry_later
+    );
     Figures {
         label,
+        count: answers.latencies.len(),
+        elapsed,
+        latencies: answers.latencies,
+    }
+}
+
+/// The group-commit ceiling on this server: 128 transfers per transaction, their 256 balance
+/// changes as ONE `update` command and their entries as one `insert_many` (raw driver).
+async fn raw_group_commit(client: &Client, total: usize) -> Figures {
+    const BATCH: usize = 128;
+    let db = client.database(&format!("bench_group_{}", uuid::Uuid::new_v4().simple()));
+    let balances = db.collection::<Document>("balances");
+    let entries = db.collection::<Document>("entries");
+    let accounts = (BATCH * 2) as i64;
+    let zero = Decimal128::from_bytes(0u128.to_le_bytes());
+    let seed: Vec<Document> = (0..accounts).map(|i| doc! { "_id": i, "v": zero }).collect();
+    balances.insert_many(seed).await.unwrap();
+    let one = Decimal128::from_bytes(((6176u128 << 113) | 1).to_le_bytes());
+    let mut session = client.start_session().await.unwrap();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for _ in 0..total.div_ceil(BATCH) {
+        let t = Instant::now();
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+            .await
+            .unwrap();
+        let updates: Vec<Document> = (0..accounts)
+            .map(|i| doc! { "q": { "_id": i }, "u": { "$inc": { "v": one } } })
+            .collect();
+        db.run_command(doc! { "update": "balances", "updates": updates, "ordered": true })
+            .session(&mut session)
+            .await
+            .unwrap();
+        let rows: Vec<Document> = (0..BATCH as i64).map(|i| doc! { "a": i * 2, "b": i * 2 + 1 }).collect();
+        entries.insert_many(rows).session(&mut session).await.unwrap();
+        session.commit_transaction().await.unwrap();
+        // Every transfer of the batch waited for the whole batch.
+        latencies.extend(std::iter::repeat_n(t.elapsed(), BATCH));
+    }
+    let figures = Figures {
+        label: "raw group commit: 128 transfers per tx, one update command".into(),
         count: latencies.len(),
         elapsed: started.elapsed(),
         latencies,
-    }
+    };
+    db.drop().await.unwrap();
+    figures
 }
 
 /// The store's write path alone (no HTTP, no idempotency record): where the time goes.
@@ -376,36 +466,192 @@ async fn main() {
     if tracing_mode {
         return tracing_overhead(total).await;
     }
+    if args.first().is_some_and(|a| a == "sustained") {
+        let seconds = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(120);
+        return sustained(seconds).await;
+    }
+    if args.first().is_some_and(|a| a == "growth") {
+        return growth().await;
+    }
     let uri = coffer_test_support::mongodb_uri();
     let client = Client::with_uri_str(&uri).await.expect("connect");
     println!(
-        "coffer-bench: {total} transfers per scenario against {}",
-        uri.split('@').next_back().unwrap_or("")
+        "coffer-bench: {total} transfers per scenario against {} (load average {})",
+        uri.split('@').next_back().unwrap_or(""),
+        load_average()
     );
 
-    let raw_one = raw_driver(&client, 1, total).await;
-    raw_one.print(None);
-    let raw_sixteen = raw_driver(&client, 16, total).await;
-    raw_sixteen.print(None);
+    let raw: Vec<Figures> = futures::stream::iter([1usize, 16, 64])
+        .then(|clients| raw_driver(&client, clients, total))
+        .collect()
+        .await;
+    for figures in &raw {
+        figures.print(None);
+    }
+    let raw_best = raw.iter().map(Figures::rate).fold(0.0, f64::max);
+    let ceiling = raw_group_commit(&client, total.max(1280)).await;
+    ceiling.print(Some(raw_best));
 
     let app = TestApp::spawn_with(Options::default()).await;
     let store_one = store_transfers(&app, total).await;
-    store_one.print(Some(raw_one.rate()));
+    store_one.print(Some(raw[0].rate()));
     let api_one = api_transfers(&app, 1, total, false).await;
-    api_one.print(Some(raw_one.rate()));
+    api_one.print(Some(raw[0].rate()));
     let api_sixteen = api_transfers(&app, 16, total, false).await;
-    api_sixteen.print(Some(raw_sixteen.rate()));
-    let api_hot = api_transfers(&app, 16, total, true).await;
-    api_hot.print(Some(raw_sixteen.rate()));
+    api_sixteen.print(Some(raw[1].rate()));
+    let api_sixty_four = api_transfers(&app, 64, total, false).await;
+    api_sixty_four.print(Some(raw[2].rate()));
+    let hot_sixteen = api_transfers(&app, 16, total, true).await;
+    hot_sixteen.print(Some(raw_best));
+    let hot_sixty_four = api_transfers(&app, 64, total, true).await;
+    hot_sixty_four.print(Some(raw_best));
+
+    println!("\ntargets (ratios in this run):");
+    let target = |name: &str, value: f64, goal: f64, at_least: bool| {
+        let met = if at_least { value >= goal } else { value <= goal };
+        println!("  {name:<58} {value:>6.2}  target {} {goal:<5} {}", if at_least { ">=" } else { "<=" }, if met { "met" } else { "MISSED" });
+    };
+    target("API 1 client / raw 1 client", api_one.rate() / raw[0].rate(), 0.6, true);
+    target("API 16 clients / raw 16 clients", api_sixteen.rate() / raw[1].rate(), 1.5, true);
+    target("API 64 clients, one hot wallet / raw best one-per-tx", hot_sixty_four.rate() / raw_best, 2.0, true);
+    target("API p99 at 16 clients / raw p99 at 16 clients", api_sixteen.percentile(0.99) / raw[1].percentile(0.99), 2.0, false);
+    target("(group-commit ceiling / raw best one-per-tx)", ceiling.rate() / raw_best, 2.85, true);
+    print_batches(&app);
+    verify(&app).await;
+}
+
+/// Batch sizes and retries the run produced, from the store's metrics.
+fn print_batches(app: &TestApp) {
+    let families = app.registry.gather();
+    let histogram = families.iter().find(|f| f.name() == "coffer_ledger_batch_movements");
+    if let Some(h) = histogram.and_then(|f| f.get_metric().first()).map(|m| m.get_histogram()) {
+        let (count, sum) = (h.get_sample_count(), h.get_sample_sum());
+        println!("batches: {count}, movements per batch on average {:.1}", sum / count.max(1) as f64);
+    }
     println!(
         "write-conflict retries {}  give-ups {}",
         app.metric("coffer_ledger_transaction_retries_total"),
         app.metric("coffer_ledger_transaction_give_ups_total")
     );
+}
+
+async fn verify(app: &TestApp) {
     let report = app.store.verify_ledger().await.expect("verify");
+    println!("ledger verify after the run: {} finding(s)", report.findings.len());
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// 64 clients paying out of one wallet for `seconds`: every answer counted by status.
+async fn sustained(seconds: u64) {
+    let app = TestApp::spawn_with(Options::default()).await;
+    let pairs = transfer_pairs(&app, 64, true).await;
+    println!("coffer-bench sustained: 64 clients, one hot wallet, {seconds} s (load average {})", load_average());
+    let window = Duration::from_secs(seconds);
+    let started = Instant::now();
+    let answers = send_transfers(&app, &pairs, |_, began| began.elapsed() >= window).await;
+    let figures = Figures {
+        label: format!("API, 64 clients, one hot wallet, {seconds} s"),
+        count: answers.latencies.len(),
+        elapsed: started.elapsed(),
+        latencies: answers.latencies,
+    };
+    figures.print(None);
     println!(
-        "ledger verify after the run: {} finding(s)",
-        report.findings.len()
+        "answers: 201 x {}, 503 x {}, other x {}",
+        figures.count, answers.retry_later, answers.other
     );
-    assert!(report.findings.is_empty());
+    print_batches(&app);
+    verify(&app).await;
+    assert_eq!(answers.retry_later + answers.other, 0, "no transfer turned away");
+}
+
+/// The cost per transfer with 10,000, 100,000 and 1,000,000 ledger entries already stored.
+async fn growth() {
+    let app = TestApp::spawn_with(Options::default()).await;
+    println!("coffer-bench growth (load average {})", load_average());
+    let mut seeded = 0u64;
+    for target in [10_000u64, 100_000, 1_000_000] {
+        let seeding = Instant::now();
+        seed_history(&app, target - seeded).await;
+        seeded = target;
+        println!("seeded to {target} ledger entries in {:.0} s", seeding.elapsed().as_secs_f64());
+        let one = api_transfers(&app, 1, 300, false).await;
+        let sixteen = api_transfers(&app, 16, 1600, false).await;
+        for (figures, clients) in [(&one, 1), (&sixteen, 16)] {
+            println!(
+                "  {target:>9} entries, {clients:>2} client(s): {:>7.1}/s  {:>6.2} ms per transfer  p99 {:>6.2} ms",
+                figures.rate(),
+                1000.0 / figures.rate(),
+                figures.percentile(0.99)
+            );
+        }
+    }
+    verify(&app).await;
+}
+
+/// `entries` more ledger history: balanced transfers between 1,000 seeded wallets, with their
+/// transaction records and published outbox rows, written straight into the collections in
+/// chunks (every index in place, so the write and the queries pay for the size).
+async fn seed_history(app: &TestApp, entries: u64) {
+    const CHUNK: u64 = 5_000;
+    let db = app.store.database();
+    let wallets: Vec<String> = (0..1000).map(|i| format!("seed-wallet-{i:04}")).collect();
+    let zero = Decimal128::from_bytes(0u128.to_le_bytes());
+    if db.collection::<Document>("wallets").count_documents(doc! { "_id": &wallets[0] }).await.unwrap() == 0 {
+        let docs: Vec<Document> = wallets
+            .iter()
+            .map(|id| doc! {
+                "_id": id, "owner_key": format!("seed:{id}"), "kind": "custody", "user_id": null,
+                "asset": "USDT", "decimals": 6, "available": zero, "pending": zero, "held": zero,
+                "version": 0i64, "created_at": coffer_store::mongodb::bson::DateTime::now(),
+                "updated_at": coffer_store::mongodb::bson::DateTime::now(),
+            })
+            .collect();
+        db.collection::<Document>("wallets").insert_many(docs).await.unwrap();
+    }
+    let one = Decimal128::from_bytes(((6176u128 << 113) | 1).to_le_bytes());
+    let minus_one = Decimal128::from_bytes(((1u128 << 127) | (6176u128 << 113) | 1).to_le_bytes());
+    let mut written = 0;
+    while written < entries {
+        let now = coffer_store::mongodb::bson::DateTime::now();
+        let transfers = (CHUNK.min(entries - written) / 2).max(1);
+        let mut txs = Vec::new();
+        let mut rows = Vec::new();
+        let mut events = Vec::new();
+        for _ in 0..transfers {
+            let tx = coffer_store::new_id();
+            // Net zero per wallet, so its cached balance stays right for `ledger verify`.
+            let a = &wallets[rand_index()];
+            txs.push(doc! { "_id": &tx, "kind": "adjustment", "state": "confirmed", "asset": "USDT",
+                "ledger_key": format!("seed:{tx}"), "participants": [], "created_at": now });
+            for (account, amount) in [(a, minus_one), (a, one)] {
+                rows.push(doc! { "_id": coffer_store::new_id(), "transaction_id": &tx, "account_id": account,
+                    "user_id": null, "asset": "USDT", "kind": "adjustment", "bucket": "available",
+                    "side": "credit", "amount": amount, "created_at": now });
+            }
+            events.push(doc! { "_id": coffer_store::new_id(), "event_type": "wallet.balance.updated",
+                "data_version": 1, "subject": a, "user_id": "seed", "data": {}, "created_at": now,
+                "published_at": now, "attempts": 0 });
+        }
+        db.collection::<Document>("transactions").insert_many(txs).await.unwrap();
+        db.collection::<Document>("ledger_entries").insert_many(rows).await.unwrap();
+        db.collection::<Document>("outbox").insert_many(events).await.unwrap();
+        written += transfers * 2;
+    }
+}
+
+fn rand_index() -> usize {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % 1000) as usize
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -506,6 +506,7 @@ impl Writer {
         } else {
             let commit_span = crate::telemetry::operation_span("commitTransaction", parts.db.name(), None);
             crate::money::commit(session).instrument(commit_span).await?;
+            coffer_telemetry::faults::point("ledger.after_commit");
         }
         Ok((written.outcomes, written.accounts))
     }

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod chain;
 pub mod otlp;
+pub mod process;
 pub mod stream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,206 @@
+//! Issue 12: correctness does not depend on one process's memory. Two `coffer api` processes on
+//! one database drain one wallet exactly, and a process killed between a batch's commit and its
+//! answers leaves a retry that replays the stored response and moves nothing twice.
+//!
+//! Needs what scripts/test starts: the MongoDB-compatible server (`MONGODB_URI`).
+
+use std::path::Path;
+
+use coffer_test_support::process::{free_port, wait_ready, Process, Roles};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// An API process on its own port.
+struct Api {
+    process: Process,
+    url: String,
+}
+
+fn roles(label: &str) -> Roles {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let env = vec![
+        (
+            "MONGODB_URI".to_string(),
+            std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
+        ),
+        ("COFFER_DATABASE".into(), format!("proc_{}", uuid::Uuid::new_v4().simple())),
+        (
+            "COFFER_ASSETS_FILE".into(),
+            root.join("config/assets.dev.json").display().to_string(),
+        ),
+        ("COFFER_JWT_SECRET".into(), "processes-test-secret-0123456789abcdef".into()),
+        ("COFFER_RATE_MONEY_PER_USER_PER_MINUTE".into(), "100000".into()),
+        ("COFFER_RATE_MONEY_PER_IP_PER_MINUTE".into(), "100000".into()),
+        ("COFFER_RATE_AUTH_PER_IP_PER_MINUTE".into(), "100000".into()),
+    ];
+    Roles::new(Path::new(env!("CARGO_BIN_EXE_coffer")), label, env)
+}
+
+async fn api(roles: &Roles, name: &str, client: &reqwest::Client, faults: Option<&str>) -> Api {
+    let port = free_port();
+    let mut extra = vec![("COFFER_LISTEN", format!("127.0.0.1:{port}"))];
+    if let Some(faults) = faults {
+        extra.push(("COFFER_FAULTS", faults.to_string()));
+    }
+    let process = roles.spawn(name, &["api"], &extra);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(client, &format!("{url}/readyz")).await;
+    Api { process, url }
+}
+
+/// POST with an explicit Idempotency-Key; Err when the connection failed (the process died).
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    key: &str,
+    body: Value,
+) -> Result<(StatusCode, reqwest::header::HeaderMap, Value), reqwest::Error> {
+    let mut request = client.post(url).header("Idempotency-Key", key).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let (status, headers) = (response.status(), response.headers().clone());
+    Ok((status, headers, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Registers a user and opens an ETH wallet; (access token, wallet id).
+async fn user_with_wallet(client: &reqwest::Client, api: &Api) -> (String, String) {
+    let email = format!("u-{}@example.com", uuid::Uuid::new_v4().simple());
+    let register = json!({ "email": email, "password": PASSWORD });
+    let url = format!("{}/v1/auth/register", api.url);
+    let (status, _, body) = post(client, &url, None, "r", register).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let url = format!("{}/v1/wallets", api.url);
+    let key = uuid::Uuid::new_v4().to_string();
+    let (status, _, wallet) = post(client, &url, Some(&token), &key, json!({ "asset": "ETH" }))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{wallet}");
+    (token, wallet["id"].as_str().unwrap().to_string())
+}
+
+/// Creates the payment service account and credits `amount` to `wallet` through `api`.
+async fn fund(roles: &Roles, client: &reqwest::Client, api: &Api, wallet: &str, amount: &str) {
+    let args = ["user", "create", "--email", "payments@coffer.test", "--role", "payment", "--password-stdin"];
+    assert!(roles.run_with_stdin("user", &args, PASSWORD), "user create");
+    let login = json!({ "email": "payments@coffer.test", "password": PASSWORD });
+    let url = format!("{}/v1/auth/login", api.url);
+    let (_, _, session) = post(client, &url, None, "l", login).await.unwrap();
+    let token = session["access_token"].as_str().unwrap();
+    let deposit = json!({ "wallet_id": wallet, "amount": amount, "external_reference": "seed" });
+    let url = format!("{}/v1/deposits", api.url);
+    let (status, _, body) = post(client, &url, Some(token), "d", deposit).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn available(client: &reqwest::Client, api: &Api, token: &str, wallet: &str) -> String {
+    let response = client
+        .get(format!("{}/v1/wallets/{wallet}", api.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["available"].as_str().unwrap().to_string()
+}
+
+/// `coffer ledger verify` against the test's database: no finding.
+fn assert_ledger_verifies(roles: &Roles) {
+    let (mut command, log) = roles.command("verify", &["ledger", "verify"], &[]);
+    let status = command.status().expect("run ledger verify");
+    let output = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "ledger verify found differences: {output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_api_processes_on_one_database_drain_one_wallet_exactly() {
+    let roles = roles("two-apis");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let first = api(&roles, "api-1", &client, None).await;
+    let second = api(&roles, "api-2", &client, None).await;
+    let (alice, source) = user_with_wallet(&client, &first).await;
+    let (_, target) = user_with_wallet(&client, &second).await;
+    fund(&roles, &client, &first, &source, "10").await;
+
+    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "0.3" });
+    let send = |i: usize| {
+        let url = format!("{}/v1/transfers", [&first, &second][i % 2].url);
+        let (client, alice, body) = (client.clone(), alice.clone(), transfer.clone());
+        async move { post(&client, &url, Some(&alice), &format!("t-{i}"), body).await.unwrap() }
+    };
+    // First one at a time, alternating: each process's knowledge of the wallet is always one
+    // write behind, and only the database's version check keeps it from spending twice.
+    let mut replies = Vec::new();
+    for i in 0..20 {
+        replies.push(send(i).await);
+    }
+    // Then 44 at once, alternating: the two processes' batches conflict in the database.
+    replies.extend(futures::future::join_all((20..64).map(send)).await);
+    let created = replies.iter().filter(|r| r.0 == StatusCode::CREATED).count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.0 == StatusCode::UNPROCESSABLE_ENTITY && r.2["code"] == "insufficient_funds")
+        .count();
+    let other: Vec<_> = replies
+        .iter()
+        .filter(|r| r.0 != StatusCode::CREATED && r.2["code"] != "insufficient_funds")
+        .collect();
+    assert!(other.is_empty(), "every transfer either moved or was refused: {other:?}");
+    assert!(replies[..20].iter().all(|r| r.0 == StatusCode::CREATED), "the first 6 ETH are there");
+    assert_eq!((created, refused), (33, 31), "floor(10 / 0.3) fit; the rest could not be covered");
+    assert_eq!(available(&client, &second, &alice, &source).await, "0.1");
+    assert_ledger_verifies(&roles);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_nothing_twice() {
+    let roles = roles("kill-after-commit");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let survivor = api(&roles, "api-survivor", &client, None).await;
+    let (alice, source) = user_with_wallet(&client, &survivor).await;
+    let (_, target) = user_with_wallet(&client, &survivor).await;
+    fund(&roles, &client, &survivor, &source, "10").await;
+    // This process dies right after its first batch commits, before it answers anyone.
+    let mut doomed = api(&roles, "api-doomed", &client, Some("ledger.after_commit=1")).await;
+
+    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "1" });
+    let keys: Vec<String> = (0..8).map(|i| format!("k-{i}")).collect();
+    let sends = keys.iter().map(|key| {
+        let url = format!("{}/v1/transfers", doomed.url);
+        let (client, alice, body) = (client.clone(), alice.clone(), transfer.clone());
+        async move { post(&client, &url, Some(&alice), key, body).await }
+    });
+    let first_tries = futures::future::join_all(sends).await;
+    assert!(first_tries.iter().all(Result::is_err), "nobody got an answer: {first_tries:?}");
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = doomed.process.child.wait();
+        (doomed, status)
+    });
+    let (mut doomed, status) = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
+        .await
+        .expect("the process ends")
+        .unwrap();
+    assert!(!status.unwrap().success(), "the process aborted");
+    assert!(doomed.process.log_text().contains("fault point ledger.after_commit"));
+    doomed.process.kill();
+
+    // Every client retries with its key on the surviving process.
+    let mut replayed = 0;
+    let mut transactions = std::collections::BTreeSet::new();
+    for key in &keys {
+        let url = format!("{}/v1/transfers", survivor.url);
+        let (status, headers, body) = post(&client, &url, Some(&alice), key, transfer.clone()).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        replayed += usize::from(headers.get("idempotent-replayed").is_some());
+        transactions.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert!(replayed >= 1, "the batch that committed before the kill is replayed, not re-run");
+    assert_eq!(transactions.len(), 8, "one transaction per key");
+    assert_eq!(available(&client, &survivor, &alice, &source).await, "2", "8 transfers of 1, each once");
+    assert_ledger_verifies(&roles);
+}
