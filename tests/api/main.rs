@@ -13,6 +13,7 @@ mod ledger;
 mod logs;
 mod metrics;
 mod outbox;
+mod plans;
 mod reconcile;
 mod routes;
 mod stream;

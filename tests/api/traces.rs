@@ -47,7 +47,8 @@ fn summary(spans: &[ReceivedSpan]) -> Vec<String> {
 /// The batch span (its own trace: group commit serves many requests) that links to `movement`.
 fn batch_of<'a>(all: &'a [ReceivedSpan], movement: &ReceivedSpan) -> Option<&'a ReceivedSpan> {
     let link = (movement.trace_id.clone(), movement.span_id.clone());
-    all.iter().find(|s| s.name == "transaction" && s.links.contains(&link))
+    all.iter()
+        .find(|s| s.name == "transaction" && s.links.contains(&link))
 }
 
 /// The movement span under `http` and the batch transaction that wrote it, after checking them
@@ -189,10 +190,7 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
 
     // Each outbox row stores the context of the movement that wrote it.
     for row in &rows {
-        assert_eq!(
-            row.traceparent.as_deref(),
-            Some(movement.traceparent().as_str())
-        );
+        assert_eq!(row.traceparent.as_deref(), Some(movement.traceparent().as_str()));
     }
 
     // Each row's publish span continues the stored context and is what the message carries.
@@ -266,7 +264,9 @@ async fn when_asked_every_database_command_is_a_span_of_the_operation_that_ran_i
 
     let all = receiver
         .wait_for(WAIT, flusher(&provider), |spans| {
-            let movement = spans.iter().find(|s| s.trace_id == trace_id && s.name == "ledger.apply");
+            let movement = spans
+                .iter()
+                .find(|s| s.trace_id == trace_id && s.name == "ledger.apply");
             let server = spans.iter().any(|s| s.trace_id == trace_id && s.kind == "server");
             server && movement.is_some_and(|m| batch_of(spans, m).is_some())
         })
@@ -295,7 +295,10 @@ async fn when_asked_every_database_command_is_a_span_of_the_operation_that_ran_i
     assert_eq!(update.attribute("db.system"), Some("mongodb"));
     assert_eq!(update.attribute("db.operation.name"), Some("update"));
     assert_eq!(update.attribute("db.collection.name"), Some("wallets"));
-    assert_eq!(update.attribute("db.namespace"), Some(app.store.database().name()));
+    assert_eq!(
+        update.attribute("db.namespace"),
+        Some(app.store.database().name())
+    );
     // A command runs under the operation span the write path opened around it.
     let insert = child(&all, "insert outbox", &transaction.span_id);
     child(&all, "insert outbox", &insert.span_id);

@@ -225,7 +225,10 @@ async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -
     let started = Instant::now();
     let answers = send_transfers(app, &pairs, |sent, _| sent >= per_client).await;
     let elapsed = started.elapsed();
-    assert_eq!(answers.other, 0, "every transfer is funded: only 201 or 503 may come back");
+    assert_eq!(
+        answers.other, 0,
+        "every transfer is funded: only 201 or 503 may come back"
+    );
     let hot_label = if hot { ", one hot wallet" } else { "" };
     let label = format!(
         "API POST /v1/transfers, {clients} client(s){hot_label} ({} x 503)",
@@ -269,7 +272,9 @@ async fn raw_group_commit(client: &Client, total: usize) -> Figures {
             .session(&mut session)
             .await
             .unwrap();
-        let rows: Vec<Document> = (0..BATCH as i64).map(|i| doc! { "a": i * 2, "b": i * 2 + 1 }).collect();
+        let rows: Vec<Document> = (0..BATCH as i64)
+            .map(|i| doc! { "a": i * 2, "b": i * 2 + 1 })
+            .collect();
         entries.insert_many(rows).session(&mut session).await.unwrap();
         session.commit_transaction().await.unwrap();
         // Every transfer of the batch waited for the whole batch.
@@ -509,13 +514,42 @@ async fn main() {
     println!("\ntargets (ratios in this run):");
     let target = |name: &str, value: f64, goal: f64, at_least: bool| {
         let met = if at_least { value >= goal } else { value <= goal };
-        println!("  {name:<58} {value:>6.2}  target {} {goal:<5} {}", if at_least { ">=" } else { "<=" }, if met { "met" } else { "MISSED" });
+        println!(
+            "  {name:<58} {value:>6.2}  target {} {goal:<5} {}",
+            if at_least { ">=" } else { "<=" },
+            if met { "met" } else { "MISSED" }
+        );
     };
-    target("API 1 client / raw 1 client", api_one.rate() / raw[0].rate(), 0.6, true);
-    target("API 16 clients / raw 16 clients", api_sixteen.rate() / raw[1].rate(), 1.5, true);
-    target("API 64 clients, one hot wallet / raw best one-per-tx", hot_sixty_four.rate() / raw_best, 2.0, true);
-    target("API p99 at 16 clients / raw p99 at 16 clients", api_sixteen.percentile(0.99) / raw[1].percentile(0.99), 2.0, false);
-    target("(group-commit ceiling / raw best one-per-tx)", ceiling.rate() / raw_best, 2.85, true);
+    target(
+        "API 1 client / raw 1 client",
+        api_one.rate() / raw[0].rate(),
+        0.6,
+        true,
+    );
+    target(
+        "API 16 clients / raw 16 clients",
+        api_sixteen.rate() / raw[1].rate(),
+        1.5,
+        true,
+    );
+    target(
+        "API 64 clients, one hot wallet / raw best one-per-tx",
+        hot_sixty_four.rate() / raw_best,
+        2.0,
+        true,
+    );
+    target(
+        "API p99 at 16 clients / raw p99 at 16 clients",
+        api_sixteen.percentile(0.99) / raw[1].percentile(0.99),
+        2.0,
+        false,
+    );
+    target(
+        "(group-commit ceiling / raw best one-per-tx)",
+        ceiling.rate() / raw_best,
+        2.85,
+        true,
+    );
     print_batches(&app);
     verify(&app).await;
 }
@@ -523,10 +557,18 @@ async fn main() {
 /// Batch sizes and retries the run produced, from the store's metrics.
 fn print_batches(app: &TestApp) {
     let families = app.registry.gather();
-    let histogram = families.iter().find(|f| f.name() == "coffer_ledger_batch_movements");
-    if let Some(h) = histogram.and_then(|f| f.get_metric().first()).map(|m| m.get_histogram()) {
+    let histogram = families
+        .iter()
+        .find(|f| f.name() == "coffer_ledger_batch_movements");
+    if let Some(h) = histogram
+        .and_then(|f| f.get_metric().first())
+        .map(|m| m.get_histogram())
+    {
         let (count, sum) = (h.get_sample_count(), h.get_sample_sum());
-        println!("batches: {count}, movements per batch on average {:.1}", sum / count.max(1) as f64);
+        println!(
+            "batches: {count}, movements per batch on average {:.1}",
+            sum / count.max(1) as f64
+        );
     }
     println!(
         "write-conflict retries {}  give-ups {}",
@@ -537,7 +579,10 @@ fn print_batches(app: &TestApp) {
 
 async fn verify(app: &TestApp) {
     let report = app.store.verify_ledger().await.expect("verify");
-    println!("ledger verify after the run: {} finding(s)", report.findings.len());
+    println!(
+        "ledger verify after the run: {} finding(s)",
+        report.findings.len()
+    );
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
 
@@ -545,7 +590,10 @@ async fn verify(app: &TestApp) {
 async fn sustained(seconds: u64) {
     let app = TestApp::spawn_with(Options::default()).await;
     let pairs = transfer_pairs(&app, 64, true).await;
-    println!("coffer-bench sustained: 64 clients, one hot wallet, {seconds} s (load average {})", load_average());
+    println!(
+        "coffer-bench sustained: 64 clients, one hot wallet, {seconds} s (load average {})",
+        load_average()
+    );
     let window = Duration::from_secs(seconds);
     let started = Instant::now();
     let answers = send_transfers(&app, &pairs, |_, began| began.elapsed() >= window).await;
@@ -574,7 +622,10 @@ async fn growth() {
         let seeding = Instant::now();
         seed_history(&app, target - seeded).await;
         seeded = target;
-        println!("seeded to {target} ledger entries in {:.0} s", seeding.elapsed().as_secs_f64());
+        println!(
+            "seeded to {target} ledger entries in {:.0} s",
+            seeding.elapsed().as_secs_f64()
+        );
         let one = api_transfers(&app, 1, 300, false).await;
         let sixteen = api_transfers(&app, 16, 1600, false).await;
         for (figures, clients) in [(&one, 1), (&sixteen, 16)] {
@@ -597,17 +648,28 @@ async fn seed_history(app: &TestApp, entries: u64) {
     let db = app.store.database();
     let wallets: Vec<String> = (0..1000).map(|i| format!("seed-wallet-{i:04}")).collect();
     let zero = Decimal128::from_bytes(0u128.to_le_bytes());
-    if db.collection::<Document>("wallets").count_documents(doc! { "_id": &wallets[0] }).await.unwrap() == 0 {
+    if db
+        .collection::<Document>("wallets")
+        .count_documents(doc! { "_id": &wallets[0] })
+        .await
+        .unwrap()
+        == 0
+    {
         let docs: Vec<Document> = wallets
             .iter()
-            .map(|id| doc! {
-                "_id": id, "owner_key": format!("seed:{id}"), "kind": "custody", "user_id": null,
-                "asset": "USDT", "decimals": 6, "available": zero, "pending": zero, "held": zero,
-                "version": 0i64, "created_at": coffer_store::mongodb::bson::DateTime::now(),
-                "updated_at": coffer_store::mongodb::bson::DateTime::now(),
+            .map(|id| {
+                doc! {
+                    "_id": id, "owner_key": format!("seed:{id}"), "kind": "custody", "user_id": null,
+                    "asset": "USDT", "decimals": 6, "available": zero, "pending": zero, "held": zero,
+                    "version": 0i64, "created_at": coffer_store::mongodb::bson::DateTime::now(),
+                    "updated_at": coffer_store::mongodb::bson::DateTime::now(),
+                }
             })
             .collect();
-        db.collection::<Document>("wallets").insert_many(docs).await.unwrap();
+        db.collection::<Document>("wallets")
+            .insert_many(docs)
+            .await
+            .unwrap();
     }
     let one = Decimal128::from_bytes(((6176u128 << 113) | 1).to_le_bytes());
     let minus_one = Decimal128::from_bytes(((1u128 << 127) | (6176u128 << 113) | 1).to_le_bytes());
@@ -622,20 +684,35 @@ async fn seed_history(app: &TestApp, entries: u64) {
             let tx = coffer_store::new_id();
             // Net zero per wallet, so its cached balance stays right for `ledger verify`.
             let a = &wallets[rand_index()];
-            txs.push(doc! { "_id": &tx, "kind": "adjustment", "state": "confirmed", "asset": "USDT",
-                "ledger_key": format!("seed:{tx}"), "participants": [], "created_at": now });
+            txs.push(
+                doc! { "_id": &tx, "kind": "adjustment", "state": "confirmed", "asset": "USDT",
+                "ledger_key": format!("seed:{tx}"), "participants": [], "created_at": now },
+            );
             for (account, amount) in [(a, minus_one), (a, one)] {
-                rows.push(doc! { "_id": coffer_store::new_id(), "transaction_id": &tx, "account_id": account,
+                rows.push(
+                    doc! { "_id": coffer_store::new_id(), "transaction_id": &tx, "account_id": account,
                     "user_id": null, "asset": "USDT", "kind": "adjustment", "bucket": "available",
-                    "side": "credit", "amount": amount, "created_at": now });
+                    "side": "credit", "amount": amount, "created_at": now },
+                );
             }
-            events.push(doc! { "_id": coffer_store::new_id(), "event_type": "wallet.balance.updated",
+            events.push(
+                doc! { "_id": coffer_store::new_id(), "event_type": "wallet.balance.updated",
                 "data_version": 1, "subject": a, "user_id": "seed", "data": {}, "created_at": now,
-                "published_at": now, "attempts": 0 });
+                "published_at": now, "attempts": 0 },
+            );
         }
-        db.collection::<Document>("transactions").insert_many(txs).await.unwrap();
-        db.collection::<Document>("ledger_entries").insert_many(rows).await.unwrap();
-        db.collection::<Document>("outbox").insert_many(events).await.unwrap();
+        db.collection::<Document>("transactions")
+            .insert_many(txs)
+            .await
+            .unwrap();
+        db.collection::<Document>("ledger_entries")
+            .insert_many(rows)
+            .await
+            .unwrap();
+        db.collection::<Document>("outbox")
+            .insert_many(events)
+            .await
+            .unwrap();
         written += transfers * 2;
     }
 }

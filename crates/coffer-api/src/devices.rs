@@ -50,9 +50,7 @@ pub async fn trusted_device(
         return Ok(None);
     };
     let device = ctx.store().device_of(&principal.user_id, id).await?;
-    Ok(device
-        .filter(|d| d.is_trusted_at(DateTime::now()))
-        .map(|d| d.id))
+    Ok(device.filter(|d| d.is_trusted_at(DateTime::now())).map(|d| d.id))
 }
 
 /// The caller's trusted device named by `X-Device-Id`, or `device_not_trusted`.
@@ -61,7 +59,9 @@ pub async fn require_trusted_device(
     principal: &Principal,
     headers: &HeaderMap,
 ) -> ApiResult<String> {
-    trusted_device(ctx, principal, headers).await?.ok_or_else(untrusted)
+    trusted_device(ctx, principal, headers)
+        .await?
+        .ok_or_else(untrusted)
 }
 
 async fn audit(ctx: &ApiContext, principal: &Principal, action: &str, device: &str) -> ApiResult<()> {

@@ -66,9 +66,7 @@ pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
         Refusal::NotAUserWallet => wallet_not_found(field),
         Refusal::AmountTooLarge => ApiError::invalid_field(refusal.code(), "amount", detail),
         Refusal::DeviceNotTrusted => crate::devices::untrusted(),
-        Refusal::ReauthenticationRequired => ApiError::Unauthenticated {
-            code: refusal.code(),
-        },
+        Refusal::ReauthenticationRequired => ApiError::Unauthenticated { code: refusal.code() },
         _ => ApiError::Unprocessable {
             code: refusal.code(),
             detail,
@@ -332,7 +330,11 @@ pub async fn create_withdrawal(
         // The money is held already: a trail that cannot be written is an operator problem
         // (logged), not a reason to answer this request with an error.
         let action = coffer_store::audit_chain::actions::WITHDRAWAL_REQUESTED;
-        if let Err(error) = ctx.store().audit_json(&principal.user_id, action, &tx.id, details).await {
+        if let Err(error) = ctx
+            .store()
+            .audit_json(&principal.user_id, action, &tx.id, details)
+            .await
+        {
             tracing::error!(transaction_id = %tx.id, %error, "withdrawal held but its audit record failed");
         }
     }

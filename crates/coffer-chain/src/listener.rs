@@ -289,7 +289,11 @@ impl Listener {
 
     async fn observe(&self, deposit: &ObservedDeposit, outcome: &mut PollOutcome) -> Result<(), ChainError> {
         let catalog = self.catalog.current();
-        match self.store.observe_deposit(deposit, catalog.get(&deposit.asset)).await? {
+        match self
+            .store
+            .observe_deposit(deposit, catalog.get(&deposit.asset))
+            .await?
+        {
             Observation::Recorded => outcome.deposits_recorded += 1,
             Observation::Unmatched => outcome.unmatched += 1,
             Observation::AlreadyKnown => {}

@@ -165,7 +165,10 @@ impl Book {
                 return Err(BookRefusal::AssetMismatch(account_id));
             }
             let mut next = current;
-            let value = next.bucket(bucket).plus(&delta).ok_or(BookRefusal::BalanceLimit)?;
+            let value = next
+                .bucket(bucket)
+                .plus(&delta)
+                .ok_or(BookRefusal::BalanceLimit)?;
             if value.negative && next.kind.must_stay_non_negative() {
                 return Err(if delta.negative {
                     BookRefusal::InsufficientFunds
@@ -179,19 +182,30 @@ impl Book {
         let mut owners: Vec<&str> = changed.values().filter_map(|a| a.user_id.as_deref()).collect();
         owners.sort_unstable();
         owners.dedup();
-        if owners != movement.participants.iter().map(String::as_str).collect::<Vec<_>>() {
+        if owners
+            != movement
+                .participants
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        {
             return Err(BookRefusal::Participants);
         }
         let mut counters = Vec::new();
         for charge in &movement.limits {
             let used = self.counter(&charge.key);
             let total = used.checked_add(charge.amount).filter(|t| *t <= charge.limit);
-            counters.push((charge.key.clone(), total.ok_or_else(|| BookRefusal::LimitExceeded(charge.key.clone()))?));
+            counters.push((
+                charge.key.clone(),
+                total.ok_or_else(|| BookRefusal::LimitExceeded(charge.key.clone()))?,
+            ));
         }
         self.counters.extend(counters);
         let mut user_balances = Vec::new();
         for (account_id, _, _) in ledger.balance_deltas() {
-            let Some(balances) = changed.get(&account_id) else { continue };
+            let Some(balances) = changed.get(&account_id) else {
+                continue;
+            };
             if balances.kind == AccountKind::User && !user_balances.iter().any(|(id, _)| id == &account_id) {
                 user_balances.push((account_id.clone(), balances.clone()));
             }
@@ -243,9 +257,19 @@ mod tests {
     fn an_overdrawing_movement_fails_alone_and_the_next_sees_the_balance_before_it() {
         let mut book = book(&[("a", 10), ("b", 0), ("c", 0)]);
         assert!(book.apply(&transfer("a", "b", 7)).is_ok());
-        assert_eq!(book.apply(&transfer("a", "c", 4)), Err(BookRefusal::InsufficientFunds));
+        assert_eq!(
+            book.apply(&transfer("a", "c", 4)),
+            Err(BookRefusal::InsufficientFunds)
+        );
         assert!(book.apply(&transfer("a", "c", 3)).is_ok());
-        assert_eq!((available(&book, "a"), available(&book, "b"), available(&book, "c")), (0, 7, 3));
+        assert_eq!(
+            (
+                available(&book, "a"),
+                available(&book, "b"),
+                available(&book, "c")
+            ),
+            (0, 7, 3)
+        );
     }
 
     #[test]
@@ -274,9 +298,15 @@ mod tests {
         );
         let deposit = LedgerTransaction::deposit("ETH", "w", Amount::from_u64(5)).unwrap();
         assert!(book.apply(&Movement::for_test(deposit, &["u-w"])).is_ok());
-        assert_eq!(book.account(&custody).unwrap().available, SignedAmount::new(Amount::from_u64(5), true));
+        assert_eq!(
+            book.account(&custody).unwrap().available,
+            SignedAmount::new(Amount::from_u64(5), true)
+        );
         let huge = LedgerTransaction::deposit("ETH", "w", ledger_max()).unwrap();
-        assert_eq!(book.apply(&Movement::for_test(huge, &["u-w"])), Err(BookRefusal::BalanceLimit));
+        assert_eq!(
+            book.apply(&Movement::for_test(huge, &["u-w"])),
+            Err(BookRefusal::BalanceLimit)
+        );
         assert_eq!(available(&book, "w"), 5, "the refused movement changed nothing");
     }
 
@@ -293,7 +323,10 @@ mod tests {
             m
         };
         assert!(book.apply(&charged(6)).is_ok());
-        assert_eq!(book.apply(&charged(5)), Err(BookRefusal::LimitExceeded("a:2026-12-01".into())));
+        assert_eq!(
+            book.apply(&charged(5)),
+            Err(BookRefusal::LimitExceeded("a:2026-12-01".into()))
+        );
         assert!(book.apply(&charged(4)).is_ok());
         assert_eq!(book.counter("a:2026-12-01"), Amount::from_u64(10));
         assert_eq!(available(&book, "a"), 90);
@@ -309,7 +342,10 @@ mod tests {
         let mut usdt = user("t", 0);
         usdt.asset = "USDT".into();
         book.insert_account("t", usdt);
-        assert_eq!(book.apply(&transfer("a", "t", 1)), Err(BookRefusal::AssetMismatch("t".into())));
+        assert_eq!(
+            book.apply(&transfer("a", "t", 1)),
+            Err(BookRefusal::AssetMismatch("t".into()))
+        );
         book.insert_account("b", user("b", 0));
         let mut forged = transfer("a", "b", 1);
         forged.participants = vec!["u-a".into()];

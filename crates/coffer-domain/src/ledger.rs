@@ -252,7 +252,11 @@ impl LedgerTransaction {
             TxKind::Deposit,
             asset,
             vec![
-                Posting::debit(platform_account_id(asset, AccountKind::Suspense), Bucket::Available, amount),
+                Posting::debit(
+                    platform_account_id(asset, AccountKind::Suspense),
+                    Bucket::Available,
+                    amount,
+                ),
                 Posting::credit(wallet, Bucket::Pending, amount),
             ],
         )

@@ -178,7 +178,10 @@ pub fn transaction_events(
             .find(|(id, bucket, _)| id == &wallet.id && *bucket == crate::Bucket::Available);
         let (amount, negative) = match available {
             Some((_, _, delta)) => (delta.amount, delta.negative),
-            None => (tx.amount, tx.from_wallet_id.as_deref() == Some(wallet.id.as_str())),
+            None => (
+                tx.amount,
+                tx.from_wallet_id.as_deref() == Some(wallet.id.as_str()),
+            ),
         };
         let data = TransactionEventV1 {
             transaction_id: tx.transaction_id.clone(),
@@ -234,7 +237,12 @@ pub fn state_change_events(
             chain: settlement.chain,
             tx_hash: settlement.tx_hash,
         };
-        events.push(PlannedEvent::new(EventType::WithdrawalConfirmed, &payer.id, user_id, &data));
+        events.push(PlannedEvent::new(
+            EventType::WithdrawalConfirmed,
+            &payer.id,
+            user_id,
+            &data,
+        ));
     }
     events
 }
@@ -246,12 +254,19 @@ pub fn balance_event(
     decimals: u8,
     transaction_id: &str,
 ) -> Option<PlannedEvent> {
-    let user_id = balances.user_id.as_deref().filter(|_| balances.kind == AccountKind::User)?;
+    let user_id = balances
+        .user_id
+        .as_deref()
+        .filter(|_| balances.kind == AccountKind::User)?;
     let amount = |value: crate::book::SignedAmount| {
         assert!(!value.negative, "user balances are never negative");
         value.magnitude
     };
-    let (available, pending, held) = (amount(balances.available), amount(balances.pending), amount(balances.held));
+    let (available, pending, held) = (
+        amount(balances.available),
+        amount(balances.pending),
+        amount(balances.held),
+    );
     let total = available
         .checked_add(pending)
         .and_then(|t| t.checked_add(held))
@@ -266,7 +281,12 @@ pub fn balance_event(
         total: total.to_decimal_string(decimals),
         transaction_id: transaction_id.to_string(),
     };
-    Some(PlannedEvent::new(EventType::BalanceUpdated, wallet_id, user_id, &data))
+    Some(PlannedEvent::new(
+        EventType::BalanceUpdated,
+        wallet_id,
+        user_id,
+        &data,
+    ))
 }
 
 #[cfg(test)]
@@ -302,7 +322,13 @@ mod tests {
         let events = transaction_events(EventType::TransactionCreated, &tx, &[&a, &b], Some(&ledger));
         let amounts: Vec<(&str, &str, &str)> = events
             .iter()
-            .map(|e| (e.wallet_id.as_str(), e.user_id.as_str(), e.data["amount"].as_str().unwrap()))
+            .map(|e| {
+                (
+                    e.wallet_id.as_str(),
+                    e.user_id.as_str(),
+                    e.data["amount"].as_str().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(amounts, vec![("a", "alice", "-0.75"), ("b", "bob", "0.75")]);
     }
@@ -347,17 +373,26 @@ mod tests {
         };
         let events = state_change_events(&tx, &[&a], Some(&settle), Some(&settlement));
         let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
-        assert_eq!(types, vec![EventType::TransactionUpdated, EventType::WithdrawalConfirmed]);
+        assert_eq!(
+            types,
+            vec![EventType::TransactionUpdated, EventType::WithdrawalConfirmed]
+        );
         assert_eq!(events[1].data["amount"], "-0.7");
         assert_eq!(events[1].data["tx_hash"], "0xhash");
         let mut review = tx.clone();
         review.state = TxState::ManualReview;
-        let types: Vec<EventType> =
-            state_change_events(&review, &[&a], None, None).iter().map(|e| e.event_type).collect();
+        let types: Vec<EventType> = state_change_events(&review, &[&a], None, None)
+            .iter()
+            .map(|e| e.event_type)
+            .collect();
         assert_eq!(types, vec![EventType::TransactionRequiresReview]);
         let mut deposit = tx;
         deposit.kind = TxKind::Deposit;
-        assert_eq!(state_change_events(&deposit, &[&a], None, None).len(), 1, "no withdrawal event for a deposit");
+        assert_eq!(
+            state_change_events(&deposit, &[&a], None, None).len(),
+            1,
+            "no withdrawal event for a deposit"
+        );
     }
 
     #[test]
@@ -373,7 +408,12 @@ mod tests {
         let event = balance_event("a", &balances, 2, "tx").unwrap();
         assert_eq!(event.event_type, EventType::BalanceUpdated);
         assert_eq!(
-            (event.data["available"].as_str(), event.data["pending"].as_str(), event.data["held"].as_str(), event.data["total"].as_str()),
+            (
+                event.data["available"].as_str(),
+                event.data["pending"].as_str(),
+                event.data["held"].as_str(),
+                event.data["total"].as_str()
+            ),
             (Some("1.25"), Some("0.05"), Some("0.5"), Some("1.8"))
         );
     }

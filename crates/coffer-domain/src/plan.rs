@@ -9,7 +9,9 @@ use crate::amount::{signed_decimal_string, Amount};
 use crate::asset::AssetConfig;
 use crate::events::{DepositDetectedV1, EventType};
 use crate::ledger::{LedgerError, LedgerTransaction};
-use crate::movement::{participants, timeline, transaction_events, LimitCharge, Movement, PlannedEvent, WalletRef};
+use crate::movement::{
+    participants, timeline, transaction_events, LimitCharge, Movement, PlannedEvent, WalletRef,
+};
 use crate::state::TxState;
 
 /// Why a plan was refused. Each has a stable code (the API's problem `code`).
@@ -141,10 +143,23 @@ pub fn plan_transfer(
         return Err(Refusal::AssetMismatch);
     }
     let amount = within_ledger(amount)?;
-    let ledger = LedgerTransaction::transfer(&asset.symbol, &from.id, &to.id, amount).map_err(ledger_refusal)?;
+    let ledger =
+        LedgerTransaction::transfer(&asset.symbol, &from.id, &to.id, amount).map_err(ledger_refusal)?;
     let key = api_ledger_key(owner, idempotency_key);
-    let states = [(TxState::Created, "requested"), (TxState::Confirmed, "internal transfer posted")];
-    Ok(movement(origin, ledger, key, &states, amount, asset, Some(from), Some(to)))
+    let states = [
+        (TxState::Created, "requested"),
+        (TxState::Confirmed, "internal transfer posted"),
+    ];
+    Ok(movement(
+        origin,
+        ledger,
+        key,
+        &states,
+        amount,
+        asset,
+        Some(from),
+        Some(to),
+    ))
 }
 
 /// A credit from a payment rail: custody → the wallet, final at once, once per rail reference.
@@ -167,7 +182,10 @@ pub fn plan_rail_deposit(
     }
     let amount = within_ledger(amount)?;
     let ledger = LedgerTransaction::deposit(&asset.symbol, &wallet.id, amount).map_err(ledger_refusal)?;
-    let states = [(TxState::Created, "reported by payment rail"), (TxState::Confirmed, "credited")];
+    let states = [
+        (TxState::Created, "reported by payment rail"),
+        (TxState::Confirmed, "credited"),
+    ];
     let key = format!("deposit:{rail}:{reference}");
     let mut movement = movement(origin, ledger, key, &states, amount, asset, None, Some(wallet));
     movement.external_reference = Some(reference.to_string());
@@ -226,7 +244,11 @@ pub fn plan_withdrawal(
         TxState::ManualReview,
         "funds held; above the review threshold, waiting for a reviewer",
     );
-    let state = if amount > asset.review_threshold { review } else { held };
+    let state = if amount > asset.review_threshold {
+        review
+    } else {
+        held
+    };
     let ledger =
         LedgerTransaction::withdrawal_hold(&asset.symbol, &wallet.id, amount).map_err(ledger_refusal)?;
     let key = api_ledger_key(owner, idempotency_key);
@@ -285,7 +307,10 @@ pub fn plan_chain_deposit(
     let ledger =
         LedgerTransaction::chain_deposit_seen(&asset.symbol, &wallet.id, amount).map_err(ledger_refusal)?;
     let detected = format!("detected by {}", deposit.source);
-    let states = [(TxState::Created, detected.as_str()), (TxState::Confirming, "waiting for confirmations")];
+    let states = [
+        (TxState::Created, detected.as_str()),
+        (TxState::Confirming, "waiting for confirmations"),
+    ];
     let mut movement = movement(
         origin,
         ledger,
@@ -366,35 +391,55 @@ mod tests {
     fn transfers_refuse_self_other_assets_and_platform_accounts() {
         let a = wallet("a", Some("alice"), "ETH");
         let amount = eth_amount("1");
-        assert_eq!(plan_transfer(origin(), "k", &a, &a, amount, &eth()), Err(Refusal::SameWallet));
+        assert_eq!(
+            plan_transfer(origin(), "k", &a, &a, amount, &eth()),
+            Err(Refusal::SameWallet)
+        );
         let usdt = wallet("u", Some("bob"), "USDT");
-        assert_eq!(plan_transfer(origin(), "k", &a, &usdt, amount, &eth()), Err(Refusal::AssetMismatch));
+        assert_eq!(
+            plan_transfer(origin(), "k", &a, &usdt, amount, &eth()),
+            Err(Refusal::AssetMismatch)
+        );
         let custody = wallet("platform:ETH:custody", None, "ETH");
         assert_eq!(
             plan_transfer(origin(), "k", &a, &custody, amount, &eth()),
             Err(Refusal::NotAUserWallet)
         );
-        let huge = crate::amount::ledger_max().checked_add(Amount::from_u64(1)).unwrap();
+        let huge = crate::amount::ledger_max()
+            .checked_add(Amount::from_u64(1))
+            .unwrap();
         let b = wallet("b", Some("bob"), "ETH");
-        assert_eq!(plan_transfer(origin(), "k", &a, &b, huge, &eth()), Err(Refusal::AmountTooLarge));
+        assert_eq!(
+            plan_transfer(origin(), "k", &a, &b, huge, &eth()),
+            Err(Refusal::AmountTooLarge)
+        );
     }
 
     #[test]
     fn withdrawal_policy_refuses_in_order_and_reviews_above_the_threshold() {
         let a = wallet("a", Some("alice"), "ETH");
-        let plan = |amount: &str, asset: &AssetConfig| plan_withdrawal(origin(), "k", &a, eth_amount(amount), "0xab", asset);
+        let plan = |amount: &str, asset: &AssetConfig| {
+            plan_withdrawal(origin(), "k", &a, eth_amount(amount), "0xab", asset)
+        };
         assert_eq!(plan("0.001", &eth()).unwrap_err(), Refusal::BelowMinimum);
         assert_eq!(plan("11", &eth()).unwrap_err(), Refusal::AboveMaximum);
         let mut paused = eth();
         paused.withdrawals_enabled = false;
         assert_eq!(plan("1", &paused).unwrap_err(), Refusal::WithdrawalsDisabled);
         let held = plan("5", &eth()).unwrap();
-        assert_eq!(held.state, TxState::PendingBroadcast, "at the threshold: no review");
-        assert_eq!(held.limits, vec![LimitCharge {
-            key: "a:2026-12-01".into(),
-            amount: eth_amount("5"),
-            limit: eth_amount("20"),
-        }]);
+        assert_eq!(
+            held.state,
+            TxState::PendingBroadcast,
+            "at the threshold: no review"
+        );
+        assert_eq!(
+            held.limits,
+            vec![LimitCharge {
+                key: "a:2026-12-01".into(),
+                amount: eth_amount("5"),
+                limit: eth_amount("20"),
+            }]
+        );
         assert_eq!(held.destination.as_deref(), Some("0xab"));
         let reviewed = plan("5.000000000000000001", &eth()).unwrap();
         assert_eq!(reviewed.state, TxState::ManualReview);
@@ -408,8 +453,14 @@ mod tests {
             seconds_since_login,
             reauthentication_window_seconds: 600,
         };
-        assert_eq!(authorize_withdrawal(&authority(false, 9999)), Err(Refusal::DeviceNotTrusted));
-        assert_eq!(authorize_withdrawal(&authority(true, 601)), Err(Refusal::ReauthenticationRequired));
+        assert_eq!(
+            authorize_withdrawal(&authority(false, 9999)),
+            Err(Refusal::DeviceNotTrusted)
+        );
+        assert_eq!(
+            authorize_withdrawal(&authority(true, 601)),
+            Err(Refusal::ReauthenticationRequired)
+        );
         assert_eq!(authorize_withdrawal(&authority(true, 600)), Ok(()));
     }
 
@@ -418,7 +469,10 @@ mod tests {
         let w = wallet("w", Some("alice"), "ETH");
         let m = plan_rail_deposit(origin(), "payment", "bank-1", &w, eth_amount("2.5"), &eth()).unwrap();
         assert_eq!(m.ledger_key, "deposit:payment:bank-1");
-        assert_eq!(m.ledger.postings()[0].account_id, platform_account_id("ETH", AccountKind::Custody));
+        assert_eq!(
+            m.ledger.postings()[0].account_id,
+            platform_account_id("ETH", AccountKind::Custody)
+        );
         assert_eq!(m.participants, vec!["alice"]);
         let mut paused = eth();
         paused.deposits_enabled = false;
@@ -444,12 +498,23 @@ mod tests {
         assert_eq!(m.ledger_key, "chain:ethereum:0xaa:native");
         assert_eq!(m.state, TxState::Confirming);
         let deltas = m.ledger.balance_deltas();
-        assert!(deltas.iter().any(|(id, b, d)| id == "w" && *b == Bucket::Pending && !d.negative));
+        assert!(deltas
+            .iter()
+            .any(|(id, b, d)| id == "w" && *b == Bucket::Pending && !d.negative));
         let types: Vec<EventType> = m.events.iter().map(|e| e.event_type).collect();
-        assert_eq!(types, vec![EventType::TransactionCreated, EventType::DepositDetected]);
+        assert_eq!(
+            types,
+            vec![EventType::TransactionCreated, EventType::DepositDetected]
+        );
         assert_eq!(m.events[1].data["confirmations_required"], 3);
-        assert_eq!(m.events[0].data["amount"], "1.5", "the pending amount, signed for the wallet");
-        let token_log = ChainDeposit { log_index: Some(4), ..deposit };
+        assert_eq!(
+            m.events[0].data["amount"], "1.5",
+            "the pending amount, signed for the wallet"
+        );
+        let token_log = ChainDeposit {
+            log_index: Some(4),
+            ..deposit
+        };
         assert_eq!(token_log.ledger_key(), "chain:ethereum:0xaa:4");
     }
 }

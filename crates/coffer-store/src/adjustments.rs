@@ -11,15 +11,16 @@ use coffer_domain::account::platform_account_id;
 use coffer_domain::events::EventType;
 use coffer_domain::movement::transaction_events;
 use coffer_domain::{
-    AccountKind, Amount, Bucket, LedgerTransaction, Movement, Posting, StateChange, TxKind, TxState, WalletRef,
+    AccountKind, Amount, Bucket, LedgerTransaction, Movement, Posting, StateChange, TxKind, TxState,
+    WalletRef,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::write_one;
 use crate::collections::ADJUSTMENTS;
 use crate::model::{TransactionDoc, WalletDoc};
-use crate::batch::write_one;
 use crate::{new_id, Store, StoreError};
 
 /// Longest reason kept, in characters.

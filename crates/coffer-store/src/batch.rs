@@ -3,18 +3,18 @@
 //!
 //! A batch takes what is queued (at most [`BatchConfig::max_movements`]) and, when the previous
 //! batch was not a single movement, waits at most [`BatchConfig::max_wait`] for more. Inside its
-//! transaction it reads every touched account it does not already know (one `find`), lets the
-//! domain's [`Book`] apply the movements one by one in order against the running balances (a
-//! movement that would overdraw a wallet or pass a limit is refused alone), and writes the result
-//! in as few round trips as the server allows: ONE `update` command with a statement per touched
-//! account (conditional on the version the batch read, so a stale read cannot commit), then one
+//! transaction it reads every touched account (one `find`), lets the domain's [`Book`] apply the
+//! movements one by one in order against the running balances (a movement that would overdraw a
+//! wallet or pass a limit is refused alone), and writes the result in as few round trips as the
+//! server allows: ONE `update` command with a statement per touched account, then one
 //! `insert_many` each for the transaction records, the ledger entries, the outbox events and the
 //! idempotency records, and the limit counters in one more `update` when any are charged.
 //!
-//! Correctness never depends on this process's memory: the account cache only saves the read;
-//! a version that moved (another process wrote) makes the update match fewer documents, the batch
-//! is aborted and retried after a fresh read, and two writers of one document conflict in the
-//! database (a transient error, retried with backoff). A duplicate ledger key or idempotency key
+//! Correctness never depends on this process's memory: the balances the book starts from are
+//! read in the transaction's own snapshot, and a document another process wrote after that
+//! snapshot cannot be written by this one (a write conflict: the batch backs off and starts
+//! again from a fresh read). Statements select by `_id` alone, which every MongoDB-compatible
+//! planner answers from the primary index. A duplicate ledger key or idempotency key
 //! (the movement was applied already) aborts the attempt; the duplicates are answered from the
 //! committed records and the rest is retried without them. A commit whose outcome is unknown is
 //! retried the same way: what did commit is then found as duplicates, never written twice.
@@ -55,8 +55,6 @@ pub struct BatchConfig {
     pub backoff_base: Duration,
     /// Longest a caller waits for its movement's outcome (queue + batch + commit).
     pub movement_timeout: Duration,
-    /// Accounts whose balances the writer remembers between batches (a bounded cache).
-    pub cached_accounts_max: usize,
 }
 
 impl Default for BatchConfig {
@@ -68,7 +66,6 @@ impl Default for BatchConfig {
             max_attempts: 16,
             backoff_base: Duration::from_millis(2),
             movement_timeout: Duration::from_secs(10),
-            cached_accounts_max: 100_000,
         }
     }
 }
@@ -162,7 +159,6 @@ impl Committer {
         let (sender, receiver) = mpsc::channel(parts.config.queue_capacity.max(1));
         let writer = Writer {
             parts: parts.clone(),
-            cache: AccountCache::new(parts.config.cached_accounts_max),
             deferred: VecDeque::new(),
             session: None,
         };
@@ -184,7 +180,10 @@ impl Committer {
             "timeline ends in state"
         );
         let span = crate::telemetry::movement_span(parts.db.name());
-        let result = self.queue_and_wait(parts, submission).instrument(span.clone()).await;
+        let result = self
+            .queue_and_wait(parts, submission)
+            .instrument(span.clone())
+            .await;
         crate::telemetry::record_outcome(&span, &result);
         result
     }
@@ -224,7 +223,10 @@ impl Committer {
         let mut outcomes = Vec::with_capacity(waits.len());
         for outcome in waits {
             let answered = match queued {
-                true => tokio::time::timeout_at(deadline, outcome).await.ok().and_then(Result::ok),
+                true => tokio::time::timeout_at(deadline, outcome)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
                 false => None,
             };
             outcomes.push(answered.unwrap_or_else(|| {
@@ -238,39 +240,11 @@ impl Committer {
     }
 }
 
-/// The last known balances and version of accounts this writer wrote or read.
-struct AccountCache {
-    entries: HashMap<String, (AccountBalances, i64)>,
-    max: usize,
-}
-
-impl AccountCache {
-    fn new(max: usize) -> Self {
-        AccountCache {
-            entries: HashMap::new(),
-            max: max.max(1),
-        }
-    }
-
-    fn forget(&mut self, ids: impl IntoIterator<Item = String>) {
-        for id in ids {
-            self.entries.remove(&id);
-        }
-    }
-
-    fn remember(&mut self, id: String, balances: AccountBalances, version: i64) {
-        if self.entries.len() >= self.max && !self.entries.contains_key(&id) {
-            self.entries.clear(); // bounded; a miss only costs a read
-        }
-        self.entries.insert(id, (balances, version));
-    }
-}
-
 /// Why an attempt did not commit, and what the batch does next.
 enum Retry {
     /// A ledger key or idempotency key was taken: answer those movements and retry the rest.
     Duplicates,
-    /// An account's version moved since it was cached: read again.
+    /// An update matched fewer accounts than it names (one vanished or changed under us).
     Stale,
     /// A write conflict or an unknown commit result: back off and retry.
     Transient(mongodb::error::Error),
@@ -280,7 +254,8 @@ enum Retry {
 
 impl From<mongodb::error::Error> for Retry {
     fn from(error: mongodb::error::Error) -> Self {
-        if error.contains_label(TRANSIENT_TRANSACTION_ERROR) || error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+        if error.contains_label(TRANSIENT_TRANSACTION_ERROR)
+            || error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
         {
             Retry::Transient(error)
         } else if crate::is_duplicate_key(&error) {
@@ -312,7 +287,6 @@ type Outcome = Result<TransactionDoc, StoreError>;
 /// The writer task: one per process and store.
 struct Writer {
     parts: WriterParts,
-    cache: AccountCache,
     /// Movements whose ledger key another movement of the same batch had: they go next.
     deferred: VecDeque<Job>,
     /// Reused between attempts, except after a transient error.
@@ -398,7 +372,10 @@ impl Writer {
                 self.deferred.push_back(job);
             }
         }
-        let traceparents: Vec<&str> = live.iter().filter_map(|j| j.item.traceparent.as_deref()).collect();
+        let traceparents: Vec<&str> = live
+            .iter()
+            .filter_map(|j| j.item.traceparent.as_deref())
+            .collect();
         let span = crate::telemetry::batch_span(self.parts.db.name(), live.len(), &traceparents);
         let started = Instant::now();
         let size = live.len();
@@ -423,11 +400,10 @@ impl Writer {
                         self.back_off(attempt).await;
                     }
                 }
-                Err(Retry::Stale) => self.forget_accounts(&live),
+                Err(Retry::Stale) => self.back_off(attempt).await,
                 Err(Retry::Transient(error)) => {
                     self.parts.metrics.transaction_retries.inc();
                     tracing::debug!(attempt, %error, "transient batch error, retrying");
-                    self.forget_accounts(&live);
                     if attempt >= self.parts.config.max_attempts {
                         break;
                     }
@@ -440,7 +416,6 @@ impl Writer {
                 Err(Retry::Fatal(error)) => {
                     // One movement breaks the batch: apply each alone, so only it fails.
                     tracing::warn!(%error, movements = live.len(), "batch failed; applying its movements one by one");
-                    self.forget_accounts(&live);
                     for job in live.drain(..) {
                         Box::pin(self.commit_live(vec![job])).await;
                     }
@@ -457,11 +432,6 @@ impl Writer {
         tokio::time::sleep(crate::money::backoff(self.parts.config.backoff_base, attempt)).await;
     }
 
-    fn forget_accounts(&mut self, live: &[Job]) {
-        let ids = live.iter().flat_map(|j| j.movement().ledger.account_ids());
-        self.cache.forget(ids);
-    }
-
     /// One database transaction for `live`: Ok with each movement's outcome once committed.
     async fn attempt(&mut self, live: &[Job]) -> Result<Vec<Outcome>, Retry> {
         let mut session = match self.session.take() {
@@ -472,18 +442,10 @@ impl Writer {
         if !matches!(result, Err(Retry::Transient(_))) {
             self.session = Some(session); // a session whose commit is in doubt is not reused
         }
-        let (outcomes, accounts) = result?;
-        for (id, (balances, version)) in accounts {
-            self.cache.remember(id, balances, version);
-        }
-        Ok(outcomes)
+        result
     }
 
-    async fn attempt_in(
-        &self,
-        session: &mut ClientSession,
-        live: &[Job],
-    ) -> Result<(Vec<Outcome>, BTreeMap<String, (AccountBalances, i64)>), Retry> {
+    async fn attempt_in(&self, session: &mut ClientSession, live: &[Job]) -> Result<Vec<Outcome>, Retry> {
         let parts = &self.parts;
         session
             .start_transaction()
@@ -494,21 +456,21 @@ impl Writer {
             ))
             .await?;
         let items: Vec<&Item> = live.iter().map(|j| &j.item).collect();
-        let written = match write_batch(&parts.db, session, &items, &self.cache.entries).await {
+        let written = match write_batch(&parts.db, session, &items).await {
             Ok(written) => written,
             Err(retry) => {
                 let _ = session.abort_transaction().await;
                 return Err(retry);
             }
         };
-        if written.accounts.is_empty() {
+        if !written.wrote {
             let _ = session.abort_transaction().await; // everything was refused: nothing to keep
         } else {
             let commit_span = crate::telemetry::operation_span("commitTransaction", parts.db.name(), None);
             crate::money::commit(session).instrument(commit_span).await?;
             coffer_telemetry::faults::point("ledger.after_commit");
         }
-        Ok((written.outcomes, written.accounts))
+        Ok(written.outcomes)
     }
 
     /// Answers each job; refusals whose movement turns out to be applied already are duplicates.
@@ -519,7 +481,9 @@ impl Writer {
             .filter(|(_, o)| o.is_err())
             .map(|(j, _)| j.movement().ledger_key.clone())
             .collect();
-        let existing = existing_by_ledger_key(&self.parts.db, &refused).await.unwrap_or_default();
+        let existing = existing_by_ledger_key(&self.parts.db, &refused)
+            .await
+            .unwrap_or_default();
         for (job, outcome) in live.into_iter().zip(outcomes) {
             let outcome = match outcome {
                 Ok(record) => {
@@ -564,7 +528,9 @@ impl Writer {
                 .as_ref()
                 .is_some_and(|i| taken.contains(&crate::idempotency::key_id(&i.scope, &i.key)));
             if let Some(record) = existing.get(&job.movement().ledger_key) {
-                let _ = job.reply.send(Err(StoreError::DuplicateLedgerKey(Box::new(record.clone()))));
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::DuplicateLedgerKey(Box::new(record.clone()))));
             } else if key_taken {
                 let _ = job.reply.send(Err(StoreError::IdempotencyKeyTaken));
             } else {
@@ -576,21 +542,19 @@ impl Writer {
     }
 }
 
-/// What an attempt wrote: each movement's outcome and the touched accounts after it.
+/// What an attempt came to: each movement's outcome, and whether anything was written.
 struct Written {
     outcomes: Vec<Outcome>,
-    accounts: BTreeMap<String, (AccountBalances, i64)>,
+    wrote: bool,
 }
 
 /// The body of one attempt, inside the open transaction of `session`.
-async fn write_batch(
-    db: &Database,
-    session: &mut ClientSession,
-    items: &[&Item],
-    known: &HashMap<String, (AccountBalances, i64)>,
-) -> Result<Written, Retry> {
-    let ids: BTreeSet<String> = items.iter().flat_map(|i| i.movement().ledger.account_ids()).collect();
-    let accounts = load_accounts(db, session, &ids, known).await?;
+async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]) -> Result<Written, Retry> {
+    let ids: BTreeSet<String> = items
+        .iter()
+        .flat_map(|i| i.movement().ledger.account_ids())
+        .collect();
+    let accounts = load_accounts(db, session, &ids).await?;
     let mut book = Book::new();
     for (id, (balances, _)) in &accounts {
         book.insert_account(id.clone(), balances.clone());
@@ -616,20 +580,20 @@ async fn write_batch(
     if plan.records.is_empty() {
         return Ok(Written {
             outcomes,
-            accounts: BTreeMap::new(),
+            wrote: false,
         });
     }
-    let after = update_accounts(db, session, &accounts, &plan.touches, &book, now).await?;
+    update_accounts(db, session, &accounts, &plan.touches, &book, now).await?;
     plan.insert(db, session).await?;
     update_counters(db, session, &plan.charged, now).await?;
     Ok(Written {
         outcomes,
-        accounts: after,
+        wrote: true,
     })
 }
 
 /// Writes one movement inside a transaction its caller runs (with other writes of its own, e.g.
-/// an adjustment's decision): the same rules and writes as a batch of one, no cache.
+/// an adjustment's decision): the same rules and writes as a batch of one.
 pub(crate) async fn write_one(
     db: &Database,
     session: &mut ClientSession,
@@ -639,7 +603,7 @@ pub(crate) async fn write_one(
         submission,
         traceparent: crate::model::current_traceparent(),
     };
-    match write_batch(db, session, &[&item], &HashMap::new()).await {
+    match write_batch(db, session, &[&item]).await {
         Ok(mut written) => written.outcomes.pop().expect("one outcome"),
         Err(Retry::Duplicates) => Err(StoreError::AlreadyExists),
         Err(Retry::Stale) => Err(StoreError::Contention),
@@ -658,29 +622,17 @@ fn refused(refusal: BookRefusal) -> StoreError {
     }
 }
 
-/// Every account of `ids`, from `known` or read in the transaction (one `find` for the misses).
+/// Every account of `ids` with its version, read in the transaction's snapshot (one `find`).
 async fn load_accounts(
     db: &Database,
     session: &mut ClientSession,
     ids: &BTreeSet<String>,
-    known: &HashMap<String, (AccountBalances, i64)>,
 ) -> Result<BTreeMap<String, (AccountBalances, i64)>, Retry> {
     let mut accounts = BTreeMap::new();
-    let mut missing = Vec::new();
-    for id in ids {
-        match known.get(id) {
-            Some(entry) => {
-                accounts.insert(id.clone(), entry.clone());
-            }
-            None => missing.push(id.clone()),
-        }
-    }
-    if missing.is_empty() {
-        return Ok(accounts);
-    }
+    let ids: Vec<&String> = ids.iter().collect();
     let mut cursor = db
         .collection::<WalletDoc>(WALLETS)
-        .find(doc! { "_id": { "$in": &missing } })
+        .find(doc! { "_id": { "$in": ids } })
         .session(&mut *session)
         .await?;
     while let Some(wallet) = cursor.next(&mut *session).await.transpose()? {
@@ -693,7 +645,8 @@ async fn load_accounts(
 /// A stored account as the book sees it.
 pub(crate) fn account_balances(wallet: &WalletDoc) -> Result<AccountBalances, codec::DecodeError> {
     let signed = |bucket: Bucket| {
-        codec::from_decimal(wallet.bucket(bucket)).map(|(magnitude, negative)| SignedAmount::new(magnitude, negative))
+        codec::from_decimal(wallet.bucket(bucket))
+            .map(|(magnitude, negative)| SignedAmount::new(magnitude, negative))
     };
     Ok(AccountBalances {
         kind: wallet.kind,
@@ -749,7 +702,13 @@ struct BatchWrites {
 }
 
 impl BatchWrites {
-    fn add(&mut self, item: &Item, applied: &Applied, book: &Book, now: DateTime) -> Result<TransactionDoc, Retry> {
+    fn add(
+        &mut self,
+        item: &Item,
+        applied: &Applied,
+        book: &Book,
+        now: DateTime,
+    ) -> Result<TransactionDoc, Retry> {
         let movement = item.movement();
         let record = transaction_record(movement, now);
         for id in movement.ledger.account_ids() {
@@ -762,15 +721,15 @@ impl BatchWrites {
         let owner_of = |id: &str| book.account(id).and_then(|a| a.user_id.clone());
         let entries = ledger_entries(&movement.transaction_id, &movement.ledger, owner_of, now);
         self.entries.extend(entries);
-        let balance_events = applied
-            .user_balances
-            .iter()
-            .filter_map(|(id, balances)| balance_event(id, balances, movement.decimals, &movement.transaction_id));
+        let balance_events = applied.user_balances.iter().filter_map(|(id, balances)| {
+            balance_event(id, balances, movement.decimals, &movement.transaction_id)
+        });
         for event in movement.events.iter().cloned().chain(balance_events) {
             self.events.push(outbox_row(&event, item.traceparent.clone())?);
         }
         if let Some(write) = &item.submission.idempotency {
-            self.idempotency.push(IdempotencyDoc::completed(write, (write.render)(&record), now));
+            self.idempotency
+                .push(IdempotencyDoc::completed(write, (write.render)(&record), now));
         }
         self.records.push(record.clone());
         Ok(record)
@@ -855,7 +814,10 @@ pub(crate) fn ledger_entries(
 }
 
 /// A planned event as an outbox row.
-pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> Result<OutboxDoc, mongodb::bson::ser::Error> {
+pub(crate) fn outbox_row(
+    event: &PlannedEvent,
+    traceparent: Option<String>,
+) -> Result<OutboxDoc, mongodb::bson::ser::Error> {
     let data = to_document(&event.data)?;
     let mut row = OutboxDoc::new(
         event.event_type.as_str(),
@@ -869,8 +831,8 @@ pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> R
 }
 
 /// ONE `update` command for every touched account: each statement adds the batch's net change
-/// and moves the version by the number of movements, conditional on the version read. Answers
-/// the accounts after the batch; [`Retry::Stale`] when any version moved.
+/// and moves the version by the number of movements that touched it. It selects by `_id` only:
+/// the batch read the accounts in this transaction, so a concurrent writer is a write conflict.
 async fn update_accounts(
     db: &Database,
     session: &mut ClientSession,
@@ -878,30 +840,22 @@ async fn update_accounts(
     touches: &BTreeMap<String, i64>,
     book: &Book,
     now: DateTime,
-) -> Result<BTreeMap<String, (AccountBalances, i64)>, Retry> {
+) -> Result<(), Retry> {
     let mut statements = Vec::with_capacity(touches.len());
-    let mut after = BTreeMap::new();
     for (id, count) in touches {
-        let (old, version) = &before[id];
-        let new = book.account(id).expect("touched accounts are in the book").clone();
+        let (old, _) = &before[id];
+        let new = book.account(id).expect("touched accounts are in the book");
         let mut inc = doc! { "version": *count };
-        let mut filter = doc! { "_id": id, "version": *version };
         for bucket in Bucket::ALL {
             let delta = new.bucket(bucket).minus(old.bucket(bucket));
-            if delta.amount.is_zero() {
-                continue;
-            }
-            inc.insert(bucket.as_str(), codec::to_decimal(&delta.amount, delta.negative));
-            // Belt and braces: the database itself refuses to take a user's bucket below zero.
-            if delta.negative && new.kind.must_stay_non_negative() {
-                filter.insert(bucket.as_str(), doc! { "$gte": codec::to_decimal(&delta.amount, false) });
+            if !delta.amount.is_zero() {
+                inc.insert(bucket.as_str(), codec::to_decimal(&delta.amount, delta.negative));
             }
         }
         statements.push(doc! {
-            "q": filter,
+            "q": { "_id": id },
             "u": { "$inc": inc, "$set": { "updated_at": now } },
         });
-        after.insert(id.clone(), (new, version + count));
     }
     let expected = statements.len();
     let reply = db
@@ -912,7 +866,7 @@ async fn update_accounts(
     if matched(&reply) != expected as i64 {
         return Err(Retry::Stale);
     }
-    Ok(after)
+    Ok(())
 }
 
 /// Adds what the batch charged to each limit counter (created on first use), in one command.
@@ -970,7 +924,10 @@ fn check_write_errors(reply: &Document) -> Result<(), Retry> {
 }
 
 /// Committed transactions with any of `keys`, by key.
-async fn existing_by_ledger_key(db: &Database, keys: &[String]) -> Result<HashMap<String, TransactionDoc>, StoreError> {
+async fn existing_by_ledger_key(
+    db: &Database,
+    keys: &[String],
+) -> Result<HashMap<String, TransactionDoc>, StoreError> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }

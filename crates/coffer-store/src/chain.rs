@@ -529,4 +529,3 @@ fn linked(deposit: &ChainDepositDoc) -> Result<(&str, &str), StoreError> {
 fn ledger_error(e: coffer_domain::LedgerError) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
-

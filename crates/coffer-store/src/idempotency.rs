@@ -64,7 +64,11 @@ pub(crate) fn key_id(scope: &str, key: &str) -> String {
 
 impl IdempotencyDoc {
     /// A record completed at once: written in the money movement's own database transaction.
-    pub(crate) fn completed(write: &crate::batch::IdempotentWrite, response: StoredResponse, now: DateTime) -> Self {
+    pub(crate) fn completed(
+        write: &crate::batch::IdempotentWrite,
+        response: StoredResponse,
+        now: DateTime,
+    ) -> Self {
         IdempotencyDoc {
             id: key_id(&write.scope, &write.key),
             fingerprint: write.fingerprint.clone(),

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod codec;
 pub mod devices;
 pub mod idempotency;
+pub mod inspect;
 pub mod locks;
 pub mod metrics;
 pub mod model;
@@ -122,6 +123,8 @@ pub struct StoreConfig {
     pub lock_stripes: usize,
     /// Group commit of money movements (batch size, window, queue, attempts, timeout).
     pub batch: batch::BatchConfig,
+    /// Records every query's filter for [`Store::explain_recorded`] (tests; off by default).
+    pub query_log: Option<inspect::QueryLog>,
     /// A client span per database command (issue 8). Off by default even when traces are
     /// exported: the driver then decodes every command and reply (`COFFER_TRACE_DB_COMMANDS`).
     pub command_spans: bool,
@@ -135,6 +138,7 @@ impl Default for StoreConfig {
             backoff_base: Duration::from_millis(5),
             lock_stripes: 4096,
             batch: batch::BatchConfig::default(),
+            query_log: None,
             command_spans: false,
         }
     }
@@ -152,7 +156,8 @@ pub struct Store {
     /// The group-commit writer of this process (one per store, shared by its clones).
     pub(crate) committer: std::sync::Arc<batch::Committer>,
     /// Owners and assets of wallets seen (immutable facts; see [`Store::wallet_refs`]).
-    pub(crate) wallet_refs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, coffer_domain::WalletRef>>>,
+    pub(crate) wallet_refs:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, coffer_domain::WalletRef>>>,
     pub metrics: StoreMetrics,
 }
 
@@ -169,9 +174,21 @@ impl Store {
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(10));
-        if config.command_spans {
-            let spans = std::sync::Arc::new(telemetry::CommandSpans::default());
-            options.command_event_handler = Some(spans.handler());
+        let spans = config
+            .command_spans
+            .then(|| std::sync::Arc::new(telemetry::CommandSpans::default()));
+        let log = config.query_log.clone();
+        if spans.is_some() || log.is_some() {
+            options.command_event_handler = Some(mongodb::event::EventHandler::callback(
+                move |event: mongodb::event::command::CommandEvent| {
+                    if let Some(log) = &log {
+                        log.on_event(&event);
+                    }
+                    if let Some(spans) = &spans {
+                        spans.on_event(event);
+                    }
+                },
+            ));
         }
         let client = Client::with_options(options)?;
         let db = client.database(database);
@@ -255,7 +272,14 @@ impl Store {
             ),
             (OUTBOX, doc! { "published_at": 1, "_id": 1 }, named("unpublished")),
             (OUTBOX, doc! { "claim_token": 1 }, named("by_claim")),
-            (OUTBOX, doc! { "user_id": 1, "_id": 1 }, named("by_user_stream")),
+            // The stream's history query: equality fields first, then the range and sort key (the
+            // ESR rule; a planner that needs every filter field in the index, as SecantusDB's
+            // does, uses it too).
+            (
+                OUTBOX,
+                doc! { "user_id": 1, "dead_lettered_at": 1, "_id": 1 },
+                named("by_user_stream_v2"),
+            ),
             (OUTBOX, doc! { "dead_lettered_at": 1 }, named("dead_letters")),
             (AUDIT_LOG, doc! { "seq": 1 }, unique("seq_unique")),
             (

@@ -54,14 +54,18 @@ impl StoreMetrics {
                     "coffer_ledger_batch_movements",
                     "Money movements written per group-commit database transaction.",
                 )
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]),
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
+                ]),
             )?,
             batch_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "coffer_ledger_batch_duration_seconds",
                     "Time a group-commit batch takes from its first attempt to its commit.",
                 )
-                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                .buckets(vec![
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
             )?,
         };
         registry.register(Box::new(metrics.batch_movements.clone()))?;

@@ -274,7 +274,12 @@ pub(crate) async fn post_entries(
         updated.retain(|w| w.id != wallet.id);
         updated.push(wallet);
     }
-    let owner_of = |id: &str| updated.iter().find(|w| w.id == id).and_then(|w| w.user_id.clone());
+    let owner_of = |id: &str| {
+        updated
+            .iter()
+            .find(|w| w.id == id)
+            .and_then(|w| w.user_id.clone())
+    };
     let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, now);
     store
         .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
@@ -357,6 +362,8 @@ async fn apply_delta(
 /// The outbox rows of `events`, carrying the current trace context.
 pub(crate) fn event_rows(events: &[PlannedEvent]) -> Result<Vec<OutboxDoc>, StoreError> {
     let traceparent = crate::model::current_traceparent();
-    let rows = events.iter().map(|e| crate::batch::outbox_row(e, traceparent.clone()));
+    let rows = events
+        .iter()
+        .map(|e| crate::batch::outbox_row(e, traceparent.clone()));
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

@@ -37,10 +37,10 @@ impl Store {
         user_id: &str,
         wallet_id: &str,
     ) -> Result<Option<WalletDoc>, StoreError> {
-        Ok(self
-            .collection::<WalletDoc>(WALLETS)
-            .find_one(doc! { "_id": wallet_id, "user_id": user_id, "kind": "user" })
-            .await?)
+        // By `_id` alone (any planner serves it from the primary index); the owner is checked here.
+        let wallet = self.wallet_by_id(wallet_id).await?;
+        Ok(wallet
+            .filter(|w| w.user_id.as_deref() == Some(user_id) && w.kind == coffer_domain::AccountKind::User))
     }
 
     /// What never changes about wallets (owner, asset), for plans: from this process's bounded

@@ -9,12 +9,11 @@
 //!   They are created only inside another span: background polls make no traces.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document};
 use mongodb::event::command::CommandEvent;
-use mongodb::event::EventHandler;
 use tracing::field::Empty;
 use tracing::Span;
 
@@ -30,16 +29,11 @@ pub(crate) struct CommandSpans {
 }
 
 impl CommandSpans {
-    /// The driver's command event handler that feeds this.
-    pub(crate) fn handler(self: Arc<Self>) -> EventHandler<CommandEvent> {
-        EventHandler::callback(move |event| self.on_event(event))
-    }
-
     fn open(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (Instant, Span)>> {
         self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn on_event(&self, event: CommandEvent) {
+    pub(crate) fn on_event(&self, event: CommandEvent) {
         match event {
             CommandEvent::Started(started) => {
                 // The driver emits the event in the task that runs the command, so the current

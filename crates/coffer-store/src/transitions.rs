@@ -10,8 +10,8 @@ use mongodb::ClientSession;
 use crate::collections::{TRANSACTIONS, WALLETS};
 use crate::model::{TimelineEntry, TransactionDoc, WalletDoc};
 use crate::money::{insert_events, post_entries};
-use coffer_domain::movement::{balance_event, state_change_events, Settlement, WalletRef};
 use crate::{Store, StoreError};
+use coffer_domain::movement::{balance_event, state_change_events, Settlement, WalletRef};
 
 /// A checked move of transaction `transaction_id` from `from` to `to`.
 #[derive(Debug, Clone)]

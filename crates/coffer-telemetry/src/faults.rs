@@ -59,6 +59,10 @@ mod tests {
             .collect();
         assert_eq!(read, vec![("ledger.after_commit", 3), ("relay.after_confirm", 1)]);
         assert!(parse("").is_empty());
-        assert_eq!(parse("x=0")[0].left.load(Ordering::SeqCst), 1, "at least one pass");
+        assert_eq!(
+            parse("x=0")[0].left.load(Ordering::SeqCst),
+            1,
+            "at least one pass"
+        );
     }
 }

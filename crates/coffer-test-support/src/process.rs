@@ -99,7 +99,12 @@ impl Roles {
 /// Waits until `url` answers 200 (bounded: 30 s).
 pub async fn wait_ready(client: &reqwest::Client, url: &str) {
     for _ in 0..300 {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

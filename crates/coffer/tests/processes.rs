@@ -25,12 +25,18 @@ fn roles(label: &str) -> Roles {
             "MONGODB_URI".to_string(),
             std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
         ),
-        ("COFFER_DATABASE".into(), format!("proc_{}", uuid::Uuid::new_v4().simple())),
+        (
+            "COFFER_DATABASE".into(),
+            format!("proc_{}", uuid::Uuid::new_v4().simple()),
+        ),
         (
             "COFFER_ASSETS_FILE".into(),
             root.join("config/assets.dev.json").display().to_string(),
         ),
-        ("COFFER_JWT_SECRET".into(), "processes-test-secret-0123456789abcdef".into()),
+        (
+            "COFFER_JWT_SECRET".into(),
+            "processes-test-secret-0123456789abcdef".into(),
+        ),
         ("COFFER_RATE_MONEY_PER_USER_PER_MINUTE".into(), "100000".into()),
         ("COFFER_RATE_MONEY_PER_IP_PER_MINUTE".into(), "100000".into()),
         ("COFFER_RATE_AUTH_PER_IP_PER_MINUTE".into(), "100000".into()),
@@ -86,7 +92,15 @@ async fn user_with_wallet(client: &reqwest::Client, api: &Api) -> (String, Strin
 
 /// Creates the payment service account and credits `amount` to `wallet` through `api`.
 async fn fund(roles: &Roles, client: &reqwest::Client, api: &Api, wallet: &str, amount: &str) {
-    let args = ["user", "create", "--email", "payments@coffer.test", "--role", "payment", "--password-stdin"];
+    let args = [
+        "user",
+        "create",
+        "--email",
+        "payments@coffer.test",
+        "--role",
+        "payment",
+        "--password-stdin",
+    ];
     assert!(roles.run_with_stdin("user", &args, PASSWORD), "user create");
     let login = json!({ "email": "payments@coffer.test", "password": PASSWORD });
     let url = format!("{}/v1/auth/login", api.url);
@@ -131,7 +145,11 @@ async fn two_api_processes_on_one_database_drain_one_wallet_exactly() {
     let send = |i: usize| {
         let url = format!("{}/v1/transfers", [&first, &second][i % 2].url);
         let (client, alice, body) = (client.clone(), alice.clone(), transfer.clone());
-        async move { post(&client, &url, Some(&alice), &format!("t-{i}"), body).await.unwrap() }
+        async move {
+            post(&client, &url, Some(&alice), &format!("t-{i}"), body)
+                .await
+                .unwrap()
+        }
     };
     // First one at a time, alternating: each process's knowledge of the wallet is always one
     // write behind, and only the database's version check keeps it from spending twice.
@@ -150,9 +168,19 @@ async fn two_api_processes_on_one_database_drain_one_wallet_exactly() {
         .iter()
         .filter(|r| r.0 != StatusCode::CREATED && r.2["code"] != "insufficient_funds")
         .collect();
-    assert!(other.is_empty(), "every transfer either moved or was refused: {other:?}");
-    assert!(replies[..20].iter().all(|r| r.0 == StatusCode::CREATED), "the first 6 ETH are there");
-    assert_eq!((created, refused), (33, 31), "floor(10 / 0.3) fit; the rest could not be covered");
+    assert!(
+        other.is_empty(),
+        "every transfer either moved or was refused: {other:?}"
+    );
+    assert!(
+        replies[..20].iter().all(|r| r.0 == StatusCode::CREATED),
+        "the first 6 ETH are there"
+    );
+    assert_eq!(
+        (created, refused),
+        (33, 31),
+        "floor(10 / 0.3) fit; the rest could not be covered"
+    );
     assert_eq!(available(&client, &second, &alice, &source).await, "0.1");
     assert_ledger_verifies(&roles);
 }
@@ -176,7 +204,10 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
         async move { post(&client, &url, Some(&alice), key, body).await }
     });
     let first_tries = futures::future::join_all(sends).await;
-    assert!(first_tries.iter().all(Result::is_err), "nobody got an answer: {first_tries:?}");
+    assert!(
+        first_tries.iter().all(Result::is_err),
+        "nobody got an answer: {first_tries:?}"
+    );
     let exited = tokio::task::spawn_blocking(move || {
         let status = doomed.process.child.wait();
         (doomed, status)
@@ -186,7 +217,10 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
         .expect("the process ends")
         .unwrap();
     assert!(!status.unwrap().success(), "the process aborted");
-    assert!(doomed.process.log_text().contains("fault point ledger.after_commit"));
+    assert!(doomed
+        .process
+        .log_text()
+        .contains("fault point ledger.after_commit"));
     doomed.process.kill();
 
     // Every client retries with its key on the surviving process.
@@ -194,13 +228,22 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
     let mut transactions = std::collections::BTreeSet::new();
     for key in &keys {
         let url = format!("{}/v1/transfers", survivor.url);
-        let (status, headers, body) = post(&client, &url, Some(&alice), key, transfer.clone()).await.unwrap();
+        let (status, headers, body) = post(&client, &url, Some(&alice), key, transfer.clone())
+            .await
+            .unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");
         replayed += usize::from(headers.get("idempotent-replayed").is_some());
         transactions.insert(body["id"].as_str().unwrap().to_string());
     }
-    assert!(replayed >= 1, "the batch that committed before the kill is replayed, not re-run");
+    assert!(
+        replayed >= 1,
+        "the batch that committed before the kill is replayed, not re-run"
+    );
     assert_eq!(transactions.len(), 8, "one transaction per key");
-    assert_eq!(available(&client, &survivor, &alice, &source).await, "2", "8 transfers of 1, each once");
+    assert_eq!(
+        available(&client, &survivor, &alice, &source).await,
+        "2",
+        "8 transfers of 1, each once"
+    );
     assert_ledger_verifies(&roles);
 }
