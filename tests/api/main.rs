@@ -16,6 +16,7 @@ mod outbox;
 mod reconcile;
 mod routes;
 mod stream;
+mod tls;
 mod traces;
 mod validation;
 mod webhooks;

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod chain;
 pub mod otlp;
 pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
 

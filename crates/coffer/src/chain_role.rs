@@ -27,6 +27,7 @@ struct Probe {
 }
 
 /// The listener's settings from its arguments.
+/// The listener's settings from its arguments (their ranges are checked when they are parsed).
 pub fn listener_config(
     chain: &str,
     poll_interval_ms: u64,
@@ -34,19 +35,19 @@ pub fn listener_config(
     max_blocks: u64,
 ) -> ListenerConfig {
     let mut config = ListenerConfig::new(chain);
-    config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
+    config.poll_interval = Duration::from_millis(poll_interval_ms);
     config.start_block = start_block;
-    config.max_blocks_per_poll = max_blocks.clamp(1, 1000);
+    config.max_blocks_per_poll = max_blocks;
     config
 }
 
-pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
+pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyhow::Result<()> {
     let catalog = crate::assets::load(&args.assets_file)?;
     crate::assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
-    let rpc = Rpc::connect(&args.eth_rpc_url)?;
+    let rpc = Rpc::connect(&args.eth_rpc_url, roots)?;
     let config = listener_config(
         &args.chain,
         args.poll_interval_ms,
@@ -107,7 +108,7 @@ fn broadcaster(
 ) -> anyhow::Result<Broadcaster> {
     let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config = BroadcasterConfig::new(chain);
-    config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
+    config.poll_interval = Duration::from_millis(poll_interval_ms);
     Ok(Broadcaster::new(
         config,
         rpc.clone(),
@@ -122,6 +123,7 @@ fn broadcaster(
 pub async fn spawn_in_dev(
     url: Option<&str>,
     signer_key_file: Option<&std::path::Path>,
+    roots: &coffer_tls::TlsRoots,
     store: &Store,
     catalog: &LiveCatalog,
     registry: &prometheus::Registry,
@@ -130,7 +132,7 @@ pub async fn spawn_in_dev(
         tracing::warn!("ETH_RPC_URL is not set: dev runs without the chain listener");
         return Ok(());
     };
-    let rpc = match Rpc::connect(url) {
+    let rpc = match Rpc::connect(url, roots) {
         Ok(rpc) if rpc.head().await.is_ok() => rpc,
         _ => {
             tracing::warn!("ETH_RPC_URL does not answer: dev runs without the chain listener");

@@ -26,7 +26,12 @@ fn owner() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
+/// The broker of `amqp`, trusting `roots` for `amqps://`.
+pub fn endpoint(amqp: &AmqpArgs, roots: &coffer_tls::TlsRoots) -> coffer_events::broker::Endpoint {
+    coffer_events::broker::Endpoint::new(amqp.amqp_uri.as_str()).with_roots(roots)
+}
+
+pub async fn run(args: PublisherArgs, roots: &coffer_tls::TlsRoots) -> anyhow::Result<()> {
     let config = args.relay_config(&owner())?;
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
@@ -36,7 +41,7 @@ pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let publisher = tokio::spawn(coffer_events::publisher::run(
         relay,
-        args.amqp.amqp_uri.clone(),
+        endpoint(&args.amqp, roots),
         readiness.clone(),
     ));
     let state = OpsState {
@@ -67,14 +72,15 @@ pub async fn run(args: PublisherArgs) -> anyhow::Result<()> {
 pub fn spawn_beside_api(
     store: &Store,
     amqp: &AmqpArgs,
+    broker: coffer_events::broker::Endpoint,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<()> {
     let config = coffer_events::RelayConfig::new(&amqp.events_exchange, &owner());
     let metrics = PublisherMetrics::new(registry).context("registering publisher metrics")?;
     let relay = Relay::new(store, config, metrics);
-    let uri = amqp.amqp_uri.clone();
+    let uri = broker;
     tokio::spawn(async move {
-        if let Err(e) = coffer_events::broker::connect(&uri, "coffer-dev-probe").await {
+        if let Err(e) = coffer_events::broker::connect(uri.clone(), "coffer-dev-probe").await {
             tracing::warn!(error = %e, "RabbitMQ (AMQP_URI) is not reachable: events wait in the outbox until it is; the API keeps running");
         }
         coffer_events::publisher::run(relay, uri, Readiness::default()).await
