@@ -13,6 +13,7 @@ mod ledger;
 mod logs;
 mod metrics;
 mod outbox;
+mod readiness;
 mod reconcile;
 mod routes;
 mod stream;

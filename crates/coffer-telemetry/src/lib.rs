@@ -12,6 +12,7 @@
 
 pub mod capture;
 pub mod export;
+pub mod health;
 pub mod logs;
 pub mod propagation;
 

@@ -180,3 +180,77 @@ impl TlsProxy {
         TlsProxy { port }
     }
 }
+
+/// A plain TCP proxy on 127.0.0.1 that holds every chunk it forwards for `delay`, in both
+/// directions: a slow network or a busy server in front of a real one. [`SlowProxy::stop`]
+/// refuses new connections and cuts the open ones (a dead server).
+pub struct SlowProxy {
+    pub port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl SlowProxy {
+    pub async fn start(upstream: &str, delay: std::time::Duration) -> SlowProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let upstream = upstream.to_string();
+        tokio::spawn(async move {
+            let mut stopping = stopped.clone();
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stopping.changed() => return,
+                };
+                let Ok((client, _)) = accepted else { return };
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (from, to) in [
+                    (
+                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(server_read), Box::new(client_write)),
+                ] {
+                    let mut stopped = stopped.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = slow_copy(from, to, delay) => {}
+                            _ = stopped.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        SlowProxy { port, stop }
+    }
+
+    /// Stops accepting and cuts every connection.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn slow_copy(
+    mut from: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    mut to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}

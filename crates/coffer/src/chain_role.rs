@@ -4,11 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::listener::{Listener, ListenerConfig};
 use coffer_chain::metrics::ChainMetrics;
@@ -16,15 +11,8 @@ use coffer_chain::rpc::Rpc;
 use coffer_chain::signer::LocalSigner;
 use coffer_domain::LiveCatalog;
 use coffer_store::Store;
-use prometheus::Encoder;
 
 use crate::cli::ChainListenerArgs;
-
-struct Probe {
-    store: Store,
-    rpc: Rpc,
-    registry: prometheus::Registry,
-}
 
 /// The listener's settings from its arguments.
 /// The listener's settings from its arguments (their ranges are checked when they are parsed).
@@ -63,38 +51,18 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
         tracing::info!(chain = %args.chain, hot_wallet = %broadcaster.hot_wallet(), "broadcasting withdrawals");
         tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
     }
-    let probe = Arc::new(Probe { store, rpc, registry });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(probe);
-    let socket = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(chain = %args.chain, listen = %socket.local_addr()?, "following the chain");
-    let server = tokio::spawn(async move { axum::serve(socket, app).await });
+    let node = rpc.clone();
+    let health = coffer_api::store_health(&store)
+        .ping("node", move || {
+            let node = node.clone();
+            async move { node.head().await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .start();
+    let server = crate::ops_server::spawn(&args.listen, health, registry, std::future::pending()).await?;
+    tracing::info!(chain = %args.chain, "following the chain");
     listener.run(crate::shutdown_signal()).await;
     server.abort();
     Ok(())
-}
-
-async fn readyz(State(probe): State<Arc<Probe>>) -> (StatusCode, &'static str) {
-    let store_ok = probe.store.ping().await.is_ok();
-    let node_ok = probe.rpc.head().await.is_ok();
-    if store_ok && node_ok {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics(State(probe): State<Arc<Probe>>) -> (StatusCode, String) {
-    let mut buffer = Vec::new();
-    match prometheus::TextEncoder::new().encode(&probe.registry.gather(), &mut buffer) {
-        Ok(()) => (StatusCode::OK, String::from_utf8_lossy(&buffer).into_owned()),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
-    }
 }
 
 /// The withdrawal broadcaster of `chain`, signing with the local key in `key_file`.

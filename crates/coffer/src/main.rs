@@ -5,6 +5,7 @@ mod assets;
 mod chain_role;
 mod cli;
 mod logging;
+mod ops_server;
 mod publisher;
 mod reconciler;
 
@@ -141,13 +142,21 @@ async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> an
         )
         .await?;
     }
-    let ctx = ApiContext::new(store, config, catalog, registry)?;
-    // Each API replica consumes events with its own queue and fans them out to its sockets.
+    // Each API replica consumes events with its own queue and fans them out to its sockets;
+    // without a broker channel its WebSockets get nothing, so it is not ready.
+    let consumer = coffer_events::publisher::Readiness::default();
+    let health = coffer_api::store_health(&store)
+        .flag("stream consumer", {
+            let consumer = consumer.clone();
+            move || consumer.is_ready()
+        })
+        .start();
+    let ctx = ApiContext::new(store, config, catalog, registry)?.with_health(health);
     tokio::spawn(coffer_events::consumer::run(
         broker,
         args.amqp.events_exchange.clone(),
         ctx.stream_hub().clone(),
-        coffer_events::publisher::Readiness::default(),
+        consumer,
     ));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

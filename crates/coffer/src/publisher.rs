@@ -1,24 +1,11 @@
 //! `coffer outbox-publisher`: the relay plus a tiny operations server (/healthz, /readyz, /metrics).
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use coffer_events::publisher::Readiness;
 use coffer_events::{PublisherMetrics, Relay};
 use coffer_store::Store;
-use prometheus::Encoder;
 
 use crate::cli::{AmqpArgs, PublisherArgs};
-
-#[derive(Clone)]
-struct OpsState {
-    store: Store,
-    readiness: Readiness,
-    registry: prometheus::Registry,
-}
 
 /// This replica's name: the pod name on Kubernetes, else host and process id.
 fn owner() -> String {
@@ -44,23 +31,12 @@ pub async fn run(args: PublisherArgs, roots: &coffer_tls::TlsRoots) -> anyhow::R
         endpoint(&args.amqp, roots),
         readiness.clone(),
     ));
-    let state = OpsState {
-        store,
-        readiness,
-        registry,
-    };
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, exchange = %args.amqp.events_exchange, "outbox publisher serving /healthz, /readyz, /metrics");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await?;
+    let health = coffer_api::store_health(&store)
+        .flag("broker", move || readiness.is_ready())
+        .start();
+    tracing::info!(exchange = %args.amqp.events_exchange, "outbox publisher started");
+    let server = crate::ops_server::spawn(&args.listen, health, registry, crate::shutdown_signal()).await?;
+    server.await.context("the operations server task")??;
     // Stopping mid-batch is safe: leased rows are re-published (same message id) after the lease.
     publisher.abort();
     tracing::info!("stopped");
@@ -86,30 +62,4 @@ pub fn spawn_beside_api(
         coffer_events::publisher::run(relay, uri, Readiness::default()).await
     });
     Ok(())
-}
-
-async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    let database = state.store.ping().await.is_ok();
-    match (database, state.readiness.is_ready()) {
-        (true, true) => (StatusCode::OK, "ready"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable"),
-    }
-}
-
-async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
-    let mut buffer = Vec::new();
-    let encoded = prometheus::TextEncoder::new().encode(&state.registry.gather(), &mut buffer);
-    match encoded {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            buffer,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            Vec::new(),
-        ),
-    }
 }
