@@ -19,10 +19,10 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
     let writer = captured.clone();
     // The production log format at TRACE, and span export with database command spans.
     let receiver = Receiver::start().await;
-    let provider = export::tracer_provider(&export::ExportConfig::to_endpoint(
-        &receiver.endpoint,
-        "coffer-api",
-    ))
+    let provider = export::tracer_provider(
+        &export::ExportConfig::to_endpoint(&receiver.endpoint, "coffer-api"),
+        &coffer_tls::TlsRoots::platform(),
+    )
     .unwrap();
     tracing_subscriber::registry()
         .with(export::layer(&provider).with_filter(filter_fn(export::exported)))

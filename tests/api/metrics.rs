@@ -487,3 +487,48 @@ fn promtool_accepts(exposition: &str) {
         "promtool check metrics: {report}"
     );
 }
+
+/// The `process_*` rows of the catalogue.
+fn catalogued_process_metrics() -> Vec<String> {
+    CATALOGUE
+        .lines()
+        .filter(|line| line.starts_with("| `process_"))
+        .map(|line| line.split('`').nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_role_registry_exposes_the_process_metrics() {
+    let names = catalogued_process_metrics();
+    assert!(
+        names.len() >= 7,
+        "the catalogue lists the process metrics: {names:?}"
+    );
+    // The API serves its registry; the worker roles register the same collector through
+    // register_build_info on theirs.
+    let app = coffer_test_support::TestApp::spawn().await;
+    let api = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let worker = prometheus::Registry::new();
+    coffer_store::metrics::register_build_info(&worker).unwrap();
+    let mut buffer = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &worker.gather(), &mut buffer).unwrap();
+    let text = String::from_utf8(buffer).unwrap();
+    for name in &names {
+        assert!(
+            samples(&api).keys().any(|s| s == name),
+            "the API does not expose {name}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(name.as_str())),
+            "a worker role does not expose {name}"
+        );
+    }
+}

@@ -82,7 +82,7 @@ fn assert_database_spans<'a>(
 /// Installs span export to `receiver` and JSON logs into the returned buffer.
 fn install_telemetry(receiver: &Receiver) -> (export::SdkTracerProvider, Captured) {
     let config = export::ExportConfig::to_endpoint(&receiver.endpoint, "coffer-api");
-    let provider = export::tracer_provider(&config).unwrap();
+    let provider = export::tracer_provider(&config, &coffer_tls::TlsRoots::platform()).unwrap();
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::registry()

@@ -341,7 +341,8 @@ fn install_telemetry(endpoint: &str) -> coffer_telemetry::export::SdkTracerProvi
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let config = coffer_telemetry::export::ExportConfig::to_endpoint(endpoint, "coffer-bench");
-    let provider = coffer_telemetry::export::tracer_provider(&config).expect("tracer provider");
+    let provider = coffer_telemetry::export::tracer_provider(&config, &coffer_tls::TlsRoots::platform())
+        .expect("tracer provider");
     let switch = dynamic_filter_fn(|metadata, _| {
         EXPORTING.load(Ordering::Relaxed) && coffer_telemetry::export::exported(metadata)
     });

@@ -15,13 +15,18 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: MongoDB answers.
+/// Readiness: MongoDB answered its latest background check within its budget, and the stream
+/// consumer holds a broker channel. Answered from the latest results, never waiting on them.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "ready"), (status = 503, body = Problem)))]
 pub async fn readyz(State(ctx): State<ApiContext>) -> ApiResult<&'static str> {
-    ctx.store().ping().await.map_err(|_| ApiError::RetryLater {
-        retry_after_seconds: 5,
-    })?;
+    let report = ctx.health().report().await;
+    if !report.ready {
+        tracing::debug!(failing = ?report.failing(), "not ready");
+        return Err(ApiError::RetryLater {
+            retry_after_seconds: 5,
+        });
+    }
     Ok("ready")
 }
 

@@ -35,25 +35,39 @@ pub struct TokenTransfer {
     pub log_index: u64,
 }
 
-async fn bounded<T, E: std::fmt::Display>(
+async fn bounded<T, E: std::error::Error + 'static>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ChainError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ChainError::Rpc(format!("{what}: {e}"))),
+        Ok(Err(e)) => Err(ChainError::Rpc(format!(
+            "{what}: {}",
+            coffer_tls::error_chain(&e)
+        ))),
         Err(_) => Err(ChainError::Rpc(format!("{what}: timed out"))),
     }
 }
 
 impl Rpc {
-    /// An HTTP JSON-RPC client (no request is sent until the first call).
-    pub fn connect(url: &str) -> Result<Self, ChainError> {
-        let url = url
+    /// A JSON-RPC client over `http://` or `https://` (verified against `roots`); no request is
+    /// sent until the first call.
+    pub fn connect(url: &str, roots: &coffer_tls::TlsRoots) -> Result<Self, ChainError> {
+        let url: alloy::transports::http::reqwest::Url = url
             .parse()
             .map_err(|_| ChainError::Config("ETH_RPC_URL is not a valid URL".into()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ChainError::Config(format!(
+                "ETH_RPC_URL: the scheme {:?} is not supported; use http:// or https://",
+                url.scheme()
+            )));
+        }
+        let client = roots
+            .http_client(CALL_TIMEOUT)
+            .map_err(|e| ChainError::Config(e.to_string()))?;
+        let client = alloy::rpc::client::RpcClient::new_http_with_client(client, url);
         Ok(Rpc {
-            provider: RootProvider::new_http(url),
+            provider: RootProvider::new(client),
         })
     }
 

@@ -14,10 +14,60 @@ pub fn dead_letter_name(exchange: &str) -> String {
     format!("{exchange}.dead-letter")
 }
 
-/// Connects; the URI carries credentials and is never logged.
-pub async fn connect(uri: &str, name: &str) -> Result<Connection, EventsError> {
+/// Where the broker is: an `amqp://` or `amqps://` URI (it carries credentials and is never
+/// logged) and, for `amqps://`, the CA certificates trusted besides the platform's.
+#[derive(Clone)]
+pub struct Endpoint {
+    uri: String,
+    tls: lapin::tcp::OwnedTLSConfig,
+}
+
+impl Endpoint {
+    /// `uri` with the platform's trust store.
+    pub fn new(uri: impl Into<String>) -> Endpoint {
+        Endpoint {
+            uri: uri.into(),
+            tls: Default::default(),
+        }
+    }
+
+    /// Also trusts the extra CAs of `roots` (`COFFER_TLS_CA_FILE`) for `amqps://`.
+    pub fn with_roots(mut self, roots: &coffer_tls::TlsRoots) -> Endpoint {
+        self.tls.cert_chain = roots.extra_pem().map(str::to_string);
+        self
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(uri: &str) -> Endpoint {
+        Endpoint::new(uri)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(uri: String) -> Endpoint {
+        Endpoint::new(uri)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(uri: &String) -> Endpoint {
+        Endpoint::new(uri.as_str())
+    }
+}
+
+/// Connects (TLS for `amqps://`: rustls on ring, verified against the platform's trust store and
+/// the endpoint's extra CAs).
+pub async fn connect(endpoint: impl Into<Endpoint>, name: &str) -> Result<Connection, EventsError> {
+    let endpoint = endpoint.into();
+    coffer_tls::install_ring_provider();
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(uri, properties).await?)
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_with_config(&endpoint.uri, properties, endpoint.tls.clone(), runtime).await?)
 }
 
 /// Declares the events exchange, durable.

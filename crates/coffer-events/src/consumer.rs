@@ -16,10 +16,16 @@ use crate::{broker, envelope, EventsError, Live, StreamHub};
 const PREFETCH: u16 = 256;
 
 /// Consumes `exchange` forever, fanning events out to `hub`.
-pub async fn run(amqp_uri: String, exchange: String, hub: StreamHub, readiness: Readiness) {
+pub async fn run(
+    broker: impl Into<broker::Endpoint>,
+    exchange: String,
+    hub: StreamHub,
+    readiness: Readiness,
+) {
+    let broker = broker.into();
     let mut failures: u32 = 0;
     loop {
-        let error = consume_until_error(&amqp_uri, &exchange, &hub, &readiness).await;
+        let error = consume_until_error(&broker, &exchange, &hub, &readiness).await;
         readiness.set(false);
         failures = failures.saturating_add(1).min(16);
         let pause = crate::backoff(
@@ -33,7 +39,7 @@ pub async fn run(amqp_uri: String, exchange: String, hub: StreamHub, readiness: 
 }
 
 async fn consume_until_error(
-    amqp_uri: &str,
+    amqp_uri: &broker::Endpoint,
     exchange: &str,
     hub: &StreamHub,
     readiness: &Readiness,
@@ -45,12 +51,12 @@ async fn consume_until_error(
 }
 
 async fn consume(
-    amqp_uri: &str,
+    amqp_uri: &broker::Endpoint,
     exchange: &str,
     hub: &StreamHub,
     readiness: &Readiness,
 ) -> Result<(), EventsError> {
-    let connection = broker::connect(amqp_uri, "coffer-api-stream").await?;
+    let connection = broker::connect(amqp_uri.clone(), "coffer-api-stream").await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     broker::declare_exchange(&channel, exchange).await?;

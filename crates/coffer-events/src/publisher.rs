@@ -26,11 +26,12 @@ impl Readiness {
 }
 
 /// Runs the publisher forever, reconnecting with jittered exponential backoff.
-pub async fn run(relay: Relay, amqp_uri: String, readiness: Readiness) {
+pub async fn run(relay: Relay, broker: impl Into<broker::Endpoint>, readiness: Readiness) {
+    let broker = broker.into();
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
-        let error = relay_until_error(&relay, &amqp_uri, &readiness).await;
+        let error = relay_until_error(&relay, &broker, &readiness).await;
         readiness.set(false);
         // A connection that worked for a while starts the backoff over.
         failures = if started.elapsed() > RECONNECT_MAX {
@@ -44,9 +45,9 @@ pub async fn run(relay: Relay, amqp_uri: String, readiness: Readiness) {
     }
 }
 
-async fn relay_until_error(relay: &Relay, amqp_uri: &str, readiness: &Readiness) -> EventsError {
+async fn relay_until_error(relay: &Relay, endpoint: &broker::Endpoint, readiness: &Readiness) -> EventsError {
     let connection = match broker::connect(
-        amqp_uri,
+        endpoint.clone(),
         &format!("coffer-outbox-publisher:{}", relay.config().owner),
     )
     .await

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use tracing::{info, warn};
@@ -36,8 +36,47 @@ pub enum Decision {
     Wait,
 }
 
-/// Pure decision from the Lease's spec, our identity and the time.
-pub fn decide(spec: Option<&LeaseSpec>, holder: &str, now: Timestamp) -> Decision {
+/// What this replica last saw of another holder's Lease, and when (its own monotonic clock).
+///
+/// As client-go's `observedRecord` / `observedTime`: the Lease's `renewTime` was written by the
+/// holder's clock, so it is never compared with ours; it only tells whether the record changed.
+/// A holder is taken over once its record has not changed for a lease duration *as this replica
+/// measured it*, so clocks that disagree between nodes cannot make a live leader look expired.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    record: Option<Record>,
+    at: Option<std::time::Instant>,
+}
+
+/// The fields that change whenever the holder renews or the Lease changes hands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<Timestamp>,
+    acquire_time: Option<Timestamp>,
+    transitions: Option<i32>,
+    duration_seconds: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: &LeaseSpec) -> Record {
+        Record {
+            holder: spec.holder_identity.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0),
+            acquire_time: spec.acquire_time.as_ref().map(|t| t.0),
+            transitions: spec.lease_transitions,
+            duration_seconds: spec.lease_duration_seconds,
+        }
+    }
+}
+
+/// Pure decision from the Lease's spec, our identity, what we observed before and our clock.
+pub fn decide(
+    spec: Option<&LeaseSpec>,
+    holder: &str,
+    observed: &mut Observed,
+    now: std::time::Instant,
+) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire { transitions: 0 };
     };
@@ -48,14 +87,17 @@ pub fn decide(spec: Option<&LeaseSpec>, holder: &str, now: Timestamp) -> Decisio
             transitions: transitions + 1,
         },
         Some(_) => {
-            let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .or(spec.acquire_time.as_ref())
-                .map(|t| t.0);
-            match renewed {
-                Some(at) if at + duration > now => Decision::Wait,
+            let record = Record::of(spec);
+            if observed.record.as_ref() != Some(&record) {
+                // A new record (a renewal, a new holder, or our first look): the holder's lease
+                // runs for a full duration from now, on our clock.
+                observed.record = Some(record);
+                observed.at = Some(now);
+                return Decision::Wait;
+            }
+            let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+            match observed.at {
+                Some(at) if now.saturating_duration_since(at) < duration => Decision::Wait,
                 _ => Decision::Acquire {
                     transitions: transitions + 1,
                 },
@@ -84,8 +126,14 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_conflict() || status.is_already_exists())
 }
 
-/// One attempt: true when we hold the Lease afterwards.
-pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+/// One attempt: true when we hold the Lease afterwards. `observed` carries what this replica saw
+/// of the Lease from one attempt to the next.
+pub async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Observed,
+) -> Result<bool, kube::Error> {
+    // Written into the Lease for people and other tools; never compared with another node's.
     let now = Timestamp::now();
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
@@ -101,7 +149,12 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Res
             Err(error) => Err(error),
         };
     };
-    let spec = match decide(lease.spec.as_ref(), &config.holder, now) {
+    let spec = match decide(
+        lease.spec.as_ref(),
+        &config.holder,
+        observed,
+        std::time::Instant::now(),
+    ) {
         Decision::Wait => return Ok(false),
         Decision::Renew => {
             let current = lease.spec.clone().unwrap_or_default();
@@ -151,8 +204,9 @@ where
 {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     info!(lease = %config.name, namespace = %config.namespace, holder = %config.holder, "waiting for leadership");
+    let mut observed = Observed::default();
     loop {
-        match try_acquire_or_renew(&api, &config).await {
+        match try_acquire_or_renew(&api, &config, &mut observed).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(error) => warn!(%error, "leader election attempt failed"),
@@ -165,7 +219,7 @@ where
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(config.renew_every).await;
-            match try_acquire_or_renew(&api, &config).await {
+            match try_acquire_or_renew(&api, &config, &mut observed).await {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => bail!("another replica took the leader Lease {}", config.name),
                 Err(error) => warn!(%error, "could not renew the leader Lease"),
@@ -202,23 +256,53 @@ mod tests {
         }
     }
 
+    use std::time::Instant;
+
     #[test]
     fn a_missing_lease_is_acquired() {
         assert_eq!(
-            decide(None, "a", Timestamp::now()),
+            decide(None, "a", &mut Observed::default(), Instant::now()),
             Decision::Acquire { transitions: 0 }
         );
     }
 
     #[test]
-    fn a_live_lease_of_another_holder_is_left_alone_until_it_expires() {
+    fn a_live_lease_of_another_holder_is_left_alone_until_it_is_not_renewed_for_a_duration() {
         let lease = spec("b", "2026-01-01T00:00:00Z");
+        let (mut observed, start) = (Observed::default(), Instant::now());
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(decide(Some(&lease), "a", &mut observed, at(0)), Decision::Wait);
+        assert_eq!(decide(Some(&lease), "a", &mut observed, at(14)), Decision::Wait);
         assert_eq!(
-            decide(Some(&lease), "a", "2026-01-01T00:00:14Z".parse().unwrap()),
-            Decision::Wait
+            decide(Some(&lease), "a", &mut observed, at(15)),
+            Decision::Acquire { transitions: 4 }
         );
+    }
+
+    #[test]
+    fn clock_skew_between_nodes_cannot_make_a_renewing_leader_look_expired() {
+        // The leader's clock is an hour behind ours: every renewTime it writes is an hour "old".
+        // Compared with our clock, the Lease would look expired at once, and we would become a
+        // second leader. Timed from when we observed each renewal, it never expires.
+        let (mut observed, start) = (Observed::default(), Instant::now());
+        for renewal in 0..20u64 {
+            let renewed_at = format!("2026-01-01T00:00:{:02}Z", renewal * 2 % 60);
+            let lease = spec("b", &renewed_at);
+            let ours = start + Duration::from_secs(renewal * 5);
+            assert_eq!(
+                decide(Some(&lease), "a", &mut observed, ours),
+                Decision::Wait,
+                "renewal {renewal} observed at +{}s",
+                renewal * 5
+            );
+        }
+        // A leader whose clock runs ahead (renewTime in our future) stops renewing: taken over one
+        // lease duration after we last saw its record change, not when its timestamp says.
+        let mut observed = Observed::default();
+        let ahead = spec("c", "2099-01-01T00:00:00Z");
+        assert_eq!(decide(Some(&ahead), "a", &mut observed, start), Decision::Wait);
         assert_eq!(
-            decide(Some(&lease), "a", "2026-01-01T00:00:15Z".parse().unwrap()),
+            decide(Some(&ahead), "a", &mut observed, start + Duration::from_secs(15)),
             Decision::Acquire { transitions: 4 }
         );
     }
@@ -226,8 +310,9 @@ mod tests {
     #[test]
     fn the_holder_renews_and_a_released_lease_is_free() {
         let lease = spec("a", "2026-01-01T00:00:00Z");
+        let mut observed = Observed::default();
         assert_eq!(
-            decide(Some(&lease), "a", "2026-01-01T01:00:00Z".parse().unwrap()),
+            decide(Some(&lease), "a", &mut observed, Instant::now()),
             Decision::Renew
         );
         let released = LeaseSpec {
@@ -235,7 +320,7 @@ mod tests {
             ..lease
         };
         assert_eq!(
-            decide(Some(&released), "b", "2026-01-01T00:00:01Z".parse().unwrap()),
+            decide(Some(&released), "b", &mut observed, Instant::now()),
             Decision::Acquire { transitions: 4 }
         );
     }

@@ -77,6 +77,13 @@ impl Default for Metrics {
         ] {
             registry.register(collector).expect("metric names are unique");
         }
+        // process_* (CPU, memory, file descriptors, threads, start time), as in every role.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once per registry");
         Metrics {
             registry,
             reconciles,
@@ -120,6 +127,16 @@ mod tests {
 
     #[test]
     fn every_catalogued_operator_metric_is_exposed_from_the_start() {
+        for process in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(
+                Metrics::default().render().contains(process),
+                "{process} is exposed"
+            );
+        }
         let metrics = Metrics::default();
         metrics.reconciles.inc();
         metrics.duration.observe(0.2);

@@ -4,7 +4,14 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVe
 
 /// Registers `coffer_build_info` (always 1; labels `version` and `commit`) into `registry`. Every
 /// role calls it once for the registry it serves; the commit is `COFFER_GIT_COMMIT` at build time.
+/// Registers `coffer_build_info` and the `process_*` metrics of this process (CPU seconds,
+/// resident and virtual memory, open and maximum file descriptors, start time, threads): every
+/// role calls it once on the registry it serves.
 pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let build_info = IntGaugeVec::new(
         Opts::new("coffer_build_info", "Always 1; the labels say which build runs."),
         &["version", "commit"],

@@ -7,7 +7,7 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 pub use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::{Level, Metadata, Subscriber};
@@ -28,15 +28,21 @@ pub struct ExportConfig {
     /// A span per database command as well (`COFFER_TRACE_DB_COMMANDS=true`): detailed, and
     /// costly (the MongoDB driver then decodes every command and reply), so off by default.
     pub database_commands: bool,
+    /// Time limit of one export request (`OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`, ms; default 10 s).
+    pub timeout: std::time::Duration,
 }
 
+/// The specification's default export time-out.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ExportConfig {
-    /// Exports to `endpoint` (a full `http://…/v1/traces` URL), e.g. an in-process receiver.
+    /// Exports to `endpoint` (a full `http(s)://…/v1/traces` URL), e.g. an in-process receiver.
     pub fn to_endpoint(endpoint: &str, service_name: &str) -> ExportConfig {
         ExportConfig {
             endpoint: Some(endpoint.to_string()),
             service_name: service_name.to_string(),
             database_commands: false,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -69,12 +75,39 @@ impl ExportConfig {
         let Some((name, endpoint)) = endpoint_var else {
             return Ok(None);
         };
-        if !endpoint.starts_with("http://") {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(TelemetryError::Config(format!(
-                "{name}={endpoint:?}: only http:// endpoints are supported (this build has no TLS \
-                 for OTLP; send to a collector on the local or cluster network)"
+                "{name}={endpoint:?}: use an http:// or https:// URL"
             )));
         }
+        // The standard client-side TLS variables are not read: one CA file serves every client.
+        for tls_var in [
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ] {
+            if var(tls_var).is_some() {
+                return Err(TelemetryError::Config(format!(
+                    "{tls_var} is not read by Coffer: put the collector's CA in COFFER_TLS_CA_FILE \
+                     (client certificates are not supported)"
+                )));
+            }
+        }
+        let timeout_var = ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+            .into_iter()
+            .find_map(|name| var(name).map(|value| (name, value)));
+        let timeout = match timeout_var {
+            None => DEFAULT_TIMEOUT,
+            Some((name, value)) => match value.parse::<u64>() {
+                Ok(ms) if (1..=120_000).contains(&ms) => std::time::Duration::from_millis(ms),
+                _ => {
+                    return Err(TelemetryError::Config(format!(
+                        "{name}={value:?}: milliseconds between 1 and 120000"
+                    )))
+                }
+            },
+        };
         let protocol =
             var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
         if let Some(protocol) = protocol.filter(|p| p != "http/protobuf") {
@@ -95,16 +128,26 @@ impl ExportConfig {
             endpoint: None,
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| format!("coffer-{role}")),
             database_commands,
+            timeout,
         }))
     }
 }
 
-/// The tracer provider: OTLP/HTTP protobuf exporter behind the batch span processor. Sampling
-/// follows `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, always on);
+/// The tracer provider: OTLP/HTTP protobuf exporter behind the batch span processor, sending
+/// over `http://` or `https://` (verified against `roots`). Sampling follows
+/// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, always on);
 /// batching follows `OTEL_BSP_*`. Call [`SdkTracerProvider::shutdown`] before exiting to flush.
-pub fn tracer_provider(config: &ExportConfig) -> Result<SdkTracerProvider, TelemetryError> {
+pub fn tracer_provider(
+    config: &ExportConfig,
+    roots: &coffer_tls::TlsRoots,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let client = roots
+        .blocking_http_client(config.timeout)
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
+        .with_timeout(config.timeout)
         .with_protocol(Protocol::HttpBinary);
     if let Some(endpoint) = &config.endpoint {
         exporter = exporter.with_endpoint(endpoint.as_str());
@@ -198,7 +241,9 @@ mod tests {
     fn what_this_build_cannot_do_is_refused_at_start() {
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
         for refused in [
-            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318")],
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem")],
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")],
             vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
             vec![endpoint, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
             vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
@@ -208,5 +253,10 @@ mod tests {
         }
         let explicit = [endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
         assert!(config("api", &explicit).unwrap().is_some());
+        let https = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.example:4318")];
+        assert!(config("api", &https).unwrap().is_some(), "https is taken");
+        let slow = [endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")];
+        let slow = config("api", &slow).unwrap().unwrap();
+        assert_eq!(slow.timeout, std::time::Duration::from_millis(2500));
     }
 }

@@ -13,6 +13,7 @@
 pub mod capture;
 pub mod export;
 pub mod faults;
+pub mod health;
 pub mod logs;
 pub mod propagation;
 
@@ -72,9 +73,16 @@ impl Telemetry {
 
 /// Installs the global subscriber of `role`: log lines on stderr filtered by `RUST_LOG` (default
 /// `info`), and span export when the environment configures an OTLP endpoint.
-pub fn init(role: &'static str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
+pub fn init(
+    role: &'static str,
+    format: LogFormat,
+    roots: &coffer_tls::TlsRoots,
+) -> Result<Telemetry, TelemetryError> {
     let export = export::ExportConfig::from_vars(role, |name| std::env::var(name).ok())?;
-    let provider = export.as_ref().map(export::tracer_provider).transpose()?;
+    let provider = export
+        .as_ref()
+        .map(|config| export::tracer_provider(config, roots))
+        .transpose()?;
     let traces = provider
         .as_ref()
         .map(|p| export::layer(p).with_filter(filter_fn(export::exported)));

@@ -60,7 +60,7 @@ impl Anvil {
             let url = format!("http://127.0.0.1:{port}");
             let anvil = Anvil {
                 child,
-                rpc: Rpc::connect(&url).expect("url"),
+                rpc: Rpc::connect(&url, &coffer_tls::TlsRoots::platform()).expect("url"),
                 url,
             };
             for _ in 0..100 {

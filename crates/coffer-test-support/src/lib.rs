@@ -6,6 +6,7 @@ pub mod chain;
 pub mod otlp;
 pub mod process;
 pub mod stream;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -43,11 +44,14 @@ pub struct Options {
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
+    /// Routes served beside the API's, under the same layers (e.g. a handler that panics).
+    pub extra_routes: Option<axum::Router<ApiContext>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
+            extra_routes: None,
             rate_limits: RateLimits {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
@@ -154,7 +158,13 @@ impl TestApp {
         let stream_hub = ctx.stream_hub().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        tokio::spawn(coffer_api::serve(ctx, listener, std::future::pending()));
+        let extra = options.extra_routes.clone().unwrap_or_default();
+        tokio::spawn(coffer_api::serve_with(
+            ctx,
+            extra,
+            listener,
+            std::future::pending(),
+        ));
         let client = reqwest::Client::builder().no_proxy().build().expect("client");
         TestApp {
             address,

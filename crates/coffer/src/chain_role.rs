@@ -4,11 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::listener::{Listener, ListenerConfig};
 use coffer_chain::metrics::ChainMetrics;
@@ -16,17 +11,11 @@ use coffer_chain::rpc::Rpc;
 use coffer_chain::signer::LocalSigner;
 use coffer_domain::LiveCatalog;
 use coffer_store::Store;
-use prometheus::Encoder;
 
 use crate::cli::ChainListenerArgs;
 
-struct Probe {
-    store: Store,
-    rpc: Rpc,
-    registry: prometheus::Registry,
-}
-
 /// The listener's settings from its arguments.
+/// The listener's settings from its arguments (their ranges are checked when they are parsed).
 pub fn listener_config(
     chain: &str,
     poll_interval_ms: u64,
@@ -34,19 +23,19 @@ pub fn listener_config(
     max_blocks: u64,
 ) -> ListenerConfig {
     let mut config = ListenerConfig::new(chain);
-    config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
+    config.poll_interval = Duration::from_millis(poll_interval_ms);
     config.start_block = start_block;
-    config.max_blocks_per_poll = max_blocks.clamp(1, 1000);
+    config.max_blocks_per_poll = max_blocks;
     config
 }
 
-pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
+pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyhow::Result<()> {
     let catalog = crate::assets::load(&args.assets_file)?;
     crate::assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
-    let rpc = Rpc::connect(&args.eth_rpc_url)?;
+    let rpc = Rpc::connect(&args.eth_rpc_url, roots)?;
     let config = listener_config(
         &args.chain,
         args.poll_interval_ms,
@@ -62,38 +51,18 @@ pub async fn run(args: ChainListenerArgs) -> anyhow::Result<()> {
         tracing::info!(chain = %args.chain, hot_wallet = %broadcaster.hot_wallet(), "broadcasting withdrawals");
         tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
     }
-    let probe = Arc::new(Probe { store, rpc, registry });
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(probe);
-    let socket = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(chain = %args.chain, listen = %socket.local_addr()?, "following the chain");
-    let server = tokio::spawn(async move { axum::serve(socket, app).await });
+    let node = rpc.clone();
+    let health = coffer_api::store_health(&store)
+        .ping("node", move || {
+            let node = node.clone();
+            async move { node.head().await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .start();
+    let server = crate::ops_server::spawn(&args.listen, health, registry, std::future::pending()).await?;
+    tracing::info!(chain = %args.chain, "following the chain");
     listener.run(crate::shutdown_signal()).await;
     server.abort();
     Ok(())
-}
-
-async fn readyz(State(probe): State<Arc<Probe>>) -> (StatusCode, &'static str) {
-    let store_ok = probe.store.ping().await.is_ok();
-    let node_ok = probe.rpc.head().await.is_ok();
-    if store_ok && node_ok {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics(State(probe): State<Arc<Probe>>) -> (StatusCode, String) {
-    let mut buffer = Vec::new();
-    match prometheus::TextEncoder::new().encode(&probe.registry.gather(), &mut buffer) {
-        Ok(()) => (StatusCode::OK, String::from_utf8_lossy(&buffer).into_owned()),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
-    }
 }
 
 /// The withdrawal broadcaster of `chain`, signing with the local key in `key_file`.
@@ -107,7 +76,7 @@ fn broadcaster(
 ) -> anyhow::Result<Broadcaster> {
     let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config = BroadcasterConfig::new(chain);
-    config.poll_interval = Duration::from_millis(poll_interval_ms.clamp(100, 60_000));
+    config.poll_interval = Duration::from_millis(poll_interval_ms);
     Ok(Broadcaster::new(
         config,
         rpc.clone(),
@@ -122,6 +91,7 @@ fn broadcaster(
 pub async fn spawn_in_dev(
     url: Option<&str>,
     signer_key_file: Option<&std::path::Path>,
+    roots: &coffer_tls::TlsRoots,
     store: &Store,
     catalog: &LiveCatalog,
     registry: &prometheus::Registry,
@@ -130,7 +100,7 @@ pub async fn spawn_in_dev(
         tracing::warn!("ETH_RPC_URL is not set: dev runs without the chain listener");
         return Ok(());
     };
-    let rpc = match Rpc::connect(url) {
+    let rpc = match Rpc::connect(url, roots) {
         Ok(rpc) if rpc.head().await.is_ok() => rpc,
         _ => {
             tracing::warn!("ETH_RPC_URL does not answer: dev runs without the chain listener");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use coffer_api::config::RateLimits;
 use coffer_api::ApiConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -15,11 +15,36 @@ use secrecy::{ExposeSecret, SecretString};
     about = "Coffer wallet backend: every role in one binary"
 )]
 pub struct Cli {
-    /// Log format: json (default, for machines) or text.
-    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "json", global = true)]
-    pub log_format: String,
+    /// Log format: json lines or text; unset, text on a terminal and json otherwise.
+    #[arg(long, env = "COFFER_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+    /// A PEM file of CA certificates trusted besides the platform's store, by every outgoing TLS
+    /// connection (https:// JSON-RPC and OTLP, amqps://), e.g. a private CA.
+    #[arg(long, env = "COFFER_TLS_CA_FILE", global = true)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `COFFER_LOG_FORMAT`: anything else is refused at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for machines: Kubernetes, log shippers).
+    Json,
+    /// Human-readable lines (for a terminal).
+    Text,
+}
+
+impl LogFormat {
+    /// The format asked for, else text when stderr is a terminal and JSON when it is not.
+    pub fn resolve(asked: Option<LogFormat>, stderr_is_terminal: bool) -> coffer_telemetry::LogFormat {
+        match asked {
+            Some(LogFormat::Json) => coffer_telemetry::LogFormat::Json,
+            Some(LogFormat::Text) => coffer_telemetry::LogFormat::Text,
+            None if stderr_is_terminal => coffer_telemetry::LogFormat::Text,
+            None => coffer_telemetry::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -27,7 +52,7 @@ pub enum Command {
     /// Serve the HTTP API.
     Api(ApiArgs),
     /// Run every built role in one process (local development).
-    Dev(ApiArgs),
+    Dev(DevArgs),
     /// Follow a chain: deposits, confirmations, re-orgs (docs/chain.md).
     ChainListener(ChainListenerArgs),
     /// Relay the outbox to RabbitMQ (publisher confirms, per-wallet order, dead letters).
@@ -130,33 +155,51 @@ pub struct PublisherArgs {
     #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: String,
     /// Rows per claim (1..=1000).
-    #[arg(long, env = "COFFER_OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "COFFER_OUTBOX_BATCH_SIZE", default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch_size: u32,
     /// Failed attempts before a row is dead-lettered (1..=100).
-    #[arg(long, env = "COFFER_OUTBOX_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "COFFER_OUTBOX_MAX_ATTEMPTS", default_value_t = 5,
+        value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
     /// Seconds a claim holds (10..=600); a crashed replica's rows are re-published after it.
-    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(10..=600))]
     pub lease_seconds: u64,
 }
 
 impl PublisherArgs {
     /// The relay configuration, validated; `owner` names this replica.
     pub fn relay_config(&self, owner: &str) -> anyhow::Result<coffer_events::RelayConfig> {
-        if !(1..=1000).contains(&self.batch_size) {
-            bail!("COFFER_OUTBOX_BATCH_SIZE must be between 1 and 1000");
-        }
-        if !(1..=100).contains(&self.max_attempts) {
-            bail!("COFFER_OUTBOX_MAX_ATTEMPTS must be between 1 and 100");
-        }
-        if !(10..=600).contains(&self.lease_seconds) {
-            bail!("COFFER_OUTBOX_LEASE_SECONDS must be between 10 and 600");
-        }
         let mut config = coffer_events::RelayConfig::new(&self.amqp.events_exchange, owner);
         config.batch_size = self.batch_size;
         config.max_attempts = self.max_attempts;
         config.lease = Duration::from_secs(self.lease_seconds);
         Ok(config)
+    }
+}
+
+/// The role of an account made with `coffer user create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UserRole {
+    User,
+    Support,
+    Finance,
+    Engineering,
+    Admin,
+    Payment,
+}
+
+impl From<UserRole> for coffer_store::Role {
+    fn from(role: UserRole) -> Self {
+        match role {
+            UserRole::User => coffer_store::Role::User,
+            UserRole::Support => coffer_store::Role::Support,
+            UserRole::Finance => coffer_store::Role::Finance,
+            UserRole::Engineering => coffer_store::Role::Engineering,
+            UserRole::Admin => coffer_store::Role::Admin,
+            UserRole::Payment => coffer_store::Role::Payment,
+        }
     }
 }
 
@@ -166,9 +209,8 @@ pub struct UserCreateArgs {
     pub db: DbArgs,
     #[arg(long)]
     pub email: String,
-    /// user, support, finance, engineering, admin or payment.
-    #[arg(long)]
-    pub role: String,
+    #[arg(long, value_enum)]
+    pub role: UserRole,
     /// Read the password from standard input.
     #[arg(long)]
     pub password_stdin: bool,
@@ -181,15 +223,19 @@ pub struct ChainListenerArgs {
     /// The chain name, as assets declare it (e.g. ethereum-dev).
     #[arg(long)]
     pub chain: String,
-    /// The node's JSON-RPC endpoint (http://).
+    /// The node's JSON-RPC endpoint (http:// or https://).
     #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
     pub eth_rpc_url: String,
-    #[arg(long, env = "COFFER_POLL_INTERVAL_MS", default_value_t = 2000)]
+    /// Pause between polls once caught up (100..=60000 ms).
+    #[arg(long, env = "COFFER_POLL_INTERVAL_MS", default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub poll_interval_ms: u64,
     /// First block to scan when there is no checkpoint (default: the node's head).
     #[arg(long, env = "COFFER_START_BLOCK")]
     pub start_block: Option<u64>,
-    #[arg(long, env = "COFFER_MAX_BLOCKS_PER_POLL", default_value_t = 50)]
+    /// Blocks per poll (1..=1000).
+    #[arg(long, env = "COFFER_MAX_BLOCKS_PER_POLL", default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_blocks_per_poll: u64,
     #[arg(long, env = "COFFER_ASSETS_FILE")]
     pub assets_file: std::path::PathBuf,
@@ -217,15 +263,25 @@ pub struct ApiArgs {
     /// The asset catalog (AssetsFile v1 JSON); re-read when it changes.
     #[arg(long, env = "COFFER_ASSETS_FILE")]
     pub assets_file: std::path::PathBuf,
-    #[arg(long, env = "COFFER_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900)]
+    /// Lifetime of access tokens (60..=3600 s).
+    #[arg(long, env = "COFFER_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=3600))]
     pub access_token_ttl_seconds: u64,
-    #[arg(long, env = "COFFER_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600)]
+    /// Lifetime of refresh tokens (1 hour to 90 days).
+    #[arg(long, env = "COFFER_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(3600..=90 * 24 * 3600))]
     pub refresh_token_ttl_seconds: u64,
-    #[arg(long, env = "COFFER_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30)]
+    /// Requests to /v1/auth/* per client IP per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_auth_per_ip_per_minute: u32,
-    #[arg(long, env = "COFFER_RATE_MONEY_PER_USER_PER_MINUTE", default_value_t = 120)]
+    /// Money requests per user per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_MONEY_PER_USER_PER_MINUTE", default_value_t = 120,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_money_per_user_per_minute: u32,
-    #[arg(long, env = "COFFER_RATE_MONEY_PER_IP_PER_MINUTE", default_value_t = 600)]
+    /// Money requests per client IP per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_MONEY_PER_IP_PER_MINUTE", default_value_t = 600,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_money_per_ip_per_minute: u32,
     /// Trust this header (e.g. x-forwarded-for) for the client IP; only behind a proxy you run.
     #[arg(long, env = "COFFER_CLIENT_IP_HEADER")]
@@ -235,18 +291,27 @@ pub struct ApiArgs {
     /// The BIP44 account xpub (m/44'/60'/0') deposit addresses derive from; public key only.
     #[arg(long, env = "COFFER_DEPOSIT_XPUB", hide_env_values = true)]
     pub deposit_xpub: Option<String>,
-    /// `coffer dev` runs the chain listener when this node answers.
-    #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
-    pub eth_rpc_url: Option<String>,
-    /// `coffer dev` also runs the withdrawal broadcaster with this hot-wallet key file.
-    #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
-    pub signer_key_file: Option<std::path::PathBuf>,
     /// Seconds a newly registered device waits before it is trusted (0 to 30 days).
-    #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600)]
+    #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
     pub device_trust_delay_seconds: u64,
     /// A withdrawal needs a password login at most this many seconds ago (60 to 86400).
-    #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600)]
+    #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub withdrawal_reauth_seconds: u64,
+}
+
+/// `coffer dev`: the API's settings, plus the chain side it runs beside it.
+#[derive(Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Runs a chain listener per chain of the catalog when this node answers.
+    #[arg(long, env = "ETH_RPC_URL", hide_env_values = true)]
+    pub eth_rpc_url: Option<String>,
+    /// Also runs the withdrawal broadcaster with this hot-wallet key file.
+    #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
+    pub signer_key_file: Option<std::path::PathBuf>,
 }
 
 /// Limits of reconciliation runs (the reconciler role and on-demand runs through the API).
@@ -257,8 +322,9 @@ pub struct ReconcileArgs {
     /// retryable 3600, manual_review 259200 seconds.
     #[arg(long, env = "COFFER_RECONCILE_STUCK_LIMITS")]
     pub reconcile_stuck_limits: Option<String>,
-    /// How old (seconds) the oldest unpublished outbox event may be.
-    #[arg(long, env = "COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS", default_value_t = 300)]
+    /// How old (seconds, 1..=604800) the oldest unpublished outbox event may be.
+    #[arg(long, env = "COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
     pub reconcile_outbox_limit_seconds: u64,
 }
 
@@ -269,9 +335,6 @@ impl ReconcileArgs {
             config = config
                 .with_state_limits(text)
                 .map_err(|e| anyhow::anyhow!("COFFER_RECONCILE_STUCK_LIMITS: {e}"))?;
-        }
-        if !(1..=7 * 24 * 3600).contains(&self.reconcile_outbox_limit_seconds) {
-            bail!("COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS must be between 1 and 604800");
         }
         config.outbox_limit = Duration::from_secs(self.reconcile_outbox_limit_seconds);
         Ok(config)
@@ -286,7 +349,8 @@ pub struct ReconcilerArgs {
     #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: String,
     /// Seconds between runs (10 to 86400); the first run starts at once.
-    #[arg(long, env = "COFFER_RECONCILE_INTERVAL_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "COFFER_RECONCILE_INTERVAL_SECONDS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(10..=86_400))]
     pub interval_seconds: u64,
     #[command(flatten)]
     pub limits: ReconcileArgs,
@@ -308,9 +372,6 @@ impl ApiArgs {
         if self.jwt_secret.expose_secret().len() < 32 {
             bail!("COFFER_JWT_SECRET must be at least 32 bytes");
         }
-        if !(60..=3600).contains(&self.access_token_ttl_seconds) {
-            bail!("COFFER_ACCESS_TOKEN_TTL_SECONDS must be between 60 and 3600");
-        }
         let mut config = ApiConfig::new(self.jwt_secret.clone());
         config.access_token_ttl = Duration::from_secs(self.access_token_ttl_seconds);
         config.refresh_token_ttl = Duration::from_secs(self.refresh_token_ttl_seconds);
@@ -325,13 +386,7 @@ impl ApiArgs {
             let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
             config.deposit_keys = Some(keys);
         }
-        if self.device_trust_delay_seconds > 30 * 24 * 3600 {
-            bail!("COFFER_DEVICE_TRUST_DELAY_SECONDS must be at most 2592000 (30 days)");
-        }
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
-        if !(60..=86_400).contains(&self.withdrawal_reauth_seconds) {
-            bail!("COFFER_WITHDRAWAL_REAUTH_SECONDS must be between 60 and 86400");
-        }
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.webhook_secrets = webhook_secrets();
         for (provider, secret) in &config.webhook_secrets {
@@ -340,5 +395,127 @@ impl ApiArgs {
             }
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    const SECRET: &str = "--jwt-secret=0123456789abcdef0123456789abcdef";
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("coffer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_refused_and_names_the_choices() {
+        let error = parse(&["--log-format", "pretty", "crdgen"])
+            .err()
+            .expect("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("pretty") && text.contains("json") && text.contains("text"),
+            "{text}"
+        );
+        let text_format = parse(&["--log-format", "text", "crdgen"]).unwrap();
+        assert_eq!(text_format.log_format, Some(LogFormat::Text));
+    }
+
+    #[test]
+    fn logs_are_text_on_a_terminal_and_json_elsewhere_unless_set() {
+        use coffer_telemetry::LogFormat as Out;
+        assert_eq!(LogFormat::resolve(None, true), Out::Text);
+        assert_eq!(LogFormat::resolve(None, false), Out::Json);
+        assert_eq!(LogFormat::resolve(Some(LogFormat::Json), true), Out::Json);
+        assert_eq!(LogFormat::resolve(Some(LogFormat::Text), false), Out::Text);
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_not_clamped() {
+        let base = [
+            "chain-listener",
+            "--chain",
+            "c",
+            "--eth-rpc-url",
+            "http://n",
+            "--assets-file",
+            "a",
+        ];
+        for (flag, value) in [
+            ("--poll-interval-ms", "10"),
+            ("--max-blocks-per-poll", "0"),
+            ("--max-blocks-per-poll", "5000"),
+        ] {
+            let mut args = base.to_vec();
+            args.extend([flag, value]);
+            let error = parse(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} accepted"));
+            assert!(error.to_string().contains(value), "{error}");
+        }
+        let api = ["api", SECRET, "--assets-file", "a"];
+        for (flag, value) in [
+            ("--access-token-ttl-seconds", "30"),
+            ("--rate-money-per-user-per-minute", "0"),
+            ("--withdrawal-reauth-seconds", "10"),
+            ("--device-trust-delay-seconds", "99999999"),
+        ] {
+            let mut args = api.to_vec();
+            args.extend([flag, value]);
+            assert!(parse(&args).is_err(), "{flag} {value} accepted");
+        }
+        let mut publisher = vec!["outbox-publisher"];
+        publisher.extend(["--batch-size", "0"]);
+        assert!(parse(&publisher).is_err());
+    }
+
+    #[test]
+    fn api_and_dev_take_only_their_own_flags() {
+        let api = ["api", SECRET, "--assets-file", "a"];
+        assert!(parse(&api).is_ok());
+        for dev_only in ["--eth-rpc-url=http://n", "--signer-key-file=/k"] {
+            let mut args = api.to_vec();
+            args.push(dev_only);
+            assert!(parse(&args).is_err(), "coffer api takes {dev_only}");
+        }
+        let dev = parse(&["dev", SECRET, "--assets-file", "a", "--eth-rpc-url=http://n"]).unwrap();
+        let Command::Dev(dev) = dev.command else {
+            panic!("dev")
+        };
+        assert_eq!(dev.eth_rpc_url.as_deref(), Some("http://n"));
+        assert_eq!(dev.api.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn an_unknown_user_role_is_refused() {
+        let args = [
+            "user",
+            "create",
+            "--email",
+            "a@b.c",
+            "--role",
+            "root",
+            "--password-stdin",
+        ];
+        assert!(parse(&args).is_err());
+        let args = [
+            "user",
+            "create",
+            "--email",
+            "a@b.c",
+            "--role",
+            "finance",
+            "--password-stdin",
+        ];
+        let Command::User {
+            command: UserCommand::Create(create),
+        } = parse(&args).unwrap().command
+        else {
+            panic!("user create")
+        };
+        assert_eq!(coffer_store::Role::from(create.role), coffer_store::Role::Finance);
     }
 }

@@ -11,13 +11,12 @@ static TRACE_DATABASE_COMMANDS: OnceLock<bool> = OnceLock::new();
 
 /// Installs logging and, when configured, span export for `role`. Flush with
 /// [`Telemetry::shutdown`] once the runtime has stopped.
-pub fn init(format: &str, role: &'static str) -> anyhow::Result<Telemetry> {
-    let format = if format == "text" {
-        LogFormat::Text
-    } else {
-        LogFormat::Json
-    };
-    let telemetry = coffer_telemetry::init(role, format).context("starting logs and traces")?;
+pub fn init(
+    format: LogFormat,
+    role: &'static str,
+    roots: &coffer_tls::TlsRoots,
+) -> anyhow::Result<Telemetry> {
+    let telemetry = coffer_telemetry::init(role, format, roots).context("starting logs and traces")?;
     let _ = TRACE_DATABASE_COMMANDS.set(telemetry.trace_database_commands());
     let (version, traces) = (env!("CARGO_PKG_VERSION"), telemetry.exporting());
     match format {

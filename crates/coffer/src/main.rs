@@ -5,6 +5,7 @@ mod assets;
 mod chain_role;
 mod cli;
 mod logging;
+mod ops_server;
 mod publisher;
 mod reconciler;
 
@@ -18,11 +19,23 @@ use coffer_api::ApiContext;
 use coffer_store::{Role, Store, StoreConfig, StoreMetrics};
 use secrecy::{ExposeSecret, SecretString};
 
-use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, LedgerCommand, UserCommand};
+use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, DevArgs, LedgerCommand, UserCommand};
+use coffer_tls::TlsRoots;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let telemetry = match logging::init(&cli.log_format, cli.command.role()) {
+    let roots = match TlsRoots::load(cli.tls_ca_file.as_deref()) {
+        Ok(roots) => roots,
+        Err(error) => {
+            eprintln!("error: COFFER_TLS_CA_FILE: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = cli::LogFormat::resolve(
+        cli.log_format,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
+    let telemetry = match logging::init(format, cli.command.role(), &roots) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -33,7 +46,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command, roots)) {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "coffer stopped with an error");
@@ -47,10 +60,22 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Api(args) => serve_api(args, "api").await.map(|()| ExitCode::SUCCESS),
-        Command::Dev(args) => serve_api(args, "dev").await.map(|()| ExitCode::SUCCESS),
+        Command::Api(args) => serve_api(args, None, &roots).await.map(|()| ExitCode::SUCCESS),
+        Command::Dev(DevArgs {
+            api,
+            eth_rpc_url,
+            signer_key_file,
+        }) => {
+            let chain = DevChain {
+                eth_rpc_url,
+                signer_key_file,
+            };
+            serve_api(api, Some(chain), &roots)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Operator(args) => coffer_operator::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Crdgen => {
             print!("{}", coffer_operator::crds_yaml());
@@ -62,8 +87,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify(db),
         } => reconciler::verify_audit(db).await,
-        Command::OutboxPublisher(args) => publisher::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::ChainListener(args) => chain_role::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::OutboxPublisher(args) => publisher::run(args, &roots).await.map(|()| ExitCode::SUCCESS),
+        Command::ChainListener(args) => chain_role::run(args, &roots).await.map(|()| ExitCode::SUCCESS),
         Command::Ledger {
             command: LedgerCommand::Verify(db),
         } => verify_ledger(db).await,
@@ -86,7 +111,14 @@ pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> any
     Ok(store)
 }
 
-async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
+/// What `coffer dev` runs beside the API.
+struct DevChain {
+    eth_rpc_url: Option<String>,
+    signer_key_file: Option<std::path::PathBuf>,
+}
+
+async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> anyhow::Result<()> {
+    let role = if dev.is_some() { "dev" } else { "api" };
     let config = args.api_config()?;
     let catalog = assets::load(&args.assets_file)?;
     let registry = prometheus::Registry::new();
@@ -97,30 +129,40 @@ async fn serve_api(args: ApiArgs, role: &'static str) -> anyhow::Result<()> {
             .await?;
     }
     assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
-    if role == "dev" {
-        publisher::spawn_beside_api(&store, &args.amqp, &registry)?;
+    let broker = publisher::endpoint(&args.amqp, roots);
+    if let Some(dev) = &dev {
+        publisher::spawn_beside_api(&store, &args.amqp, broker.clone(), &registry)?;
         chain_role::spawn_in_dev(
-            args.eth_rpc_url.as_deref(),
-            args.signer_key_file.as_deref(),
+            dev.eth_rpc_url.as_deref(),
+            dev.signer_key_file.as_deref(),
+            roots,
             &store,
             &catalog,
             &registry,
         )
         .await?;
     }
-    let ctx = ApiContext::new(store, config, catalog, registry)?;
-    // Each API replica consumes events with its own queue and fans them out to its sockets.
+    // Each API replica consumes events with its own queue and fans them out to its sockets;
+    // without a broker channel its WebSockets get nothing, so it is not ready.
+    let consumer = coffer_events::publisher::Readiness::default();
+    let health = coffer_api::store_health(&store)
+        .flag("stream consumer", {
+            let consumer = consumer.clone();
+            move || consumer.is_ready()
+        })
+        .start();
+    let ctx = ApiContext::new(store, config, catalog, registry)?.with_health(health);
     tokio::spawn(coffer_events::consumer::run(
-        args.amqp.amqp_uri.clone(),
+        broker,
         args.amqp.events_exchange.clone(),
         ctx.stream_hub().clone(),
-        coffer_events::publisher::Readiness::default(),
+        consumer,
     ));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(role, listen = %listener.local_addr()?, "serving the API");
-    if role == "dev" {
+    if dev.is_some() {
         tracing::info!(
             "dev runs api, outbox-publisher and, when ETH_RPC_URL answers, a chain listener; reconciliations run on demand (POST /v1/admin/reconciliations)"
         );
@@ -157,12 +199,7 @@ async fn verify_ledger(db: DbArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
-    let Some(role) = Role::parse(&args.role) else {
-        bail!(
-            "unknown role {:?}: use user, support, finance, engineering, admin or payment",
-            args.role
-        );
-    };
+    let role = Role::from(args.role);
     if !args.password_stdin {
         bail!("pass the password on standard input with --password-stdin (never as an argument)");
     }

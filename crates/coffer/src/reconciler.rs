@@ -5,33 +5,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use anyhow::Context;
 use coffer_store::reconcile::{NoChainConfigured, ReconcileMetrics, Reconciler};
 use coffer_store::Store;
-use prometheus::Encoder;
 use tracing::Instrument;
 
 use crate::cli::{DbArgs, ReconcilerArgs};
-
-#[derive(Clone)]
-struct Health {
-    store: Store,
-    registry: prometheus::Registry,
-}
 
 /// Runs a reconciliation now and then every interval until `shutdown`; runs never overlap.
 pub async fn run(
     args: ReconcilerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !(10..=86_400).contains(&args.interval_seconds) {
-        bail!("COFFER_RECONCILE_INTERVAL_SECONDS must be between 10 and 86400");
-    }
     let config = args.limits.config()?;
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
@@ -42,28 +27,14 @@ pub async fn run(
         custody: Arc::new(NoChainConfigured),
         metrics: ReconcileMetrics::new(&registry)?,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, interval_seconds = args.interval_seconds, "reconciler started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let health = Health {
-        store: store.clone(),
-        registry,
-    };
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health);
     let mut server_stopped = stopped.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stopped.changed().await;
-            })
-            .await
-    });
+    let health = coffer_api::store_health(&store).start();
+    let server = crate::ops_server::spawn(&args.listen, health, registry, async move {
+        let _ = server_stopped.changed().await;
+    })
+    .await?;
+    tracing::info!(interval_seconds = args.interval_seconds, "reconciler started");
 
     let mut interval = tokio::time::interval(Duration::from_secs(args.interval_seconds));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,29 +74,6 @@ async fn run_once(reconciler: &Reconciler, store: &Store) {
         }
         // The next tick tries again; the last-run timestamp metric shows the gap.
         Err(error) => tracing::error!(error = %error, "reconciliation run failed"),
-    }
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    match health.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-    }
-}
-
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    let mut buffer = Vec::new();
-    match prometheus::TextEncoder::new().encode(&health.registry.gather(), &mut buffer) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            buffer,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            Vec::new(),
-        ),
     }
 }
 

@@ -1,0 +1,227 @@
+"""Checks everything Coffer ships to Kubernetes without a cluster (called by scripts/check-deploy).
+
+Arguments: ROOT WORK K8S_VERSION. WORK holds base.yaml and dev.yaml rendered by kubectl kustomize.
+"""
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import yaml
+
+root, work, k8s_version = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+golden_dir = root / "crates/coffer-operator/tests/golden"
+update = os.environ.get("UPDATE_GOLDEN") == "1"
+failures = []
+checked = 0
+
+
+def fail(message):
+    failures.append(message)
+    print(f"FAIL {message}", file=sys.stderr)
+
+
+def documents(text, source):
+    try:
+        return [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as e:
+        fail(f"{source}: not valid YAML: {e}")
+        return []
+
+
+# --- CRD schemas as JSON Schema: OpenAPI `nullable` becomes a null type, and objects with
+# declared properties reject unknown fields (the API server would prune them silently).
+def to_json_schema(node, strict):
+    if isinstance(node, list):
+        return [to_json_schema(n, strict) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: to_json_schema(v, strict) for k, v in node.items()}
+    if node.pop("nullable", False) and "type" in node:
+        node["type"] = [node["type"], "null"]
+    if (
+        strict
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        node["additionalProperties"] = False
+    return node
+
+
+crd_validators = {}
+for crd in documents((root / "crds/coffer.yaml").read_text(), "crds/coffer.yaml"):
+    group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+    for version in crd["spec"]["versions"]:
+        schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+        props = schema.setdefault("properties", {})
+        for name in ("spec", "status"):
+            if name in props:
+                props[name] = to_json_schema(props[name], strict=True)
+        props.update(
+            {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
+        )
+        schema["additionalProperties"] = False
+        crd_validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+
+SKIPPED_GROUPS = ("monitoring.coreos.com/",)  # Prometheus Operator kinds: no schema offline
+
+
+def validate(obj, source):
+    global checked
+    name = f"{source}: {obj.get('kind')} {obj.get('metadata', {}).get('namespace', '')}/{obj.get('metadata', {}).get('name')}"
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in crd_validators:
+        errors = sorted(crd_validators[key].iter_errors(obj), key=lambda e: list(e.path))
+        for e in errors:
+            fail(f"{name}: {'.'.join(map(str, e.path))}: {e.message}")
+        checked += 1
+        return
+    if str(obj.get("apiVersion", "")).startswith(SKIPPED_GROUPS):
+        print(f"skip {name} (no offline schema)", file=sys.stderr)
+        return
+    try:
+        kubernetes_validate.validate(obj, k8s_version, strict=True)
+        checked += 1
+    except kubernetes_validate.ValidationError as e:
+        fail(f"{name}: {'.'.join(map(str, e.path))}: {e.message}")
+    except kubernetes_validate.SchemaNotFoundError:
+        fail(f"{name}: no Kubernetes {k8s_version} schema for {key}")
+
+
+def golden(name, text):
+    path = golden_dir / name
+    if update:
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+    elif not path.exists():
+        fail(f"{path} is missing: run UPDATE_GOLDEN=1 scripts/check-deploy")
+    elif path.read_text() != text:
+        fail(
+            f"{path} differs from the render: if intended, run UPDATE_GOLDEN=1 scripts/check-deploy and review the diff"
+        )
+
+
+# --- kustomize
+for overlay in ("base", "dev"):
+    text = (work / f"{overlay}.yaml").read_text()
+    objects = documents(text, f"kustomize {overlay}")
+    for obj in objects:
+        validate(obj, f"kustomize {overlay}")
+    kinds = {o["kind"] for o in objects}
+    if overlay == "dev":
+        for expected in (
+            "CustomResourceDefinition",
+            "WalletPlatform",
+            "Asset",
+            "ChainListener",
+            "StatefulSet",
+            "Deployment",
+        ):
+            if expected not in kinds:
+                fail(f"kustomize dev renders no {expected}")
+        golden("kustomize-dev.yaml", text)
+
+# --- Helm chart
+chart_dir = root / "charts/coffer-operator"
+report = helm_python.lint(str(chart_dir), strict=True, kube_version=f"v{k8s_version}.0")
+for message in report.get("messages", []):
+    if message.get("severity", 0) >= 2:
+        fail(f"helm lint: {message.get('path')}: {message.get('error')}")
+for error in report.get("errors", []):
+    fail(f"helm lint: {error}")
+
+chart = helm_python.Chart.load(str(chart_dir))
+custom_values = {
+    "image": {"repository": "registry.example.com/coffer", "tag": "1.2.3", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "registry"}],
+    "replicaCount": 1,
+    "watchNamespace": "payments",
+    "leaderElection": {"enabled": False},
+    "logFormat": "text",
+    "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "15s"}},
+    "serviceAccount": {"create": False, "name": "existing-operator-sa"},
+    "podAnnotations": {"example.com/team": "payments"},
+    "priorityClassName": "system-cluster-critical",
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "coffer", "effect": "NoSchedule"}],
+    "affinity": {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "coffer-operator"}},
+                    },
+                }
+            ]
+        }
+    },
+}
+for case, values, release, namespace in (
+    ("default", None, "coffer-operator", "coffer-system"),
+    ("custom", custom_values, "payments", "payments-ops"),
+):
+    try:
+        rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
+    except helm_python.HelmError as e:
+        fail(f"helm render ({case} values): {e}")
+        continue
+    text = ""
+    for template in sorted(rendered):
+        body = rendered[template]
+        if template.endswith("NOTES.txt") or not body.strip():
+            continue
+        text += f"---\n# Source: {template}\n{body.strip()}\n"
+        for obj in documents(body, f"helm {case} {template}"):
+            validate(obj, f"helm {case}")
+    if case == "custom" and "kind: ServiceMonitor" not in text:
+        fail("helm custom values: metrics.serviceMonitor.enabled renders no ServiceMonitor")
+    if case == "default" and "kind: ClusterRoleBinding" not in text:
+        fail("helm default values: no ClusterRoleBinding for an all-namespace operator")
+    golden(f"chart-{case}.yaml", text)
+for crd in documents((chart_dir / "crds/coffer.yaml").read_text(), "chart crds"):
+    validate(crd, "chart crds")
+
+# --- objects the operator builds (its golden renders) and the custom resources it was fed
+for name in ("minimal.yaml", "full.yaml"):
+    for obj in documents((golden_dir / name).read_text(), f"operator golden {name}"):
+        validate(obj, f"operator golden {name}")
+    for obj in documents(
+        (root / "crates/coffer-operator/tests/fixtures" / name).read_text(), f"fixture {name}"
+    ):
+        validate(obj, f"fixture {name}")
+
+# --- the CRD validation itself catches mistakes (guards against a schema that accepts anything)
+bad_asset = {
+    "apiVersion": "coffer.dev/v1alpha1",
+    "kind": "Asset",
+    "metadata": {"name": "bad"},
+    "spec": {
+        "platformRef": "coffer",
+        "symbol": "eth",
+        "chain": "ethereum",
+        "decimals": 18,
+        "confirmationsRequired": 3,
+        "withdrawalMin": "1e3",
+        "withdrawalMax": "1",
+        "dailyWithdrawalLimit": "1",
+        "reviewThreshold": "1",
+        "unknownField": True,
+    },
+}
+if not list(crd_validators[("coffer.dev/v1alpha1", "Asset")].iter_errors(bad_asset)):
+    fail("the Asset CRD schema accepted a lower-case symbol, an exponent and an unknown field")
+
+if failures:
+    print(f"check-deploy: {len(failures)} failure(s), {checked} objects validated", file=sys.stderr)
+    sys.exit(1)
+print(
+    f"check-deploy: ok, {checked} objects validated against Kubernetes {k8s_version} and the CRDs",
+    file=sys.stderr,
+)
