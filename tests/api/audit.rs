@@ -26,7 +26,12 @@ async fn an_edited_record_and_a_deleted_record_are_named_where_the_chain_breaks(
     let engineer = app.staff(Role::Engineering).await;
     for i in 0..6 {
         app.store
-            .audit("tester", "test.action", &format!("subject-{i}"), doc! { "n": i })
+            .audit(
+                "tester",
+                "test.action",
+                &format!("subject-{i}"),
+                serde_json::json!({ "n": i }),
+            )
             .await
             .unwrap();
     }
@@ -111,7 +116,12 @@ async fn concurrent_appends_keep_one_unbroken_chain() {
             let store = app.store.clone();
             tokio::spawn(async move {
                 store
-                    .audit("tester", "test.concurrent", &format!("s{i}"), doc! {})
+                    .audit(
+                        "tester",
+                        "test.concurrent",
+                        &format!("s{i}"),
+                        serde_json::json!({}),
+                    )
                     .await
             })
         })

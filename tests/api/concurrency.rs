@@ -142,10 +142,19 @@ async fn a_movement_not_answered_in_time_gets_503_and_its_retry_moves_it_exactly
     let transfer = json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" });
     let keys: Vec<String> = (0..16).map(|i| format!("hasty-{i}")).collect();
     let replies = futures::future::join_all(keys.iter().map(|key| {
-        hasty.send("POST", "/v1/transfers", Some(&alice.access_token), Some(key), Some(&transfer))
+        hasty.send(
+            "POST",
+            "/v1/transfers",
+            Some(&alice.access_token),
+            Some(key),
+            Some(&transfer),
+        )
     }))
     .await;
-    let busy: Vec<_> = replies.iter().filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE).collect();
+    let busy: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
     assert_eq!(busy.len(), 16, "none could be answered within 1 ms: {replies:?}");
     for reply in &busy {
         assert_eq!(reply.code(), "retry_later");
@@ -163,12 +172,21 @@ async fn a_movement_not_answered_in_time_gets_503_and_its_retry_moves_it_exactly
     let mut replayed = 0;
     for key in &keys {
         let retry = patient
-            .send("POST", "/v1/transfers", Some(&alice.access_token), Some(key), Some(&transfer))
+            .send(
+                "POST",
+                "/v1/transfers",
+                Some(&alice.access_token),
+                Some(key),
+                Some(&transfer),
+            )
             .await;
         assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
         replayed += usize::from(retry.headers.contains_key("idempotent-replayed"));
     }
-    assert_eq!(replayed, 16, "the hasty replica's batches committed after it answered 503");
+    assert_eq!(
+        replayed, 16,
+        "the hasty replica's batches committed after it answered 503"
+    );
     assert_eq!(
         patient.wallet(&alice, &from).await["available"],
         "84",

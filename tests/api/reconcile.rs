@@ -127,7 +127,7 @@ async fn a_corrupted_cached_balance_is_reported_for_exactly_that_wallet() {
 #[tokio::test]
 async fn a_withdrawal_left_past_its_state_limit_is_reported_as_stuck() {
     let reconcile = ReconcileConfig::default()
-        .with_state_limits("pending_broadcast=1")
+        .with_state_limits("pending_broadcast=600")
         .unwrap();
     let app = TestApp::spawn_with(Options {
         reconcile,
@@ -142,7 +142,19 @@ async fn a_withdrawal_left_past_its_state_limit_is_reported_as_stuck() {
     let body = json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination });
     let old = app.withdraw(&alice, body.clone()).await;
     assert_eq!(old.status, StatusCode::CREATED);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The old one has waited an hour (its last change moved back), the fresh one not at all: no
+    // race with a loaded machine's clock.
+    let an_hour_ago =
+        coffer_store::mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() - 3_600_000);
+    app.store
+        .database()
+        .collection::<coffer_store::mongodb::bson::Document>("transactions")
+        .update_one(
+            coffer_store::mongodb::bson::doc! { "_id": old.body["id"].as_str().unwrap() },
+            coffer_store::mongodb::bson::doc! { "$set": { "updated_at": an_hour_ago } },
+        )
+        .await
+        .unwrap();
     let fresh = app.withdraw(&alice, body).await;
     assert_eq!(fresh.status, StatusCode::CREATED);
 
@@ -155,8 +167,8 @@ async fn a_withdrawal_left_past_its_state_limit_is_reported_as_stuck() {
     assert_eq!(stuck[0]["subject"], old.body["id"]);
     assert_eq!(stuck[0]["details"]["state"], "pending_broadcast");
     assert_eq!(stuck[0]["details"]["kind"], "withdrawal");
-    assert_eq!(stuck[0]["details"]["limit_seconds"], 1);
-    assert!(stuck[0]["details"]["in_state_seconds"].as_i64().unwrap() >= 1);
+    assert_eq!(stuck[0]["details"]["limit_seconds"], 600);
+    assert!(stuck[0]["details"]["in_state_seconds"].as_i64().unwrap() >= 3600);
     assert_eq!(check(&run.body, "balances")["status"], "ok");
     assert_eq!(run.body["mismatches"], 1);
 }
@@ -194,7 +206,7 @@ async fn old_unpublished_outbox_events_are_reported() {
     let lag: Vec<_> = run.findings.iter().filter(|f| f.check == "outbox_lag").collect();
     assert_eq!(lag.len(), 1);
     assert_eq!(lag[0].subject, oldest.get_str("_id").unwrap());
-    assert!(lag[0].details.get_i64("age_seconds").unwrap() >= 3600);
+    assert!(lag[0].details["age_seconds"].as_i64().unwrap() >= 3600);
     let stored = app.store.reconciliation_run(&run.id).await.unwrap().unwrap();
     assert_eq!(stored.findings, run.findings);
 }
@@ -250,6 +262,6 @@ async fn custody_is_compared_with_the_chain_where_one_is_configured() {
     let found: Vec<_> = short.findings.iter().filter(|f| f.check == "custody").collect();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].subject, "USDT");
-    assert_eq!(found[0].details.get_str("ledger_atomic").unwrap(), "5000000");
-    assert_eq!(found[0].details.get_str("on_chain_atomic").unwrap(), "4000000");
+    assert_eq!(found[0].details["ledger_atomic"], "5000000");
+    assert_eq!(found[0].details["on_chain_atomic"], "4000000");
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use coffer_chain::broadcaster::{BroadcastOutcome, Broadcaster, BroadcasterConfig};
 use coffer_chain::signer::{LocalSigner, SignedTx, Signer};
 use coffer_chain::ChainError;
-use coffer_store::{codec, Role};
+use coffer_store::Role;
 use coffer_test_support::Options;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ fn wei(value: U256) -> i128 {
 /// A platform account's stored (credit-positive) available balance, in wei.
 async fn platform_balance(w: &World, account: &str) -> i128 {
     let doc = w.app.store.wallet_by_id(account).await.unwrap().unwrap();
-    let (amount, negative) = codec::from_decimal(&doc.available).unwrap();
+    let (amount, negative) = (doc.available.magnitude, doc.available.negative);
     let value = wei(U256::from_limbs(amount.atomic().into_limbs()));
     if negative {
         -value
@@ -466,10 +466,11 @@ async fn chain_a_client_stream_gets_deposit_detected_and_withdrawal_confirmed() 
     let w = funded_world(2, "5").await;
     let broker = Broker::new().await;
     let consumer = broker::spawn_stream_consumer(&broker.exchange, w.app.stream_hub.clone()).await;
-    let publisher = broker::spawn_publisher(broker::relay(&w.app.store, broker::relay_config(&broker.exchange, "p1")).0);
+    let publisher =
+        broker::spawn_publisher(broker::relay(&w.app.store, broker::relay_config(&broker.exchange, "p1")).0);
     let mut socket = connect(w.app.address, Token::Header(&w.user.access_token), None).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await; // registered in the hub
-    let wait = std::time::Duration::from_secs(20);
+
     let of_type = |seen: &[Value], kind: &str| -> Vec<Value> {
         seen.iter().filter(|e| e["type"] == kind).cloned().collect()
     };
@@ -499,10 +500,17 @@ async fn chain_a_client_stream_gets_deposit_detected_and_withdrawal_confirmed() 
     assert_eq!(detected[0]["data"]["confirmations_required"], 2);
     assert_eq!(detected[0]["data"]["chain"], CHAIN);
     let balance = of_type(&seen, "wallet.balance.updated");
-    assert_eq!(balance.last().unwrap()["data"]["pending"], "0.25", "seen, not final");
+    assert_eq!(
+        balance.last().unwrap()["data"]["pending"],
+        "0.25",
+        "seen, not final"
+    );
 
     let hot = Hot::funded(&w, "20").await;
-    let id = request(&w, "1.5", &fresh_address()).await["id"].as_str().unwrap().to_string();
+    let id = request(&w, "1.5", &fresh_address()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let broadcaster = hot.broadcaster(&w);
     poll_until(&w, &broadcaster, &id, "confirming").await;
     w.anvil.mine(1).await;

@@ -8,17 +8,15 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use chrono::{SecondsFormat, Utc};
 use coffer_domain::amount::signed_decimal_string;
 use coffer_domain::Amount;
 use coffer_store::adjustments::{AdjustmentDoc, AdjustmentStatus, Direction, NewAdjustment};
 use coffer_store::audit_chain::{actions, AuditVerification};
-use coffer_store::mongodb::bson::{doc, Bson, DateTime, Document};
 use coffer_store::reconcile::ReconciliationRun;
 use coffer_store::support::ReviewDecision;
 use coffer_store::{OutboxDoc, Role};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -62,15 +60,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .routes(routes!(run_reconciliation))
 }
 
-fn time(value: &DateTime) -> String {
-    chrono::DateTime::<Utc>::from_timestamp_millis(value.timestamp_millis())
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn json(document: Document) -> Value {
-    Bson::Document(document).into_relaxed_extjson()
-}
+use crate::views::time;
 
 /// A decision's reason: required, 1 to 500 characters. Kept with the object, never in logs.
 fn reason(text: &str) -> ApiResult<String> {
@@ -92,7 +82,7 @@ async fn audit(
     principal: &Principal,
     action: &str,
     subject: &str,
-    details: Document,
+    details: Value,
 ) -> ApiResult<()> {
     ctx.store()
         .audit(&principal.user_id, action, subject, details)
@@ -120,7 +110,7 @@ pub async fn user_wallets(
 ) -> ApiResult<Json<UserWallets>> {
     principal.require(SUPPORT_READERS)?;
     ctx.store().user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
-    audit(&ctx, &principal, actions::USER_WALLETS_VIEWED, &id, doc! {}).await?;
+    audit(&ctx, &principal, actions::USER_WALLETS_VIEWED, &id, json!({})).await?;
     let mut wallets = ctx.store().wallets_of_user(&id).await?;
     wallets.sort_by(|a, b| a.asset.cmp(&b.asset));
     let wallets = wallets
@@ -148,9 +138,9 @@ impl EventView {
             id: event.id.clone(),
             event_type: event.event_type.clone(),
             wallet_id: event.subject.clone(),
-            created_at: time(&event.created_at),
-            published_at: event.published_at.as_ref().map(time),
-            data: json(event.data.clone()),
+            created_at: time(&event.created_time()),
+            published_at: event.published_time().as_ref().map(time),
+            data: event.data_json(),
         }
     }
 }
@@ -203,7 +193,7 @@ pub async fn transaction_story(
         .transaction_story(&id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    audit(&ctx, &principal, actions::TRANSACTION_VIEWED, &id, doc! {}).await?;
+    audit(&ctx, &principal, actions::TRANSACTION_VIEWED, &id, json!({})).await?;
     let tx = &story.transaction;
     let mut view = TransactionView::from_doc(tx);
     view.ledger_entries = Some(
@@ -214,13 +204,15 @@ pub async fn transaction_story(
             .collect::<ApiResult<_>>()?,
     );
     let mut details = story.raw.clone();
-    for field in SHOWN_FIELDS {
-        details.remove(*field);
+    if let Some(fields) = details.as_object_mut() {
+        for field in SHOWN_FIELDS {
+            fields.remove(*field);
+        }
     }
     Ok(Json(TransactionStoryView {
         transaction: view,
         initiated_by: tx.initiated_by.clone(),
-        details: json(details),
+        details,
         last_event: story.last_event.as_ref().map(EventView::from_doc),
     }))
 }
@@ -332,8 +324,12 @@ pub async fn propose_adjustment(
         proposed_by: principal.user_id.clone(),
     };
     let adjustment = ctx.store().propose_adjustment(proposal).await?;
-    let details = doc! { "wallet_id": &adjustment.wallet_id, "direction": if direction == Direction::Credit { "credit" } else { "debit" },
-    "amount_atomic": amount.to_string() };
+    let direction = if direction == Direction::Credit {
+        "credit"
+    } else {
+        "debit"
+    };
+    let details = json!({ "wallet_id": &adjustment.wallet_id, "direction": direction, "amount_atomic": amount.to_string() });
     audit(
         &ctx,
         &principal,
@@ -423,7 +419,7 @@ pub async fn approve_adjustment(
         .approve_adjustment(&id, &principal.user_id, &reason)
         .await
         .map_err(adjustment_error)?;
-    let details = doc! { "wallet_id": &adjustment.wallet_id, "transaction_id": &tx.id };
+    let details = json!({ "wallet_id": &adjustment.wallet_id, "transaction_id": &tx.id });
     audit(&ctx, &principal, actions::ADJUSTMENT_APPROVED, &id, details).await?;
     Ok(Json(ApprovedAdjustment {
         adjustment: AdjustmentView::from_doc(&adjustment),
@@ -457,7 +453,7 @@ pub async fn reject_adjustment(
         &principal,
         actions::ADJUSTMENT_REJECTED,
         &id,
-        doc! { "wallet_id": &adjustment.wallet_id },
+        json!({ "wallet_id": &adjustment.wallet_id }),
     )
     .await?;
     Ok(Json(AdjustmentView::from_doc(&adjustment)))
@@ -511,7 +507,7 @@ async fn decide(
         ReviewDecision::Approve => actions::REVIEW_APPROVED,
         ReviewDecision::Reject => actions::REVIEW_REJECTED,
     };
-    audit(ctx, principal, action, id, doc! { "state": tx.state.as_str() }).await?;
+    audit(ctx, principal, action, id, json!({ "state": tx.state.as_str() })).await?;
     Ok(Json(TransactionView::from_doc(&tx)))
 }
 
@@ -623,7 +619,7 @@ impl ReconciliationView {
                         check: f.check.clone(),
                         kind: f.kind.clone(),
                         subject: f.subject.clone(),
-                        details: json(f.details.clone()),
+                        details: f.details.clone(),
                     })
                     .collect()
             }),
@@ -654,7 +650,7 @@ pub async fn run_reconciliation(
         &principal,
         actions::RECONCILIATION_REQUESTED,
         "reconciliation",
-        doc! {},
+        json!({}),
     )
     .await?;
     let run = ctx

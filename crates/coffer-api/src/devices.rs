@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use coffer_store::audit_chain::actions;
-use coffer_store::mongodb::bson::{doc, DateTime};
 use coffer_store::{Role, StoreError};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -50,7 +49,9 @@ pub async fn trusted_device(
         return Ok(None);
     };
     let device = ctx.store().device_of(&principal.user_id, id).await?;
-    Ok(device.filter(|d| d.is_trusted_at(DateTime::now())).map(|d| d.id))
+    Ok(device
+        .filter(|d| d.is_trusted_at(coffer_store::codec::now()))
+        .map(|d| d.id))
 }
 
 /// The caller's trusted device named by `X-Device-Id`, or `device_not_trusted`.
@@ -66,7 +67,7 @@ pub async fn require_trusted_device(
 
 async fn audit(ctx: &ApiContext, principal: &Principal, action: &str, device: &str) -> ApiResult<()> {
     ctx.store()
-        .audit(&principal.user_id, action, device, doc! {})
+        .audit(&principal.user_id, action, device, serde_json::json!({}))
         .await?;
     Ok(())
 }

@@ -174,7 +174,7 @@ impl From<StoreError> for ApiError {
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,
             },
-            StoreError::Database(e) if is_unavailable(&e) => ApiError::RetryLater {
+            StoreError::Database(e) if e.is_unavailable() => ApiError::RetryLater {
                 retry_after_seconds: 2,
             },
             other => ApiError::Internal(other.to_string()),
@@ -191,14 +191,6 @@ pub fn adjustment_error(error: StoreError) -> ApiError {
         },
         other => other.into(),
     }
-}
-
-fn is_unavailable(error: &coffer_store::mongodb::error::Error) -> bool {
-    use coffer_store::mongodb::error::ErrorKind;
-    matches!(
-        error.kind.as_ref(),
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
-    )
 }
 
 impl IntoResponse for ApiError {

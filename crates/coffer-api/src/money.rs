@@ -332,7 +332,7 @@ pub async fn create_withdrawal(
         let action = coffer_store::audit_chain::actions::WITHDRAWAL_REQUESTED;
         if let Err(error) = ctx
             .store()
-            .audit_json(&principal.user_id, action, &tx.id, details)
+            .audit(&principal.user_id, action, &tx.id, details)
             .await
         {
             tracing::error!(transaction_id = %tx.id, %error, "withdrawal held but its audit record failed");

@@ -2,17 +2,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use coffer_domain::amount::signed_decimal_string;
-use coffer_store::codec;
 use coffer_store::{LedgerEntryDoc, TransactionDoc, WalletDoc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 
-fn time(value: &coffer_store::mongodb::bson::DateTime) -> String {
-    DateTime::<Utc>::from_timestamp_millis(value.timestamp_millis())
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+/// A time as the API writes it: RFC 3339, UTC, milliseconds.
+pub(crate) fn time(value: &DateTime<Utc>) -> String {
+    value.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ApiError {
@@ -69,7 +67,7 @@ pub struct LedgerEntryView {
 
 impl LedgerEntryView {
     pub fn from_doc(entry: &LedgerEntryDoc, decimals: u8) -> ApiResult<Self> {
-        let (amount, negative) = codec::from_decimal(&entry.amount).map_err(corrupt)?;
+        let (amount, negative) = (entry.amount.magnitude, entry.amount.negative);
         Ok(LedgerEntryView {
             id: entry.id.clone(),
             transaction_id: entry.transaction_id.clone(),
@@ -188,7 +186,7 @@ impl DeviceView {
         DeviceView {
             id: device.id.clone(),
             name: device.name.clone(),
-            trusted: device.is_trusted_at(coffer_store::mongodb::bson::DateTime::now()),
+            trusted: device.is_trusted_at(coffer_store::codec::now()),
             trusted_from: time(&device.trusted_from),
             revoked_at: device.revoked_at.as_ref().map(time),
             created_at: time(&device.created_at),

@@ -22,8 +22,7 @@ use alloy::sol;
 use alloy::sol_types::SolCall;
 use coffer_domain::{AssetConfig, LedgerTransaction, LiveCatalog, TxState};
 use coffer_store::model::BroadcastDoc;
-use coffer_store::mongodb::bson::{doc, to_bson, DateTime};
-use coffer_store::transitions::Transition;
+use coffer_store::transitions::{ChainProgress, Note, Transition};
 use coffer_store::withdrawals::network_fee;
 use coffer_store::{Store, StoreError, TransactionDoc};
 
@@ -206,7 +205,7 @@ impl Broadcaster {
                 nonce,
                 tx_hash: hex_of(&signed.hash),
                 raw_tx: format!("0x{}", hex::encode(&signed.raw)),
-                signed_at: DateTime::now(),
+                signed_at: coffer_store::codec::now(),
                 block_number: None,
                 confirmations: 0,
                 network_fee: None,
@@ -421,36 +420,39 @@ impl Broadcaster {
         let fee = network_fee(receipt.gas_used, receipt.effective_gas_price);
         // Gas is paid in the chain's coin: booked only when the withdrawn asset is that coin.
         let booked_fee = asset.contract.is_none().then_some(fee);
-        let mut set = doc! {
-            "broadcast.block_number": block as i64,
-            "broadcast.network_fee": to_bson(&fee).map_err(|e| ChainError::Store(e.into()))?,
+        let mut progress = ChainProgress {
+            block_number: block as i64,
+            network_fee: fee,
+            confirmations: None,
         };
         if !receipt.status() {
             let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, booked_fee);
             let cause = format!("reverted on chain in block {block}; funds released");
-            if self.finish(tx, TxState::Failed, release, cause, set).await? {
+            if self.finish(tx, TxState::Failed, release, cause, progress).await? {
                 outcome.failed += 1;
             }
             return Ok(());
         }
         let confirmations = head.saturating_sub(block) + 1;
-        set.insert("broadcast.confirmations", confirmations as i64);
+        progress.confirmations = Some(confirmations as i64);
         let required = u64::from(asset.confirmations_required.max(1));
         if confirmations >= required {
             let settle = LedgerTransaction::withdrawal_settlement(&tx.asset, wallet, tx.amount, booked_fee);
             let cause = format!("{confirmations} confirmations (block {block})");
-            if self.finish(tx, TxState::Confirmed, settle, cause, set).await? {
+            if self
+                .finish(tx, TxState::Confirmed, settle, cause, progress)
+                .await?
+            {
                 outcome.confirmed += 1;
             }
         } else if tx.state == TxState::Broadcasted {
-            let mut mined = Transition::new(
+            let mined = Transition::new(
                 &tx.id,
                 TxState::Broadcasted,
                 TxState::Confirming,
                 format!("mined in block {block}; {confirmations} of {required} confirmations"),
             );
-            mined.set = set;
-            self.transition(mined).await?;
+            self.transition(mined.with_note(Note::Chain(progress))).await?;
         } else if record.confirmations != confirmations as i64 || record.block_number != Some(block as i64) {
             self.store
                 .set_withdrawal_progress(&tx.id, Some(block as i64), confirmations as i64)
@@ -466,11 +468,12 @@ impl Broadcaster {
         to: TxState,
         ledger: Result<LedgerTransaction, coffer_domain::LedgerError>,
         cause: String,
-        set: coffer_store::mongodb::bson::Document,
+        progress: ChainProgress,
     ) -> Result<bool, ChainError> {
         let ledger = ledger.map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
-        let mut transition = Transition::new(&tx.id, tx.state, to, cause).with_ledger(ledger);
-        transition.set = set;
+        let transition = Transition::new(&tx.id, tx.state, to, cause)
+            .with_ledger(ledger)
+            .with_note(Note::Chain(progress));
         let moved = self.transition(transition).await?;
         if moved {
             self.metrics

@@ -165,7 +165,7 @@ impl ChainMetrics {
                 .set(*count as i64);
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let age = |t: Option<coffer_store::mongodb::bson::DateTime>| {
+        let age = |t: Option<coffer_store::codec::Time>| {
             t.map(|t| (now - t.timestamp_millis()).max(0) / 1000).unwrap_or(0)
         };
         self.oldest_withdrawal_age.set(age(stats.oldest_non_final));

@@ -52,6 +52,17 @@ impl SignedAmount {
     }
 }
 
+impl std::fmt::Display for SignedAmount {
+    /// Smallest units, with a `-` when negative: `-2500000000000000000`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.negative {
+            write!(f, "-{}", self.magnitude)
+        } else {
+            write!(f, "{}", self.magnitude)
+        }
+    }
+}
+
 /// `a + b` of two values within the ledger limit (so the magnitudes cannot overflow 256 bits).
 fn sum(a: SignedAmount, b: SignedAmount) -> SignedAmount {
     if a.negative == b.negative {

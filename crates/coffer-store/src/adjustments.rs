@@ -65,9 +65,11 @@ pub struct AdjustmentDoc {
     pub reason: String,
     pub status: AdjustmentStatus,
     pub proposed_by: String,
-    pub proposed_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub proposed_at: crate::codec::Time,
     pub decided_by: Option<String>,
-    pub decided_at: Option<DateTime>,
+    #[serde(with = "crate::codec::time_opt", default)]
+    pub decided_at: Option<crate::codec::Time>,
     pub decision_reason: Option<String>,
     /// The posted transaction, once approved.
     pub transaction_id: Option<String>,
@@ -164,7 +166,7 @@ impl Store {
             reason: proposal.reason,
             status: AdjustmentStatus::Proposed,
             proposed_by: proposal.proposed_by,
-            proposed_at: DateTime::now(),
+            proposed_at: crate::codec::now(),
             decided_by: None,
             decided_at: None,
             decision_reason: None,

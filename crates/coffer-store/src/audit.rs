@@ -3,7 +3,7 @@
 //! Appends are ordered by a unique `seq`; two concurrent appends race for the same `seq`, one
 //! wins and the other re-reads the head and tries again (bounded).
 
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -15,14 +15,15 @@ pub struct AuditRecord {
     #[serde(rename = "_id")]
     pub id: String,
     pub seq: i64,
-    pub at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub at: crate::codec::Time,
     /// Who did it: a user id, `cli`, or `anonymous`.
     pub actor: String,
     /// What was done, e.g. `auth.login_failed`, `staff.created`, `auth.refresh_reuse`.
     pub action: String,
     /// What it was done to (an id; never a secret or PII).
     pub subject: String,
-    pub details: Document,
+    pub details: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -41,24 +42,13 @@ pub fn record_hash(record: &AuditRecord) -> String {
 }
 
 impl Store {
-    /// [`Store::audit`] with JSON details (for callers that do not speak BSON).
-    pub async fn audit_json(
-        &self,
-        actor: &str,
-        action: &str,
-        subject: &str,
-        details: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.audit(actor, action, subject, mongodb::bson::to_document(&details)?)
-            .await
-    }
-
+    /// Appends an audited action; `details` carry ids and enums only, never secrets or PII.
     pub async fn audit(
         &self,
         actor: &str,
         action: &str,
         subject: &str,
-        details: Document,
+        details: serde_json::Value,
     ) -> Result<(), StoreError> {
         const ATTEMPTS: usize = 16;
         // Appenders of one process queue on the chain's head instead of racing for the same `seq`;
@@ -76,7 +66,7 @@ impl Store {
             let mut record = AuditRecord {
                 id: new_id(),
                 seq,
-                at: DateTime::now(),
+                at: crate::codec::now(),
                 actor: actor.to_string(),
                 action: action.to_string(),
                 subject: subject.to_string(),

@@ -19,7 +19,7 @@ use crate::{Store, StoreError};
 /// Action names of audited events. Details carry ids and enums only, never secrets or PII.
 ///
 /// Other roles append with [`Store::audit`]`(actor_user_id, actions::X, subject_id, details)`,
-/// e.g. `store.audit(&user_id, actions::WITHDRAWAL_REQUESTED, &tx.id, doc! { "wallet_id": w })`.
+/// e.g. `store.audit(&user_id, actions::WITHDRAWAL_REQUESTED, &tx.id, json!({ "wallet_id": w }))`.
 pub mod actions {
     pub const LOGIN_FAILED: &str = "auth.login_failed";
     pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
@@ -169,7 +169,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::{to_document, DateTime};
+    use mongodb::bson::to_document;
 
     fn chain(n: i64) -> Vec<AuditRecord> {
         let mut prev = GENESIS.to_string();
@@ -178,11 +178,11 @@ mod tests {
                 let mut record = AuditRecord {
                     id: format!("r{seq}"),
                     seq,
-                    at: DateTime::from_millis(1_700_000_000_000 + seq),
+                    at: crate::codec::from_millis(1_700_000_000_000 + seq),
                     actor: "a".into(),
                     action: "x".into(),
                     subject: "s".into(),
-                    details: doc! {},
+                    details: serde_json::json!({}),
                     prev_hash: prev.clone(),
                     hash: String::new(),
                 };

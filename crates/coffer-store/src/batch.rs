@@ -35,6 +35,7 @@ use mongodb::{Client, ClientSession, Database};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::codec::Time;
 use crate::collections::{IDEMPOTENCY_KEYS, LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
 use crate::idempotency::{IdempotencyDoc, StoredResponse};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
@@ -261,7 +262,7 @@ impl From<mongodb::error::Error> for Retry {
         } else if crate::is_duplicate_key(&error) {
             Retry::Duplicates
         } else {
-            Retry::Fatal(StoreError::Database(error))
+            Retry::Fatal(StoreError::from(error))
         }
     }
 }
@@ -269,7 +270,7 @@ impl From<mongodb::error::Error> for Retry {
 impl From<StoreError> for Retry {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Database(e) => Retry::from(e),
+            StoreError::Database(e) => Retry::from(e.0),
             other => Retry::Fatal(other),
         }
     }
@@ -566,7 +567,7 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
     for (key, used) in &counters {
         book.insert_counter(key.clone(), *used);
     }
-    let now = DateTime::now();
+    let now = codec::now();
     let mut plan = BatchWrites::default();
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
@@ -606,7 +607,7 @@ pub(crate) async fn write_one(
         Ok(mut written) => written.outcomes.pop().expect("one outcome"),
         Err(Retry::Duplicates) => Err(StoreError::AlreadyExists),
         Err(Retry::Stale) => Err(StoreError::Contention),
-        Err(Retry::Transient(e)) => Err(StoreError::Database(e)),
+        Err(Retry::Transient(e)) => Err(StoreError::from(e)),
         Err(Retry::Fatal(e)) => Err(e),
     }
 }
@@ -643,10 +644,7 @@ async fn load_accounts(
 
 /// A stored account as the book sees it.
 pub(crate) fn account_balances(wallet: &WalletDoc) -> Result<AccountBalances, codec::DecodeError> {
-    let signed = |bucket: Bucket| {
-        codec::from_decimal(wallet.bucket(bucket))
-            .map(|(magnitude, negative)| SignedAmount::new(magnitude, negative))
-    };
+    let signed = |bucket: Bucket| Ok::<_, codec::DecodeError>(wallet.bucket(bucket));
     Ok(AccountBalances {
         kind: wallet.kind,
         user_id: wallet.user_id.clone(),
@@ -706,7 +704,7 @@ impl BatchWrites {
         item: &Item,
         applied: &Applied,
         book: &Book,
-        now: DateTime,
+        now: Time,
     ) -> Result<TransactionDoc, Retry> {
         let movement = item.movement();
         let record = transaction_record(movement, now);
@@ -763,7 +761,7 @@ impl BatchWrites {
 }
 
 /// The transaction record of a new movement.
-pub(crate) fn transaction_record(movement: &Movement, now: DateTime) -> TransactionDoc {
+pub(crate) fn transaction_record(movement: &Movement, now: Time) -> TransactionDoc {
     let ledger = &movement.ledger;
     TransactionDoc {
         id: movement.transaction_id.clone(),
@@ -793,7 +791,7 @@ pub(crate) fn ledger_entries(
     transaction_id: &str,
     ledger: &coffer_domain::LedgerTransaction,
     owner_of: impl Fn(&str) -> Option<String>,
-    now: DateTime,
+    now: Time,
 ) -> Vec<LedgerEntryDoc> {
     let postings = ledger.postings().iter();
     postings
@@ -806,7 +804,7 @@ pub(crate) fn ledger_entries(
             kind: ledger.kind(),
             bucket: posting.bucket,
             side: posting.side,
-            amount: codec::to_decimal(&posting.amount, posting.side == Side::Debit),
+            amount: SignedAmount::new(posting.amount, posting.side == Side::Debit),
             created_at: now,
         })
         .collect()
@@ -838,8 +836,9 @@ async fn update_accounts(
     before: &BTreeMap<String, (AccountBalances, i64)>,
     touches: &BTreeMap<String, i64>,
     book: &Book,
-    now: DateTime,
+    now: Time,
 ) -> Result<(), Retry> {
+    let now = codec::bson_time(&now);
     let mut statements = Vec::with_capacity(touches.len());
     for (id, count) in touches {
         let (old, _) = &before[id];
@@ -873,7 +872,7 @@ async fn update_counters(
     db: &Database,
     session: &mut ClientSession,
     charged: &BTreeMap<String, coffer_domain::Amount>,
-    now: DateTime,
+    now: Time,
 ) -> Result<(), Retry> {
     if charged.is_empty() {
         return Ok(());

@@ -41,7 +41,8 @@ pub struct DepositAddressDoc {
     pub asset: String,
     /// The BIP32 index under the configured extended public key.
     pub index: i64,
-    pub created_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub created_at: crate::codec::Time,
 }
 
 /// Where a deposit is in its life (a product-safe view of it, next to the transaction's state).
@@ -84,8 +85,10 @@ pub struct ChainDepositDoc {
     pub transaction_id: Option<String>,
     pub source: String,
     pub note: Option<String>,
-    pub created_at: DateTime,
-    pub updated_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub created_at: crate::codec::Time,
+    #[serde(with = "crate::codec::time")]
+    pub updated_at: crate::codec::Time,
 }
 
 /// A block the listener has processed.
@@ -104,7 +107,8 @@ pub struct ChainCursorDoc {
     pub block_hash: String,
     /// Oldest first, at most [`CURSOR_HISTORY_MAX`], ending with the cursor's own block.
     pub recent: Vec<BlockRef>,
-    pub updated_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub updated_at: crate::codec::Time,
 }
 
 /// What recording an observed deposit did.
@@ -179,7 +183,7 @@ impl Store {
             user_id: wallet.user_id.clone().unwrap_or_default(),
             asset: wallet.asset.clone(),
             index,
-            created_at: DateTime::now(),
+            created_at: crate::codec::now(),
         };
         match addresses.insert_one(&fresh).await {
             Ok(_) => Ok(fresh),
@@ -282,7 +286,7 @@ impl Store {
         owner: Option<&DepositAddressDoc>,
         tx: Option<&TransactionDoc>,
     ) -> Result<bool, StoreError> {
-        let now = DateTime::now();
+        let now = crate::codec::now();
         let record = ChainDepositDoc {
             key: deposit.ledger_key(),
             chain: deposit.chain.clone(),
@@ -496,7 +500,7 @@ impl Store {
             block_number: last.number,
             block_hash: last.hash.clone(),
             recent: recent[start..].to_vec(),
-            updated_at: DateTime::now(),
+            updated_at: crate::codec::now(),
         };
         self.collection::<ChainCursorDoc>(CHAIN_CURSORS)
             .replace_one(doc! { "_id": chain }, &cursor)

@@ -134,3 +134,65 @@ pub mod binary {
         Ok(Binary::deserialize(deserializer)?.bytes)
     }
 }
+
+/// A time as the store keeps it: UTC, millisecond precision (what a BSON date holds).
+pub type Time = chrono::DateTime<chrono::Utc>;
+
+/// Now, truncated to the millisecond, so that a time read back equals the time written.
+pub fn now() -> Time {
+    from_millis(chrono::Utc::now().timestamp_millis())
+}
+
+/// The time `millis` milliseconds after the Unix epoch.
+pub fn from_millis(millis: i64) -> Time {
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+/// A [`Time`] as a BSON date (for filters and updates inside the store).
+pub(crate) fn bson_time(time: &Time) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(time.timestamp_millis())
+}
+
+/// Serde for a [`Time`] stored as a BSON date.
+pub mod time {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &super::Time, serializer: S) -> Result<S::Ok, S::Error> {
+        super::bson_time(time).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<super::Time, D::Error> {
+        let date = mongodb::bson::DateTime::deserialize(deserializer)?;
+        Ok(super::from_millis(date.timestamp_millis()))
+    }
+}
+
+/// Serde for an optional [`Time`] stored as a BSON date or null.
+pub mod time_opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &Option<super::Time>, serializer: S) -> Result<S::Ok, S::Error> {
+        time.as_ref().map(super::bson_time).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<super::Time>, D::Error> {
+        let date = Option::<mongodb::bson::DateTime>::deserialize(deserializer)?;
+        Ok(date.map(|d| super::from_millis(d.timestamp_millis())))
+    }
+}
+
+/// Serde for a signed balance stored as Decimal128 (see the module documentation).
+pub mod signed {
+    use coffer_domain::SignedAmount;
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &SignedAmount, serializer: S) -> Result<S::Ok, S::Error> {
+        super::to_decimal(&value.magnitude, value.negative).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SignedAmount, D::Error> {
+        let decimal = mongodb::bson::Decimal128::deserialize(deserializer)?;
+        let (magnitude, negative) = super::from_decimal(&decimal).map_err(D::Error::custom)?;
+        Ok(SignedAmount::new(magnitude, negative))
+    }
+}

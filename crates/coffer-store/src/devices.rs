@@ -19,18 +19,20 @@ pub struct DeviceDoc {
     pub user_id: String,
     /// The name the user gave it ("Pixel 8"); shown back to the user only.
     pub name: String,
-    pub created_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub created_at: crate::codec::Time,
     /// From this instant the device is trusted (registration + cooling-off, or the moment a
     /// trusted device vouched for it).
-    pub trusted_from: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub trusted_from: crate::codec::Time,
     /// `cooling_off`, or the id of the device that vouched for it.
     pub trusted_by: String,
-    #[serde(default)]
-    pub revoked_at: Option<DateTime>,
+    #[serde(with = "crate::codec::time_opt", default)]
+    pub revoked_at: Option<crate::codec::Time>,
 }
 
 impl DeviceDoc {
-    pub fn is_trusted_at(&self, now: DateTime) -> bool {
+    pub fn is_trusted_at(&self, now: crate::codec::Time) -> bool {
         self.revoked_at.is_none() && self.trusted_from <= now
     }
 }
@@ -48,14 +50,14 @@ impl Store {
         if devices.count_documents(doc! { "user_id": user_id }).await? >= DEVICES_PER_USER_MAX {
             return Err(StoreError::LimitExceeded);
         }
-        let now = DateTime::now();
+        let now = crate::codec::now();
         let cooling_off_ms = i64::try_from(cooling_off.as_millis()).unwrap_or(i64::MAX / 2);
         let device = DeviceDoc {
             id: new_id(),
             user_id: user_id.to_string(),
             name: name.to_string(),
             created_at: now,
-            trusted_from: DateTime::from_millis(now.timestamp_millis().saturating_add(cooling_off_ms)),
+            trusted_from: crate::codec::from_millis(now.timestamp_millis().saturating_add(cooling_off_ms)),
             trusted_by: "cooling_off".into(),
             revoked_at: None,
         };

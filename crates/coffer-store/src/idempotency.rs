@@ -67,8 +67,9 @@ impl IdempotencyDoc {
     pub(crate) fn completed(
         write: &crate::batch::IdempotentWrite,
         response: StoredResponse,
-        now: DateTime,
+        now: crate::codec::Time,
     ) -> Self {
+        let now = crate::codec::bson_time(&now);
         IdempotencyDoc {
             id: key_id(&write.scope, &write.key),
             fingerprint: write.fingerprint.clone(),

@@ -84,7 +84,35 @@ pub enum StoreError {
     #[error("stored data violates an invariant: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Database(#[from] mongodb::error::Error),
+    Database(DatabaseError),
+}
+
+/// A driver error, opaque outside the store (no caller handles a `mongodb` type).
+#[derive(Debug)]
+pub struct DatabaseError(pub(crate) mongodb::error::Error);
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl DatabaseError {
+    /// The database could not be reached (no server selected, a broken connection): the caller
+    /// answers "retry later", not "internal error".
+    pub fn is_unavailable(&self) -> bool {
+        use mongodb::error::ErrorKind;
+        matches!(
+            self.0.kind.as_ref(),
+            ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+        )
+    }
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(error: mongodb::error::Error) -> Self {
+        StoreError::Database(DatabaseError(error))
+    }
 }
 
 impl From<codec::DecodeError> for StoreError {

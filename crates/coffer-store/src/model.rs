@@ -1,7 +1,12 @@
-//! Documents as stored. Amounts are Decimal128 (see [`crate::codec`]); times are BSON dates.
+//! Documents as stored. Amounts are Decimal128 and times BSON dates in the database (see
+//! [`crate::codec`]); in these types they are domain amounts and `chrono` times, so no caller
+//! outside the store handles a driver type.
 
+use coffer_domain::SignedAmount;
 use coffer_domain::{AccountKind, Amount, Bucket, Side, StateChange, TxKind, TxState};
-use mongodb::bson::{DateTime, Decimal128, Document};
+use mongodb::bson::{DateTime, Document};
+
+use crate::codec::Time;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -52,7 +57,8 @@ pub struct UserDoc {
     pub email: String,
     pub password_hash: String,
     pub role: Role,
-    pub created_at: DateTime,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,9 +70,12 @@ pub struct RefreshTokenDoc {
     pub family_id: String,
     /// When the user proved their password; refreshes carry it unchanged.
     pub auth_time: i64,
-    pub created_at: DateTime,
-    pub expires_at: DateTime,
-    pub used_at: Option<DateTime>,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
+    #[serde(with = "codec::time")]
+    pub expires_at: Time,
+    #[serde(with = "codec::time_opt", default)]
+    pub used_at: Option<Time>,
     pub revoked: bool,
 }
 
@@ -83,12 +92,17 @@ pub struct WalletDoc {
     /// The asset's decimals when the account was opened; an asset's decimals never change.
     pub decimals: u8,
     /// Cached sums of the ledger, credit-positive, per bucket.
-    pub available: Decimal128,
-    pub pending: Decimal128,
-    pub held: Decimal128,
+    #[serde(with = "codec::signed")]
+    pub available: SignedAmount,
+    #[serde(with = "codec::signed")]
+    pub pending: SignedAmount,
+    #[serde(with = "codec::signed")]
+    pub held: SignedAmount,
     pub version: i64,
-    pub created_at: DateTime,
-    pub updated_at: DateTime,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
+    #[serde(with = "codec::time")]
+    pub updated_at: Time,
 }
 
 /// A user wallet's balances decoded, never negative.
@@ -122,21 +136,31 @@ impl WalletDoc {
         }
     }
 
-    /// The cached balance of a bucket, as stored.
-    pub fn bucket(&self, bucket: Bucket) -> &Decimal128 {
+    /// The cached balance of a bucket, credit-positive.
+    pub fn bucket(&self, bucket: Bucket) -> SignedAmount {
         match bucket {
-            Bucket::Available => &self.available,
-            Bucket::Pending => &self.pending,
-            Bucket::Held => &self.held,
+            Bucket::Available => self.available,
+            Bucket::Pending => self.pending,
+            Bucket::Held => self.held,
         }
     }
 
     /// A user wallet's balances; an error if any is negative (which the write path forbids).
     pub fn balances(&self) -> Result<Balances, codec::DecodeError> {
+        let non_negative = |value: SignedAmount| {
+            if value.negative {
+                Err(codec::DecodeError(format!(
+                    "negative balance -{}",
+                    value.magnitude
+                )))
+            } else {
+                Ok(value.magnitude)
+            }
+        };
         Ok(Balances {
-            available: codec::non_negative(&self.available)?,
-            pending: codec::non_negative(&self.pending)?,
-            held: codec::non_negative(&self.held)?,
+            available: non_negative(self.available)?,
+            pending: non_negative(self.pending)?,
+            held: non_negative(self.held)?,
         })
     }
 }
@@ -146,7 +170,8 @@ impl WalletDoc {
 pub struct TimelineEntry {
     pub from: Option<TxState>,
     pub to: TxState,
-    pub at: DateTime,
+    #[serde(with = "codec::time")]
+    pub at: Time,
     pub cause: String,
 }
 
@@ -155,7 +180,7 @@ impl From<&StateChange> for TimelineEntry {
         TimelineEntry {
             from: change.from,
             to: change.to,
-            at: DateTime::from_millis(change.at.timestamp_millis()),
+            at: codec::from_millis(change.at.timestamp_millis()),
             cause: change.cause.clone(),
         }
     }
@@ -183,8 +208,10 @@ pub struct TransactionDoc {
     pub destination: Option<String>,
     pub initiated_by: String,
     pub timeline: Vec<TimelineEntry>,
-    pub created_at: DateTime,
-    pub updated_at: DateTime,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
+    #[serde(with = "codec::time")]
+    pub updated_at: Time,
     /// The daily withdrawal counter this withdrawal charged (`<wallet>:<YYYY-MM-DD>`); released
     /// when the withdrawal fails or is rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,7 +248,8 @@ pub struct BroadcastDoc {
     pub tx_hash: String,
     /// The signed transaction, EIP-2718 encoded, `0x…` hex. Public once broadcast; never logged.
     pub raw_tx: String,
-    pub signed_at: DateTime,
+    #[serde(with = "codec::time")]
+    pub signed_at: Time,
     /// Where it was mined, as last seen (re-orgs move it).
     #[serde(default)]
     pub block_number: Option<i64>,
@@ -244,8 +272,10 @@ pub struct LedgerEntryDoc {
     pub bucket: Bucket,
     pub side: Side,
     /// Credit-positive signed amount: summing a wallet's entries per bucket gives its balance.
-    pub amount: Decimal128,
-    pub created_at: DateTime,
+    #[serde(with = "codec::signed")]
+    pub amount: SignedAmount,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
 }
 
 /// An event waiting in the outbox (issue: outbox publisher relays these to RabbitMQ).
@@ -287,6 +317,22 @@ pub struct OutboxDoc {
 }
 
 impl OutboxDoc {
+    /// When the event was written.
+    pub fn created_time(&self) -> crate::codec::Time {
+        crate::codec::from_millis(self.created_at.timestamp_millis())
+    }
+
+    /// When the broker confirmed it, if it did.
+    pub fn published_time(&self) -> Option<crate::codec::Time> {
+        self.published_at
+            .map(|t| crate::codec::from_millis(t.timestamp_millis()))
+    }
+
+    /// The payload as JSON (relaxed extended JSON of what is stored).
+    pub fn data_json(&self) -> serde_json::Value {
+        mongodb::bson::Bson::Document(self.data.clone()).into_relaxed_extjson()
+    }
+
     /// A new unpublished row (id and creation time now); the one constructor every writer uses,
     /// so that the relay's bookkeeping fields start the same everywhere.
     pub fn new(event_type: &str, data_version: u32, subject: &str, user_id: &str, data: Document) -> Self {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use coffer_domain::amount::ledger_max;
 use coffer_domain::ledger::BalanceDelta;
-use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, Movement, PlannedEvent};
+use coffer_domain::{AccountKind, Amount, Bucket, LedgerTransaction, Movement, PlannedEvent, SignedAmount};
 use futures::future::BoxFuture;
 use mongodb::bson::{doc, to_document, DateTime};
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
@@ -115,7 +115,7 @@ impl Store {
                 }
             };
             match outcome {
-                Err(StoreError::Database(e)) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                Err(StoreError::Database(e)) if e.0.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
                     self.metrics.transaction_retries.inc();
                     tracing::debug!(attempt, "transient transaction error, retrying");
                     tokio::time::sleep(backoff(self.config.backoff_base, attempt)).await;
@@ -151,7 +151,7 @@ impl Store {
         }
         for kind in AccountKind::PLATFORM {
             let id = coffer_domain::account::platform_account_id(asset, kind);
-            let now = DateTime::now();
+            let now = codec::now();
             let fresh = WalletDoc {
                 id: id.clone(),
                 owner_key: id.clone(),
@@ -159,9 +159,9 @@ impl Store {
                 user_id: None,
                 asset: asset.to_string(),
                 decimals,
-                available: codec::zero(),
-                pending: codec::zero(),
-                held: codec::zero(),
+                available: SignedAmount::ZERO,
+                pending: SignedAmount::ZERO,
+                held: SignedAmount::ZERO,
                 version: 0,
                 created_at: now,
                 updated_at: now,
@@ -191,7 +191,7 @@ impl Store {
         asset: &str,
         decimals: u8,
     ) -> Result<(WalletDoc, bool), StoreError> {
-        let now = DateTime::now();
+        let now = codec::now();
         let wallet = WalletDoc {
             id: new_id(),
             owner_key: WalletDoc::user_owner_key(user_id, asset),
@@ -199,9 +199,9 @@ impl Store {
             user_id: Some(user_id.to_string()),
             asset: asset.to_string(),
             decimals,
-            available: codec::zero(),
-            pending: codec::zero(),
-            held: codec::zero(),
+            available: SignedAmount::ZERO,
+            pending: SignedAmount::ZERO,
+            held: SignedAmount::ZERO,
             version: 0,
             created_at: now,
             updated_at: now,
@@ -280,7 +280,8 @@ pub(crate) async fn post_entries(
             .find(|w| w.id == id)
             .and_then(|w| w.user_id.clone())
     };
-    let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, now);
+    let at = codec::from_millis(now.timestamp_millis());
+    let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, at);
     store
         .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
         .insert_many(&entries)

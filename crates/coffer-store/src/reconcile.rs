@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::collections::{OUTBOX, RECONCILIATION_RUNS, TRANSACTIONS, WALLETS};
 use crate::model::{OutboxDoc, TransactionDoc, WalletDoc};
 use crate::verify::Finding;
-use crate::{codec, new_id, Store, StoreError};
+use crate::{new_id, Store, StoreError};
 
 /// The checks of a run, in order. Also the values of the `check` metric label.
 pub const CHECKS: [&str; 6] = [
@@ -135,7 +135,7 @@ pub struct FindingDoc {
     pub kind: String,
     /// The id of what is wrong: an account, transaction, asset, event or audit record.
     pub subject: String,
-    pub details: Document,
+    pub details: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,8 +145,10 @@ pub struct ReconciliationRun {
     /// `interval` (the reconciler role) or `api` (on demand).
     pub trigger: String,
     pub requested_by: Option<String>,
-    pub started_at: DateTime,
-    pub finished_at: DateTime,
+    #[serde(with = "crate::codec::time")]
+    pub started_at: crate::codec::Time,
+    #[serde(with = "crate::codec::time")]
+    pub finished_at: crate::codec::Time,
     pub duration_ms: i64,
     pub checks: Vec<CheckOutcome>,
     /// Total findings over all checks.
@@ -254,6 +256,7 @@ impl Checked {
 }
 
 fn finding(check: &str, kind: &str, subject: &str, details: Document) -> FindingDoc {
+    let details = mongodb::bson::Bson::Document(details).into_relaxed_extjson();
     FindingDoc {
         check: check.into(),
         kind: kind.into(),
@@ -309,7 +312,7 @@ impl Reconciler {
         trigger: &str,
         requested_by: Option<&str>,
     ) -> Result<ReconciliationRun, StoreError> {
-        let started_at = DateTime::now();
+        let started_at = crate::codec::now();
         let started = Instant::now();
         let mut outcomes = Vec::new();
         let mut findings = Vec::new();
@@ -352,7 +355,7 @@ impl Reconciler {
             trigger: trigger.to_string(),
             requested_by: requested_by.map(str::to_string),
             started_at,
-            finished_at: DateTime::now(),
+            finished_at: crate::codec::now(),
             duration_ms: millis(started.elapsed()),
             checks: outcomes,
             mismatches,
@@ -388,7 +391,8 @@ impl Reconciler {
             let mut held = Amount::ZERO;
             let mut owed = Amount::ZERO;
             for bucket in coffer_domain::Bucket::ALL {
-                let (amount, negative) = codec::from_decimal(account.bucket(bucket))?;
+                let value = account.bucket(bucket);
+                let (amount, negative) = (value.magnitude, value.negative);
                 let side = if negative { &mut held } else { &mut owed };
                 *side = side.checked_add(amount).expect("bounded by the ledger limit");
             }

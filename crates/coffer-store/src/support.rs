@@ -2,7 +2,7 @@
 
 use coffer_domain::{LedgerTransaction, TxKind, TxState};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, Document};
 
 use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TransactionDoc};
@@ -16,9 +16,9 @@ pub const TIMELINE_ENTRIES_MAX: i64 = 1000;
 #[derive(Debug, Clone)]
 pub struct TransactionStory {
     pub transaction: TransactionDoc,
-    /// The record as stored: fields other roles add (chain references, confirmations, risk
-    /// flags, review decisions) are read from here.
-    pub raw: Document,
+    /// The record as stored, as relaxed extended JSON: fields other roles add (chain references,
+    /// confirmations, risk flags, review decisions) are read from here.
+    pub raw: serde_json::Value,
     /// All its ledger entries, on every account, oldest first.
     pub entries: Vec<LedgerEntryDoc>,
     /// The newest real-time event written for it.
@@ -103,7 +103,7 @@ impl Store {
             .await?;
         Ok(Some(TransactionStory {
             transaction,
-            raw,
+            raw: mongodb::bson::Bson::Document(raw).into_relaxed_extjson(),
             entries,
             last_event,
         }))
@@ -119,10 +119,11 @@ impl Store {
         reason: &str,
     ) -> Result<TransactionDoc, StoreError> {
         let tx = self.transaction_by_id(id).await?.ok_or(StoreError::NotFound)?;
-        let mut transition = review_transition(&tx, decision)?;
-        transition.set = doc! { "review": {
-            "decision": decision.as_str(), "by": reviewer, "reason": reason, "at": DateTime::now(),
-        } };
+        let transition = review_transition(&tx, decision)?.with_note(crate::transitions::Note::Review {
+            decision: decision.as_str(),
+            by: reviewer.to_string(),
+            reason: reason.to_string(),
+        });
         self.apply_transition(&transition).await
     }
 }

@@ -193,7 +193,7 @@ pub(crate) fn batch_span(database: &str, movements: usize, traceparents: &[&str]
 pub(crate) fn record_outcome<T>(span: &Span, result: &Result<T, crate::StoreError>) {
     use crate::StoreError;
     let error_type = match result {
-        Err(StoreError::Database(e)) => error_type(e).0,
+        Err(StoreError::Database(e)) => error_type(&e.0).0,
         Err(StoreError::Contention) => "contention",
         Err(StoreError::Corrupt(_)) => "corrupt",
         _ => return,

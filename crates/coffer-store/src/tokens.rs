@@ -40,8 +40,8 @@ impl Store {
             user_id: user_id.to_string(),
             family_id: family_id.to_string(),
             auth_time,
-            created_at: DateTime::from_millis(now.timestamp_millis()),
-            expires_at: DateTime::from_millis((now + ttl).timestamp_millis()),
+            created_at: crate::codec::from_millis(now.timestamp_millis()),
+            expires_at: crate::codec::from_millis((now + ttl).timestamp_millis()),
             used_at: None,
             revoked: false,
         };

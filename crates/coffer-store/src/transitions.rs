@@ -25,8 +25,54 @@ pub struct Transition {
     pub cause: String,
     /// Postings that belong to this change, recorded under the same transaction id.
     pub ledger: Option<LedgerTransaction>,
-    /// Extra fields to set on the transaction record (e.g. `chain_tx_hash`).
-    pub set: Document,
+    /// What the change records on the transaction besides its state (chain progress, a review).
+    pub note: Option<Note>,
+}
+
+/// Fields a transition records on the transaction record, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// Where a broadcast withdrawal stands on chain.
+    Chain(ChainProgress),
+    /// A reviewer's decision (staff-only: the user sees the timeline's generic cause).
+    Review {
+        decision: &'static str,
+        by: String,
+        reason: String,
+    },
+}
+
+impl Note {
+    fn set(&self) -> Result<Document, StoreError> {
+        match self {
+            Note::Chain(progress) => progress.set(),
+            Note::Review { decision, by, reason } => Ok(doc! { "review": {
+                "decision": decision, "by": by, "reason": reason, "at": mongodb::bson::DateTime::now(),
+            } }),
+        }
+    }
+}
+
+/// A broadcast withdrawal's progress on chain: the block that mined it, the gas it paid and (once
+/// counted) its confirmations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainProgress {
+    pub block_number: i64,
+    pub network_fee: coffer_domain::Amount,
+    pub confirmations: Option<i64>,
+}
+
+impl ChainProgress {
+    fn set(&self) -> Result<Document, StoreError> {
+        let mut set = doc! {
+            "broadcast.block_number": self.block_number,
+            "broadcast.network_fee": mongodb::bson::to_bson(&self.network_fee)?,
+        };
+        if let Some(confirmations) = self.confirmations {
+            set.insert("broadcast.confirmations", confirmations);
+        }
+        Ok(set)
+    }
 }
 
 impl Transition {
@@ -37,12 +83,17 @@ impl Transition {
             to,
             cause: cause.into(),
             ledger: None,
-            set: Document::new(),
+            note: None,
         }
     }
 
     pub fn with_ledger(mut self, ledger: LedgerTransaction) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    pub fn with_note(mut self, note: Note) -> Self {
+        self.note = Some(note);
         self
     }
 }
@@ -103,7 +154,10 @@ async fn write_transition(
     change: &StateChange,
 ) -> Result<TransactionDoc, StoreError> {
     let now = DateTime::now();
-    let mut set = transition.set.clone();
+    let mut set = match &transition.note {
+        Some(note) => note.set()?,
+        None => Document::new(),
+    };
     set.insert("state", transition.to.as_str());
     set.insert("updated_at", now);
     let entry = to_bson(&TimelineEntry::from(change))?;

@@ -1,6 +1,6 @@
 //! Users and staff accounts.
 
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::doc;
 
 use crate::collections::USERS;
 use crate::model::{Role, UserDoc};
@@ -19,7 +19,7 @@ impl Store {
             email: email.to_lowercase(),
             password_hash,
             role,
-            created_at: DateTime::now(),
+            created_at: crate::codec::now(),
         };
         match self.collection::<UserDoc>(USERS).insert_one(&user).await {
             Ok(_) => Ok(user),

@@ -72,7 +72,8 @@ impl Store {
         while let Some(wallet) = wallets.try_next().await? {
             report.accounts_checked += 1;
             for bucket in coffer_domain::Bucket::ALL {
-                let cached = signed(wallet.bucket(bucket))?;
+                let value = wallet.bucket(bucket);
+                let cached = signed(&codec::to_decimal(&value.magnitude, value.negative))?;
                 let key = (wallet.id.clone(), bucket.as_str().to_string());
                 let ledger = sums.get(&key).cloned().unwrap_or_else(|| "0".to_string());
                 if cached != ledger {

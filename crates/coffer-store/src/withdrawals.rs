@@ -26,11 +26,11 @@ pub struct WithdrawalStats {
     /// (state, count) for every state of [`NON_FINAL`], zero included.
     pub by_state: Vec<(TxState, u64)>,
     /// When the oldest non-final withdrawal was requested.
-    pub oldest_non_final: Option<DateTime>,
+    pub oldest_non_final: Option<crate::codec::Time>,
     /// (state, the earliest `updated_at` of the withdrawals in it) for every state of
     /// [`NON_FINAL`]: how long the longest-waiting one has been there without progress (its last
     /// transition, or its signing). `None` when the state is empty.
-    pub least_recently_updated: Vec<(TxState, Option<DateTime>)>,
+    pub least_recently_updated: Vec<(TxState, Option<crate::codec::Time>)>,
 }
 
 fn nonce_key(chain: &str, from: &str) -> String {
@@ -174,11 +174,12 @@ impl Store {
                 .and_then(|c| c.as_i64().or(c.as_i32().map(i64::from)))
                 .unwrap_or(0);
             stats.by_state.push((state, count.max(0) as u64));
-            let stalest = group.and_then(|g| g.get_datetime("stalest").ok()).copied();
+            let time = |t: &DateTime| crate::codec::from_millis(t.timestamp_millis());
+            let stalest = group.and_then(|g| g.get_datetime("stalest").ok()).map(time);
             stats.least_recently_updated.push((state, stalest));
-            if let Some(oldest) = group.and_then(|g| g.get_datetime("oldest").ok()) {
-                if stats.oldest_non_final.is_none_or(|o| *oldest < o) {
-                    stats.oldest_non_final = Some(*oldest);
+            if let Some(oldest) = group.and_then(|g| g.get_datetime("oldest").ok()).map(time) {
+                if stats.oldest_non_final.is_none_or(|o| oldest < o) {
+                    stats.oldest_non_final = Some(oldest);
                 }
             }
         }

@@ -218,7 +218,7 @@ async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store.create_user(&args.email, hash, role).await {
         Ok(user) => {
-            let details = coffer_store::mongodb::bson::doc! { "role": role.as_str() };
+            let details = serde_json::json!({ "role": role.as_str() });
             store.audit("cli", "staff.created", &user.id, details).await?;
             println!("created {} account {}", role.as_str(), user.id);
             Ok(ExitCode::SUCCESS)
