@@ -17,12 +17,16 @@ async fn every_route_is_served_and_in_the_openapi_document() {
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();
-    for (method, path) in coffer_api::ROUTES {
-        let operation = &paths
-            .get(*path)
-            .unwrap_or_else(|| panic!("{path} missing from OpenAPI"))[method.to_lowercase()];
-        assert!(operation.is_object(), "{method} {path} missing from OpenAPI");
-        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+    let routes = coffer_api::routes();
+    assert!(routes.len() >= 38, "the API's routes: {routes:?}");
+    for (method, path) in &routes {
+        assert!(paths[path.as_str()][method.to_lowercase()].is_object(), "{method} {path}");
+        // Without credentials every route answers before it looks anything up (401 on bearer
+        // routes and the signed webhook, 200 on public ones): an unrouted path is the fallback's
+        // 404 `not_found` or a 405, which no served route answers here. No route is exempt.
+        let concrete = path
+            .replace("{id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{provider}", "acme");
         let reply = app
             .client
             .request(method.parse().unwrap(), app.url(&concrete))
@@ -31,19 +35,14 @@ async fn every_route_is_served_and_in_the_openapi_document() {
             .unwrap();
         let status = reply.status();
         let body: serde_json::Value = reply.json().await.unwrap_or_default();
-        let unrouted =
-            status == StatusCode::NOT_FOUND && body["code"] == "not_found" && !concrete.contains("0000");
+        let unrouted = status == StatusCode::NOT_FOUND && body["code"] == "not_found";
         assert!(
             !unrouted && status != StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path} is not routed ({status})"
+            "{method} {path} is not routed ({status} {body})"
         );
     }
-    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-    assert_eq!(
-        documented,
-        coffer_api::ROUTES.len(),
-        "the document lists exactly the served routes"
-    );
+    let unknown = app.client.get(app.url("/v1/wallets/x/nothing-here")).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "the check above can see an unrouted path");
 }
 
 #[tokio::test]

@@ -1,0 +1,247 @@
+//! Operations (O1, S5): reconciliation runs and audit-chain verification.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use coffer_store::audit_chain::{actions, AuditVerification};
+use coffer_store::reconcile::ReconciliationRun;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::*;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Principal, ValidQuery};
+use crate::idempotency::idempotency_key;
+use crate::views::time;
+use crate::ApiContext;
+
+/// This feature's read routes.
+pub fn reads() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_reconciliations))
+        .routes(routes!(get_reconciliation))
+        .routes(routes!(verify_audit))
+}
+
+/// This feature's mutating routes (served behind the Idempotency-Key middleware).
+pub fn writes() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(run_reconciliation))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckView {
+    /// balances, postings, custody, stuck_transactions, outbox_lag, audit_chain.
+    pub check: String,
+    /// ok, mismatch, skipped or error.
+    pub status: String,
+    pub mismatches: i64,
+    pub detail: Option<String>,
+    pub duration_ms: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FindingView {
+    pub check: String,
+    pub kind: String,
+    /// The id of what is wrong: account, transaction, asset, outbox event or audit record.
+    pub subject: String,
+    /// Amounts here are signed integers of smallest units, as strings (`*_atomic`).
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReconciliationView {
+    pub id: String,
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: i64,
+    pub mismatches: i64,
+    pub checks: Vec<CheckView>,
+    /// Present on a single run (`GET /v1/admin/reconciliations/{id}` and `POST`), absent in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<FindingView>>,
+    pub findings_truncated: bool,
+}
+
+impl ReconciliationView {
+    fn from_run(run: &ReconciliationRun, with_findings: bool) -> Self {
+        let status = |s| {
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        ReconciliationView {
+            id: run.id.clone(),
+            trigger: run.trigger.clone(),
+            requested_by: run.requested_by.clone(),
+            started_at: time(&run.started_at),
+            finished_at: time(&run.finished_at),
+            duration_ms: run.duration_ms,
+            mismatches: run.mismatches,
+            checks: run
+                .checks
+                .iter()
+                .map(|c| CheckView {
+                    check: c.check.clone(),
+                    status: status(c.status),
+                    mismatches: c.mismatches,
+                    detail: c.detail.clone(),
+                    duration_ms: c.duration_ms,
+                })
+                .collect(),
+            findings: with_findings.then(|| {
+                run.findings
+                    .iter()
+                    .map(|f| FindingView {
+                        check: f.check.clone(),
+                        kind: f.kind.clone(),
+                        subject: f.subject.clone(),
+                        details: f.details.clone(),
+                    })
+                    .collect()
+            }),
+            findings_truncated: run.findings_truncated,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReconciliationPage {
+    pub items: Vec<ReconciliationView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Run a reconciliation now and return its stored report (engineering, admin).
+#[utoipa::path(post, path = "/v1/admin/reconciliations", tag = "admin",
+    params(("Idempotency-Key" = String, Header, description = "Required")),
+    responses((status = 201, body = ReconciliationView), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn run_reconciliation(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<ReconciliationView>)> {
+    principal.require(OPERATORS)?;
+    idempotency_key(&headers)?;
+    audit(
+        &ctx,
+        &principal,
+        actions::RECONCILIATION_REQUESTED,
+        "reconciliation",
+        json!({}),
+    )
+    .await?;
+    let run = ctx
+        .reconciler()
+        .run(ctx.store(), "api", Some(&principal.user_id))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ReconciliationView::from_run(&run, true)),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1 to 100; default 20.
+    pub limit: Option<u32>,
+}
+
+/// Reconciliation runs, newest first, without findings (engineering, admin).
+#[utoipa::path(get, path = "/v1/admin/reconciliations", tag = "admin", params(RunsQuery),
+    responses((status = 200, body = ReconciliationPage), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn list_reconciliations(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    ValidQuery(query): ValidQuery<RunsQuery>,
+) -> ApiResult<Json<ReconciliationPage>> {
+    principal.require(OPERATORS)?;
+    let page = ctx
+        .store()
+        .reconciliation_runs(query.cursor.as_deref(), query.limit.unwrap_or(20))
+        .await?;
+    Ok(Json(ReconciliationPage {
+        items: page
+            .items
+            .iter()
+            .map(|r| ReconciliationView::from_run(r, false))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One reconciliation run with its findings (engineering, admin).
+#[utoipa::path(get, path = "/v1/admin/reconciliations/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = ReconciliationView), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_reconciliation(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ReconciliationView>> {
+    principal.require(OPERATORS)?;
+    let run = ctx
+        .store()
+        .reconciliation_run(&id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ReconciliationView::from_run(&run, true)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChainBreakView {
+    pub seq: i64,
+    pub id: String,
+    /// edited, deleted or inserted.
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditVerificationView {
+    pub valid: bool,
+    pub records_checked: u64,
+    pub head_seq: Option<i64>,
+    pub head_hash: Option<String>,
+    /// The first record where the chain breaks.
+    pub first_break: Option<ChainBreakView>,
+}
+
+impl AuditVerificationView {
+    pub fn from_report(report: &AuditVerification) -> Self {
+        AuditVerificationView {
+            valid: report.valid(),
+            records_checked: report.records_checked,
+            head_seq: report.head_seq,
+            head_hash: report.head_hash.clone(),
+            first_break: report.first_break.as_ref().map(|b| ChainBreakView {
+                seq: b.seq,
+                id: b.id.clone(),
+                kind: b.kind.as_str().to_string(),
+                detail: b.detail.clone(),
+            }),
+        }
+    }
+}
+
+/// Walk the audit log's hash chain and name the first broken record (engineering, admin).
+#[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin",
+    responses((status = 200, body = AuditVerificationView), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn verify_audit(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+) -> ApiResult<Json<AuditVerificationView>> {
+    principal.require(OPERATORS)?;
+    let report = ctx.store().verify_audit().await?;
+    ctx.reconciler().metrics.audit_chain_verified(report.valid());
+    Ok(Json(AuditVerificationView::from_report(&report)))
+}
