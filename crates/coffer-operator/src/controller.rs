@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::build::{
     build_platform, chain_listener_deployment, chain_listener_deployment_name, prometheus_rule_resource,
     select_assets, service_monitor_resource, validate_platform, AssetSelection, AssetVerdict,
-    PlatformObjects, MANAGER,
+    PlatformObjects, Unwanted, MANAGER,
 };
 use crate::conditions::{merge, ConditionUpdate};
 use crate::crd::condition::{DEGRADED, PROGRESSING, READY};
@@ -280,7 +280,48 @@ impl WalletPlatform {
                     is_available(&apply(client, &ns, &chain_listener_deployment(self, listener)).await?);
             }
         }
+        // After the apply: an API losing its autoscaler has its replica count back first.
+        for unwanted in &objects.unwanted {
+            self.delete_unwanted(ctx, unwanted).await?;
+        }
         Ok(Outcome::Applied { available, notes })
+    }
+
+    /// Deletes an object a switch of the spec turned off, if it exists and this platform controls
+    /// it (an object of the same name made by someone else is left alone). Its kind not being
+    /// served (no Prometheus Operator) counts as absent.
+    async fn delete_unwanted(&self, ctx: &Context, unwanted: &Unwanted) -> Result<()> {
+        let ns = self.ns();
+        let kind = unwanted.kind;
+        let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &unwanted.resource);
+        let failed = |action| Error::kube(action, kind, &ns, &unwanted.name);
+        let Some(existing) = api.get_opt(&unwanted.name).await.map_err(failed("get"))? else {
+            return Ok(());
+        };
+        let owned = existing
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == self.metadata.uid.as_ref());
+        if !owned {
+            return Ok(());
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&unwanted.name, &params).await {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => return Ok(()),
+            Err(error) => return Err(failed("delete")(error)),
+        }
+        info!(platform = %key_of(self), kind, name = unwanted.name, why = unwanted.why, "deleted a switched-off object");
+        let note = format!("deleted {kind} {}: {}", unwanted.name, unwanted.why);
+        self.publish(ctx, EventType::Normal, "Deleted", "SwitchOff", &note)
+            .await;
+        Ok(())
     }
 
     /// Applies a Prometheus Operator object when its CRD is served; otherwise a note for the status.

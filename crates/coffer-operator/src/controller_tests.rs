@@ -536,3 +536,109 @@ fn platform_names_are_checked_before_anything_is_applied() {
         .contains("longer than 40"));
     assert_eq!(platform.name_any().len(), 41);
 }
+
+const HPA: &str = "/apis/autoscaling/v2/namespaces/wallet/horizontalpodautoscalers/coffer-api";
+const SERVICE_MONITOR: &str = "/apis/monitoring.coreos.com/v1/namespaces/wallet/servicemonitors/coffer";
+const PROMETHEUS_RULE: &str = "/apis/monitoring.coreos.com/v1/namespaces/wallet/prometheusrules/coffer";
+
+/// Reconciles `platform` (already stored) after `change`, storing the changed platform first.
+async fn reconcile_changed(api: FakeApi, change: impl FnOnce(&mut WalletPlatform)) -> FakeApi {
+    let mut api = api;
+    let mut platform = platform_in(&api);
+    change(&mut platform);
+    api.put(&platform);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    result.unwrap();
+    api
+}
+
+#[tokio::test]
+async fn turning_autoscaling_off_deletes_the_autoscaler_and_gives_the_replicas_back() {
+    let api = reconcile_changed(cluster(), |p| {
+        p.spec.api.autoscaling = Some(AutoscalingSpec {
+            min_replicas: 2,
+            max_replicas: 6,
+            target_cpu_utilization_percentage: 70,
+        })
+    })
+    .await;
+    assert!(api.get(HPA).is_some(), "autoscaler applied");
+    let api_deployment = format!("{DEPLOYMENTS}/coffer-api");
+    assert!(api.get(&api_deployment).unwrap()["spec"]["replicas"].is_null());
+
+    let api = reconcile_changed(api, |p| p.spec.api.autoscaling = None).await;
+    assert!(api.get(HPA).is_none(), "{:?}", lines(&api.calls));
+    assert_eq!(api.get(&api_deployment).unwrap()["spec"]["replicas"], 2);
+    let calls = lines(&api.calls);
+    let replicas_back = calls.iter().position(|c| *c == format!("PATCH {api_deployment}"));
+    let deleted = calls.iter().position(|c| *c == format!("DELETE {HPA}"));
+    assert!(
+        replicas_back < deleted,
+        "replicas applied before the autoscaler goes: {calls:?}"
+    );
+    let delete = api.calls.iter().find(|c| c.method == "DELETE").unwrap();
+    assert!(
+        delete.body["preconditions"]["uid"]
+            .as_str()
+            .unwrap()
+            .starts_with("uid-"),
+        "deletes exactly the object it looked at: {}",
+        delete.body
+    );
+    let event = api
+        .calls
+        .iter()
+        .find(|c| c.path == EVENTS && c.body["reason"] == "Deleted")
+        .expect("a Normal event");
+    assert!(event.body["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.api.autoscaling"));
+
+    // Off and already gone: a look, nothing deleted.
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(lines(&api.calls).contains(&format!("GET {HPA}")));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn turning_monitoring_off_deletes_the_service_monitor_and_the_rule() {
+    let mut api = cluster();
+    api.monitoring = true;
+    let api = reconcile_changed(api, |p| {
+        p.spec.observability.service_monitor = true;
+        p.spec.observability.prometheus_rule = true;
+    })
+    .await;
+    assert!(api.get(SERVICE_MONITOR).is_some() && api.get(PROMETHEUS_RULE).is_some());
+
+    let api = reconcile_changed(api, |p| p.spec.observability.service_monitor = false).await;
+    assert!(api.get(SERVICE_MONITOR).is_none());
+    assert!(api.get(PROMETHEUS_RULE).is_some(), "the rule is still wanted");
+
+    let api = reconcile_changed(api, |p| p.spec.observability.prometheus_rule = false).await;
+    assert!(api.get(PROMETHEUS_RULE).is_none());
+}
+
+#[tokio::test]
+async fn a_switched_off_object_the_platform_does_not_own_is_left_alone() {
+    let mut api = cluster();
+    let foreign = serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": { "name": "coffer-api", "namespace": "wallet", "uid": "someone-elses",
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "x",
+                "uid": "uid-other", "controller": true }] },
+        "spec": { "scaleTargetRef": { "kind": "Deployment", "name": "coffer-api" }, "maxReplicas": 3 },
+    });
+    api.objects.insert(HPA.into(), foreign.clone());
+    let api = reconcile_changed(api, |_| {}).await;
+    assert_eq!(api.get(HPA), Some(&foreign));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn without_the_prometheus_operator_switched_off_monitoring_is_simply_absent() {
+    let api = reconcile_changed(cluster(), |_| {}).await;
+    assert!(lines(&api.calls).contains(&format!("GET {SERVICE_MONITOR}")));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}

@@ -35,6 +35,7 @@ pub struct FakeApi {
     pub monitoring: bool,
     /// Report applied Deployments as fully available.
     pub deployments_available: bool,
+    next_uid: u64,
 }
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -103,6 +104,11 @@ impl FakeApi {
             }
             "PATCH" if call.content_type.contains("json-patch") => self.json_patch(path, &call.body),
             "PATCH" => self.apply(path, call.body.clone()),
+            "DELETE" if !self.preconditions_hold(path, &call.body) => (
+                StatusCode::CONFLICT,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                    "message": format!("{path}: precondition failed") }),
+            ),
             "DELETE" => match self.objects.remove(path) {
                 Some(_) => (
                     StatusCode::OK,
@@ -139,7 +145,26 @@ impl FakeApi {
         json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" }, "items": items })
     }
 
+    /// A delete's `preconditions.uid`, when given, must be the stored object's.
+    fn preconditions_hold(&self, path: &str, body: &Value) -> bool {
+        let wanted = &body["preconditions"]["uid"];
+        wanted.is_null()
+            || self
+                .objects
+                .get(path)
+                .is_none_or(|o| &o["metadata"]["uid"] == wanted)
+    }
+
     fn apply(&mut self, path: &str, mut object: Value) -> (StatusCode, Value) {
+        // The server gives each new object a uid and keeps it across applies.
+        self.next_uid += 1;
+        let uid = self
+            .objects
+            .get(path)
+            .map(|o| o["metadata"]["uid"].clone())
+            .filter(|uid| !uid.is_null())
+            .unwrap_or_else(|| json!(format!("uid-{}", self.next_uid)));
+        object["metadata"]["uid"] = uid;
         if object["kind"] == "Deployment" && self.deployments_available {
             let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
             object["metadata"]["generation"] = json!(1);

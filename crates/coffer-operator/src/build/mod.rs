@@ -10,7 +10,7 @@ mod pod;
 pub use assets::{assets_config_map, select_assets, to_domain, AssetSelection, AssetVerdict};
 pub use listener::{chain_listener_deployment, chain_listener_deployment_name};
 pub use monitoring::{prometheus_rule, prometheus_rule_resource, service_monitor, service_monitor_resource};
-pub use platform::{build_platform, validate_platform, PlatformObjects};
+pub use platform::{build_platform, validate_platform, PlatformObjects, Unwanted};
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::ResourceExt;
 
 use super::pod::{common_env, env, pod_template, secret_env, Workload};
@@ -39,6 +39,18 @@ pub struct PlatformObjects {
     pub service_monitor: Option<DynamicObject>,
     /// Only when `observability.prometheusRule` is set (and applied only if the CRD exists).
     pub prometheus_rule: Option<DynamicObject>,
+    /// Objects a switch of the spec turned off: the controller deletes them if the platform owns them.
+    pub unwanted: Vec<Unwanted>,
+}
+
+/// An object the platform may have created earlier that its spec no longer asks for.
+#[derive(Clone, Debug)]
+pub struct Unwanted {
+    pub kind: &'static str,
+    pub resource: ApiResource,
+    pub name: String,
+    /// The switch that is off, for the Event (`spec.api.autoscaling is not set`).
+    pub why: &'static str,
 }
 
 /// Checks what the schema cannot: rules that would otherwise surface as an apply error later.
@@ -90,7 +102,40 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
             .observability
             .prometheus_rule
             .then(|| super::prometheus_rule(platform)),
+        unwanted: unwanted(platform),
     }
+}
+
+/// What the spec's switches turned off, by kind and name.
+fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
+    let name = platform.name_any();
+    let spec = &platform.spec;
+    let mut unwanted = Vec::new();
+    if spec.api.autoscaling.is_none() {
+        unwanted.push(Unwanted {
+            kind: "HorizontalPodAutoscaler",
+            resource: ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            name: deployment_name(&name, Component::Api),
+            why: "spec.api.autoscaling is not set",
+        });
+    }
+    if !spec.observability.service_monitor {
+        unwanted.push(Unwanted {
+            kind: "ServiceMonitor",
+            resource: super::service_monitor_resource(),
+            name: name.clone(),
+            why: "spec.observability.serviceMonitor is false",
+        });
+    }
+    if !spec.observability.prometheus_rule {
+        unwanted.push(Unwanted {
+            kind: "PrometheusRule",
+            resource: super::prometheus_rule_resource(),
+            name,
+            why: "spec.observability.prometheusRule is false",
+        });
+    }
+    unwanted
 }
 
 fn service_account(platform: &WalletPlatform) -> ServiceAccount {
