@@ -744,4 +744,4 @@ fn platform_updates(
 
 #[cfg(test)]
 #[path = "controller_tests.rs"]
-mod tests;
+pub(crate) mod tests;

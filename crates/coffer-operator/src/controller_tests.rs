@@ -46,7 +46,7 @@ fn secret(name: &str, key: &str) -> Secret {
 
 /// The minimal fixture stored in the fake server: a finalized platform, four Assets (one invalid,
 /// one duplicate), a ChainListener, and every Secret they reference.
-fn cluster() -> FakeApi {
+pub(crate) fn cluster() -> FakeApi {
     let mut resources = Resources::from_yaml(include_str!("../tests/fixtures/minimal.yaml")).unwrap();
     let mut api = FakeApi::default();
     for platform in &mut resources.platforms {
@@ -76,7 +76,7 @@ fn platform_in(api: &FakeApi) -> WalletPlatform {
     serde_json::from_value(api.get(PLATFORM).expect("platform stored").clone()).unwrap()
 }
 
-fn context(client: kube::Client) -> Arc<Context> {
+pub(crate) fn context(client: kube::Client) -> Arc<Context> {
     let reporter = Reporter {
         controller: "coffer-operator-test".into(),
         instance: None,

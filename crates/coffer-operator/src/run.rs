@@ -130,7 +130,7 @@ fn platform_of_managed<K: ResourceExt>(object: K) -> Option<ObjectRef<WalletPlat
 
 /// Watches WalletPlatforms, the Assets and ChainListeners pointing at them, and the Deployments
 /// and ConfigMaps the operator manages (so drift and rollouts are noticed).
-fn controller(
+pub(crate) fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,

@@ -150,7 +150,8 @@ fn service_account(platform: &WalletPlatform) -> ServiceAccount {
     }
 }
 
-/// Least privilege: the workloads may read their own assets ConfigMap and nothing else.
+/// Least privilege: the workloads may read and watch their own assets ConfigMap and nothing else
+/// (a list or watch is authorized by name when it selects `metadata.name`, as theirs does).
 fn role(platform: &WalletPlatform) -> Role {
     let name = platform.name_any();
     Role {
@@ -163,7 +164,7 @@ fn role(platform: &WalletPlatform) -> Role {
             api_groups: Some(vec!["".into()]),
             resources: Some(vec!["configmaps".into()]),
             resource_names: Some(vec![assets_config_map_name(&name)]),
-            verbs: vec!["get".into(), "watch".into()],
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
             ..PolicyRule::default()
         }]),
     }

@@ -62,6 +62,15 @@ pub(crate) fn common_env(platform: &WalletPlatform, component: Component, listen
         env("COFFER_LISTEN", format!("0.0.0.0:{listen_port}")),
         env("COFFER_LOG_FORMAT", "json"),
         env("COFFER_ASSETS_FILE", ASSETS_FILE_PATH),
+        // Followed through the API server: changes arrive with the watch event, not the kubelet's sync.
+        env(
+            "COFFER_ASSETS_CONFIGMAP",
+            format!(
+                "{}/{}",
+                platform.namespace().unwrap_or_default(),
+                assets_config_map_name(&platform.name_any())
+            ),
+        ),
         secret_env("MONGODB_URI", &spec.mongodb.secret_ref, "uri"),
         env("COFFER_DATABASE", spec.mongodb.database.clone()),
         secret_env("AMQP_URI", &spec.rabbitmq.secret_ref, "uri"),
