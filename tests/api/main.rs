@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod auth;
 mod authorization;
+mod batch;
 mod chain;
 mod concurrency;
 mod devices;

@@ -454,3 +454,67 @@ async fn chain_an_erc20_withdrawal_pays_tokens_and_a_reverted_one_fails_and_rele
     assert_eq!(hot.signatures(), 2);
     w.app.assert_books_balance().await;
 }
+
+/// Issue 12 item 5: the events the product promises for the chain reach a mobile client's stream
+/// — `wallet.deposit.detected` when a deposit is first seen (pending), and
+/// `wallet.withdrawal.confirmed` when a withdrawal settles — through the outbox, RabbitMQ and the
+/// API's stream consumer, from the same transactions that change those states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_a_client_stream_gets_deposit_detected_and_withdrawal_confirmed() {
+    use coffer_test_support::broker::{self, Broker};
+    use coffer_test_support::stream::{connect, events, Token};
+    let w = funded_world(2, "5").await;
+    let broker = Broker::new().await;
+    let consumer = broker::spawn_stream_consumer(&broker.exchange, w.app.stream_hub.clone()).await;
+    let publisher = broker::spawn_publisher(broker::relay(&w.app.store, broker::relay_config(&broker.exchange, "p1")).0);
+    let mut socket = connect(w.app.address, Token::Header(&w.user.access_token), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // registered in the hub
+    let wait = std::time::Duration::from_secs(20);
+    let of_type = |seen: &[Value], kind: &str| -> Vec<Value> {
+        seen.iter().filter(|e| e["type"] == kind).cloned().collect()
+    };
+    // Reads the socket until an event of `kind` (and `then` more after it) arrived; bounded.
+    async fn until(socket: &mut coffer_test_support::stream::Socket, kind: &str, then: usize) -> Vec<Value> {
+        let mut seen: Vec<Value> = Vec::new();
+        for _ in 0..50 {
+            seen.extend(events(socket, 1, std::time::Duration::from_secs(20)).await);
+            if let Some(at) = seen.iter().position(|e| e["type"] == kind) {
+                if seen.len() > at + then {
+                    return seen;
+                }
+            }
+        }
+        panic!("no {kind} on the stream: {seen:#?}");
+    }
+
+    let listener = w.listener(50);
+    w.anvil.send_eth(&w.address, eth("0.25")).await;
+    listener.poll_once().await.unwrap();
+    // The deposit's events: transaction created, deposit detected, balance updated (pending).
+    let seen = until(&mut socket, "wallet.deposit.detected", 1).await;
+    let detected = of_type(&seen, "wallet.deposit.detected");
+    assert_eq!(detected.len(), 1, "{seen:#?}");
+    assert_eq!(detected[0]["subject"], w.wallet.as_str());
+    assert_eq!(detected[0]["data"]["amount"], "0.25");
+    assert_eq!(detected[0]["data"]["confirmations_required"], 2);
+    assert_eq!(detected[0]["data"]["chain"], CHAIN);
+    let balance = of_type(&seen, "wallet.balance.updated");
+    assert_eq!(balance.last().unwrap()["data"]["pending"], "0.25", "seen, not final");
+
+    let hot = Hot::funded(&w, "20").await;
+    let id = request(&w, "1.5", &fresh_address()).await["id"].as_str().unwrap().to_string();
+    let broadcaster = hot.broadcaster(&w);
+    poll_until(&w, &broadcaster, &id, "confirming").await;
+    w.anvil.mine(1).await;
+    let done = poll_until(&w, &broadcaster, &id, "confirmed").await;
+    let seen = until(&mut socket, "wallet.withdrawal.confirmed", 0).await;
+    let confirmed = of_type(&seen, "wallet.withdrawal.confirmed");
+    assert_eq!(confirmed.len(), 1, "the settled withdrawal is announced once");
+    let data = &confirmed[0]["data"];
+    assert_eq!(data["transaction_id"], id.as_str());
+    assert_eq!(data["amount"], "-1.5");
+    assert_eq!(data["tx_hash"], done["chain_tx_hash"]);
+    publisher.abort();
+    consumer.abort();
+    broker.cleanup().await;
+}

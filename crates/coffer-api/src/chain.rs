@@ -254,7 +254,7 @@ async fn ingest(ctx: &ApiContext, provider: &str, event: &WebhookDeposit) -> Api
         block_hash: hex_field(&event.block_hash, 64, "block_hash")?,
         source: format!("webhook:{provider}"),
     };
-    let observation = ctx.store().observe_deposit(&deposit, Some(&asset)).await?;
+    let observation = ctx.store().observe_deposit(&deposit, Some(asset)).await?;
     let outcome = match observation {
         Observation::Recorded => "recorded",
         Observation::AlreadyKnown => "already_known",

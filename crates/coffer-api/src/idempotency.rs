@@ -138,7 +138,8 @@ pub async fn money_middleware(State(ctx): State<ApiContext>, request: Request, n
     let duplicate = response.extensions().get::<MaybeReplay>().is_some();
     // A refusal may meet a key whose movement succeeded before (e.g. a retry that the balance
     // could no longer cover): the stored success wins.
-    if !duplicate && !(status.is_client_error() && status.as_u16() != 429) {
+    let refused = status.is_client_error() && status.as_u16() != 429;
+    if !duplicate && !refused {
         return response;
     }
     let found = ctx

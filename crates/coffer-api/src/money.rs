@@ -119,7 +119,7 @@ fn created(tx: &TransactionDoc) -> ApiResult<Response> {
 /// What applying a movement came to.
 enum Applied {
     /// Committed now.
-    Fresh(TransactionDoc),
+    Fresh(Box<TransactionDoc>),
     /// Applied before (its ledger key or idempotency key is taken): the duplicate's answer,
     /// marked so the middleware replays the stored response instead when there is one.
     Duplicate(Response),
@@ -144,7 +144,7 @@ async fn apply(
         idempotency,
     };
     let answer = match ctx.store().apply(submission).await {
-        Ok(tx) => return Ok(Applied::Fresh(tx)),
+        Ok(tx) => return Ok(Applied::Fresh(Box::new(tx))),
         Err(StoreError::DuplicateLedgerKey(existing)) => duplicate(Some(&existing)),
         Err(StoreError::IdempotencyKeyTaken) => duplicate(None),
         Err(other) => return Err(other.into()),

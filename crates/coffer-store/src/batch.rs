@@ -362,10 +362,9 @@ impl Writer {
     async fn commit(&mut self, jobs: Vec<Job>) {
         let mut keys = HashSet::new();
         let mut live = Vec::with_capacity(jobs.len());
+        // A job whose caller stopped waiting (timed out, disconnected) is still applied: its
+        // answer was "retry later", and the retry will find it committed.
         for job in jobs {
-            if job.reply.is_closed() {
-                continue; // the caller is gone (timed out or disconnected): nothing to answer
-            }
             if keys.insert(job.movement().ledger_key.clone()) {
                 live.push(job);
             } else {

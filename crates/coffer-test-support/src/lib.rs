@@ -44,6 +44,8 @@ pub struct Options {
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
+    /// The database to use (default: a fresh one): two apps on one database are two API replicas.
+    pub database: Option<String>,
     /// Routes served beside the API's, under the same layers (e.g. a handler that panics).
     pub extra_routes: Option<axum::Router<ApiContext>>,
 }
@@ -64,6 +66,7 @@ impl Default for Options {
             webhook_secrets: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
             withdrawal_reauth_window: None,
+            database: None,
         }
     }
 }
@@ -113,7 +116,10 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> TestApp {
         let registry = prometheus::Registry::new();
-        let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("t_{}", uuid::Uuid::new_v4().simple()));
         let metrics = StoreMetrics::new(&registry).expect("metrics");
         let store = Store::connect(&mongodb_uri(), &database, options.store.clone(), metrics)
             .await

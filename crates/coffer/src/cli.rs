@@ -127,6 +127,30 @@ pub struct DbArgs {
     pub mongodb_uri: String,
     #[arg(long, env = "COFFER_DATABASE", default_value = "coffer")]
     pub database: String,
+    /// Group commit: most money movements written in one database transaction.
+    #[arg(long, env = "COFFER_BATCH_MAX_MOVEMENTS", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_max_movements: u16,
+    /// Group commit: longest a busy batch waits for more movements, in milliseconds.
+    #[arg(long, env = "COFFER_BATCH_MAX_WAIT_MS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(0..=100))]
+    pub batch_max_wait_ms: u16,
+    /// Longest a request waits for its movement to commit before it answers 503 retry_later.
+    #[arg(long, env = "COFFER_MOVEMENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(100..=60_000))]
+    pub movement_timeout_ms: u32,
+}
+
+impl DbArgs {
+    /// The group-commit bounds these flags set.
+    pub fn batch(&self) -> coffer_store::batch::BatchConfig {
+        coffer_store::batch::BatchConfig {
+            max_movements: usize::from(self.batch_max_movements),
+            max_wait: Duration::from_millis(u64::from(self.batch_max_wait_ms)),
+            movement_timeout: Duration::from_millis(u64::from(self.movement_timeout_ms)),
+            ..Default::default()
+        }
+    }
 }
 
 /// RabbitMQ: where events go (the publisher) and come from (the API's stream consumer).

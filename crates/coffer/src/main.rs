@@ -101,6 +101,7 @@ pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> any
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let config = StoreConfig {
         command_spans: logging::trace_database_commands(),
+        batch: db.batch(),
         ..StoreConfig::default()
     };
     let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)
