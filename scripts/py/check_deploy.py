@@ -106,12 +106,78 @@ def golden(name, text):
         )
 
 
+# --- least privilege, on every render: a rule that grants Secrets names them (an empty or absent
+# resourceNames grants every Secret) and only reads them; no rule uses a wildcard.
+def check_rbac(objects, source):
+    for obj in objects:
+        name = f"{source}: {obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+        for rule in obj.get("rules") or []:
+            fields = [rule.get(k) or [] for k in ("apiGroups", "resources", "verbs", "resourceNames")]
+            if any("*" in values for values in fields):
+                fail(f"{name}: a rule uses a wildcard: {rule}")
+            if "secrets" in (rule.get("resources") or []):
+                if not rule.get("resourceNames"):
+                    fail(f"{name}: grants Secrets without resourceNames (that is every Secret): {rule}")
+                if set(rule.get("verbs") or []) != {"get"}:
+                    fail(f"{name}: grants more than get on Secrets: {rule}")
+
+
+def operator_env(objects, source):
+    for obj in objects:
+        if obj["kind"] == "Deployment" and "operator" in obj["metadata"]["name"]:
+            container = obj["spec"]["template"]["spec"]["containers"][0]
+            return {e["name"]: e.get("value") for e in container.get("env", [])}
+    fail(f"{source}: no operator Deployment")
+    return {}
+
+
+def bindings(objects):
+    return sorted(
+        (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        for o in objects
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+    )
+
+
+def secret_names(objects):
+    """{namespace or "*": resourceNames} of every rule granting Secrets."""
+    found = {}
+    for obj in objects:
+        for rule in obj.get("rules") or []:
+            if "secrets" in (rule.get("resources") or []):
+                scope = obj["metadata"].get("namespace", "*") if obj["kind"] == "Role" else "*"
+                found[scope] = rule.get("resourceNames")
+    return found
+
+
+DEFAULT_SECRETS = ["coffer-mongodb", "coffer-rabbitmq", "coffer-jwt", "coffer-eth-rpc", "coffer-hot-wallet"]
+
+
+def expect(condition, message):
+    if not condition:
+        fail(message)
+
+
 # --- kustomize
 for overlay in ("base", "dev"):
     text = (work / f"{overlay}.yaml").read_text()
     objects = documents(text, f"kustomize {overlay}")
     for obj in objects:
         validate(obj, f"kustomize {overlay}")
+    check_rbac(objects, f"kustomize {overlay}")
+    watched = "coffer" if overlay == "base" else "coffer-dev"
+    expect(
+        operator_env(objects, overlay).get("COFFER_OPERATOR_NAMESPACES") == watched,
+        f"kustomize {overlay}: the operator does not watch {watched} alone",
+    )
+    expect(
+        secret_names(objects) == {watched: DEFAULT_SECRETS},
+        f"kustomize {overlay}: Secret rights are {secret_names(objects)}, not the listed names in {watched}",
+    )
+    expect(
+        not any(kind == "ClusterRoleBinding" for kind, _, _ in bindings(objects)),
+        f"kustomize {overlay}: a ClusterRoleBinding gives the operator rights in every namespace",
+    )
     kinds = {o["kind"] for o in objects}
     if overlay == "dev":
         for expected in (
@@ -140,7 +206,7 @@ custom_values = {
     "image": {"repository": "registry.example.com/coffer", "tag": "1.2.3", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "registry"}],
     "replicaCount": 1,
-    "watchNamespace": "payments",
+    "watch": {"namespaces": ["payments", "payments-b"], "secrets": ["mongodb-ledger", "rabbitmq", "api-jwt"]},
     "leaderElection": {"enabled": False},
     "logFormat": "text",
     "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "15s"}},
@@ -163,10 +229,13 @@ custom_values = {
         }
     },
 }
-for case, values, release, namespace in (
+cases = (
     ("default", None, "coffer-operator", "coffer-system"),
     ("custom", custom_values, "payments", "payments-ops"),
-):
+    ("all-namespaces", {"watch": {"allNamespaces": True}}, "coffer-operator", "coffer-system"),
+    ("no-secrets", {"watch": {"secrets": []}}, "coffer-operator", "coffer-system"),
+)
+for case, values, release, namespace in cases:
     try:
         rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
     except helm_python.HelmError as e:
@@ -180,17 +249,55 @@ for case, values, release, namespace in (
         text += f"---\n# Source: {template}\n{body.strip()}\n"
         for obj in documents(body, f"helm {case} {template}"):
             validate(obj, f"helm {case}")
+    objects = documents(text, f"helm {case}")
+    check_rbac(objects, f"helm {case}")
+    env = operator_env(objects, f"helm {case}")
+    found = bindings(objects)
     if case == "custom" and "kind: ServiceMonitor" not in text:
         fail("helm custom values: metrics.serviceMonitor.enabled renders no ServiceMonitor")
-    if case == "default" and "kind: ClusterRoleBinding" not in text:
-        fail("helm default values: no ClusterRoleBinding for an all-namespace operator")
+    if case == "default":
+        expect(env.get("COFFER_OPERATOR_NAMESPACES") == "coffer-system", f"helm default: watches {env}")
+        expect(
+            found
+            == [
+                ("RoleBinding", "coffer-system", "coffer-operator"),
+                ("RoleBinding", "coffer-system", "coffer-operator-leader"),
+                ("RoleBinding", "coffer-system", "coffer-operator-secrets"),
+            ],
+            f"helm default: the operator's rights are bound as {found}, not in its own namespace alone",
+        )
+        expect(secret_names(objects) == {"coffer-system": DEFAULT_SECRETS}, f"helm default: {secret_names(objects)}")
+    if case == "custom":
+        expect(env.get("COFFER_OPERATOR_NAMESPACES") == "payments,payments-b", f"helm custom: watches {env}")
+        names = ["mongodb-ledger", "rabbitmq", "api-jwt"]
+        expect(
+            secret_names(objects) == {"payments": names, "payments-b": names},
+            f"helm custom: Secret rights {secret_names(objects)}",
+        )
+        expect(not any(k == "ClusterRoleBinding" for k, _, _ in found), f"helm custom: {found}")
+    if case == "all-namespaces":
+        expect(env.get("COFFER_OPERATOR_ALL_NAMESPACES") == "true", f"helm all-namespaces: {env}")
+        expect(
+            [b for b in found if b[0] == "ClusterRoleBinding"]
+            == [
+                ("ClusterRoleBinding", "", "coffer-operator"),
+                ("ClusterRoleBinding", "", "coffer-operator-secrets"),
+            ],
+            f"helm all-namespaces: {found}",
+        )
+        expect(secret_names(objects) == {"*": DEFAULT_SECRETS}, f"helm all-namespaces: {secret_names(objects)}")
+    if case == "no-secrets":
+        expect(secret_names(objects) == {}, f"helm no-secrets: Secret rights {secret_names(objects)}")
+        continue
     golden(f"chart-{case}.yaml", text)
 for crd in documents((chart_dir / "crds/coffer.yaml").read_text(), "chart crds"):
     validate(crd, "chart crds")
 
 # --- objects the operator builds (its golden renders) and the custom resources it was fed
 for name in ("minimal.yaml", "full.yaml"):
-    for obj in documents((golden_dir / name).read_text(), f"operator golden {name}"):
+    golden_objects = documents((golden_dir / name).read_text(), f"operator golden {name}")
+    check_rbac(golden_objects, f"operator golden {name}")
+    for obj in golden_objects:
         validate(obj, f"operator golden {name}")
     for obj in documents(
         (root / "crates/coffer-operator/tests/fixtures" / name).read_text(), f"fixture {name}"

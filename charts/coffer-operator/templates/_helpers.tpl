@@ -28,3 +28,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+
+{{/* The namespaces the operator reconciles, as a JSON list (empty when it watches every namespace). */}}
+{{- define "coffer-operator.watchNamespaces" -}}
+{{- if .Values.watch.allNamespaces -}}
+{{- list | toJson -}}
+{{- else -}}
+{{- default (list .Release.Namespace) .Values.watch.namespaces | uniq | toJson -}}
+{{- end -}}
+{{- end -}}

@@ -30,7 +30,7 @@ use crate::crd::{
     Asset, AssetStatus, ChainListener, ChainListenerStatus, SecretKeyRef, WalletPlatform,
     WalletPlatformStatus, API_VERSION,
 };
-use crate::error::{is_not_found, Error, Result};
+use crate::error::{is_forbidden, is_not_found, Error, Result};
 use crate::metrics::Metrics;
 
 /// The finalizer the operator puts on every WalletPlatform.
@@ -486,7 +486,14 @@ async fn check_secret(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(&reference.name)
         .await
-        .map_err(Error::kube("get", "Secret", ns, &reference.name))?
+        .map_err(|error| match is_forbidden(&error) {
+            true => Error::SecretForbidden {
+                namespace: ns.into(),
+                secret: reference.name.clone(),
+                referrer: referrer.into(),
+            },
+            false => Error::kube("get", "Secret", ns, &reference.name)(error),
+        })?
         .ok_or_else(|| Error::SecretMissing {
             namespace: ns.into(),
             secret: reference.name.clone(),

@@ -339,6 +339,26 @@ async fn a_missing_secret_degrades_the_platform_with_a_reason_and_backs_off() {
 }
 
 #[tokio::test]
+async fn a_secret_the_operator_may_not_read_degrades_the_platform_and_names_the_chart_value() {
+    let mut api = cluster();
+    api.forbidden.push(format!("{SECRETS}/coffer-rabbitmq"));
+    let platform = platform_in(&api);
+    let (result, retry, api) = reconcile_once(api, platform).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "SecretForbidden");
+    assert!(error.is_user_error());
+    assert!(retry.is_some());
+    assert!(applied_kinds(&api.calls).is_empty());
+    let degraded = condition(status_of(&api, PLATFORM), "Degraded").clone();
+    assert_eq!(degraded["reason"], "SecretForbidden");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("wallet/coffer-rabbitmq") && message.contains("watch.secrets"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn backoff_doubles_up_to_five_minutes() {
     let (client, _server) = FakeApi::default().start();
     let ctx = context(client);

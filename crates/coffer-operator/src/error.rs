@@ -17,6 +17,17 @@ pub enum Error {
         secret: String,
         referrer: String,
     },
+    /// The operator may not read a referenced Secret: its Role grants `get` only on the Secrets
+    /// listed when it was installed (the chart's `watch.secrets`).
+    #[error(
+        "the operator may not read Secret {namespace}/{secret} (referenced by {referrer}): add it to the \
+         chart's watch.secrets (or grant the operator get on it)"
+    )]
+    SecretForbidden {
+        namespace: String,
+        secret: String,
+        referrer: String,
+    },
     /// A referenced Secret lacks the key.
     #[error("Secret {namespace}/{secret} (referenced by {referrer}) has no key {key:?}")]
     SecretKeyMissing {
@@ -51,6 +62,7 @@ impl Error {
         match self {
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::SecretMissing { .. } => "SecretMissing",
+            Error::SecretForbidden { .. } => "SecretForbidden",
             Error::SecretKeyMissing { .. } => "SecretKeyMissing",
             Error::Kube { .. } => "ApiError",
             Error::NotNamespaced { .. } => "NotNamespaced",
@@ -71,7 +83,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self.reason(),
-            "InvalidSpec" | "SecretMissing" | "SecretKeyMissing"
+            "InvalidSpec" | "SecretMissing" | "SecretForbidden" | "SecretKeyMissing"
         )
     }
 
@@ -90,6 +102,11 @@ impl Error {
             source: Box::new(source),
         }
     }
+}
+
+/// True when the API server answered 403.
+pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_forbidden())
 }
 
 /// True when the API server answered 404.

@@ -70,6 +70,8 @@ pub struct FakeApi {
     pub monitoring: bool,
     /// Report applied Deployments as fully available.
     pub deployments_available: bool,
+    /// Paths this client may not read or write (403 Forbidden), as RBAC would refuse them.
+    pub forbidden: Vec<String>,
     next_uid: u64,
     /// The resourceVersion of the latest change (one counter for every object, like etcd's).
     revision: u64,
@@ -147,6 +149,13 @@ impl FakeApi {
 
     fn answer(&mut self, call: &Call) -> (StatusCode, Value) {
         let path = call.path.as_str();
+        if self.forbidden.iter().any(|p| p == path) {
+            return (
+                StatusCode::FORBIDDEN,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": format!("{path} is forbidden") }),
+            );
+        }
         match call.method.as_str() {
             "GET" if path == "/apis/monitoring.coreos.com/v1" => self.discovery(),
             "GET" if is_collection(path) => (StatusCode::OK, self.list(call)),
