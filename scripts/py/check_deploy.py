@@ -266,7 +266,10 @@ for case, values, release, namespace in cases:
             ],
             f"helm default: the operator's rights are bound as {found}, not in its own namespace alone",
         )
-        expect(secret_names(objects) == {"coffer-system": DEFAULT_SECRETS}, f"helm default: {secret_names(objects)}")
+        expect(
+            secret_names(objects) == {"coffer-system": DEFAULT_SECRETS},
+            f"helm default: {secret_names(objects)}",
+        )
     if case == "custom":
         expect(env.get("COFFER_OPERATOR_NAMESPACES") == "payments,payments-b", f"helm custom: watches {env}")
         names = ["mongodb-ledger", "rabbitmq", "api-jwt"]
@@ -285,7 +288,9 @@ for case, values, release, namespace in cases:
             ],
             f"helm all-namespaces: {found}",
         )
-        expect(secret_names(objects) == {"*": DEFAULT_SECRETS}, f"helm all-namespaces: {secret_names(objects)}")
+        expect(
+            secret_names(objects) == {"*": DEFAULT_SECRETS}, f"helm all-namespaces: {secret_names(objects)}"
+        )
     if case == "no-secrets":
         expect(secret_names(objects) == {}, f"helm no-secrets: Secret rights {secret_names(objects)}")
         continue

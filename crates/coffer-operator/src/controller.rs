@@ -252,7 +252,7 @@ impl WalletPlatform {
         apply(client, &ns, &objects.role).await?;
         apply(client, &ns, &objects.role_binding).await?;
         apply(client, &ns, &objects.api_service).await?;
-        apply(client, &ns, &objects.workers_service).await?;
+        apply(client, &ns, &objects.metrics_service).await?;
         let mut available = true;
         for deployment in &objects.deployments {
             available &= is_available(&apply(client, &ns, deployment).await?);

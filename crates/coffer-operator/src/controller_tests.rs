@@ -183,7 +183,7 @@ async fn creation_applies_every_object_then_reports_status() {
             "roles/coffer",
             "rolebindings/coffer",
             "services/coffer-api",
-            "services/coffer-workers",
+            "services/coffer-metrics",
             "deployments/coffer-api",
             "deployments/coffer-outbox-publisher",
             "deployments/coffer-reconciler",
@@ -661,4 +661,43 @@ async fn without_the_prometheus_operator_switched_off_monitoring_is_simply_absen
     let api = reconcile_changed(cluster(), |_| {}).await;
     assert!(lines(&api.calls).contains(&format!("GET {SERVICE_MONITOR}")));
     assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn the_headless_service_of_an_older_operator_is_replaced_by_the_metrics_service() {
+    let mut api = cluster();
+    let legacy = "/api/v1/namespaces/wallet/services/coffer-workers";
+    api.objects.insert(
+        legacy.into(),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "coffer-workers", "namespace": "wallet", "uid": "uid-legacy",
+                "ownerReferences": [{ "apiVersion": "coffer.dev/v1alpha1", "kind": "WalletPlatform",
+                    "name": "coffer", "uid": "uid-platform", "controller": true }] },
+            "spec": { "clusterIP": "None", "ports": [{ "name": "metrics", "port": 9090 }] },
+        }),
+    );
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(api.get(legacy).is_none(), "{:?}", lines(&api.calls));
+    let metrics = api
+        .get("/api/v1/namespaces/wallet/services/coffer-metrics")
+        .unwrap();
+    assert_eq!(metrics["spec"]["selector"]["coffer.dev/metrics"], "true");
+    let api_pods = &api.get(&format!("{DEPLOYMENTS}/coffer-api")).unwrap()["spec"]["template"];
+    assert_eq!(api_pods["metadata"]["labels"]["coffer.dev/metrics"], "true");
+    let ports = &api_pods["spec"]["containers"][0]["ports"];
+    assert_eq!(
+        (
+            ports[0]["name"].as_str(),
+            ports[1]["name"].as_str(),
+            ports[1]["containerPort"].as_i64()
+        ),
+        (Some("http"), Some("metrics"), Some(9090))
+    );
+    let api_service = api.get("/api/v1/namespaces/wallet/services/coffer-api").unwrap();
+    assert_eq!(
+        api_service["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "http only"
+    );
 }

@@ -111,7 +111,7 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
     push(&mut out, &objects.role);
     push(&mut out, &objects.role_binding);
     push(&mut out, &objects.api_service);
-    push(&mut out, &objects.workers_service);
+    push(&mut out, &objects.metrics_service);
     for deployment in &objects.deployments {
         push(&mut out, deployment);
     }

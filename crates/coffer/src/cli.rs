@@ -295,6 +295,10 @@ pub struct ApiArgs {
     pub amqp: AmqpArgs,
     #[arg(long, env = "COFFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Serve /healthz, /readyz and /metrics on this address too, and /metrics no longer on the
+    /// API's port (so a public ingress never exposes it). Unset: /metrics on the API's port.
+    #[arg(long, env = "COFFER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// HMAC key of access tokens (at least 32 bytes). No default: there are no default secrets.
     #[arg(long, env = "COFFER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: SecretString,
@@ -426,6 +430,7 @@ impl ApiArgs {
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.webhook_secrets = webhook_secrets();
+        config.metrics_on_api_port = self.metrics_listen.is_none();
         for (provider, secret) in &config.webhook_secrets {
             if secret.expose_secret().len() < 16 {
                 bail!("the webhook secret of {provider} must be at least 16 bytes");

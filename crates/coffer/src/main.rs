@@ -150,6 +150,9 @@ async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> an
             move || consumer.is_ready()
         })
         .start();
+    if let Some(listen) = &args.metrics_listen {
+        ops_server::spawn(listen, health.clone(), registry.clone(), shutdown_signal()).await?;
+    }
     let ctx = ApiContext::new(store, config, catalog, registry)?.with_health(health);
     tokio::spawn(coffer_events::consumer::run(
         broker,

@@ -13,9 +13,8 @@ use kube::ResourceExt;
 
 use super::pod::{common_env, env, pod_template, secret_env, Workload};
 use super::{
-    assets_config_map, assets_config_map_name, deployment_name, labels, owned_meta, selector_labels,
-    service_account_name, workers_service_name, AssetSelection, Component, API_PORT, WORKER_LABEL,
-    WORKER_PORT,
+    assets_config_map, assets_config_map_name, deployment_name, labels, metrics_service_name, owned_meta,
+    selector_labels, service_account_name, AssetSelection, Component, API_PORT, METRICS_LABEL, METRICS_PORT,
 };
 use crate::crd::WalletPlatform;
 
@@ -32,7 +31,7 @@ pub struct PlatformObjects {
     pub role_binding: RoleBinding,
     pub deployments: Vec<Deployment>,
     pub api_service: Service,
-    pub workers_service: Service,
+    pub metrics_service: Service,
     pub api_autoscaler: Option<HorizontalPodAutoscaler>,
     pub api_disruption_budget: PodDisruptionBudget,
     /// Only when `observability.serviceMonitor` is set (and applied only if the CRD exists).
@@ -89,7 +88,7 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
             reconciler_deployment(platform),
         ],
         api_service: api_service(platform),
-        workers_service: workers_service(platform),
+        metrics_service: metrics_service(platform),
         api_autoscaler: api_autoscaler(platform),
         api_disruption_budget: api_disruption_budget(platform),
         service_monitor: platform
@@ -110,7 +109,13 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
 fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
     let name = platform.name_any();
     let spec = &platform.spec;
-    let mut unwanted = Vec::new();
+    // Before the API had a metrics port of its own, the headless Service was `P-workers`.
+    let mut unwanted = vec![Unwanted {
+        kind: "Service",
+        resource: ApiResource::erase::<Service>(&()),
+        name: format!("{name}-workers"),
+        why: "the headless Service of every metrics port is now <platform>-metrics",
+    }];
     if spec.api.autoscaling.is_none() {
         unwanted.push(Unwanted {
             kind: "HorizontalPodAutoscaler",
@@ -225,18 +230,20 @@ fn deployment(
 }
 
 fn api_deployment(platform: &WalletPlatform) -> Deployment {
-    let name = platform.name_any();
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
+    // /metrics on its own port: the public port (what an Ingress routes) never serves it.
+    vars.push(env("COFFER_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")));
     let workload = Workload {
         component: Component::Api,
         args: vec!["api".into()],
         port_name: "http",
         port: API_PORT,
+        metrics_port: true,
         env: vars,
         resources: spec.api.resources.clone(),
-        labels: labels(&name, Some(Component::Api), &spec.image),
+        labels: worker_labels(platform, Component::Api),
         mounts: Vec::new(),
     };
     // With an autoscaler the HPA owns the replica count; applying one would fight it.
@@ -244,12 +251,13 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
     deployment(platform, workload, replicas, false)
 }
 
+/// A component's labels, marked as having a `metrics` port.
 fn worker_labels(
     platform: &WalletPlatform,
     component: Component,
 ) -> std::collections::BTreeMap<String, String> {
     let mut labels = labels(&platform.name_any(), Some(component), &platform.spec.image);
-    labels.insert(WORKER_LABEL.into(), "true".into());
+    labels.insert(METRICS_LABEL.into(), "true".into());
     labels
 }
 
@@ -259,8 +267,9 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
         component: Component::OutboxPublisher,
         args: vec!["outbox-publisher".into()],
         port_name: "metrics",
-        port: WORKER_PORT,
-        env: common_env(platform, Component::OutboxPublisher, WORKER_PORT),
+        port: METRICS_PORT,
+        metrics_port: false,
+        env: common_env(platform, Component::OutboxPublisher, METRICS_PORT),
         resources: spec.outbox_publisher.resources.clone(),
         labels: worker_labels(platform, Component::OutboxPublisher),
         mounts: Vec::new(),
@@ -270,13 +279,14 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
 
 fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
     let spec = &platform.spec;
-    let mut vars = common_env(platform, Component::Reconciler, WORKER_PORT);
+    let mut vars = common_env(platform, Component::Reconciler, METRICS_PORT);
     vars.push(env_interval(spec.reconciler.interval_seconds));
     let workload = Workload {
         component: Component::Reconciler,
         args: vec!["reconciler".into()],
         port_name: "metrics",
-        port: WORKER_PORT,
+        port: METRICS_PORT,
+        metrics_port: false,
         env: vars,
         resources: spec.reconciler.resources.clone(),
         labels: worker_labels(platform, Component::Reconciler),
@@ -314,26 +324,24 @@ fn api_service(platform: &WalletPlatform) -> Service {
     }
 }
 
-/// Headless Service over every worker pod's `metrics` port, for the ServiceMonitor.
-fn workers_service(platform: &WalletPlatform) -> Service {
+/// Headless Service over every pod's `metrics` port (api, workers, listeners), for the ServiceMonitor.
+fn metrics_service(platform: &WalletPlatform) -> Service {
     let name = platform.name_any();
     let mut selector = std::collections::BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "coffer".to_string()),
         (super::INSTANCE_LABEL.to_string(), name.clone()),
     ]);
-    selector.insert(WORKER_LABEL.into(), "true".into());
+    selector.insert(METRICS_LABEL.into(), "true".into());
+    let mut service_labels = labels(&name, None, &platform.spec.image);
+    service_labels.insert(super::SCRAPE_LABEL.into(), "metrics".into());
     Service {
-        metadata: owned_meta(
-            platform,
-            workers_service_name(&name),
-            labels(&name, None, &platform.spec.image),
-        ),
+        metadata: owned_meta(platform, metrics_service_name(&name), service_labels),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("metrics".into()),
-                port: WORKER_PORT,
+                port: METRICS_PORT,
                 target_port: Some(IntOrString::String("metrics".into())),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
