@@ -122,6 +122,21 @@ def check_rbac(objects, source):
                     fail(f"{name}: grants more than get on Secrets: {rule}")
 
 
+def check_network_policies(objects, source):
+    """A NetworkPolicy rule without peers allows everyone: none may be rendered."""
+    for obj in objects:
+        if obj["kind"] != "NetworkPolicy":
+            continue
+        name = f"{source}: NetworkPolicy {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+        spec = obj["spec"]
+        for rule in spec.get("ingress") or []:
+            if not rule.get("from"):
+                fail(f"{name}: an ingress rule without `from` allows every source: {rule}")
+        for rule in spec.get("egress") or []:
+            if not rule.get("to"):
+                fail(f"{name}: an egress rule without `to` allows every destination: {rule}")
+
+
 def operator_env(objects, source):
     for obj in objects:
         if obj["kind"] == "Deployment" and "operator" in obj["metadata"]["name"]:
@@ -165,6 +180,7 @@ for overlay in ("base", "dev"):
     for obj in objects:
         validate(obj, f"kustomize {overlay}")
     check_rbac(objects, f"kustomize {overlay}")
+    check_network_policies(objects, f"kustomize {overlay}")
     watched = "coffer" if overlay == "base" else "coffer-dev"
     expect(
         operator_env(objects, overlay).get("COFFER_OPERATOR_NAMESPACES") == watched,
@@ -302,6 +318,7 @@ for crd in documents((chart_dir / "crds/coffer.yaml").read_text(), "chart crds")
 for name in ("minimal.yaml", "full.yaml"):
     golden_objects = documents((golden_dir / name).read_text(), f"operator golden {name}")
     check_rbac(golden_objects, f"operator golden {name}")
+    check_network_policies(golden_objects, f"operator golden {name}")
     for obj in golden_objects:
         validate(obj, f"operator golden {name}")
     for obj in documents(

@@ -701,3 +701,145 @@ async fn the_headless_service_of_an_older_operator_is_replaced_by_the_metrics_se
         "http only"
     );
 }
+
+const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/wallet/networkpolicies";
+
+fn network_policy() -> crate::crd::NetworkPolicySpec {
+    serde_json::from_value(serde_json::json!({
+        "apiFrom": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "ingress" } } }],
+        "metricsFrom": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }],
+        "mongodb": { "podSelector": { "app.kubernetes.io/name": "mongodb" } },
+        "rabbitmq": { "podSelector": { "app.kubernetes.io/name": "rabbitmq" } },
+    }))
+    .unwrap()
+}
+
+fn stored_policies(api: &FakeApi) -> Vec<String> {
+    api.objects
+        .keys()
+        .filter_map(|k| k.strip_prefix(&format!("{POLICIES}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Changes the stored ChainListener `ethereum`.
+fn change_listener(api: &mut FakeApi, change: impl FnOnce(&mut crate::crd::ChainListener)) {
+    let path = format!("{LISTENERS}/ethereum");
+    let mut listener: crate::crd::ChainListener = serde_json::from_value(api.objects[&path].clone()).unwrap();
+    change(&mut listener);
+    api.put(&listener);
+}
+
+#[tokio::test]
+async fn network_policies_fence_the_platform_and_switching_them_off_deletes_them() {
+    let api = reconcile_changed(cluster(), |p| p.spec.network_policy = Some(network_policy())).await;
+    assert_eq!(
+        stored_policies(&api),
+        [
+            "coffer-api",
+            "coffer-ingress",
+            "coffer-mongodb",
+            "coffer-rabbitmq"
+        ]
+    );
+    let calls = lines(&api.calls);
+    let fence = calls
+        .iter()
+        .position(|c| c.starts_with(&format!("PATCH {POLICIES}/")));
+    let pods = calls
+        .iter()
+        .position(|c| c.starts_with(&format!("PATCH {DEPLOYMENTS}/")));
+    assert!(fence < pods, "fences before the pods: {calls:?}");
+    let mongodb = &api.get(&format!("{POLICIES}/coffer-mongodb")).unwrap()["spec"];
+    assert_eq!(
+        mongodb["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "coffer",
+        "only the platform's pods reach MongoDB: {mongodb}"
+    );
+    assert_eq!(mongodb["ingress"][0]["ports"][0]["port"], 27017);
+    let api_ingress = &api.get(&format!("{POLICIES}/coffer-api")).unwrap()["spec"]["ingress"];
+    assert_eq!(api_ingress.as_array().unwrap().len(), 1);
+    assert_eq!(api_ingress[0]["ports"][0]["port"], "http");
+    assert!(
+        stored_policies(&api).iter().all(|p| !p.contains("listener")),
+        "the listener has no signer: no egress fence"
+    );
+
+    let api = reconcile_changed(api, |p| {
+        let mut policy = network_policy();
+        policy.rabbitmq = None;
+        p.spec.network_policy = Some(policy);
+    })
+    .await;
+    assert_eq!(
+        stored_policies(&api),
+        ["coffer-api", "coffer-ingress", "coffer-mongodb"]
+    );
+
+    let api = reconcile_changed(api, |p| p.spec.network_policy = None).await;
+    assert!(stored_policies(&api).is_empty(), "{:?}", lines(&api.calls));
+}
+
+#[tokio::test]
+async fn a_signer_listener_is_never_started_without_its_egress_fence() {
+    let mut api = cluster();
+    api.put(&secret("hot-wallet", "key"));
+    change_listener(&mut api, |l| {
+        l.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "hot-wallet".into(),
+            key: None,
+        })
+    });
+    let api = reconcile_changed(api, |p| p.spec.network_policy = Some(network_policy())).await;
+    let listener_deployment = format!("{DEPLOYMENTS}/coffer-listener-ethereum");
+    assert!(
+        api.get(&listener_deployment).is_none(),
+        "no hot-wallet pod without its fence"
+    );
+    let status = status_of(&api, &format!("{LISTENERS}/ethereum"));
+    assert_eq!(condition(status, "Degraded")["reason"], "EgressUndeclared");
+    assert!(condition(status, "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .contains("spec.rpcEgress"));
+
+    let mut api = api;
+    change_listener(&mut api, |l| {
+        l.spec.rpc_egress = vec![serde_json::from_value(serde_json::json!({
+            "to": [{ "podSelector": { "matchLabels": { "app.kubernetes.io/name": "anvil" } } }],
+            "ports": [{ "protocol": "TCP", "port": 8545 }],
+        }))
+        .unwrap()]
+    });
+    let api = reconcile_changed(api, |_| {}).await;
+    let fence_path = format!("{POLICIES}/coffer-listener-ethereum-egress");
+    let fence = api.get(&fence_path).expect("the fence").clone();
+    let egress = fence["spec"]["egress"].as_array().unwrap();
+    let destinations: Vec<_> = egress
+        .iter()
+        .map(|rule| (rule["ports"][0]["port"].clone(), rule["to"][0].clone()))
+        .collect();
+    assert_eq!(
+        destinations.len(),
+        3,
+        "DNS, MongoDB and the node, nothing else: {egress:?}"
+    );
+    assert_eq!(destinations[0].0, 53);
+    assert_eq!(destinations[1].0, 27017);
+    assert_eq!(destinations[2].0, 8545);
+    assert_eq!(fence["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    assert_eq!(fence["metadata"]["ownerReferences"][0]["uid"], "uid-listener");
+    let calls = lines(&api.calls);
+    let fenced = calls.iter().position(|c| *c == format!("PATCH {fence_path}"));
+    let started = calls
+        .iter()
+        .position(|c| *c == format!("PATCH {listener_deployment}"));
+    assert!(fenced.is_some() && fenced < started, "{calls:?}");
+
+    // Without its signer the listener needs no fence: the one it had goes.
+    let mut api = api;
+    change_listener(&mut api, |l| l.spec.signer_secret_ref = None);
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(api.get(&fence_path).is_none(), "{:?}", lines(&api.calls));
+    assert!(api.get(&listener_deployment).is_some());
+}

@@ -36,6 +36,14 @@ pub enum Error {
         key: String,
         referrer: String,
     },
+    /// A chain listener holding a signer key cannot be fenced in by a NetworkPolicy with what its
+    /// resources declare.
+    #[error("ChainListener {namespace}/{listener}: {message}")]
+    EgressUndeclared {
+        namespace: String,
+        listener: String,
+        message: String,
+    },
     /// A call to the API server failed.
     #[error("failed to {action} {kind} {namespace}/{name}: {source}")]
     Kube {
@@ -64,6 +72,7 @@ impl Error {
             Error::SecretMissing { .. } => "SecretMissing",
             Error::SecretForbidden { .. } => "SecretForbidden",
             Error::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Error::EgressUndeclared { .. } => "EgressUndeclared",
             Error::Kube { .. } => "ApiError",
             Error::NotNamespaced { .. } => "NotNamespaced",
             Error::Finalizer(inner) => match inner.as_ref() {
@@ -83,7 +92,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self.reason(),
-            "InvalidSpec" | "SecretMissing" | "SecretForbidden" | "SecretKeyMissing"
+            "InvalidSpec" | "SecretMissing" | "SecretForbidden" | "SecretKeyMissing" | "EgressUndeclared"
         )
     }
 

@@ -4,12 +4,17 @@
 mod assets;
 mod listener;
 mod monitoring;
+mod network;
 mod platform;
 mod pod;
 
 pub use assets::{assets_config_map, select_assets, to_domain, AssetSelection, AssetVerdict};
 pub use listener::{chain_listener_deployment, chain_listener_deployment_name};
 pub use monitoring::{prometheus_rule, prometheus_rule_resource, service_monitor, service_monitor_resource};
+pub use network::{
+    listener_egress_policy, listener_egress_policy_name, platform_network_policies,
+    platform_network_policy_names,
+};
 pub use platform::{build_platform, validate_platform, PlatformObjects, Unwanted};
 
 use std::collections::BTreeMap;

@@ -4,6 +4,7 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -38,6 +39,8 @@ pub struct PlatformObjects {
     pub service_monitor: Option<DynamicObject>,
     /// Only when `observability.prometheusRule` is set (and applied only if the CRD exists).
     pub prometheus_rule: Option<DynamicObject>,
+    /// `spec.networkPolicy`'s policies (the listeners' egress fences are built per listener).
+    pub network_policies: Vec<NetworkPolicy>,
     /// Objects a switch of the spec turned off: the controller deletes them if the platform owns them.
     pub unwanted: Vec<Unwanted>,
 }
@@ -46,6 +49,8 @@ pub struct PlatformObjects {
 #[derive(Clone, Debug)]
 pub struct Unwanted {
     pub kind: &'static str,
+    /// The uid the object's controller owner reference must carry; `None`: the platform's.
+    pub owner_uid: Option<String>,
     pub resource: ApiResource,
     pub name: String,
     /// The switch that is off, for the Event (`spec.api.autoscaling is not set`).
@@ -101,6 +106,7 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
             .observability
             .prometheus_rule
             .then(|| super::prometheus_rule(platform)),
+        network_policies: super::platform_network_policies(platform),
         unwanted: unwanted(platform),
     }
 }
@@ -112,6 +118,7 @@ fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
     // Before the API had a metrics port of its own, the headless Service was `P-workers`.
     let mut unwanted = vec![Unwanted {
         kind: "Service",
+        owner_uid: None,
         resource: ApiResource::erase::<Service>(&()),
         name: format!("{name}-workers"),
         why: "the headless Service of every metrics port is now <platform>-metrics",
@@ -119,6 +126,7 @@ fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
     if spec.api.autoscaling.is_none() {
         unwanted.push(Unwanted {
             kind: "HorizontalPodAutoscaler",
+            owner_uid: None,
             resource: ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             name: deployment_name(&name, Component::Api),
             why: "spec.api.autoscaling is not set",
@@ -127,6 +135,7 @@ fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
     if !spec.observability.service_monitor {
         unwanted.push(Unwanted {
             kind: "ServiceMonitor",
+            owner_uid: None,
             resource: super::service_monitor_resource(),
             name: name.clone(),
             why: "spec.observability.serviceMonitor is false",
@@ -135,10 +144,26 @@ fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
     if !spec.observability.prometheus_rule {
         unwanted.push(Unwanted {
             kind: "PrometheusRule",
+            owner_uid: None,
             resource: super::prometheus_rule_resource(),
             name,
             why: "spec.observability.prometheusRule is false",
         });
+    }
+    let wanted: Vec<String> = super::platform_network_policies(platform)
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    for policy in super::platform_network_policy_names(&platform.name_any()) {
+        if !wanted.contains(&policy) {
+            unwanted.push(Unwanted {
+                kind: "NetworkPolicy",
+                owner_uid: None,
+                resource: ApiResource::erase::<NetworkPolicy>(&()),
+                name: policy,
+                why: "spec.networkPolicy does not ask for it",
+            });
+        }
     }
     unwanted
 }
