@@ -222,7 +222,18 @@ custom_values = {
     "image": {"repository": "registry.example.com/coffer", "tag": "1.2.3", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "registry"}],
     "replicaCount": 1,
+    "fullnameOverride": "payments-operator",
     "watch": {"namespaces": ["payments", "payments-b"], "secrets": ["mongodb-ledger", "rabbitmq", "api-jwt"]},
+    "podDisruptionBudget": {"enabled": False, "maxUnavailable": 1},
+    "networkPolicy": {
+        "enabled": True,
+        "metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+    },
+    "tests": {
+        "image": {"repository": "registry.example.com/busybox", "tag": "1.36.1", "pullPolicy": "Always"}
+    },
     "leaderElection": {"enabled": False},
     "logFormat": "text",
     "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "interval": "15s"}},
@@ -250,7 +261,24 @@ cases = (
     ("custom", custom_values, "payments", "payments-ops"),
     ("all-namespaces", {"watch": {"allNamespaces": True}}, "coffer-operator", "coffer-system"),
     ("no-secrets", {"watch": {"secrets": []}}, "coffer-operator", "coffer-system"),
+    ("name-override", {"nameOverride": "wallet-operator"}, "coffer", "coffer-system"),
 )
+
+
+def check_notes(notes, case, namespaces):
+    """NOTES.txt must work from the installed chart: no repository paths, the watched
+    namespaces named, and its WalletPlatform example valid against the CRD."""
+    for path in ("deploy/", "crates/", "charts/", "docs/"):
+        expect(path not in notes, f"helm {case} NOTES.txt points into the repository ({path}): {notes}")
+    for ns in namespaces:
+        expect(ns in notes, f"helm {case} NOTES.txt does not name the watched namespace {ns}")
+    example = notes.split("<<'EOF'\n", 1)[1].split("\n  EOF", 1)[0] if "<<'EOF'" in notes else ""
+    platforms = [d for d in documents(example.replace("\n  ", "\n").strip(), f"helm {case} NOTES.txt") if d]
+    expect(len(platforms) == 1, f"helm {case} NOTES.txt has no WalletPlatform example")
+    for platform in platforms:
+        validate(platform, f"helm {case} NOTES.txt example")
+
+
 for case, values, release, namespace in cases:
     try:
         rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
@@ -258,6 +286,7 @@ for case, values, release, namespace in cases:
         fail(f"helm render ({case} values): {e}")
         continue
     text = ""
+    notes = next((body for template, body in rendered.items() if template.endswith("NOTES.txt")), "")
     for template in sorted(rendered):
         body = rendered[template]
         if template.endswith("NOTES.txt") or not body.strip():
@@ -307,10 +336,72 @@ for case, values, release, namespace in cases:
         expect(
             secret_names(objects) == {"*": DEFAULT_SECRETS}, f"helm all-namespaces: {secret_names(objects)}"
         )
+    kinds = [o["kind"] for o in objects]
+    watched = [ns for _, ns, _ in found if ns] if case != "all-namespaces" else []
+    check_notes(notes, case, sorted(set(watched) - {namespace}) or [namespace])
+    tests = [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    expect(len(tests) == 1 and tests[0]["kind"] == "Pod", f"helm {case}: no `helm test` pod")
+    if case == "default":
+        expect("PodDisruptionBudget" in kinds, "helm default: no PodDisruptionBudget for the operator")
+        expect("NetworkPolicy" not in kinds, "helm default: networkPolicy.enabled is false")
+    if case == "custom":
+        expect("PodDisruptionBudget" not in kinds, "helm custom: podDisruptionBudget.enabled is false")
+        expect("NetworkPolicy" in kinds, "helm custom: networkPolicy.enabled renders no NetworkPolicy")
+        names = {o["metadata"]["name"] for o in objects if o["kind"] not in ("ServiceAccount",)}
+        expect(
+            all(n.startswith("payments-operator") for n in names),
+            f"helm custom: fullnameOverride not used by every object: {sorted(names)}",
+        )
+    if case == "name-override":
+        expect(
+            {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+            == {"coffer-wallet-operator"},
+            f"helm name-override: {[o['metadata']['name'] for o in objects]}",
+        )
+        labels = {o["metadata"]["labels"].get("app.kubernetes.io/name") for o in objects}
+        expect(labels == {"wallet-operator"}, f"helm name-override: app.kubernetes.io/name labels {labels}")
     if case == "no-secrets":
         expect(secret_names(objects) == {}, f"helm no-secrets: Secret rights {secret_names(objects)}")
+    if case in ("no-secrets", "name-override"):
         continue
     golden(f"chart-{case}.yaml", text)
+    golden(f"chart-{case}-notes.txt", notes)
+
+# --- values.schema.json refuses what the chart cannot work with, in render and in lint, as Helm
+# does on install and upgrade; and the template refuses combinations the schema cannot express.
+bad_values = (
+    ("a wrong type", {"replicaCount": "two"}, "replicaCount"),
+    ("the removed watchNamespace", {"watchNamespace": "payments"}, "watchNamespace"),
+    ("an unknown nested key", {"watch": {"namespace": "payments"}}, "namespace"),
+    ("a log format the binary refuses", {"logFormat": "pretty"}, "logFormat"),
+    ("a namespace that is no DNS label", {"watch": {"namespaces": ["Payments"]}}, "namespaces"),
+    ("an empty Secret name", {"watch": {"secrets": [""]}}, "secrets"),
+    ("an unknown pull policy", {"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    (
+        "a list and every namespace",
+        {"watch": {"namespaces": ["a"], "allNamespaces": True}},
+        "exclude each other",
+    ),
+    ("renewing no sooner than expiring", {"leaderElection": {"renewSeconds": 15}}, "renewSeconds"),
+)
+TEMPLATE_CHECKS = ("a list and every namespace", "renewing no sooner than expiring")
+for what, values, mention in bad_values:
+    try:
+        chart.render(values, name="coffer-operator", namespace="coffer-system", is_install=True)
+        fail(f"helm render accepted {what}: {values}")
+    except helm_python.HelmError as e:
+        expect(mention in str(e), f"helm render refused {what} without naming {mention}: {e}")
+    # Helm's lint logs a template's `fail` instead of failing (only install/template refuse it),
+    # so lint is asked only about what the schema refuses.
+    if what in TEMPLATE_CHECKS:
+        continue
+    report = helm_python.lint(str(chart_dir), strict=True, kube_version=f"v{k8s_version}.0", values=values)
+    expect(report.get("errors"), f"helm lint accepted {what}: {values}")
+lint_custom = helm_python.lint(
+    str(chart_dir), strict=True, kube_version=f"v{k8s_version}.0", values=custom_values
+)
+for error in lint_custom.get("errors", []):
+    fail(f"helm lint (custom values): {error}")
 for crd in documents((chart_dir / "crds/coffer.yaml").read_text(), "chart crds"):
     validate(crd, "chart crds")
 
