@@ -1,6 +1,7 @@
 """Checks everything Coffer ships to Kubernetes without a cluster (called by scripts/check-deploy).
 
-Arguments: ROOT WORK K8S_VERSION. WORK holds base.yaml and dev.yaml rendered by kubectl kustomize.
+Arguments: ROOT WORK K8S_VERSION. WORK holds base.yaml, dev.yaml and production.yaml rendered by
+kubectl kustomize.
 """
 
 import copy
@@ -25,9 +26,22 @@ def fail(message):
     print(f"FAIL {message}", file=sys.stderr)
 
 
+class KubernetesLoader(yaml.SafeLoader):
+    """Reads YAML as Kubernetes does (go-yaml): an integer past 64 bits stays a string. kustomize
+    leaves such scalars unquoted, e.g. an ERC-20 contract address like 0xa0b8…eb48."""
+
+
+def _construct_int(loader, node):
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    return value if -(2**63) <= value < 2**64 else node.value
+
+
+KubernetesLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def documents(text, source):
     try:
-        return [d for d in yaml.safe_load_all(text) if d]
+        return [d for d in yaml.load_all(text, Loader=KubernetesLoader) if d]
     except yaml.YAMLError as e:
         fail(f"{source}: not valid YAML: {e}")
         return []
@@ -173,21 +187,26 @@ def expect(condition, message):
         fail(message)
 
 
-# --- kustomize
-for overlay in ("base", "dev"):
+# --- kustomize: the namespace each render's operator watches alone, and the Secrets it may read
+PRODUCTION_SECRETS = ["mongodb-ledger", "rabbitmq-events", "api-jwt", "eth-mainnet-rpc", "hot-wallet-signer"]
+overlays = {
+    "base": ("coffer", DEFAULT_SECRETS),
+    "dev": ("coffer-dev", DEFAULT_SECRETS),
+    "production": ("payments", PRODUCTION_SECRETS),
+}
+for overlay, (watched, readable) in overlays.items():
     text = (work / f"{overlay}.yaml").read_text()
     objects = documents(text, f"kustomize {overlay}")
     for obj in objects:
         validate(obj, f"kustomize {overlay}")
     check_rbac(objects, f"kustomize {overlay}")
     check_network_policies(objects, f"kustomize {overlay}")
-    watched = "coffer" if overlay == "base" else "coffer-dev"
     expect(
         operator_env(objects, overlay).get("COFFER_OPERATOR_NAMESPACES") == watched,
         f"kustomize {overlay}: the operator does not watch {watched} alone",
     )
     expect(
-        secret_names(objects) == {watched: DEFAULT_SECRETS},
+        secret_names(objects) == {watched: readable},
         f"kustomize {overlay}: Secret rights are {secret_names(objects)}, not the listed names in {watched}",
     )
     expect(
@@ -195,6 +214,28 @@ for overlay in ("base", "dev"):
         f"kustomize {overlay}: a ClusterRoleBinding gives the operator rights in every namespace",
     )
     kinds = {o["kind"] for o in objects}
+    if overlay == "production":
+        kinds = {o["kind"] for o in objects}
+        for expected in ("PodDisruptionBudget", "NetworkPolicy", "WalletPlatform", "ChainListener"):
+            expect(expected in kinds, f"kustomize production renders no {expected}")
+        referenced = set()
+        for obj in objects:
+            if obj["kind"] in ("WalletPlatform", "ChainListener"):
+                spec = obj["spec"]
+                for ref in (
+                    spec.get("mongodb", {}).get("secretRef"),
+                    spec.get("rabbitmq", {}).get("secretRef"),
+                ):
+                    if ref:
+                        referenced.add(ref["name"])
+                for key in ("jwtSecretRef", "rpcSecretRef", "signerSecretRef"):
+                    if key in spec:
+                        referenced.add(spec[key]["name"])
+        expect(
+            referenced == set(readable),
+            f"kustomize production: the operator may read {readable}, the resources reference {sorted(referenced)}",
+        )
+        golden("kustomize-production.yaml", text)
     if overlay == "dev":
         for expected in (
             "CustomResourceDefinition",
@@ -406,16 +447,16 @@ for crd in documents((chart_dir / "crds/coffer.yaml").read_text(), "chart crds")
     validate(crd, "chart crds")
 
 # --- objects the operator builds (its golden renders) and the custom resources it was fed
-for name in ("minimal.yaml", "full.yaml"):
+for name in ("minimal.yaml", "full.yaml", "production.yaml"):
     golden_objects = documents((golden_dir / name).read_text(), f"operator golden {name}")
     check_rbac(golden_objects, f"operator golden {name}")
     check_network_policies(golden_objects, f"operator golden {name}")
     for obj in golden_objects:
         validate(obj, f"operator golden {name}")
-    for obj in documents(
-        (root / "crates/coffer-operator/tests/fixtures" / name).read_text(), f"fixture {name}"
-    ):
-        validate(obj, f"fixture {name}")
+    fixture = root / "crates/coffer-operator/tests/fixtures" / name
+    if fixture.exists():  # production.yaml's resources are the production overlay's, checked above
+        for obj in documents(fixture.read_text(), f"fixture {name}"):
+            validate(obj, f"fixture {name}")
 
 # --- the CRD validation itself catches mistakes (guards against a schema that accepts anything)
 bad_asset = {
