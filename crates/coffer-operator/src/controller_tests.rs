@@ -127,6 +127,18 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("condition {type_} in {status}"))
 }
 
+/// Asserts the Degraded condition of `status` has `reason` and a message mentioning `mention`.
+fn assert_degraded(status: &Value, reason: &str, mention: &str) {
+    let degraded = condition(status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some(reason)),
+        "{degraded}"
+    );
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(message.contains(mention), "{mention:?} not in {message:?}");
+}
+
 fn applied_kinds(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
@@ -349,13 +361,12 @@ async fn a_secret_the_operator_may_not_read_degrades_the_platform_and_names_the_
     assert!(error.is_user_error());
     assert!(retry.is_some());
     assert!(applied_kinds(&api.calls).is_empty());
-    let degraded = condition(status_of(&api, PLATFORM), "Degraded").clone();
-    assert_eq!(degraded["reason"], "SecretForbidden");
-    let message = degraded["message"].as_str().unwrap();
-    assert!(
-        message.contains("wallet/coffer-rabbitmq") && message.contains("watch.secrets"),
-        "{message}"
+    assert_degraded(
+        status_of(&api, PLATFORM),
+        "SecretForbidden",
+        "wallet/coffer-rabbitmq",
     );
+    assert_degraded(status_of(&api, PLATFORM), "SecretForbidden", "watch.secrets");
 }
 
 #[tokio::test]
@@ -423,12 +434,7 @@ async fn a_listener_whose_signer_secret_is_missing_is_degraded_and_gets_no_deplo
     let platform = platform_in(&api);
     let (_, _, api) = reconcile_once(api, platform).await;
     assert!(!applied_kinds(&api.calls).contains(&"deployments/coffer-listener-ethereum".to_string()));
-    let status = status_of(&api, &path);
-    assert_eq!(condition(status, "Degraded")["reason"], "SecretMissing");
-    assert!(condition(status, "Degraded")["message"]
-        .as_str()
-        .unwrap()
-        .contains("hot-wallet"));
+    assert_degraded(status_of(&api, &path), "SecretMissing", "hot-wallet");
 
     // With the Secret present the Deployment mounts it as a file, never as an environment value.
     let mut api = api;
@@ -796,12 +802,11 @@ async fn a_signer_listener_is_never_started_without_its_egress_fence() {
         api.get(&listener_deployment).is_none(),
         "no hot-wallet pod without its fence"
     );
-    let status = status_of(&api, &format!("{LISTENERS}/ethereum"));
-    assert_eq!(condition(status, "Degraded")["reason"], "EgressUndeclared");
-    assert!(condition(status, "Degraded")["message"]
-        .as_str()
-        .unwrap()
-        .contains("spec.rpcEgress"));
+    assert_degraded(
+        status_of(&api, &format!("{LISTENERS}/ethereum")),
+        "EgressUndeclared",
+        "spec.rpcEgress",
+    );
 
     let mut api = api;
     change_listener(&mut api, |l| {

@@ -5,30 +5,12 @@
 
 use std::path::Path;
 
-use coffer_test_support::process::{free_port, wait_ready, Roles};
+use coffer_test_support::process::{api_env, free_port, wait_ready, Roles};
 use reqwest::StatusCode;
 
 #[tokio::test]
 async fn with_a_metrics_port_the_api_port_no_longer_serves_metrics() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = vec![
-        (
-            "MONGODB_URI".to_string(),
-            std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
-        ),
-        (
-            "COFFER_DATABASE".into(),
-            format!("ports_{}", uuid::Uuid::new_v4().simple()),
-        ),
-        (
-            "COFFER_ASSETS_FILE".into(),
-            root.join("config/assets.dev.json").display().to_string(),
-        ),
-        (
-            "COFFER_JWT_SECRET".into(),
-            "metrics-port-test-secret-0123456789abcdef".into(),
-        ),
-    ];
+    let env = api_env("ports");
     let roles = Roles::new(Path::new(env!("CARGO_BIN_EXE_coffer")), "metrics-port", env);
     let (api_port, ops_port) = (free_port(), free_port());
     let _api = roles.spawn(

@@ -68,7 +68,12 @@ fn chart_yaml_names_the_chart_and_its_app_version() {
 }
 
 /// Problems between the schema node `schema` and the values node `values` at `path`.
-fn schema_problems(schema: &serde_json::Value, values: &serde_json::Value, path: &str, problems: &mut Vec<String>) {
+fn schema_problems(
+    schema: &serde_json::Value,
+    values: &serde_json::Value,
+    path: &str,
+    problems: &mut Vec<String>,
+) {
     let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
         return;
     };
@@ -78,13 +83,17 @@ fn schema_problems(schema: &serde_json::Value, values: &serde_json::Value, path:
     for (key, property) in properties {
         match values.get(key) {
             None if key == "global" => {}
-            None => problems.push(format!("{path}.{key}: in the schema, without a default in values.yaml")),
+            None => problems.push(format!(
+                "{path}.{key}: in the schema, without a default in values.yaml"
+            )),
             Some(value) => schema_problems(property, value, &format!("{path}.{key}"), problems),
         }
     }
     for key in values.as_object().into_iter().flat_map(|o| o.keys()) {
         if !properties.contains_key(key) {
-            problems.push(format!("{path}.{key}: in values.yaml, not declared by the schema"));
+            problems.push(format!(
+                "{path}.{key}: in values.yaml, not declared by the schema"
+            ));
         }
     }
 }
@@ -92,7 +101,8 @@ fn schema_problems(schema: &serde_json::Value, values: &serde_json::Value, path:
 #[test]
 fn values_schema_is_strict_and_declares_exactly_the_values_yaml_keys() {
     let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap())
+            .unwrap();
     let values: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap()).unwrap();
     let mut problems = Vec::new();
