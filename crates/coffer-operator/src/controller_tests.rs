@@ -848,3 +848,60 @@ async fn a_signer_listener_is_never_started_without_its_egress_fence() {
     assert!(api.get(&fence_path).is_none(), "{:?}", lines(&api.calls));
     assert!(api.get(&listener_deployment).is_some());
 }
+
+#[tokio::test]
+async fn a_fenced_signer_listener_follows_its_catalog_by_watch_only_when_the_api_server_is_declared() {
+    let mut api = cluster();
+    api.put(&secret("hot-wallet", "key"));
+    change_listener(&mut api, |l| {
+        l.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "hot-wallet".into(),
+            key: None,
+        });
+        l.spec.rpc_egress = vec![serde_json::from_value(serde_json::json!({
+            "to": [{ "ipBlock": { "cidr": "203.0.113.0/24" } }],
+            "ports": [{ "protocol": "TCP", "port": 443 }],
+        }))
+        .unwrap()];
+    });
+    let env_of = |api: &FakeApi| -> Vec<String> {
+        api.get(&format!("{DEPLOYMENTS}/coffer-listener-ethereum"))
+            .unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let fence = |api: &FakeApi| {
+        api.get(&format!("{POLICIES}/coffer-listener-ethereum-egress"))
+            .unwrap()["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let api = reconcile_changed(api, |p| p.spec.network_policy = Some(network_policy())).await;
+    assert!(
+        !env_of(&api).contains(&"COFFER_ASSETS_CONFIGMAP".to_string()),
+        "fenced off the API server, it reads the mounted file"
+    );
+    assert_eq!(fence(&api), 3, "DNS, MongoDB, the node");
+
+    let api = reconcile_changed(api, |p| {
+        let mut policy = network_policy();
+        policy.api_server =
+            vec![
+                serde_json::from_value(serde_json::json!({ "ipBlock": { "cidr": "172.18.0.2/32" } }))
+                    .unwrap(),
+            ];
+        p.spec.network_policy = Some(policy);
+    })
+    .await;
+    assert!(env_of(&api).contains(&"COFFER_ASSETS_CONFIGMAP".to_string()));
+    assert_eq!(fence(&api), 4, "and the API server");
+    let api_server_rule = &api
+        .get(&format!("{POLICIES}/coffer-listener-ethereum-egress"))
+        .unwrap()["spec"]["egress"][2];
+    assert_eq!(api_server_rule["ports"][0]["port"], 443);
+    assert_eq!(api_server_rule["ports"][1]["port"], 6443);
+}

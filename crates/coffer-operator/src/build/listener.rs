@@ -47,6 +47,10 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
     let listener_name = listener.name_any();
     let spec = &listener.spec;
     let mut vars = common_env(platform, Component::ChainListener, METRICS_PORT);
+    if !super::listener_reaches_api_server(platform, listener) {
+        // Fenced off the API server: the mounted file is its catalog (the kubelet's sync delay).
+        vars.retain(|v| v.name != "COFFER_ASSETS_CONFIGMAP");
+    }
     vars.push(secret_env("ETH_RPC_URL", &spec.rpc_secret_ref, "url"));
     vars.push(env("COFFER_POLL_INTERVAL_MS", spec.poll_interval_ms.to_string()));
     if let Some(block) = spec.start_block {

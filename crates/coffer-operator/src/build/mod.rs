@@ -12,8 +12,8 @@ pub use assets::{assets_config_map, select_assets, to_domain, AssetSelection, As
 pub use listener::{chain_listener_deployment, chain_listener_deployment_name};
 pub use monitoring::{prometheus_rule, prometheus_rule_resource, service_monitor, service_monitor_resource};
 pub use network::{
-    listener_egress_policy, listener_egress_policy_name, platform_network_policies,
-    platform_network_policy_names,
+    listener_egress_policy, listener_egress_policy_name, listener_reaches_api_server,
+    platform_network_policies, platform_network_policy_names,
 };
 pub use platform::{build_platform, validate_platform, PlatformObjects, Unwanted};
 

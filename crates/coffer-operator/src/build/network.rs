@@ -21,6 +21,17 @@ use crate::crd::{ChainListener, DependencyNetwork, NetworkPolicySpec, WalletPlat
 
 const MONGODB_PORT: u16 = 27017;
 const RABBITMQ_PORT: u16 = 5672;
+/// The API server's ports: 443 on managed clusters, 6443 on kubeadm-made ones.
+const API_SERVER_PORTS: [i32; 2] = [443, 6443];
+
+/// Whether a listener's pod may reach the API server: unfenced, or fenced with
+/// `networkPolicy.apiServer` declared. Otherwise it cannot watch its assets ConfigMap.
+pub fn listener_reaches_api_server(platform: &WalletPlatform, listener: &ChainListener) -> bool {
+    match (&platform.spec.network_policy, &listener.spec.signer_secret_ref) {
+        (Some(spec), Some(_)) => !spec.api_server.is_empty(),
+        _ => true,
+    }
+}
 
 /// Names of the platform's policies: `P-ingress`, `P-api`, `P-mongodb`, `P-rabbitmq`.
 pub fn platform_network_policy_names(platform: &str) -> [String; 4] {
@@ -114,6 +125,16 @@ pub fn listener_egress_policy(
     let mut pods = selector_labels(&platform_name, Component::ChainListener);
     pods.insert(LISTENER_LABEL.into(), listener_name.clone());
     let mut egress = vec![dns_egress(), mongodb];
+    if !spec.api_server.is_empty() {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(spec.api_server.clone()),
+            ports: Some(
+                API_SERVER_PORTS
+                    .map(|p| port("TCP", IntOrString::Int(p)))
+                    .to_vec(),
+            ),
+        });
+    }
     egress.extend(listener.spec.rpc_egress.iter().cloned());
     let mut object_labels = labels(
         &platform_name,

@@ -24,6 +24,11 @@ pub struct NetworkPolicySpec {
     /// Where RabbitMQ runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<DependencyNetwork>,
+    /// Where the Kubernetes API server is (its endpoints' addresses as `ipBlock`, ports 443 and
+    /// 6443): lets a signer's fenced chain listener follow its assets ConfigMap by watch. None:
+    /// that listener reads the mounted file instead (changes arrive within the kubelet's sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_server: Vec<NetworkPolicyPeer>,
 }
 
 /// Where a dependency's pods or addresses are.
