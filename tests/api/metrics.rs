@@ -17,6 +17,7 @@ use coffer_chain::metrics::ChainMetrics;
 use coffer_chain::signer::{LocalSigner, Signer};
 use coffer_domain::TxState;
 use coffer_events::{CloudEvent, PublisherMetrics, Relay};
+use coffer_operator::catalog::{CatalogFeed, CatalogMetrics, Offer};
 use coffer_store::mongodb::bson::doc;
 use coffer_store::{OutboxDoc, Role};
 use coffer_test_support::broker::{self, Broker};
@@ -91,6 +92,17 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
     let app = &w.app;
     let chain_metrics = ChainMetrics::new(&app.registry).unwrap();
     let publisher_metrics = PublisherMetrics::new(&app.registry).unwrap();
+    // The catalog the api and chain-listener follow: one version arrives that they refuse.
+    let mut catalog_feed = CatalogFeed::new(
+        app.catalog.clone(),
+        String::new(),
+        CatalogMetrics::new(&app.registry).unwrap(),
+    );
+    let refused_version = catalog_feed.offer(r#"{"version": 1, "assets": [{"symbol": "eth"}]}"#, "test");
+    assert!(
+        matches!(refused_version, Offer::Refused(_)),
+        "{refused_version:?}"
+    );
     let before_verification = samples(&scrape(&w).await);
     assert!(
         !before_verification.contains_key("coffer_audit_chain_valid"),
@@ -318,6 +330,19 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
         );
     }
     assert_eq!(value("coffer_stream_connections"), 1.0, "alice's socket");
+    assert_eq!(
+        value(r#"coffer_asset_catalog_updates_total{result="refused"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"coffer_asset_catalog_updates_total{result="applied"}"#),
+        0.0
+    );
+    assert_eq!(
+        value("coffer_asset_catalog_refused"),
+        1.0,
+        "the last good catalog is in force"
+    );
     assert_eq!(
         value(r#"coffer_stream_slow_consumers_dropped_total{reason="buffer_full"}"#),
         1.0

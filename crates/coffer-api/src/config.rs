@@ -66,6 +66,9 @@ pub struct ApiConfig {
     /// A withdrawal needs a password login at most this long ago (refreshes keep the login
     /// time). `COFFER_WITHDRAWAL_REAUTH_SECONDS`, default 10 minutes.
     pub withdrawal_reauth_window: Duration,
+    /// Serve `/metrics` on the API's own port (default). Off when the process serves it on a
+    /// separate operations port (`COFFER_METRICS_LISTEN`), so the public port never exposes it.
+    pub metrics_on_api_port: bool,
 }
 
 impl ApiConfig {
@@ -83,6 +86,7 @@ impl ApiConfig {
             webhook_secrets: Default::default(),
             device_trust_delay: Duration::from_secs(24 * 60 * 60),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
+            metrics_on_api_port: true,
         }
     }
 }

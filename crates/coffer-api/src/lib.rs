@@ -190,6 +190,8 @@ struct ApiDoc;
 /// The route groups, each with the layers it needs.
 struct Groups {
     operations: OpenApiRouter<ApiContext>,
+    /// `/metrics`, routed unless the process serves it on its own port.
+    metrics: OpenApiRouter<ApiContext>,
     auth: OpenApiRouter<ApiContext>,
     reads: OpenApiRouter<ApiContext>,
     writes: OpenApiRouter<ApiContext>,
@@ -203,9 +205,9 @@ fn groups() -> Groups {
         operations: OpenApiRouter::new()
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
-            .routes(routes!(ops::metrics))
             .routes(routes!(ops::openapi_json))
             .routes(routes!(chain::webhook)),
+        metrics: OpenApiRouter::new().routes(routes!(ops::metrics)),
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
             .routes(routes!(auth::login))
@@ -255,6 +257,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let g = groups();
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(g.operations)
+        .merge(g.metrics)
         .merge(g.auth)
         .merge(g.reads)
         .merge(g.writes)
@@ -273,7 +276,10 @@ pub fn router(ctx: ApiContext) -> Router {
 /// through it).
 pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
     let g = groups();
-    let (operations, _) = g.operations.split_for_parts();
+    let (mut operations, _) = g.operations.split_for_parts();
+    if ctx.config().metrics_on_api_port {
+        operations = operations.merge(g.metrics.split_for_parts().0);
+    }
     let (auth, _) = g.auth.split_for_parts();
     let (reads, _) = g.reads.split_for_parts();
     let (writes, _) = g.writes.split_for_parts();

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -20,9 +21,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::build::{
-    build_platform, chain_listener_deployment, chain_listener_deployment_name, prometheus_rule_resource,
-    select_assets, service_monitor_resource, validate_platform, AssetSelection, AssetVerdict,
-    PlatformObjects, MANAGER,
+    build_platform, chain_listener_deployment, chain_listener_deployment_name, listener_egress_policy,
+    listener_egress_policy_name, prometheus_rule_resource, select_assets, service_monitor_resource,
+    validate_platform, AssetSelection, AssetVerdict, PlatformObjects, Unwanted, MANAGER,
 };
 use crate::conditions::{merge, ConditionUpdate};
 use crate::crd::condition::{DEGRADED, PROGRESSING, READY};
@@ -30,7 +31,7 @@ use crate::crd::{
     Asset, AssetStatus, ChainListener, ChainListenerStatus, SecretKeyRef, WalletPlatform,
     WalletPlatformStatus, API_VERSION,
 };
-use crate::error::{is_not_found, Error, Result};
+use crate::error::{is_forbidden, is_not_found, Error, Result};
 use crate::metrics::Metrics;
 
 /// The finalizer the operator puts on every WalletPlatform.
@@ -228,6 +229,16 @@ impl WalletPlatform {
             if let (Ok(()), Some(signer)) = (&verdict, &listener.spec.signer_secret_ref) {
                 verdict = check_secret(ctx, &self.ns(), signer, "key", &referrer).await;
             }
+            if verdict.is_ok() {
+                // A pod holding the hot wallet's key is never started without its egress fence.
+                verdict = listener_egress_policy(self, listener)
+                    .map(|_| ())
+                    .map_err(|message| Error::EgressUndeclared {
+                        namespace: self.ns(),
+                        listener: listener.name_any(),
+                        message,
+                    });
+            }
             let verdict = match verdict {
                 Err(error) if !error.is_user_error() => return Err(error),
                 other => other,
@@ -252,7 +263,11 @@ impl WalletPlatform {
         apply(client, &ns, &objects.role).await?;
         apply(client, &ns, &objects.role_binding).await?;
         apply(client, &ns, &objects.api_service).await?;
-        apply(client, &ns, &objects.workers_service).await?;
+        apply(client, &ns, &objects.metrics_service).await?;
+        // Fences before the pods they fence.
+        for policy in &objects.network_policies {
+            apply(client, &ns, policy).await?;
+        }
         let mut available = true;
         for deployment in &objects.deployments {
             available &= is_available(&apply(client, &ns, deployment).await?);
@@ -274,13 +289,68 @@ impl WalletPlatform {
                     .await?,
             );
         }
+        let mut unwanted = objects.unwanted.clone();
         for listener in &observed.listeners {
-            if matches!(listener_verdicts.get(&listener.name_any()), Some(Ok(()))) {
-                available &=
-                    is_available(&apply(client, &ns, &chain_listener_deployment(self, listener)).await?);
+            if !matches!(listener_verdicts.get(&listener.name_any()), Some(Ok(()))) {
+                continue;
             }
+            match listener_egress_policy(self, listener) {
+                Ok(Some(policy)) => {
+                    apply(client, &ns, &policy).await?;
+                }
+                _ => unwanted.push(Unwanted {
+                    kind: "NetworkPolicy",
+                    owner_uid: listener.uid(),
+                    resource: kube::api::ApiResource::erase::<NetworkPolicy>(&()),
+                    name: listener_egress_policy_name(&self.name_any(), &listener.name_any()),
+                    why: "the listener has no signer, or the platform no spec.networkPolicy",
+                }),
+            }
+            available &= is_available(&apply(client, &ns, &chain_listener_deployment(self, listener)).await?);
+        }
+        // After the apply: an API losing its autoscaler has its replica count back first.
+        for unwanted in &unwanted {
+            self.delete_unwanted(ctx, unwanted).await?;
         }
         Ok(Outcome::Applied { available, notes })
+    }
+
+    /// Deletes an object a switch of the spec turned off, if it exists and this platform controls
+    /// it (an object of the same name made by someone else is left alone). Its kind not being
+    /// served (no Prometheus Operator) counts as absent.
+    async fn delete_unwanted(&self, ctx: &Context, unwanted: &Unwanted) -> Result<()> {
+        let ns = self.ns();
+        let kind = unwanted.kind;
+        let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &unwanted.resource);
+        let failed = |action| Error::kube(action, kind, &ns, &unwanted.name);
+        let Some(existing) = api.get_opt(&unwanted.name).await.map_err(failed("get"))? else {
+            return Ok(());
+        };
+        let owner = unwanted.owner_uid.as_ref().or(self.metadata.uid.as_ref());
+        let owned = existing
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == owner);
+        if !owned {
+            return Ok(());
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&unwanted.name, &params).await {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => return Ok(()),
+            Err(error) => return Err(failed("delete")(error)),
+        }
+        info!(platform = %key_of(self), kind, name = unwanted.name, why = unwanted.why, "deleted a switched-off object");
+        let note = format!("deleted {kind} {}: {}", unwanted.name, unwanted.why);
+        self.publish(ctx, EventType::Normal, "Deleted", "SwitchOff", &note)
+            .await;
+        Ok(())
     }
 
     /// Applies a Prometheus Operator object when its CRD is served; otherwise a note for the status.
@@ -328,12 +398,20 @@ impl WalletPlatform {
         let observed = self.dereference(ctx).await?;
         let ns = self.ns();
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         for listener in &observed.listeners {
             let name = chain_listener_deployment_name(&self.name_any(), &listener.name_any());
             match deployments.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(error) if is_not_found(&error) => {}
                 Err(error) => return Err(Error::kube("delete", "Deployment", &ns, &name)(error)),
+            }
+            // Its fence goes after the pod it fenced.
+            let fence = listener_egress_policy_name(&self.name_any(), &listener.name_any());
+            match policies.delete(&fence, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(Error::kube("delete", "NetworkPolicy", &ns, &fence)(error)),
             }
         }
         let now = now();
@@ -445,7 +523,14 @@ async fn check_secret(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(&reference.name)
         .await
-        .map_err(Error::kube("get", "Secret", ns, &reference.name))?
+        .map_err(|error| match is_forbidden(&error) {
+            true => Error::SecretForbidden {
+                namespace: ns.into(),
+                secret: reference.name.clone(),
+                referrer: referrer.into(),
+            },
+            false => Error::kube("get", "Secret", ns, &reference.name)(error),
+        })?
         .ok_or_else(|| Error::SecretMissing {
             namespace: ns.into(),
             secret: reference.name.clone(),
@@ -703,4 +788,4 @@ fn platform_updates(
 
 #[cfg(test)]
 #[path = "controller_tests.rs"]
-mod tests;
+pub(crate) mod tests;

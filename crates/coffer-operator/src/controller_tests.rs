@@ -46,7 +46,7 @@ fn secret(name: &str, key: &str) -> Secret {
 
 /// The minimal fixture stored in the fake server: a finalized platform, four Assets (one invalid,
 /// one duplicate), a ChainListener, and every Secret they reference.
-fn cluster() -> FakeApi {
+pub(crate) fn cluster() -> FakeApi {
     let mut resources = Resources::from_yaml(include_str!("../tests/fixtures/minimal.yaml")).unwrap();
     let mut api = FakeApi::default();
     for platform in &mut resources.platforms {
@@ -76,7 +76,7 @@ fn platform_in(api: &FakeApi) -> WalletPlatform {
     serde_json::from_value(api.get(PLATFORM).expect("platform stored").clone()).unwrap()
 }
 
-fn context(client: kube::Client) -> Arc<Context> {
+pub(crate) fn context(client: kube::Client) -> Arc<Context> {
     let reporter = Reporter {
         controller: "coffer-operator-test".into(),
         instance: None,
@@ -125,6 +125,18 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .unwrap_or_else(|| panic!("condition {type_} in {status}"))
+}
+
+/// Asserts the Degraded condition of `status` has `reason` and a message mentioning `mention`.
+fn assert_degraded(status: &Value, reason: &str, mention: &str) {
+    let degraded = condition(status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some(reason)),
+        "{degraded}"
+    );
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(message.contains(mention), "{mention:?} not in {message:?}");
 }
 
 fn applied_kinds(calls: &[Call]) -> Vec<String> {
@@ -183,7 +195,7 @@ async fn creation_applies_every_object_then_reports_status() {
             "roles/coffer",
             "rolebindings/coffer",
             "services/coffer-api",
-            "services/coffer-workers",
+            "services/coffer-metrics",
             "deployments/coffer-api",
             "deployments/coffer-outbox-publisher",
             "deployments/coffer-reconciler",
@@ -339,6 +351,25 @@ async fn a_missing_secret_degrades_the_platform_with_a_reason_and_backs_off() {
 }
 
 #[tokio::test]
+async fn a_secret_the_operator_may_not_read_degrades_the_platform_and_names_the_chart_value() {
+    let mut api = cluster();
+    api.forbidden.push(format!("{SECRETS}/coffer-rabbitmq"));
+    let platform = platform_in(&api);
+    let (result, retry, api) = reconcile_once(api, platform).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.reason(), "SecretForbidden");
+    assert!(error.is_user_error());
+    assert!(retry.is_some());
+    assert!(applied_kinds(&api.calls).is_empty());
+    assert_degraded(
+        status_of(&api, PLATFORM),
+        "SecretForbidden",
+        "wallet/coffer-rabbitmq",
+    );
+    assert_degraded(status_of(&api, PLATFORM), "SecretForbidden", "watch.secrets");
+}
+
+#[tokio::test]
 async fn backoff_doubles_up_to_five_minutes() {
     let (client, _server) = FakeApi::default().start();
     let ctx = context(client);
@@ -403,12 +434,7 @@ async fn a_listener_whose_signer_secret_is_missing_is_degraded_and_gets_no_deplo
     let platform = platform_in(&api);
     let (_, _, api) = reconcile_once(api, platform).await;
     assert!(!applied_kinds(&api.calls).contains(&"deployments/coffer-listener-ethereum".to_string()));
-    let status = status_of(&api, &path);
-    assert_eq!(condition(status, "Degraded")["reason"], "SecretMissing");
-    assert!(condition(status, "Degraded")["message"]
-        .as_str()
-        .unwrap()
-        .contains("hot-wallet"));
+    assert_degraded(status_of(&api, &path), "SecretMissing", "hot-wallet");
 
     // With the Secret present the Deployment mounts it as a file, never as an environment value.
     let mut api = api;
@@ -535,4 +561,347 @@ fn platform_names_are_checked_before_anything_is_applied() {
         .unwrap_err()
         .contains("longer than 40"));
     assert_eq!(platform.name_any().len(), 41);
+}
+
+const HPA: &str = "/apis/autoscaling/v2/namespaces/wallet/horizontalpodautoscalers/coffer-api";
+const SERVICE_MONITOR: &str = "/apis/monitoring.coreos.com/v1/namespaces/wallet/servicemonitors/coffer";
+const PROMETHEUS_RULE: &str = "/apis/monitoring.coreos.com/v1/namespaces/wallet/prometheusrules/coffer";
+
+/// Reconciles `platform` (already stored) after `change`, storing the changed platform first.
+async fn reconcile_changed(api: FakeApi, change: impl FnOnce(&mut WalletPlatform)) -> FakeApi {
+    let mut api = api;
+    let mut platform = platform_in(&api);
+    change(&mut platform);
+    api.put(&platform);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    result.unwrap();
+    api
+}
+
+#[tokio::test]
+async fn turning_autoscaling_off_deletes_the_autoscaler_and_gives_the_replicas_back() {
+    let api = reconcile_changed(cluster(), |p| {
+        p.spec.api.autoscaling = Some(AutoscalingSpec {
+            min_replicas: 2,
+            max_replicas: 6,
+            target_cpu_utilization_percentage: 70,
+        })
+    })
+    .await;
+    assert!(api.get(HPA).is_some(), "autoscaler applied");
+    let api_deployment = format!("{DEPLOYMENTS}/coffer-api");
+    assert!(api.get(&api_deployment).unwrap()["spec"]["replicas"].is_null());
+
+    let api = reconcile_changed(api, |p| p.spec.api.autoscaling = None).await;
+    assert!(api.get(HPA).is_none(), "{:?}", lines(&api.calls));
+    assert_eq!(api.get(&api_deployment).unwrap()["spec"]["replicas"], 2);
+    let calls = lines(&api.calls);
+    let replicas_back = calls.iter().position(|c| *c == format!("PATCH {api_deployment}"));
+    let deleted = calls.iter().position(|c| *c == format!("DELETE {HPA}"));
+    assert!(
+        replicas_back < deleted,
+        "replicas applied before the autoscaler goes: {calls:?}"
+    );
+    let delete = api.calls.iter().find(|c| c.method == "DELETE").unwrap();
+    assert!(
+        delete.body["preconditions"]["uid"]
+            .as_str()
+            .unwrap()
+            .starts_with("uid-"),
+        "deletes exactly the object it looked at: {}",
+        delete.body
+    );
+    let event = api
+        .calls
+        .iter()
+        .find(|c| c.path == EVENTS && c.body["reason"] == "Deleted")
+        .expect("a Normal event");
+    assert!(event.body["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.api.autoscaling"));
+
+    // Off and already gone: a look, nothing deleted.
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(lines(&api.calls).contains(&format!("GET {HPA}")));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn turning_monitoring_off_deletes_the_service_monitor_and_the_rule() {
+    let mut api = cluster();
+    api.monitoring = true;
+    let api = reconcile_changed(api, |p| {
+        p.spec.observability.service_monitor = true;
+        p.spec.observability.prometheus_rule = true;
+    })
+    .await;
+    assert!(api.get(SERVICE_MONITOR).is_some() && api.get(PROMETHEUS_RULE).is_some());
+
+    let api = reconcile_changed(api, |p| p.spec.observability.service_monitor = false).await;
+    assert!(api.get(SERVICE_MONITOR).is_none());
+    assert!(api.get(PROMETHEUS_RULE).is_some(), "the rule is still wanted");
+
+    let api = reconcile_changed(api, |p| p.spec.observability.prometheus_rule = false).await;
+    assert!(api.get(PROMETHEUS_RULE).is_none());
+}
+
+#[tokio::test]
+async fn a_switched_off_object_the_platform_does_not_own_is_left_alone() {
+    let mut api = cluster();
+    let foreign = serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": { "name": "coffer-api", "namespace": "wallet", "uid": "someone-elses",
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "x",
+                "uid": "uid-other", "controller": true }] },
+        "spec": { "scaleTargetRef": { "kind": "Deployment", "name": "coffer-api" }, "maxReplicas": 3 },
+    });
+    api.objects.insert(HPA.into(), foreign.clone());
+    let api = reconcile_changed(api, |_| {}).await;
+    assert_eq!(api.get(HPA), Some(&foreign));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn without_the_prometheus_operator_switched_off_monitoring_is_simply_absent() {
+    let api = reconcile_changed(cluster(), |_| {}).await;
+    assert!(lines(&api.calls).contains(&format!("GET {SERVICE_MONITOR}")));
+    assert!(api.calls.iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn the_headless_service_of_an_older_operator_is_replaced_by_the_metrics_service() {
+    let mut api = cluster();
+    let legacy = "/api/v1/namespaces/wallet/services/coffer-workers";
+    api.objects.insert(
+        legacy.into(),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "coffer-workers", "namespace": "wallet", "uid": "uid-legacy",
+                "ownerReferences": [{ "apiVersion": "coffer.dev/v1alpha1", "kind": "WalletPlatform",
+                    "name": "coffer", "uid": "uid-platform", "controller": true }] },
+            "spec": { "clusterIP": "None", "ports": [{ "name": "metrics", "port": 9090 }] },
+        }),
+    );
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(api.get(legacy).is_none(), "{:?}", lines(&api.calls));
+    let metrics = api
+        .get("/api/v1/namespaces/wallet/services/coffer-metrics")
+        .unwrap();
+    assert_eq!(metrics["spec"]["selector"]["coffer.dev/metrics"], "true");
+    let api_pods = &api.get(&format!("{DEPLOYMENTS}/coffer-api")).unwrap()["spec"]["template"];
+    assert_eq!(api_pods["metadata"]["labels"]["coffer.dev/metrics"], "true");
+    let ports = &api_pods["spec"]["containers"][0]["ports"];
+    assert_eq!(
+        (
+            ports[0]["name"].as_str(),
+            ports[1]["name"].as_str(),
+            ports[1]["containerPort"].as_i64()
+        ),
+        (Some("http"), Some("metrics"), Some(9090))
+    );
+    let api_service = api.get("/api/v1/namespaces/wallet/services/coffer-api").unwrap();
+    assert_eq!(
+        api_service["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "http only"
+    );
+}
+
+const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/wallet/networkpolicies";
+
+fn network_policy() -> crate::crd::NetworkPolicySpec {
+    serde_json::from_value(serde_json::json!({
+        "apiFrom": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "ingress" } } }],
+        "metricsFrom": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }],
+        "mongodb": { "podSelector": { "app.kubernetes.io/name": "mongodb" } },
+        "rabbitmq": { "podSelector": { "app.kubernetes.io/name": "rabbitmq" } },
+    }))
+    .unwrap()
+}
+
+fn stored_policies(api: &FakeApi) -> Vec<String> {
+    api.objects
+        .keys()
+        .filter_map(|k| k.strip_prefix(&format!("{POLICIES}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Changes the stored ChainListener `ethereum`.
+fn change_listener(api: &mut FakeApi, change: impl FnOnce(&mut crate::crd::ChainListener)) {
+    let path = format!("{LISTENERS}/ethereum");
+    let mut listener: crate::crd::ChainListener = serde_json::from_value(api.objects[&path].clone()).unwrap();
+    change(&mut listener);
+    api.put(&listener);
+}
+
+#[tokio::test]
+async fn network_policies_fence_the_platform_and_switching_them_off_deletes_them() {
+    let api = reconcile_changed(cluster(), |p| p.spec.network_policy = Some(network_policy())).await;
+    assert_eq!(
+        stored_policies(&api),
+        [
+            "coffer-api",
+            "coffer-ingress",
+            "coffer-mongodb",
+            "coffer-rabbitmq"
+        ]
+    );
+    let calls = lines(&api.calls);
+    let fence = calls
+        .iter()
+        .position(|c| c.starts_with(&format!("PATCH {POLICIES}/")));
+    let pods = calls
+        .iter()
+        .position(|c| c.starts_with(&format!("PATCH {DEPLOYMENTS}/")));
+    assert!(fence < pods, "fences before the pods: {calls:?}");
+    let mongodb = &api.get(&format!("{POLICIES}/coffer-mongodb")).unwrap()["spec"];
+    assert_eq!(
+        mongodb["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "coffer",
+        "only the platform's pods reach MongoDB: {mongodb}"
+    );
+    assert_eq!(mongodb["ingress"][0]["ports"][0]["port"], 27017);
+    let api_ingress = &api.get(&format!("{POLICIES}/coffer-api")).unwrap()["spec"]["ingress"];
+    assert_eq!(api_ingress.as_array().unwrap().len(), 1);
+    assert_eq!(api_ingress[0]["ports"][0]["port"], "http");
+    assert!(
+        stored_policies(&api).iter().all(|p| !p.contains("listener")),
+        "the listener has no signer: no egress fence"
+    );
+
+    let api = reconcile_changed(api, |p| {
+        let mut policy = network_policy();
+        policy.rabbitmq = None;
+        p.spec.network_policy = Some(policy);
+    })
+    .await;
+    assert_eq!(
+        stored_policies(&api),
+        ["coffer-api", "coffer-ingress", "coffer-mongodb"]
+    );
+
+    let api = reconcile_changed(api, |p| p.spec.network_policy = None).await;
+    assert!(stored_policies(&api).is_empty(), "{:?}", lines(&api.calls));
+}
+
+#[tokio::test]
+async fn a_signer_listener_is_never_started_without_its_egress_fence() {
+    let mut api = cluster();
+    api.put(&secret("hot-wallet", "key"));
+    change_listener(&mut api, |l| {
+        l.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "hot-wallet".into(),
+            key: None,
+        })
+    });
+    let api = reconcile_changed(api, |p| p.spec.network_policy = Some(network_policy())).await;
+    let listener_deployment = format!("{DEPLOYMENTS}/coffer-listener-ethereum");
+    assert!(
+        api.get(&listener_deployment).is_none(),
+        "no hot-wallet pod without its fence"
+    );
+    assert_degraded(
+        status_of(&api, &format!("{LISTENERS}/ethereum")),
+        "EgressUndeclared",
+        "spec.rpcEgress",
+    );
+
+    let mut api = api;
+    change_listener(&mut api, |l| {
+        l.spec.rpc_egress = vec![serde_json::from_value(serde_json::json!({
+            "to": [{ "podSelector": { "matchLabels": { "app.kubernetes.io/name": "anvil" } } }],
+            "ports": [{ "protocol": "TCP", "port": 8545 }],
+        }))
+        .unwrap()]
+    });
+    let api = reconcile_changed(api, |_| {}).await;
+    let fence_path = format!("{POLICIES}/coffer-listener-ethereum-egress");
+    let fence = api.get(&fence_path).expect("the fence").clone();
+    let egress = fence["spec"]["egress"].as_array().unwrap();
+    let destinations: Vec<_> = egress
+        .iter()
+        .map(|rule| (rule["ports"][0]["port"].clone(), rule["to"][0].clone()))
+        .collect();
+    assert_eq!(
+        destinations.len(),
+        3,
+        "DNS, MongoDB and the node, nothing else: {egress:?}"
+    );
+    assert_eq!(destinations[0].0, 53);
+    assert_eq!(destinations[1].0, 27017);
+    assert_eq!(destinations[2].0, 8545);
+    assert_eq!(fence["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    assert_eq!(fence["metadata"]["ownerReferences"][0]["uid"], "uid-listener");
+    let calls = lines(&api.calls);
+    let fenced = calls.iter().position(|c| *c == format!("PATCH {fence_path}"));
+    let started = calls
+        .iter()
+        .position(|c| *c == format!("PATCH {listener_deployment}"));
+    assert!(fenced.is_some() && fenced < started, "{calls:?}");
+
+    // Without its signer the listener needs no fence: the one it had goes.
+    let mut api = api;
+    change_listener(&mut api, |l| l.spec.signer_secret_ref = None);
+    let api = reconcile_changed(api, |_| {}).await;
+    assert!(api.get(&fence_path).is_none(), "{:?}", lines(&api.calls));
+    assert!(api.get(&listener_deployment).is_some());
+}
+
+#[tokio::test]
+async fn a_fenced_signer_listener_follows_its_catalog_by_watch_only_when_the_api_server_is_declared() {
+    let mut api = cluster();
+    api.put(&secret("hot-wallet", "key"));
+    change_listener(&mut api, |l| {
+        l.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "hot-wallet".into(),
+            key: None,
+        });
+        l.spec.rpc_egress = vec![serde_json::from_value(serde_json::json!({
+            "to": [{ "ipBlock": { "cidr": "203.0.113.0/24" } }],
+            "ports": [{ "protocol": "TCP", "port": 443 }],
+        }))
+        .unwrap()];
+    });
+    let env_of = |api: &FakeApi| -> Vec<String> {
+        api.get(&format!("{DEPLOYMENTS}/coffer-listener-ethereum"))
+            .unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let fence = |api: &FakeApi| {
+        api.get(&format!("{POLICIES}/coffer-listener-ethereum-egress"))
+            .unwrap()["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let api = reconcile_changed(api, |p| p.spec.network_policy = Some(network_policy())).await;
+    assert!(
+        !env_of(&api).contains(&"COFFER_ASSETS_CONFIGMAP".to_string()),
+        "fenced off the API server, it reads the mounted file"
+    );
+    assert_eq!(fence(&api), 3, "DNS, MongoDB, the node");
+
+    let api = reconcile_changed(api, |p| {
+        let mut policy = network_policy();
+        policy.api_server =
+            vec![
+                serde_json::from_value(serde_json::json!({ "ipBlock": { "cidr": "172.18.0.2/32" } }))
+                    .unwrap(),
+            ];
+        p.spec.network_policy = Some(policy);
+    })
+    .await;
+    assert!(env_of(&api).contains(&"COFFER_ASSETS_CONFIGMAP".to_string()));
+    assert_eq!(fence(&api), 4, "and the API server");
+    let api_server_rule = &api
+        .get(&format!("{POLICIES}/coffer-listener-ethereum-egress"))
+        .unwrap()["spec"]["egress"][2];
+    assert_eq!(api_server_rule["ports"][0]["port"], 443);
+    assert_eq!(api_server_rule["ports"][1]["port"], 6443);
 }

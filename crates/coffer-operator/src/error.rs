@@ -17,6 +17,17 @@ pub enum Error {
         secret: String,
         referrer: String,
     },
+    /// The operator may not read a referenced Secret: its Role grants `get` only on the Secrets
+    /// listed when it was installed (the chart's `watch.secrets`).
+    #[error(
+        "the operator may not read Secret {namespace}/{secret} (referenced by {referrer}): add it to the \
+         chart's watch.secrets (or grant the operator get on it)"
+    )]
+    SecretForbidden {
+        namespace: String,
+        secret: String,
+        referrer: String,
+    },
     /// A referenced Secret lacks the key.
     #[error("Secret {namespace}/{secret} (referenced by {referrer}) has no key {key:?}")]
     SecretKeyMissing {
@@ -24,6 +35,14 @@ pub enum Error {
         secret: String,
         key: String,
         referrer: String,
+    },
+    /// A chain listener holding a signer key cannot be fenced in by a NetworkPolicy with what its
+    /// resources declare.
+    #[error("ChainListener {namespace}/{listener}: {message}")]
+    EgressUndeclared {
+        namespace: String,
+        listener: String,
+        message: String,
     },
     /// A call to the API server failed.
     #[error("failed to {action} {kind} {namespace}/{name}: {source}")]
@@ -51,7 +70,9 @@ impl Error {
         match self {
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::SecretMissing { .. } => "SecretMissing",
+            Error::SecretForbidden { .. } => "SecretForbidden",
             Error::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Error::EgressUndeclared { .. } => "EgressUndeclared",
             Error::Kube { .. } => "ApiError",
             Error::NotNamespaced { .. } => "NotNamespaced",
             Error::Finalizer(inner) => match inner.as_ref() {
@@ -71,7 +92,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self.reason(),
-            "InvalidSpec" | "SecretMissing" | "SecretKeyMissing"
+            "InvalidSpec" | "SecretMissing" | "SecretForbidden" | "SecretKeyMissing" | "EgressUndeclared"
         )
     }
 
@@ -90,6 +111,11 @@ impl Error {
             source: Box::new(source),
         }
     }
+}
+
+/// True when the API server answered 403.
+pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_forbidden())
 }
 
 /// True when the API server answered 404.

@@ -3,12 +3,17 @@
 //! - [`crd`]: the `coffer.dev/v1alpha1` resources (`WalletPlatform`, `Asset`, `ChainListener`);
 //!   [`crds`] / [`crds_yaml`] give their CustomResourceDefinitions.
 //! - [`build`]: pure functions from resources to the objects the operator applies.
+//! - [`catalog`]: the services' side of the published asset catalog (a ConfigMap followed
+//!   through the API server).
 //! - [`controller`]: reconcile (server-side apply, owner references, finalizer, events, status).
 //! - [`run`] with [`OperatorArgs`]: the `coffer operator` role (watches, leader election, metrics).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod build;
+pub mod catalog;
+#[cfg(test)]
+mod catalog_tests;
 pub mod conditions;
 pub mod controller;
 pub mod crd;

@@ -6,9 +6,10 @@ use prometheus::{
 
 /// The `error` label values of `coffer_operator_reconcile_errors_total` ([`crate::Error::reason`]),
 /// each exposed at zero from the start so rates and alerts see them before the first failure.
-pub const ERROR_REASONS: [&str; 6] = [
+pub const ERROR_REASONS: [&str; 7] = [
     "InvalidSpec",
     "SecretMissing",
+    "SecretForbidden",
     "SecretKeyMissing",
     "ApiError",
     "NotNamespaced",

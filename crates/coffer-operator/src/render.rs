@@ -5,7 +5,8 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{
-    build_platform, chain_listener_deployment, select_assets, validate_platform, AssetSelection,
+    build_platform, chain_listener_deployment, listener_egress_policy, select_assets, validate_platform,
+    AssetSelection,
 };
 use crate::crd::{Asset, ChainListener, WalletPlatform};
 
@@ -111,7 +112,10 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
     push(&mut out, &objects.role);
     push(&mut out, &objects.role_binding);
     push(&mut out, &objects.api_service);
-    push(&mut out, &objects.workers_service);
+    push(&mut out, &objects.metrics_service);
+    for policy in &objects.network_policies {
+        push(&mut out, policy);
+    }
     for deployment in &objects.deployments {
         push(&mut out, deployment);
     }
@@ -126,6 +130,14 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
         push(&mut out, rule);
     }
     for listener in resources.listeners_of(platform) {
+        match listener_egress_policy(platform, &listener) {
+            Ok(Some(policy)) => push(&mut out, &policy),
+            Ok(None) => {}
+            Err(message) => {
+                out.push_str(&format!("# ChainListener {}: {message}\n", listener.name_any()));
+                continue;
+            }
+        }
         push(&mut out, &chain_listener_deployment(platform, &listener));
     }
     Ok(out)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
@@ -24,9 +24,18 @@ use crate::server::{self, Health};
 /// Configuration of the `coffer operator` role.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OperatorArgs {
-    /// Namespace to watch; every namespace when absent.
-    #[arg(long, env = "COFFER_OPERATOR_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Namespaces to reconcile (comma-separated in the environment); the client's default
+    /// namespace (in a pod: its own) when none is given.
+    #[arg(
+        long = "namespaces",
+        env = "COFFER_OPERATOR_NAMESPACES",
+        value_delimiter = ',',
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespaces: Vec<String>,
+    /// Reconcile every namespace (needs cluster-wide rights: only when asked for).
+    #[arg(long, env = "COFFER_OPERATOR_ALL_NAMESPACES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub all_namespaces: bool,
     /// Address of the operator's /metrics, /healthz and /readyz.
     #[arg(long, env = "COFFER_OPERATOR_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
@@ -50,7 +59,55 @@ pub struct OperatorArgs {
     pub lease_renew_seconds: u64,
 }
 
+/// Where the operator works: listed namespaces, or every namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Namespaces(Vec<String>),
+    AllNamespaces,
+}
+
+impl Scope {
+    /// One entry per controller: a namespace, or `None` for all of them.
+    fn namespaces(&self) -> Vec<Option<&str>> {
+        match self {
+            Scope::Namespaces(list) => list.iter().map(|ns| Some(ns.as_str())).collect(),
+            Scope::AllNamespaces => vec![None],
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Namespaces(list) => write!(f, "{}", list.join(",")),
+            Scope::AllNamespaces => write!(f, "*"),
+        }
+    }
+}
+
 impl OperatorArgs {
+    /// The scope asked for; `default_namespace` when neither a list nor all namespaces is given.
+    pub fn scope(&self, default_namespace: &str) -> anyhow::Result<Scope> {
+        if self.all_namespaces {
+            return Ok(Scope::AllNamespaces);
+        }
+        let mut namespaces: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|ns| ns.trim().to_string())
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        if namespaces.is_empty() {
+            namespaces.push(default_namespace.to_string());
+        }
+        namespaces.sort();
+        namespaces.dedup();
+        if let Some(bad) = namespaces.iter().find(|ns| !is_dns_label(ns)) {
+            anyhow::bail!("--namespaces: {bad:?} is not a namespace name (a DNS label)");
+        }
+        Ok(Scope::Namespaces(namespaces))
+    }
+
     fn holder(&self) -> String {
         self.holder_identity
             .clone()
@@ -68,15 +125,21 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let scope = args.scope(client.default_namespace())?;
     let metrics = Arc::new(Metrics::default());
     let health = Health::default();
     server::spawn(args.listen, metrics.clone(), health.clone()).await?;
-    info!(listen = %args.listen, namespace = args.namespace.as_deref().unwrap_or("*"), "coffer operator starting");
+    info!(listen = %args.listen, namespaces = %scope, "coffer operator starting");
 
-    let platforms: Api<WalletPlatform> = scoped(&client, args.namespace.as_deref());
-    platforms.list(&ListParams::default().limit(1)).await.context(
-        "cannot list WalletPlatforms: are the CRDs installed (kubectl apply -f crds/) and may the operator read them?",
-    )?;
+    for namespace in scope.namespaces() {
+        let platforms: Api<WalletPlatform> = scoped(&client, namespace);
+        platforms.list(&ListParams::default().limit(1)).await.with_context(|| {
+            format!(
+                "cannot list WalletPlatforms in {}: are the CRDs installed (kubectl apply -f crds/) and may the operator read them there?",
+                namespace.unwrap_or("every namespace")
+            )
+        })?;
+    }
     health.ready.store(true, Ordering::Relaxed);
 
     let holder = args.holder();
@@ -89,7 +152,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
     ));
-    let controller = controller(client.clone(), args.namespace.as_deref(), ctx);
+    // One controller per namespace: a namespaced list and watch is all the rights it needs.
+    let controllers: Vec<_> = scope
+        .namespaces()
+        .into_iter()
+        .map(|namespace| controller(client.clone(), namespace, ctx.clone()))
+        .collect();
+    let controller = futures::future::join_all(controllers).map(|_| ());
 
     if !args.leader_election {
         metrics.leader.set(1);
@@ -112,6 +181,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     result
 }
 
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -130,7 +208,7 @@ fn platform_of_managed<K: ResourceExt>(object: K) -> Option<ObjectRef<WalletPlat
 
 /// Watches WalletPlatforms, the Assets and ChainListeners pointing at them, and the Deployments
 /// and ConfigMaps the operator manages (so drift and rollouts are noticed).
-fn controller(
+pub(crate) fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
@@ -174,7 +252,7 @@ fn controller(
 mod tests {
     use clap::Parser;
 
-    use super::OperatorArgs;
+    use super::{OperatorArgs, Scope};
 
     #[derive(Parser)]
     struct Cli {
@@ -183,9 +261,13 @@ mod tests {
     }
 
     #[test]
-    fn defaults_watch_every_namespace_with_leader_election_on_port_9090() {
+    fn defaults_watch_the_own_namespace_only_with_leader_election_on_port_9090() {
         let args = Cli::try_parse_from(["coffer"]).unwrap().operator;
-        assert_eq!((args.namespace, args.leader_election), (None, true));
+        assert_eq!(
+            args.scope("coffer-system").unwrap(),
+            Scope::Namespaces(vec!["coffer-system".into()])
+        );
+        assert!(args.leader_election);
         assert_eq!(args.listen.to_string(), "0.0.0.0:9090");
         assert_eq!(
             (
@@ -203,11 +285,28 @@ mod tests {
             "coffer",
             "--leader-election",
             "false",
-            "--namespace",
+            "--namespaces",
             "coffer-dev",
         ])
         .unwrap();
         assert!(!cli.operator.leader_election);
-        assert_eq!(cli.operator.namespace.as_deref(), Some("coffer-dev"));
+        assert_eq!(
+            cli.operator.scope("default").unwrap(),
+            Scope::Namespaces(vec!["coffer-dev".into()])
+        );
+    }
+
+    #[test]
+    fn a_list_of_namespaces_or_every_namespace_only_when_asked() {
+        let list = Cli::try_parse_from(["coffer", "--namespaces", "payments,wallet-b,payments"]).unwrap();
+        assert_eq!(
+            list.operator.scope("default").unwrap(),
+            Scope::Namespaces(vec!["payments".into(), "wallet-b".into()])
+        );
+        let all = Cli::try_parse_from(["coffer", "--all-namespaces", "true"]).unwrap();
+        assert_eq!(all.operator.scope("default").unwrap(), Scope::AllNamespaces);
+        assert!(Cli::try_parse_from(["coffer", "--all-namespaces", "true", "--namespaces", "a"]).is_err());
+        let bad = Cli::try_parse_from(["coffer", "--namespaces", "Payments"]).unwrap();
+        assert!(bad.operator.scope("default").is_err());
     }
 }

@@ -41,6 +41,30 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// What an `api` process needs against the test servers: `MONGODB_URI` (from scripts/test), a
+/// fresh database named `<prefix>_<uuid>`, the dev asset catalog and a JWT secret.
+pub fn api_env(database_prefix: &str) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    vec![
+        (
+            "MONGODB_URI".to_string(),
+            std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
+        ),
+        (
+            "COFFER_DATABASE".into(),
+            format!("{database_prefix}_{}", uuid::Uuid::new_v4().simple()),
+        ),
+        (
+            "COFFER_ASSETS_FILE".into(),
+            root.join("config/assets.dev.json").display().to_string(),
+        ),
+        (
+            "COFFER_JWT_SECRET".into(),
+            "processes-test-secret-0123456789abcdef".into(),
+        ),
+    ]
+}
+
 /// How to start roles: the binary, a directory for their logs, and the environment they share.
 pub struct Roles {
     pub binary: PathBuf,

@@ -30,10 +30,9 @@ pub fn listener_config(
 }
 
 pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyhow::Result<()> {
-    let catalog = crate::assets::load(&args.assets_file)?;
-    crate::assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
+    let catalog = crate::assets::live_catalog(&args.assets, &registry).await?;
     let store = crate::connect(&args.db, &registry).await?;
     let rpc = Rpc::connect(&args.eth_rpc_url, roots)?;
     let config = listener_config(

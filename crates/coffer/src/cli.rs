@@ -240,6 +240,20 @@ pub struct UserCreateArgs {
     pub password_stdin: bool,
 }
 
+/// Where a role reads the asset catalog, and how it hears of changes.
+#[derive(Args, Clone)]
+pub struct AssetsArgs {
+    /// The asset catalog the role starts with (AssetsFile v1 JSON); re-read every 2 s when it
+    /// changes, unless --assets-config-map is set.
+    #[arg(long, env = "COFFER_ASSETS_FILE")]
+    pub assets_file: std::path::PathBuf,
+    /// Follow this ConfigMap (`namespace/name`, key assets.json) through the Kubernetes API
+    /// instead of re-reading the file: a change arrives with the watch event, not after the
+    /// kubelet's sync period. The operator sets it.
+    #[arg(long, env = "COFFER_ASSETS_CONFIGMAP")]
+    pub assets_config_map: Option<coffer_operator::catalog::ConfigMapRef>,
+}
+
 #[derive(Args)]
 pub struct ChainListenerArgs {
     #[command(flatten)]
@@ -261,8 +275,8 @@ pub struct ChainListenerArgs {
     #[arg(long, env = "COFFER_MAX_BLOCKS_PER_POLL", default_value_t = 50,
         value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_blocks_per_poll: u64,
-    #[arg(long, env = "COFFER_ASSETS_FILE")]
-    pub assets_file: std::path::PathBuf,
+    #[command(flatten)]
+    pub assets: AssetsArgs,
     /// /healthz, /readyz and /metrics.
     #[arg(long, env = "COFFER_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: String,
@@ -281,12 +295,15 @@ pub struct ApiArgs {
     pub amqp: AmqpArgs,
     #[arg(long, env = "COFFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Serve /healthz, /readyz and /metrics on this address too, and /metrics no longer on the
+    /// API's port (so a public ingress never exposes it). Unset: /metrics on the API's port.
+    #[arg(long, env = "COFFER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// HMAC key of access tokens (at least 32 bytes). No default: there are no default secrets.
     #[arg(long, env = "COFFER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: SecretString,
-    /// The asset catalog (AssetsFile v1 JSON); re-read when it changes.
-    #[arg(long, env = "COFFER_ASSETS_FILE")]
-    pub assets_file: std::path::PathBuf,
+    #[command(flatten)]
+    pub assets: AssetsArgs,
     /// Lifetime of access tokens (60..=3600 s).
     #[arg(long, env = "COFFER_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900,
         value_parser = clap::value_parser!(u64).range(60..=3600))]
@@ -413,6 +430,7 @@ impl ApiArgs {
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.webhook_secrets = webhook_secrets();
+        config.metrics_on_api_port = self.metrics_listen.is_none();
         for (provider, secret) in &config.webhook_secrets {
             if secret.expose_secret().len() < 16 {
                 bail!("the webhook secret of {provider} must be at least 16 bytes");

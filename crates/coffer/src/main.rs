@@ -11,7 +11,6 @@ mod reconciler;
 
 use std::io::Read;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -121,15 +120,14 @@ struct DevChain {
 async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> anyhow::Result<()> {
     let role = if dev.is_some() { "dev" } else { "api" };
     let config = args.api_config()?;
-    let catalog = assets::load(&args.assets_file)?;
     let registry = prometheus::Registry::new();
+    let catalog = assets::live_catalog(&args.assets, &registry).await?;
     let store = connect(&args.db, &registry).await?;
     for asset in catalog.current().iter() {
         store
             .ensure_platform_accounts(&asset.symbol, asset.decimals)
             .await?;
     }
-    assets::spawn_reloader(args.assets_file.clone(), catalog.clone(), Duration::from_secs(2));
     let broker = publisher::endpoint(&args.amqp, roots);
     if let Some(dev) = &dev {
         publisher::spawn_beside_api(&store, &args.amqp, broker.clone(), &registry)?;
@@ -152,6 +150,9 @@ async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> an
             move || consumer.is_ready()
         })
         .start();
+    if let Some(listen) = &args.metrics_listen {
+        ops_server::spawn(listen, health.clone(), registry.clone(), shutdown_signal()).await?;
+    }
     let ctx = ApiContext::new(store, config, catalog, registry)?.with_health(health);
     tokio::spawn(coffer_events::consumer::run(
         broker,

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use coffer_test_support::process::{free_port, wait_ready, Process, Roles};
+use coffer_test_support::process::{api_env, free_port, wait_ready, Process, Roles};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -19,28 +19,12 @@ struct Api {
 }
 
 fn roles(label: &str) -> Roles {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = vec![
-        (
-            "MONGODB_URI".to_string(),
-            std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
-        ),
-        (
-            "COFFER_DATABASE".into(),
-            format!("proc_{}", uuid::Uuid::new_v4().simple()),
-        ),
-        (
-            "COFFER_ASSETS_FILE".into(),
-            root.join("config/assets.dev.json").display().to_string(),
-        ),
-        (
-            "COFFER_JWT_SECRET".into(),
-            "processes-test-secret-0123456789abcdef".into(),
-        ),
+    let mut env = api_env("proc");
+    env.extend([
         ("COFFER_RATE_MONEY_PER_USER_PER_MINUTE".into(), "100000".into()),
         ("COFFER_RATE_MONEY_PER_IP_PER_MINUTE".into(), "100000".into()),
         ("COFFER_RATE_AUTH_PER_IP_PER_MINUTE".into(), "100000".into()),
-    ];
+    ]);
     Roles::new(Path::new(env!("CARGO_BIN_EXE_coffer")), label, env)
 }
 

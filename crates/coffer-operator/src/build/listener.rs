@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use super::pod::{common_env, env, pod_template, secret_env, Workload};
-use super::{labels, owned_meta, selector_labels, Component, LISTENER_LABEL, WORKER_LABEL, WORKER_PORT};
+use super::{labels, owned_meta, selector_labels, Component, LISTENER_LABEL, METRICS_LABEL, METRICS_PORT};
 use crate::crd::{ChainListener, SecretKeyRef, WalletPlatform};
 
 /// Where the signer's key file is mounted (read-only, owner-only).
@@ -46,7 +46,11 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
     let platform_name = platform.name_any();
     let listener_name = listener.name_any();
     let spec = &listener.spec;
-    let mut vars = common_env(platform, Component::ChainListener, WORKER_PORT);
+    let mut vars = common_env(platform, Component::ChainListener, METRICS_PORT);
+    if !super::listener_reaches_api_server(platform, listener) {
+        // Fenced off the API server: the mounted file is its catalog (the kubelet's sync delay).
+        vars.retain(|v| v.name != "COFFER_ASSETS_CONFIGMAP");
+    }
     vars.push(secret_env("ETH_RPC_URL", &spec.rpc_secret_ref, "url"));
     vars.push(env("COFFER_POLL_INTERVAL_MS", spec.poll_interval_ms.to_string()));
     if let Some(block) = spec.start_block {
@@ -63,7 +67,7 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
         &platform.spec.image,
     );
     pod_labels.insert(LISTENER_LABEL.into(), listener_name.clone());
-    pod_labels.insert(WORKER_LABEL.into(), "true".into());
+    pod_labels.insert(METRICS_LABEL.into(), "true".into());
     let mut selector = selector_labels(&platform_name, Component::ChainListener);
     selector.insert(LISTENER_LABEL.into(), listener_name.clone());
     let mut object_labels = labels(
@@ -76,7 +80,8 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
         component: Component::ChainListener,
         args: vec!["chain-listener".into(), "--chain".into(), spec.chain.clone()],
         port_name: "metrics",
-        port: WORKER_PORT,
+        port: METRICS_PORT,
+        metrics_port: false,
         env: vars,
         resources: spec.resources.clone(),
         labels: pod_labels,

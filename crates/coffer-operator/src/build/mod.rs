@@ -4,13 +4,18 @@
 mod assets;
 mod listener;
 mod monitoring;
+mod network;
 mod platform;
 mod pod;
 
 pub use assets::{assets_config_map, select_assets, to_domain, AssetSelection, AssetVerdict};
 pub use listener::{chain_listener_deployment, chain_listener_deployment_name};
 pub use monitoring::{prometheus_rule, prometheus_rule_resource, service_monitor, service_monitor_resource};
-pub use platform::{build_platform, validate_platform, PlatformObjects};
+pub use network::{
+    listener_egress_policy, listener_egress_policy_name, listener_reaches_api_server,
+    platform_network_policies, platform_network_policy_names,
+};
+pub use platform::{build_platform, validate_platform, PlatformObjects, Unwanted};
 
 use std::collections::BTreeMap;
 
@@ -25,16 +30,19 @@ pub const ASSETS_DIR: &str = "/etc/coffer";
 pub const ASSETS_FILE_PATH: &str = "/etc/coffer/assets.json";
 /// The ConfigMap key holding the `AssetsFile` JSON.
 pub const ASSETS_KEY: &str = "assets.json";
-/// Port of the API (API, health and metrics on one port).
+/// Port of the API (and its health probes).
 pub const API_PORT: i32 = 8080;
-/// Port of the workers' health and metrics server.
-pub const WORKER_PORT: i32 = 9090;
+/// Port named `metrics` of every workload: the workers' health and metrics server, the API's
+/// operations port (`COFFER_METRICS_LISTEN`), never the public API port.
+pub const METRICS_PORT: i32 = 9090;
 /// Label carrying the platform name on everything the operator creates.
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// Label carrying the ChainListener name on its Deployment and pods.
 pub const LISTENER_LABEL: &str = "coffer.dev/chain-listener";
-/// Label marking pods whose metrics port is `metrics` (the workers' headless Service selects it).
-pub const WORKER_LABEL: &str = "coffer.dev/worker";
+/// Label marking pods with a `metrics` port (the headless metrics Service selects it).
+pub const METRICS_LABEL: &str = "coffer.dev/metrics";
+/// Label of the headless metrics Service, which the ServiceMonitor selects.
+pub const SCRAPE_LABEL: &str = "coffer.dev/scrape";
 /// `app.kubernetes.io/managed-by` value, used to select what the operator watches.
 pub const MANAGED_BY: &str = "coffer-operator";
 
@@ -137,9 +145,9 @@ pub fn deployment_name(platform: &str, component: Component) -> String {
     format!("{platform}-{}", component.as_str())
 }
 
-/// Name of the headless Service exposing the workers' metrics port.
-pub fn workers_service_name(platform: &str) -> String {
-    format!("{platform}-workers")
+/// Name of the headless Service over every pod's metrics port (what the ServiceMonitor scrapes).
+pub fn metrics_service_name(platform: &str) -> String {
+    format!("{platform}-metrics")
 }
 
 /// Name of the ServiceAccount, Role and RoleBinding of the workloads.

@@ -5,7 +5,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::{deployment_name, labels, owned_meta, workers_service_name, Component};
+use super::{deployment_name, labels, metrics_service_name, owned_meta, Component};
 use crate::crd::WalletPlatform;
 
 /// `monitoring.coreos.com/v1` ServiceMonitor.
@@ -24,7 +24,8 @@ pub fn prometheus_rule_resource() -> ApiResource {
     )
 }
 
-/// Scrapes the API Service's `http` port and the workers' headless Service `metrics` port.
+/// Scrapes the `metrics` port of every pod (api, workers, listeners) through the headless
+/// metrics Service; the API Service's public port serves no metrics.
 pub fn service_monitor(platform: &WalletPlatform) -> DynamicObject {
     let name = platform.name_any();
     let resource = service_monitor_resource();
@@ -34,9 +35,9 @@ pub fn service_monitor(platform: &WalletPlatform) -> DynamicObject {
                 "app.kubernetes.io/name": "coffer",
                 "app.kubernetes.io/instance": name,
                 "app.kubernetes.io/managed-by": super::MANAGED_BY,
+                super::SCRAPE_LABEL: "metrics",
             }},
             "endpoints": [
-                { "port": "http", "path": "/metrics", "interval": "30s" },
                 { "port": "metrics", "path": "/metrics", "interval": "30s" },
             ],
         }
@@ -51,7 +52,7 @@ pub fn prometheus_rule(platform: &WalletPlatform) -> DynamicObject {
     let name = platform.name_any();
     let namespace = platform.namespace().unwrap_or_default();
     let api = deployment_name(&name, Component::Api);
-    let workers = workers_service_name(&name);
+    let metrics = metrics_service_name(&name);
     let resource = prometheus_rule_resource();
     let mut object = DynamicObject::new(&name, &resource).data(json!({
         "spec": {
@@ -60,7 +61,7 @@ pub fn prometheus_rule(platform: &WalletPlatform) -> DynamicObject {
                 "rules": [
                     {
                         "alert": "CofferTargetDown",
-                        "expr": format!(r#"up{{namespace="{namespace}", service=~"{api}|{workers}"}} == 0"#),
+                        "expr": format!(r#"up{{namespace="{namespace}", service="{metrics}"}} == 0"#),
                         "for": "5m",
                         "labels": { "severity": "critical" },
                         "annotations": {

@@ -4,18 +4,18 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::ResourceExt;
 
 use super::pod::{common_env, env, pod_template, secret_env, Workload};
 use super::{
-    assets_config_map, assets_config_map_name, deployment_name, labels, owned_meta, selector_labels,
-    service_account_name, workers_service_name, AssetSelection, Component, API_PORT, WORKER_LABEL,
-    WORKER_PORT,
+    assets_config_map, assets_config_map_name, deployment_name, labels, metrics_service_name, owned_meta,
+    selector_labels, service_account_name, AssetSelection, Component, API_PORT, METRICS_LABEL, METRICS_PORT,
 };
 use crate::crd::WalletPlatform;
 
@@ -32,13 +32,29 @@ pub struct PlatformObjects {
     pub role_binding: RoleBinding,
     pub deployments: Vec<Deployment>,
     pub api_service: Service,
-    pub workers_service: Service,
+    pub metrics_service: Service,
     pub api_autoscaler: Option<HorizontalPodAutoscaler>,
     pub api_disruption_budget: PodDisruptionBudget,
     /// Only when `observability.serviceMonitor` is set (and applied only if the CRD exists).
     pub service_monitor: Option<DynamicObject>,
     /// Only when `observability.prometheusRule` is set (and applied only if the CRD exists).
     pub prometheus_rule: Option<DynamicObject>,
+    /// `spec.networkPolicy`'s policies (the listeners' egress fences are built per listener).
+    pub network_policies: Vec<NetworkPolicy>,
+    /// Objects a switch of the spec turned off: the controller deletes them if the platform owns them.
+    pub unwanted: Vec<Unwanted>,
+}
+
+/// An object the platform may have created earlier that its spec no longer asks for.
+#[derive(Clone, Debug)]
+pub struct Unwanted {
+    pub kind: &'static str,
+    /// The uid the object's controller owner reference must carry; `None`: the platform's.
+    pub owner_uid: Option<String>,
+    pub resource: ApiResource,
+    pub name: String,
+    /// The switch that is off, for the Event (`spec.api.autoscaling is not set`).
+    pub why: &'static str,
 }
 
 /// Checks what the schema cannot: rules that would otherwise surface as an apply error later.
@@ -77,7 +93,7 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
             reconciler_deployment(platform),
         ],
         api_service: api_service(platform),
-        workers_service: workers_service(platform),
+        metrics_service: metrics_service(platform),
         api_autoscaler: api_autoscaler(platform),
         api_disruption_budget: api_disruption_budget(platform),
         service_monitor: platform
@@ -90,7 +106,66 @@ pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> Pla
             .observability
             .prometheus_rule
             .then(|| super::prometheus_rule(platform)),
+        network_policies: super::platform_network_policies(platform),
+        unwanted: unwanted(platform),
     }
+}
+
+/// What the spec's switches turned off, by kind and name.
+fn unwanted(platform: &WalletPlatform) -> Vec<Unwanted> {
+    let name = platform.name_any();
+    let spec = &platform.spec;
+    // Before the API had a metrics port of its own, the headless Service was `P-workers`.
+    let mut unwanted = vec![Unwanted {
+        kind: "Service",
+        owner_uid: None,
+        resource: ApiResource::erase::<Service>(&()),
+        name: format!("{name}-workers"),
+        why: "the headless Service of every metrics port is now <platform>-metrics",
+    }];
+    if spec.api.autoscaling.is_none() {
+        unwanted.push(Unwanted {
+            kind: "HorizontalPodAutoscaler",
+            owner_uid: None,
+            resource: ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            name: deployment_name(&name, Component::Api),
+            why: "spec.api.autoscaling is not set",
+        });
+    }
+    if !spec.observability.service_monitor {
+        unwanted.push(Unwanted {
+            kind: "ServiceMonitor",
+            owner_uid: None,
+            resource: super::service_monitor_resource(),
+            name: name.clone(),
+            why: "spec.observability.serviceMonitor is false",
+        });
+    }
+    if !spec.observability.prometheus_rule {
+        unwanted.push(Unwanted {
+            kind: "PrometheusRule",
+            owner_uid: None,
+            resource: super::prometheus_rule_resource(),
+            name,
+            why: "spec.observability.prometheusRule is false",
+        });
+    }
+    let wanted: Vec<String> = super::platform_network_policies(platform)
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    for policy in super::platform_network_policy_names(&platform.name_any()) {
+        if !wanted.contains(&policy) {
+            unwanted.push(Unwanted {
+                kind: "NetworkPolicy",
+                owner_uid: None,
+                resource: ApiResource::erase::<NetworkPolicy>(&()),
+                name: policy,
+                why: "spec.networkPolicy does not ask for it",
+            });
+        }
+    }
+    unwanted
 }
 
 fn service_account(platform: &WalletPlatform) -> ServiceAccount {
@@ -105,7 +180,8 @@ fn service_account(platform: &WalletPlatform) -> ServiceAccount {
     }
 }
 
-/// Least privilege: the workloads may read their own assets ConfigMap and nothing else.
+/// Least privilege: the workloads may read and watch their own assets ConfigMap and nothing else
+/// (a list or watch is authorized by name when it selects `metadata.name`, as theirs does).
 fn role(platform: &WalletPlatform) -> Role {
     let name = platform.name_any();
     Role {
@@ -118,7 +194,7 @@ fn role(platform: &WalletPlatform) -> Role {
             api_groups: Some(vec!["".into()]),
             resources: Some(vec!["configmaps".into()]),
             resource_names: Some(vec![assets_config_map_name(&name)]),
-            verbs: vec!["get".into(), "watch".into()],
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
             ..PolicyRule::default()
         }]),
     }
@@ -179,18 +255,20 @@ fn deployment(
 }
 
 fn api_deployment(platform: &WalletPlatform) -> Deployment {
-    let name = platform.name_any();
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
+    // /metrics on its own port: the public port (what an Ingress routes) never serves it.
+    vars.push(env("COFFER_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")));
     let workload = Workload {
         component: Component::Api,
         args: vec!["api".into()],
         port_name: "http",
         port: API_PORT,
+        metrics_port: true,
         env: vars,
         resources: spec.api.resources.clone(),
-        labels: labels(&name, Some(Component::Api), &spec.image),
+        labels: worker_labels(platform, Component::Api),
         mounts: Vec::new(),
     };
     // With an autoscaler the HPA owns the replica count; applying one would fight it.
@@ -198,12 +276,13 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
     deployment(platform, workload, replicas, false)
 }
 
+/// A component's labels, marked as having a `metrics` port.
 fn worker_labels(
     platform: &WalletPlatform,
     component: Component,
 ) -> std::collections::BTreeMap<String, String> {
     let mut labels = labels(&platform.name_any(), Some(component), &platform.spec.image);
-    labels.insert(WORKER_LABEL.into(), "true".into());
+    labels.insert(METRICS_LABEL.into(), "true".into());
     labels
 }
 
@@ -213,8 +292,9 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
         component: Component::OutboxPublisher,
         args: vec!["outbox-publisher".into()],
         port_name: "metrics",
-        port: WORKER_PORT,
-        env: common_env(platform, Component::OutboxPublisher, WORKER_PORT),
+        port: METRICS_PORT,
+        metrics_port: false,
+        env: common_env(platform, Component::OutboxPublisher, METRICS_PORT),
         resources: spec.outbox_publisher.resources.clone(),
         labels: worker_labels(platform, Component::OutboxPublisher),
         mounts: Vec::new(),
@@ -224,13 +304,14 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
 
 fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
     let spec = &platform.spec;
-    let mut vars = common_env(platform, Component::Reconciler, WORKER_PORT);
+    let mut vars = common_env(platform, Component::Reconciler, METRICS_PORT);
     vars.push(env_interval(spec.reconciler.interval_seconds));
     let workload = Workload {
         component: Component::Reconciler,
         args: vec!["reconciler".into()],
         port_name: "metrics",
-        port: WORKER_PORT,
+        port: METRICS_PORT,
+        metrics_port: false,
         env: vars,
         resources: spec.reconciler.resources.clone(),
         labels: worker_labels(platform, Component::Reconciler),
@@ -268,26 +349,24 @@ fn api_service(platform: &WalletPlatform) -> Service {
     }
 }
 
-/// Headless Service over every worker pod's `metrics` port, for the ServiceMonitor.
-fn workers_service(platform: &WalletPlatform) -> Service {
+/// Headless Service over every pod's `metrics` port (api, workers, listeners), for the ServiceMonitor.
+fn metrics_service(platform: &WalletPlatform) -> Service {
     let name = platform.name_any();
     let mut selector = std::collections::BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "coffer".to_string()),
         (super::INSTANCE_LABEL.to_string(), name.clone()),
     ]);
-    selector.insert(WORKER_LABEL.into(), "true".into());
+    selector.insert(METRICS_LABEL.into(), "true".into());
+    let mut service_labels = labels(&name, None, &platform.spec.image);
+    service_labels.insert(super::SCRAPE_LABEL.into(), "metrics".into());
     Service {
-        metadata: owned_meta(
-            platform,
-            workers_service_name(&name),
-            labels(&name, None, &platform.spec.image),
-        ),
+        metadata: owned_meta(platform, metrics_service_name(&name), service_labels),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("metrics".into()),
-                port: WORKER_PORT,
+                port: METRICS_PORT,
                 target_port: Some(IntOrString::String("metrics".into())),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()

@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{assets_config_map_name, service_account_name, Component, ASSETS_DIR, ASSETS_FILE_PATH};
+use super::{
+    assets_config_map_name, service_account_name, Component, ASSETS_DIR, ASSETS_FILE_PATH, METRICS_PORT,
+};
 use crate::crd::{SecretKeyRef, WalletPlatform};
 
 /// The distroless `nonroot` user.
@@ -25,6 +27,8 @@ pub(crate) struct Workload {
     pub args: Vec<String>,
     pub port_name: &'static str,
     pub port: i32,
+    /// A second port, `metrics` ([`METRICS_PORT`]), besides `port` (the API's operations port).
+    pub metrics_port: bool,
     pub env: Vec<EnvVar>,
     pub resources: Option<ResourceRequirements>,
     pub labels: BTreeMap<String, String>,
@@ -62,6 +66,15 @@ pub(crate) fn common_env(platform: &WalletPlatform, component: Component, listen
         env("COFFER_LISTEN", format!("0.0.0.0:{listen_port}")),
         env("COFFER_LOG_FORMAT", "json"),
         env("COFFER_ASSETS_FILE", ASSETS_FILE_PATH),
+        // Followed through the API server: changes arrive with the watch event, not the kubelet's sync.
+        env(
+            "COFFER_ASSETS_CONFIGMAP",
+            format!(
+                "{}/{}",
+                platform.namespace().unwrap_or_default(),
+                assets_config_map_name(&platform.name_any())
+            ),
+        ),
         secret_env("MONGODB_URI", &spec.mongodb.secret_ref, "uri"),
         env("COFFER_DATABASE", spec.mongodb.database.clone()),
         secret_env("AMQP_URI", &spec.rabbitmq.secret_ref, "uri"),
@@ -123,12 +136,17 @@ pub(crate) fn pod_template(platform: &WalletPlatform, workload: Workload) -> Pod
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(workload.args),
-        ports: Some(vec![ContainerPort {
-            name: Some(workload.port_name.into()),
-            container_port: workload.port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            std::iter::once((workload.port_name, workload.port))
+                .chain(workload.metrics_port.then_some(("metrics", METRICS_PORT)))
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         env: Some(workload.env),
         resources: workload.resources,
         startup_probe: Some(http_probe("/healthz", workload.port_name, 2, 30)),

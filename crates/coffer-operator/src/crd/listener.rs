@@ -47,6 +47,17 @@ pub struct ChainListenerSpec {
     /// mounted read-only as a file (`COFFER_SIGNER_KEY_FILE`), never put in an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer_secret_ref: Option<SecretKeyRef>,
+    /// Where the node is (and anything else this listener must reach, e.g. an OTLP collector), as
+    /// NetworkPolicy egress rules. Required for a listener with a signer on a platform with
+    /// `networkPolicy`: the pod holding the hot wallet's key may then reach only these, DNS and
+    /// the platform's MongoDB.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = (
+        "self.all(rule, has(rule.to) && size(rule.to) > 0)",
+        "every rpcEgress rule names where it goes: a rule without `to` allows everything"
+    ))]
+    pub rpc_egress: Vec<k8s_openapi::api::networking::v1::NetworkPolicyEgressRule>,
     /// Milliseconds between two polls of the node (`COFFER_POLL_INTERVAL_MS`).
     #[serde(default = "default_poll_interval_ms")]
     #[schemars(range(min = 100, max = 600000))]

@@ -5,11 +5,13 @@
 mod asset;
 #[allow(clippy::duplicated_attributes)]
 mod listener;
+mod network;
 #[allow(clippy::duplicated_attributes)]
 mod platform;
 
 pub use asset::{Asset, AssetSpec, AssetStatus};
 pub use listener::{ChainListener, ChainListenerSpec, ChainListenerStatus};
+pub use network::{DependencyNetwork, NetworkPolicySpec};
 pub use platform::{
     ApiSpec, AutoscalingSpec, ImagePullPolicy, MongoDbSpec, ObservabilitySpec, OutboxPublisherSpec,
     RabbitMqSpec, ReconcilerSpec, WalletPlatform, WalletPlatformSpec, WalletPlatformStatus,

@@ -60,6 +60,9 @@ pub struct WalletPlatformSpec {
     /// Monitoring and tracing switches.
     #[serde(default)]
     pub observability: ObservabilitySpec,
+    /// NetworkPolicies around the platform's pods and its in-namespace dependencies; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<super::NetworkPolicySpec>,
     /// Stop applying changes (maintenance window); status keeps being reported.
     #[serde(default)]
     pub paused: bool,

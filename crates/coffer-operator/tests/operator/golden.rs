@@ -7,9 +7,14 @@ use crate::assert_golden;
 
 /// Fixture resources with the uids an API server would have set (owner references need them).
 fn fixture(name: &str) -> Resources {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    resources_at(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+}
+
+fn resources_at(path: &std::path::Path) -> Resources {
     let mut resources = Resources::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap();
     for platform in &mut resources.platforms {
         platform.metadata.uid = Some(format!("uid-walletplatform-{}", platform.name_any()));
@@ -38,6 +43,25 @@ fn full_platform_renders_the_golden_objects() {
     let resources = fixture("full.yaml");
     let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
     assert_golden(&golden_path("full.yaml"), &rendered);
+}
+
+#[test]
+fn the_production_overlay_platform_renders_whole_and_fenced() {
+    let resources = resources_at(&crate::repo_root().join("deploy/overlays/production/platform.yaml"));
+    let platform = &resources.platforms[0];
+    let selection = select_assets(&resources.assets_of(platform));
+    assert!(
+        selection.verdicts.values().all(|v| *v == AssetVerdict::Published),
+        "{:?}",
+        selection.verdicts
+    );
+    let rendered = render_platform(platform, &resources).unwrap();
+    assert!(
+        !rendered.contains("# ChainListener"),
+        "every listener is started, fenced"
+    );
+    assert!(rendered.contains("name: wallet-listener-mainnet-egress"));
+    assert_golden(&golden_path("production.yaml"), &rendered);
 }
 
 #[test]
