@@ -20,7 +20,10 @@ async fn every_route_is_served_and_in_the_openapi_document() {
     let routes = coffer_api::routes();
     assert!(routes.len() >= 38, "the API's routes: {routes:?}");
     for (method, path) in &routes {
-        assert!(paths[path.as_str()][method.to_lowercase()].is_object(), "{method} {path}");
+        assert!(
+            paths[path.as_str()][method.to_lowercase()].is_object(),
+            "{method} {path}"
+        );
         // Without credentials every route answers before it looks anything up (401 on bearer
         // routes and the signed webhook, 200 on public ones): an unrouted path is the fallback's
         // 404 `not_found` or a 405, which no served route answers here. No route is exempt.
@@ -41,8 +44,17 @@ async fn every_route_is_served_and_in_the_openapi_document() {
             "{method} {path} is not routed ({status} {body})"
         );
     }
-    let unknown = app.client.get(app.url("/v1/wallets/x/nothing-here")).send().await.unwrap();
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "the check above can see an unrouted path");
+    let unknown = app
+        .client
+        .get(app.url("/v1/wallets/x/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.status(),
+        StatusCode::NOT_FOUND,
+        "the check above can see an unrouted path"
+    );
 }
 
 #[tokio::test]
