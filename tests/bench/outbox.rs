@@ -120,7 +120,13 @@ async fn append_synthetic(app: &TestApp, count: usize, tag: &str) {
 
 fn synthetic(wallet: usize, user: &str) -> OutboxDoc {
     let data = serde_json::json!({ "wallet_id": format!("wallet-{wallet}"), "available": "1.5", "note": "x".repeat(200) });
-    OutboxDoc::new("wallet.balance.updated", 1, &format!("wallet-{wallet}"), user, data)
+    OutboxDoc::new(
+        "wallet.balance.updated",
+        1,
+        &format!("wallet-{wallet}"),
+        user,
+        data,
+    )
 }
 
 /// The broker's own rate on this machine: `count` persistent messages, confirms per 1,000.
@@ -138,7 +144,8 @@ async fn raw_lapin(broker: &Broker, count: usize) -> f64 {
                 ..Default::default()
             };
             let key = "raw.baseline".into();
-            let confirm = channel.basic_publish(broker.exchange.as_str().into(), key, options, &body, properties);
+            let confirm =
+                channel.basic_publish(broker.exchange.as_str().into(), key, options, &body, properties);
             drop(confirm.await.expect("publish"));
         }
         channel.wait_for_confirms().await.expect("confirms");
@@ -166,9 +173,14 @@ async fn consume(broker: &Broker, queue: &str, seen: Arc<Mutex<Vec<Seen>>>) -> t
         while let Some(Ok(delivery)) = consumer.next().await {
             let properties = &delivery.properties;
             let header = |name: &str| coffer_events::envelope::header(properties, name);
-            let created = header("cloudEvents:time").and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+            let created =
+                header("cloudEvents:time").and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
             let latency_ms = created.map_or(-1, |t| codec::now().timestamp_millis() - t.timestamp_millis());
-            let message_id = properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+            let message_id = properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
             let subject = header("cloudEvents:subject").unwrap_or_default();
             seen.lock().unwrap().push(Seen {
                 message_id,
@@ -208,7 +220,12 @@ fn check_order(expected: &[OutboxDoc], seen: &[Seen]) {
 
 /// Appends events for SOCKETS users at `rate` for 10 s; returns ((p50, p99) broker, (p50, p99)
 /// WebSocket) in milliseconds.
-async fn latency_phase(app: &TestApp, broker: &Broker, seen: Arc<Mutex<Vec<Seen>>>, rate: f64) -> ((f64, f64), (f64, f64)) {
+async fn latency_phase(
+    app: &TestApp,
+    broker: &Broker,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    rate: f64,
+) -> ((f64, f64), (f64, f64)) {
     let consumer = broker::spawn_stream_consumer(&broker.exchange, app.stream_hub.clone()).await;
     let mut users = Vec::new();
     let mut readers = Vec::new();
@@ -219,9 +236,13 @@ async fn latency_phase(app: &TestApp, broker: &Broker, seen: Arc<Mutex<Vec<Seen>
         let sink = latencies.clone();
         readers.push(tokio::spawn(async move {
             while let Some(event) = next_event(&mut socket, Duration::from_secs(5)).await {
-                let created = event["time"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                let created = event["time"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
                 if let Some(t) = created {
-                    sink.lock().unwrap().push(codec::now().timestamp_millis() - t.timestamp_millis());
+                    sink.lock()
+                        .unwrap()
+                        .push(codec::now().timestamp_millis() - t.timestamp_millis());
                 }
             }
         }));
@@ -243,8 +264,14 @@ async fn latency_phase(app: &TestApp, broker: &Broker, seen: Arc<Mutex<Vec<Seen>
         tokio::time::sleep_until(next.into()).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let broker_ms: Vec<i64> = seen.lock().unwrap()[from..].iter().map(|s| s.latency_ms).collect();
-    let socket_ms: Vec<i64> = users.iter().flat_map(|(_, l)| l.lock().unwrap().clone()).collect();
+    let broker_ms: Vec<i64> = seen.lock().unwrap()[from..]
+        .iter()
+        .map(|s| s.latency_ms)
+        .collect();
+    let socket_ms: Vec<i64> = users
+        .iter()
+        .flat_map(|(_, l)| l.lock().unwrap().clone())
+        .collect();
     println!(
         "  latency phase: {n} events appended in {:.1} s; {} broker deliveries, {} WebSocket deliveries",
         started.elapsed().as_secs_f64(),

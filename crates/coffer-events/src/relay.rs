@@ -152,22 +152,27 @@ impl Relay {
     async fn renew_if_due(&self) -> Result<(), EventsError> {
         let due = {
             let leases = self.leases.lock().expect("leases lock");
-            leases.renewed.is_none_or(|at| at.elapsed() >= self.config.lease / 3)
+            leases
+                .renewed
+                .is_none_or(|at| at.elapsed() >= self.config.lease / 3)
         };
         if !due {
             return Ok(());
         }
-        let leased = self.store.outbox_lease(&self.config.owner, self.config.lease).await?;
+        let leased = self
+            .store
+            .outbox_lease(&self.config.owner, self.config.lease)
+            .await?;
         let mut leases = self.leases.lock().expect("leases lock");
         let previous = std::mem::take(&mut leases.cursors);
         for partition in &leased.partitions {
             let ours = previous.get(&partition.partition).copied().unwrap_or(0);
-            leases.cursors.insert(partition.partition, ours.max(partition.through));
+            leases
+                .cursors
+                .insert(partition.partition, ours.max(partition.through));
         }
         let Leases {
-            cursors,
-            retries_due,
-            ..
+            cursors, retries_due, ..
         } = &mut *leases;
         retries_due.retain(|p, _| cursors.contains_key(p));
         leases.renewed = Some(Instant::now());
@@ -194,7 +199,11 @@ impl Relay {
                     claim.push(row, true);
                 }
             }
-            for row in self.store.outbox_after(*partition, *through, self.config.batch_size).await? {
+            for row in self
+                .store
+                .outbox_after(*partition, *through, self.config.batch_size)
+                .await?
+            {
                 claim.push(row, false);
             }
         }
@@ -352,7 +361,11 @@ impl Relay {
     }
 
     async fn retry_later(&self, row: &OutboxDoc, error: &str) -> Result<(), EventsError> {
-        let delay = crate::backoff(self.config.retry_base, row.attempts as u32, Duration::from_secs(60));
+        let delay = crate::backoff(
+            self.config.retry_base,
+            row.attempts as u32,
+            Duration::from_secs(60),
+        );
         let at = codec::from_millis(codec::now().timestamp_millis() + delay.as_millis() as i64);
         self.store.outbox_refused(&row.id, error, Some(at)).await?;
         let mut leases = self.leases.lock().expect("leases lock");

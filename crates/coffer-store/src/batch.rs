@@ -809,10 +809,7 @@ pub(crate) fn ledger_entries(
 }
 
 /// A planned event as an outbox row.
-pub(crate) fn outbox_row(
-    event: &PlannedEvent,
-    traceparent: Option<String>,
-) -> OutboxDoc {
+pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> OutboxDoc {
     let mut row = OutboxDoc::new(
         event.event_type.as_str(),
         event.event_type.data_version(),

@@ -39,6 +39,9 @@ use thiserror::Error;
 
 pub use metrics::StoreMetrics;
 pub use model::*;
+/// The driver, for tests and benchmarks only (feature `testing`): no `mongodb` or `bson` type
+/// crosses this crate's boundary in production code.
+#[cfg(feature = "testing")]
 pub use mongodb;
 
 /// Collection names, in one place.
@@ -240,11 +243,20 @@ impl Store {
         })
     }
 
+    /// The raw database: for tests and benchmarks that seed or corrupt data on purpose
+    /// (feature `testing`); production code goes through the typed functions of this crate.
+    #[cfg(feature = "testing")]
     pub fn database(&self) -> &Database {
         &self.db
     }
 
+    #[cfg(feature = "testing")]
     pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection(name)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
         self.db.collection(name)
     }
 
@@ -306,7 +318,11 @@ impl Store {
                     .build(),
             ),
             // The publisher's reads: the next range of a partition, and its rows due for a retry.
-            (OUTBOX, doc! { "partition": 1, "seq": 1 }, unique("by_partition_seq")),
+            (
+                OUTBOX,
+                doc! { "partition": 1, "seq": 1 },
+                unique("by_partition_seq"),
+            ),
             (OUTBOX, doc! { "partition": 1, "retry_at": 1 }, named("retrying")),
             (OUTBOX_REPLICAS, doc! { "until": 1 }, named("live")),
             // The stream's history query: equality fields first, then the range and sort key (the

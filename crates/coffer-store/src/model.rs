@@ -320,7 +320,13 @@ pub struct OutboxDoc {
 impl OutboxDoc {
     /// A new row (id and creation time now; partition and sequence are given when it is
     /// appended); the one constructor every writer uses.
-    pub fn new(event_type: &str, data_version: u32, subject: &str, user_id: &str, data: serde_json::Value) -> Self {
+    pub fn new(
+        event_type: &str,
+        data_version: u32,
+        subject: &str,
+        user_id: &str,
+        data: serde_json::Value,
+    ) -> Self {
         OutboxDoc {
             id: crate::new_id(),
             event_type: event_type.to_string(),

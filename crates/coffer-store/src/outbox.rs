@@ -266,14 +266,22 @@ impl Store {
 
     /// Records a refused publish of row `id`: its attempts, the error, and when to try again
     /// (`retry_at`); or, with `retry_at` None, that it went to the dead-letter queue.
-    pub async fn outbox_refused(&self, id: &str, error: &str, retry_at: Option<Time>) -> Result<(), StoreError> {
+    pub async fn outbox_refused(
+        &self,
+        id: &str,
+        error: &str,
+        retry_at: Option<Time>,
+    ) -> Result<(), StoreError> {
         let now = codec::bson_time(&codec::now());
         let set = match retry_at {
             Some(at) => doc! { "last_error": error, "retry_at": codec::bson_time(&at) },
             None => doc! { "last_error": error, "retry_at": null, "dead_lettered_at": now },
         };
         self.collection::<Document>(OUTBOX)
-            .update_one(doc! { "_id": id }, doc! { "$set": set, "$inc": { "attempts": 1 } })
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": set, "$inc": { "attempts": 1 } },
+            )
             .await?;
         Ok(())
     }
@@ -356,12 +364,20 @@ impl Store {
     pub async fn outbox_dead_letter_count(&self) -> Result<u64, StoreError> {
         let epoch = codec::bson_time(&codec::from_millis(0));
         let filter = doc! { "dead_lettered_at": { "$gte": epoch } };
-        Ok(self.collection::<Document>(OUTBOX).count_documents(filter).await?)
+        Ok(self
+            .collection::<Document>(OUTBOX)
+            .count_documents(filter)
+            .await?)
     }
 
     /// The user's committed events after event `after`, oldest first, at most `limit` (capped at
     /// 10,000), dead letters left out: the history a resuming stream client catches up from.
-    pub async fn stream_history(&self, user_id: &str, after: &str, limit: u32) -> Result<Vec<OutboxDoc>, StoreError> {
+    pub async fn stream_history(
+        &self,
+        user_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<OutboxDoc>, StoreError> {
         let filter = doc! { "user_id": user_id, "dead_lettered_at": null, "_id": { "$gt": after } };
         let rows = self
             .collection::<OutboxDoc>(OUTBOX)
@@ -402,7 +418,12 @@ impl Store {
     /// Every row of the outbox in id order (tests and tools; unbounded).
     pub async fn outbox_rows(&self) -> Result<Vec<OutboxDoc>, StoreError> {
         let outbox = self.collection::<OutboxDoc>(OUTBOX);
-        Ok(outbox.find(doc! {}).sort(doc! { "_id": 1 }).await?.try_collect().await?)
+        Ok(outbox
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?)
     }
 
     async fn outbox_heads(&self) -> Result<BTreeMap<i32, i64>, StoreError> {
@@ -434,7 +455,11 @@ mod tests {
     fn partitions_are_stable_and_spread() {
         assert_eq!(partition_of("wallet-1"), partition_of("wallet-1"));
         let used: BTreeSet<i32> = (0..200).map(|i| partition_of(&format!("w-{i}"))).collect();
-        assert_eq!(used.len(), PARTITIONS as usize, "200 wallets reach every partition");
+        assert_eq!(
+            used.len(),
+            PARTITIONS as usize,
+            "200 wallets reach every partition"
+        );
         assert!(used.iter().all(|p| (0..PARTITIONS).contains(p)));
     }
 }
