@@ -39,7 +39,8 @@ pub struct RelayConfig {
     pub max_attempts: i32,
     /// Base of the backoff before a failed row is tried again.
     pub retry_base: Duration,
-    /// Sleep when there is nothing to publish.
+    /// Sleep when there is nothing to publish (an idle round costs one read of the partitions'
+    /// heads).
     pub idle_poll: Duration,
 }
 
@@ -53,7 +54,7 @@ impl RelayConfig {
             confirm_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_base: Duration::from_millis(500),
-            idle_poll: Duration::from_millis(5),
+            idle_poll: Duration::from_millis(10),
         }
     }
 }
@@ -193,18 +194,24 @@ impl Relay {
             outcomes: Vec::new(),
             errors: Vec::new(),
         };
+        let heads = if held.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.store.outbox_heads().await?
+        };
         for (partition, through) in &held {
             if sweep || due.contains(partition) {
                 for row in self.store.outbox_due(*partition, self.config.batch_size).await? {
                     claim.push(row, true);
                 }
             }
-            for row in self
-                .store
-                .outbox_after(*partition, *through, self.config.batch_size)
-                .await?
-            {
-                claim.push(row, false);
+            if heads.get(partition).is_some_and(|head| head > through) {
+                let rows = self
+                    .store
+                    .outbox_after(*partition, *through, self.config.batch_size);
+                for row in rows.await? {
+                    claim.push(row, false);
+                }
             }
         }
         let oldest = claim.rows.iter().map(|r| r.created_at).min();

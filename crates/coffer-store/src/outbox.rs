@@ -173,18 +173,28 @@ impl Store {
         partitions
             .update_many(doc! { "_id": { "$in": kept }, "owner": owner }, set.clone())
             .await?;
-        let free = all
+        // Replicas starting together look at the free partitions from different places, and one
+        // that loses a race for a partition goes on to the next: nobody waits a renewal for work.
+        let mut free: Vec<&PartitionDoc> = all
             .iter()
             .filter(|p| p.owner.is_none() || p.lease_until < now)
-            .filter(|p| p.owner.as_deref() != Some(owner));
-        for candidate in free.take(share - kept.len()) {
+            .filter(|p| p.owner.as_deref() != Some(owner))
+            .collect();
+        let start = partition_of(owner) as usize % free.len().max(1);
+        free.rotate_left(start);
+        let mut wanted = share - kept.len();
+        for candidate in free {
+            if wanted == 0 {
+                break;
+            }
             // Taken only if nobody renewed or took it since we read it.
             let unchanged = doc! {
                 "_id": candidate.partition,
                 "owner": candidate.owner.as_deref(),
                 "lease_until": codec::bson_time(&candidate.lease_until),
             };
-            partitions.update_one(unchanged, set.clone()).await?;
+            let taken = partitions.update_one(unchanged, set.clone()).await?;
+            wanted -= usize::from(taken.modified_count == 1);
         }
         let held = doc! { "owner": owner, "lease_until": until_b };
         let mut held: Vec<PartitionDoc> = partitions.find(held).await?.try_collect().await?;
@@ -426,7 +436,9 @@ impl Store {
             .await?)
     }
 
-    async fn outbox_heads(&self) -> Result<BTreeMap<i32, i64>, StoreError> {
+    /// Per partition, the last sequence number given out (one read of 16 small documents): a
+    /// publisher reads a partition only when its head is past its cursor.
+    pub async fn outbox_heads(&self) -> Result<BTreeMap<i32, i64>, StoreError> {
         let docs: Vec<SequenceDoc> = self
             .collection::<SequenceDoc>(OUTBOX_SEQUENCES)
             .find(doc! {})
