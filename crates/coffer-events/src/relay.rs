@@ -5,6 +5,10 @@
 //! row) and records refusals. A crash anywhere leaves the cursors where they were: the next holder
 //! of a partition re-publishes from there with the same `message_id`s (at-least-once).
 //!
+//! The run loop ([`crate::publisher`]) pipelines rounds: [`Relay::send`] a round, read and send the
+//! next while the first one's confirms are on their way, then [`Relay::confirm`] and settle them
+//! in order; a round is read after what was sent, not after what was settled.
+//!
 //! Order: a wallet's events are in one partition, and a partition has one publisher at a time
 //! (its lease) that sends its rows in sequence order on one channel, so a wallet's events reach
 //! the broker in commit order. A row the broker refuses (returned, nacked) is retried with
@@ -90,10 +94,34 @@ impl Claim {
     }
 }
 
+/// A round on its way to the broker: its confirms to await, and the publish spans they end.
+pub struct Sent {
+    /// Awaits every confirm of the round (bounded by `confirm_timeout`), off the relay's loop.
+    confirms: tokio::task::JoinHandle<Option<Vec<Result<Confirmation, lapin::Error>>>>,
+    spans: Vec<tracing::Span>,
+}
+
+impl Sent {
+    /// Whether every confirm of the round arrived (or the wait for them ended).
+    pub fn is_done(&self) -> bool {
+        self.confirms.is_finished()
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.confirms.abort();
+    }
+}
+
 /// The partitions this replica holds, with the cursor it has reached in each.
 #[derive(Default)]
 struct Leases {
     cursors: BTreeMap<i32, i64>,
+    /// Per partition, the last row sent in a round not settled yet (ahead of `cursors`).
+    sent: BTreeMap<i32, i64>,
+    /// Rounds read and not settled yet; retries are read only when none is.
+    in_flight: usize,
     renewed: Option<Instant>,
     /// Partitions with rows this replica sent to the retry path, and when the first is due.
     retries_due: BTreeMap<i32, Instant>,
@@ -173,9 +201,13 @@ impl Relay {
                 .insert(partition.partition, ours.max(partition.through));
         }
         let Leases {
-            cursors, retries_due, ..
+            cursors,
+            retries_due,
+            sent,
+            ..
         } = &mut *leases;
         retries_due.retain(|p, _| cursors.contains_key(p));
+        sent.retain(|p, _| cursors.contains_key(p));
         leases.renewed = Some(Instant::now());
         leases.sweep_retries = true;
         self.metrics.partitions_held.set(leases.cursors.len() as i64);
@@ -187,7 +219,16 @@ impl Relay {
     pub async fn claim(&self) -> Result<Option<Claim>, EventsError> {
         self.renew_if_due().await?;
         let held = self.held();
-        let (sweep, due) = self.retry_partitions(&held);
+        let (sweep, due, sent) = {
+            let leases = self.leases.lock().expect("leases lock");
+            (leases.in_flight == 0, leases.in_flight, leases.sent.clone())
+        };
+        // Retries are read only between pipelined rounds, so none is read twice while in flight.
+        let (sweep, due) = if sweep && due == 0 {
+            self.retry_partitions(&held)
+        } else {
+            (false, Vec::new())
+        };
         let mut claim = Claim {
             rows: Vec::new(),
             retried: Vec::new(),
@@ -200,6 +241,7 @@ impl Relay {
             self.store.outbox_heads().await?
         };
         for (partition, through) in &held {
+            let through = &sent.get(partition).copied().unwrap_or(*through).max(*through);
             if sweep || due.contains(partition) {
                 for row in self.store.outbox_due(*partition, self.config.batch_size).await? {
                     claim.push(row, true);
@@ -215,8 +257,18 @@ impl Relay {
             }
         }
         let oldest = claim.rows.iter().map(|r| r.created_at).min();
-        self.leases.lock().expect("leases lock").oldest_read = oldest;
-        Ok((!claim.rows.is_empty()).then_some(claim))
+        let mut leases = self.leases.lock().expect("leases lock");
+        leases.oldest_read = oldest;
+        if claim.rows.is_empty() {
+            return Ok(None);
+        }
+        for (row, retried) in claim.rows.iter().zip(&claim.retried) {
+            if !retried {
+                leases.sent.insert(row.partition, row.seq);
+            }
+        }
+        leases.in_flight += 1;
+        Ok(Some(claim))
     }
 
     /// Whether to read every held partition's retry path this round, and which partitions have
@@ -240,6 +292,13 @@ impl Relay {
     /// Publishes every row of the claim, pipelined in order on `channel`, then awaits their
     /// confirms. On a broker error it stops; call [`Relay::settle`] either way.
     pub async fn publish(&self, claim: &mut Claim, channel: &Channel) -> Result<(), EventsError> {
+        let sent = self.send(claim, channel).await?;
+        self.confirm(claim, sent, channel).await
+    }
+
+    /// Sends every row of the claim, in order, without waiting for the broker: the next round
+    /// can be read and sent while these confirms are on their way ([`Relay::confirm`]).
+    pub async fn send(&self, claim: &Claim, channel: &Channel) -> Result<Sent, EventsError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -259,10 +318,22 @@ impl Relay {
             spans.push(span);
         }
         let all = futures::future::join_all(confirms);
-        let results = tokio::time::timeout(self.config.confirm_timeout, all)
-            .await
-            .map_err(|_| EventsError::ConfirmTimeout(self.config.confirm_timeout))?;
+        let timeout = self.config.confirm_timeout;
+        let confirms = tokio::spawn(async move { tokio::time::timeout(timeout, all).await.ok() });
+        Ok(Sent { confirms, spans })
+    }
+
+    /// Awaits the confirms of a round sent by [`Relay::send`] and records each row's outcome.
+    pub async fn confirm(
+        &self,
+        claim: &mut Claim,
+        mut sent: Sent,
+        channel: &Channel,
+    ) -> Result<(), EventsError> {
+        let timeout = EventsError::ConfirmTimeout(self.config.confirm_timeout);
+        let results = (&mut sent.confirms).await.ok().flatten().ok_or(timeout)?;
         // A publish span lasts until its confirm: what publishing with confirms costs.
+        let spans = std::mem::take(&mut sent.spans);
         for (index, (result, span)) in results.into_iter().zip(spans).enumerate() {
             match rejection(result?) {
                 None => self.confirmed(claim, index),
@@ -274,6 +345,14 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Forgets what was sent but not settled (after a broker error): the next round reads each
+    /// partition from its stored cursor again, and re-sends with the same message ids.
+    pub fn rewind(&self) {
+        let mut leases = self.leases.lock().expect("leases lock");
+        leases.sent.clear();
+        leases.in_flight = 0;
     }
 
     /// The producer span of one row's message: a child of the context stored with the row (the
@@ -354,8 +433,10 @@ impl Relay {
             }
         }
         let cursors: Vec<(i32, i64)> = cursors.into_iter().collect();
-        let moved = self.store.outbox_advance(&self.config.owner, &cursors).await?;
+        let moved = self.store.outbox_advance(&self.config.owner, &cursors).await;
         let mut leases = self.leases.lock().expect("leases lock");
+        leases.in_flight = leases.in_flight.saturating_sub(1);
+        let moved = moved?;
         if moved < cursors.len() as u64 {
             leases.renewed = None; // a lease was lost: renew before the next round
         }
