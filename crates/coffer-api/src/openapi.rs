@@ -925,3 +925,71 @@ mod tests {
         assert!(breaking_changes(&previous, &current).is_empty());
     }
 }
+
+#[cfg(test)]
+mod asyncapi_tests {
+    use coffer_domain::events::EventType;
+    use serde_json::Value;
+
+    fn asyncapi() -> Value {
+        serde_json::from_str(include_str!("../../../docs/asyncapi.json")).expect("docs/asyncapi.json is JSON")
+    }
+
+    #[test]
+    fn asyncapi_document_is_valid_asyncapi_3_0() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../fixtures/asyncapi-3.0.0.schema.json")).expect("the schema");
+        let validator = jsonschema::validator_for(&schema).expect("the AsyncAPI 3.0 schema compiles");
+        let doc = asyncapi();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .take(10)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "not valid AsyncAPI 3.0:\n{}",
+            errors.join("\n")
+        );
+        let mut broken = doc.clone();
+        broken["operations"]["receiveEvents"]["action"] = "listen".into();
+        assert!(!validator.is_valid(&broken), "the validation can fail");
+    }
+
+    #[test]
+    fn asyncapi_document_has_a_message_for_every_event_type() {
+        let doc = asyncapi();
+        let names: Vec<&str> = doc["components"]["messages"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        let all = [
+            EventType::BalanceUpdated,
+            EventType::TransactionCreated,
+            EventType::TransactionUpdated,
+            EventType::TransactionRequiresReview,
+            EventType::DepositDetected,
+            EventType::WithdrawalConfirmed,
+        ];
+        for kind in all {
+            // Exhaustive: a new event type stops this compiling until it is listed above.
+            match kind {
+                EventType::BalanceUpdated
+                | EventType::TransactionCreated
+                | EventType::TransactionUpdated
+                | EventType::TransactionRequiresReview
+                | EventType::DepositDetected
+                | EventType::WithdrawalConfirmed => {}
+            }
+            assert!(
+                names.contains(&kind.as_str()),
+                "{} is not in docs/asyncapi.json",
+                kind.as_str()
+            );
+            assert_eq!(kind.data_version(), 1, "docs/asyncapi.json describes data v1");
+        }
+        assert_eq!(names.len(), all.len(), "a message per event type, no more");
+    }
+}
