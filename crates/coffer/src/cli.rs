@@ -189,8 +189,9 @@ pub struct PublisherArgs {
     #[arg(long, env = "COFFER_OUTBOX_MAX_ATTEMPTS", default_value_t = 5,
         value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
-    /// Seconds a claim holds (10..=600); a crashed replica's rows are re-published after it.
-    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 30,
+    /// Seconds a partition lease holds (10..=600), renewed every third of it; a crashed
+    /// replica's partitions are taken over after it.
+    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 15,
         value_parser = clap::value_parser!(u64).range(10..=600))]
     pub lease_seconds: u64,
 }
