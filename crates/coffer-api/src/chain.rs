@@ -185,7 +185,8 @@ pub fn verify_signature(
 
 /// A provider reports deposits. Signed with the provider's secret; unsigned, badly signed or
 /// stale requests get 401 and change nothing.
-#[utoipa::path(post, path = "/v1/webhooks/{provider}", tag = "operations", params(("provider" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/{provider}", tag = "operations", params(("provider" = String, Path),
+        ("Coffer-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(provider secret, t + \".\" + body)>`, at most 5 minutes old")),
     request_body = WebhookBody,
     responses((status = 200, body = Vec<WebhookResult>), (status = 401, description = "invalid_signature", body = Problem),
               (status = 400, body = Problem)))]

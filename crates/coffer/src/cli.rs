@@ -63,6 +63,8 @@ pub enum Command {
     Operator(coffer_operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (`coffer crdgen > crds/coffer.yaml`).
     Crdgen,
+    /// Print the API's OpenAPI 3.1 document (`coffer openapi > docs/openapi.json`).
+    Openapi,
     /// Ledger tools.
     Ledger {
         #[command(subcommand)]
@@ -90,6 +92,7 @@ impl Command {
             Command::Reconciler(_) => "reconciler",
             Command::Operator(_) => "operator",
             Command::Crdgen => "crdgen",
+            Command::Openapi => "openapi",
             Command::Ledger { .. } => "ledger",
             Command::Audit { .. } => "audit",
             Command::User { .. } => "user",

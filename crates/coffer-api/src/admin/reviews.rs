@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiResult, Problem};
-use crate::extract::{Principal, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::TransactionView;
 use crate::ApiContext;
@@ -33,9 +33,11 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
     /// 1 to 100; default 50.
-    pub limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<PageLimit>,
 }
 
 /// Transactions waiting in manual review, oldest first (support, admin).
@@ -47,10 +49,7 @@ pub async fn list_reviews(
     ValidQuery(query): ValidQuery<LimitQuery>,
 ) -> ApiResult<Json<Vec<TransactionView>>> {
     principal.require(&[Role::Support, Role::Admin])?;
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .clamp(1, coffer_store::queries::PAGE_LIMIT_MAX);
+    let limit = PageLimit::or(query.limit, 50);
     let items = ctx
         .store()
         .transactions_in_state(coffer_domain::TxState::ManualReview, limit)
