@@ -47,7 +47,14 @@ pub struct ApiConfig {
     /// HMAC key of access tokens; at least 32 bytes.
     pub jwt_secret: SecretString,
     pub access_token_ttl: Duration,
+    /// Idle lifetime of a refresh token (each refresh issues a new one).
     pub refresh_token_ttl: Duration,
+    /// Absolute lifetime of a session: no refresh extends it (`COFFER_SESSION_LIFETIME_SECONDS`,
+    /// default 30 days); then the user logs in again.
+    pub session_lifetime: Duration,
+    /// How long a replica may answer "this session is active" from memory
+    /// (`COFFER_SESSION_CHECK_SECONDS`, default 2 s): the longest a revoked session keeps working.
+    pub session_check_interval: Duration,
     pub body_limit_bytes: usize,
     pub rate_limits: RateLimits,
     /// The header carrying the client IP when behind a trusted proxy (e.g. `x-forwarded-for`).
@@ -77,6 +84,8 @@ impl ApiConfig {
             jwt_secret,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            session_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
+            session_check_interval: Duration::from_secs(2),
             body_limit_bytes: 64 * 1024,
             rate_limits: RateLimits::default(),
             client_ip_header: None,

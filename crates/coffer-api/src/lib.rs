@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod ops;
+pub mod sessions;
 pub mod stream;
 pub mod transactions;
 pub mod views;
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::Response;
 use axum::Router;
@@ -35,6 +36,7 @@ use coffer_domain::LiveCatalog;
 use coffer_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -54,6 +56,7 @@ struct Inner {
     config: ApiConfig,
     assets: LiveCatalog,
     tokens: auth::TokenService,
+    sessions: sessions::SessionCheck,
     limiters: Arc<limits::Limiters>,
     metrics: metrics::HttpMetrics,
     registry: prometheus::Registry,
@@ -76,6 +79,7 @@ impl ApiContext {
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
+        let sessions = sessions::SessionCheck::new(config.session_check_interval);
         let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
         let reconciler = coffer_store::reconcile::Reconciler {
             config: config.reconcile.clone(),
@@ -90,6 +94,7 @@ impl ApiContext {
                 config,
                 assets,
                 tokens,
+                sessions,
                 limiters,
                 metrics,
                 registry,
@@ -137,6 +142,10 @@ impl ApiContext {
     }
     pub fn tokens(&self) -> &auth::TokenService {
         &self.inner.tokens
+    }
+    /// Whether an access token's session is still active (see [`sessions`]).
+    pub fn sessions(&self) -> &sessions::SessionCheck {
+        &self.inner.sessions
     }
     pub fn limiters(&self) -> &limits::Limiters {
         &self.inner.limiters
@@ -211,7 +220,10 @@ fn groups() -> Groups {
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
             .routes(routes!(auth::login))
-            .routes(routes!(auth::refresh)),
+            .routes(routes!(auth::refresh))
+            .routes(routes!(auth::logout))
+            .routes(routes!(auth::logout_all))
+            .routes(routes!(auth::change_password)),
         reads: OpenApiRouter::new()
             .routes(routes!(wallets::list_wallets))
             .routes(routes!(wallets::get_wallet))
@@ -321,6 +333,16 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Every response is private to its caller (balances, transactions, tokens): no cache may
+        // keep it unless a handler says otherwise, and no browser may sniff a JSON body as HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(ctx)
 }
 
@@ -332,7 +354,10 @@ fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response
 }
 
 /// Routes whose path parameter identifies a person: their `url.path` is the template.
-const ROUTES_NAMING_A_USER: &[&str] = &["/v1/admin/users/{id}/wallets"];
+const ROUTES_NAMING_A_USER: &[&str] = &[
+    "/v1/admin/users/{id}/wallets",
+    "/v1/admin/users/{id}/sessions/revoke",
+];
 
 /// The server span of a request, with the OpenTelemetry HTTP attributes; its parent is the
 /// client's span when the request carries a valid W3C `traceparent`. The path holds object ids

@@ -6,7 +6,9 @@
 //! most [`HISTORY_LIMIT`]; beyond it the socket closes with 4009 and the client reloads state over
 //! REST), then the live feed; events are deduplicated by id. Heartbeat: a ping every
 //! [`HEARTBEAT`]; no frame from the client for three of them closes with 4010. A client that
-//! cannot keep up (its buffer in the hub is full) is closed with 4008.
+//! cannot keep up (its buffer in the hub is full) is closed with 4008. When the session of the token
+//! it was opened with ends (logout, "sign out everywhere", a password change, a staff action, a
+//! refresh token replayed), the stream closes with 4001 within the session check interval.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,19 +24,23 @@ use tracing::Instrument;
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{bearer, ValidQuery};
+use crate::extract::{bearer, Principal, ValidQuery};
 use crate::ApiContext;
 
 /// Most events a resuming client is sent from history.
 pub const HISTORY_LIMIT: u32 = 500;
 /// Interval of server pings.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
+/// Shortest interval between two session checks of one stream.
+const SESSION_CHECK_MIN: Duration = Duration::from_millis(250);
 /// Longest a single send to the client may take before the client counts as too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes (also in docs/events.md).
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    /// The session of the token the stream was opened with was revoked or has ended.
+    pub const SESSION_ENDED: u16 = 4001;
     pub const TOO_SLOW: u16 = 4008;
     pub const RESUME_GAP: u16 = 4009;
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
@@ -66,6 +72,7 @@ pub async fn stream(
         code: "unauthenticated",
     })?;
     let principal = ctx.tokens().verify_access(token)?;
+    crate::extract::require_active_session(&ctx, &principal).await?;
     if let Some(after) = &query.after {
         uuid::Uuid::parse_str(after)
             .map_err(|_| ApiError::invalid_field("invalid_query", "after", "not an event id"))?;
@@ -77,10 +84,11 @@ pub async fn stream(
         )
     })?;
     let after = query.after;
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal.user_id, after)))
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal, after)))
 }
 
-async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: Option<String>) {
+async fn serve(mut socket: WebSocket, ctx: ApiContext, principal: Principal, after: Option<String>) {
+    let user_id = principal.user_id.clone();
     let Some(mut subscription) = ctx.stream_hub().subscribe(&user_id) else {
         return shut(
             socket,
@@ -100,8 +108,18 @@ async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: O
     }
     let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
     let mut last_heard = Instant::now();
+    // A revoked session's streams close too, within the interval the session check allows.
+    let check_every = ctx.config().session_check_interval.max(SESSION_CHECK_MIN);
+    let mut session_check = tokio::time::interval_at(Instant::now() + check_every, check_every);
     loop {
         tokio::select! {
+            _ = session_check.tick() => {
+                let active = ctx.sessions().is_active(ctx.store(), &principal.session_id).await;
+                // A database that cannot answer keeps the stream: the next tick asks again.
+                if matches!(active, Ok(false)) {
+                    return shut(socket, close::SESSION_ENDED, "session ended: log in again").await;
+                }
+            }
             live = subscription.receiver.recv() => {
                 if subscription.overflowed() {
                     return shut(socket, close::TOO_SLOW, "too slow: event buffer full; resume with ?after=").await;

@@ -44,6 +44,7 @@ pub use mongodb;
 pub mod collections {
     pub const USERS: &str = "users";
     pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    pub const SESSIONS: &str = "sessions";
     pub const WALLETS: &str = "wallets";
     pub const TRANSACTIONS: &str = "transactions";
     pub const LEDGER_ENTRIES: &str = "ledger_entries";
@@ -262,6 +263,17 @@ impl Store {
             (REFRESH_TOKENS, doc! { "family_id": 1 }, named("family")),
             (
                 REFRESH_TOKENS,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            // "Sign out everywhere" and staff revocations find a user's sessions.
+            (SESSIONS, doc! { "user_id": 1 }, named("by_user")),
+            // A session past its absolute lifetime is removed (absent counts as ended).
+            (
+                SESSIONS,
                 doc! { "expires_at": 1 },
                 IndexOptions::builder()
                     .name("expiry_ttl".to_string())

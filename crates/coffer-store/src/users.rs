@@ -41,4 +41,19 @@ impl Store {
             .find_one(doc! { "_id": id })
             .await?)
     }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password_hash(&self, id: &str, password_hash: String) -> Result<(), StoreError> {
+        let updated = self
+            .collection::<UserDoc>(USERS)
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "password_hash": password_hash } },
+            )
+            .await?;
+        if updated.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
 }

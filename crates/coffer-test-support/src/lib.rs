@@ -44,6 +44,10 @@ pub struct Options {
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
+    /// A session's absolute lifetime (default: the product's 30 days).
+    pub session_lifetime: Option<std::time::Duration>,
+    /// How long a replica trusts its memory of an active session (default: the product's 2 s).
+    pub session_check_interval: Option<std::time::Duration>,
     /// The database to use (default: a fresh one): two apps on one database are two API replicas.
     pub database: Option<String>,
     /// Routes served beside the API's, under the same layers (e.g. a handler that panics).
@@ -66,6 +70,8 @@ impl Default for Options {
             webhook_secrets: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
             withdrawal_reauth_window: None,
+            session_lifetime: None,
+            session_check_interval: None,
             database: None,
         }
     }
@@ -153,6 +159,12 @@ impl TestApp {
         config.device_trust_delay = options.device_trust_delay;
         if let Some(window) = options.withdrawal_reauth_window {
             config.withdrawal_reauth_window = window;
+        }
+        if let Some(lifetime) = options.session_lifetime {
+            config.session_lifetime = lifetime;
+        }
+        if let Some(interval) = options.session_check_interval {
+            config.session_check_interval = interval;
         }
         for (provider, secret) in &options.webhook_secrets {
             config

@@ -68,3 +68,20 @@ pub async fn events(socket: &mut Socket, count: usize, wait: Duration) -> Vec<Va
     }
     seen
 }
+
+/// The close code the server sends (answering pings meanwhile); None if the socket stays open
+/// for `wait` or ends without a code.
+pub async fn close_code(socket: &mut Socket, wait: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        match frame {
+            Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+            Message::Ping(payload) => socket.send(Message::Pong(payload)).await.ok()?,
+            _ => {}
+        }
+    }
+}
