@@ -51,7 +51,16 @@ async fn refused_within(app: &TestApp, token: &str, limit: Duration) -> Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reuse_of_a_refresh_token_leaves_no_live_successor() {
-    let app = TestApp::spawn_with(options()).await;
+    reuse_race(None).await;
+    // The rotation paused between consuming the token and storing its successor: a reuse
+    // detected meanwhile must still revoke the successor.
+    reuse_race(Some(Duration::from_millis(300))).await;
+}
+
+async fn reuse_race(rotation_pause: Option<Duration>) {
+    let mut options = options();
+    options.store.rotation_pause = rotation_pause;
+    let app = TestApp::spawn_with(options).await;
     let user = app.register().await;
     let replies = futures::future::join_all((0..12).map(|_| refresh(&app, &user.refresh_token))).await;
     let rotated: Vec<_> = replies.iter().filter(|r| r.status == StatusCode::OK).collect();

@@ -157,6 +157,9 @@ pub struct StoreConfig {
     /// A client span per database command (issue 8). Off by default even when traces are
     /// exported: the driver then decodes every command and reply (`COFFER_TRACE_DB_COMMANDS`).
     pub command_spans: bool,
+    /// Tests only: a pause between consuming a refresh token and storing its successor, which
+    /// widens the window a concurrent reuse races into (off by default).
+    pub rotation_pause: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -169,6 +172,7 @@ impl Default for StoreConfig {
             batch: batch::BatchConfig::default(),
             query_log: None,
             command_spans: false,
+            rotation_pause: None,
         }
     }
 }

@@ -265,6 +265,9 @@ async fn consume(
     else {
         return Ok(Consumed::SessionEnded);
     };
+    if let Some(pause) = store.config.rotation_pause {
+        tokio::time::sleep(pause).await;
+    }
     store
         .collection::<RefreshTokenDoc>(REFRESH_TOKENS)
         .insert_one(token_doc(successor, &family, used.auth_time, ttl))

@@ -312,6 +312,15 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600,
         value_parser = clap::value_parser!(u64).range(3600..=90 * 24 * 3600))]
     pub refresh_token_ttl_seconds: u64,
+    /// Absolute lifetime of a session (1 hour to 365 days): no refresh extends it.
+    #[arg(long, env = "COFFER_SESSION_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(3600..=365 * 24 * 3600))]
+    pub session_lifetime_seconds: u64,
+    /// How long a replica may answer "this session is active" from memory (0 to 10 s): the
+    /// longest a revoked session's access tokens and streams keep working.
+    #[arg(long, env = "COFFER_SESSION_CHECK_SECONDS", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(0..=10))]
+    pub session_check_seconds: u64,
     /// Requests to /v1/auth/* per client IP per minute (1..=1000000).
     #[arg(long, env = "COFFER_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -416,6 +425,8 @@ impl ApiArgs {
         let mut config = ApiConfig::new(self.jwt_secret.clone());
         config.access_token_ttl = Duration::from_secs(self.access_token_ttl_seconds);
         config.refresh_token_ttl = Duration::from_secs(self.refresh_token_ttl_seconds);
+        config.session_lifetime = Duration::from_secs(self.session_lifetime_seconds);
+        config.session_check_interval = Duration::from_secs(self.session_check_seconds);
         config.rate_limits = RateLimits {
             auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
             money_per_user_per_minute: self.rate_money_per_user_per_minute,
