@@ -127,6 +127,8 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
             refreshed.body["refresh_token"].as_str().unwrap(),
         ),
         ("payment access token", payment.access_token.as_str()),
+        ("support access token", support.access_token.as_str()),
+        ("support TOTP secret", support.totp_secret.as_deref().unwrap()),
         ("jwt secret", "test-secret-test-secret-test-secret-0123"),
     ];
     for (what, value) in secrets {

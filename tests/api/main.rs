@@ -13,6 +13,7 @@ mod idempotency;
 mod ledger;
 mod logs;
 mod metrics;
+mod mfa;
 mod outbox;
 mod plans;
 mod readiness;

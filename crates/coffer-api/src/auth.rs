@@ -193,6 +193,10 @@ pub struct LoginRequest {
     pub email: String,
     #[schema(format = Password)]
     pub password: String,
+    /// Staff accounts: the 6-digit code of their authenticator app (TOTP); each code works once.
+    #[serde(default)]
+    #[schema(format = Password)]
+    pub totp_code: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -333,10 +337,12 @@ pub async fn register(
     Ok(TokenReply(StatusCode::CREATED, session))
 }
 
-/// Log in with e-mail and password.
+/// Log in with e-mail and password; staff accounts also with the current code of their
+/// authenticator app (`totp_code`).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse),
-              (status = 401, description = "invalid_credentials", body = crate::error::Problem),
+              (status = 401, description = "invalid_credentials; for staff, mfa_required or invalid_mfa_code", body = crate::error::Problem),
+              (status = 403, description = "mfa_enrollment_required: a staff account without TOTP", body = crate::error::Problem),
               (status = 429, body = crate::error::Problem)))]
 pub async fn login(
     State(ctx): State<ApiContext>,
@@ -358,8 +364,38 @@ pub async fn login(
             });
         }
     };
+    if crate::mfa::required_for(user.role) {
+        second_factor(&ctx, &user, body.totp_code.as_deref()).await?;
+    }
     let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
     Ok(TokenReply(StatusCode::OK, session))
+}
+
+/// A staff login's second factor: the current TOTP code, used once.
+async fn second_factor(ctx: &ApiContext, user: &coffer_store::UserDoc, code: Option<&str>) -> ApiResult<()> {
+    let Some(secret) = user.totp_secret.clone().map(SecretString::from) else {
+        return Err(ApiError::ForbiddenBecause {
+            code: "mfa_enrollment_required",
+            detail: "staff accounts log in with a TOTP code: enroll with `coffer user mfa-enroll`".into(),
+        });
+    };
+    let Some(code) = code else {
+        return Err(ApiError::Unauthenticated { code: "mfa_required" });
+    };
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let accepted = match crate::mfa::matching_step(&secret, code, now) {
+        Some(step) => ctx.store().consume_totp_step(&user.id, step).await?,
+        None => false,
+    };
+    if !accepted {
+        ctx.store()
+            .audit("anonymous", actions::MFA_FAILED, &user.id, Default::default())
+            .await?;
+        return Err(ApiError::Unauthenticated {
+            code: "invalid_mfa_code",
+        });
+    }
+    Ok(())
 }
 
 /// Exchange a refresh token for a new access token and a new refresh token.

@@ -158,6 +158,10 @@ impl ApiError {
                         "the refresh token was already used; its session family is revoked"
                     }
                     "invalid_refresh_token" => "the refresh token is unknown, expired or revoked",
+                    "mfa_required" => {
+                        "staff accounts log in with the code of their authenticator app: send totp_code"
+                    }
+                    "invalid_mfa_code" => "the authenticator code is wrong, expired or already used",
                     "session_revoked" => {
                         "this session has ended (signed out, revoked or expired): log in again"
                     }

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
+pub mod mfa;
 pub mod money;
 pub mod ops;
 pub mod sessions;

@@ -98,6 +98,8 @@ pub struct TestUser {
     pub password: String,
     pub access_token: String,
     pub refresh_token: String,
+    /// A staff account's TOTP secret (base32), enrolled as `coffer user create` does.
+    pub totp_secret: Option<String>,
 }
 
 /// A response: status, headers and JSON body (Null when empty or not JSON).
@@ -317,7 +319,8 @@ impl TestApp {
         user_from(&reply, email, password)
     }
 
-    /// A user with `role`, created directly in the store (as `coffer user create` does), logged in.
+    /// A user with `role`, created directly in the store (as `coffer user create` does, with a
+    /// TOTP secret for the staff roles), logged in (with the current code when it has a secret).
     pub async fn staff(&self, role: Role) -> TestUser {
         let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -331,11 +334,27 @@ impl TestApp {
         )
         .await
         .expect("hash");
-        self.store
+        let user = self
+            .store
             .create_user(&email, hash, role)
             .await
             .expect("create staff");
-        self.login(&email, &password).await
+        if !coffer_api::mfa::required_for(role) {
+            return self.login(&email, &password).await;
+        }
+        let secret = coffer_api::mfa::new_secret();
+        use secrecy::ExposeSecret;
+        self.store
+            .set_totp_secret(&user.id, secret.expose_secret())
+            .await
+            .expect("enroll TOTP");
+        let code = totp_now(&secret);
+        let body = json!({ "email": email, "password": password, "totp_code": code });
+        let reply = self.send("POST", "/v1/auth/login", None, None, Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "staff login: {:?}", reply.body);
+        let mut staff = user_from(&reply, email, password);
+        staff.totp_secret = Some(secret.expose_secret().to_string());
+        staff
     }
 
     pub async fn login(&self, email: &str, password: &str) -> TestUser {
@@ -426,6 +445,12 @@ impl TestApp {
     }
 }
 
+/// The current TOTP code of `secret`.
+pub fn totp_now(secret: &secrecy::SecretString) -> String {
+    let now = chrono::Utc::now().timestamp() as u64;
+    coffer_api::mfa::code_at(secret, now).expect("a valid TOTP secret")
+}
+
 fn user_from(reply: &Reply, email: String, password: String) -> TestUser {
     TestUser {
         id: reply.body["user_id"].as_str().expect("user_id").to_string(),
@@ -439,5 +464,6 @@ fn user_from(reply: &Reply, email: String, password: String) -> TestUser {
             .as_str()
             .expect("refresh_token")
             .to_string(),
+        totp_secret: None,
     }
 }

@@ -111,8 +111,20 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Create a staff account or service credential (password on stdin).
+    /// Create a staff account or service credential (password on stdin). A staff account is
+    /// enrolled in TOTP at once: its otpauth:// URI is printed on standard output, once.
     Create(UserCreateArgs),
+    /// Enroll a staff account in TOTP anew (a lost phone): prints the new otpauth:// URI on
+    /// standard output, once; codes of the old secret stop working.
+    MfaEnroll(UserMfaEnrollArgs),
+}
+
+#[derive(Args)]
+pub struct UserMfaEnrollArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long)]
+    pub email: String,
 }
 
 #[derive(Args, Clone)]
