@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use crate::config::{ApiConfig, PasswordHashing};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Principal, ValidJson};
+use crate::limits::ClientIp;
 use crate::ApiContext;
 
 const ISSUER: &str = "coffer";
@@ -318,6 +319,7 @@ pub async fn register(
     ValidJson(body): ValidJson<RegisterRequest>,
 ) -> ApiResult<TokenReply> {
     validate_credentials(&body.email, &body.password)?;
+    let _slot = ctx.hashing().acquire()?;
     let hash = hash_password(
         SecretString::from(body.password),
         ctx.config().password_hashing.clone(),
@@ -343,18 +345,24 @@ pub async fn register(
     responses((status = 200, body = TokenResponse),
               (status = 401, description = "invalid_credentials; for staff, mfa_required or invalid_mfa_code", body = crate::error::Problem),
               (status = 403, description = "mfa_enrollment_required: a staff account without TOTP", body = crate::error::Problem),
-              (status = 429, body = crate::error::Problem)))]
+              (status = 429, description = "rate_limited: too many requests from this network, or too many failed logins of this account from it", body = crate::error::Problem),
+              (status = 503, description = "retry_later: the bound on concurrent password hashing is reached", body = crate::error::Problem)))]
 pub async fn login(
     State(ctx): State<ApiContext>,
+    ClientIp(ip): ClientIp,
     ValidJson(body): ValidJson<LoginRequest>,
 ) -> ApiResult<TokenReply> {
+    ctx.login_failures().check(&body.email, ip)?;
     let user = ctx.store().user_by_email(&body.email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let params = ctx.config().password_hashing.clone();
+    let slot = ctx.hashing().acquire()?;
     let verified = verify_password(SecretString::from(body.password), stored, params).await;
+    drop(slot);
     let user = match user {
         Some(user) if verified => user,
         other => {
+            ctx.login_failures().failed(&body.email, ip);
             let subject = other.map(|u| u.id).unwrap_or_else(|| "unknown".into());
             ctx.store()
                 .audit("anonymous", "auth.login_failed", &subject, Default::default())
@@ -365,8 +373,18 @@ pub async fn login(
         }
     };
     if crate::mfa::required_for(user.role) {
-        second_factor(&ctx, &user, body.totp_code.as_deref()).await?;
+        let second = second_factor(&ctx, &user, body.totp_code.as_deref()).await;
+        if matches!(
+            &second,
+            Err(ApiError::Unauthenticated {
+                code: "invalid_mfa_code"
+            })
+        ) {
+            ctx.login_failures().failed(&body.email, ip);
+        }
+        second?;
     }
+    ctx.login_failures().succeeded(&body.email, ip);
     let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
     Ok(TokenReply(StatusCode::OK, session))
 }
@@ -517,6 +535,7 @@ pub async fn change_password(
         })?;
     validate_credentials(&user.email, &body.new_password)?;
     let params = ctx.config().password_hashing.clone();
+    let _slot = ctx.hashing().acquire()?;
     let current = SecretString::from(body.current_password);
     if !verify_password(current, Some(user.password_hash.clone()), params.clone()).await {
         return Err(ApiError::Unauthenticated {

@@ -59,6 +59,8 @@ struct Inner {
     tokens: auth::TokenService,
     sessions: sessions::SessionCheck,
     limiters: Arc<limits::Limiters>,
+    login_failures: limits::LoginFailures,
+    hashing: limits::HashingSlots,
     metrics: metrics::HttpMetrics,
     registry: prometheus::Registry,
     reconciler: coffer_store::reconcile::Reconciler,
@@ -77,6 +79,11 @@ impl ApiContext {
         registry: prometheus::Registry,
     ) -> prometheus::Result<Self> {
         let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+        let login_failures = limits::LoginFailures::new(
+            config.rate_limits.login_failures_max,
+            config.rate_limits.login_failure_window,
+        );
+        let hashing = limits::HashingSlots::new(config.rate_limits.password_hashing_concurrent_max);
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
@@ -97,6 +104,8 @@ impl ApiContext {
                 tokens,
                 sessions,
                 limiters,
+                login_failures,
+                hashing,
                 metrics,
                 registry,
                 reconciler,
@@ -147,6 +156,14 @@ impl ApiContext {
     /// Whether an access token's session is still active (see [`sessions`]).
     pub fn sessions(&self) -> &sessions::SessionCheck {
         &self.inner.sessions
+    }
+    /// Failed logins per account and client network.
+    pub fn login_failures(&self) -> &limits::LoginFailures {
+        &self.inner.login_failures
+    }
+    /// The bound on concurrent password hashing.
+    pub fn hashing(&self) -> &limits::HashingSlots {
+        &self.inner.hashing
     }
     pub fn limiters(&self) -> &limits::Limiters {
         &self.inner.limiters

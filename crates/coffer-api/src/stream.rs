@@ -31,6 +31,8 @@ use crate::ApiContext;
 pub const HISTORY_LIMIT: u32 = 500;
 /// Interval of server pings.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
+/// The largest message a client may send (it sends only pongs and a close frame).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
 /// Shortest interval between two session checks of one stream.
 const SESSION_CHECK_MIN: Duration = Duration::from_millis(250);
 /// Longest a single send to the client may take before the client counts as too slow.
@@ -84,6 +86,10 @@ pub async fn stream(
         )
     })?;
     let after = query.after;
+    // A client sends only pongs and a close: anything larger is refused by the protocol layer.
+    let upgrade = upgrade
+        .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_frame_size(CLIENT_MESSAGE_BYTES_MAX);
     Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal, after)))
 }
 

@@ -44,6 +44,10 @@ pub struct Options {
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
+    /// The header the client IP is read from (default: none, the TCP peer).
+    pub client_ip_header: Option<String>,
+    /// Password hashing parameters (default: cheap ones, so the suite stays fast).
+    pub password_hashing: Option<PasswordHashing>,
     /// A session's absolute lifetime (default: the product's 30 days).
     pub session_lifetime: Option<std::time::Duration>,
     /// How long a replica trusts its memory of an active session (default: the product's 2 s).
@@ -62,6 +66,9 @@ impl Default for Options {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
                 money_per_ip_per_minute: 100_000,
+                // Tests register many users at once; the product's bound is tested on its own.
+                password_hashing_concurrent_max: 64,
+                ..RateLimits::default()
             },
             store: StoreConfig::default(),
             reconcile: Default::default(),
@@ -72,6 +79,8 @@ impl Default for Options {
             withdrawal_reauth_window: None,
             session_lifetime: None,
             session_check_interval: None,
+            client_ip_header: None,
+            password_hashing: None,
             database: None,
         }
     }
@@ -149,11 +158,12 @@ impl TestApp {
         config.rate_limits = options.rate_limits;
         config.reconcile = options.reconcile;
         // Real argon2id, with cheap parameters so the suite stays fast.
-        config.password_hashing = PasswordHashing {
+        config.password_hashing = options.password_hashing.clone().unwrap_or(PasswordHashing {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,
-        };
+        });
+        config.client_ip_header = options.client_ip_header.clone();
         config.deposit_keys = options
             .deposit_xpub
             .as_deref()

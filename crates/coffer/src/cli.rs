@@ -345,9 +345,27 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_RATE_MONEY_PER_IP_PER_MINUTE", default_value_t = 600,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_money_per_ip_per_minute: u32,
+    /// Failed logins of one account from one client network (IPv4 address, IPv6 /64) before
+    /// that pair waits out the window (1..=1000); other networks, the owner's, are unaffected.
+    #[arg(long, env = "COFFER_LOGIN_FAILURES_MAX", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub login_failures_max: u32,
+    /// The window of COFFER_LOGIN_FAILURES_MAX (60..=86400 s).
+    #[arg(long, env = "COFFER_LOGIN_FAILURE_WINDOW_SECONDS", default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub login_failure_window_seconds: u64,
+    /// Password hashes computed at once (1..=256); beyond it, 503 retry_later with Retry-After.
+    #[arg(long, env = "COFFER_PASSWORD_HASHING_CONCURRENT_MAX", default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub password_hashing_concurrent_max: u32,
     /// Trust this header (e.g. x-forwarded-for) for the client IP; only behind a proxy you run.
     #[arg(long, env = "COFFER_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
+    /// The proxies in front of the API, comma-separated networks (`10.0.0.0/8,fd00::/8`): the
+    /// client IP is the right-most hop of the header outside them. Unset: the TCP peer is the one
+    /// trusted proxy.
+    #[arg(long, env = "COFFER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<coffer_api::limits::Cidr>,
     #[command(flatten)]
     pub reconcile: ReconcileArgs,
     /// The BIP44 account xpub (m/44'/60'/0') deposit addresses derive from; public key only.
@@ -443,8 +461,12 @@ impl ApiArgs {
             auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
             money_per_user_per_minute: self.rate_money_per_user_per_minute,
             money_per_ip_per_minute: self.rate_money_per_ip_per_minute,
+            login_failures_max: self.login_failures_max,
+            login_failure_window: Duration::from_secs(self.login_failure_window_seconds),
+            password_hashing_concurrent_max: self.password_hashing_concurrent_max as usize,
         };
         config.client_ip_header = self.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase());
+        config.trusted_proxies = self.trusted_proxies.clone();
         config.reconcile = self.reconcile.config()?;
         if let Some(xpub) = &self.deposit_xpub {
             let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
