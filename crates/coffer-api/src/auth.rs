@@ -124,8 +124,8 @@ pub struct Session {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// 256 random bits, URL-safe base64: the refresh token the client keeps.
-fn new_refresh_token() -> String {
+/// 256 random bits, URL-safe base64: a refresh token or a stream ticket.
+pub(crate) fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

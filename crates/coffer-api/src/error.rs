@@ -162,6 +162,7 @@ impl ApiError {
                         "staff accounts log in with the code of their authenticator app: send totp_code"
                     }
                     "invalid_mfa_code" => "the authenticator code is wrong, expired or already used",
+                    "invalid_stream_ticket" => "the stream ticket is unknown, expired or already used",
                     "session_revoked" => {
                         "this session has ended (signed out, revoked or expired): log in again"
                     }

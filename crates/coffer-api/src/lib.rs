@@ -249,6 +249,7 @@ fn groups() -> Groups {
             .routes(routes!(transactions::list_transactions))
             .routes(routes!(transactions::get_transaction))
             .routes(routes!(stream::stream))
+            .routes(routes!(stream::create_ticket))
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
             .routes(routes!(devices::list_devices)),

@@ -1,7 +1,8 @@
 //! `GET /v1/stream`: the user's events over a WebSocket (E2).
 //!
 //! Authentication: the access token in `Authorization: Bearer …`, or, for clients that cannot set
-//! headers on a WebSocket (browsers), in `?access_token=`. The query string is never logged.
+//! headers on a WebSocket (browsers), a single-use 30-second ticket from `POST /v1/stream/tickets`
+//! in `?ticket=`: a bearer token never goes into a URL (where proxies and browsers keep it).
 //! Resume: `?after=<event id>` first sends the user's events after that id from the outbox (at
 //! most [`HISTORY_LIMIT`]; beyond it the socket closes with 4009 and the client reloads state over
 //! REST), then the live feed; events are deduplicated by id. Heartbeat: a ping every
@@ -15,13 +16,15 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
 use axum::response::Response;
 use coffer_events::{CloudEvent, Live};
-use serde::Deserialize;
+use coffer_store::tickets::StreamTicketDoc;
+use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 use tracing::Instrument;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{bearer, Principal, ValidQuery};
@@ -49,11 +52,47 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
 }
 
+/// How long a stream ticket can be redeemed.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamTicket {
+    /// Single use: `GET /v1/stream?ticket=…` within `expires_in` seconds.
+    pub ticket: String,
+    pub expires_in: u64,
+}
+
+/// A single-use ticket (30 s) to open the stream from a client that cannot set the Authorization
+/// header on a WebSocket (a browser): no bearer token ever goes into a URL.
+#[utoipa::path(post, path = "/v1/stream/tickets", tag = "events",
+    responses((status = 201, body = StreamTicket),
+              (status = 401, description = "unauthenticated or session_revoked", body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn create_ticket(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+) -> ApiResult<(StatusCode, Json<StreamTicket>)> {
+    let ticket = crate::auth::new_refresh_token();
+    let ttl = chrono::Duration::from_std(TICKET_TTL).expect("a short TTL");
+    let owner = StreamTicketDoc {
+        ticket_hash: String::new(),
+        user_id: principal.user_id.clone(),
+        role: principal.role,
+        auth_time: principal.auth_time,
+        session_id: principal.session_id.clone(),
+        expires_at: coffer_store::codec::now() + ttl,
+    };
+    ctx.store().create_stream_ticket(&ticket, owner).await?;
+    let expires_in = TICKET_TTL.as_secs();
+    Ok((StatusCode::CREATED, Json(StreamTicket { ticket, expires_in })))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// The access token, for clients that cannot send an Authorization header.
-    pub access_token: Option<String>,
+    /// A ticket from `POST /v1/stream/tickets`, for clients that cannot send an Authorization
+    /// header; used once.
+    pub ticket: Option<String>,
     /// The id of the last event the client saw: missed events are sent first.
     pub after: Option<String>,
 }
@@ -69,11 +108,15 @@ pub async fn stream(
     ValidQuery(query): ValidQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let token = bearer(&headers).or(query.access_token.as_deref());
-    let token = token.ok_or(ApiError::Unauthenticated {
-        code: "unauthenticated",
-    })?;
-    let principal = ctx.tokens().verify_access(token)?;
+    let principal = match (bearer(&headers), &query.ticket) {
+        (Some(token), _) => ctx.tokens().verify_access(token)?,
+        (None, Some(ticket)) => redeem(&ctx, ticket).await?,
+        (None, None) => {
+            return Err(ApiError::Unauthenticated {
+                code: "unauthenticated",
+            })
+        }
+    };
     crate::extract::require_active_session(&ctx, &principal).await?;
     if let Some(after) = &query.after {
         uuid::Uuid::parse_str(after)
@@ -91,6 +134,23 @@ pub async fn stream(
         .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_frame_size(CLIENT_MESSAGE_BYTES_MAX);
     Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal, after)))
+}
+
+/// The caller a ticket was issued to; the ticket is spent.
+async fn redeem(ctx: &ApiContext, ticket: &str) -> ApiResult<Principal> {
+    let owner = ctx
+        .store()
+        .take_stream_ticket(ticket)
+        .await?
+        .ok_or(ApiError::Unauthenticated {
+            code: "invalid_stream_ticket",
+        })?;
+    Ok(Principal {
+        user_id: owner.user_id,
+        role: owner.role,
+        auth_time: owner.auth_time,
+        session_id: owner.session_id,
+    })
 }
 
 async fn serve(mut socket: WebSocket, ctx: ApiContext, principal: Principal, after: Option<String>) {

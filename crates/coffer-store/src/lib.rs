@@ -23,6 +23,7 @@ pub mod queries;
 pub mod reconcile;
 pub mod support;
 mod telemetry;
+pub mod tickets;
 pub mod tokens;
 pub mod transitions;
 pub mod users;
@@ -45,6 +46,7 @@ pub mod collections {
     pub const USERS: &str = "users";
     pub const REFRESH_TOKENS: &str = "refresh_tokens";
     pub const SESSIONS: &str = "sessions";
+    pub const STREAM_TICKETS: &str = "stream_tickets";
     pub const WALLETS: &str = "wallets";
     pub const TRANSACTIONS: &str = "transactions";
     pub const LEDGER_ENTRIES: &str = "ledger_entries";
@@ -278,6 +280,14 @@ impl Store {
             // A session past its absolute lifetime is removed (absent counts as ended).
             (
                 SESSIONS,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            (
+                STREAM_TICKETS,
                 doc! { "expires_at": 1 },
                 IndexOptions::builder()
                     .name("expiry_ttl".to_string())
