@@ -85,7 +85,9 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
         .withdraw(&user, json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ef".repeat(20)) }))
         .await;
     assert_eq!(withdrawal.status, StatusCode::CREATED);
-    let ticket = app.post("/v1/stream/tickets", &user.access_token, json!({})).await;
+    let ticket = app
+        .post("/v1/stream/tickets", &user.access_token, json!({}))
+        .await;
     let ticket = ticket.body["ticket"].as_str().unwrap().to_string();
     let socket = coffer_test_support::stream::connect(
         app.address,

@@ -192,8 +192,11 @@ impl axum::extract::FromRequestParts<ApiContext> for ClientIp {
 pub struct LoginFailures {
     max: u32,
     window: Duration,
-    entries: std::sync::Mutex<std::collections::HashMap<(String, Option<IpAddr>), (u32, std::time::Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<LoginKey, (u32, std::time::Instant)>>,
 }
+
+/// An account (lower-cased e-mail) and the client network it was tried from.
+type LoginKey = (String, Option<IpAddr>);
 
 /// Most (account, network) pairs remembered by [`LoginFailures`].
 pub const LOGIN_KEYS_MAX: usize = 100_000;
@@ -207,7 +210,7 @@ impl LoginFailures {
         }
     }
 
-    fn key(email: &str, ip: Option<IpAddr>) -> (String, Option<IpAddr>) {
+    fn key(email: &str, ip: Option<IpAddr>) -> LoginKey {
         (email.trim().to_lowercase(), ip.map(rate_key))
     }
 
