@@ -227,3 +227,45 @@ async fn password_hashing_beyond_its_bound_answers_503_with_retry_after() {
         .iter()
         .all(|r| [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(&r.status)));
 }
+
+#[tokio::test]
+async fn read_routes_and_stream_upgrades_are_limited_per_user_and_say_so_in_ratelimit_headers() {
+    let mut options = coffer_test_support::Options::default();
+    options.rate_limits.reads_per_user_per_minute = 3;
+    let app = TestApp::spawn_with(options).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let first = app.get("/v1/wallets", &alice.access_token).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["ratelimit-policy"], "\"reads_user\";q=3;w=60");
+    assert_eq!(first.headers["ratelimit"], "\"reads_user\";r=2;t=20");
+    app.get("/v1/transactions", &alice.access_token).await;
+    // A stream upgrade counts as a read: without the WebSocket headers it is answered 400, after
+    // the limit took its share.
+    assert_eq!(
+        app.get("/v1/stream", &alice.access_token).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let refused = app.get("/v1/wallets", &alice.access_token).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.code(), "rate_limited");
+    let retry_after: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after));
+    assert_eq!(
+        refused.headers["ratelimit"],
+        format!("\"reads_user\";r=0;t={retry_after}").as_str()
+    );
+    // Another user has their own budget; money routes say theirs (the closest of the per-IP and
+    // per-user limits: here the IP's, which every user of this test shares).
+    assert_eq!(
+        app.get("/v1/wallets", &bob.access_token).await.status,
+        StatusCode::OK
+    );
+    let wallet = app
+        .post("/v1/wallets", &bob.access_token, json!({ "asset": "ETH" }))
+        .await;
+    let policy = wallet.headers["ratelimit-policy"].to_str().unwrap();
+    assert!(
+        policy.starts_with("\"money_") && policy.ends_with(";q=100000;w=60"),
+        "{policy}"
+    );
+}

@@ -12,6 +12,10 @@ pub struct RateLimits {
     pub money_per_user_per_minute: u32,
     /// Money-moving requests per client IP per minute.
     pub money_per_ip_per_minute: u32,
+    /// Read requests (and stream upgrades) per user per minute.
+    pub reads_per_user_per_minute: u32,
+    /// Read requests (and stream upgrades) per client IP per minute.
+    pub reads_per_ip_per_minute: u32,
     /// Failed logins per account and client network before that pair waits out the window.
     pub login_failures_max: u32,
     /// The window of `login_failures_max`.
@@ -26,6 +30,8 @@ impl Default for RateLimits {
             auth_per_ip_per_minute: 30,
             money_per_user_per_minute: 120,
             money_per_ip_per_minute: 600,
+            reads_per_user_per_minute: 600,
+            reads_per_ip_per_minute: 1200,
             login_failures_max: 5,
             login_failure_window: Duration::from_secs(15 * 60),
             password_hashing_concurrent_max: 4,

@@ -322,6 +322,8 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
     let auth = auth.route_layer(from_fn_with_state(ctx.clone(), limits::auth_limit));
+    let reads = reads.route_layer(from_fn_with_state(ctx.clone(), limits::reads_limit));
+    let admin_reads = admin_reads.route_layer(from_fn_with_state(ctx.clone(), limits::reads_limit));
     let writes = writes
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));

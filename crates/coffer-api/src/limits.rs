@@ -1,4 +1,6 @@
-//! S4 rate limits: per client IP on auth endpoints, per user and per IP on money endpoints.
+//! S4 rate limits: per client IP on auth endpoints, per user and per IP on money endpoints, on
+//! read routes and on stream upgrades; every limited response says its closest limit in the IETF
+//! `RateLimit-Policy` / `RateLimit` headers.
 //! Keyed GCRA limiters (`governor`); their key sets are pruned periodically so memory is bounded
 //! by the number of recently active clients.
 
@@ -8,41 +10,126 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimits;
 use crate::error::ApiError;
 use crate::extract::bearer;
 use crate::ApiContext;
 
-pub struct Limiters {
-    auth_ip: DefaultKeyedRateLimiter<IpAddr>,
-    money_user: DefaultKeyedRateLimiter<String>,
-    money_ip: DefaultKeyedRateLimiter<IpAddr>,
+/// A keyed GCRA limiter that reports its state (for the `RateLimit` headers).
+type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+
+/// One limit: a name (the `RateLimit-Policy` item), a quota per minute and its limiter.
+struct Policy<K: std::hash::Hash + Eq + Clone> {
+    name: &'static str,
+    per_minute: u32,
+    limiter: Limiter<K>,
 }
 
-fn per_minute(count: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(count.max(1)).expect("at least one"))
+impl<K: std::hash::Hash + Eq + Clone> Policy<K> {
+    fn new(name: &'static str, per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).expect("at least one"));
+        Policy {
+            name,
+            per_minute,
+            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+        }
+    }
+
+    /// Takes one request from `key`'s budget; the verdict either way.
+    fn check(&self, key: &K) -> Verdict {
+        match self.limiter.check_key(key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                // The budget refills one request every 60 / quota seconds.
+                let missing = u64::from(self.per_minute.saturating_sub(remaining));
+                let reset_seconds = (missing * 60).div_ceil(u64::from(self.per_minute));
+                Verdict {
+                    name: self.name,
+                    quota: self.per_minute,
+                    remaining,
+                    reset_seconds,
+                    refused: false,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Verdict {
+                    name: self.name,
+                    quota: self.per_minute,
+                    remaining: 0,
+                    reset_seconds: wait.as_secs().max(1),
+                    refused: true,
+                }
+            }
+        }
+    }
+}
+
+/// What one limit said of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict {
+    name: &'static str,
+    quota: u32,
+    remaining: u32,
+    reset_seconds: u64,
+    refused: bool,
+}
+
+impl Verdict {
+    /// The closest limit of several: a refusal, else the one with the least left.
+    fn closest(verdicts: &[Verdict]) -> Option<Verdict> {
+        verdicts.iter().copied().min_by_key(|v| (!v.refused, v.remaining))
+    }
+
+    /// Sets the IETF `RateLimit-Policy` and `RateLimit` headers
+    /// (draft-ietf-httpapi-ratelimit-headers): the quota per 60 s window, what is left of it and
+    /// the seconds until it is whole again (or until the refused request may be retried).
+    fn annotate(&self, response: &mut Response) {
+        let policy = format!("\"{}\";q={};w=60", self.name, self.quota);
+        let state = format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_seconds);
+        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+}
+
+pub struct Limiters {
+    auth_ip: Policy<IpAddr>,
+    money_user: Policy<String>,
+    money_ip: Policy<IpAddr>,
+    reads_user: Policy<String>,
+    reads_ip: Policy<IpAddr>,
 }
 
 impl Limiters {
     pub fn new(limits: &RateLimits) -> Self {
         Limiters {
-            auth_ip: RateLimiter::keyed(per_minute(limits.auth_per_ip_per_minute)),
-            money_user: RateLimiter::keyed(per_minute(limits.money_per_user_per_minute)),
-            money_ip: RateLimiter::keyed(per_minute(limits.money_per_ip_per_minute)),
+            auth_ip: Policy::new("auth_ip", limits.auth_per_ip_per_minute),
+            money_user: Policy::new("money_user", limits.money_per_user_per_minute),
+            money_ip: Policy::new("money_ip", limits.money_per_ip_per_minute),
+            reads_user: Policy::new("reads_user", limits.reads_per_user_per_minute),
+            reads_ip: Policy::new("reads_ip", limits.reads_per_ip_per_minute),
         }
     }
 
     /// Drops the state of keys that are idle again; run periodically.
     pub fn prune(&self) {
-        self.auth_ip.retain_recent();
-        self.money_user.retain_recent();
-        self.money_ip.retain_recent();
+        self.auth_ip.limiter.retain_recent();
+        self.money_user.limiter.retain_recent();
+        self.money_ip.limiter.retain_recent();
+        self.reads_user.limiter.retain_recent();
+        self.reads_ip.limiter.retain_recent();
     }
 }
 
@@ -57,18 +144,6 @@ pub fn spawn_pruner(limiters: &Arc<Limiters>) {
             limiters.prune();
         }
     });
-}
-
-fn check<K: std::hash::Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-) -> Result<(), ApiError> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ApiError::RateLimited {
-            retry_after_seconds: wait.as_secs().max(1),
-        }
-    })
 }
 
 /// A network of trusted proxies, `addr/prefix` (`10.0.0.0/8`, `fd00::/8`) or one address.
@@ -288,34 +363,65 @@ fn peer_of(request: &Request) -> Option<SocketAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
-pub async fn auth_limit(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
-    if let Some(ip) = client_ip(&ctx, request.headers(), peer_of(&request)) {
-        if let Err(error) = check(&ctx.limiters().auth_ip, &rate_key(ip)) {
-            ctx.metrics().rate_limited.with_label_values(&["auth_ip"]).inc();
-            return error.into_response();
+/// Runs `request` unless one of `verdicts` refused it; the closest limit's headers either way.
+async fn limited(ctx: &ApiContext, verdicts: &[Verdict], request: Request, next: Next) -> Response {
+    let closest = Verdict::closest(verdicts);
+    let mut response = match closest {
+        Some(verdict) if verdict.refused => {
+            ctx.metrics()
+                .rate_limited
+                .with_label_values(&[verdict.name])
+                .inc();
+            ApiError::RateLimited {
+                retry_after_seconds: verdict.reset_seconds,
+            }
+            .into_response()
         }
+        _ => next.run(request).await,
+    };
+    if let Some(verdict) = closest {
+        verdict.annotate(&mut response);
     }
-    next.run(request).await
+    response
 }
 
-pub async fn money_limit(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
-    if let Some(ip) = client_ip(&ctx, request.headers(), peer_of(&request)) {
-        if let Err(error) = check(&ctx.limiters().money_ip, &rate_key(ip)) {
-            ctx.metrics().rate_limited.with_label_values(&["money_ip"]).inc();
-            return error.into_response();
-        }
+/// The verdicts of a per-IP and a per-user limit (the user from a valid access token).
+fn ip_and_user(
+    ctx: &ApiContext,
+    request: &Request,
+    by_ip: &Policy<IpAddr>,
+    by_user: &Policy<String>,
+) -> Vec<Verdict> {
+    let mut verdicts = Vec::with_capacity(2);
+    if let Some(ip) = client_ip(ctx, request.headers(), peer_of(request)) {
+        verdicts.push(by_ip.check(&rate_key(ip)));
     }
     let user = bearer(request.headers()).and_then(|t| ctx.tokens().verify_access(t).ok());
     if let Some(user) = user {
-        if let Err(error) = check(&ctx.limiters().money_user, &user.user_id) {
-            ctx.metrics()
-                .rate_limited
-                .with_label_values(&["money_user"])
-                .inc();
-            return error.into_response();
-        }
+        verdicts.push(by_user.check(&user.user_id));
     }
-    next.run(request).await
+    verdicts
+}
+
+pub async fn auth_limit(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let verdicts: Vec<Verdict> = client_ip(&ctx, request.headers(), peer_of(&request))
+        .map(|ip| ctx.limiters().auth_ip.check(&rate_key(ip)))
+        .into_iter()
+        .collect();
+    limited(&ctx, &verdicts, request, next).await
+}
+
+pub async fn money_limit(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let limiters = ctx.limiters();
+    let verdicts = ip_and_user(&ctx, &request, &limiters.money_ip, &limiters.money_user);
+    limited(&ctx, &verdicts, request, next).await
+}
+
+/// Read routes and stream upgrades: per user and per client IP.
+pub async fn reads_limit(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let limiters = ctx.limiters();
+    let verdicts = ip_and_user(&ctx, &request, &limiters.reads_ip, &limiters.reads_user);
+    limited(&ctx, &verdicts, request, next).await
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ impl Default for Options {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
                 money_per_ip_per_minute: 100_000,
+                reads_per_user_per_minute: 100_000,
+                reads_per_ip_per_minute: 100_000,
                 // Tests register many users at once; the product's bound is tested on its own.
                 password_hashing_concurrent_max: 64,
                 ..RateLimits::default()

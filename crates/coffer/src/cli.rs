@@ -345,6 +345,14 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_RATE_MONEY_PER_IP_PER_MINUTE", default_value_t = 600,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_money_per_ip_per_minute: u32,
+    /// Read requests and stream upgrades per user per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_READS_PER_USER_PER_MINUTE", default_value_t = 600,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_reads_per_user_per_minute: u32,
+    /// Read requests and stream upgrades per client IP per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_READS_PER_IP_PER_MINUTE", default_value_t = 1200,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_reads_per_ip_per_minute: u32,
     /// Failed logins of one account from one client network (IPv4 address, IPv6 /64) before
     /// that pair waits out the window (1..=1000); other networks, the owner's, are unaffected.
     #[arg(long, env = "COFFER_LOGIN_FAILURES_MAX", default_value_t = 5,
@@ -461,6 +469,8 @@ impl ApiArgs {
             auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
             money_per_user_per_minute: self.rate_money_per_user_per_minute,
             money_per_ip_per_minute: self.rate_money_per_ip_per_minute,
+            reads_per_user_per_minute: self.rate_reads_per_user_per_minute,
+            reads_per_ip_per_minute: self.rate_reads_per_ip_per_minute,
             login_failures_max: self.login_failures_max,
             login_failure_window: Duration::from_secs(self.login_failure_window_seconds),
             password_hashing_concurrent_max: self.password_hashing_concurrent_max as usize,
