@@ -141,3 +141,131 @@ async fn auth_endpoints_are_rate_limited_per_ip_with_retry_after() {
         .unwrap();
     assert!((1..=60).contains(&retry_after));
 }
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_and_network_without_locking_the_owner_out() {
+    let app = TestApp::spawn_with(coffer_test_support::Options {
+        client_ip_header: Some("x-forwarded-for".into()),
+        ..Default::default()
+    })
+    .await;
+    let owner = app.register().await;
+    let login = |password: String, forwarded: String| {
+        let body = json!({ "email": owner.email, "password": password });
+        let app = &app;
+        async move {
+            app.send_with(
+                "POST",
+                "/v1/auth/login",
+                None,
+                None,
+                Some(&body),
+                &[("x-forwarded-for", &forwarded)],
+            )
+            .await
+        }
+    };
+    // The attacker writes a new left-most hop each time; the proxy appends the address it saw.
+    for n in 0..5 {
+        let reply = login("wrong-password-123".into(), format!("10.0.0.{n}, 203.0.113.9")).await;
+        assert_eq!(reply.code(), "invalid_credentials");
+    }
+    let throttled = login(owner.password.clone(), "10.0.0.99, 203.0.113.9".into()).await;
+    assert_eq!(
+        throttled.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password"
+    );
+    assert!(throttled.headers.contains_key("retry-after"));
+    // Another /64 of the attacker's IPv6 network is the same network.
+    for n in 0..5 {
+        login("wrong-password-123".into(), format!("2001:db8:1:2::{n}")).await;
+    }
+    let v6 = login(owner.password.clone(), "2001:db8:1:2:ffff::1".into()).await;
+    assert_eq!(v6.status, StatusCode::TOO_MANY_REQUESTS);
+    // The owner, from their own network, is not locked out.
+    let own = login(owner.password.clone(), "198.51.100.7".into()).await;
+    assert_eq!(own.status, StatusCode::OK, "{:?}", own.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_hashing_beyond_its_bound_answers_503_with_retry_after() {
+    let mut options = coffer_test_support::Options {
+        // Expensive enough that the logins overlap.
+        password_hashing: Some(coffer_api::config::PasswordHashing {
+            memory_kib: 32 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }),
+        ..Default::default()
+    };
+    options.rate_limits.password_hashing_concurrent_max = 1;
+    let app = TestApp::spawn_with(options).await;
+    let bodies: Vec<_> = (0..8)
+        .map(|n| json!({ "email": format!("nobody-{n}@example.com"), "password": "whatever-password" }))
+        .collect();
+    let replies = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.send("POST", "/v1/auth/login", None, None, Some(body))),
+    )
+    .await;
+    let busy: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(
+        !busy.is_empty(),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for reply in &busy {
+        assert_eq!(reply.code(), "retry_later");
+        assert_eq!(reply.headers["retry-after"], "1");
+    }
+    assert!(replies
+        .iter()
+        .all(|r| [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(&r.status)));
+}
+
+#[tokio::test]
+async fn read_routes_and_stream_upgrades_are_limited_per_user_and_say_so_in_ratelimit_headers() {
+    let mut options = coffer_test_support::Options::default();
+    options.rate_limits.reads_per_user_per_minute = 3;
+    let app = TestApp::spawn_with(options).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let first = app.get("/v1/wallets", &alice.access_token).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["ratelimit-policy"], "\"reads_user\";q=3;w=60");
+    assert_eq!(first.headers["ratelimit"], "\"reads_user\";r=2;t=20");
+    app.get("/v1/transactions", &alice.access_token).await;
+    // A stream upgrade counts as a read: without the WebSocket headers it is answered 400, after
+    // the limit took its share.
+    assert_eq!(
+        app.get("/v1/stream", &alice.access_token).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let refused = app.get("/v1/wallets", &alice.access_token).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.code(), "rate_limited");
+    let retry_after: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after));
+    assert_eq!(
+        refused.headers["ratelimit"],
+        format!("\"reads_user\";r=0;t={retry_after}").as_str()
+    );
+    // Another user has their own budget; money routes say theirs (the closest of the per-IP and
+    // per-user limits: here the IP's, which every user of this test shares).
+    assert_eq!(
+        app.get("/v1/wallets", &bob.access_token).await.status,
+        StatusCode::OK
+    );
+    let wallet = app
+        .post("/v1/wallets", &bob.access_token, json!({ "asset": "ETH" }))
+        .await;
+    let policy = wallet.headers["ratelimit-policy"].to_str().unwrap();
+    assert!(
+        policy.starts_with("\"money_") && policy.ends_with(";q=100000;w=60"),
+        "{policy}"
+    );
+}

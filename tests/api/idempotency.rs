@@ -151,3 +151,160 @@ async fn a_repeated_deposit_reference_credits_once() {
     assert_eq!(app.wallet(&alice, &wallet).await["available"], "25.5");
     app.assert_books_balance().await;
 }
+
+#[tokio::test]
+async fn a_transfer_refused_for_insufficient_funds_succeeds_with_the_same_key_once_funded() {
+    let app = TestApp::spawn().await;
+    let payment = app.staff(Role::Payment).await;
+    let (alice, bob) = (app.register().await, app.register().await);
+    let from = app.create_wallet(&alice, "ETH").await;
+    let to = app.create_wallet(&bob, "ETH").await;
+    let body = json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "2" });
+    let key = uuid::Uuid::new_v4().to_string();
+    let transfer = || {
+        app.send(
+            "POST",
+            "/v1/transfers",
+            Some(&alice.access_token),
+            Some(&key),
+            Some(&body),
+        )
+    };
+    let refused = transfer().await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.code(), "insufficient_funds");
+    app.deposit(&payment, &from, "5").await;
+    let retried = transfer().await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{:?}", retried.body);
+    assert!(retried.headers.get("idempotent-replayed").is_none());
+    let replayed = transfer().await;
+    assert_eq!(replayed.headers["idempotent-replayed"], "true");
+    assert_eq!(replayed.body["id"], retried.body["id"]);
+    assert_eq!(app.wallet(&alice, &from).await["available"], "3");
+}
+
+#[tokio::test]
+async fn a_withdrawal_refused_for_reauthentication_succeeds_with_the_same_key_after_logging_in() {
+    let options = coffer_test_support::Options {
+        withdrawal_reauth_window: Some(std::time::Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    let payment = app.staff(Role::Payment).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "ETH").await;
+    app.deposit(&payment, &wallet, "1").await;
+    let device = app.trusted_device(&alice).await;
+    let body = json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ab".repeat(20)) });
+    let key = uuid::Uuid::new_v4().to_string();
+    let withdraw = |token: String| {
+        let (key, body, device) = (key.clone(), body.clone(), device.clone());
+        let app = &app;
+        async move {
+            app.send_with(
+                "POST",
+                "/v1/withdrawals",
+                Some(&token),
+                Some(&key),
+                Some(&body),
+                &[("X-Device-Id", &device)],
+            )
+            .await
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let refused = withdraw(alice.access_token.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{:?}", refused.body);
+    assert_eq!(refused.code(), "reauthentication_required");
+    let fresh = app.login(&alice.email, &alice.password).await;
+    let retried = withdraw(fresh.access_token.clone()).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{:?}", retried.body);
+    assert_eq!(app.wallet(&alice, &wallet).await["available"], "0.5");
+}
+
+#[tokio::test]
+async fn an_approval_refused_for_insufficient_funds_is_not_replayed_by_the_claim_middleware() {
+    let app = TestApp::spawn().await;
+    let payment = app.staff(Role::Payment).await;
+    let finance = app.staff(Role::Finance).await;
+    let admin = app.staff(Role::Admin).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "ETH").await;
+    let proposed = app
+        .post(
+            "/v1/admin/adjustments",
+            &finance.access_token,
+            json!({ "wallet_id": wallet, "amount": "-2", "reason": "duplicate credit" }),
+        )
+        .await;
+    assert_eq!(proposed.status, StatusCode::CREATED, "{:?}", proposed.body);
+    let id = proposed.body["id"].as_str().unwrap();
+    let path = format!("/v1/admin/adjustments/{id}/approve");
+    let key = uuid::Uuid::new_v4().to_string();
+    let body = json!({ "reason": "checked" });
+    let approve = || app.send("POST", &path, Some(&admin.access_token), Some(&key), Some(&body));
+    let refused = approve().await;
+    assert_eq!(refused.code(), "insufficient_funds", "{:?}", refused.body);
+    app.deposit(&payment, &wallet, "3").await;
+    let retried = approve().await;
+    assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+    assert!(retried.headers.get("idempotent-replayed").is_none());
+    assert_eq!(retried.body["adjustment"]["status"], "approved");
+    assert_eq!(app.wallet(&alice, &wallet).await["available"], "1");
+    // A verdict on the request itself is still replayed: a user's refusal stays a refusal.
+    let user_key = uuid::Uuid::new_v4().to_string();
+    for replayed in [false, true] {
+        let forbidden = app
+            .send(
+                "POST",
+                &path,
+                Some(&alice.access_token),
+                Some(&user_key),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(forbidden.code(), "forbidden");
+        assert_eq!(forbidden.headers.contains_key("idempotent-replayed"), replayed);
+    }
+    app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn a_trust_refused_for_an_untrusted_voucher_succeeds_with_the_same_key_once_it_is_trusted() {
+    let options = coffer_test_support::Options {
+        device_trust_delay: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    let alice = app.register().await;
+    let register = |name: &'static str| app.post("/v1/devices", &alice.access_token, json!({ "name": name }));
+    let voucher = register("old phone").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let new = register("new phone").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = uuid::Uuid::new_v4().to_string();
+    let path = format!("/v1/devices/{new}/trust");
+    let headers = [("X-Device-Id", voucher.as_str())];
+    let trust = || {
+        app.send_with(
+            "POST",
+            &path,
+            Some(&alice.access_token),
+            Some(&key),
+            None,
+            &headers,
+        )
+    };
+    let refused = trust().await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert_eq!(refused.code(), "device_not_trusted");
+    tokio::time::sleep(std::time::Duration::from_millis(1900)).await;
+    let retried = trust().await;
+    assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+    assert_eq!(retried.body["trusted"], true);
+}

@@ -85,6 +85,17 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
         .withdraw(&user, json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ef".repeat(20)) }))
         .await;
     assert_eq!(withdrawal.status, StatusCode::CREATED);
+    let ticket = app
+        .post("/v1/stream/tickets", &user.access_token, json!({}))
+        .await;
+    let ticket = ticket.body["ticket"].as_str().unwrap().to_string();
+    let socket = coffer_test_support::stream::connect(
+        app.address,
+        coffer_test_support::stream::Token::Ticket(&ticket),
+        None,
+    )
+    .await;
+    drop(socket);
     let support = app.staff(Role::Support).await;
     let wallets_of_user = format!("/v1/admin/users/{}/wallets", user.id);
     assert_eq!(
@@ -127,6 +138,9 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
             refreshed.body["refresh_token"].as_str().unwrap(),
         ),
         ("payment access token", payment.access_token.as_str()),
+        ("support access token", support.access_token.as_str()),
+        ("support TOTP secret", support.totp_secret.as_deref().unwrap()),
+        ("stream ticket", ticket.as_str()),
         ("jwt secret", "test-secret-test-secret-test-secret-0123"),
     ];
     for (what, value) in secrets {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use coffer_store::Role;
 use coffer_test_support::broker::{self, Broker};
-use coffer_test_support::stream::{connect, events, next_event, Token};
+use coffer_test_support::stream::{closed_within, connect, events, next_event, send_text, Token};
 use coffer_test_support::TestApp;
 use serde_json::json;
 
@@ -23,7 +23,13 @@ async fn each_user_gets_only_their_events_and_a_resumed_socket_gets_what_it_miss
         app.create_wallet(&alice, "ETH").await,
         app.create_wallet(&bob, "ETH").await,
     );
-    let mut alice_socket = connect(app.address, Token::Query(&alice.access_token), None).await;
+    // Alice, as a browser would, with a single-use ticket instead of her token in the URL.
+    let ticket = app
+        .post("/v1/stream/tickets", &alice.access_token, json!({}))
+        .await;
+    assert_eq!(ticket.status, 201, "{:?}", ticket.body);
+    let ticket = ticket.body["ticket"].as_str().unwrap().to_string();
+    let mut alice_socket = connect(app.address, Token::Ticket(&ticket), None).await;
     let mut bob_socket = connect(app.address, Token::Header(&bob.access_token), None).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // both sockets registered in the hub
 
@@ -150,10 +156,44 @@ async fn the_stream_refuses_a_missing_or_bad_token_and_a_non_websocket_request()
         (401, "unauthenticated")
     );
     let forged = app
-        .send("GET", "/v1/stream?access_token=not-a-token", None, None, None)
+        .send("GET", "/v1/stream?ticket=not-a-ticket", None, None, None)
         .await;
-    assert_eq!(forged.status.as_u16(), 401);
+    assert_eq!(
+        (forged.status.as_u16(), forged.code()),
+        (401, "invalid_stream_ticket")
+    );
     let alice = app.register().await;
+    // A bearer token in the URL is not accepted at all.
+    let in_url = app
+        .send(
+            "GET",
+            &format!("/v1/stream?access_token={}", alice.access_token),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(in_url.code(), "invalid_query");
+    // A ticket works once.
+    let ticket = app
+        .post("/v1/stream/tickets", &alice.access_token, json!({}))
+        .await;
+    assert_eq!(ticket.headers["cache-control"], "no-store");
+    let ticket = ticket.body["ticket"].as_str().unwrap().to_string();
+    let mut socket = connect(app.address, Token::Ticket(&ticket), None).await;
+    let again = app
+        .send("GET", &format!("/v1/stream?ticket={ticket}"), None, None, None)
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), again.code()),
+        (401, "invalid_stream_ticket")
+    );
+    // A client message beyond the 4 KiB limit ends the connection; one within it does not.
+    let small = "x".repeat(coffer_api::stream::CLIENT_MESSAGE_BYTES_MAX);
+    send_text(&mut socket, &small).await;
+    assert!(!closed_within(&mut socket, Duration::from_millis(500)).await);
+    send_text(&mut socket, &format!("{small}x")).await;
+    assert!(closed_within(&mut socket, Duration::from_secs(5)).await);
     let plain = app.get("/v1/stream", &alice.access_token).await;
     assert_eq!(
         (plain.status.as_u16(), plain.code()),

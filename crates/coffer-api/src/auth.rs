@@ -6,10 +6,12 @@ use std::time::Duration;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use coffer_store::tokens::Rotation;
+use coffer_store::audit_chain::actions;
+use coffer_store::tokens::{RevokeReason, Rotation};
 use coffer_store::{Role, StoreError};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
@@ -20,6 +22,7 @@ use utoipa::ToSchema;
 use crate::config::{ApiConfig, PasswordHashing};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Principal, ValidJson};
+use crate::limits::ClientIp;
 use crate::ApiContext;
 
 const ISSUER: &str = "coffer";
@@ -30,6 +33,8 @@ struct Claims {
     sub: String,
     role: Role,
     auth_time: i64,
+    /// The session: revoking it ends this token too (see [`crate::sessions`]).
+    sid: String,
     iat: i64,
     exp: i64,
     iss: String,
@@ -43,6 +48,7 @@ pub struct TokenService {
     validation: Validation,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    session_lifetime: Duration,
 }
 
 impl TokenService {
@@ -58,17 +64,26 @@ impl TokenService {
             validation,
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
+            session_lifetime: config.session_lifetime,
         }
     }
 
-    pub fn issue_access(&self, user_id: &str, role: Role, auth_time: i64) -> ApiResult<String> {
+    /// An access token of `session`; it expires with the session at the latest.
+    pub fn issue_access(
+        &self,
+        user_id: &str,
+        role: Role,
+        auth_time: i64,
+        session: &Session,
+    ) -> ApiResult<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
             role,
             auth_time,
+            sid: session.id.clone(),
             iat: now,
-            exp: now + self.access_ttl.as_secs() as i64,
+            exp: (now + self.access_ttl.as_secs() as i64).min(session.expires_at.timestamp()),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
         };
@@ -90,16 +105,27 @@ impl TokenService {
             user_id: data.claims.sub,
             role: data.claims.role,
             auth_time: data.claims.auth_time,
+            session_id: data.claims.sid,
         })
     }
 
     pub fn refresh_ttl(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.refresh_ttl).expect("configured TTL fits")
     }
+
+    pub fn session_lifetime(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.session_lifetime).expect("configured lifetime fits")
+    }
 }
 
-/// 256 random bits, URL-safe base64: the refresh token the client keeps.
-fn new_refresh_token() -> String {
+/// The session an access token is issued for.
+pub struct Session {
+    pub id: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// 256 random bits, URL-safe base64: a refresh token or a stream ticket.
+pub(crate) fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -168,12 +194,26 @@ pub struct LoginRequest {
     pub email: String,
     #[schema(format = Password)]
     pub password: String,
+    /// Staff accounts: the 6-digit code of their authenticator app (TOTP); each code works once.
+    #[serde(default)]
+    #[schema(format = Password)]
+    pub totp_code: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(format = Password)]
+    pub current_password: String,
+    /// 12 to 128 characters.
+    #[schema(format = Password)]
+    pub new_password: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -219,12 +259,35 @@ async fn issue_session(
     auth_time: i64,
 ) -> ApiResult<TokenResponse> {
     let refresh_token = new_refresh_token();
-    let family = coffer_store::new_id();
     let tokens = ctx.tokens();
-    ctx.store()
-        .store_refresh_token(&refresh_token, user_id, &family, auth_time, tokens.refresh_ttl())
+    let started = ctx
+        .store()
+        .start_session(
+            user_id,
+            &refresh_token,
+            auth_time,
+            tokens.refresh_ttl(),
+            tokens.session_lifetime(),
+        )
         .await?;
-    token_response(ctx, user_id, role, auth_time, refresh_token)
+    let session = Session {
+        id: started.id,
+        expires_at: started.expires_at,
+    };
+    token_response(ctx, user_id, role, auth_time, &session, refresh_token)
+}
+
+/// A response carrying credentials: never stored by any cache (RFC 6749 §5.1).
+pub struct TokenReply(StatusCode, TokenResponse);
+
+impl IntoResponse for TokenReply {
+    fn into_response(self) -> Response {
+        let no_store = [
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::PRAGMA, HeaderValue::from_static("no-cache")),
+        ];
+        (self.0, no_store, Json(self.1)).into_response()
+    }
 }
 
 fn token_response(
@@ -232,14 +295,17 @@ fn token_response(
     user_id: &str,
     role: Role,
     auth_time: i64,
+    session: &Session,
     refresh_token: String,
 ) -> ApiResult<TokenResponse> {
+    let access_token = ctx.tokens().issue_access(user_id, role, auth_time, session)?;
+    let expires_in = (session.expires_at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64;
     Ok(TokenResponse {
         user_id: user_id.to_string(),
-        access_token: ctx.tokens().issue_access(user_id, role, auth_time)?,
+        access_token,
         refresh_token,
         token_type: "Bearer",
-        expires_in: ctx.config().access_token_ttl.as_secs(),
+        expires_in: ctx.config().access_token_ttl.as_secs().min(expires_in),
     })
 }
 
@@ -251,8 +317,9 @@ fn token_response(
 pub async fn register(
     State(ctx): State<ApiContext>,
     ValidJson(body): ValidJson<RegisterRequest>,
-) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
+) -> ApiResult<TokenReply> {
     validate_credentials(&body.email, &body.password)?;
+    let _slot = ctx.hashing().acquire()?;
     let hash = hash_password(
         SecretString::from(body.password),
         ctx.config().password_hashing.clone(),
@@ -269,25 +336,33 @@ pub async fn register(
         Err(e) => return Err(e.into()),
     };
     let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
-    Ok((StatusCode::CREATED, Json(session)))
+    Ok(TokenReply(StatusCode::CREATED, session))
 }
 
-/// Log in with e-mail and password.
+/// Log in with e-mail and password; staff accounts also with the current code of their
+/// authenticator app (`totp_code`).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse),
-              (status = 401, description = "invalid_credentials", body = crate::error::Problem),
-              (status = 429, body = crate::error::Problem)))]
+              (status = 401, description = "invalid_credentials; for staff, mfa_required or invalid_mfa_code", body = crate::error::Problem),
+              (status = 403, description = "mfa_enrollment_required: a staff account without TOTP", body = crate::error::Problem),
+              (status = 429, description = "rate_limited: too many requests from this network, or too many failed logins of this account from it", body = crate::error::Problem),
+              (status = 503, description = "retry_later: the bound on concurrent password hashing is reached", body = crate::error::Problem)))]
 pub async fn login(
     State(ctx): State<ApiContext>,
+    ClientIp(ip): ClientIp,
     ValidJson(body): ValidJson<LoginRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<TokenReply> {
+    ctx.login_failures().check(&body.email, ip)?;
     let user = ctx.store().user_by_email(&body.email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let params = ctx.config().password_hashing.clone();
+    let slot = ctx.hashing().acquire()?;
     let verified = verify_password(SecretString::from(body.password), stored, params).await;
+    drop(slot);
     let user = match user {
         Some(user) if verified => user,
         other => {
+            ctx.login_failures().failed(&body.email, ip);
             let subject = other.map(|u| u.id).unwrap_or_else(|| "unknown".into());
             ctx.store()
                 .audit("anonymous", "auth.login_failed", &subject, Default::default())
@@ -297,9 +372,48 @@ pub async fn login(
             });
         }
     };
-    Ok(Json(
-        issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?,
-    ))
+    if crate::mfa::required_for(user.role) {
+        let second = second_factor(&ctx, &user, body.totp_code.as_deref()).await;
+        if matches!(
+            &second,
+            Err(ApiError::Unauthenticated {
+                code: "invalid_mfa_code"
+            })
+        ) {
+            ctx.login_failures().failed(&body.email, ip);
+        }
+        second?;
+    }
+    ctx.login_failures().succeeded(&body.email, ip);
+    let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
+    Ok(TokenReply(StatusCode::OK, session))
+}
+
+/// A staff login's second factor: the current TOTP code, used once.
+async fn second_factor(ctx: &ApiContext, user: &coffer_store::UserDoc, code: Option<&str>) -> ApiResult<()> {
+    let Some(secret) = user.totp_secret.clone().map(SecretString::from) else {
+        return Err(ApiError::ForbiddenBecause {
+            code: "mfa_enrollment_required",
+            detail: "staff accounts log in with a TOTP code: enroll with `coffer user mfa-enroll`".into(),
+        });
+    };
+    let Some(code) = code else {
+        return Err(ApiError::Unauthenticated { code: "mfa_required" });
+    };
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let accepted = match crate::mfa::matching_step(&secret, code, now) {
+        Some(step) => ctx.store().consume_totp_step(&user.id, step).await?,
+        None => false,
+    };
+    if !accepted {
+        ctx.store()
+            .audit("anonymous", actions::MFA_FAILED, &user.id, Default::default())
+            .await?;
+        return Err(ApiError::Unauthenticated {
+            code: "invalid_mfa_code",
+        });
+    }
+    Ok(())
 }
 
 /// Exchange a refresh token for a new access token and a new refresh token.
@@ -309,7 +423,7 @@ pub async fn login(
 pub async fn refresh(
     State(ctx): State<ApiContext>,
     ValidJson(body): ValidJson<RefreshRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<TokenReply> {
     let successor = new_refresh_token();
     let ttl = ctx.tokens().refresh_ttl();
     match ctx
@@ -317,15 +431,23 @@ pub async fn refresh(
         .rotate_refresh_token(&body.refresh_token, &successor, ttl)
         .await?
     {
-        Rotation::Rotated { user_id, auth_time } => {
+        Rotation::Rotated {
+            user_id,
+            auth_time,
+            session_id,
+            session_expires_at,
+        } => {
             let user = ctx
                 .store()
                 .user_by_id(&user_id)
                 .await?
                 .ok_or(ApiError::NotFound)?;
-            Ok(Json(token_response(
-                &ctx, &user.id, user.role, auth_time, successor,
-            )?))
+            let session = Session {
+                id: session_id,
+                expires_at: session_expires_at,
+            };
+            let session = token_response(&ctx, &user.id, user.role, auth_time, &session, successor)?;
+            Ok(TokenReply(StatusCode::OK, session))
         }
         Rotation::ReuseDetected { user_id } => {
             ctx.store()
@@ -344,4 +466,91 @@ pub async fn refresh(
             code: "invalid_refresh_token",
         }),
     }
+}
+
+/// End the caller's session: its refresh token and every access token of it stop working (on
+/// every replica within `COFFER_SESSION_CHECK_SECONDS`), and its event streams close.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "the session is ended"),
+              (status = 401, description = "unauthenticated or session_revoked", body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn logout(State(ctx): State<ApiContext>, principal: Principal) -> ApiResult<StatusCode> {
+    ctx.store()
+        .revoke_session(&principal.session_id, RevokeReason::Logout)
+        .await?;
+    ctx.sessions().forget(&principal.session_id);
+    ctx.store()
+        .audit(
+            &principal.user_id,
+            actions::LOGOUT,
+            &principal.user_id,
+            Default::default(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sign out everywhere: end every session of the caller, this one included.
+#[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth",
+    responses((status = 204, description = "every session of the caller is ended"),
+              (status = 401, description = "unauthenticated or session_revoked", body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn logout_all(State(ctx): State<ApiContext>, principal: Principal) -> ApiResult<StatusCode> {
+    end_every_session(&ctx, &principal.user_id, RevokeReason::LogoutAll).await?;
+    let action = actions::LOGOUT_ALL;
+    ctx.store()
+        .audit(&principal.user_id, action, &principal.user_id, Default::default())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every session of `user_id` (here at once, on other replicas within the check interval).
+pub(crate) async fn end_every_session(
+    ctx: &ApiContext,
+    user_id: &str,
+    reason: RevokeReason,
+) -> ApiResult<u64> {
+    let ended = ctx.store().revoke_user_sessions(user_id, reason).await?;
+    ctx.sessions().recheck_all();
+    Ok(ended)
+}
+
+/// Change the caller's password: every session of the user ends, and a new one starts.
+#[utoipa::path(post, path = "/v1/auth/password", tag = "auth", request_body = ChangePasswordRequest,
+    responses((status = 200, description = "a new session; every other one is ended", body = TokenResponse),
+              (status = 400, description = "weak_password", body = crate::error::Problem),
+              (status = 401, description = "invalid_password, unauthenticated or session_revoked", body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn change_password(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    ValidJson(body): ValidJson<ChangePasswordRequest>,
+) -> ApiResult<TokenReply> {
+    let user = ctx
+        .store()
+        .user_by_id(&principal.user_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated {
+            code: "session_revoked",
+        })?;
+    validate_credentials(&user.email, &body.new_password)?;
+    let params = ctx.config().password_hashing.clone();
+    let _slot = ctx.hashing().acquire()?;
+    let current = SecretString::from(body.current_password);
+    if !verify_password(current, Some(user.password_hash.clone()), params.clone()).await {
+        return Err(ApiError::Unauthenticated {
+            code: "invalid_password",
+        });
+    }
+    let hash = hash_password(SecretString::from(body.new_password), params).await?;
+    ctx.store().set_password_hash(&user.id, hash).await?;
+    end_every_session(&ctx, &user.id, RevokeReason::PasswordChange).await?;
+    ctx.store()
+        .audit(&user.id, actions::PASSWORD_CHANGED, &user.id, Default::default())
+        .await?;
+    let now = chrono::Utc::now().timestamp();
+    Ok(TokenReply(
+        StatusCode::OK,
+        issue_session(&ctx, &user.id, user.role, now).await?,
+    ))
 }

@@ -12,6 +12,16 @@ pub struct RateLimits {
     pub money_per_user_per_minute: u32,
     /// Money-moving requests per client IP per minute.
     pub money_per_ip_per_minute: u32,
+    /// Read requests (and stream upgrades) per user per minute.
+    pub reads_per_user_per_minute: u32,
+    /// Read requests (and stream upgrades) per client IP per minute.
+    pub reads_per_ip_per_minute: u32,
+    /// Failed logins per account and client network before that pair waits out the window.
+    pub login_failures_max: u32,
+    /// The window of `login_failures_max`.
+    pub login_failure_window: Duration,
+    /// Password hashes (register, login, password change) computed at once; beyond: 503.
+    pub password_hashing_concurrent_max: usize,
 }
 
 impl Default for RateLimits {
@@ -20,6 +30,11 @@ impl Default for RateLimits {
             auth_per_ip_per_minute: 30,
             money_per_user_per_minute: 120,
             money_per_ip_per_minute: 600,
+            reads_per_user_per_minute: 600,
+            reads_per_ip_per_minute: 1200,
+            login_failures_max: 5,
+            login_failure_window: Duration::from_secs(15 * 60),
+            password_hashing_concurrent_max: 4,
         }
     }
 }
@@ -47,12 +62,22 @@ pub struct ApiConfig {
     /// HMAC key of access tokens; at least 32 bytes.
     pub jwt_secret: SecretString,
     pub access_token_ttl: Duration,
+    /// Idle lifetime of a refresh token (each refresh issues a new one).
     pub refresh_token_ttl: Duration,
+    /// Absolute lifetime of a session: no refresh extends it (`COFFER_SESSION_LIFETIME_SECONDS`,
+    /// default 30 days); then the user logs in again.
+    pub session_lifetime: Duration,
+    /// How long a replica may answer "this session is active" from memory
+    /// (`COFFER_SESSION_CHECK_SECONDS`, default 2 s): the longest a revoked session keeps working.
+    pub session_check_interval: Duration,
     pub body_limit_bytes: usize,
     pub rate_limits: RateLimits,
     /// The header carrying the client IP when behind a trusted proxy (e.g. `x-forwarded-for`).
     /// `None` (the default) uses the TCP peer address: headers are not trusted unless configured.
     pub client_ip_header: Option<String>,
+    /// Networks of the proxies in front of the API (`COFFER_TRUSTED_PROXIES`): hops of the
+    /// client IP header inside them are skipped. Empty: the TCP peer is the one trusted proxy.
+    pub trusted_proxies: Vec<crate::limits::Cidr>,
     pub password_hashing: PasswordHashing,
     /// Limits of on-demand reconciliation runs (`POST /v1/admin/reconciliations`).
     pub reconcile: coffer_store::reconcile::ReconcileConfig,
@@ -77,9 +102,12 @@ impl ApiConfig {
             jwt_secret,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            session_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
+            session_check_interval: Duration::from_secs(2),
             body_limit_bytes: 64 * 1024,
             rate_limits: RateLimits::default(),
             client_ip_header: None,
+            trusted_proxies: Vec::new(),
             password_hashing: PasswordHashing::default(),
             reconcile: Default::default(),
             deposit_keys: None,

@@ -114,6 +114,12 @@ error_codes! {
     InvalidBody => "invalid_body",
     WebsocketUpgradeRequired => "websocket_upgrade_required",
     MethodNotAllowed => "method_not_allowed",
+    SessionRevoked => "session_revoked",
+    InvalidPassword => "invalid_password",
+    MfaRequired => "mfa_required",
+    InvalidMfaCode => "invalid_mfa_code",
+    MfaEnrollmentRequired => "mfa_enrollment_required",
+    InvalidStreamTicket => "invalid_stream_ticket",
 }
 
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).
@@ -139,6 +145,34 @@ pub struct Problem {
     /// The JSON path of the offending field, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// Refusals that depend on state the client can change (log in again, fund the wallet, wait for
+/// a device to be trusted, a limit to reset or an asset to be switched back on): an Idempotency-Key never keeps
+/// them for replay, so the same key succeeds once the client has fixed the cause. Every other 4xx
+/// is a verdict on the request itself and is replayed for 24 h. Listed in docs/api.md.
+pub const NOT_REPLAYED: &[&str] = &[
+    "unauthenticated",
+    "session_revoked",
+    "reauthentication_required",
+    "device_not_trusted",
+    "insufficient_funds",
+    "balance_limit_exceeded",
+    "daily_limit_exceeded",
+    "asset_unavailable",
+    "deposits_disabled",
+    "withdrawals_disabled",
+];
+
+/// Whether a response may be kept for replay under its Idempotency-Key: not a request to retry
+/// (429, 5xx), nor a refusal in [`NOT_REPLAYED`].
+pub fn replayable(response: &Response) -> bool {
+    let status = response.status();
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return false;
+    }
+    let code = response.extensions().get::<ProblemCode>().map(|c| c.0);
+    !code.is_some_and(|code| NOT_REPLAYED.contains(&code))
 }
 
 /// The problem code of an error response, for the metrics layer (response extension).
@@ -255,6 +289,15 @@ impl ApiError {
                         "the refresh token was already used; its session family is revoked"
                     }
                     "invalid_refresh_token" => "the refresh token is unknown, expired or revoked",
+                    "mfa_required" => {
+                        "staff accounts log in with the code of their authenticator app: send totp_code"
+                    }
+                    "invalid_mfa_code" => "the authenticator code is wrong, expired or already used",
+                    "invalid_stream_ticket" => "the stream ticket is unknown, expired or already used",
+                    "session_revoked" => {
+                        "this session has ended (signed out, revoked or expired): log in again"
+                    }
+                    "invalid_password" => "the current password is wrong",
                     "invalid_signature" => "the webhook signature is missing, invalid or stale",
                     "reauthentication_required" => {
                         "this needs a recent password login: log in again, then retry"

@@ -7,6 +7,7 @@ use coffer_store::queries::PAGE_LIMIT_MAX;
 use coffer_store::Role;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
+use std::marker::PhantomData;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ApiContext;
@@ -83,6 +84,8 @@ pub struct Principal {
     pub role: Role,
     /// When the user last proved their password (carried across refreshes).
     pub auth_time: i64,
+    /// The session (refresh-token family) the access token belongs to.
+    pub session_id: String,
 }
 
 impl Principal {
@@ -114,8 +117,93 @@ impl FromRequestParts<ApiContext> for Principal {
             code: "unauthenticated",
         })?;
         let principal = ctx.tokens().verify_access(token)?;
+        require_active_session(ctx, &principal).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
+    }
+}
+
+/// A set of roles a route admits. As a type, the role check is an extractor ([`Authorized`]) that
+/// axum runs before the body extractor: a caller without the role is refused with 403 before its
+/// body is read or parsed, so it learns nothing of the body's schema from a 400.
+pub trait RoleSet: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// The authenticated caller, admitted because its role is in `R` (403 `forbidden` otherwise).
+pub struct Authorized<R: RoleSet> {
+    principal: Principal,
+    roles: PhantomData<R>,
+}
+
+impl<R: RoleSet> std::ops::Deref for Authorized<R> {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl<R: RoleSet> FromRequestParts<ApiContext> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, ctx).await?;
+        principal.require(R::ROLES)?;
+        Ok(Authorized {
+            principal,
+            roles: PhantomData,
+        })
+    }
+}
+
+/// The role sets routes admit, in one place.
+pub mod roles {
+    use super::RoleSet;
+    use coffer_store::Role;
+
+    macro_rules! role_set {
+        ($(#[$doc:meta])* $name:ident = [$($role:ident),+]) => {
+            $(#[$doc])*
+            pub struct $name;
+            impl RoleSet for $name {
+                const ROLES: &'static [Role] = &[$(Role::$role),+];
+            }
+        };
+    }
+
+    role_set!(/// End users: their own wallets and money.
+        Users = [User]);
+    role_set!(/// The payment rails' service role.
+        PaymentService = [Payment]);
+    role_set!(/// Who may read user data (wallets, transaction stories).
+        SupportReaders = [Support, Finance, Admin]);
+    role_set!(/// Who may propose adjustments (an admin's own proposal still needs another admin).
+        Proposers = [Finance, Admin]);
+    role_set!(/// Who may see adjustments.
+        AdjustmentReaders = [Finance, Admin]);
+    role_set!(/// Who may see the manual review queue.
+        ReviewReaders = [Support, Admin]);
+    role_set!(/// Who may end a user's sessions.
+        SessionRevokers = [Support, Admin]);
+    role_set!(/// Who runs and reads operations.
+        Operators = [Engineering, Admin]);
+    role_set!(/// Admins only: approvals and review decisions.
+        Admins = [Admin]);
+}
+
+/// Refuses (401 `session_revoked`) an access token whose session was revoked or has ended.
+pub async fn require_active_session(ctx: &ApiContext, principal: &Principal) -> Result<(), ApiError> {
+    if ctx
+        .sessions()
+        .is_active(ctx.store(), &principal.session_id)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthenticated {
+            code: "session_revoked",
+        })
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! Two ways to store it:
 //! - [`middleware`] (wallets, devices, admin actions) claims the key before the handler runs and
-//!   stores its response after; responses that ask the client to retry (429, 5xx) are not stored.
+//!   stores its response after; responses that ask the client to retry (429, 5xx) and refusals
+//!   the client can fix ([`crate::error::NOT_REPLAYED`]) are not stored: the key is released.
 //! - [`money_middleware`] (transfers, deposits, withdrawals) claims nothing: the handler passes
 //!   the key and request fingerprint on with its movement, and the store writes the response in
 //!   the SAME database transaction as the money, so a crash can never leave money moved without
@@ -185,8 +186,7 @@ pub async fn middleware(State(ctx): State<ApiContext>, request: Request, next: N
     }
     let response = next.run(request).await;
     let status = response.status();
-    let retryable = status.is_server_error() || status.as_u16() == 429;
-    if retryable {
+    if !crate::error::replayable(&response) {
         if let Err(e) = store.idempotency_release(&scope, &key).await {
             tracing::warn!(error = %e, "could not release an idempotency key; it expires with its lease");
         }

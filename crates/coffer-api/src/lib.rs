@@ -17,9 +17,11 @@ pub mod idempotency;
 pub mod keepalive;
 pub mod limits;
 pub mod metrics;
+pub mod mfa;
 pub mod money;
 pub mod openapi;
 pub mod ops;
+pub mod sessions;
 pub mod stream;
 pub mod transactions;
 pub mod views;
@@ -29,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::Response;
 use axum::Router;
@@ -37,6 +39,7 @@ use coffer_domain::LiveCatalog;
 use coffer_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -56,7 +59,10 @@ struct Inner {
     config: ApiConfig,
     assets: LiveCatalog,
     tokens: auth::TokenService,
+    sessions: sessions::SessionCheck,
     limiters: Arc<limits::Limiters>,
+    login_failures: limits::LoginFailures,
+    hashing: limits::HashingSlots,
     metrics: metrics::HttpMetrics,
     registry: prometheus::Registry,
     reconciler: coffer_store::reconcile::Reconciler,
@@ -75,9 +81,15 @@ impl ApiContext {
         registry: prometheus::Registry,
     ) -> prometheus::Result<Self> {
         let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
+        let login_failures = limits::LoginFailures::new(
+            config.rate_limits.login_failures_max,
+            config.rate_limits.login_failure_window,
+        );
+        let hashing = limits::HashingSlots::new(config.rate_limits.password_hashing_concurrent_max);
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
         let tokens = auth::TokenService::new(&config);
+        let sessions = sessions::SessionCheck::new(config.session_check_interval);
         let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
         let reconciler = coffer_store::reconcile::Reconciler {
             config: config.reconcile.clone(),
@@ -92,7 +104,10 @@ impl ApiContext {
                 config,
                 assets,
                 tokens,
+                sessions,
                 limiters,
+                login_failures,
+                hashing,
                 metrics,
                 registry,
                 reconciler,
@@ -139,6 +154,18 @@ impl ApiContext {
     }
     pub fn tokens(&self) -> &auth::TokenService {
         &self.inner.tokens
+    }
+    /// Whether an access token's session is still active (see [`sessions`]).
+    pub fn sessions(&self) -> &sessions::SessionCheck {
+        &self.inner.sessions
+    }
+    /// Failed logins per account and client network.
+    pub fn login_failures(&self) -> &limits::LoginFailures {
+        &self.inner.login_failures
+    }
+    /// The bound on concurrent password hashing.
+    pub fn hashing(&self) -> &limits::HashingSlots {
+        &self.inner.hashing
     }
     pub fn limiters(&self) -> &limits::Limiters {
         &self.inner.limiters
@@ -213,7 +240,10 @@ fn groups() -> Groups {
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
             .routes(routes!(auth::login))
-            .routes(routes!(auth::refresh)),
+            .routes(routes!(auth::refresh))
+            .routes(routes!(auth::logout))
+            .routes(routes!(auth::logout_all))
+            .routes(routes!(auth::change_password)),
         reads: OpenApiRouter::new()
             .routes(routes!(wallets::list_wallets))
             .routes(routes!(wallets::get_wallet))
@@ -221,6 +251,7 @@ fn groups() -> Groups {
             .routes(routes!(transactions::list_transactions))
             .routes(routes!(transactions::get_transaction))
             .routes(routes!(stream::stream))
+            .routes(routes!(stream::create_ticket))
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
             .routes(routes!(devices::list_devices)),
@@ -306,6 +337,8 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
     let auth = auth.route_layer(from_fn_with_state(ctx.clone(), limits::auth_limit));
+    let reads = reads.route_layer(from_fn_with_state(ctx.clone(), limits::reads_limit));
+    let admin_reads = admin_reads.route_layer(from_fn_with_state(ctx.clone(), limits::reads_limit));
     let writes = writes
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
@@ -339,6 +372,16 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Every response is private to its caller (balances, transactions, tokens): no cache may
+        // keep it unless a handler says otherwise, and no browser may sniff a JSON body as HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         // Outermost, so that every answer, the fallbacks' included, says when it closes.
         .layer(from_fn(keepalive::close_when_body_unread))
         .with_state(ctx)
@@ -352,7 +395,10 @@ fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response
 }
 
 /// Routes whose path parameter identifies a person: their `url.path` is the template.
-const ROUTES_NAMING_A_USER: &[&str] = &["/v1/admin/users/{id}/wallets"];
+const ROUTES_NAMING_A_USER: &[&str] = &[
+    "/v1/admin/users/{id}/wallets",
+    "/v1/admin/users/{id}/sessions/revoke",
+];
 
 /// The server span of a request, with the OpenTelemetry HTTP attributes; its parent is the
 /// client's span when the request carries a valid W3C `traceparent`. The path holds object ids

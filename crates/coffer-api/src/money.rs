@@ -13,12 +13,13 @@ use coffer_domain::plan::{self, Refusal, WithdrawalAuthority};
 use coffer_domain::{Amount, AssetConfig, Movement, Origin, WalletRef};
 use coffer_store::batch::{IdempotentWrite, Submission};
 use coffer_store::idempotency::StoredResponse;
-use coffer_store::{Role, StoreError, TransactionDoc};
+use coffer_store::{StoreError, TransactionDoc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Principal, ValidJson};
+use crate::extract::roles::{PaymentService, Users};
+use crate::extract::{Authorized, Principal, ValidJson};
 use crate::idempotency::{idempotency_key, IdempotencyContext, MaybeReplay};
 use crate::views::TransactionView;
 use crate::ApiContext;
@@ -182,12 +183,11 @@ fn key_reused() -> ApiError {
     security(("bearer" = [])))]
 pub async fn create_transfer(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Users>,
     headers: HeaderMap,
     request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<TransferRequest>,
 ) -> ApiResult<Response> {
-    principal.require(&[Role::User])?;
     let key = idempotency_key(&headers)?;
     let found = wallets(&ctx, &[&body.from_wallet_id, &body.to_wallet_id]).await?;
     let from = found
@@ -227,12 +227,11 @@ fn same(tx: &TransactionDoc, from: &str, to: Option<&str>, amount: Amount) -> bo
     security(("bearer" = [])))]
 pub async fn create_deposit(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<PaymentService>,
     headers: HeaderMap,
     request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<DepositRequest>,
 ) -> ApiResult<Response> {
-    principal.require(&[Role::Payment])?;
     idempotency_key(&headers)?;
     let reference = body.external_reference.trim();
     if reference.is_empty() || reference.len() > 128 {
@@ -289,12 +288,11 @@ fn valid_evm_address(address: &str) -> bool {
     security(("bearer" = [])))]
 pub async fn create_withdrawal(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Users>,
     headers: HeaderMap,
     request: Option<IdempotencyContext>,
     ValidJson(body): ValidJson<WithdrawalRequest>,
 ) -> ApiResult<Response> {
-    principal.require(&[Role::User])?;
     let key = idempotency_key(&headers)?;
     let device = crate::devices::trusted_device(&ctx, &principal, &headers).await?;
     let authority = WithdrawalAuthority {

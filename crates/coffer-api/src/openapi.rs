@@ -210,6 +210,15 @@ fn examples() -> Vec<(&'static str, Value)> {
         ),
         ("RegisterDeviceRequest", json!({ "name": "Alice's phone" })),
         (
+            "ChangePasswordRequest",
+            json!({ "current_password": "correct horse battery staple", "new_password": "a longer passphrase of mine" }),
+        ),
+        ("SessionsRevoked", json!({ "user_id": user, "revoked": 2 })),
+        (
+            "StreamTicket",
+            json!({ "ticket": "st_0b6f2c1d9e8a4f3b", "expires_in": 30 }),
+        ),
+        (
             "ProposeAdjustmentRequest",
             json!({ "wallet_id": wallet, "amount": "-2.5", "reason": "duplicate credit of ticket 4411" }),
         ),
@@ -350,12 +359,12 @@ fn add_components(doc: &mut Value) {
         .as_object_mut()
         .expect("security schemes are an object");
     schemes.insert(
-        "access_token".into(),
+        "stream_ticket".into(),
         json!({
             "type": "apiKey",
             "in": "query",
-            "name": "access_token",
-            "description": "The access token as a query parameter, for WebSocket clients that cannot send headers (GET /v1/stream only)."
+            "name": "ticket",
+            "description": "A single-use, 30-second ticket from POST /v1/stream/tickets, for WebSocket clients that cannot send headers (GET /v1/stream only). A bearer token is never accepted in the URL."
         }),
     );
 }
@@ -816,7 +825,7 @@ mod tests {
             "/v1/admin/adjustments?status",
             "/v1/admin/reviews?limit",
             "/v1/admin/reconciliations?cursor",
-            "/v1/stream?access_token",
+            "/v1/stream?ticket",
             "/v1/stream?after",
         ] {
             assert!(

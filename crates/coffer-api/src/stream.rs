@@ -1,52 +1,99 @@
 //! `GET /v1/stream`: the user's events over a WebSocket (E2).
 //!
 //! Authentication: the access token in `Authorization: Bearer …`, or, for clients that cannot set
-//! headers on a WebSocket (browsers), in `?access_token=`. The query string is never logged.
+//! headers on a WebSocket (browsers), a single-use 30-second ticket from `POST /v1/stream/tickets`
+//! in `?ticket=`: a bearer token never goes into a URL (where proxies and browsers keep it).
 //! Resume: `?after=<event id>` first sends the user's events after that id from the outbox (at
 //! most [`HISTORY_LIMIT`]; beyond it the socket closes with 4009 and the client reloads state over
 //! REST), then the live feed; events are deduplicated by id. Heartbeat: a ping every
 //! [`HEARTBEAT`]; no frame from the client for three of them closes with 4010. A client that
-//! cannot keep up (its buffer in the hub is full) is closed with 4008.
+//! cannot keep up (its buffer in the hub is full) is closed with 4008. When the session of the token
+//! it was opened with ends (logout, "sign out everywhere", a password change, a staff action, a
+//! refresh token replayed), the stream closes with 4001 within the session check interval.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Json;
 use coffer_events::{CloudEvent, Live};
-use serde::Deserialize;
+use coffer_store::tickets::StreamTicketDoc;
+use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 use tracing::Instrument;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{bearer, ValidQuery};
+use crate::extract::{bearer, Principal, ValidQuery};
 use crate::ApiContext;
 
 /// Most events a resuming client is sent from history.
 pub const HISTORY_LIMIT: u32 = 500;
 /// Interval of server pings.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
+/// The largest message a client may send (it sends only pongs and a close frame).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// Shortest interval between two session checks of one stream.
+const SESSION_CHECK_MIN: Duration = Duration::from_millis(250);
 /// Longest a single send to the client may take before the client counts as too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes (also in docs/events.md).
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    /// The session of the token the stream was opened with was revoked or has ended.
+    pub const SESSION_ENDED: u16 = 4001;
     pub const TOO_SLOW: u16 = 4008;
     pub const RESUME_GAP: u16 = 4009;
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
 }
 
+/// How long a stream ticket can be redeemed.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamTicket {
+    /// Single use: `GET /v1/stream?ticket=…` within `expires_in` seconds.
+    pub ticket: String,
+    pub expires_in: u64,
+}
+
+/// A single-use ticket (30 s) to open the stream from a client that cannot set the Authorization
+/// header on a WebSocket (a browser): no bearer token ever goes into a URL.
+#[utoipa::path(post, path = "/v1/stream/tickets", tag = "events",
+    responses((status = 201, body = StreamTicket),
+              (status = 401, description = "unauthenticated or session_revoked", body = crate::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn create_ticket(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+) -> ApiResult<(StatusCode, Json<StreamTicket>)> {
+    let ticket = crate::auth::new_refresh_token();
+    let ttl = chrono::Duration::from_std(TICKET_TTL).expect("a short TTL");
+    let owner = StreamTicketDoc {
+        ticket_hash: String::new(),
+        user_id: principal.user_id.clone(),
+        role: principal.role,
+        auth_time: principal.auth_time,
+        session_id: principal.session_id.clone(),
+        expires_at: coffer_store::codec::now() + ttl,
+    };
+    ctx.store().create_stream_ticket(&ticket, owner).await?;
+    let expires_in = TICKET_TTL.as_secs();
+    Ok((StatusCode::CREATED, Json(StreamTicket { ticket, expires_in })))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// The access token, for clients that cannot send an Authorization header.
-    pub access_token: Option<String>,
+    /// A ticket from `POST /v1/stream/tickets`, for clients that cannot send an Authorization
+    /// header; used once.
+    pub ticket: Option<String>,
     /// The id of the last event the client saw: missed events are sent first.
     #[param(format = Uuid)]
     pub after: Option<String>,
@@ -57,18 +104,23 @@ pub struct StreamQuery {
     responses((status = 101, description = "switching to the WebSocket protocol"),
               (status = 400, description = "invalid_query or websocket_upgrade_required", body = crate::error::Problem),
               (status = 401, description = "unauthenticated", body = crate::error::Problem)),
-    security(("bearer" = []), ("access_token" = [])))]
+    security(("bearer" = []), ("stream_ticket" = [])))]
 pub async fn stream(
     State(ctx): State<ApiContext>,
     headers: HeaderMap,
     ValidQuery(query): ValidQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let token = bearer(&headers).or(query.access_token.as_deref());
-    let token = token.ok_or(ApiError::Unauthenticated {
-        code: "unauthenticated",
-    })?;
-    let principal = ctx.tokens().verify_access(token)?;
+    let principal = match (bearer(&headers), &query.ticket) {
+        (Some(token), _) => ctx.tokens().verify_access(token)?,
+        (None, Some(ticket)) => redeem(&ctx, ticket).await?,
+        (None, None) => {
+            return Err(ApiError::Unauthenticated {
+                code: "unauthenticated",
+            })
+        }
+    };
+    crate::extract::require_active_session(&ctx, &principal).await?;
     if let Some(after) = &query.after {
         uuid::Uuid::parse_str(after)
             .map_err(|_| ApiError::invalid_field("invalid_query", "after", "not an event id"))?;
@@ -80,10 +132,32 @@ pub async fn stream(
         )
     })?;
     let after = query.after;
-    Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal.user_id, after)))
+    // A client sends only pongs and a close: anything larger is refused by the protocol layer.
+    let upgrade = upgrade
+        .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_frame_size(CLIENT_MESSAGE_BYTES_MAX);
+    Ok(upgrade.on_upgrade(move |socket| serve(socket, ctx, principal, after)))
 }
 
-async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: Option<String>) {
+/// The caller a ticket was issued to; the ticket is spent.
+async fn redeem(ctx: &ApiContext, ticket: &str) -> ApiResult<Principal> {
+    let owner = ctx
+        .store()
+        .take_stream_ticket(ticket)
+        .await?
+        .ok_or(ApiError::Unauthenticated {
+            code: "invalid_stream_ticket",
+        })?;
+    Ok(Principal {
+        user_id: owner.user_id,
+        role: owner.role,
+        auth_time: owner.auth_time,
+        session_id: owner.session_id,
+    })
+}
+
+async fn serve(mut socket: WebSocket, ctx: ApiContext, principal: Principal, after: Option<String>) {
+    let user_id = principal.user_id.clone();
     let Some(mut subscription) = ctx.stream_hub().subscribe(&user_id) else {
         return shut(
             socket,
@@ -103,8 +177,18 @@ async fn serve(mut socket: WebSocket, ctx: ApiContext, user_id: String, after: O
     }
     let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
     let mut last_heard = Instant::now();
+    // A revoked session's streams close too, within the interval the session check allows.
+    let check_every = ctx.config().session_check_interval.max(SESSION_CHECK_MIN);
+    let mut session_check = tokio::time::interval_at(Instant::now() + check_every, check_every);
     loop {
         tokio::select! {
+            _ = session_check.tick() => {
+                let active = ctx.sessions().is_active(ctx.store(), &principal.session_id).await;
+                // A database that cannot answer keeps the stream: the next tick asks again.
+                if matches!(active, Ok(false)) {
+                    return shut(socket, close::SESSION_ENDED, "session ended: log in again").await;
+                }
+            }
             live = subscription.receiver.recv() => {
                 if subscription.overflowed() {
                     return shut(socket, close::TOO_SLOW, "too slow: event buffer full; resume with ?after=").await;

@@ -23,7 +23,13 @@ use crate::{Store, StoreError};
 pub mod actions {
     pub const LOGIN_FAILED: &str = "auth.login_failed";
     pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
+    pub const LOGOUT: &str = "auth.logout";
+    pub const LOGOUT_ALL: &str = "auth.logout_all";
+    pub const PASSWORD_CHANGED: &str = "auth.password_changed";
+    pub const MFA_FAILED: &str = "auth.mfa_failed";
     pub const STAFF_CREATED: &str = "staff.created";
+    pub const STAFF_MFA_ENROLLED: &str = "staff.mfa_enrolled";
+    pub const USER_SESSIONS_REVOKED: &str = "admin.user_sessions_revoked";
     pub const ADJUSTMENT_PROPOSED: &str = "adjustment.proposed";
     pub const ADJUSTMENT_APPROVED: &str = "adjustment.approved";
     pub const ADJUSTMENT_REJECTED: &str = "adjustment.rejected";

@@ -24,6 +24,7 @@ pub mod queries;
 pub mod reconcile;
 pub mod support;
 mod telemetry;
+pub mod tickets;
 pub mod tokens;
 pub mod transitions;
 pub mod users;
@@ -48,6 +49,8 @@ pub use mongodb;
 pub mod collections {
     pub const USERS: &str = "users";
     pub const REFRESH_TOKENS: &str = "refresh_tokens";
+    pub const SESSIONS: &str = "sessions";
+    pub const STREAM_TICKETS: &str = "stream_tickets";
     pub const WALLETS: &str = "wallets";
     pub const TRANSACTIONS: &str = "transactions";
     pub const LEDGER_ENTRIES: &str = "ledger_entries";
@@ -166,6 +169,9 @@ pub struct StoreConfig {
     /// A client span per database command (issue 8). Off by default even when traces are
     /// exported: the driver then decodes every command and reply (`COFFER_TRACE_DB_COMMANDS`).
     pub command_spans: bool,
+    /// Tests only: a pause between consuming a refresh token and storing its successor, which
+    /// widens the window a concurrent reuse races into (off by default).
+    pub rotation_pause: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -178,6 +184,7 @@ impl Default for StoreConfig {
             batch: batch::BatchConfig::default(),
             query_log: None,
             command_spans: false,
+            rotation_pause: None,
         }
     }
 }
@@ -281,6 +288,25 @@ impl Store {
             (REFRESH_TOKENS, doc! { "family_id": 1 }, named("family")),
             (
                 REFRESH_TOKENS,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            // "Sign out everywhere" and staff revocations find a user's sessions.
+            (SESSIONS, doc! { "user_id": 1 }, named("by_user")),
+            // A session past its absolute lifetime is removed (absent counts as ended).
+            (
+                SESSIONS,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
+            (
+                STREAM_TICKETS,
                 doc! { "expires_at": 1 },
                 IndexOptions::builder()
                     .name("expiry_ttl".to_string())

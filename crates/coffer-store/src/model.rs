@@ -56,6 +56,12 @@ pub struct UserDoc {
     pub email: String,
     pub password_hash: String,
     pub role: Role,
+    /// The staff account's TOTP secret (base32), once enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_secret: Option<String>,
+    /// The TOTP step of the last accepted code: a code of this step or an earlier one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_last_step: Option<i64>,
     #[serde(with = "codec::time")]
     pub created_at: Time,
 }

@@ -45,6 +45,14 @@ pub struct Options {
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
+    /// The header the client IP is read from (default: none, the TCP peer).
+    pub client_ip_header: Option<String>,
+    /// Password hashing parameters (default: cheap ones, so the suite stays fast).
+    pub password_hashing: Option<PasswordHashing>,
+    /// A session's absolute lifetime (default: the product's 30 days).
+    pub session_lifetime: Option<std::time::Duration>,
+    /// How long a replica trusts its memory of an active session (default: the product's 2 s).
+    pub session_check_interval: Option<std::time::Duration>,
     /// The database to use (default: a fresh one): two apps on one database are two API replicas.
     pub database: Option<String>,
     /// Routes served beside the API's, under the same layers (e.g. a handler that panics).
@@ -59,6 +67,11 @@ impl Default for Options {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
                 money_per_ip_per_minute: 100_000,
+                reads_per_user_per_minute: 100_000,
+                reads_per_ip_per_minute: 100_000,
+                // Tests register many users at once; the product's bound is tested on its own.
+                password_hashing_concurrent_max: 64,
+                ..RateLimits::default()
             },
             store: StoreConfig::default(),
             reconcile: Default::default(),
@@ -67,6 +80,10 @@ impl Default for Options {
             webhook_secrets: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
             withdrawal_reauth_window: None,
+            session_lifetime: None,
+            session_check_interval: None,
+            client_ip_header: None,
+            password_hashing: None,
             database: None,
         }
     }
@@ -93,6 +110,8 @@ pub struct TestUser {
     pub password: String,
     pub access_token: String,
     pub refresh_token: String,
+    /// A staff account's TOTP secret (base32), enrolled as `coffer user create` does.
+    pub totp_secret: Option<String>,
 }
 
 /// A response: status, headers and JSON body (Null when empty or not JSON).
@@ -142,11 +161,12 @@ impl TestApp {
         config.rate_limits = options.rate_limits;
         config.reconcile = options.reconcile;
         // Real argon2id, with cheap parameters so the suite stays fast.
-        config.password_hashing = PasswordHashing {
+        config.password_hashing = options.password_hashing.clone().unwrap_or(PasswordHashing {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,
-        };
+        });
+        config.client_ip_header = options.client_ip_header.clone();
         config.deposit_keys = options
             .deposit_xpub
             .as_deref()
@@ -154,6 +174,12 @@ impl TestApp {
         config.device_trust_delay = options.device_trust_delay;
         if let Some(window) = options.withdrawal_reauth_window {
             config.withdrawal_reauth_window = window;
+        }
+        if let Some(lifetime) = options.session_lifetime {
+            config.session_lifetime = lifetime;
+        }
+        if let Some(interval) = options.session_check_interval {
+            config.session_check_interval = interval;
         }
         for (provider, secret) in &options.webhook_secrets {
             config
@@ -314,7 +340,8 @@ impl TestApp {
         user_from(&reply, email, password)
     }
 
-    /// A user with `role`, created directly in the store (as `coffer user create` does), logged in.
+    /// A user with `role`, created directly in the store (as `coffer user create` does, with a
+    /// TOTP secret for the staff roles), logged in (with the current code when it has a secret).
     pub async fn staff(&self, role: Role) -> TestUser {
         let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -328,11 +355,27 @@ impl TestApp {
         )
         .await
         .expect("hash");
-        self.store
+        let user = self
+            .store
             .create_user(&email, hash, role)
             .await
             .expect("create staff");
-        self.login(&email, &password).await
+        if !coffer_api::mfa::required_for(role) {
+            return self.login(&email, &password).await;
+        }
+        let secret = coffer_api::mfa::new_secret();
+        use secrecy::ExposeSecret;
+        self.store
+            .set_totp_secret(&user.id, secret.expose_secret())
+            .await
+            .expect("enroll TOTP");
+        let code = totp_now(&secret);
+        let body = json!({ "email": email, "password": password, "totp_code": code });
+        let reply = self.send("POST", "/v1/auth/login", None, None, Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "staff login: {:?}", reply.body);
+        let mut staff = user_from(&reply, email, password);
+        staff.totp_secret = Some(secret.expose_secret().to_string());
+        staff
     }
 
     pub async fn login(&self, email: &str, password: &str) -> TestUser {
@@ -423,6 +466,12 @@ impl TestApp {
     }
 }
 
+/// The current TOTP code of `secret`.
+pub fn totp_now(secret: &secrecy::SecretString) -> String {
+    let now = chrono::Utc::now().timestamp() as u64;
+    coffer_api::mfa::code_at(secret, now).expect("a valid TOTP secret")
+}
+
 fn user_from(reply: &Reply, email: String, password: String) -> TestUser {
     TestUser {
         id: reply.body["user_id"].as_str().expect("user_id").to_string(),
@@ -436,5 +485,6 @@ fn user_from(reply: &Reply, email: String, password: String) -> TestUser {
             .as_str()
             .expect("refresh_token")
             .to_string(),
+        totp_secret: None,
     }
 }

@@ -10,17 +10,19 @@ use tokio_tungstenite::tungstenite::Message;
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// How a client presents its token.
+/// How a client presents its credentials.
 pub enum Token<'a> {
+    /// An access token in `Authorization: Bearer`.
     Header(&'a str),
-    Query(&'a str),
+    /// A stream ticket in `?ticket=`.
+    Ticket(&'a str),
 }
 
 /// Opens the stream of `address`, resuming after `after` if given.
 pub async fn connect(address: std::net::SocketAddr, token: Token<'_>, after: Option<&str>) -> Socket {
     let mut query = Vec::new();
-    if let Token::Query(t) = &token {
-        query.push(format!("access_token={t}"));
+    if let Token::Ticket(t) = &token {
+        query.push(format!("ticket={t}"));
     }
     if let Some(after) = after {
         query.push(format!("after={after}"));
@@ -73,4 +75,41 @@ pub async fn events(socket: &mut Socket, count: usize, wait: Duration) -> Vec<Va
         }
     }
     seen
+}
+
+/// The close code the server sends (answering pings meanwhile); None if the socket stays open
+/// for `wait` or ends without a code.
+pub async fn close_code(socket: &mut Socket, wait: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        match frame {
+            Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+            Message::Ping(payload) => socket.send(Message::Pong(payload)).await.ok()?,
+            _ => {}
+        }
+    }
+}
+
+/// Sends a text message (an error sending it is ignored: the server may have closed already).
+pub async fn send_text(socket: &mut Socket, text: &str) {
+    let _ = socket.send(Message::Text(text.to_string().into())).await;
+}
+
+/// Whether the server closes or drops the connection within `wait` (pings are answered).
+pub async fn closed_within(socket: &mut Socket, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(Message::Ping(payload)))) => {
+                let _ = socket.send(Message::Pong(payload)).await;
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
 }

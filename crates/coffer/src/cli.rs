@@ -114,8 +114,20 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Create a staff account or service credential (password on stdin).
+    /// Create a staff account or service credential (password on stdin). A staff account is
+    /// enrolled in TOTP at once: its otpauth:// URI is printed on standard output, once.
     Create(UserCreateArgs),
+    /// Enroll a staff account in TOTP anew (a lost phone): prints the new otpauth:// URI on
+    /// standard output, once; codes of the old secret stop working.
+    MfaEnroll(UserMfaEnrollArgs),
+}
+
+#[derive(Args)]
+pub struct UserMfaEnrollArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long)]
+    pub email: String,
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +328,15 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 30 * 24 * 3600,
         value_parser = clap::value_parser!(u64).range(3600..=90 * 24 * 3600))]
     pub refresh_token_ttl_seconds: u64,
+    /// Absolute lifetime of a session (1 hour to 365 days): no refresh extends it.
+    #[arg(long, env = "COFFER_SESSION_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(3600..=365 * 24 * 3600))]
+    pub session_lifetime_seconds: u64,
+    /// How long a replica may answer "this session is active" from memory (0 to 10 s): the
+    /// longest a revoked session's access tokens and streams keep working.
+    #[arg(long, env = "COFFER_SESSION_CHECK_SECONDS", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(0..=10))]
+    pub session_check_seconds: u64,
     /// Requests to /v1/auth/* per client IP per minute (1..=1000000).
     #[arg(long, env = "COFFER_RATE_AUTH_PER_IP_PER_MINUTE", default_value_t = 30,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -328,9 +349,35 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_RATE_MONEY_PER_IP_PER_MINUTE", default_value_t = 600,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_money_per_ip_per_minute: u32,
+    /// Read requests and stream upgrades per user per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_READS_PER_USER_PER_MINUTE", default_value_t = 600,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_reads_per_user_per_minute: u32,
+    /// Read requests and stream upgrades per client IP per minute (1..=1000000).
+    #[arg(long, env = "COFFER_RATE_READS_PER_IP_PER_MINUTE", default_value_t = 1200,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_reads_per_ip_per_minute: u32,
+    /// Failed logins of one account from one client network (IPv4 address, IPv6 /64) before
+    /// that pair waits out the window (1..=1000); other networks, the owner's, are unaffected.
+    #[arg(long, env = "COFFER_LOGIN_FAILURES_MAX", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub login_failures_max: u32,
+    /// The window of COFFER_LOGIN_FAILURES_MAX (60..=86400 s).
+    #[arg(long, env = "COFFER_LOGIN_FAILURE_WINDOW_SECONDS", default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub login_failure_window_seconds: u64,
+    /// Password hashes computed at once (1..=256); beyond it, 503 retry_later with Retry-After.
+    #[arg(long, env = "COFFER_PASSWORD_HASHING_CONCURRENT_MAX", default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub password_hashing_concurrent_max: u32,
     /// Trust this header (e.g. x-forwarded-for) for the client IP; only behind a proxy you run.
     #[arg(long, env = "COFFER_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
+    /// The proxies in front of the API, comma-separated networks (`10.0.0.0/8,fd00::/8`): the
+    /// client IP is the right-most hop of the header outside them. Unset: the TCP peer is the one
+    /// trusted proxy.
+    #[arg(long, env = "COFFER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<coffer_api::limits::Cidr>,
     #[command(flatten)]
     pub reconcile: ReconcileArgs,
     /// The BIP44 account xpub (m/44'/60'/0') deposit addresses derive from; public key only.
@@ -420,12 +467,20 @@ impl ApiArgs {
         let mut config = ApiConfig::new(self.jwt_secret.clone());
         config.access_token_ttl = Duration::from_secs(self.access_token_ttl_seconds);
         config.refresh_token_ttl = Duration::from_secs(self.refresh_token_ttl_seconds);
+        config.session_lifetime = Duration::from_secs(self.session_lifetime_seconds);
+        config.session_check_interval = Duration::from_secs(self.session_check_seconds);
         config.rate_limits = RateLimits {
             auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
             money_per_user_per_minute: self.rate_money_per_user_per_minute,
             money_per_ip_per_minute: self.rate_money_per_ip_per_minute,
+            reads_per_user_per_minute: self.rate_reads_per_user_per_minute,
+            reads_per_ip_per_minute: self.rate_reads_per_ip_per_minute,
+            login_failures_max: self.login_failures_max,
+            login_failure_window: Duration::from_secs(self.login_failure_window_seconds),
+            password_hashing_concurrent_max: self.password_hashing_concurrent_max as usize,
         };
         config.client_ip_header = self.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase());
+        config.trusted_proxies = self.trusted_proxies.clone();
         config.reconcile = self.reconcile.config()?;
         if let Some(xpub) = &self.deposit_xpub {
             let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;

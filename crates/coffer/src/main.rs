@@ -98,6 +98,20 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
         Command::User {
             command: UserCommand::Create(args),
         } => create_user(args).await,
+        Command::User {
+            command: UserCommand::MfaEnroll(args),
+        } => {
+            let store = connect(&args.db, &prometheus::Registry::new()).await?;
+            let user = store
+                .user_by_email(&args.email)
+                .await?
+                .context("no account has this e-mail")?;
+            if !coffer_api::mfa::required_for(user.role) {
+                bail!("only staff accounts (support, finance, engineering, admin) use TOTP");
+            }
+            enroll_totp(&store, &user).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -204,6 +218,21 @@ async fn verify_ledger(db: DbArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
+/// Enrolls a new TOTP secret and prints its otpauth:// URI on standard output (never to the log,
+/// which is standard error): the only time the secret leaves the database.
+async fn enroll_totp(store: &Store, user: &coffer_store::UserDoc) -> anyhow::Result<()> {
+    let secret = coffer_api::mfa::new_secret();
+    let uri = coffer_api::mfa::provisioning_uri(&secret, &user.email).context("building the otpauth URI")?;
+    store.set_totp_secret(&user.id, secret.expose_secret()).await?;
+    let action = coffer_store::audit_chain::actions::STAFF_MFA_ENROLLED;
+    store
+        .audit("cli", action, &user.id, serde_json::json!({}))
+        .await?;
+    println!("TOTP enrolled: add this to the staff member's authenticator app (shown once):");
+    println!("{uri}");
+    Ok(())
+}
+
 async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
     let role = Role::from(args.role);
     if !args.password_stdin {
@@ -226,6 +255,9 @@ async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
             let details = serde_json::json!({ "role": role.as_str() });
             store.audit("cli", "staff.created", &user.id, details).await?;
             println!("created {} account {}", role.as_str(), user.id);
+            if coffer_api::mfa::required_for(role) {
+                enroll_totp(&store, &user).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(coffer_store::StoreError::AlreadyExists) => {

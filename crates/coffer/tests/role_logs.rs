@@ -122,6 +122,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     let email = format!("pii-{canary}@example.com");
     let password = format!("password-{canary}");
     let payment_password = format!("payment-pw-{canary}");
+    let admin_password = format!("admin-pw-{canary}");
     let jwt_secret = format!("jwt-secret-{canary}-0123456789");
     let webhook_secret = format!("webhook-secret-{canary}");
     let signer_key = format!("{:0>64}", &canary); // 32 bytes of hex: a valid secp256k1 key
@@ -179,6 +180,37 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     let mut child = create.stdin(Stdio::piped()).spawn().unwrap();
     writeln!(child.stdin.take().unwrap(), "{payment_password}").unwrap();
     assert!(child.wait().unwrap().success(), "user create");
+    // A staff account: enrolled in TOTP, its otpauth:// URI on standard output only.
+    let admin_email = format!("admin-{canary}@coffer.test");
+    let (mut create, admin_log) = stack.command(
+        "user",
+        &[
+            "user",
+            "create",
+            "--email",
+            &admin_email,
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+    );
+    let mut child = create
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&admin_log).unwrap())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{admin_password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "user create admin");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let totp_secret = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("otpauth://"))
+        .and_then(|uri| uri.split(['?', '&']).find_map(|p| p.strip_prefix("secret=")))
+        .expect("the otpauth URI on stdout")
+        .to_string();
+    let admin_created_log = std::fs::read_to_string(&admin_log).unwrap();
 
     let xpub = account_xpub_of_mnemonic(DEPOSIT_MNEMONIC).unwrap();
     let mut roles = vec![stack.spawn(
@@ -244,6 +276,19 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         let status = response.status();
         (status, response.json::<Value>().await.unwrap_or(Value::Null))
     };
+
+    // a staff login with the current code of the enrolled secret
+    let now = chrono::Utc::now().timestamp() as u64;
+    let code = coffer_api::mfa::code_at(&totp_secret.clone().into(), now).unwrap();
+    let (status, admin) = post(
+        "/v1/auth/login",
+        None,
+        &[],
+        json!({ "email": admin_email, "password": admin_password, "totp_code": code }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "admin login: {admin}");
+    let admin_token = admin["access_token"].as_str().unwrap().to_string();
 
     // register, login, refresh
     let (status, registered) = post(
@@ -383,11 +428,19 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
                 refreshed["refresh_token"].as_str().unwrap(),
                 &token,
                 &payment_token,
+                &admin_password,
+                &totp_secret,
+                &admin_token,
             ]),
         );
     }
     let log = std::fs::read_to_string(&user_log).unwrap();
     check_log("user", &log, std::slice::from_ref(&payment_password));
+    check_log(
+        "user",
+        &admin_created_log,
+        &secrets(&[&admin_password, &totp_secret]),
+    );
     assert_eq!(ROLES.len(), 5);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,6 @@ use coffer_domain::amount::signed_decimal_string;
 use coffer_domain::Amount;
 use coffer_store::adjustments::{AdjustmentDoc, AdjustmentStatus, Direction, NewAdjustment};
 use coffer_store::audit_chain::actions;
-use coffer_store::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{adjustment_error, ApiError, ApiResult, Problem};
-use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::{time, TransactionView};
 use crate::ApiContext;
@@ -111,11 +110,10 @@ fn signed_amount(text: &str, decimals: u8) -> ApiResult<(Amount, Direction)> {
     security(("bearer" = [])))]
 pub async fn propose_adjustment(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Proposers>,
     headers: HeaderMap,
     ValidJson(body): ValidJson<ProposeAdjustmentRequest>,
 ) -> ApiResult<(StatusCode, Json<AdjustmentView>)> {
-    principal.require(PROPOSERS)?;
     idempotency_key(&headers)?;
     let reason = reason(&body.reason)?;
     let wallet = ctx.store().wallet_by_id(&body.wallet_id).await?;
@@ -168,10 +166,9 @@ pub struct AdjustmentQuery {
     responses((status = 200, body = Vec<AdjustmentView>), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list_adjustments(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<AdjustmentReaders>,
     ValidQuery(query): ValidQuery<AdjustmentQuery>,
 ) -> ApiResult<Json<Vec<AdjustmentView>>> {
-    principal.require(ADJUSTMENT_READERS)?;
     let status = match query.status.as_deref() {
         None => None,
         Some("proposed") => Some(AdjustmentStatus::Proposed),
@@ -197,10 +194,9 @@ pub async fn list_adjustments(
     security(("bearer" = [])))]
 pub async fn get_adjustment(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<AdjustmentReaders>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AdjustmentView>> {
-    principal.require(ADJUSTMENT_READERS)?;
     let adjustment = ctx.store().adjustment(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(AdjustmentView::from_doc(&adjustment)))
 }
@@ -222,12 +218,11 @@ pub struct ApprovedAdjustment {
     security(("bearer" = [])))]
 pub async fn approve_adjustment(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Admins>,
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<Json<ApprovedAdjustment>> {
-    principal.require(&[Role::Admin])?;
     idempotency_key(&headers)?;
     let reason = reason(&body.reason)?;
     let (adjustment, tx) = ctx
@@ -251,12 +246,11 @@ pub async fn approve_adjustment(
     security(("bearer" = [])))]
 pub async fn reject_adjustment(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Admins>,
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<Json<AdjustmentView>> {
-    principal.require(&[Role::Admin])?;
     idempotency_key(&headers)?;
     let reason = reason(&body.reason)?;
     let adjustment = ctx

@@ -10,7 +10,6 @@ pub mod operations;
 pub mod reviews;
 pub mod support;
 
-use coffer_store::Role;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -20,14 +19,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Principal;
 use crate::ApiContext;
 
-/// Who may read user data (wallets, transaction stories).
-pub(crate) const SUPPORT_READERS: &[Role] = &[Role::Support, Role::Finance, Role::Admin];
-/// Who may propose adjustments (an admin's own proposal still needs another admin).
-pub(crate) const PROPOSERS: &[Role] = &[Role::Finance, Role::Admin];
-/// Who may see adjustments.
-pub(crate) const ADJUSTMENT_READERS: &[Role] = &[Role::Finance, Role::Admin];
-/// Who runs and reads operations.
-pub(crate) const OPERATORS: &[Role] = &[Role::Engineering, Role::Admin];
+// The role sets of the admin routes, checked by the `Authorized` extractor before any body is read.
+pub(crate) use crate::extract::roles::{
+    AdjustmentReaders, Admins, Operators, Proposers, ReviewReaders, SessionRevokers, SupportReaders,
+};
+pub(crate) use crate::extract::Authorized;
 
 /// Read routes of the admin API, feature by feature.
 pub fn reads() -> OpenApiRouter<ApiContext> {

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Cursor, PageLimit, Principal, ValidQuery};
+use crate::extract::{Cursor, PageLimit, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::time;
 use crate::ApiContext;
@@ -124,10 +124,9 @@ pub struct ReconciliationPage {
     responses((status = 201, body = ReconciliationView), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn run_reconciliation(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Operators>,
     headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<ReconciliationView>)> {
-    principal.require(OPERATORS)?;
     idempotency_key(&headers)?;
     audit(
         &ctx,
@@ -164,10 +163,9 @@ pub struct RunsQuery {
     responses((status = 200, body = ReconciliationPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list_reconciliations(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<Operators>,
     ValidQuery(query): ValidQuery<RunsQuery>,
 ) -> ApiResult<Json<ReconciliationPage>> {
-    principal.require(OPERATORS)?;
     let page = ctx
         .store()
         .reconciliation_runs(
@@ -191,10 +189,9 @@ pub async fn list_reconciliations(
     security(("bearer" = [])))]
 pub async fn get_reconciliation(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<Operators>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ReconciliationView>> {
-    principal.require(OPERATORS)?;
     let run = ctx
         .store()
         .reconciliation_run(&id)
@@ -244,9 +241,8 @@ impl AuditVerificationView {
     responses((status = 200, body = AuditVerificationView), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn verify_audit(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<Operators>,
 ) -> ApiResult<Json<AuditVerificationView>> {
-    principal.require(OPERATORS)?;
     let report = ctx.store().verify_audit().await?;
     ctx.reconciler().metrics.audit_chain_verified(report.valid());
     Ok(Json(AuditVerificationView::from_report(&report)))

@@ -5,7 +5,6 @@ use axum::http::HeaderMap;
 use axum::Json;
 use coffer_store::audit_chain::actions;
 use coffer_store::support::ReviewDecision;
-use coffer_store::Role;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -45,10 +44,9 @@ pub struct LimitQuery {
     responses((status = 200, body = Vec<TransactionView>), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list_reviews(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    _caller: Authorized<ReviewReaders>,
     ValidQuery(query): ValidQuery<LimitQuery>,
 ) -> ApiResult<Json<Vec<TransactionView>>> {
-    principal.require(&[Role::Support, Role::Admin])?;
     let limit = PageLimit::or(query.limit, 50);
     let items = ctx
         .store()
@@ -65,7 +63,6 @@ async fn decide(
     body: DecisionRequest,
     decision: ReviewDecision,
 ) -> ApiResult<Json<TransactionView>> {
-    principal.require(&[Role::Admin])?;
     idempotency_key(headers)?;
     let reason = reason(&body.reason)?;
     let tx = ctx
@@ -89,7 +86,7 @@ async fn decide(
     security(("bearer" = [])))]
 pub async fn approve_review(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Admins>,
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
@@ -106,7 +103,7 @@ pub async fn approve_review(
     security(("bearer" = [])))]
 pub async fn reject_review(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<Admins>,
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,

@@ -13,7 +13,6 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::Principal;
 use crate::views::{time, LedgerEntryView, TransactionView, WalletView};
 use crate::ApiContext;
 
@@ -26,7 +25,41 @@ pub fn reads() -> OpenApiRouter<ApiContext> {
 
 /// This feature's mutating routes (served behind the Idempotency-Key middleware).
 pub fn writes() -> OpenApiRouter<ApiContext> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(revoke_user_sessions))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    pub user_id: String,
+    /// How many sessions were active and are now ended.
+    pub revoked: u64,
+}
+
+/// End every session of a user (support, admin): e.g. a reported account takeover. Their access
+/// tokens stop working within seconds and their event streams close.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/sessions/revoke", tag = "admin", params(("id" = String, Path),
+        ("Idempotency-Key" = String, Header, description = "Required")),
+    responses((status = 200, body = SessionsRevoked), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn revoke_user_sessions(
+    State(ctx): State<ApiContext>,
+    principal: Authorized<SessionRevokers>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionsRevoked>> {
+    crate::idempotency::idempotency_key(&headers)?;
+    ctx.store().user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
+    let reason = coffer_store::tokens::RevokeReason::StaffAction;
+    let revoked = crate::auth::end_every_session(&ctx, &id, reason).await?;
+    audit(
+        &ctx,
+        &principal,
+        actions::USER_SESSIONS_REVOKED,
+        &id,
+        json!({ "revoked": revoked }),
+    )
+    .await?;
+    Ok(Json(SessionsRevoked { user_id: id, revoked }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -42,10 +75,9 @@ pub struct UserWallets {
     security(("bearer" = [])))]
 pub async fn user_wallets(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<SupportReaders>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserWallets>> {
-    principal.require(SUPPORT_READERS)?;
     ctx.store().user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     audit(&ctx, &principal, actions::USER_WALLETS_VIEWED, &id, json!({})).await?;
     let mut wallets = ctx.store().wallets_of_user(&id).await?;
@@ -121,10 +153,9 @@ const SHOWN_FIELDS: &[&str] = &[
     security(("bearer" = [])))]
 pub async fn transaction_story(
     State(ctx): State<ApiContext>,
-    principal: Principal,
+    principal: Authorized<SupportReaders>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransactionStoryView>> {
-    principal.require(SUPPORT_READERS)?;
     let story = ctx
         .store()
         .transaction_story(&id)
