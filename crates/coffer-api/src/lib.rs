@@ -298,6 +298,8 @@ fn build_openapi() -> serde_json::Value {
     layers.add(g.writes.get_openapi(), true, true);
     layers.add(g.money.get_openapi(), true, true);
     layers.add(g.admin_writes.get_openapi(), true, true);
+    layers.add(g.reads.get_openapi(), false, true);
+    layers.add(g.admin_reads.get_openapi(), false, true);
     let doc = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(g.operations)
         .merge(g.metrics)

@@ -330,6 +330,14 @@ fn add_components(doc: &mut Value) {
                 "description": "The path of the created object.",
                 "required": true,
                 "schema": { "type": "string", "format": "uri-reference" }
+            },
+            "RateLimit-Policy": {
+                "description": "IETF draft-ietf-httpapi-ratelimit-headers: the closest limit of the route, e.g. `\"reads\";q=120;w=60`.",
+                "schema": string
+            },
+            "RateLimit": {
+                "description": "IETF draft-ietf-httpapi-ratelimit-headers: what is left of that limit, e.g. `\"reads\";r=119;t=60`.",
+                "schema": string
             }
         }),
     );
@@ -495,6 +503,10 @@ fn finish_response(status: &str, response: &mut Value, traits: &Traits) {
     headers.insert("X-Request-Id".into(), reference("X-Request-Id"));
     if code == 429 || code == 503 {
         headers.insert("Retry-After".into(), reference("Retry-After"));
+    }
+    if traits.rate_limited {
+        headers.insert("RateLimit-Policy".into(), reference("RateLimit-Policy"));
+        headers.insert("RateLimit".into(), reference("RateLimit"));
     }
     // Stored and replayed: every answer of the handler except the retryable ones.
     if traits.idempotent && code < 500 && code != 429 {
