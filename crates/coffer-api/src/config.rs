@@ -60,6 +60,9 @@ pub struct ApiConfig {
     pub deposit_keys: Option<coffer_chain::hd::DepositKeys>,
     /// Webhook HMAC secrets by provider name (`COFFER_WEBHOOK_SECRET_<PROVIDER>`).
     pub webhook_secrets: std::collections::BTreeMap<String, SecretString>,
+    /// The node each chain's webhook reports are checked against before anything is recorded
+    /// (`COFFER_CHAIN_RPC_URLS`, `chain=url,…`); a chain without one records no webhook report.
+    pub chain_rpcs: std::collections::BTreeMap<String, coffer_chain::rpc::Rpc>,
     /// How long a newly registered device waits before it is trusted (unless a trusted device
     /// vouches for it). `COFFER_DEVICE_TRUST_DELAY_SECONDS`, default 24 h.
     pub device_trust_delay: Duration,
@@ -84,6 +87,7 @@ impl ApiConfig {
             reconcile: Default::default(),
             deposit_keys: None,
             webhook_secrets: Default::default(),
+            chain_rpcs: Default::default(),
             device_trust_delay: Duration::from_secs(24 * 60 * 60),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,

@@ -75,6 +75,9 @@ impl ApiContext {
         let limiters = Arc::new(limits::Limiters::new(&config.rate_limits));
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
+        for chain in config.chain_rpcs.keys() {
+            metrics.init_chain(chain);
+        }
         let tokens = auth::TokenService::new(&config);
         let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
         let reconciler = coffer_store::reconcile::Reconciler {

@@ -16,6 +16,7 @@ pub struct HttpMetrics {
     pub idempotent_replays: IntCounter,
     pub rate_limited: IntCounterVec,
     pub refused: IntCounterVec,
+    pub webhook_rejected: IntCounterVec,
 }
 
 /// The money routes whose refusals are counted, and the movement kind of each.
@@ -77,7 +78,15 @@ impl HttpMetrics {
                 ),
                 &["limiter"],
             )?,
+            webhook_rejected: IntCounterVec::new(
+                Opts::new(
+                    "coffer_webhook_events_rejected_total",
+                    "Provider webhook events the chain does not back (credited nothing, kept for review), by chain and reason.",
+                ),
+                &["chain", "reason"],
+            )?,
         };
+        registry.register(Box::new(metrics.webhook_rejected.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
@@ -98,6 +107,13 @@ impl HttpMetrics {
 }
 
 impl HttpMetrics {
+    /// Creates the webhook series of `chain` at zero (a chain whose reports are checked).
+    pub fn init_chain(&self, chain: &str) {
+        for reason in coffer_chain::deposits::DISAGREEMENTS {
+            self.webhook_rejected.with_label_values(&[chain, reason]);
+        }
+    }
+
     /// Counts a refused (or review-held) movement; unknown reasons are not counted, so the label
     /// set stays bounded.
     pub fn refused(&self, kind: &str, reason: &str) {

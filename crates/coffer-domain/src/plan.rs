@@ -286,6 +286,24 @@ impl ChainDeposit {
             .map_or_else(|| "native".to_string(), |i| i.to_string());
         format!("chain:{}:{}:{}", self.chain, self.tx_hash, index)
     }
+
+    /// Where this report differs from `proven`, the same event as the chain tells it: the first
+    /// differing field's label, `None` when they agree. Only an agreeing report may be credited.
+    pub fn disagreement(&self, proven: &ChainDeposit) -> Option<&'static str> {
+        if self.ledger_key() != proven.ledger_key() || self.asset != proven.asset {
+            return Some("no_such_transfer");
+        }
+        if (self.block_number, &self.block_hash) != (proven.block_number, &proven.block_hash) {
+            return Some("block_mismatch");
+        }
+        if !self.address.eq_ignore_ascii_case(&proven.address) {
+            return Some("recipient_mismatch");
+        }
+        if self.amount != proven.amount {
+            return Some("amount_mismatch");
+        }
+        None
+    }
 }
 
 /// A chain deposit at first sight: a `Confirming` transaction with the amount pending against

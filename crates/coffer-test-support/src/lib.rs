@@ -40,6 +40,8 @@ pub struct Options {
     pub deposit_xpub: Option<String>,
     /// Webhook secrets by provider.
     pub webhook_secrets: Vec<(String, String)>,
+    /// The node each chain's webhook reports are checked against.
+    pub chain_rpcs: Vec<(String, coffer_chain::rpc::Rpc)>,
     /// A new device's cooling-off period (default 0: trusted at once).
     pub device_trust_delay: std::time::Duration,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
@@ -64,6 +66,7 @@ impl Default for Options {
             assets: None,
             deposit_xpub: None,
             webhook_secrets: Vec::new(),
+            chain_rpcs: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
             withdrawal_reauth_window: None,
             database: None,
@@ -159,6 +162,7 @@ impl TestApp {
                 .webhook_secrets
                 .insert(provider.clone(), secrecy::SecretString::from(secret.clone()));
         }
+        config.chain_rpcs = options.chain_rpcs.iter().cloned().collect();
         let live = LiveCatalog::new(catalog);
         let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let stream_hub = ctx.stream_hub().clone();
