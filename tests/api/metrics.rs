@@ -153,8 +153,10 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
     // A withdrawal sent twice with one Idempotency-Key (one replay), and one held for review.
     let destination = format!("{:#x}", LocalSigner::random().address());
     let body = json!({ "wallet_id": w.wallet, "amount": "1", "destination_address": destination });
-    let device = app.trusted_device(alice).await;
-    let headers = [("X-Device-Id", device.as_str())];
+    let device = app.trusted_test_device(alice).await;
+    // The retry is the same signed request (same nonce): answered from its Idempotency-Key.
+    let signed = device.sign("POST", "/v1/withdrawals", &serde_json::to_vec(&body).unwrap());
+    let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let withdraw = || {
         app.send_with(
             "POST",

@@ -66,6 +66,10 @@ pub struct ApiConfig {
     /// How long a newly registered device waits before it is trusted (unless a trusted device
     /// vouches for it). `COFFER_DEVICE_TRUST_DELAY_SECONDS`, default 24 h.
     pub device_trust_delay: Duration,
+    /// How far a device signature's timestamp may be from the server's clock, either way; its
+    /// nonce is remembered at least this long past it. `COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS`,
+    /// default 5 minutes.
+    pub device_signature_max_age: Duration,
     /// A withdrawal needs a password login at most this long ago (refreshes keep the login
     /// time). `COFFER_WITHDRAWAL_REAUTH_SECONDS`, default 10 minutes.
     pub withdrawal_reauth_window: Duration,
@@ -89,6 +93,7 @@ impl ApiConfig {
             webhook_secrets: Default::default(),
             chain_rpcs: Default::default(),
             device_trust_delay: Duration::from_secs(24 * 60 * 60),
+            device_signature_max_age: Duration::from_secs(5 * 60),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,
         }

@@ -336,6 +336,10 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600,
         value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
     pub device_trust_delay_seconds: u64,
+    /// How many seconds a device signature's timestamp may be off the server's clock (30 to 900).
+    #[arg(long, env = "COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(30..=900))]
+    pub device_signature_max_age_seconds: u64,
     /// A withdrawal needs a password login at most this many seconds ago (60 to 86400).
     #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600,
         value_parser = clap::value_parser!(u64).range(60..=86_400))]
@@ -457,6 +461,7 @@ impl ApiArgs {
         }
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
+        config.device_signature_max_age = Duration::from_secs(self.device_signature_max_age_seconds);
         config.webhook_secrets = webhook_secrets();
         config.metrics_on_api_port = self.metrics_listen.is_none();
         config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;
