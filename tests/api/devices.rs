@@ -66,6 +66,10 @@ async fn funded(app: &TestApp, amount: &str) -> (TestUser, String, TestDevice) {
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, amount).await;
     let device = app.trusted_test_device(&alice).await;
+    let saved = app
+        .save_address_for(&alice, &wallet, &format!("0x{}", "ab".repeat(20)))
+        .await;
+    assert_eq!(saved.status, StatusCode::CREATED, "{:?}", saved.body);
     (alice, wallet, device)
 }
 

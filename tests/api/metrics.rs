@@ -154,6 +154,7 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
     let destination = format!("{:#x}", LocalSigner::random().address());
     let body = json!({ "wallet_id": w.wallet, "amount": "1", "destination_address": destination });
     let device = app.trusted_test_device(alice).await;
+    app.save_address_for(alice, &w.wallet, &destination).await;
     // The retry is the same signed request (same nonce): answered from its Idempotency-Key.
     let signed = device.sign("POST", "/v1/withdrawals", &serde_json::to_vec(&body).unwrap());
     let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();

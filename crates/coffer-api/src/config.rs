@@ -70,6 +70,12 @@ pub struct ApiConfig {
     /// nonce is remembered at least this long past it. `COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS`,
     /// default 5 minutes.
     pub device_signature_max_age: Duration,
+    /// How long a saved withdrawal address waits before withdrawals may go to it.
+    /// `COFFER_ADDRESS_COOLING_OFF_SECONDS`, default 24 h.
+    pub address_cooling_off: Duration,
+    /// The platform's own addresses (hot wallets), lower-case, that no user may save
+    /// (`COFFER_PLATFORM_ADDRESSES`, comma-separated).
+    pub platform_addresses: Vec<String>,
     /// A withdrawal needs a password login at most this long ago (refreshes keep the login
     /// time). `COFFER_WITHDRAWAL_REAUTH_SECONDS`, default 10 minutes.
     pub withdrawal_reauth_window: Duration,
@@ -94,6 +100,8 @@ impl ApiConfig {
             chain_rpcs: Default::default(),
             device_trust_delay: Duration::from_secs(24 * 60 * 60),
             device_signature_max_age: Duration::from_secs(5 * 60),
+            address_cooling_off: Duration::from_secs(24 * 60 * 60),
+            platform_addresses: Vec::new(),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,
         }

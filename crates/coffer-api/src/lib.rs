@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod address_book;
 pub mod admin;
 pub mod auth;
 pub mod chain;
@@ -224,12 +225,15 @@ fn groups() -> Groups {
             .routes(routes!(stream::stream))
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
-            .routes(routes!(devices::list_devices)),
+            .routes(routes!(devices::list_devices))
+            .routes(routes!(address_book::list_addresses)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(devices::register_device))
             .routes(routes!(devices::trust_device))
-            .routes(routes!(devices::revoke_device)),
+            .routes(routes!(devices::revoke_device))
+            .routes(routes!(address_book::save_address))
+            .routes(routes!(address_book::remove_address)),
         money: OpenApiRouter::new()
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))

@@ -49,7 +49,8 @@ pub struct DepositRequest {
 pub struct WithdrawalRequest {
     pub wallet_id: String,
     pub amount: String,
-    /// The chain address to pay out to (EVM: 0x + 40 hex digits).
+    /// The chain address to pay out to (EVM: 0x + 40 hex digits, EIP-55 checksummed if mixed
+    /// case): one of the caller's saved addresses (`/v1/address-book`) past its cooling-off.
     pub destination_address: String,
 }
 
@@ -266,12 +267,9 @@ pub async fn create_deposit(
     .respond()
 }
 
-fn valid_evm_address(address: &str) -> bool {
-    address.len() == 42 && address.starts_with("0x") && address[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Request a withdrawal. Risk checks come first, before anything is held or signed: a trusted
-/// device's signature of this request (`X-Device-*`, its nonce spent once), a password login within the re-authentication window, the asset's
+/// device's signature of this request (`X-Device-*`, its nonce spent once), a destination saved
+/// in the caller's address book past its cooling-off, a password login within the re-authentication window, the asset's
 /// switch, minimum and maximum, and the daily limit (charged atomically with the hold). The amount
 /// moves from available to held; the transaction waits in PendingBroadcast for the broadcaster, or
 /// in ManualReview when it is above the asset's review threshold.
@@ -284,7 +282,8 @@ fn valid_evm_address(address: &str) -> bool {
     responses((status = 201, description = "held; state pending_broadcast or manual_review", body = TransactionView),
               (status = 401, description = "reauthentication_required: log in again", body = Problem),
               (status = 403, description = "device_not_trusted, device_signature_invalid, device_signature_replayed", body = Problem),
-              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled", body = Problem)),
+              (status = 400, description = "invalid_address, invalid_address_checksum", body = Problem),
+              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled, destination_not_saved, destination_cooling_off", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_withdrawal(
     State(ctx): State<ApiContext>,
@@ -316,14 +315,13 @@ pub async fn create_withdrawal(
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
     let asset = asset_of(&ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
-    if !valid_evm_address(&body.destination_address) {
-        return Err(ApiError::invalid_field(
-            "invalid_address",
-            "destination_address",
-            "not a valid address",
-        ));
-    }
-    let destination = body.destination_address.to_lowercase();
+    let destination = crate::address_book::parse_address(&body.destination_address, "destination_address")?;
+    let saved = ctx
+        .store()
+        .saved_address(&principal.user_id, &asset.chain, &destination)
+        .await?;
+    plan::authorize_destination(saved.map(|s| s.usable_from), Utc::now())
+        .map_err(|r| refusal(r, "destination_address"))?;
     let movement = plan::plan_withdrawal(origin(&principal), &key, wallet, amount, &destination, &asset)
         .map_err(|r| refusal(r, "wallet_id"))?;
     let review = movement.state == coffer_domain::TxState::ManualReview;

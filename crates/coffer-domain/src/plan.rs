@@ -37,6 +37,12 @@ pub enum Refusal {
     DeviceNotTrusted,
     #[error("this request needs a recent password login")]
     ReauthenticationRequired,
+    #[error("the destination is not in your address book; save it first")]
+    DestinationNotSaved,
+    #[error("the destination was saved recently and is still in its cooling-off period")]
+    DestinationCoolingOff,
+    #[error("the zero address, the platform's own addresses and token contracts cannot be saved")]
+    ForbiddenDestination,
 }
 
 impl Refusal {
@@ -52,6 +58,9 @@ impl Refusal {
             Refusal::AboveMaximum => "above_maximum",
             Refusal::DeviceNotTrusted => "device_not_trusted",
             Refusal::ReauthenticationRequired => "reauthentication_required",
+            Refusal::DestinationNotSaved => "destination_not_saved",
+            Refusal::DestinationCoolingOff => "destination_cooling_off",
+            Refusal::ForbiddenDestination => "forbidden_destination",
         }
     }
 }
@@ -258,6 +267,29 @@ pub fn plan_withdrawal(
     movement.destination = Some(destination.to_string());
     movement.limits.push(limit);
     Ok(movement)
+}
+
+/// Whether an address may be saved for withdrawals: not the zero address, nor one of the
+/// platform's own (`platform`: hot wallets, deposit addresses, token contracts; lower-case).
+pub fn allow_saved_address(address: &str, platform: &[String]) -> Result<(), Refusal> {
+    let zero = address.trim_start_matches("0x").bytes().all(|b| b == b'0');
+    if zero || platform.iter().any(|p| p.eq_ignore_ascii_case(address)) {
+        return Err(Refusal::ForbiddenDestination);
+    }
+    Ok(())
+}
+
+/// Whether a withdrawal may go to `destination`: saved in the user's address book, and its
+/// cooling-off (`usable_from`) over at `now`.
+pub fn authorize_destination(
+    usable_from: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Refusal> {
+    match usable_from {
+        None => Err(Refusal::DestinationNotSaved),
+        Some(from) if from > now => Err(Refusal::DestinationCoolingOff),
+        Some(_) => Ok(()),
+    }
 }
 
 /// A deposit the chain listener or a provider saw on chain.

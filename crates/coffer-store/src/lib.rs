@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod address_book;
 pub mod adjustments;
 pub mod audit;
 pub mod audit_chain;
@@ -55,6 +56,7 @@ pub mod collections {
     pub const VELOCITY: &str = "withdrawal_velocity";
     pub const DEVICES: &str = "devices";
     pub const DEVICE_NONCES: &str = "device_nonces";
+    pub const ADDRESS_BOOK: &str = "address_book";
     pub const CHAIN_NONCES: &str = "chain_nonces";
 }
 
@@ -327,6 +329,11 @@ impl Store {
                 DEVICE_NONCES,
                 doc! { "device_id": 1, "nonce": 1 },
                 unique(devices::NONCE_INDEX),
+            ),
+            (
+                ADDRESS_BOOK,
+                doc! { "user_id": 1, "chain": 1, "address": 1 },
+                unique(address_book::ADDRESS_INDEX),
             ),
             (
                 DEVICE_NONCES,

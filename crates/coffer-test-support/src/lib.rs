@@ -44,6 +44,10 @@ pub struct Options {
     pub chain_rpcs: Vec<(String, coffer_chain::rpc::Rpc)>,
     /// A new device's cooling-off period (default 0: trusted at once).
     pub device_trust_delay: std::time::Duration,
+    /// A saved withdrawal address's cooling-off period (default 0: usable at once).
+    pub address_cooling_off: std::time::Duration,
+    /// The platform's own addresses no user may save (lower-case).
+    pub platform_addresses: Vec<String>,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
     /// The database to use (default: a fresh one): two apps on one database are two API replicas.
@@ -68,6 +72,8 @@ impl Default for Options {
             webhook_secrets: Vec::new(),
             chain_rpcs: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
+            address_cooling_off: std::time::Duration::ZERO,
+            platform_addresses: Vec::new(),
             withdrawal_reauth_window: None,
             database: None,
         }
@@ -205,6 +211,8 @@ impl TestApp {
             .as_deref()
             .map(|xpub| coffer_chain::hd::DepositKeys::from_xpub(xpub).expect("xpub"));
         config.device_trust_delay = options.device_trust_delay;
+        config.address_cooling_off = options.address_cooling_off;
+        config.platform_addresses = options.platform_addresses.clone();
         if let Some(window) = options.withdrawal_reauth_window {
             config.withdrawal_reauth_window = window;
         }
@@ -342,8 +350,30 @@ impl TestApp {
         self.withdraw_signed(user, &device, &body).await
     }
 
-    /// `POST /v1/withdrawals` signed by `device`, with a fresh Idempotency-Key.
+    /// Saves `address` in the user's address book on the chain of `wallet_id`'s asset; answers
+    /// the reply (`address_already_saved` when it is saved already).
+    pub async fn save_address_for(&self, user: &TestUser, wallet_id: &str, address: &str) -> Reply {
+        let asset = self.wallet(user, wallet_id).await["asset"]
+            .as_str()
+            .expect("asset")
+            .to_string();
+        let chain = self.catalog.current().get(&asset).expect("asset").chain.clone();
+        let body = json!({ "chain": chain, "address": address, "label": "test destination" });
+        // Not asserted: a test of a refused destination sends one the book refuses too.
+        self.post("/v1/address-book", &user.access_token, body).await
+    }
+
+    /// `POST /v1/withdrawals` signed by `device`, with a fresh Idempotency-Key; the destination
+    /// is saved in the address book first.
     pub async fn withdraw_signed(&self, user: &TestUser, device: &TestDevice, body: &Value) -> Reply {
+        let (wallet, destination) = (body["wallet_id"].as_str(), body["destination_address"].as_str());
+        if let (Some(wallet), Some(destination)) = (wallet, destination) {
+            // Only into the caller's own wallet's book (a test may name another user's wallet).
+            let path = format!("/v1/wallets/{wallet}");
+            if self.get(&path, &user.access_token).await.status == StatusCode::OK {
+                self.save_address_for(user, wallet, destination).await;
+            }
+        }
         let key = uuid::Uuid::new_v4().to_string();
         self.send_signed("POST", "/v1/withdrawals", user, &key, Some(body), device)
             .await

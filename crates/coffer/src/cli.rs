@@ -336,6 +336,13 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600,
         value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
     pub device_trust_delay_seconds: u64,
+    /// Seconds a saved withdrawal address waits before withdrawals may go to it (0 to 30 days).
+    #[arg(long, env = "COFFER_ADDRESS_COOLING_OFF_SECONDS", default_value_t = 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
+    pub address_cooling_off_seconds: u64,
+    /// The platform's own addresses (hot wallets), comma-separated: no user may save them.
+    #[arg(long, env = "COFFER_PLATFORM_ADDRESSES", value_delimiter = ',')]
+    pub platform_addresses: Vec<String>,
     /// How many seconds a device signature's timestamp may be off the server's clock (30 to 900).
     #[arg(long, env = "COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS", default_value_t = 300,
         value_parser = clap::value_parser!(u64).range(30..=900))]
@@ -462,6 +469,12 @@ impl ApiArgs {
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.device_signature_max_age = Duration::from_secs(self.device_signature_max_age_seconds);
+        config.address_cooling_off = Duration::from_secs(self.address_cooling_off_seconds);
+        for address in self.platform_addresses.iter().filter(|a| !a.trim().is_empty()) {
+            let address = coffer_api::address_book::parse_address(address.trim(), "address")
+                .map_err(|_| anyhow::anyhow!("COFFER_PLATFORM_ADDRESSES: {address} is not an address"))?;
+            config.platform_addresses.push(address);
+        }
         config.webhook_secrets = webhook_secrets();
         config.metrics_on_api_port = self.metrics_listen.is_none();
         config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;

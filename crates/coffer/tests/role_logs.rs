@@ -191,6 +191,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
             ("COFFER_WEBHOOK_SECRET_ACME", webhook_secret.clone()),
             ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", anvil.url)),
             ("COFFER_DEVICE_TRUST_DELAY_SECONDS", "0".into()),
+            ("COFFER_ADDRESS_COOLING_OFF_SECONDS", "0".into()),
         ],
     )];
     let publisher_port = free_port();
@@ -345,6 +346,9 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         key: device_key,
     };
     let destination = format!("0x{}", "ab".repeat(20));
+    let saved = json!({ "chain": "anvil", "address": destination, "label": "cold wallet" });
+    let (status, _) = post("/v1/address-book", Some(&token), &[], saved).await;
+    assert_eq!(status, StatusCode::CREATED);
     let request = json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination });
     let signed = device.sign("POST", "/v1/withdrawals", &serde_json::to_vec(&request).unwrap());
     let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
