@@ -297,12 +297,18 @@ async fn a_replayed_device_signature_is_refused_on_every_replica() {
         withdraw_with_headers(&app, &alice, &captured, &request).await.0,
         StatusCode::CREATED
     );
+    let refused = app.metric("coffer_movements_refused_total");
     for api in [&app, &replica] {
         assert_eq!(
             withdraw_with_headers(api, &alice, &captured, &request).await,
             (StatusCode::FORBIDDEN, "device_signature_replayed".into())
         );
     }
+    assert_eq!(
+        app.metric("coffer_movements_refused_total"),
+        refused + 1.0,
+        "the replay this replica refused is counted"
+    );
     let balances = app.wallet(&alice, &wallet).await;
     assert_eq!(
         (balances["available"].as_str(), balances["held"].as_str()),

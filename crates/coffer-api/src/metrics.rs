@@ -28,13 +28,17 @@ const MONEY_ROUTES: [(&str, &str); 3] = [
 
 /// The reasons of `coffer_movements_refused_total` (problem codes, plus `manual_review` for a
 /// withdrawal held for a reviewer instead of going straight to broadcast).
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 14] = [
     "insufficient_funds",
     "below_minimum",
     "above_maximum",
     "daily_limit_exceeded",
     "withdrawals_disabled",
     "device_not_trusted",
+    "device_signature_invalid",
+    "device_signature_replayed",
+    "destination_not_saved",
+    "destination_cooling_off",
     "reauthentication_required",
     "balance_limit_exceeded",
     "same_wallet",
