@@ -108,7 +108,7 @@ async fn a_committed_movement_writes_its_entries_record_and_outbox_events_togeth
         .unwrap()
         .expect("bob's balance event");
     assert_eq!(events.user_id, bob.id);
-    assert_eq!(events.data.get_str("available").unwrap(), "2.5");
+    assert_eq!(events.data["available"].as_str().unwrap(), "2.5");
     assert_eq!(events.data_version, 1);
 }
 

@@ -9,6 +9,7 @@ mod authorization;
 mod batch;
 mod chain;
 mod concurrency;
+mod contract;
 mod devices;
 mod idempotency;
 mod ledger;

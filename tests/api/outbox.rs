@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use coffer_store::mongodb::bson::doc;
 use coffer_store::{OutboxDoc, Role};
 use coffer_test_support::broker::{self, Broker, Received};
 use coffer_test_support::TestApp;
@@ -109,10 +108,11 @@ async fn every_committed_money_movement_publishes_exactly_its_events_in_wallet_o
         .collect();
     assert_eq!(amounts, ["2.5", "-0.75", "-0.5"]);
     assert_eq!(counter(&registry, "coffer_outbox_published_total"), 8.0);
-    assert!(broker::outbox_rows(&app.store)
-        .await
-        .iter()
-        .all(|r| r.published_at.is_some() && r.claim_token.is_none()));
+    let backlog = app.store.outbox_backlog(None).await.unwrap();
+    assert_eq!((backlog.unpublished, backlog.retrying), (0, 0));
+    for row in broker::outbox_rows(&app.store).await {
+        assert!(app.store.outbox_published(&row).await.unwrap(), "{row:?}");
+    }
     broker.cleanup().await;
 }
 
@@ -139,11 +139,11 @@ async fn a_publisher_killed_between_confirm_and_mark_republishes_with_the_same_m
     drop(connection);
     let first = broker.take(&queue, rows.len(), WAIT).await;
     assert_eq!(first.len(), rows.len());
-    let unmarked = app.count_where("outbox", doc! { "published_at": null }).await;
+    let unmarked = app.store.outbox_backlog(None).await.unwrap().unpublished;
     assert_eq!(
         unmarked,
-        rows.len() as u64,
-        "nothing was marked: the crash came first"
+        rows.len() as i64,
+        "no cursor moved: the crash came first"
     );
 
     // Once the lease expires a second publisher takes over and sends the same messages again.
@@ -212,12 +212,9 @@ async fn a_poison_row_is_dead_lettered_and_the_rest_keep_flowing() {
     )
     .await;
     // Nothing is bound to this routing key: the broker returns it (mandatory) on every attempt.
-    let poison = broker::synthetic_row("wallet-p", "unroutable.poison", 0);
-    app.store
-        .collection::<OutboxDoc>("outbox")
-        .insert_one(&poison)
-        .await
-        .unwrap();
+    let mut poison = [broker::synthetic_row("wallet-p", "unroutable.poison", 0)];
+    app.store.append_events(&mut poison).await.unwrap();
+    let [poison] = poison;
     let behind =
         broker::insert_events(&app.store, &["wallet-p".to_string()], 3, "wallet.balance.updated").await;
 

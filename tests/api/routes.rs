@@ -37,7 +37,17 @@ async fn every_route_is_served_and_in_the_openapi_document() {
             .await
             .unwrap();
         let status = reply.status();
-        let body: serde_json::Value = reply.json().await.unwrap_or_default();
+        let headers = reply.headers().clone();
+        let bytes = reply.bytes().await.unwrap();
+        // Each answer is one the contract declares (a bearer route's 401, a public route's 200...).
+        coffer_test_support::contract::assert_conforms(&coffer_test_support::contract::Received {
+            method,
+            path: &concrete,
+            status: status.as_u16(),
+            headers: &headers,
+            body: &bytes,
+        });
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let unrouted = status == StatusCode::NOT_FOUND && body["code"] == "not_found";
         assert!(
             !unrouted && status != StatusCode::METHOD_NOT_ALLOWED,

@@ -149,7 +149,7 @@ async fn one_trace_runs_from_the_request_through_the_transaction_and_the_broker_
     let rows: Vec<_> = broker::outbox_rows(&app.store)
         .await
         .into_iter()
-        .filter(|r| r.data.get_str("transaction_id") == Ok(transaction_id))
+        .filter(|r| r.data["transaction_id"].as_str() == Some(transaction_id))
         .collect();
     assert_eq!(rows.len(), 4, "a transaction and a balance event per wallet");
 

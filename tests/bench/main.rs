@@ -12,11 +12,16 @@
 //! `coffer-bench growth`: the cost per transfer when the ledger already holds 10,000, 100,000 and
 //! 1,000,000 entries (seeded straight into the collections, with every index in place).
 //!
+//! `coffer-bench outbox [EVENTS]`: the outbox publisher against the ledger's peak commit rate, a
+//! raw lapin baseline, per-wallet order and commit → broker / WebSocket latency (see outbox.rs).
+//!
 //! `coffer-bench tracing [TRANSFERS]` instead measures what traces cost: the API transfer
 //! benchmark with span export off, on, and on with database command spans, taking turns in short
 //! blocks (six rounds after a warm-up) in one process, spans going to an in-process OTLP/HTTP sink on 127.0.0.1; logs (JSON, INFO, to a
 //! sink) and metrics are on in every mode. It prints each rate, this process's CPU per
 //! transfer, and the ratios to "off" (issue 8: traces on above 0.95).
+
+mod outbox;
 
 use std::time::{Duration, Instant};
 
@@ -478,6 +483,10 @@ async fn main() {
     }
     if args.first().is_some_and(|a| a == "growth") {
         return growth().await;
+    }
+    if args.first().is_some_and(|a| a == "outbox") {
+        let events = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+        return outbox::run(events).await;
     }
     let uri = coffer_test_support::mongodb_uri();
     let client = Client::with_uri_str(&uri).await.expect("connect");

@@ -192,7 +192,8 @@ pub fn verify_signature(
 /// stale requests get 401 and change nothing. A report is only a hint: each event is checked
 /// against the chain's node (receipt, transaction, canonical block) with the listener's rules
 /// before it is recorded; one the chain does not back is `rejected` and kept for review.
-#[utoipa::path(post, path = "/v1/webhooks/{provider}", tag = "operations", params(("provider" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/{provider}", tag = "operations", params(("provider" = String, Path),
+        ("Coffer-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(provider secret, t + \".\" + body)>`, at most 5 minutes old")),
     request_body = WebhookBody,
     responses((status = 200, body = Vec<WebhookResult>), (status = 401, description = "invalid_signature", body = Problem),
               (status = 400, body = Problem),

@@ -8,8 +8,135 @@ use coffer_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// Declares [`ErrorCode`]: every stable `code` a problem document can carry, listed once.
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal,)*) => {
+        /// Every stable problem `code`. docs/api.md ("Errors") documents each one and a test
+        /// keeps the two equal; the OpenAPI document declares `Problem.code` as this enumeration,
+        /// so a response whose code is missing here fails the API tests' response check.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            pub fn parse(code: &str) -> Option<ErrorCode> {
+                match code {
+                    $($code => Some(ErrorCode::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .description(Some(
+                "Stable machine-readable error code (docs/api.md, \"Errors\").",
+            ))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|code| code.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {}
+
+error_codes! {
+    MalformedJson => "malformed_json",
+    UnknownField => "unknown_field",
+    MissingField => "missing_field",
+    InvalidField => "invalid_field",
+    AmountNotString => "amount_not_string",
+    AmountEmpty => "amount_empty",
+    AmountNegative => "amount_negative",
+    AmountMalformed => "amount_malformed",
+    AmountTooPrecise => "amount_too_precise",
+    AmountTooLarge => "amount_too_large",
+    AmountZero => "amount_zero",
+    InvalidQuery => "invalid_query",
+    IdempotencyKeyRequired => "idempotency_key_required",
+    InvalidIdempotencyKey => "invalid_idempotency_key",
+    InvalidEmail => "invalid_email",
+    WeakPassword => "weak_password",
+    UnknownAsset => "unknown_asset",
+    InvalidAddress => "invalid_address",
+    InvalidExternalReference => "invalid_external_reference",
+    InvalidReason => "invalid_reason",
+    Unauthenticated => "unauthenticated",
+    InvalidCredentials => "invalid_credentials",
+    InvalidRefreshToken => "invalid_refresh_token",
+    InvalidSignature => "invalid_signature",
+    TooManyEvents => "too_many_events",
+    DepositsUnavailable => "deposits_unavailable",
+    RefreshTokenReused => "refresh_token_reused",
+    Forbidden => "forbidden",
+    SelfApproval => "self_approval",
+    DeviceNotTrusted => "device_not_trusted",
+    DeviceSignatureInvalid => "device_signature_invalid",
+    DeviceSignatureReplayed => "device_signature_replayed",
+    InvalidPublicKey => "invalid_public_key",
+    WebhookChainUnverifiable => "webhook_chain_unverifiable",
+    InvalidAddressChecksum => "invalid_address_checksum",
+    InvalidLabel => "invalid_label",
+    UnknownChain => "unknown_chain",
+    AddressAlreadySaved => "address_already_saved",
+    ForbiddenDestination => "forbidden_destination",
+    TooManyAddresses => "too_many_addresses",
+    DestinationNotSaved => "destination_not_saved",
+    DestinationCoolingOff => "destination_cooling_off",
+    ReauthenticationRequired => "reauthentication_required",
+    DailyLimitExceeded => "daily_limit_exceeded",
+    TooManyDevices => "too_many_devices",
+    DeviceRevoked => "device_revoked",
+    NotFound => "not_found",
+    WalletNotFound => "wallet_not_found",
+    EmailTaken => "email_taken",
+    IdempotencyKeyInProgress => "idempotency_key_in_progress",
+    StateConflict => "state_conflict",
+    AdjustmentNotProposed => "adjustment_not_proposed",
+    ExternalReferenceConflict => "external_reference_conflict",
+    BodyTooLarge => "body_too_large",
+    UnsupportedMediaType => "unsupported_media_type",
+    IdempotencyKeyReused => "idempotency_key_reused",
+    InsufficientFunds => "insufficient_funds",
+    BalanceLimitExceeded => "balance_limit_exceeded",
+    SameWallet => "same_wallet",
+    AssetMismatch => "asset_mismatch",
+    AssetUnavailable => "asset_unavailable",
+    DepositsDisabled => "deposits_disabled",
+    WithdrawalsDisabled => "withdrawals_disabled",
+    BelowMinimum => "below_minimum",
+    AboveMaximum => "above_maximum",
+    NotSupported => "not_supported",
+    RateLimited => "rate_limited",
+    RetryLater => "retry_later",
+    Internal => "internal",
+    InvalidBody => "invalid_body",
+    WebsocketUpgradeRequired => "websocket_upgrade_required",
+    MethodNotAllowed => "method_not_allowed",
+}
+
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "https://coffer.dev/problems/insufficient_funds",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "code": "insufficient_funds",
+    "detail": "the available balance is lower than the amount"
+}))]
 pub struct Problem {
     /// `https://coffer.dev/problems/<code>`.
     #[serde(rename = "type")]
@@ -17,6 +144,7 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     /// Stable machine-readable error code.
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -57,6 +185,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    #[error("this path does not take this method; see the Allow header")]
+    MethodNotAllowed,
     #[error("rate limited")]
     RateLimited { retry_after_seconds: u64 },
     #[error("temporarily unable to complete the request")]
@@ -82,6 +212,11 @@ impl ApiError {
         }
     }
 
+    /// A query parameter that does not parse or is out of range: `400 invalid_query`, naming it.
+    pub fn invalid_query(parameter: &str, detail: impl Into<String>) -> Self {
+        Self::invalid_field(ErrorCode::InvalidQuery.as_str(), parameter, detail)
+    }
+
     pub fn amount(error: AmountError, field: &str) -> Self {
         Self::invalid_field(error.code(), field, error.to_string())
     }
@@ -96,6 +231,7 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RetryLater { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,6 +250,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::PayloadTooLarge => "body_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RetryLater { .. } => "retry_later",
             ApiError::Internal(_) => "internal",
@@ -228,3 +365,101 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes of the table in docs/api.md, "Errors".
+    fn documented_codes() -> Vec<String> {
+        let doc = include_str!("../../../docs/api.md");
+        let errors = doc
+            .split("\n## Errors")
+            .nth(1)
+            .expect("docs/api.md has an Errors section");
+        let table = errors.split("\n## ").next().unwrap_or_default();
+        let mut codes = Vec::new();
+        for row in table
+            .lines()
+            .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+        {
+            let column = row.split('|').nth(2).unwrap_or_default();
+            for (i, piece) in column.split('`').enumerate() {
+                if i % 2 == 1 {
+                    codes.push(piece.to_string());
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn every_error_code_is_documented_and_every_documented_code_exists() {
+        let documented = documented_codes();
+        for code in ErrorCode::ALL {
+            assert!(
+                documented.contains(&code.as_str().to_string()),
+                "{code:?} is not in docs/api.md"
+            );
+        }
+        for code in &documented {
+            assert!(
+                ErrorCode::parse(code).is_some(),
+                "docs/api.md documents `{code}`, which ErrorCode lacks"
+            );
+        }
+    }
+
+    #[test]
+    fn every_api_error_answers_a_declared_code() {
+        let errors = [
+            ApiError::Forbidden,
+            ApiError::NotFound,
+            ApiError::PayloadTooLarge,
+            ApiError::UnsupportedMediaType,
+            ApiError::MethodNotAllowed,
+            ApiError::RateLimited {
+                retry_after_seconds: 1,
+            },
+            ApiError::RetryLater {
+                retry_after_seconds: 1,
+            },
+            ApiError::Internal(String::new()),
+            ApiError::invalid_query("limit", "out of range"),
+        ];
+        for error in errors {
+            assert!(ErrorCode::parse(error.code()).is_some(), "{error:?}");
+        }
+        use coffer_domain::plan::Refusal;
+        use coffer_domain::AmountError;
+        let amounts = [
+            AmountError::Empty,
+            AmountError::Negative,
+            AmountError::Malformed,
+            AmountError::TooPrecise { decimals: 2 },
+            AmountError::TooLarge,
+            AmountError::Zero,
+        ];
+        for error in amounts {
+            assert!(ErrorCode::parse(error.code()).is_some(), "{error:?}");
+        }
+        let refusals = [
+            Refusal::SameWallet,
+            Refusal::AssetMismatch,
+            Refusal::NotAUserWallet,
+            Refusal::AmountTooLarge,
+            Refusal::DepositsDisabled,
+            Refusal::WithdrawalsDisabled,
+            Refusal::BelowMinimum,
+            Refusal::AboveMaximum,
+            Refusal::DeviceNotTrusted,
+            Refusal::ReauthenticationRequired,
+            Refusal::DestinationNotSaved,
+            Refusal::DestinationCoolingOff,
+            Refusal::ForbiddenDestination,
+        ];
+        for refusal in refusals {
+            assert!(ErrorCode::parse(refusal.code()).is_some(), "{refusal:?}");
+        }
+    }
+}

@@ -3,10 +3,12 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use coffer_store::queries::PAGE_LIMIT_MAX;
 use coffer_store::Role;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::ApiContext;
 
 /// A JSON body deserialised strictly: `application/json` only, size-limited, unknown fields
@@ -133,22 +135,84 @@ impl FromRequestParts<ApiContext> for Principal {
     }
 }
 
-/// Query parameters, refused with a problem document when they do not parse.
+/// Query parameters, refused with `400 invalid_query` (naming the parameter when it can) when
+/// they do not parse, are out of range or are unknown.
 pub struct ValidQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ValidQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded_like(query).map(ValidQuery)
+        parse_query(parts.uri.query().unwrap_or_default()).map(ValidQuery)
     }
 }
 
-fn serde_urlencoded_like<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().expect("a query is a valid uri"))
+/// Parses a query string strictly (pure, unit-tested).
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let uri = format!("/?{query}").parse::<axum::http::Uri>().map_err(|_| {
+        ApiError::bad_request(ErrorCode::InvalidQuery.as_str(), "the query string is malformed")
+    })?;
+    axum::extract::Query::<T>::try_from_uri(&uri)
         .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+        .map_err(|rejection| {
+            let text = rejection.body_text();
+            let reason = text
+                .strip_prefix("Failed to deserialize query string: ")
+                .unwrap_or(&text);
+            // serde_path_to_error's message is "<parameter>: <reason>" when it knows the parameter.
+            let named = reason.split_once(": ").filter(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+            let detail: String = reason.chars().take(200).collect();
+            match named {
+                Some((name, _)) => ApiError::invalid_query(name, detail),
+                None => ApiError::bad_request(ErrorCode::InvalidQuery.as_str(), detail),
+            }
+        })
+}
+
+/// `?limit=`: 1 to [`PAGE_LIMIT_MAX`]. Anything else is refused, never clamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(u32);
+
+impl PageLimit {
+    /// The limit given, or `default` when absent.
+    pub fn or(limit: Option<PageLimit>, default: u32) -> u32 {
+        limit.map_or(default, |l| l.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PageLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let limit = u32::deserialize(deserializer)
+            .map_err(|_| D::Error::custom(format!("limit is a whole number from 1 to {PAGE_LIMIT_MAX}")))?;
+        if (1..=PAGE_LIMIT_MAX).contains(&limit) {
+            Ok(PageLimit(limit))
+        } else {
+            Err(D::Error::custom(format!(
+                "limit is from 1 to {PAGE_LIMIT_MAX}, not {limit}"
+            )))
+        }
+    }
+}
+
+/// `?cursor=`: the `next_cursor` of a previous page, which is an id (a UUID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(String);
+
+impl Cursor {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        uuid::Uuid::parse_str(&text)
+            .map(|id| Cursor(id.hyphenated().to_string()))
+            .map_err(|_| D::Error::custom("cursor is not a next_cursor this API returned"))
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +232,53 @@ mod tests {
             Err(ApiError::BadRequest { code, field, .. }) => (code.to_string(), field),
             other => panic!("expected a bad request, got {other:?}"),
         }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Page {
+        cursor: Option<Cursor>,
+        limit: Option<PageLimit>,
+    }
+
+    fn query_refusal(query: &str) -> (String, Option<String>) {
+        match parse_query::<Page>(query) {
+            Err(ApiError::BadRequest { code, field, .. }) => (code.to_string(), field),
+            other => panic!("expected a bad request for {query:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_cursor_or_limit_is_invalid_query_never_clamped() {
+        let page = parse_query::<Page>("limit=100&cursor=0190a0b1-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(PageLimit::or(page.limit, 50), 100);
+        assert_eq!(
+            page.cursor.unwrap().as_str(),
+            "0190a0b1-0000-7000-8000-000000000001"
+        );
+        assert_eq!(PageLimit::or(parse_query::<Page>("").unwrap().limit, 50), 50);
+        for query in [
+            "limit=0",
+            "limit=101",
+            "limit=-1",
+            "limit=ten",
+            "limit=1.5",
+            "limit=",
+        ] {
+            assert_eq!(
+                query_refusal(query),
+                ("invalid_query".into(), Some("limit".into())),
+                "{query}"
+            );
+        }
+        for query in ["cursor=nope", "cursor=", "cursor=0190a0b1"] {
+            assert_eq!(
+                query_refusal(query),
+                ("invalid_query".into(), Some("cursor".into())),
+                "{query}"
+            );
+        }
+        assert_eq!(query_refusal("page=2").0, "invalid_query");
     }
 
     #[test]

@@ -15,9 +15,11 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
 pub mod ops;
 pub mod stream;
 pub mod transactions;
@@ -185,7 +187,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
+    info(title = "Coffer API", version = "2.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"), (name = "devices"))
 )]
@@ -247,22 +249,32 @@ fn groups() -> Groups {
 /// router and the document are built from the same registrations (`utoipa-axum`), so this list
 /// cannot drift from either.
 pub fn routes() -> Vec<(String, String)> {
-    let doc = serde_json::to_value(openapi()).expect("the document serializes");
-    let mut routes = Vec::new();
-    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
-            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
-                routes.push((method.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
+    openapi::operations(openapi())
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
 }
 
-/// The OpenAPI 3.1 document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI 3.1 document of every route (built once).
+pub fn openapi() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(build_openapi)
+}
+
+/// [`openapi`] as served and committed (docs/openapi.json): pretty JSON.
+pub fn openapi_json() -> String {
+    serde_json::to_string_pretty(openapi()).expect("the document serializes")
+}
+
+fn build_openapi() -> serde_json::Value {
     let g = groups();
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    // The same layers as in `router_with`.
+    let mut layers = openapi::Layers::default();
+    layers.add(g.auth.get_openapi(), false, true);
+    layers.add(g.writes.get_openapi(), true, true);
+    layers.add(g.money.get_openapi(), true, true);
+    layers.add(g.admin_writes.get_openapi(), true, true);
+    let doc = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(g.operations)
         .merge(g.metrics)
         .merge(g.auth)
@@ -271,7 +283,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(g.money)
         .merge(g.admin_reads)
         .merge(g.admin_writes)
-        .into_openapi()
+        .into_openapi();
+    let mut doc = serde_json::to_value(doc).expect("the document serializes");
+    openapi::finish(&mut doc, &layers);
+    doc
 }
 
 /// The application, with its layers.
@@ -316,8 +331,11 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         .merge(admin_writes)
         .merge(extra)
         .fallback(|| async { error::ApiError::NotFound })
+        // A known path with a method it does not take: problem+json 405 (axum adds `Allow`).
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         // Inside the metrics layer, so a panic is counted and logged as the 500 it becomes.
         .route_layer(CatchPanicLayer::custom(panic_response))
+        .route_layer(from_fn(openapi::location_header))
         .route_layer(from_fn_with_state(ctx.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(ctx.config().body_limit_bytes))
         .layer(from_fn(echo_traceparent))
@@ -328,6 +346,8 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost, so that every answer, the fallbacks' included, says when it closes.
+        .layer(from_fn(keepalive::close_when_body_unread))
         .with_state(ctx)
 }
 

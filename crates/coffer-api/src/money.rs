@@ -177,6 +177,7 @@ fn key_reused() -> ApiError {
     params(("Idempotency-Key" = String, Header, description = "Required; the same key replays the stored response")),
     responses((status = 201, body = TransactionView), (status = 400, body = Problem),
               (status = 422, description = "insufficient_funds, same_wallet, asset_mismatch", body = Problem),
+              (status = 403, description = "forbidden: only users move money between wallets", body = Problem),
               (status = 404, description = "wallet_not_found", body = Problem),
               (status = 409, description = "idempotency_key_in_progress", body = Problem),
               (status = 503, description = "retry_later", body = Problem)),
@@ -221,7 +222,10 @@ fn same(tx: &TransactionDoc, from: &str, to: Option<&str>, amount: Amount) -> bo
 #[utoipa::path(post, path = "/v1/deposits", tag = "money", request_body = DepositRequest,
     params(("Idempotency-Key" = String, Header, description = "Required")),
     responses((status = 201, body = TransactionView), (status = 200, description = "this external_reference was already credited", body = TransactionView),
-              (status = 403, body = Problem), (status = 409, description = "external_reference_conflict", body = Problem)),
+              (status = 403, description = "forbidden: the payment role only", body = Problem),
+              (status = 404, description = "wallet_not_found", body = Problem),
+              (status = 409, description = "external_reference_conflict", body = Problem),
+              (status = 422, description = "deposits_disabled, asset_unavailable, balance_limit_exceeded", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_deposit(
     State(ctx): State<ApiContext>,
@@ -281,8 +285,9 @@ pub async fn create_deposit(
            ("X-Device-Signature" = String, Header, description = "Base64 Ed25519 signature by the device of method, path, device id, timestamp, nonce and the body's SHA-256 (docs/security.md)")),
     responses((status = 201, description = "held; state pending_broadcast or manual_review", body = TransactionView),
               (status = 401, description = "reauthentication_required: log in again", body = Problem),
-              (status = 403, description = "device_not_trusted, device_signature_invalid, device_signature_replayed", body = Problem),
               (status = 400, description = "invalid_address, invalid_address_checksum", body = Problem),
+              (status = 403, description = "forbidden (not a user), device_not_trusted, device_signature_invalid, device_signature_replayed", body = Problem),
+              (status = 404, description = "wallet_not_found", body = Problem),
               (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled, destination_not_saved, destination_cooling_off", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_withdrawal(

@@ -3,14 +3,14 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use prometheus::Encoder;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::ApiContext;
 
 /// Liveness: the process serves requests.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", content_type = "text/plain", body = String, example = "ok")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -18,7 +18,8 @@ pub async fn healthz() -> &'static str {
 /// Readiness: MongoDB answered its latest background check within its budget, and the stream
 /// consumer holds a broker channel. Answered from the latest results, never waiting on them.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "ready"), (status = 503, body = Problem)))]
+    responses((status = 200, description = "ready", content_type = "text/plain", body = String, example = "ready"),
+              (status = 503, description = "not ready: a dependency failed its latest check", body = Problem)))]
 pub async fn readyz(State(ctx): State<ApiContext>) -> ApiResult<&'static str> {
     let report = ctx.health().report().await;
     if !report.ready {
@@ -31,7 +32,8 @@ pub async fn readyz(State(ctx): State<ApiContext>) -> ApiResult<&'static str> {
 }
 
 /// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "text/plain; version=0.0.4")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let mut buffer = Vec::new();
     let encoder = prometheus::TextEncoder::new();
@@ -49,8 +51,12 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     )
 }
 
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi())
+/// This document (also committed as docs/openapi.json).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
 }

@@ -43,10 +43,12 @@ pub mod close {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// The access token, for clients that cannot send an Authorization header.
     pub access_token: Option<String>,
     /// The id of the last event the client saw: missed events are sent first.
+    #[param(format = Uuid)]
     pub after: Option<String>,
 }
 
@@ -54,7 +56,8 @@ pub struct StreamQuery {
 #[utoipa::path(get, path = "/v1/stream", tag = "events", params(StreamQuery),
     responses((status = 101, description = "switching to the WebSocket protocol"),
               (status = 400, description = "invalid_query or websocket_upgrade_required", body = crate::error::Problem),
-              (status = 401, description = "unauthenticated", body = crate::error::Problem)))]
+              (status = 401, description = "unauthenticated", body = crate::error::Problem)),
+    security(("bearer" = []), ("access_token" = [])))]
 pub async fn stream(
     State(ctx): State<ApiContext>,
     headers: HeaderMap,

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Principal, ValidQuery};
+use crate::extract::{Cursor, PageLimit, Principal, ValidQuery};
 use crate::views::{LedgerEntryView, TransactionPage, TransactionView};
 use crate::wallets::PageQuery;
 use crate::ApiContext;
@@ -21,8 +21,8 @@ pub async fn list_transactions(
         .store()
         .transactions_page(
             &principal.user_id,
-            page.cursor.as_deref(),
-            page.limit.unwrap_or(50),
+            page.cursor.as_ref().map(Cursor::as_str),
+            PageLimit::or(page.limit, 50),
         )
         .await?;
     let items = result.items.iter().map(TransactionView::from_doc).collect();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Principal, ValidJson, ValidQuery};
+use crate::extract::{Cursor, PageLimit, Principal, ValidJson, ValidQuery};
 use crate::views::{LedgerEntryView, LedgerPage, WalletView};
 use crate::ApiContext;
 
@@ -20,11 +20,14 @@ pub struct CreateWalletRequest {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub cursor: Option<Cursor>,
     /// 1 to 100; default 50.
-    pub limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<PageLimit>,
 }
 
 /// Open a wallet for an asset (returns the existing one if the caller has it already).
@@ -103,7 +106,11 @@ pub async fn wallet_ledger(
         .ok_or(ApiError::NotFound)?;
     let result = ctx
         .store()
-        .ledger_page(&wallet.id, page.cursor.as_deref(), page.limit.unwrap_or(50))
+        .ledger_page(
+            &wallet.id,
+            page.cursor.as_ref().map(Cursor::as_str),
+            PageLimit::or(page.limit, 50),
+        )
         .await?;
     let items = result
         .items

@@ -7,7 +7,6 @@
 //! W3C `traceparent` of the request that moved the money. On the WebSocket the same event is
 //! structured JSON ([`CloudEvent`]) without any internal field.
 
-use coffer_store::mongodb::bson::Bson;
 use coffer_store::OutboxDoc;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -47,8 +46,8 @@ pub fn dataschema(event_type: &str, version: u32) -> String {
 impl CloudEvent {
     /// The envelope of an outbox row; internal fields (user, lease, attempts) stay out.
     pub fn from_outbox(row: &OutboxDoc) -> CloudEvent {
-        let time = chrono::DateTime::from_timestamp_millis(row.created_at.timestamp_millis())
-            .unwrap_or_default()
+        let time = row
+            .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         CloudEvent {
             specversion: SPEC_VERSION.into(),
@@ -59,7 +58,7 @@ impl CloudEvent {
             subject: row.subject.clone(),
             dataschema: dataschema(&row.event_type, row.data_version),
             datacontenttype: "application/json".into(),
-            data: Bson::Document(row.data.clone()).into_relaxed_extjson(),
+            data: row.data.clone(),
         }
     }
 }
@@ -152,17 +151,15 @@ pub fn from_amqp(properties: &BasicProperties, body: &[u8]) -> Result<(String, C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coffer_store::mongodb::bson::{doc, DateTime};
-
     fn row() -> OutboxDoc {
-        let data = doc! { "wallet_id": "wallet-1", "available": "1.5", "decimals": 18 };
+        let data = serde_json::json!({ "wallet_id": "wallet-1", "available": "1.5", "decimals": 18 });
         let mut row = OutboxDoc::new("wallet.balance.updated", 1, "wallet-1", "user-1", data);
         row.id = "0190f0a0-0000-7000-8000-000000000001".into();
-        row.created_at = DateTime::from_millis(1_700_000_000_123);
+        row.created_at = coffer_store::codec::from_millis(1_700_000_000_123);
         row.attempts = 3;
         row.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        row.lease_owner = Some("replica-a".into());
-        row.claim_token = Some("claim".into());
+        row.seq = 42;
+        row.retry_at = Some(coffer_store::codec::from_millis(1_700_000_000_999));
         row.last_error = Some("NO_ROUTE".into());
         row
     }

@@ -43,18 +43,6 @@ pub enum EventsError {
     Metrics(#[from] prometheus::Error),
 }
 
-impl From<coffer_store::mongodb::error::Error> for EventsError {
-    fn from(e: coffer_store::mongodb::error::Error) -> Self {
-        EventsError::Store(e.into())
-    }
-}
-
-impl From<coffer_store::mongodb::bson::de::Error> for EventsError {
-    fn from(e: coffer_store::mongodb::bson::de::Error) -> Self {
-        EventsError::Store(coffer_store::StoreError::Corrupt(e.to_string()))
-    }
-}
-
 /// Jittered exponential backoff: `base * 2^attempt`, capped at `max`, between half and all of it.
 pub fn backoff(base: std::time::Duration, attempt: u32, max: std::time::Duration) -> std::time::Duration {
     use rand::Rng;

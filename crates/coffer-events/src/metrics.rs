@@ -7,6 +7,7 @@ pub struct PublisherMetrics {
     pub backlog: IntGauge,
     pub oldest_unpublished_age_seconds: IntGauge,
     pub dead_letters: IntGauge,
+    pub partitions_held: IntGauge,
     pub published: IntCounter,
     pub publish_failures: IntCounter,
     pub dead_lettered: IntCounter,
@@ -39,15 +40,19 @@ impl PublisherMetrics {
         Ok(PublisherMetrics {
             backlog: gauge(
                 "coffer_outbox_backlog",
-                "Outbox rows not yet published (dead letters excluded)",
+                "Outbox rows not yet published in the partitions this replica holds, retries included",
             )?,
             oldest_unpublished_age_seconds: gauge(
                 "coffer_outbox_oldest_unpublished_age_seconds",
-                "Age of the oldest unpublished outbox row (0 when none)",
+                "Age of the oldest row this replica read in its last round (0 when none)",
             )?,
             dead_letters: gauge(
                 "coffer_outbox_dead_letters",
                 "Outbox rows in the dead-letter state",
+            )?,
+            partitions_held: gauge(
+                "coffer_outbox_partitions_held",
+                "Outbox partitions this publisher replica holds the lease of",
             )?,
             published: counter(
                 "coffer_outbox_published_total",

@@ -1,16 +1,23 @@
 //! The publisher's run loop: connect, relay until the broker or the database fails, back off,
-//! reconnect. Dropping the future is safe at any point: rows in flight stay leased and are
-//! re-published with the same `message_id` after the lease expires.
+//! reconnect. Rounds are pipelined: up to four are sent while earlier ones wait for their
+//! confirms, and they are settled in the order they were sent. Dropping the future is safe at any
+//! point: cursors move only over confirmed rows, so what was sent and not settled is published
+//! again with the same `message_id` (by this replica once it reconnects, or by the partition's next
+//! holder after the lease).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::relay::{Claim, Sent};
 use crate::{broker, EventsError, Relay};
 
 /// Longest pause between reconnection attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
+/// Rounds sent and not yet settled: the pipeline's depth (each at most 16 × batch rows).
+const MAX_ROUNDS_IN_FLIGHT: usize = 4;
 
 /// Whether a publisher or consumer holds a working broker channel (for `/readyz`, tests).
 #[derive(Clone, Default)]
@@ -61,7 +68,9 @@ async fn relay_until_error(relay: &Relay, endpoint: &broker::Endpoint, readiness
     };
     readiness.set(true);
     tracing::info!(exchange = %relay.config().exchange, owner = %relay.config().owner, "outbox publisher connected");
+    relay.rewind(); // whatever an earlier connection sent and did not settle is sent again
     let mut gauges_at = Instant::now() - GAUGE_INTERVAL;
+    let mut in_flight: VecDeque<(Claim, Sent)> = VecDeque::new();
     loop {
         if gauges_at.elapsed() >= GAUGE_INTERVAL {
             gauges_at = Instant::now();
@@ -69,10 +78,40 @@ async fn relay_until_error(relay: &Relay, endpoint: &broker::Endpoint, readiness
                 return e;
             }
         }
-        match relay.relay_once(&channel).await {
-            Ok(0) => tokio::time::sleep(relay.config().idle_poll).await,
-            Ok(_) => {}
-            Err(e) => return e,
+        // Settle finished rounds in the order they were sent: a cursor moves over confirms only.
+        while in_flight.front().is_some_and(|(_, sent)| sent.is_done()) {
+            let (mut claim, sent) = in_flight.pop_front().expect("checked");
+            let confirmed = relay.confirm(&mut claim, sent, &channel).await;
+            if let Err(e) = relay.settle(claim).await.and(confirmed) {
+                relay.rewind();
+                return e;
+            }
+        }
+        // Read and send the next round while earlier ones wait for their confirms. Straight on
+        // while a backlog fills whole rounds; otherwise let new rows gather for a moment, so a
+        // trickle costs a few reads per poll, not a busy loop of them.
+        let mut full = false;
+        if in_flight.len() < MAX_ROUNDS_IN_FLIGHT {
+            match relay.claim().await {
+                Ok(Some(claim)) => match relay.send(&claim, &channel).await {
+                    Ok(sent) => {
+                        full = claim.rows().len() >= relay.config().batch_size as usize;
+                        in_flight.push_back((claim, sent));
+                    }
+                    Err(e) => {
+                        relay.rewind();
+                        return e;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    relay.rewind();
+                    return e;
+                }
+            }
+        }
+        if !full {
+            tokio::time::sleep(relay.config().idle_poll).await;
         }
     }
 }

@@ -1,20 +1,25 @@
-//! One iteration of the outbox publisher, in three steps a test can drive one at a time:
-//! [`Relay::claim`] leases a batch of rows, [`Relay::publish`] sends them with confirms, and
-//! [`Relay::settle`] records the outcome. A crash anywhere leaves rows claimed under a lease that
-//! expires; the next claim re-publishes them with the same `message_id` (at-least-once).
+//! The outbox publisher, in three steps a test can drive one at a time: [`Relay::claim`] renews
+//! this replica's partition leases and reads the next rows of each partition it holds,
+//! [`Relay::publish`] sends them all pipelined and awaits their confirms, and [`Relay::settle`]
+//! moves each partition's cursor past what is done (one small write per partition, not one per
+//! row) and records refusals. A crash anywhere leaves the cursors where they were: the next holder
+//! of a partition re-publishes from there with the same `message_id`s (at-least-once).
 //!
-//! Per-wallet order: rows are sent in waves, at most one row per subject in flight; a subject's
-//! next row waits for the previous one's confirm, and a subject with an earlier row that another
-//! replica holds (or that is waiting to be retried) is skipped this time.
+//! The run loop ([`crate::publisher`]) pipelines rounds: [`Relay::send`] a round, read and send the
+//! next while the first one's confirms are on their way, then [`Relay::confirm`] and settle them
+//! in order; a round is read after what was sent, not after what was settled.
+//!
+//! Order: a wallet's events are in one partition, and a partition has one publisher at a time
+//! (its lease) that sends its rows in sequence order on one channel, so a wallet's events reach
+//! the broker in commit order. A row the broker refuses (returned, nacked) is retried with
+//! backoff after the rows behind it and dead-lettered after `max_attempts`: one poison event does
+//! not stop its wallet's stream.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use coffer_store::collections::OUTBOX;
-use coffer_store::mongodb::bson::{doc, DateTime, Document};
-use coffer_store::mongodb::Collection;
-use coffer_store::{new_id, OutboxDoc, Store};
-use futures::TryStreamExt;
+use coffer_store::{codec, OutboxDoc, Store};
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation};
 use tracing::Instrument;
@@ -26,19 +31,20 @@ use crate::{broker, envelope, EventsError, PublisherMetrics};
 pub struct RelayConfig {
     /// The topic exchange events go to (routing key = event type).
     pub exchange: String,
-    /// This replica's name, recorded on the rows it holds.
+    /// This replica's name, recorded on the partitions it holds.
     pub owner: String,
-    /// Rows per claim (1..=1000).
+    /// Rows read per partition per round (1..=1000).
     pub batch_size: u32,
-    /// How long a claim holds; longer than a batch ever takes.
+    /// How long a partition lease holds without renewal; renewed every third of it.
     pub lease: Duration,
-    /// Longest wait for one wave's confirms.
+    /// Longest wait for one round's confirms.
     pub confirm_timeout: Duration,
     /// Failed attempts after which a row is dead-lettered.
     pub max_attempts: i32,
     /// Base of the backoff before a failed row is tried again.
     pub retry_base: Duration,
-    /// Sleep when the outbox is empty.
+    /// Sleep when there is nothing to publish (an idle round costs one read of the partitions'
+    /// heads).
     pub idle_poll: Duration,
 }
 
@@ -48,11 +54,11 @@ impl RelayConfig {
             exchange: exchange.to_string(),
             owner: owner.to_string(),
             batch_size: 500,
-            lease: Duration::from_secs(30),
-            confirm_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(15),
+            confirm_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_base: Duration::from_millis(500),
-            idle_poll: Duration::from_millis(50),
+            idle_poll: Duration::from_millis(10),
         }
     }
 }
@@ -65,10 +71,11 @@ enum Outcome {
     DeadLettered,
 }
 
-/// Rows leased by one iteration, and what became of each.
+/// The rows of one round, and what became of each.
 pub struct Claim {
-    token: String,
     rows: Vec<OutboxDoc>,
+    /// Whether the row came from the retry path (its partition's cursor is already past it).
+    retried: Vec<bool>,
     outcomes: Vec<Outcome>,
     errors: Vec<Option<String>>,
 }
@@ -79,25 +86,61 @@ impl Claim {
     }
     /// Ids confirmed by the broker so far, in publish order.
     pub fn confirmed_ids(&self) -> Vec<&str> {
-        self.select(Outcome::Confirmed)
-    }
-    fn select(&self, outcome: Outcome) -> Vec<&str> {
         let pairs = self.rows.iter().zip(&self.outcomes);
         pairs
-            .filter(|(_, o)| **o == outcome)
+            .filter(|(_, o)| **o == Outcome::Confirmed)
             .map(|(r, _)| r.id.as_str())
             .collect()
     }
 }
 
-/// The outbox publisher's state: the outbox collection, its config and metrics.
+/// A round on its way to the broker: its confirms to await, and the publish spans they end.
+pub struct Sent {
+    /// Awaits every confirm of the round (bounded by `confirm_timeout`), off the relay's loop.
+    confirms: tokio::task::JoinHandle<Option<Vec<Result<Confirmation, lapin::Error>>>>,
+    spans: Vec<tracing::Span>,
+}
+
+impl Sent {
+    /// Whether every confirm of the round arrived (or the wait for them ended).
+    pub fn is_done(&self) -> bool {
+        self.confirms.is_finished()
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.confirms.abort();
+    }
+}
+
+/// The partitions this replica holds, with the cursor it has reached in each.
+#[derive(Default)]
+struct Leases {
+    cursors: BTreeMap<i32, i64>,
+    /// Per partition, the last row sent in a round not settled yet (ahead of `cursors`).
+    sent: BTreeMap<i32, i64>,
+    /// Rounds read and not settled yet; retries are read only when none is.
+    in_flight: usize,
+    renewed: Option<Instant>,
+    /// Partitions with rows this replica sent to the retry path, and when the first is due.
+    retries_due: BTreeMap<i32, Instant>,
+    /// Every held partition's retry path is read once after each renewal (rows another replica
+    /// left there).
+    sweep_retries: bool,
+    /// Creation time of the oldest row the last round read, for the age gauge.
+    oldest_read: Option<codec::Time>,
+}
+
+/// The outbox publisher's state: the store, its config, its leases and metrics.
 #[derive(Clone)]
 pub struct Relay {
-    outbox: Collection<OutboxDoc>,
-    config: std::sync::Arc<RelayConfig>,
+    store: Store,
+    config: Arc<RelayConfig>,
     metrics: PublisherMetrics,
+    leases: Arc<Mutex<Leases>>,
     /// `publish <exchange>`: the name of every publish span.
-    publish_name: std::sync::Arc<str>,
+    publish_name: Arc<str>,
 }
 
 impl Relay {
@@ -108,10 +151,11 @@ impl Relay {
         );
         assert!(config.max_attempts >= 1 && config.lease > config.confirm_timeout);
         Relay {
-            outbox: store.collection(OUTBOX),
+            store: store.clone(),
             publish_name: format!("publish {}", config.exchange).into(),
-            config: std::sync::Arc::new(config),
+            config: Arc::new(config),
             metrics,
+            leases: Arc::default(),
         }
     }
 
@@ -123,124 +167,145 @@ impl Relay {
         &self.metrics
     }
 
-    /// Leases up to `batch_size` publishable rows, oldest first; None when there are none.
+    /// The partitions held now, with their cursors (empty once the leases may have run out).
+    pub fn held(&self) -> Vec<(i32, i64)> {
+        let leases = self.leases.lock().expect("leases lock");
+        let valid = self.config.lease.saturating_sub(self.config.confirm_timeout);
+        match leases.renewed {
+            Some(at) if at.elapsed() < valid => leases.cursors.iter().map(|(p, c)| (*p, *c)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Renews the leases when a third of their time has passed.
+    async fn renew_if_due(&self) -> Result<(), EventsError> {
+        let due = {
+            let leases = self.leases.lock().expect("leases lock");
+            leases
+                .renewed
+                .is_none_or(|at| at.elapsed() >= self.config.lease / 3)
+        };
+        if !due {
+            return Ok(());
+        }
+        let leased = self
+            .store
+            .outbox_lease(&self.config.owner, self.config.lease)
+            .await?;
+        let mut leases = self.leases.lock().expect("leases lock");
+        let previous = std::mem::take(&mut leases.cursors);
+        for partition in &leased.partitions {
+            let ours = previous.get(&partition.partition).copied().unwrap_or(0);
+            leases
+                .cursors
+                .insert(partition.partition, ours.max(partition.through));
+        }
+        let Leases {
+            cursors,
+            retries_due,
+            sent,
+            ..
+        } = &mut *leases;
+        retries_due.retain(|p, _| cursors.contains_key(p));
+        sent.retain(|p, _| cursors.contains_key(p));
+        leases.renewed = Some(Instant::now());
+        leases.sweep_retries = true;
+        self.metrics.partitions_held.set(leases.cursors.len() as i64);
+        Ok(())
+    }
+
+    /// Renews the leases if due and reads the next rows of every held partition (and rows due
+    /// for a retry); None when there is nothing to publish.
     pub async fn claim(&self) -> Result<Option<Claim>, EventsError> {
-        let now = DateTime::now();
-        let mut free = doc! {
-            "published_at": null, "dead_lettered_at": null,
-            "$or": [ { "lease_until": null }, { "lease_until": { "$lt": now } } ],
+        self.renew_if_due().await?;
+        let held = self.held();
+        let (sweep, due, sent) = {
+            let leases = self.leases.lock().expect("leases lock");
+            (leases.in_flight == 0, leases.in_flight, leases.sent.clone())
         };
-        let ids: Vec<Document> = self
-            .outbox
-            .clone_with_type::<Document>()
-            .find(free.clone())
-            .sort(doc! { "_id": 1 })
-            .limit(i64::from(self.config.batch_size))
-            .projection(doc! { "_id": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-            return Ok(None);
+        // Retries are read only between pipelined rounds, so none is read twice while in flight.
+        let (sweep, due) = if sweep && due == 0 {
+            self.retry_partitions(&held)
+        } else {
+            (false, Vec::new())
         };
-        let token = new_id();
-        let until = DateTime::from_millis(now.timestamp_millis() + self.config.lease.as_millis() as i64);
-        free.insert(
-            "_id",
-            doc! { "$gte": first.get_str("_id").unwrap_or(""), "$lte": last.get_str("_id").unwrap_or("") },
-        );
-        let lease = doc! { "$set": { "claim_token": &token, "lease_owner": &self.config.owner, "lease_until": until } };
-        self.outbox.update_many(free, lease).await?;
-        // A late commit can add rows inside the range; the overflow is released by `settle`.
-        let rows: Vec<OutboxDoc> = self
-            .outbox
-            .find(doc! { "claim_token": &token })
-            .sort(doc! { "_id": 1 })
-            .limit(i64::from(self.config.batch_size))
-            .await?
-            .try_collect()
-            .await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let n = rows.len();
-        Ok(Some(Claim {
-            token,
-            rows,
-            outcomes: vec![Outcome::Pending; n],
-            errors: vec![None; n],
-        }))
-    }
-
-    /// For each subject of the claim, the id of its earliest publishable row held by someone else
-    /// (another replica's claim, or a row waiting for its retry): rows after it must wait.
-    async fn foreign_heads(&self, claim: &Claim) -> Result<HashMap<String, String>, EventsError> {
-        let subjects: HashSet<&str> = claim.rows.iter().map(|r| r.subject.as_str()).collect();
-        let last = &claim.rows.last().expect("claims are not empty").id;
-        let pipeline = vec![
-            doc! { "$match": {
-                "published_at": null, "dead_lettered_at": null,
-                "subject": { "$in": subjects.into_iter().collect::<Vec<_>>() },
-                "_id": { "$lt": last }, "claim_token": { "$ne": &claim.token },
-            } },
-            doc! { "$group": { "_id": "$subject", "first": { "$min": "$_id" } } },
-        ];
-        let groups: Vec<Document> = self.outbox.aggregate(pipeline).await?.try_collect().await?;
-        let heads = groups.iter().filter_map(|g| {
-            Some((
-                g.get_str("_id").ok()?.to_string(),
-                g.get_str("first").ok()?.to_string(),
-            ))
-        });
-        Ok(heads.collect())
-    }
-
-    /// Publishes the claim's rows in per-subject waves, awaiting each wave's confirms. On a broker
-    /// error it stops; call [`Relay::settle`] either way to record what was confirmed.
-    pub async fn publish(&self, claim: &mut Claim, channel: &Channel) -> Result<(), EventsError> {
-        let heads = self.foreign_heads(claim).await?;
-        let mut queues: Vec<VecDeque<usize>> = Vec::new();
-        let mut by_subject: HashMap<&str, usize> = HashMap::new();
-        for (index, row) in claim.rows.iter().enumerate() {
-            if heads.get(&row.subject).is_some_and(|head| head < &row.id) {
-                continue; // an earlier row of this wallet is not ours to send yet
-            }
-            let slot = *by_subject.entry(row.subject.as_str()).or_insert_with(|| {
-                queues.push(VecDeque::new());
-                queues.len() - 1
-            });
-            queues[slot].push_back(index);
-        }
-        loop {
-            let wave: Vec<usize> = queues.iter_mut().filter_map(VecDeque::pop_front).collect();
-            if wave.is_empty() {
-                return Ok(());
-            }
-            self.publish_wave(claim, channel, &wave).await?;
-            for (queue, index) in queues.iter_mut().zip(&wave) {
-                if claim.outcomes[*index] != Outcome::Confirmed {
-                    queue.clear(); // keep the wallet's order: nothing after a failure
+        let mut claim = Claim {
+            rows: Vec::new(),
+            retried: Vec::new(),
+            outcomes: Vec::new(),
+            errors: Vec::new(),
+        };
+        let heads = if held.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.store.outbox_heads().await?
+        };
+        for (partition, through) in &held {
+            let through = &sent.get(partition).copied().unwrap_or(*through).max(*through);
+            if sweep || due.contains(partition) {
+                for row in self.store.outbox_due(*partition, self.config.batch_size).await? {
+                    claim.push(row, true);
                 }
             }
-            queues.retain(|q| !q.is_empty());
+            if heads.get(partition).is_some_and(|head| head > through) {
+                let rows = self
+                    .store
+                    .outbox_after(*partition, *through, self.config.batch_size);
+                for row in rows.await? {
+                    claim.push(row, false);
+                }
+            }
         }
+        let oldest = claim.rows.iter().map(|r| r.created_at).min();
+        let mut leases = self.leases.lock().expect("leases lock");
+        leases.oldest_read = oldest;
+        if claim.rows.is_empty() {
+            return Ok(None);
+        }
+        for (row, retried) in claim.rows.iter().zip(&claim.retried) {
+            if !retried {
+                leases.sent.insert(row.partition, row.seq);
+            }
+        }
+        leases.in_flight += 1;
+        Ok(Some(claim))
     }
 
-    /// Sends one row per subject, pipelined, then waits for all their confirms.
-    async fn publish_wave(
-        &self,
-        claim: &mut Claim,
-        channel: &Channel,
-        wave: &[usize],
-    ) -> Result<(), EventsError> {
+    /// Whether to read every held partition's retry path this round, and which partitions have
+    /// retries of ours due now.
+    fn retry_partitions(&self, held: &[(i32, i64)]) -> (bool, Vec<i32>) {
+        let mut leases = self.leases.lock().expect("leases lock");
+        let sweep = std::mem::take(&mut leases.sweep_retries) && !held.is_empty();
+        let now = Instant::now();
+        let due: Vec<i32> = leases
+            .retries_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in &due {
+            leases.retries_due.remove(partition);
+        }
+        (sweep, due)
+    }
+
+    /// Publishes every row of the claim, pipelined in order on `channel`, then awaits their
+    /// confirms. On a broker error it stops; call [`Relay::settle`] either way.
+    pub async fn publish(&self, claim: &mut Claim, channel: &Channel) -> Result<(), EventsError> {
+        let sent = self.send(claim, channel).await?;
+        self.confirm(claim, sent, channel).await
+    }
+
+    /// Sends every row of the claim, in order, without waiting for the broker: the next round
+    /// can be read and sent while these confirms are on their way ([`Relay::confirm`]).
+    pub async fn send(&self, claim: &Claim, channel: &Channel) -> Result<Sent, EventsError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
-        let mut confirms = Vec::with_capacity(wave.len());
-        let mut spans = Vec::with_capacity(wave.len());
-        for index in wave {
-            let row = &claim.rows[*index];
+        let mut confirms = Vec::with_capacity(claim.rows.len());
+        let mut spans = Vec::with_capacity(claim.rows.len());
+        for row in &claim.rows {
             let span = self.publish_span(row);
             // Consumers continue the trace from the publish span; untraced, from the row's context.
             let traceparent = coffer_telemetry::propagation::traceparent_of(&span);
@@ -253,21 +318,41 @@ impl Relay {
             spans.push(span);
         }
         let all = futures::future::join_all(confirms);
-        let results = tokio::time::timeout(self.config.confirm_timeout, all)
-            .await
-            .map_err(|_| EventsError::ConfirmTimeout(self.config.confirm_timeout))?;
+        let timeout = self.config.confirm_timeout;
+        let confirms = tokio::spawn(async move { tokio::time::timeout(timeout, all).await.ok() });
+        Ok(Sent { confirms, spans })
+    }
+
+    /// Awaits the confirms of a round sent by [`Relay::send`] and records each row's outcome.
+    pub async fn confirm(
+        &self,
+        claim: &mut Claim,
+        mut sent: Sent,
+        channel: &Channel,
+    ) -> Result<(), EventsError> {
+        let timeout = EventsError::ConfirmTimeout(self.config.confirm_timeout);
+        let results = (&mut sent.confirms).await.ok().flatten().ok_or(timeout)?;
         // A publish span lasts until its confirm: what publishing with confirms costs.
-        for ((index, result), span) in wave.iter().zip(results).zip(spans) {
+        let spans = std::mem::take(&mut sent.spans);
+        for (index, (result, span)) in results.into_iter().zip(spans).enumerate() {
             match rejection(result?) {
-                None => self.confirmed(claim, *index),
+                None => self.confirmed(claim, index),
                 Some(reason) => {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.type", reason_type(&reason));
-                    self.failed(claim, *index, reason, channel).await?
+                    self.failed(claim, index, reason, channel).await?
                 }
             }
         }
         Ok(())
+    }
+
+    /// Forgets what was sent but not settled (after a broker error): the next round reads each
+    /// partition from its stored cursor again, and re-sends with the same message ids.
+    pub fn rewind(&self) {
+        let mut leases = self.leases.lock().expect("leases lock");
+        leases.sent.clear();
+        leases.in_flight = 0;
     }
 
     /// The producer span of one row's message: a child of the context stored with the row (the
@@ -293,7 +378,7 @@ impl Relay {
 
     fn confirmed(&self, claim: &mut Claim, index: usize) {
         claim.outcomes[index] = Outcome::Confirmed;
-        let age_ms = DateTime::now().timestamp_millis() - claim.rows[index].created_at.timestamp_millis();
+        let age_ms = codec::now().timestamp_millis() - claim.rows[index].created_at.timestamp_millis();
         self.metrics
             .commit_to_confirm
             .observe(age_ms.max(0) as f64 / 1000.0);
@@ -323,43 +408,58 @@ impl Relay {
         Ok(())
     }
 
-    /// Records the claim's outcome: failures get their attempt counted and a retry time, dead
-    /// letters their state, untried rows are released, and confirmed rows are marked published.
+    /// Records the round: refused rows get their attempt counted and a retry time (or their
+    /// dead letter), retried rows that went through leave the retry path, and each partition's
+    /// cursor moves past its leading rows that are done.
     pub async fn settle(&self, claim: Claim) -> Result<(), EventsError> {
-        let now = DateTime::now();
-        let token = claim.token.as_str();
-        for ((row, outcome), error) in claim.rows.iter().zip(&claim.outcomes).zip(&claim.errors) {
-            let set = match outcome {
-                Outcome::Failed => {
-                    let delay = crate::backoff(
-                        self.config.retry_base,
-                        row.attempts as u32,
-                        Duration::from_secs(60),
-                    );
-                    let retry_at = DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64);
-                    doc! { "last_error": error, "lease_until": retry_at, "claim_token": null, "lease_owner": null }
-                }
-                Outcome::DeadLettered => {
-                    doc! { "last_error": error, "dead_lettered_at": now, "claim_token": null, "lease_owner": null }
-                }
-                _ => continue,
-            };
-            let update = doc! { "$set": set, "$inc": { "attempts": 1 } };
-            self.outbox
-                .update_one(doc! { "_id": &row.id, "claim_token": token }, update)
-                .await?;
+        let mut cursors: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut blocked: Vec<i32> = Vec::new();
+        let rows = claim.rows.iter().zip(&claim.retried);
+        for ((row, retried), (outcome, error)) in rows.zip(claim.outcomes.iter().zip(&claim.errors)) {
+            let error = error.as_deref().unwrap_or("");
+            match outcome {
+                Outcome::Failed => self.retry_later(row, error).await?,
+                Outcome::DeadLettered => self.store.outbox_refused(&row.id, error, None).await?,
+                Outcome::Confirmed if *retried => self.store.outbox_retried(&row.id).await?,
+                _ => {}
+            }
+            if *retried || blocked.contains(&row.partition) {
+                continue;
+            }
+            if *outcome == Outcome::Pending {
+                blocked.push(row.partition); // not sent: the cursor stops before it
+            } else {
+                cursors.insert(row.partition, row.seq);
+            }
         }
-        let release = doc! { "$set": { "claim_token": null, "lease_owner": null, "lease_until": null } };
-        let untried = claim.select(Outcome::Pending);
-        let last = &claim.rows.last().expect("claims are not empty").id;
-        let filter = doc! { "claim_token": token, "$or": [ { "_id": { "$in": untried } }, { "_id": { "$gt": last } } ] };
-        self.outbox.update_many(filter, release).await?;
-        // What is still ours in the range is exactly what the broker confirmed: mark it by range.
-        let first = &claim.rows[0].id;
-        let filter =
-            doc! { "claim_token": token, "published_at": null, "_id": { "$gte": first, "$lte": last } };
-        let mark = doc! { "$set": { "published_at": now, "claim_token": null, "lease_until": null } };
-        self.outbox.update_many(filter, mark).await?;
+        let cursors: Vec<(i32, i64)> = cursors.into_iter().collect();
+        let moved = self.store.outbox_advance(&self.config.owner, &cursors).await;
+        let mut leases = self.leases.lock().expect("leases lock");
+        leases.in_flight = leases.in_flight.saturating_sub(1);
+        let moved = moved?;
+        if moved < cursors.len() as u64 {
+            leases.renewed = None; // a lease was lost: renew before the next round
+        }
+        for (partition, through) in cursors {
+            if let Some(cursor) = leases.cursors.get_mut(&partition) {
+                *cursor = (*cursor).max(through);
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_later(&self, row: &OutboxDoc, error: &str) -> Result<(), EventsError> {
+        let delay = crate::backoff(
+            self.config.retry_base,
+            row.attempts as u32,
+            Duration::from_secs(60),
+        );
+        let at = codec::from_millis(codec::now().timestamp_millis() + delay.as_millis() as i64);
+        self.store.outbox_refused(&row.id, error, Some(at)).await?;
+        let mut leases = self.leases.lock().expect("leases lock");
+        let due = Instant::now() + delay;
+        let entry = leases.retries_due.entry(row.partition).or_insert(due);
+        *entry = (*entry).min(due);
         Ok(())
     }
 
@@ -374,24 +474,35 @@ impl Relay {
         published.map(|()| n)
     }
 
-    /// Refreshes the backlog, oldest-age and dead-letter gauges.
+    /// Refreshes the backlog, oldest-age and dead-letter gauges (of this replica's partitions).
     pub async fn refresh_gauges(&self) -> Result<(), EventsError> {
-        let pending = doc! { "published_at": null, "dead_lettered_at": null };
-        let backlog = self.outbox.count_documents(pending.clone()).await?;
-        let oldest = self.outbox.find_one(pending).sort(doc! { "_id": 1 }).await?;
-        let dead = self
-            .outbox
-            .count_documents(doc! { "dead_lettered_at": { "$ne": null } })
-            .await?;
-        let age_ms = oldest.map_or(0, |row| {
-            DateTime::now().timestamp_millis() - row.created_at.timestamp_millis()
-        });
-        self.metrics.backlog.set(backlog as i64);
+        let held: Vec<i32> = self.held().into_iter().map(|(p, _)| p).collect();
+        let backlog = self.store.outbox_backlog(Some(&held)).await?;
+        let dead = self.store.outbox_dead_letter_count().await?;
+        let oldest = self.leases.lock().expect("leases lock").oldest_read;
+        let age_ms = oldest.map_or(0, |t| codec::now().timestamp_millis() - t.timestamp_millis());
+        self.metrics.backlog.set(backlog.unpublished + backlog.retrying);
         self.metrics
             .oldest_unpublished_age_seconds
             .set(age_ms.max(0) / 1000);
         self.metrics.dead_letters.set(dead as i64);
         Ok(())
+    }
+
+    /// Gives the partitions back (clean shutdown), so another replica takes them at once.
+    pub async fn release(&self) -> Result<(), EventsError> {
+        self.store.outbox_release(&self.config.owner).await?;
+        *self.leases.lock().expect("leases lock") = Leases::default();
+        Ok(())
+    }
+}
+
+impl Claim {
+    fn push(&mut self, row: OutboxDoc, retried: bool) {
+        self.rows.push(row);
+        self.retried.push(retried);
+        self.outcomes.push(Outcome::Pending);
+        self.errors.push(None);
     }
 }
 
@@ -421,13 +532,5 @@ fn rejection(confirmation: Confirmation) -> Option<String> {
 
 /// Dead-lettered rows, newest first (at most `limit`, capped at 1000): what operators look at.
 pub async fn dead_letters(store: &Store, limit: u32) -> Result<Vec<OutboxDoc>, EventsError> {
-    let rows = store
-        .collection::<OutboxDoc>(OUTBOX)
-        .find(doc! { "dead_lettered_at": { "$ne": null } })
-        .sort(doc! { "dead_lettered_at": -1 })
-        .limit(i64::from(limit.clamp(1, 1000)))
-        .await?
-        .try_collect()
-        .await?;
-    Ok(rows)
+    Ok(store.outbox_dead_letters(limit).await?)
 }

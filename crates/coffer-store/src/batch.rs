@@ -20,7 +20,6 @@
 //! retried the same way: what did commit is then found as duplicates, never written twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ use coffer_domain::book::{AccountBalances, Applied, Book, BookRefusal, SignedAmo
 use coffer_domain::movement::balance_event;
 use coffer_domain::{Bucket, Movement, PlannedEvent, Side};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, to_document, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
 use mongodb::options::{Acknowledgment, ReadConcern, SelectionCriteria, WriteConcern};
 use mongodb::{Client, ClientSession, Database};
@@ -36,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::codec::Time;
-use crate::collections::{IDEMPOTENCY_KEYS, LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
+use crate::collections::{IDEMPOTENCY_KEYS, LEDGER_ENTRIES, TRANSACTIONS, VELOCITY, WALLETS};
 use crate::idempotency::{IdempotencyDoc, StoredResponse};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TimelineEntry, TransactionDoc, WalletDoc};
 use crate::{codec, new_id, StoreError, StoreMetrics};
@@ -242,7 +241,7 @@ impl Committer {
 }
 
 /// Why an attempt did not commit, and what the batch does next.
-enum Retry {
+pub(crate) enum Retry {
     /// A ledger key or idempotency key was taken: answer those movements and retry the rest.
     Duplicates,
     /// An update matched fewer accounts than it names (one vanished or changed under us).
@@ -605,10 +604,17 @@ pub(crate) async fn write_one(
     };
     match write_batch(db, session, &[&item]).await {
         Ok(mut written) => written.outcomes.pop().expect("one outcome"),
-        Err(Retry::Duplicates) => Err(StoreError::AlreadyExists),
-        Err(Retry::Stale) => Err(StoreError::Contention),
-        Err(Retry::Transient(e)) => Err(StoreError::from(e)),
-        Err(Retry::Fatal(e)) => Err(e),
+        Err(retry) => Err(retry_error(retry)),
+    }
+}
+
+/// What a caller outside the batch writer makes of an attempt that did not commit.
+pub(crate) fn retry_error(retry: Retry) -> StoreError {
+    match retry {
+        Retry::Duplicates => StoreError::AlreadyExists,
+        Retry::Stale => StoreError::Contention,
+        Retry::Transient(e) => StoreError::from(e),
+        Retry::Fatal(e) => e,
     }
 }
 
@@ -722,7 +728,7 @@ impl BatchWrites {
             balance_event(id, balances, movement.decimals, &movement.transaction_id)
         });
         for event in movement.events.iter().cloned().chain(balance_events) {
-            self.events.push(outbox_row(&event, item.traceparent.clone())?);
+            self.events.push(outbox_row(&event, item.traceparent.clone()));
         }
         if let Some(write) = &item.submission.idempotency {
             self.idempotency
@@ -732,7 +738,7 @@ impl BatchWrites {
         Ok(record)
     }
 
-    async fn insert(&self, db: &Database, session: &mut ClientSession) -> Result<(), Retry> {
+    async fn insert(&mut self, db: &Database, session: &mut ClientSession) -> Result<(), Retry> {
         db.collection::<TransactionDoc>(TRANSACTIONS)
             .insert_many(&self.records)
             .session(&mut *session)
@@ -741,15 +747,7 @@ impl BatchWrites {
             .insert_many(&self.entries)
             .session(&mut *session)
             .await?;
-        if !self.events.is_empty() {
-            let span = crate::telemetry::operation_span("insert", db.name(), Some(OUTBOX));
-            db.collection::<OutboxDoc>(OUTBOX)
-                .insert_many(&self.events)
-                .session(&mut *session)
-                .into_future()
-                .instrument(span)
-                .await?;
-        }
+        crate::outbox::append(db, session, &mut self.events).await?;
         if !self.idempotency.is_empty() {
             db.collection::<IdempotencyDoc>(IDEMPOTENCY_KEYS)
                 .insert_many(&self.idempotency)
@@ -811,20 +809,16 @@ pub(crate) fn ledger_entries(
 }
 
 /// A planned event as an outbox row.
-pub(crate) fn outbox_row(
-    event: &PlannedEvent,
-    traceparent: Option<String>,
-) -> Result<OutboxDoc, mongodb::bson::ser::Error> {
-    let data = to_document(&event.data)?;
+pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> OutboxDoc {
     let mut row = OutboxDoc::new(
         event.event_type.as_str(),
         event.event_type.data_version(),
         &event.wallet_id,
         &event.user_id,
-        data,
+        event.data.clone(),
     );
     row.traceparent = traceparent;
-    Ok(row)
+    row
 }
 
 /// ONE `update` command for every touched account: each statement adds the batch's net change
@@ -855,9 +849,20 @@ async fn update_accounts(
             "u": { "$inc": inc, "$set": { "updated_at": now } },
         });
     }
+    update_exactly(db, session, WALLETS, statements).await
+}
+
+/// ONE `update` command of `statements` on `collection`, each of which must match a document:
+/// one that matches nothing means what the attempt read changed under it (Stale).
+pub(crate) async fn update_exactly(
+    db: &Database,
+    session: &mut ClientSession,
+    collection: &str,
+    statements: Vec<Document>,
+) -> Result<(), Retry> {
     let expected = statements.len();
     let reply = db
-        .run_command(doc! { "update": WALLETS, "updates": statements, "ordered": true })
+        .run_command(doc! { "update": collection, "updates": statements, "ordered": true })
         .session(&mut *session)
         .await?;
     check_write_errors(&reply)?;

@@ -20,6 +20,7 @@ pub mod locks;
 pub mod metrics;
 pub mod model;
 pub mod money;
+pub mod outbox;
 pub mod queries;
 pub mod reconcile;
 pub mod support;
@@ -39,6 +40,9 @@ use thiserror::Error;
 
 pub use metrics::StoreMetrics;
 pub use model::*;
+/// The driver, for tests and benchmarks only (feature `testing`): no `mongodb` or `bson` type
+/// crosses this crate's boundary in production code.
+#[cfg(feature = "testing")]
 pub use mongodb;
 
 /// Collection names, in one place.
@@ -50,6 +54,12 @@ pub mod collections {
     pub const LEDGER_ENTRIES: &str = "ledger_entries";
     pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
     pub const OUTBOX: &str = "outbox";
+    /// Per outbox partition: the last sequence number given out (written by the money path).
+    pub const OUTBOX_SEQUENCES: &str = "outbox_sequences";
+    /// Per outbox partition: the publisher's lease and cursor (written by publishers only).
+    pub const OUTBOX_PARTITIONS: &str = "outbox_partitions";
+    /// Live publisher replicas, for a fair share of partitions each.
+    pub const OUTBOX_REPLICAS: &str = "outbox_replicas";
     pub const AUDIT_LOG: &str = "audit_log";
     pub const ADJUSTMENTS: &str = "adjustments";
     pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
@@ -236,11 +246,20 @@ impl Store {
         })
     }
 
+    /// The raw database: for tests and benchmarks that seed or corrupt data on purpose
+    /// (feature `testing`); production code goes through the typed functions of this crate.
+    #[cfg(feature = "testing")]
     pub fn database(&self) -> &Database {
         &self.db
     }
 
+    #[cfg(feature = "testing")]
     pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection(name)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
         self.db.collection(name)
     }
 
@@ -301,8 +320,14 @@ impl Store {
                     .expire_after(idempotency::RETENTION)
                     .build(),
             ),
-            (OUTBOX, doc! { "published_at": 1, "_id": 1 }, named("unpublished")),
-            (OUTBOX, doc! { "claim_token": 1 }, named("by_claim")),
+            // The publisher's reads: the next range of a partition, and its rows due for a retry.
+            (
+                OUTBOX,
+                doc! { "partition": 1, "seq": 1 },
+                unique("by_partition_seq"),
+            ),
+            (OUTBOX, doc! { "partition": 1, "retry_at": 1 }, named("retrying")),
+            (OUTBOX_REPLICAS, doc! { "until": 1 }, named("live")),
             // The stream's history query: equality fields first, then the range and sort key (the
             // ESR rule; a planner that needs every filter field in the index, as SecantusDB's
             // does, uses it too).
@@ -357,6 +382,7 @@ impl Store {
                 .await?;
         }
         self.ensure_chain_indexes().await?;
+        outbox::initialise(&self.db).await?;
         self.ensure_admin_indexes().await
     }
 }

@@ -4,7 +4,6 @@
 
 use coffer_domain::SignedAmount;
 use coffer_domain::{AccountKind, Amount, Bucket, Side, StateChange, TxKind, TxState};
-use mongodb::bson::{DateTime, Document};
 
 use crate::codec::Time;
 use serde::{Deserialize, Serialize};
@@ -278,7 +277,8 @@ pub struct LedgerEntryDoc {
     pub created_at: Time,
 }
 
-/// An event waiting in the outbox (issue: outbox publisher relays these to RabbitMQ).
+/// An event of the outbox: written in the transaction of what it reports, published to RabbitMQ
+/// by the outbox publisher in its partition's sequence order (see [`crate::outbox`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxDoc {
     #[serde(rename = "_id")]
@@ -289,53 +289,44 @@ pub struct OutboxDoc {
     pub subject: String,
     /// The user whose stream receives it.
     pub user_id: String,
-    pub data: Document,
-    pub created_at: DateTime,
-    /// Set once the broker confirmed the message; the row is then never published again.
-    pub published_at: Option<DateTime>,
+    /// The versioned payload (docs/events.md).
+    pub data: serde_json::Value,
+    #[serde(with = "codec::time")]
+    pub created_at: Time,
+    /// The outbox partition of `subject`, set when the row is appended.
+    #[serde(default)]
+    pub partition: i32,
+    /// Its place in the partition: gapless and in commit order, set when the row is appended.
+    #[serde(default)]
+    pub seq: i64,
     /// Failed publish attempts (returned, nacked, timed out); see `dead_lettered_at`.
+    #[serde(default)]
     pub attempts: i32,
     /// W3C trace context of the span that wrote the row (the database transaction's when traces
     /// are exported, else the client's `traceparent` as received), carried into the message.
     #[serde(default)]
     pub traceparent: Option<String>,
-    /// The publisher replica holding the row (operators: who is working on it).
-    #[serde(default)]
-    pub lease_owner: Option<String>,
-    /// The claim of one publisher iteration; a row is marked published only under its claim.
-    #[serde(default)]
-    pub claim_token: Option<String>,
-    /// Until when the claim holds; after a failure, the earliest time of the next attempt.
-    #[serde(default)]
-    pub lease_until: Option<DateTime>,
+    /// Set while a refused row waits for its next attempt (the partition's cursor has moved on).
+    #[serde(default, with = "codec::time_opt")]
+    pub retry_at: Option<Time>,
     /// Set when the row kept failing and was sent to the dead-letter queue instead.
-    #[serde(default)]
-    pub dead_lettered_at: Option<DateTime>,
+    #[serde(default, with = "codec::time_opt")]
+    pub dead_lettered_at: Option<Time>,
     /// The last publish failure (reply text of the broker), for operators.
     #[serde(default)]
     pub last_error: Option<String>,
 }
 
 impl OutboxDoc {
-    /// When the event was written.
-    pub fn created_time(&self) -> crate::codec::Time {
-        crate::codec::from_millis(self.created_at.timestamp_millis())
-    }
-
-    /// When the broker confirmed it, if it did.
-    pub fn published_time(&self) -> Option<crate::codec::Time> {
-        self.published_at
-            .map(|t| crate::codec::from_millis(t.timestamp_millis()))
-    }
-
-    /// The payload as JSON (relaxed extended JSON of what is stored).
-    pub fn data_json(&self) -> serde_json::Value {
-        mongodb::bson::Bson::Document(self.data.clone()).into_relaxed_extjson()
-    }
-
-    /// A new unpublished row (id and creation time now); the one constructor every writer uses,
-    /// so that the relay's bookkeeping fields start the same everywhere.
-    pub fn new(event_type: &str, data_version: u32, subject: &str, user_id: &str, data: Document) -> Self {
+    /// A new row (id and creation time now; partition and sequence are given when it is
+    /// appended); the one constructor every writer uses.
+    pub fn new(
+        event_type: &str,
+        data_version: u32,
+        subject: &str,
+        user_id: &str,
+        data: serde_json::Value,
+    ) -> Self {
         OutboxDoc {
             id: crate::new_id(),
             event_type: event_type.to_string(),
@@ -343,13 +334,12 @@ impl OutboxDoc {
             subject: subject.to_string(),
             user_id: user_id.to_string(),
             data,
-            created_at: DateTime::now(),
-            published_at: None,
+            created_at: codec::now(),
+            partition: crate::outbox::partition_of(subject),
+            seq: 0,
             attempts: 0,
             traceparent: None,
-            lease_owner: None,
-            claim_token: None,
-            lease_until: None,
+            retry_at: None,
             dead_lettered_at: None,
             last_error: None,
         }

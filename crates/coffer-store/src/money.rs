@@ -6,7 +6,6 @@
 //! state transitions, adjustments and the broadcaster), the posting of a balanced ledger
 //! transaction inside an open transaction, platform accounts and wallet creation.
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use coffer_domain::amount::ledger_max;
@@ -21,7 +20,7 @@ use rand::Rng;
 use tracing::Instrument;
 
 use crate::batch::Submission;
-use crate::collections::{LEDGER_ENTRIES, OUTBOX, TRANSACTIONS, VELOCITY, WALLETS};
+use crate::collections::{LEDGER_ENTRIES, TRANSACTIONS, VELOCITY, WALLETS};
 use crate::model::{LedgerEntryDoc, OutboxDoc, TransactionDoc, WalletDoc};
 use crate::{codec, new_id, Store, StoreError};
 
@@ -293,19 +292,11 @@ pub(crate) async fn post_entries(
 pub(crate) async fn insert_events(
     store: &Store,
     session: &mut ClientSession,
-    events: &[OutboxDoc],
+    events: &mut [OutboxDoc],
 ) -> Result<(), StoreError> {
-    if !events.is_empty() {
-        let span = crate::telemetry::operation_span("insert", store.db.name(), Some(OUTBOX));
-        store
-            .collection::<OutboxDoc>(OUTBOX)
-            .insert_many(events)
-            .session(&mut *session)
-            .into_future()
-            .instrument(span)
-            .await?;
-    }
-    Ok(())
+    crate::outbox::append(&store.db, session, events)
+        .await
+        .map_err(crate::batch::retry_error)
 }
 
 /// Applies one balance delta with a conditional `$inc` and returns the wallet after it.
@@ -361,10 +352,10 @@ async fn apply_delta(
 }
 
 /// The outbox rows of `events`, carrying the current trace context.
-pub(crate) fn event_rows(events: &[PlannedEvent]) -> Result<Vec<OutboxDoc>, StoreError> {
+pub(crate) fn event_rows(events: &[PlannedEvent]) -> Vec<OutboxDoc> {
     let traceparent = crate::model::current_traceparent();
     let rows = events
         .iter()
         .map(|e| crate::batch::outbox_row(e, traceparent.clone()));
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    rows.collect()
 }

@@ -18,7 +18,7 @@ use prometheus::{Gauge, IntCounter, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::collections::{OUTBOX, RECONCILIATION_RUNS, TRANSACTIONS, WALLETS};
-use crate::model::{OutboxDoc, TransactionDoc, WalletDoc};
+use crate::model::{TransactionDoc, WalletDoc};
 use crate::verify::Finding;
 use crate::{new_id, Store, StoreError};
 
@@ -460,12 +460,7 @@ impl Reconciler {
     }
 
     async fn check_outbox(&self, store: &Store) -> Result<Checked, StoreError> {
-        let outbox = store.collection::<OutboxDoc>(OUTBOX);
-        let oldest = outbox
-            .find_one(doc! { "published_at": null })
-            .sort(doc! { "published_at": 1, "_id": 1 })
-            .await?;
-        let Some(oldest) = oldest else {
+        let Some(oldest) = store.outbox_oldest_pending().await? else {
             return Ok(Checked::of(Vec::new()));
         };
         let age = DateTime::now().timestamp_millis() - oldest.created_at.timestamp_millis();

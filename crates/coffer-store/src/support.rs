@@ -23,6 +23,8 @@ pub struct TransactionStory {
     pub entries: Vec<LedgerEntryDoc>,
     /// The newest real-time event written for it.
     pub last_event: Option<OutboxDoc>,
+    /// Whether the outbox publisher has published that event.
+    pub last_event_published: bool,
 }
 
 /// A reviewer's decision on a transaction in manual review.
@@ -101,7 +103,12 @@ impl Store {
             .find_one(doc! { "data.transaction_id": id })
             .sort(doc! { "_id": -1 })
             .await?;
+        let last_event_published = match &last_event {
+            Some(row) => self.outbox_published(row).await?,
+            None => false,
+        };
         Ok(Some(TransactionStory {
+            last_event_published,
             transaction,
             raw: mongodb::bson::Bson::Document(raw).into_relaxed_extjson(),
             entries,

@@ -223,7 +223,7 @@ async fn write_transition(
         let balances = crate::batch::account_balances(wallet)?;
         events.extend(balance_event(&wallet.id, &balances, wallet.decimals, &record.id));
     }
-    let events = crate::money::event_rows(&events)?;
-    insert_events(store, session, &events).await?;
+    let mut events = crate::money::event_rows(&events);
+    insert_events(store, session, &mut events).await?;
     Ok(record)
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use coffer_events::publisher::Readiness;
 use coffer_events::{PublisherMetrics, Relay, RelayConfig};
-use coffer_store::mongodb::bson::doc;
 use coffer_store::{OutboxDoc, Store};
 use futures::StreamExt;
 use lapin::options::{
@@ -238,7 +237,8 @@ pub async fn spawn_stream_consumer(
     task
 }
 
-/// Inserts `per_subject` synthetic events for each of `subjects` wallets, interleaved, in id order.
+/// Appends `per_subject` synthetic events for each of `subjects` wallets, interleaved (as the
+/// money path appends them: with partitions and sequence numbers); returns them in id order.
 pub async fn insert_events(
     store: &Store,
     subjects: &[String],
@@ -251,28 +251,22 @@ pub async fn insert_events(
             rows.push(synthetic_row(subject, event_type, sequence));
         }
     }
-    store
-        .collection::<OutboxDoc>("outbox")
-        .insert_many(&rows)
-        .await
-        .expect("insert events");
+    store.append_events(&mut rows).await.expect("append events");
     rows
 }
 
+/// A synthetic event of `subject`, not yet appended.
 pub fn synthetic_row(subject: &str, event_type: &str, sequence: usize) -> OutboxDoc {
-    let data = doc! { "wallet_id": subject, "sequence": sequence as i64 };
+    let data = serde_json::json!({ "wallet_id": subject, "sequence": sequence });
     OutboxDoc::new(event_type, 1, subject, &format!("user-of-{subject}"), data)
 }
 
 /// Waits until no row is left unpublished (dead letters aside); panics after `wait`.
 pub async fn await_drained(store: &Store, wait: Duration) {
-    let outbox = store.collection::<OutboxDoc>("outbox");
     let deadline = Instant::now() + wait;
     loop {
-        let left = outbox
-            .count_documents(doc! { "published_at": null, "dead_lettered_at": null })
-            .await
-            .expect("count");
+        let backlog = store.outbox_backlog(None).await.expect("backlog");
+        let left = backlog.unpublished + backlog.retrying;
         if left == 0 {
             return;
         }
@@ -280,18 +274,11 @@ pub async fn await_drained(store: &Store, wait: Duration) {
             Instant::now() < deadline,
             "{left} outbox rows still unpublished after {wait:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Every row of the outbox, in id order.
 pub async fn outbox_rows(store: &Store) -> Vec<OutboxDoc> {
-    use futures::TryStreamExt;
-    let cursor = store
-        .collection::<OutboxDoc>("outbox")
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .expect("find");
-    cursor.try_collect().await.expect("rows")
+    store.outbox_rows().await.expect("outbox rows")
 }

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod chain;
+pub mod contract;
 pub mod otlp;
 pub mod process;
 pub mod stream;
@@ -273,6 +274,7 @@ impl TestApp {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        let method_name = method;
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.client.request(method, self.url(path));
         for (name, value) in headers {
@@ -291,6 +293,13 @@ impl TestApp {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body");
+        contract::assert_conforms(&contract::Received {
+            method: method_name,
+            path,
+            status: status.as_u16(),
+            headers: &headers,
+            body: &bytes,
+        });
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Reply {
             status,

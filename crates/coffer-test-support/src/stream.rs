@@ -47,7 +47,13 @@ pub async fn next_event(socket: &mut Socket, wait: Duration) -> Option<Value> {
             .ok()??
             .ok()?;
         match frame {
-            Message::Text(text) => return serde_json::from_str(&text).ok(),
+            Message::Text(text) => {
+                let event: Value = serde_json::from_str(&text).ok()?;
+                if let Err(problem) = crate::contract::check_event(&event) {
+                    panic!("a stream event does not conform to docs/asyncapi.json: {problem}\n{event}");
+                }
+                return Some(event);
+            }
             Message::Ping(payload) => socket.send(Message::Pong(payload)).await.ok()?,
             Message::Close(_) => return None,
             _ => {}

@@ -63,6 +63,8 @@ pub enum Command {
     Operator(coffer_operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (`coffer crdgen > crds/coffer.yaml`).
     Crdgen,
+    /// Print the API's OpenAPI 3.1 document (`coffer openapi > docs/openapi.json`).
+    Openapi,
     /// Ledger tools.
     Ledger {
         #[command(subcommand)]
@@ -90,6 +92,7 @@ impl Command {
             Command::Reconciler(_) => "reconciler",
             Command::Operator(_) => "operator",
             Command::Crdgen => "crdgen",
+            Command::Openapi => "openapi",
             Command::Ledger { .. } => "ledger",
             Command::Audit { .. } => "audit",
             Command::User { .. } => "user",
@@ -186,8 +189,9 @@ pub struct PublisherArgs {
     #[arg(long, env = "COFFER_OUTBOX_MAX_ATTEMPTS", default_value_t = 5,
         value_parser = clap::value_parser!(i32).range(1..=100))]
     pub max_attempts: i32,
-    /// Seconds a claim holds (10..=600); a crashed replica's rows are re-published after it.
-    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 30,
+    /// Seconds a partition lease holds (10..=600), renewed every third of it; a crashed
+    /// replica's partitions are taken over after it.
+    #[arg(long, env = "COFFER_OUTBOX_LEASE_SECONDS", default_value_t = 15,
         value_parser = clap::value_parser!(u64).range(10..=600))]
     pub lease_seconds: u64,
 }

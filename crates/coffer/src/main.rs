@@ -80,6 +80,10 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
             print!("{}", coffer_operator::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => {
+            println!("{}", coffer_api::openapi_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reconciler(args) => reconciler::run(args, shutdown_signal())
             .await
             .map(|()| ExitCode::SUCCESS),

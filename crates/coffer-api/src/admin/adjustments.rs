@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{adjustment_error, ApiError, ApiResult, Problem};
-use crate::extract::{Principal, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::{time, TransactionView};
 use crate::ApiContext;
@@ -153,11 +153,14 @@ pub async fn propose_adjustment(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AdjustmentQuery {
     /// proposed, approved or rejected; all when absent.
+    #[param(value_type = Option<String>, pattern = "^(proposed|approved|rejected)$")]
     pub status: Option<String>,
     /// 1 to 100; default 50.
-    pub limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<PageLimit>,
 }
 
 /// Adjustments, newest first (finance, admin).
@@ -175,13 +178,16 @@ pub async fn list_adjustments(
         Some("approved") => Some(AdjustmentStatus::Approved),
         Some("rejected") => Some(AdjustmentStatus::Rejected),
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::invalid_query(
+                "status",
                 "status is proposed, approved or rejected",
             ))
         }
     };
-    let items = ctx.store().adjustments(status, query.limit.unwrap_or(50)).await?;
+    let items = ctx
+        .store()
+        .adjustments(status, PageLimit::or(query.limit, 50))
+        .await?;
     Ok(Json(items.iter().map(AdjustmentView::from_doc).collect()))
 }
 

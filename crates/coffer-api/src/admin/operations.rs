@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Principal, ValidQuery};
+use crate::extract::{Cursor, PageLimit, Principal, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::time;
 use crate::ApiContext;
@@ -149,11 +149,14 @@ pub async fn run_reconciliation(
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub cursor: Option<Cursor>,
     /// 1 to 100; default 20.
-    pub limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
+    pub limit: Option<PageLimit>,
 }
 
 /// Reconciliation runs, newest first, without findings (engineering, admin).
@@ -167,7 +170,10 @@ pub async fn list_reconciliations(
     principal.require(OPERATORS)?;
     let page = ctx
         .store()
-        .reconciliation_runs(query.cursor.as_deref(), query.limit.unwrap_or(20))
+        .reconciliation_runs(
+            query.cursor.as_ref().map(Cursor::as_str),
+            PageLimit::or(query.limit, 20),
+        )
         .await?;
     Ok(Json(ReconciliationPage {
         items: page

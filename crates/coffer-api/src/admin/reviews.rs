@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiResult, Problem};
-use crate::extract::{Principal, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::TransactionView;
 use crate::ApiContext;
@@ -35,9 +35,11 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
     /// 1 to 100; default 50.
-    pub limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<PageLimit>,
 }
 
 /// Transactions waiting in manual review, oldest first (support, admin).
@@ -49,10 +51,7 @@ pub async fn list_reviews(
     ValidQuery(query): ValidQuery<LimitQuery>,
 ) -> ApiResult<Json<Vec<TransactionView>>> {
     principal.require(&[Role::Support, Role::Admin])?;
-    let limit = query
-        .limit
-        .unwrap_or(50)
-        .clamp(1, coffer_store::queries::PAGE_LIMIT_MAX);
+    let limit = PageLimit::or(query.limit, 50);
     let items = ctx
         .store()
         .transactions_in_state(coffer_domain::TxState::ManualReview, limit)
@@ -63,7 +62,8 @@ pub async fn list_reviews(
 /// A provider webhook event the chain did not back: nothing was recorded or credited.
 #[derive(Serialize, ToSchema)]
 pub struct WebhookReviewView {
-    pub id: String,
+    /// SHA-256 of the provider and the claim: the same report is kept once.
+    pub fingerprint: String,
     pub provider: String,
     /// Why the chain disagrees: transaction_not_found, transaction_failed, block_mismatch,
     /// not_canonical, no_such_transfer, recipient_mismatch, amount_mismatch.
@@ -96,9 +96,12 @@ pub async fn list_webhook_reviews(
     ValidQuery(query): ValidQuery<LimitQuery>,
 ) -> ApiResult<Json<Vec<WebhookReviewView>>> {
     principal.require(&[Role::Support, Role::Admin])?;
-    let items = ctx.store().webhook_reviews(query.limit.unwrap_or(50)).await?;
+    let items = ctx
+        .store()
+        .webhook_reviews(PageLimit::or(query.limit, 50))
+        .await?;
     let view = |r: &coffer_store::chain::WebhookReviewDoc| WebhookReviewView {
-        id: r.id.clone(),
+        fingerprint: r.id.clone(),
         provider: r.provider.clone(),
         reason: r.reason.clone(),
         ledger_key: r.ledger_key.clone(),

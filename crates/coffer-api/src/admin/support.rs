@@ -63,21 +63,21 @@ pub struct EventView {
     pub event_type: String,
     pub wallet_id: String,
     pub created_at: String,
-    /// When the outbox publisher relayed it; null while unpublished.
-    pub published_at: Option<String>,
+    /// Whether the outbox publisher has published it (its partition's cursor passed it).
+    pub published: bool,
     #[schema(value_type = Object)]
     pub data: Value,
 }
 
 impl EventView {
-    fn from_doc(event: &OutboxDoc) -> Self {
+    fn from_doc(event: &OutboxDoc, published: bool) -> Self {
         EventView {
             id: event.id.clone(),
             event_type: event.event_type.clone(),
             wallet_id: event.subject.clone(),
-            created_at: time(&event.created_time()),
-            published_at: event.published_time().as_ref().map(time),
-            data: event.data_json(),
+            created_at: time(&event.created_at),
+            published,
+            data: event.data.clone(),
         }
     }
 }
@@ -150,6 +150,9 @@ pub async fn transaction_story(
         transaction: view,
         initiated_by: tx.initiated_by.clone(),
         details,
-        last_event: story.last_event.as_ref().map(EventView::from_doc),
+        last_event: story
+            .last_event
+            .as_ref()
+            .map(|e| EventView::from_doc(e, story.last_event_published)),
     }))
 }
