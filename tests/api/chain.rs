@@ -44,7 +44,11 @@ pub struct World {
 }
 
 pub async fn world(specs: &[AssetSpec], asset: &str, options: Options) -> World {
-    let anvil = Anvil::start().await;
+    world_on(Anvil::start().await, specs, asset, options).await
+}
+
+/// [`world`] on a node the caller started (e.g. to give the API its RPC client).
+pub async fn world_on(anvil: Anvil, specs: &[AssetSpec], asset: &str, options: Options) -> World {
     anvil.mine(8).await; // history below the test's blocks, so re-orgs have room
     let options = Options {
         assets: Some(catalog(specs)),

@@ -1,11 +1,11 @@
-//! The withdrawal risk checks that come before anything is held or signed: a trusted device, a
-//! recent password login, the daily limit; and the devices API, per user.
+//! The withdrawal risk checks that come before anything is held or signed: a trusted device's
+//! signature, a recent password login, the daily limit; and the devices API, per user.
 
 use std::time::Duration;
 
 use coffer_store::mongodb::bson::{doc, DateTime};
 use coffer_store::Role;
-use coffer_test_support::{Options, TestApp, TestUser};
+use coffer_test_support::{Options, TestApp, TestDevice, TestUser};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -23,12 +23,67 @@ async fn withdraw_from(
     (reply.status, reply.code().to_string())
 }
 
-async fn register_device(app: &TestApp, user: &TestUser, name: &str) -> Value {
+async fn withdraw_signed(
+    app: &TestApp,
+    user: &TestUser,
+    device: &TestDevice,
+    body: &Value,
+) -> (StatusCode, String) {
+    let reply = app.withdraw_signed(user, device, body).await;
+    (reply.status, reply.code().to_string())
+}
+
+/// `POST /v1/withdrawals` with exactly these device headers and body.
+async fn withdraw_with_headers(
+    app: &TestApp,
+    user: &TestUser,
+    headers: &[(String, String)],
+    body: &Value,
+) -> (StatusCode, String) {
+    let key = uuid::Uuid::new_v4().to_string();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let reply = app
-        .post("/v1/devices", &user.access_token, json!({ "name": name }))
+        .send_with(
+            "POST",
+            "/v1/withdrawals",
+            Some(&user.access_token),
+            Some(&key),
+            Some(body),
+            &headers,
+        )
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.body
+    (reply.status, reply.code().to_string())
+}
+
+fn bytes(body: &Value) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap()
+}
+
+/// A user with a funded ETH wallet and a trusted device.
+async fn funded(app: &TestApp, amount: &str) -> (TestUser, String, TestDevice) {
+    let payment = app.staff(Role::Payment).await;
+    let alice = app.register().await;
+    let wallet = app.create_wallet(&alice, "ETH").await;
+    app.deposit(&payment, &wallet, amount).await;
+    let device = app.trusted_test_device(&alice).await;
+    let saved = app
+        .save_address_for(&alice, &wallet, &format!("0x{}", "ab".repeat(20)))
+        .await;
+    assert_eq!(saved.status, StatusCode::CREATED, "{:?}", saved.body);
+    (alice, wallet, device)
+}
+
+const INVALID: &str = "device_signature_invalid";
+
+/// `POST {path}` (a device's trust route) signed by `voucher`.
+async fn vouch(
+    app: &TestApp,
+    path: &str,
+    user: &TestUser,
+    voucher: &TestDevice,
+) -> coffer_test_support::Reply {
+    let key = uuid::Uuid::new_v4().to_string();
+    app.send_signed("POST", path, user, &key, None, voucher).await
 }
 
 /// Nothing was held or recorded: the wallet is as funded and no withdrawal exists.
@@ -58,13 +113,16 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
     app.deposit(&payment, &wallet, "5").await;
     let request = body(&wallet, "1");
 
-    let phone = register_device(&app, &alice, "Pixel 8").await;
-    assert_eq!(phone["trusted"], false, "a new device waits");
-    let phone = phone["id"].as_str().unwrap().to_string();
-    let bobs = register_device(&app, &bob, "Bob's phone").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (phone_device, view) = app.register_device(&alice, "Pixel 8").await;
+    assert_eq!(view["trusted"], false, "a new device waits");
+    let phone = phone_device.id.clone();
+    let (bobs_device, _) = app.register_device(&bob, "Bob's phone").await;
+    let bobs = bobs_device.id.clone();
+    assert_eq!(
+        withdraw_signed(&app, &alice, &phone_device, &request).await,
+        (StatusCode::FORBIDDEN, "device_not_trusted".into()),
+        "signed, but by a device still cooling off"
+    );
     for device in [
         None,
         Some(phone.as_str()),
@@ -88,21 +146,23 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
         .await
         .unwrap();
     assert_eq!(
-        withdraw_from(&app, &alice, Some(&phone), &request).await.0,
+        withdraw_from(&app, &alice, Some(&phone), &request).await,
+        (StatusCode::FORBIDDEN, INVALID.into()),
+        "trusted now, but the id alone is not the key"
+    );
+    assert_eq!(
+        withdraw_signed(&app, &alice, &phone_device, &request).await.0,
         StatusCode::CREATED
     );
 
-    // A second device is trusted at once when the trusted one vouches for it; Bob cannot.
-    let tablet = register_device(&app, &alice, "iPad").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let trust = |token: &str, voucher: &str| {
+    // A second device is trusted at once when the trusted one vouches for it with its
+    // signature; its id alone vouches for nothing, and Bob cannot.
+    let (tablet_device, _) = app.register_device(&alice, "iPad").await;
+    let tablet = tablet_device.id.clone();
+    let path = format!("/v1/devices/{tablet}/trust");
+    let unsigned = |token: &str, voucher: &str| {
         let key = uuid::Uuid::new_v4().to_string();
-        let path = format!("/v1/devices/{tablet}/trust");
-        let token = token.to_string();
-        let voucher = voucher.to_string();
-        let app = &app;
+        let (path, token, voucher, app) = (path.clone(), token.to_string(), voucher.to_string(), &app);
         async move {
             app.send_with(
                 "POST",
@@ -115,16 +175,25 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
             .await
         }
     };
+    let signed = |user, voucher| vouch(&app, &path, user, voucher);
     assert_eq!(
-        trust(&bob.access_token, &bobs).await.status,
+        signed(&bob, &bobs_device).await.status,
         StatusCode::FORBIDDEN,
         "Bob's device is not trusted and not Alice's"
     );
-    let vouched = trust(&alice.access_token, &phone).await;
+    let by_id = unsigned(&alice.access_token, &phone).await;
+    assert_eq!((by_id.status, by_id.code()), (StatusCode::FORBIDDEN, INVALID));
+    let by_tablet_itself = signed(&alice, &tablet_device).await;
+    assert_eq!(
+        by_tablet_itself.code(),
+        "device_not_trusted",
+        "a device cannot vouch for itself"
+    );
+    let vouched = signed(&alice, &phone_device).await;
     assert_eq!(vouched.status, StatusCode::OK, "{:?}", vouched.body);
     assert_eq!(vouched.body["trusted"], true);
     assert_eq!(
-        withdraw_from(&app, &alice, Some(&tablet), &request).await.0,
+        withdraw_signed(&app, &alice, &tablet_device, &request).await.0,
         StatusCode::CREATED
     );
 
@@ -150,7 +219,7 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
         .await;
     assert!(revoke.body["revoked_at"].is_string(), "{:?}", revoke.body);
     assert_eq!(
-        withdraw_from(&app, &alice, Some(&tablet), &request).await,
+        withdraw_signed(&app, &alice, &tablet_device, &request).await,
         (StatusCode::FORBIDDEN, "device_not_trusted".into())
     );
     let listed = app.get("/v1/devices", &bob.access_token).await;
@@ -169,6 +238,137 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
 }
 
 #[tokio::test]
+async fn an_access_token_and_a_device_id_without_the_key_cannot_withdraw() {
+    let app = TestApp::spawn().await;
+    let (alice, wallet, device) = funded(&app, "5").await;
+    let request = body(&wallet, "1");
+    // What a phished password and a read of GET /v1/devices give: the token and the id.
+    let listed = app.get("/v1/devices", &alice.access_token).await;
+    assert_eq!(listed.body[0]["id"].as_str(), Some(device.id.as_str()));
+    assert_eq!(
+        withdraw_from(&app, &alice, Some(&device.id), &request).await,
+        (StatusCode::FORBIDDEN, INVALID.into())
+    );
+    // Signed with another key under the device's id.
+    let forged = TestDevice {
+        id: device.id.clone(),
+        key: TestDevice::new_key(),
+    };
+    assert_eq!(
+        withdraw_signed(&app, &alice, &forged, &request).await,
+        (StatusCode::FORBIDDEN, INVALID.into())
+    );
+    // Signed by the key, but long ago (or far ahead): past the 300 s either way, with a margin
+    // for the second that may tick between here and the server's check.
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let now = chrono::Utc::now().timestamp();
+    for timestamp in [now - 305, now + 305] {
+        let stale = device.sign_at("POST", "/v1/withdrawals", &bytes(&request), timestamp, &nonce);
+        assert_eq!(
+            withdraw_with_headers(&app, &alice, &stale, &request).await,
+            (StatusCode::FORBIDDEN, INVALID.into())
+        );
+    }
+    assert_untouched(&app, &alice, &wallet, "5").await;
+    assert_eq!(
+        app.count("device_nonces").await,
+        0,
+        "a refused signature spends no nonce"
+    );
+    assert_eq!(
+        withdraw_signed(&app, &alice, &device, &request).await.0,
+        StatusCode::CREATED,
+        "the device's own signature withdraws"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_device_signature_is_refused_on_every_replica() {
+    let app = TestApp::spawn().await;
+    let (alice, wallet, device) = funded(&app, "5").await;
+    let replica = TestApp::spawn_with(Options {
+        database: Some(app.store.database().name().to_string()),
+        ..Options::default()
+    })
+    .await;
+    let request = body(&wallet, "1");
+    let captured = device.sign("POST", "/v1/withdrawals", &bytes(&request));
+    assert_eq!(
+        withdraw_with_headers(&app, &alice, &captured, &request).await.0,
+        StatusCode::CREATED
+    );
+    let refused = app.metric("coffer_movements_refused_total");
+    for api in [&app, &replica] {
+        assert_eq!(
+            withdraw_with_headers(api, &alice, &captured, &request).await,
+            (StatusCode::FORBIDDEN, "device_signature_replayed".into())
+        );
+    }
+    assert_eq!(
+        app.metric("coffer_movements_refused_total"),
+        refused + 1.0,
+        "the replay this replica refused is counted"
+    );
+    let balances = app.wallet(&alice, &wallet).await;
+    assert_eq!(
+        (balances["available"].as_str(), balances["held"].as_str()),
+        (Some("4"), Some("1")),
+        "one withdrawal"
+    );
+    assert_eq!(
+        app.count_where("transactions", doc! { "kind": "withdrawal" })
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_device_signature_over_another_body_is_refused() {
+    let app = TestApp::spawn().await;
+    let (alice, wallet, device) = funded(&app, "5").await;
+    let signed_for = body(&wallet, "0.01");
+    let headers = device.sign("POST", "/v1/withdrawals", &bytes(&signed_for));
+    assert_eq!(
+        withdraw_with_headers(&app, &alice, &headers, &body(&wallet, "4")).await,
+        (StatusCode::FORBIDDEN, INVALID.into())
+    );
+    let elsewhere = device.sign("POST", "/v1/transfers", &bytes(&signed_for));
+    assert_eq!(
+        withdraw_with_headers(&app, &alice, &elsewhere, &signed_for).await,
+        (StatusCode::FORBIDDEN, INVALID.into()),
+        "a signature of another path"
+    );
+    assert_untouched(&app, &alice, &wallet, "5").await;
+}
+
+#[tokio::test]
+async fn a_device_registers_only_with_a_valid_public_key() {
+    let app = TestApp::spawn().await;
+    let alice = app.register().await;
+    // The last two: 33 bytes, and the identity point (a weak key any signature verifies under).
+    let weak = format!("AQ{}=", "A".repeat(41));
+    for key in ["", "not base64!", "AAAA", &"A".repeat(44), &weak] {
+        let reply = app
+            .post(
+                "/v1/devices",
+                &alice.access_token,
+                json!({ "name": "phone", "public_key": key }),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, "invalid_public_key"),
+            "{key:?}"
+        );
+    }
+    let missing = app
+        .post("/v1/devices", &alice.access_token, json!({ "name": "phone" }))
+        .await;
+    assert_eq!(missing.code(), "missing_field");
+    assert_eq!(app.count("devices").await, 0);
+}
+
+#[tokio::test]
 async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew_it() {
     let app = TestApp::spawn_with(Options {
         withdrawal_reauth_window: Some(Duration::from_secs(1)),
@@ -179,7 +379,7 @@ async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew
     let alice = app.register().await;
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, "5").await;
-    let device = app.trusted_device(&alice).await;
+    let device = app.trusted_test_device(&alice).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
 
     let refreshed = app
@@ -194,7 +394,7 @@ async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew
     assert_eq!(refreshed.status, StatusCode::OK);
     let mut stale = alice.clone();
     stale.access_token = refreshed.body["access_token"].as_str().unwrap().into();
-    let reply = withdraw_from(&app, &stale, Some(&device), &body(&wallet, "1")).await;
+    let reply = withdraw_signed(&app, &stale, &device, &body(&wallet, "1")).await;
     assert_eq!(
         reply,
         (StatusCode::UNAUTHORIZED, "reauthentication_required".into())
@@ -203,7 +403,7 @@ async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew
 
     let fresh = app.login(&alice.email, &alice.password).await;
     assert_eq!(
-        withdraw_from(&app, &fresh, Some(&device), &body(&wallet, "1"))
+        withdraw_signed(&app, &fresh, &device, &body(&wallet, "1"))
             .await
             .0,
         StatusCode::CREATED

@@ -1,6 +1,7 @@
 //! Integration tests of the API and the ledger against the real MongoDB-compatible server.
 //! Each test starts its own app on 127.0.0.1:0 with its own database.
 
+mod address_book;
 mod admin;
 mod audit;
 mod auth;

@@ -25,7 +25,7 @@ use coffer_test_support::Options;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::chain::{eth, spec, world, World, CHAIN};
+use crate::chain::{eth, spec, world_on, World, CHAIN};
 
 const CATALOGUE: &str = include_str!("../../docs/metrics.md");
 
@@ -87,7 +87,13 @@ async fn state_of(w: &World, id: &str) -> TxState {
 async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_flow() {
     let started = Instant::now();
     // Two confirmations; the catalog's review threshold is 10 ETH.
-    let w = world(&[spec("ETH", 18, None, 2)], "ETH", Options::default()).await;
+    // The API checks webhooks against the world's node (its rejection series exist at zero).
+    let anvil = coffer_test_support::chain::Anvil::start().await;
+    let options = Options {
+        chain_rpcs: vec![(CHAIN.into(), anvil.rpc.clone())],
+        ..Options::default()
+    };
+    let w = world_on(anvil, &[spec("ETH", 18, None, 2)], "ETH", options).await;
     let app = &w.app;
     let chain_metrics = ChainMetrics::new(&app.registry).unwrap();
     let publisher_metrics = PublisherMetrics::new(&app.registry).unwrap();
@@ -146,8 +152,11 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
     // A withdrawal sent twice with one Idempotency-Key (one replay), and one held for review.
     let destination = format!("{:#x}", LocalSigner::random().address());
     let body = json!({ "wallet_id": w.wallet, "amount": "1", "destination_address": destination });
-    let device = app.trusted_device(alice).await;
-    let headers = [("X-Device-Id", device.as_str())];
+    let device = app.trusted_test_device(alice).await;
+    app.save_address_for(alice, &w.wallet, &destination).await;
+    // The retry is the same signed request (same nonce): answered from its Idempotency-Key.
+    let signed = device.sign("POST", "/v1/withdrawals", &serde_json::to_vec(&body).unwrap());
+    let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let withdraw = || {
         app.send_with(
             "POST",

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use coffer_chain::deposits::{self, ChainVerdict};
 use coffer_domain::Amount;
 use coffer_store::chain::{ChainDepositDoc, Observation, ObservedDeposit};
 use hmac::{Hmac, Mac};
@@ -143,8 +144,12 @@ pub struct WebhookBody {
 pub struct WebhookResult {
     /// The deterministic ledger key of the event.
     pub key: String,
-    /// recorded, already_known, unmatched.
+    /// recorded, already_known, unmatched, or rejected (the chain does not back the event:
+    /// nothing recorded, kept for staff review).
     pub outcome: String,
+    /// Why a rejected event disagrees with the chain (e.g. `amount_mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn bad_signature() -> ApiError {
@@ -184,12 +189,16 @@ pub fn verify_signature(
 }
 
 /// A provider reports deposits. Signed with the provider's secret; unsigned, badly signed or
-/// stale requests get 401 and change nothing.
+/// stale requests get 401 and change nothing. A report is only a hint: each event is checked
+/// against the chain's node (receipt, transaction, canonical block) with the listener's rules
+/// before it is recorded; one the chain does not back is `rejected` and kept for review.
 #[utoipa::path(post, path = "/v1/webhooks/{provider}", tag = "operations", params(("provider" = String, Path),
         ("Coffer-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(provider secret, t + \".\" + body)>`, at most 5 minutes old")),
     request_body = WebhookBody,
     responses((status = 200, body = Vec<WebhookResult>), (status = 401, description = "invalid_signature", body = Problem),
-              (status = 400, body = Problem)))]
+              (status = 400, body = Problem),
+              (status = 422, description = "webhook_chain_unverifiable: no node configured for the event's chain", body = Problem),
+              (status = 503, description = "retry_later: the node is unreachable or behind the reported block", body = Problem)))]
 pub async fn webhook(
     State(ctx): State<ApiContext>,
     Path(provider): Path<String>,
@@ -215,9 +224,15 @@ pub async fn webhook(
             format!("at most {WEBHOOK_EVENTS_MAX} events"),
         ));
     }
-    let mut results = Vec::with_capacity(body.events.len());
-    for event in &body.events {
-        results.push(ingest(&ctx, &provider, event).await?);
+    // Every event is validated before any is checked or recorded: bad input changes nothing.
+    let claims = body
+        .events
+        .iter()
+        .map(|event| claim_of(&ctx, &provider, event))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let mut results = Vec::with_capacity(claims.len());
+    for claim in &claims {
+        results.push(ingest(&ctx, &provider, claim).await?);
     }
     Ok(Json(results))
 }
@@ -237,7 +252,14 @@ fn hex_field(value: &str, digits: usize, field: &str) -> ApiResult<String> {
     }
 }
 
-async fn ingest(ctx: &ApiContext, provider: &str, event: &WebhookDeposit) -> ApiResult<WebhookResult> {
+/// The event as claimed, with the node and the assets of its chain to check it against.
+struct Claim {
+    deposit: ObservedDeposit,
+    rpc: coffer_chain::rpc::Rpc,
+    chain_assets: Vec<coffer_domain::AssetConfig>,
+}
+
+fn claim_of(ctx: &ApiContext, provider: &str, event: &WebhookDeposit) -> ApiResult<Claim> {
     let catalog = ctx.assets().current();
     let asset = catalog.get(&event.asset).filter(|a| a.chain == event.chain);
     let asset = asset
@@ -255,15 +277,71 @@ async fn ingest(ctx: &ApiContext, provider: &str, event: &WebhookDeposit) -> Api
         block_hash: hex_field(&event.block_hash, 64, "block_hash")?,
         source: format!("webhook:{provider}"),
     };
-    let observation = ctx.store().observe_deposit(&deposit, Some(asset)).await?;
+    let rpc = ctx.config().chain_rpcs.get(&event.chain).cloned();
+    let rpc = rpc.ok_or_else(|| ApiError::Unprocessable {
+        code: "webhook_chain_unverifiable",
+        detail: "no node is configured to check this chain's reports".into(),
+    })?;
+    let chain_assets = catalog
+        .iter()
+        .filter(|a| a.chain == event.chain)
+        .cloned()
+        .collect();
+    Ok(Claim {
+        deposit,
+        rpc,
+        chain_assets,
+    })
+}
+
+/// Records the event as the chain tells it, or keeps it for review when the chain disagrees.
+async fn ingest(ctx: &ApiContext, provider: &str, claim: &Claim) -> ApiResult<WebhookResult> {
+    let key = claim.deposit.ledger_key();
+    let verdict = deposits::verify_reported(&claim.rpc, &claim.chain_assets, &claim.deposit).await;
+    let verdict = verdict.map_err(|error| {
+        tracing::warn!(chain = %claim.deposit.chain, %error, "webhook: the node could not be asked");
+        ApiError::RetryLater {
+            retry_after_seconds: 5,
+        }
+    })?;
+    let deposit = match verdict {
+        ChainVerdict::Proven(deposit) => deposit,
+        ChainVerdict::NotYetVisible => {
+            return Err(ApiError::RetryLater {
+                retry_after_seconds: 5,
+            })
+        }
+        ChainVerdict::Disagrees(reason) => {
+            ctx.store()
+                .keep_webhook_for_review(provider, &claim.deposit, reason)
+                .await?;
+            ctx.metrics()
+                .webhook_rejected
+                .with_label_values(&[&claim.deposit.chain, reason])
+                .inc();
+            tracing::warn!(provider, chain = %claim.deposit.chain, %key, reason,
+                "webhook event disagrees with the chain: nothing recorded, kept for review");
+            return Ok(WebhookResult {
+                key,
+                outcome: "rejected".into(),
+                reason: Some(reason.into()),
+            });
+        }
+    };
+    let catalog = ctx.assets().current();
+    let observation = ctx
+        .store()
+        .observe_deposit(&deposit, catalog.get(&deposit.asset))
+        .await?;
     let outcome = match observation {
         Observation::Recorded => "recorded",
         Observation::AlreadyKnown => "already_known",
         Observation::Unmatched => "unmatched",
     };
     Ok(WebhookResult {
-        key: deposit.ledger_key(),
+        key,
         outcome: outcome.to_string(),
+        reason: None,
     })
 }
 

@@ -85,9 +85,22 @@ pub struct ApiConfig {
     pub deposit_keys: Option<coffer_chain::hd::DepositKeys>,
     /// Webhook HMAC secrets by provider name (`COFFER_WEBHOOK_SECRET_<PROVIDER>`).
     pub webhook_secrets: std::collections::BTreeMap<String, SecretString>,
+    /// The node each chain's webhook reports are checked against before anything is recorded
+    /// (`COFFER_CHAIN_RPC_URLS`, `chain=url,…`); a chain without one records no webhook report.
+    pub chain_rpcs: std::collections::BTreeMap<String, coffer_chain::rpc::Rpc>,
     /// How long a newly registered device waits before it is trusted (unless a trusted device
     /// vouches for it). `COFFER_DEVICE_TRUST_DELAY_SECONDS`, default 24 h.
     pub device_trust_delay: Duration,
+    /// How far a device signature's timestamp may be from the server's clock, either way; its
+    /// nonce is remembered at least this long past it. `COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS`,
+    /// default 5 minutes.
+    pub device_signature_max_age: Duration,
+    /// How long a saved withdrawal address waits before withdrawals may go to it.
+    /// `COFFER_ADDRESS_COOLING_OFF_SECONDS`, default 24 h.
+    pub address_cooling_off: Duration,
+    /// The platform's own addresses (hot wallets), lower-case, that no user may save
+    /// (`COFFER_PLATFORM_ADDRESSES`, comma-separated).
+    pub platform_addresses: Vec<String>,
     /// A withdrawal needs a password login at most this long ago (refreshes keep the login
     /// time). `COFFER_WITHDRAWAL_REAUTH_SECONDS`, default 10 minutes.
     pub withdrawal_reauth_window: Duration,
@@ -112,7 +125,11 @@ impl ApiConfig {
             reconcile: Default::default(),
             deposit_keys: None,
             webhook_secrets: Default::default(),
+            chain_rpcs: Default::default(),
             device_trust_delay: Duration::from_secs(24 * 60 * 60),
+            device_signature_max_age: Duration::from_secs(5 * 60),
+            address_cooling_off: Duration::from_secs(24 * 60 * 60),
+            platform_addresses: Vec::new(),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,
         }

@@ -84,6 +84,18 @@ error_codes! {
     Forbidden => "forbidden",
     SelfApproval => "self_approval",
     DeviceNotTrusted => "device_not_trusted",
+    DeviceSignatureInvalid => "device_signature_invalid",
+    DeviceSignatureReplayed => "device_signature_replayed",
+    InvalidPublicKey => "invalid_public_key",
+    WebhookChainUnverifiable => "webhook_chain_unverifiable",
+    InvalidAddressChecksum => "invalid_address_checksum",
+    InvalidLabel => "invalid_label",
+    UnknownChain => "unknown_chain",
+    AddressAlreadySaved => "address_already_saved",
+    ForbiddenDestination => "forbidden_destination",
+    TooManyAddresses => "too_many_addresses",
+    DestinationNotSaved => "destination_not_saved",
+    DestinationCoolingOff => "destination_cooling_off",
     ReauthenticationRequired => "reauthentication_required",
     DailyLimitExceeded => "daily_limit_exceeded",
     TooManyDevices => "too_many_devices",
@@ -485,6 +497,9 @@ mod tests {
             Refusal::AboveMaximum,
             Refusal::DeviceNotTrusted,
             Refusal::ReauthenticationRequired,
+            Refusal::DestinationNotSaved,
+            Refusal::DestinationCoolingOff,
+            Refusal::ForbiddenDestination,
         ];
         for refusal in refusals {
             assert!(ErrorCode::parse(refusal.code()).is_some(), "{refusal:?}");

@@ -20,6 +20,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonWithBytes { value, .. } = JsonWithBytes::from_request(request, state).await?;
+        Ok(ValidJson(value))
+    }
+}
+
+/// [`ValidJson`] that keeps the body's bytes too (a device signature covers their digest).
+pub struct JsonWithBytes<T> {
+    pub value: T,
+    pub bytes: axum::body::Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonWithBytes<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let is_json = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -43,7 +58,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
                     ApiError::bad_request("invalid_body", "the request body could not be read")
                 }
             })?;
-        parse_json(&bytes).map(ValidJson)
+        let value = parse_json(&bytes)?;
+        Ok(JsonWithBytes { value, bytes })
     }
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod address_book;
 pub mod admin;
 pub mod auth;
 pub mod chain;
@@ -88,6 +89,9 @@ impl ApiContext {
         let hashing = limits::HashingSlots::new(config.rate_limits.password_hashing_concurrent_max);
         limits::spawn_pruner(&limiters);
         let metrics = metrics::HttpMetrics::new(&registry)?;
+        for chain in config.chain_rpcs.keys() {
+            metrics.init_chain(chain);
+        }
         let tokens = auth::TokenService::new(&config);
         let sessions = sessions::SessionCheck::new(config.session_check_interval);
         let stream_metrics = coffer_events::StreamMetrics::new(&registry)?;
@@ -210,7 +214,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Coffer API", version = "1.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
+    info(title = "Coffer API", version = "2.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"), (name = "devices"))
 )]
@@ -254,12 +258,15 @@ fn groups() -> Groups {
             .routes(routes!(stream::create_ticket))
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
-            .routes(routes!(devices::list_devices)),
+            .routes(routes!(devices::list_devices))
+            .routes(routes!(address_book::list_addresses)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(devices::register_device))
             .routes(routes!(devices::trust_device))
-            .routes(routes!(devices::revoke_device)),
+            .routes(routes!(devices::revoke_device))
+            .routes(routes!(address_book::save_address))
+            .routes(routes!(address_book::remove_address)),
         money: OpenApiRouter::new()
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))

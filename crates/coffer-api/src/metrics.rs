@@ -16,6 +16,7 @@ pub struct HttpMetrics {
     pub idempotent_replays: IntCounter,
     pub rate_limited: IntCounterVec,
     pub refused: IntCounterVec,
+    pub webhook_rejected: IntCounterVec,
 }
 
 /// The money routes whose refusals are counted, and the movement kind of each.
@@ -27,13 +28,17 @@ const MONEY_ROUTES: [(&str, &str); 3] = [
 
 /// The reasons of `coffer_movements_refused_total` (problem codes, plus `manual_review` for a
 /// withdrawal held for a reviewer instead of going straight to broadcast).
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 14] = [
     "insufficient_funds",
     "below_minimum",
     "above_maximum",
     "daily_limit_exceeded",
     "withdrawals_disabled",
     "device_not_trusted",
+    "device_signature_invalid",
+    "device_signature_replayed",
+    "destination_not_saved",
+    "destination_cooling_off",
     "reauthentication_required",
     "balance_limit_exceeded",
     "same_wallet",
@@ -77,7 +82,15 @@ impl HttpMetrics {
                 ),
                 &["limiter"],
             )?,
+            webhook_rejected: IntCounterVec::new(
+                Opts::new(
+                    "coffer_webhook_events_rejected_total",
+                    "Provider webhook events the chain does not back (credited nothing, kept for review), by chain and reason.",
+                ),
+                &["chain", "reason"],
+            )?,
         };
+        registry.register(Box::new(metrics.webhook_rejected.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.duration.clone()))?;
         registry.register(Box::new(metrics.idempotent_replays.clone()))?;
@@ -98,6 +111,13 @@ impl HttpMetrics {
 }
 
 impl HttpMetrics {
+    /// Creates the webhook series of `chain` at zero (a chain whose reports are checked).
+    pub fn init_chain(&self, chain: &str) {
+        for reason in coffer_chain::deposits::DISAGREEMENTS {
+            self.webhook_rejected.with_label_values(&[chain, reason]);
+        }
+    }
+
     /// Counts a refused (or review-held) movement; unknown reasons are not counted, so the label
     /// set stays bounded.
     pub fn refused(&self, kind: &str, reason: &str) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -17,9 +17,10 @@ use coffer_store::{StoreError, TransactionDoc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::devices::SignedRequest;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::roles::{PaymentService, Users};
-use crate::extract::{Authorized, Principal, ValidJson};
+use crate::extract::{Authorized, JsonWithBytes, Principal, ValidJson};
 use crate::idempotency::{idempotency_key, IdempotencyContext, MaybeReplay};
 use crate::views::TransactionView;
 use crate::ApiContext;
@@ -49,7 +50,8 @@ pub struct DepositRequest {
 pub struct WithdrawalRequest {
     pub wallet_id: String,
     pub amount: String,
-    /// The chain address to pay out to (EVM: 0x + 40 hex digits).
+    /// The chain address to pay out to (EVM: 0x + 40 hex digits, EIP-55 checksummed if mixed
+    /// case): one of the caller's saved addresses (`/v1/address-book`) past its cooling-off.
     pub destination_address: String,
 }
 
@@ -268,35 +270,43 @@ pub async fn create_deposit(
     .respond()
 }
 
-fn valid_evm_address(address: &str) -> bool {
-    address.len() == 42 && address.starts_with("0x") && address[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Request a withdrawal. Risk checks come first, before anything is held or signed: a trusted
-/// device (`X-Device-Id`), a password login within the re-authentication window, the asset's
+/// device's signature of this request (`X-Device-*`, its nonce spent once), a destination saved
+/// in the caller's address book past its cooling-off, a password login within the re-authentication window, the asset's
 /// switch, minimum and maximum, and the daily limit (charged atomically with the hold). The amount
 /// moves from available to held; the transaction waits in PendingBroadcast for the broadcaster, or
 /// in ManualReview when it is above the asset's review threshold.
 #[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = WithdrawalRequest,
     params(("Idempotency-Key" = String, Header, description = "Required"),
-           ("X-Device-Id" = String, Header, description = "A trusted device of the caller")),
+           ("X-Device-Id" = String, Header, description = "A trusted device of the caller"),
+           ("X-Device-Timestamp" = i64, Header, description = "Unix seconds of the signature (within COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS of the server's clock)"),
+           ("X-Device-Nonce" = String, Header, description = "16 to 64 of A-Z a-z 0-9 _ -, accepted once"),
+           ("X-Device-Signature" = String, Header, description = "Base64 Ed25519 signature by the device of method, path, device id, timestamp, nonce and the body's SHA-256 (docs/security.md)")),
     responses((status = 201, description = "held; state pending_broadcast or manual_review", body = TransactionView),
               (status = 401, description = "reauthentication_required: log in again", body = Problem),
-              (status = 403, description = "forbidden (not a user) or device_not_trusted", body = Problem),
+              (status = 400, description = "invalid_address, invalid_address_checksum", body = Problem),
+              (status = 403, description = "forbidden (not a user), device_not_trusted, device_signature_invalid, device_signature_replayed", body = Problem),
               (status = 404, description = "wallet_not_found", body = Problem),
-              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled", body = Problem)),
+              (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled, destination_not_saved, destination_cooling_off", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_withdrawal(
     State(ctx): State<ApiContext>,
     principal: Authorized<Users>,
     headers: HeaderMap,
+    method: Method,
+    uri: Uri,
     request: Option<IdempotencyContext>,
-    ValidJson(body): ValidJson<WithdrawalRequest>,
+    JsonWithBytes { value: body, bytes }: JsonWithBytes<WithdrawalRequest>,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
-    let device = crate::devices::trusted_device(&ctx, &principal, &headers).await?;
+    let signed = SignedRequest {
+        method: &method,
+        uri: &uri,
+        body: &bytes,
+    };
+    let proof = crate::devices::signed_by_trusted_device(&ctx, &principal, &headers, &signed).await?;
     let authority = WithdrawalAuthority {
-        device_trusted: device.is_some(),
+        device_trusted: proof.is_some(),
         seconds_since_login: Utc::now().timestamp() - principal.auth_time,
         reauthentication_window_seconds: ctx.config().withdrawal_reauth_window.as_secs() as i64,
     };
@@ -308,18 +318,26 @@ pub async fn create_withdrawal(
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
     let asset = asset_of(&ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
-    if !valid_evm_address(&body.destination_address) {
-        return Err(ApiError::invalid_field(
-            "invalid_address",
-            "destination_address",
-            "not a valid address",
-        ));
-    }
-    let destination = body.destination_address.to_lowercase();
+    let destination = crate::address_book::parse_address(&body.destination_address, "destination_address")?;
+    let saved = ctx
+        .store()
+        .saved_address(&principal.user_id, &asset.chain, &destination)
+        .await?;
+    plan::authorize_destination(saved.map(|s| s.usable_from), Utc::now())
+        .map_err(|r| refusal(r, "destination_address"))?;
     let movement = plan::plan_withdrawal(origin(&principal), &key, wallet, amount, &destination, &asset)
         .map_err(|r| refusal(r, "wallet_id"))?;
     let review = movement.state == coffer_domain::TxState::ManualReview;
     let wallet_id = wallet.id.clone();
+    // Last before the movement, so that a request refused above leaves no trace; a replayed
+    // signature stops here, on whichever replica it reaches.
+    let device = match &proof {
+        Some(proof) => {
+            proof.spend(&ctx).await?;
+            Some(proof.device_id.clone())
+        }
+        None => None,
+    };
     let applied = apply(&ctx, movement, request, |existing| match existing {
         Some(tx) if same(tx, &wallet_id, None, amount) => created(tx),
         _ => Err(key_reused()),

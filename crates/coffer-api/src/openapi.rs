@@ -208,7 +208,10 @@ fn examples() -> Vec<(&'static str, Value)> {
             "WithdrawalRequest",
             json!({ "wallet_id": wallet, "amount": "0.25", "destination_address": "0x52908400098527886E0F7030069857D2E4169EE7" }),
         ),
-        ("RegisterDeviceRequest", json!({ "name": "Alice's phone" })),
+        (
+            "RegisterDeviceRequest",
+            json!({ "name": "Alice's phone", "public_key": "2/z75CMFp8dzF5ZKLnmM1v2x8Ar4LHOg/VkL/MIPRxc=" }),
+        ),
         (
             "ChangePasswordRequest",
             json!({ "current_password": "correct horse battery staple", "new_password": "a longer passphrase of mine" }),
@@ -246,6 +249,27 @@ fn examples() -> Vec<(&'static str, Value)> {
             json!({ "items": [transaction_view.clone()], "next_cursor": null }),
         ),
         ("DeviceView", device),
+        (
+            "SaveAddressRequest",
+            json!({ "chain": "evm-local", "address": "0x52908400098527886E0F7030069857D2E4169EE7", "label": "Ledger Nano" }),
+        ),
+        (
+            "SavedAddressView",
+            json!({ "id": "0190f3a2-6c5d-7e2f-9a11-2b3c4d5e6f80", "chain": "evm-local",
+                "address": "0x52908400098527886E0F7030069857D2E4169EE7", "label": "Ledger Nano", "usable": false,
+                "usable_from": "2026-01-02T09:30:00Z", "created_at": "2026-01-01T09:30:00Z" }),
+        ),
+        (
+            "WebhookReviewView",
+            json!({ "fingerprint": "a7148f29981dfac4547bdeee2127479670f592daadda29bf2c091799c8342444",
+                "provider": "alchemy", "reason": "amount_mismatch",
+                "ledger_key": "chain:evm-local:0x9f1c0000000000000000000000000000000000000000000000000000000000aa:native",
+                "chain": "evm-local", "tx_hash": "0x9f1c0000000000000000000000000000000000000000000000000000000000aa",
+                "log_index": null, "to": "0x52908400098527886e0f7030069857d2e4169ee7", "asset": "ETH",
+                "amount_atomic": "125000000000000000000", "block_number": 1042,
+                "block_hash": "0x5e7a0000000000000000000000000000000000000000000000000000000000bb", "times_seen": 1,
+                "first_seen_at": "2026-01-01T09:30:00Z", "last_seen_at": "2026-01-01T09:30:00Z" }),
+        ),
         (
             "DepositAddressView",
             json!({ "wallet_id": wallet, "asset": "ETH", "chain": "evm-local", "address": "0x52908400098527886E0F7030069857D2E4169EE7" }),
@@ -942,7 +966,7 @@ mod tests {
             breaking_changes(&previous, &additive).is_empty(),
             "adding a field is not breaking"
         );
-        current["info"]["version"] = json!("2.0.0");
+        current["info"]["version"] = json!("99.0.0"); // a major above the document's
         assert!(breaking_changes(&previous, &current).is_empty());
     }
 }

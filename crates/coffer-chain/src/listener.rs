@@ -4,17 +4,15 @@
 //! One [`Listener::poll_once`] is one bounded step (at most `max_blocks_per_poll` blocks), so the
 //! loop and the tests drive the same code.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use alloy::consensus::Transaction as _;
-use alloy::network::TransactionResponse as _;
 use alloy::primitives::{Address, B256, U256};
 use alloy::rpc::types::Block;
 use coffer_domain::{Amount, AssetConfig, LiveCatalog};
 use coffer_store::chain::{BlockRef, ChainDepositDoc, DepositStatus, Observation, ObservedDeposit};
 use coffer_store::Store;
 
+use crate::deposits;
 use crate::metrics::ChainMetrics;
 use crate::rpc::Rpc;
 use crate::ChainError;
@@ -228,52 +226,31 @@ impl Listener {
             .collect()
     }
 
-    /// Records every transfer in `block` to a known deposit address.
+    /// Records every transfer in `block` to a known deposit address, decoded by the rules in
+    /// [`crate::deposits`] (the ones webhooks are checked with).
     async fn scan_block(&self, block: &Block, outcome: &mut PollOutcome) -> Result<(), ChainError> {
         let assets = self.chain_assets();
-        let mut candidates: Vec<(Address, String, U256, B256, Option<u64>)> = Vec::new();
-        if let Some(native) = assets.iter().find(|a| a.contract.is_none()) {
-            for tx in block.transactions.txns() {
-                if let (Some(to), value) = (tx.to(), tx.value()) {
-                    if !value.is_zero() {
-                        candidates.push((to, native.symbol.clone(), value, tx.tx_hash(), None));
-                    }
-                }
-            }
-        }
-        let tokens: HashMap<Address, String> = assets
-            .iter()
-            .filter_map(|a| Some((a.contract.as_deref()?.parse::<Address>().ok()?, a.symbol.clone())))
-            .collect();
-        let contracts: Vec<Address> = tokens.keys().copied().collect();
-        for transfer in self.rpc.token_transfers(block.header.number, &contracts).await? {
-            if let Some(symbol) = tokens.get(&transfer.contract) {
-                candidates.push((
-                    transfer.to,
-                    symbol.clone(),
-                    transfer.value,
-                    transfer.tx_hash,
-                    Some(transfer.log_index),
-                ));
-            }
-        }
-        let addresses: Vec<String> = candidates.iter().map(|c| format!("{:#x}", c.0)).collect();
+        let mut candidates = deposits::native_transfers(&assets, block.transactions.txns());
+        let contracts: Vec<Address> = deposits::token_contracts(&assets).into_keys().collect();
+        let logs = self.rpc.transfer_logs(block.header.number, &contracts).await?;
+        candidates.extend(deposits::token_transfers(&assets, &logs));
+        let addresses: Vec<String> = candidates.iter().map(|c| format!("{:#x}", c.to)).collect();
         let known = self.store.deposit_addresses_among(&addresses).await?;
-        for (to, asset, value, tx_hash, log_index) in candidates {
-            let address = format!("{to:#x}");
+        for transfer in candidates {
+            let address = format!("{:#x}", transfer.to);
             if !known.iter().any(|k| k.address == address) {
                 continue;
             }
-            if log_index.is_none() && !self.succeeded(tx_hash).await? {
+            if transfer.log_index.is_none() && !self.succeeded(transfer.tx_hash).await? {
                 continue;
             }
             let deposit = ObservedDeposit {
                 chain: self.config.chain.clone(),
-                tx_hash: hex_of(&tx_hash),
-                log_index,
+                tx_hash: hex_of(&transfer.tx_hash),
+                log_index: transfer.log_index,
                 address,
-                asset,
-                amount: to_amount(value),
+                asset: transfer.asset,
+                amount: to_amount(transfer.value),
                 block_number: block.header.number,
                 block_hash: hex_of(&block.header.hash),
                 source: "listener".into(),
@@ -284,7 +261,7 @@ impl Listener {
     }
 
     async fn succeeded(&self, tx_hash: B256) -> Result<bool, ChainError> {
-        Ok(self.rpc.receipt(tx_hash).await?.is_some_and(|r| r.status()))
+        Ok(deposits::native_counts(self.rpc.receipt(tx_hash).await?.as_ref()))
     }
 
     async fn observe(&self, deposit: &ObservedDeposit, outcome: &mut PollOutcome) -> Result<(), ChainError> {

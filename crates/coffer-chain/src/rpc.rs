@@ -25,16 +25,6 @@ pub struct Rpc {
     provider: RootProvider,
 }
 
-/// A decoded ERC-20 transfer.
-#[derive(Debug, Clone)]
-pub struct TokenTransfer {
-    pub contract: Address,
-    pub to: Address,
-    pub value: U256,
-    pub tx_hash: B256,
-    pub log_index: u64,
-}
-
 async fn bounded<T, E: std::error::Error + 'static>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, E>>,
@@ -111,12 +101,9 @@ impl Rpc {
         Ok(block.map(|b| b.header.timestamp))
     }
 
-    /// ERC-20 `Transfer` logs of `contracts` in block `number`.
-    pub async fn token_transfers(
-        &self,
-        number: u64,
-        contracts: &[Address],
-    ) -> Result<Vec<TokenTransfer>, ChainError> {
+    /// ERC-20 `Transfer` logs of `contracts` in block `number` (decoded by
+    /// [`crate::deposits::token_transfers`]).
+    pub async fn transfer_logs(&self, number: u64, contracts: &[Address]) -> Result<Vec<Log>, ChainError> {
         if contracts.is_empty() {
             return Ok(Vec::new());
         }
@@ -125,8 +112,7 @@ impl Rpc {
             .to_block(number)
             .address(contracts.to_vec())
             .event_signature(Transfer::SIGNATURE_HASH);
-        let logs = bounded("eth_getLogs", self.provider.get_logs(&filter)).await?;
-        Ok(logs.iter().filter_map(decode_transfer).collect())
+        bounded("eth_getLogs", self.provider.get_logs(&filter)).await
     }
 
     pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
@@ -170,15 +156,4 @@ impl Rpc {
         let pending = bounded("eth_sendRawTransaction", self.provider.send_raw_transaction(raw)).await?;
         Ok(*pending.tx_hash())
     }
-}
-
-fn decode_transfer(log: &Log) -> Option<TokenTransfer> {
-    let decoded = Transfer::decode_log(&log.inner).ok()?;
-    Some(TokenTransfer {
-        contract: log.inner.address,
-        to: decoded.data.to,
-        value: decoded.data.value,
-        tx_hash: log.transaction_hash?,
-        log_index: log.log_index?,
-    })
 }

@@ -37,6 +37,12 @@ pub enum Refusal {
     DeviceNotTrusted,
     #[error("this request needs a recent password login")]
     ReauthenticationRequired,
+    #[error("the destination is not in your address book; save it first")]
+    DestinationNotSaved,
+    #[error("the destination was saved recently and is still in its cooling-off period")]
+    DestinationCoolingOff,
+    #[error("the zero address, the platform's own addresses and token contracts cannot be saved")]
+    ForbiddenDestination,
 }
 
 impl Refusal {
@@ -52,6 +58,9 @@ impl Refusal {
             Refusal::AboveMaximum => "above_maximum",
             Refusal::DeviceNotTrusted => "device_not_trusted",
             Refusal::ReauthenticationRequired => "reauthentication_required",
+            Refusal::DestinationNotSaved => "destination_not_saved",
+            Refusal::DestinationCoolingOff => "destination_cooling_off",
+            Refusal::ForbiddenDestination => "forbidden_destination",
         }
     }
 }
@@ -260,6 +269,29 @@ pub fn plan_withdrawal(
     Ok(movement)
 }
 
+/// Whether an address may be saved for withdrawals: not the zero address, nor one of the
+/// platform's own (`platform`: hot wallets, deposit addresses, token contracts; lower-case).
+pub fn allow_saved_address(address: &str, platform: &[String]) -> Result<(), Refusal> {
+    let zero = address.trim_start_matches("0x").bytes().all(|b| b == b'0');
+    if zero || platform.iter().any(|p| p.eq_ignore_ascii_case(address)) {
+        return Err(Refusal::ForbiddenDestination);
+    }
+    Ok(())
+}
+
+/// Whether a withdrawal may go to `destination`: saved in the user's address book, and its
+/// cooling-off (`usable_from`) over at `now`.
+pub fn authorize_destination(
+    usable_from: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Refusal> {
+    match usable_from {
+        None => Err(Refusal::DestinationNotSaved),
+        Some(from) if from > now => Err(Refusal::DestinationCoolingOff),
+        Some(_) => Ok(()),
+    }
+}
+
 /// A deposit the chain listener or a provider saw on chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainDeposit {
@@ -285,6 +317,24 @@ impl ChainDeposit {
             .log_index
             .map_or_else(|| "native".to_string(), |i| i.to_string());
         format!("chain:{}:{}:{}", self.chain, self.tx_hash, index)
+    }
+
+    /// Where this report differs from `proven`, the same event as the chain tells it: the first
+    /// differing field's label, `None` when they agree. Only an agreeing report may be credited.
+    pub fn disagreement(&self, proven: &ChainDeposit) -> Option<&'static str> {
+        if self.ledger_key() != proven.ledger_key() || self.asset != proven.asset {
+            return Some("no_such_transfer");
+        }
+        if (self.block_number, &self.block_hash) != (proven.block_number, &proven.block_hash) {
+            return Some("block_mismatch");
+        }
+        if !self.address.eq_ignore_ascii_case(&proven.address) {
+            return Some("recipient_mismatch");
+        }
+        if self.amount != proven.amount {
+            return Some("amount_mismatch");
+        }
+        None
     }
 }
 

@@ -23,6 +23,7 @@ pub mod collections {
     pub const COUNTERS: &str = "counters";
     pub const CHAIN_DEPOSITS: &str = "chain_deposits";
     pub const CHAIN_CURSORS: &str = "chain_cursors";
+    pub const WEBHOOK_REVIEWS: &str = "webhook_reviews";
 }
 use collections::*;
 
@@ -91,6 +92,34 @@ pub struct ChainDepositDoc {
     pub updated_at: crate::codec::Time,
 }
 
+/// A provider's report the chain does not back: credited nothing, kept for staff to review.
+/// The same report (provider and every claimed field) is kept once, however often it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookReviewDoc {
+    /// SHA-256 of the provider and the claim.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub provider: String,
+    /// Why the chain disagrees (`coffer_chain::deposits::DISAGREEMENTS`).
+    pub reason: String,
+    /// The ledger key the report would have credited under.
+    pub ledger_key: String,
+    pub chain: String,
+    pub tx_hash: String,
+    pub log_index: Option<i64>,
+    pub address: String,
+    pub asset: String,
+    /// As claimed, smallest units.
+    pub amount: Amount,
+    pub block_number: i64,
+    pub block_hash: String,
+    pub times_seen: i64,
+    #[serde(with = "crate::codec::time")]
+    pub first_seen_at: crate::codec::Time,
+    #[serde(with = "crate::codec::time")]
+    pub last_seen_at: crate::codec::Time,
+}
+
 /// A block the listener has processed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRef {
@@ -145,6 +174,7 @@ impl Store {
                 false,
                 "by_wallet",
             ),
+            (WEBHOOK_REVIEWS, doc! { "first_seen_at": -1 }, false, "by_time"),
         ];
         for (collection, keys, unique, name) in specs {
             let options = IndexOptions::builder()
@@ -320,6 +350,77 @@ impl Store {
             Err(e) if crate::is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Keeps a report the chain disagrees with for review (nothing is credited); a repeat of the
+    /// same report counts once more on its record. Answers whether the record is new.
+    pub async fn keep_webhook_for_review(
+        &self,
+        provider: &str,
+        claim: &ObservedDeposit,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        use sha2::{Digest, Sha256};
+        let fingerprint = format!(
+            "{provider}|{}|{}|{}|{}|{}|{}|{}",
+            claim.ledger_key(),
+            claim.address,
+            claim.asset,
+            claim.amount.atomic(),
+            claim.block_number,
+            claim.block_hash,
+            reason
+        );
+        let now = crate::codec::now();
+        let record = WebhookReviewDoc {
+            id: hex::encode(Sha256::digest(fingerprint.as_bytes())),
+            provider: provider.to_string(),
+            reason: reason.to_string(),
+            ledger_key: claim.ledger_key(),
+            chain: claim.chain.clone(),
+            tx_hash: claim.tx_hash.clone(),
+            log_index: claim.log_index.map(as_i64),
+            address: claim.address.clone(),
+            asset: claim.asset.clone(),
+            amount: claim.amount,
+            block_number: as_i64(claim.block_number),
+            block_hash: claim.block_hash.clone(),
+            times_seen: 1,
+            first_seen_at: now,
+            last_seen_at: now,
+        };
+        let mut insert = mongodb::bson::to_document(&record)?;
+        insert.remove("times_seen");
+        insert.remove("last_seen_at");
+        let result = self
+            .collection::<WebhookReviewDoc>(WEBHOOK_REVIEWS)
+            .update_one(
+                doc! { "_id": &record.id },
+                doc! {
+                    "$setOnInsert": insert,
+                    "$inc": { "times_seen": 1i64 },
+                    "$set": { "last_seen_at": DateTime::now() },
+                },
+            )
+            .upsert(true)
+            .await;
+        match result {
+            Ok(outcome) => Ok(outcome.upserted_id.is_some()),
+            // Two replicas kept the same report at once: the other insert won, ours counts nothing.
+            Err(e) if crate::is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Webhook reports kept for review, newest first, at most `limit` (1..=100).
+    pub async fn webhook_reviews(&self, limit: u32) -> Result<Vec<WebhookReviewDoc>, StoreError> {
+        let cursor = self
+            .collection::<WebhookReviewDoc>(WEBHOOK_REVIEWS)
+            .find(doc! {})
+            .sort(doc! { "first_seen_at": -1 })
+            .limit(i64::from(limit.clamp(1, 100)))
+            .await?;
+        Ok(cursor.try_collect().await?)
     }
 
     pub async fn chain_deposit(&self, key: &str) -> Result<Option<ChainDepositDoc>, StoreError> {

@@ -1,16 +1,19 @@
-//! Devices of a user (S3): a device is registered by the app, becomes trusted after a cooling-off
-//! period or at once when an already trusted device vouches for it, and can be revoked. Only a
-//! trusted device may request a withdrawal.
+//! Devices of a user (S3, S7): a device is registered by the app with its public key, becomes
+//! trusted after a cooling-off period or at once when an already trusted device vouches for it,
+//! and can be revoked. Only a trusted device's signature authorizes a withdrawal, and each of its
+//! nonces is accepted once.
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
 
-use crate::collections::DEVICES;
+use crate::collections::{DEVICES, DEVICE_NONCES};
 use crate::{new_id, Store, StoreError};
 
 /// The most devices a user may have registered (revoked ones included): a bound, not a policy.
 pub const DEVICES_PER_USER_MAX: u64 = 20;
+/// The unique index of `(device_id, nonce)`.
+pub const NONCE_INDEX: &str = "device_nonce_unique";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceDoc {
@@ -27,6 +30,10 @@ pub struct DeviceDoc {
     pub trusted_from: crate::codec::Time,
     /// `cooling_off`, or the id of the device that vouched for it.
     pub trusted_by: String,
+    /// The device's Ed25519 public key, base64 (32 bytes). Devices registered before keys were
+    /// required have none and can sign nothing: they must be registered again.
+    #[serde(default)]
+    pub public_key: Option<String>,
     #[serde(with = "crate::codec::time_opt", default)]
     pub revoked_at: Option<crate::codec::Time>,
 }
@@ -44,6 +51,7 @@ impl Store {
         &self,
         user_id: &str,
         name: &str,
+        public_key: &str,
         cooling_off: std::time::Duration,
     ) -> Result<DeviceDoc, StoreError> {
         let devices = self.collection::<DeviceDoc>(DEVICES);
@@ -59,6 +67,7 @@ impl Store {
             created_at: now,
             trusted_from: crate::codec::from_millis(now.timestamp_millis().saturating_add(cooling_off_ms)),
             trusted_by: "cooling_off".into(),
+            public_key: Some(public_key.to_string()),
             revoked_at: None,
         };
         devices.insert_one(&device).await?;
@@ -101,6 +110,32 @@ impl Store {
             Some(device) => Ok(device),
             None if self.device_of(user_id, id).await?.is_some() => Err(StoreError::StateConflict),
             None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Accepts `nonce` of device `id` once, across every API replica: `false` when it was
+    /// accepted before (a replay). Kept until `expires_at`, when no signature carrying it can be
+    /// fresh any more.
+    pub async fn consume_device_nonce(
+        &self,
+        device_id: &str,
+        nonce: &str,
+        expires_at: crate::codec::Time,
+    ) -> Result<bool, StoreError> {
+        let record = doc! {
+            "_id": new_id(),
+            "device_id": device_id,
+            "nonce": nonce,
+            "expires_at": DateTime::from_millis(expires_at.timestamp_millis()),
+        };
+        match self
+            .collection::<mongodb::bson::Document>(DEVICE_NONCES)
+            .insert_one(record)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if crate::is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

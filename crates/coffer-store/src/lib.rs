@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod address_book;
 pub mod adjustments;
 pub mod audit;
 pub mod audit_chain;
@@ -67,6 +68,8 @@ pub mod collections {
     pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
     pub const VELOCITY: &str = "withdrawal_velocity";
     pub const DEVICES: &str = "devices";
+    pub const DEVICE_NONCES: &str = "device_nonces";
+    pub const ADDRESS_BOOK: &str = "address_book";
     pub const CHAIN_NONCES: &str = "chain_nonces";
 }
 
@@ -370,6 +373,27 @@ impl Store {
                     .build(),
             ),
             (DEVICES, doc! { "user_id": 1, "_id": 1 }, named("by_user")),
+            // A device's nonce is accepted once, on every replica: the insert of a second copy
+            // fails on this index (devices::NONCE_INDEX); the TTL drops it once its signature is
+            // too old to be accepted anyway.
+            (
+                DEVICE_NONCES,
+                doc! { "device_id": 1, "nonce": 1 },
+                unique(devices::NONCE_INDEX),
+            ),
+            (
+                ADDRESS_BOOK,
+                doc! { "user_id": 1, "chain": 1, "address": 1 },
+                unique(address_book::ADDRESS_INDEX),
+            ),
+            (
+                DEVICE_NONCES,
+                doc! { "expires_at": 1 },
+                IndexOptions::builder()
+                    .name("expiry_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            ),
             (
                 TRANSACTIONS,
                 doc! { "kind": 1, "state": 1, "_id": 1 },

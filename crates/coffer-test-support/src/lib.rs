@@ -41,8 +41,14 @@ pub struct Options {
     pub deposit_xpub: Option<String>,
     /// Webhook secrets by provider.
     pub webhook_secrets: Vec<(String, String)>,
+    /// The node each chain's webhook reports are checked against.
+    pub chain_rpcs: Vec<(String, coffer_chain::rpc::Rpc)>,
     /// A new device's cooling-off period (default 0: trusted at once).
     pub device_trust_delay: std::time::Duration,
+    /// A saved withdrawal address's cooling-off period (default 0: usable at once).
+    pub address_cooling_off: std::time::Duration,
+    /// The platform's own addresses no user may save (lower-case).
+    pub platform_addresses: Vec<String>,
     /// How recent a password login a withdrawal needs (default: the product's 10 minutes).
     pub withdrawal_reauth_window: Option<std::time::Duration>,
     /// The header the client IP is read from (default: none, the TCP peer).
@@ -78,7 +84,10 @@ impl Default for Options {
             assets: None,
             deposit_xpub: None,
             webhook_secrets: Vec::new(),
+            chain_rpcs: Vec::new(),
             device_trust_delay: std::time::Duration::ZERO,
+            address_cooling_off: std::time::Duration::ZERO,
+            platform_addresses: Vec::new(),
             withdrawal_reauth_window: None,
             session_lifetime: None,
             session_check_interval: None,
@@ -99,7 +108,58 @@ pub struct TestApp {
     /// The live catalog the app reads (replace it to change an asset at run time).
     pub catalog: LiveCatalog,
     /// Each user's trusted device (see [`TestApp::trusted_device`]).
-    devices: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    devices: std::sync::Mutex<std::collections::HashMap<String, TestDevice>>,
+}
+
+/// A device the test registered: its id and its private key (which, as on a phone, only the
+/// client holds).
+#[derive(Clone)]
+pub struct TestDevice {
+    pub id: String,
+    pub key: ed25519_dalek::SigningKey,
+}
+
+impl TestDevice {
+    /// A fresh Ed25519 key.
+    pub fn new_key() -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+    }
+
+    /// Standard base64 of `key`'s public half, as `POST /v1/devices` takes it.
+    pub fn public_key_of(key: &ed25519_dalek::SigningKey) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
+    }
+
+    /// The device headers of a request signed now with a fresh nonce.
+    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> Vec<(String, String)> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        self.sign_at(method, path, body, chrono::Utc::now().timestamp(), &nonce)
+    }
+
+    /// The device headers of a request signed with `timestamp` and `nonce`.
+    pub fn sign_at(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timestamp: i64,
+        nonce: &str,
+    ) -> Vec<(String, String)> {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        let message = coffer_api::devices::signed_message(method, path, &self.id, timestamp, nonce, body);
+        let signature = self.key.sign(&message);
+        vec![
+            ("X-Device-Id".into(), self.id.clone()),
+            ("X-Device-Timestamp".into(), timestamp.to_string()),
+            ("X-Device-Nonce".into(), nonce.to_string()),
+            (
+                "X-Device-Signature".into(),
+                base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+            ),
+        ]
+    }
 }
 
 /// A registered user with a live session.
@@ -172,6 +232,8 @@ impl TestApp {
             .as_deref()
             .map(|xpub| coffer_chain::hd::DepositKeys::from_xpub(xpub).expect("xpub"));
         config.device_trust_delay = options.device_trust_delay;
+        config.address_cooling_off = options.address_cooling_off;
+        config.platform_addresses = options.platform_addresses.clone();
         if let Some(window) = options.withdrawal_reauth_window {
             config.withdrawal_reauth_window = window;
         }
@@ -186,6 +248,7 @@ impl TestApp {
                 .webhook_secrets
                 .insert(provider.clone(), secrecy::SecretString::from(secret.clone()));
         }
+        config.chain_rpcs = options.chain_rpcs.iter().cloned().collect();
         let live = LiveCatalog::new(catalog);
         let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let stream_hub = ctx.stream_hub().clone();
@@ -282,15 +345,11 @@ impl TestApp {
             .await
     }
 
-    /// A device of `user` registered through the API (trusted at once with the default
-    /// options), the same one on every call.
-    pub async fn trusted_device(&self, user: &TestUser) -> String {
-        if let Some(id) = self.devices.lock().unwrap().get(&user.id) {
-            return id.clone();
-        }
-        let reply = self
-            .post("/v1/devices", &user.access_token, json!({ "name": "test phone" }))
-            .await;
+    /// Registers a device of `user` with a fresh key; answers it and the API's view of it.
+    pub async fn register_device(&self, user: &TestUser, name: &str) -> (TestDevice, Value) {
+        let key = TestDevice::new_key();
+        let body = json!({ "name": name, "public_key": TestDevice::public_key_of(&key) });
+        let reply = self.post("/v1/devices", &user.access_token, body).await;
         assert_eq!(
             reply.status,
             StatusCode::CREATED,
@@ -298,18 +357,85 @@ impl TestApp {
             reply.body
         );
         let id = reply.body["id"].as_str().expect("device id").to_string();
-        self.devices.lock().unwrap().insert(user.id.clone(), id.clone());
-        id
+        (TestDevice { id, key }, reply.body)
     }
 
-    /// `POST /v1/withdrawals` from the user's trusted device, with a fresh Idempotency-Key.
+    /// A device of `user` registered through the API (trusted at once with the default
+    /// options), the same one on every call.
+    pub async fn trusted_test_device(&self, user: &TestUser) -> TestDevice {
+        if let Some(device) = self.devices.lock().unwrap().get(&user.id) {
+            return device.clone();
+        }
+        let (device, _) = self.register_device(user, "test phone").await;
+        self.devices
+            .lock()
+            .unwrap()
+            .insert(user.id.clone(), device.clone());
+        device
+    }
+
+    /// The id of [`TestApp::trusted_test_device`].
+    pub async fn trusted_device(&self, user: &TestUser) -> String {
+        self.trusted_test_device(user).await.id
+    }
+
+    /// `POST /v1/withdrawals` signed by the user's trusted device, with a fresh Idempotency-Key.
     pub async fn withdraw(&self, user: &TestUser, body: Value) -> Reply {
-        let device = self.trusted_device(user).await;
-        self.withdraw_from(user, Some(&device), &body).await
+        let device = self.trusted_test_device(user).await;
+        self.withdraw_signed(user, &device, &body).await
     }
 
-    /// `POST /v1/withdrawals` naming `device` in `X-Device-Id` (or no device), with a fresh
-    /// Idempotency-Key.
+    /// Saves `address` in the user's address book on the chain of `wallet_id`'s asset; answers
+    /// the reply (`address_already_saved` when it is saved already).
+    pub async fn save_address_for(&self, user: &TestUser, wallet_id: &str, address: &str) -> Reply {
+        let asset = self.wallet(user, wallet_id).await["asset"]
+            .as_str()
+            .expect("asset")
+            .to_string();
+        let chain = self.catalog.current().get(&asset).expect("asset").chain.clone();
+        let body = json!({ "chain": chain, "address": address, "label": "test destination" });
+        // Not asserted: a test of a refused destination sends one the book refuses too.
+        self.post("/v1/address-book", &user.access_token, body).await
+    }
+
+    /// `POST /v1/withdrawals` signed by `device`, with a fresh Idempotency-Key; the destination
+    /// is saved in the address book first.
+    pub async fn withdraw_signed(&self, user: &TestUser, device: &TestDevice, body: &Value) -> Reply {
+        let (wallet, destination) = (body["wallet_id"].as_str(), body["destination_address"].as_str());
+        if let (Some(wallet), Some(destination)) = (wallet, destination) {
+            // Only into the caller's own wallet's book (a test may name another user's wallet).
+            let path = format!("/v1/wallets/{wallet}");
+            if self.get(&path, &user.access_token).await.status == StatusCode::OK {
+                self.save_address_for(user, wallet, destination).await;
+            }
+        }
+        let key = uuid::Uuid::new_v4().to_string();
+        self.send_signed("POST", "/v1/withdrawals", user, &key, Some(body), device)
+            .await
+    }
+
+    /// A request signed by `device` (method, path, body as sent) with `Idempotency-Key` `key`.
+    pub async fn send_signed(
+        &self,
+        method: &str,
+        path: &str,
+        user: &TestUser,
+        key: &str,
+        body: Option<&Value>,
+        device: &TestDevice,
+    ) -> Reply {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let signed = device.sign(method, path, &bytes);
+        let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        self.send_with(method, path, Some(&user.access_token), Some(key), body, &headers)
+            .await
+    }
+
+    /// `POST /v1/withdrawals` naming `device` in `X-Device-Id` (or no device) and signed by
+    /// nothing, with a fresh Idempotency-Key: what a caller who knows a device's id but not its key
+    /// can send.
     pub async fn withdraw_from(&self, user: &TestUser, device: Option<&str>, body: &Value) -> Reply {
         let key = uuid::Uuid::new_v4().to_string();
         let headers: Vec<(&str, &str)> = device.map(|d| ("X-Device-Id", d)).into_iter().collect();

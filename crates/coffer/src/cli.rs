@@ -387,10 +387,25 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_DEVICE_TRUST_DELAY_SECONDS", default_value_t = 24 * 3600,
         value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
     pub device_trust_delay_seconds: u64,
+    /// Seconds a saved withdrawal address waits before withdrawals may go to it (0 to 30 days).
+    #[arg(long, env = "COFFER_ADDRESS_COOLING_OFF_SECONDS", default_value_t = 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(0..=30 * 24 * 3600))]
+    pub address_cooling_off_seconds: u64,
+    /// The platform's own addresses (hot wallets), comma-separated: no user may save them.
+    #[arg(long, env = "COFFER_PLATFORM_ADDRESSES", value_delimiter = ',')]
+    pub platform_addresses: Vec<String>,
+    /// How many seconds a device signature's timestamp may be off the server's clock (30 to 900).
+    #[arg(long, env = "COFFER_DEVICE_SIGNATURE_MAX_AGE_SECONDS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(30..=900))]
+    pub device_signature_max_age_seconds: u64,
     /// A withdrawal needs a password login at most this many seconds ago (60 to 86400).
     #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600,
         value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub withdrawal_reauth_seconds: u64,
+    /// The node of each chain that provider webhooks are checked against, `chain=url,…`
+    /// (http:// or https://). A webhook event of a chain without one records nothing (422).
+    #[arg(long, env = "COFFER_CHAIN_RPC_URLS", hide_env_values = true)]
+    pub chain_rpc_urls: Option<String>,
 }
 
 /// `coffer dev`: the API's settings, plus the chain side it runs beside it.
@@ -459,8 +474,32 @@ fn webhook_secrets() -> std::collections::BTreeMap<String, SecretString> {
         .collect()
 }
 
+/// `chain=url,…` into a client per chain; the URLs (which may carry a provider's key) are never
+/// repeated in an error.
+fn chain_rpcs(
+    text: Option<&str>,
+    roots: &coffer_tls::TlsRoots,
+) -> anyhow::Result<std::collections::BTreeMap<String, coffer_chain::rpc::Rpc>> {
+    let mut rpcs = std::collections::BTreeMap::new();
+    for entry in text
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.trim().is_empty())
+    {
+        let Some((chain, url)) = entry.trim().split_once('=') else {
+            bail!("COFFER_CHAIN_RPC_URLS: an entry is not chain=url");
+        };
+        let rpc = coffer_chain::rpc::Rpc::connect(url, roots)
+            .map_err(|e| anyhow::anyhow!("COFFER_CHAIN_RPC_URLS, chain {chain}: {e}"))?;
+        if rpcs.insert(chain.to_string(), rpc).is_some() {
+            bail!("COFFER_CHAIN_RPC_URLS: chain {chain} is named twice");
+        }
+    }
+    Ok(rpcs)
+}
+
 impl ApiArgs {
-    pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
+    pub fn api_config(&self, roots: &coffer_tls::TlsRoots) -> anyhow::Result<ApiConfig> {
         if self.jwt_secret.expose_secret().len() < 32 {
             bail!("COFFER_JWT_SECRET must be at least 32 bytes");
         }
@@ -488,8 +527,16 @@ impl ApiArgs {
         }
         config.device_trust_delay = Duration::from_secs(self.device_trust_delay_seconds);
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
+        config.device_signature_max_age = Duration::from_secs(self.device_signature_max_age_seconds);
+        config.address_cooling_off = Duration::from_secs(self.address_cooling_off_seconds);
+        for address in self.platform_addresses.iter().filter(|a| !a.trim().is_empty()) {
+            let address = coffer_api::address_book::parse_address(address.trim(), "address")
+                .map_err(|_| anyhow::anyhow!("COFFER_PLATFORM_ADDRESSES: {address} is not an address"))?;
+            config.platform_addresses.push(address);
+        }
         config.webhook_secrets = webhook_secrets();
         config.metrics_on_api_port = self.metrics_listen.is_none();
+        config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;
         for (provider, secret) in &config.webhook_secrets {
             if secret.expose_secret().len() < 16 {
                 bail!("the webhook secret of {provider} must be at least 16 bytes");

@@ -137,9 +137,18 @@ struct DevChain {
 
 async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> anyhow::Result<()> {
     let role = if dev.is_some() { "dev" } else { "api" };
-    let config = args.api_config()?;
+    let mut config = args.api_config(roots)?;
     let registry = prometheus::Registry::new();
     let catalog = assets::live_catalog(&args.assets, &registry).await?;
+    if let Some(url) = dev.as_ref().and_then(|d| d.eth_rpc_url.as_deref()) {
+        // Dev checks webhooks against the node its listeners follow, unless told otherwise.
+        for asset in catalog.current().iter() {
+            if !config.chain_rpcs.contains_key(&asset.chain) {
+                let rpc = coffer_chain::rpc::Rpc::connect(url, roots)?;
+                config.chain_rpcs.insert(asset.chain.clone(), rpc);
+            }
+        }
+    }
     let store = connect(&args.db, &registry).await?;
     for asset in catalog.current().iter() {
         store

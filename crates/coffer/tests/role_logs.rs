@@ -221,7 +221,9 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
             ("COFFER_JWT_SECRET", jwt_secret.clone()),
             ("COFFER_DEPOSIT_XPUB", xpub),
             ("COFFER_WEBHOOK_SECRET_ACME", webhook_secret.clone()),
+            ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", anvil.url)),
             ("COFFER_DEVICE_TRUST_DELAY_SECONDS", "0".into()),
+            ("COFFER_ADDRESS_COOLING_OFF_SECONDS", "0".into()),
         ],
     )];
     let publisher_port = free_port();
@@ -372,16 +374,34 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         .await
         .unwrap();
     assert_eq!(webhook.status(), StatusCode::OK);
+    let outcome: Value = webhook.json().await.unwrap();
+    assert_eq!(
+        outcome[0]["outcome"], "recorded",
+        "checked against the chain: {outcome}"
+    );
 
-    // a withdrawal from a trusted device, signed with the key file and followed to Confirmed
-    let (_, device) = post("/v1/devices", Some(&token), &[], json!({ "name": "phone" })).await;
-    let device = device["id"].as_str().unwrap().to_string();
+    // a withdrawal signed by a trusted device's key, signed for the chain with the key file and
+    // followed to Confirmed
+    let device_key = coffer_test_support::TestDevice::new_key();
+    let public_key = coffer_test_support::TestDevice::public_key_of(&device_key);
+    let registration = json!({ "name": "phone", "public_key": public_key });
+    let (_, device) = post("/v1/devices", Some(&token), &[], registration).await;
+    let device = coffer_test_support::TestDevice {
+        id: device["id"].as_str().unwrap().to_string(),
+        key: device_key,
+    };
     let destination = format!("0x{}", "ab".repeat(20));
+    let saved = json!({ "chain": "anvil", "address": destination, "label": "cold wallet" });
+    let (status, _) = post("/v1/address-book", Some(&token), &[], saved).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let request = json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination });
+    let signed = device.sign("POST", "/v1/withdrawals", &serde_json::to_vec(&request).unwrap());
+    let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let (status, withdrawal) = post(
         "/v1/withdrawals",
         login["access_token"].as_str(),
-        &[("X-Device-Id", &device)],
-        json!({ "wallet_id": wallet, "amount": "1", "destination_address": destination }),
+        &headers,
+        request,
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{withdrawal}");

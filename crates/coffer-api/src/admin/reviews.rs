@@ -5,9 +5,10 @@ use axum::http::HeaderMap;
 use axum::Json;
 use coffer_store::audit_chain::actions;
 use coffer_store::support::ReviewDecision;
-use serde::Deserialize;
+use coffer_store::Role;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,7 +21,9 @@ use crate::ApiContext;
 
 /// This feature's read routes.
 pub fn reads() -> OpenApiRouter<ApiContext> {
-    OpenApiRouter::new().routes(routes!(list_reviews))
+    OpenApiRouter::new()
+        .routes(routes!(list_reviews))
+        .routes(routes!(list_webhook_reviews))
 }
 
 /// This feature's mutating routes (served behind the Idempotency-Key middleware).
@@ -53,6 +56,67 @@ pub async fn list_reviews(
         .transactions_in_state(coffer_domain::TxState::ManualReview, limit)
         .await?;
     Ok(Json(items.iter().map(TransactionView::from_doc).collect()))
+}
+
+/// A provider webhook event the chain did not back: nothing was recorded or credited.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookReviewView {
+    /// SHA-256 of the provider and the claim: the same report is kept once.
+    pub fingerprint: String,
+    pub provider: String,
+    /// Why the chain disagrees: transaction_not_found, transaction_failed, block_mismatch,
+    /// not_canonical, no_such_transfer, recipient_mismatch, amount_mismatch.
+    pub reason: String,
+    /// The ledger key the event would have been recorded under.
+    pub ledger_key: String,
+    pub chain: String,
+    pub tx_hash: String,
+    pub log_index: Option<i64>,
+    /// The claimed recipient.
+    pub to: String,
+    pub asset: String,
+    /// The claimed amount, smallest units (decimal string).
+    pub amount_atomic: String,
+    pub block_number: i64,
+    pub block_hash: String,
+    /// How often the provider sent this same event.
+    pub times_seen: i64,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
+/// Webhook events kept for review because the chain disagrees with them, newest first
+/// (support, admin).
+#[utoipa::path(get, path = "/v1/admin/webhook-reviews", tag = "admin", params(LimitQuery),
+    responses((status = 200, body = Vec<WebhookReviewView>), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn list_webhook_reviews(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    ValidQuery(query): ValidQuery<LimitQuery>,
+) -> ApiResult<Json<Vec<WebhookReviewView>>> {
+    principal.require(&[Role::Support, Role::Admin])?;
+    let items = ctx
+        .store()
+        .webhook_reviews(PageLimit::or(query.limit, 50))
+        .await?;
+    let view = |r: &coffer_store::chain::WebhookReviewDoc| WebhookReviewView {
+        fingerprint: r.id.clone(),
+        provider: r.provider.clone(),
+        reason: r.reason.clone(),
+        ledger_key: r.ledger_key.clone(),
+        chain: r.chain.clone(),
+        tx_hash: r.tx_hash.clone(),
+        log_index: r.log_index,
+        to: r.address.clone(),
+        asset: r.asset.clone(),
+        amount_atomic: r.amount.atomic().to_string(),
+        block_number: r.block_number,
+        block_hash: r.block_hash.clone(),
+        times_seen: r.times_seen,
+        first_seen_at: crate::views::time(&r.first_seen_at),
+        last_seen_at: crate::views::time(&r.last_seen_at),
+    };
+    Ok(Json(items.iter().map(view).collect()))
 }
 
 async fn decide(
