@@ -194,20 +194,26 @@ async fn a_withdrawal_refused_for_reauthentication_succeeds_with_the_same_key_af
     let alice = app.register().await;
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, "1").await;
-    let device = app.trusted_device(&alice).await;
-    let body = json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": format!("0x{}", "ab".repeat(20)) });
+    let device = app.trusted_test_device(&alice).await;
+    let destination = format!("0x{}", "ab".repeat(20));
+    app.save_address_for(&alice, &wallet, &destination).await;
+    let body = json!({ "wallet_id": wallet, "amount": "0.5", "destination_address": destination });
     let key = uuid::Uuid::new_v4().to_string();
     let withdraw = |token: String| {
         let (key, body, device) = (key.clone(), body.clone(), device.clone());
         let app = &app;
         async move {
+            // Each attempt is signed anew (its own nonce): the retry is the same intent, resent.
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let signed = device.sign("POST", "/v1/withdrawals", &bytes);
+            let headers: Vec<(&str, &str)> = signed.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             app.send_with(
                 "POST",
                 "/v1/withdrawals",
                 Some(&token),
                 Some(&key),
                 Some(&body),
-                &[("X-Device-Id", &device)],
+                &headers,
             )
             .await
         }
@@ -277,29 +283,12 @@ async fn a_trust_refused_for_an_untrusted_voucher_succeeds_with_the_same_key_onc
     };
     let app = TestApp::spawn_with(options).await;
     let alice = app.register().await;
-    let register = |name: &'static str| app.post("/v1/devices", &alice.access_token, json!({ "name": name }));
-    let voucher = register("old phone").await.body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (voucher, _) = app.register_device(&alice, "old phone").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let new = register("new phone").await.body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (new, _) = app.register_device(&alice, "new phone").await;
     let key = uuid::Uuid::new_v4().to_string();
-    let path = format!("/v1/devices/{new}/trust");
-    let headers = [("X-Device-Id", voucher.as_str())];
-    let trust = || {
-        app.send_with(
-            "POST",
-            &path,
-            Some(&alice.access_token),
-            Some(&key),
-            None,
-            &headers,
-        )
-    };
+    let path = format!("/v1/devices/{}/trust", new.id);
+    let trust = || app.send_signed("POST", &path, &alice, &key, None, &voucher);
     let refused = trust().await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
     assert_eq!(refused.code(), "device_not_trusted");
