@@ -81,6 +81,13 @@ pub struct Claim {
 }
 
 impl Claim {
+    fn push(&mut self, row: OutboxDoc, retried: bool) {
+        self.rows.push(row);
+        self.retried.push(retried);
+        self.outcomes.push(Outcome::Pending);
+        self.errors.push(None);
+    }
+
     pub fn rows(&self) -> &[OutboxDoc] {
         &self.rows
     }
@@ -219,12 +226,12 @@ impl Relay {
     pub async fn claim(&self) -> Result<Option<Claim>, EventsError> {
         self.renew_if_due().await?;
         let held = self.held();
-        let (sweep, due, sent) = {
+        let (idle, sent) = {
             let leases = self.leases.lock().expect("leases lock");
-            (leases.in_flight == 0, leases.in_flight, leases.sent.clone())
+            (leases.in_flight == 0, leases.sent.clone())
         };
         // Retries are read only between pipelined rounds, so none is read twice while in flight.
-        let (sweep, due) = if sweep && due == 0 {
+        let (sweep, due) = if idle {
             self.retry_partitions(&held)
         } else {
             (false, Vec::new())
@@ -240,17 +247,16 @@ impl Relay {
         } else {
             self.store.outbox_heads().await?
         };
-        for (partition, through) in &held {
-            let through = &sent.get(partition).copied().unwrap_or(*through).max(*through);
+        for (partition, stored) in &held {
+            // After what was sent, which may be ahead of what was settled.
+            let after = sent.get(partition).map_or(*stored, |s| (*s).max(*stored));
             if sweep || due.contains(partition) {
                 for row in self.store.outbox_due(*partition, self.config.batch_size).await? {
                     claim.push(row, true);
                 }
             }
-            if heads.get(partition).is_some_and(|head| head > through) {
-                let rows = self
-                    .store
-                    .outbox_after(*partition, *through, self.config.batch_size);
+            if heads.get(partition).is_some_and(|head| *head > after) {
+                let rows = self.store.outbox_after(*partition, after, self.config.batch_size);
                 for row in rows.await? {
                     claim.push(row, false);
                 }
@@ -494,15 +500,6 @@ impl Relay {
         self.store.outbox_release(&self.config.owner).await?;
         *self.leases.lock().expect("leases lock") = Leases::default();
         Ok(())
-    }
-}
-
-impl Claim {
-    fn push(&mut self, row: OutboxDoc, retried: bool) {
-        self.rows.push(row);
-        self.retried.push(retried);
-        self.outcomes.push(Outcome::Pending);
-        self.errors.push(None);
     }
 }
 

@@ -33,6 +33,16 @@ pub fn partition_of(subject: &str) -> i32 {
     (hash % PARTITIONS as u32) as i32
 }
 
+/// The start of time as stored: an expired lease, and the lower bound that selects set times.
+fn epoch() -> mongodb::bson::DateTime {
+    codec::bson_time(&codec::from_millis(0))
+}
+
+/// The update that gives a partition back: no owner, a lease that has run out.
+fn released() -> Document {
+    doc! { "$set": { "owner": null, "lease_until": epoch() } }
+}
+
 /// One partition as its publisher sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionDoc {
@@ -58,7 +68,6 @@ struct SequenceDoc {
 
 /// Creates the per-partition documents the writers and the publishers need (idempotent).
 pub(crate) async fn initialise(db: &Database) -> Result<(), StoreError> {
-    let epoch = codec::bson_time(&codec::from_millis(0));
     for partition in 0..PARTITIONS {
         let filter = doc! { "_id": partition };
         let sequence = doc! { "$setOnInsert": { "next": 0_i64 } };
@@ -66,7 +75,7 @@ pub(crate) async fn initialise(db: &Database) -> Result<(), StoreError> {
             .update_one(filter.clone(), sequence)
             .upsert(true)
             .await?;
-        let cursor = doc! { "$setOnInsert": { "owner": null, "lease_until": epoch, "through": 0_i64 } };
+        let cursor = doc! { "$setOnInsert": { "owner": null, "lease_until": epoch(), "through": 0_i64 } };
         db.collection::<Document>(OUTBOX_PARTITIONS)
             .update_one(filter, cursor)
             .upsert(true)
@@ -163,10 +172,8 @@ impl Store {
             .collect();
         let (kept, extra) = mine.split_at(mine.len().min(share));
         if !extra.is_empty() {
-            let epoch = codec::bson_time(&codec::from_millis(0));
-            let release = doc! { "$set": { "owner": null, "lease_until": epoch } };
             partitions
-                .update_many(doc! { "_id": { "$in": extra }, "owner": owner }, release)
+                .update_many(doc! { "_id": { "$in": extra }, "owner": owner }, released())
                 .await?;
         }
         let set = doc! { "$set": { "owner": owner, "lease_until": until_b } };
@@ -207,11 +214,9 @@ impl Store {
 
     /// Gives back every partition `owner` holds and forgets it as a replica (clean shutdown).
     pub async fn outbox_release(&self, owner: &str) -> Result<(), StoreError> {
-        let epoch = codec::bson_time(&codec::from_millis(0));
-        let release = doc! { "$set": { "owner": null, "lease_until": epoch } };
         self.db
             .collection::<Document>(OUTBOX_PARTITIONS)
-            .update_many(doc! { "owner": owner }, release)
+            .update_many(doc! { "owner": owner }, released())
             .await?;
         self.db
             .collection::<Document>(OUTBOX_REPLICAS)
@@ -313,13 +318,12 @@ impl Store {
         let heads = self.outbox_heads().await?;
         let cursors = self.outbox_cursors().await?;
         let mut backlog = Backlog::default();
-        let epoch = codec::bson_time(&codec::from_millis(0));
         for p in partitions {
             let (head, through) = (heads.get(p).copied(), cursors.get(p).map(|c| c.through));
             backlog.unpublished += (head.unwrap_or(0) - through.unwrap_or(0)).max(0);
             backlog.retrying += self
                 .collection::<Document>(OUTBOX)
-                .count_documents(doc! { "partition": p, "retry_at": { "$gte": epoch } })
+                .count_documents(doc! { "partition": p, "retry_at": { "$gte": epoch() } })
                 .await? as i64;
         }
         Ok(backlog)
@@ -328,9 +332,15 @@ impl Store {
     /// The oldest row that is neither published nor dead-lettered, if any.
     pub async fn outbox_oldest_pending(&self) -> Result<Option<OutboxDoc>, StoreError> {
         let cursors = self.outbox_cursors().await?;
+        let heads = self.outbox_heads().await?;
         let mut oldest: Option<OutboxDoc> = None;
         for (p, cursor) in &cursors {
-            let next = self.outbox_after(*p, cursor.through, 1).await?;
+            // A partition whose cursor reached its head has no unpublished row to read.
+            let next = if heads.get(p).is_some_and(|head| *head > cursor.through) {
+                self.outbox_after(*p, cursor.through, 1).await?
+            } else {
+                Vec::new()
+            };
             let due = self.outbox_retrying(*p).await?;
             for row in next.into_iter().chain(due) {
                 if oldest.as_ref().is_none_or(|o| row.created_at < o.created_at) {
@@ -342,10 +352,9 @@ impl Store {
     }
 
     async fn outbox_retrying(&self, partition: i32) -> Result<Option<OutboxDoc>, StoreError> {
-        let epoch = codec::bson_time(&codec::from_millis(0));
         let row = self
             .collection::<OutboxDoc>(OUTBOX)
-            .find_one(doc! { "partition": partition, "retry_at": { "$gte": epoch } })
+            .find_one(doc! { "partition": partition, "retry_at": { "$gte": epoch() } })
             .sort(doc! { "partition": 1, "retry_at": 1 })
             .await?;
         Ok(row)
@@ -363,7 +372,7 @@ impl Store {
     pub async fn outbox_dead_letters(&self, limit: u32) -> Result<Vec<OutboxDoc>, StoreError> {
         let rows = self
             .collection::<OutboxDoc>(OUTBOX)
-            .find(doc! { "dead_lettered_at": { "$gte": codec::bson_time(&codec::from_millis(0)) } })
+            .find(doc! { "dead_lettered_at": { "$gte": epoch() } })
             .sort(doc! { "dead_lettered_at": -1 })
             .limit(i64::from(limit.clamp(1, 1000)))
             .await?
@@ -374,8 +383,7 @@ impl Store {
 
     /// How many rows are dead-lettered.
     pub async fn outbox_dead_letter_count(&self) -> Result<u64, StoreError> {
-        let epoch = codec::bson_time(&codec::from_millis(0));
-        let filter = doc! { "dead_lettered_at": { "$gte": epoch } };
+        let filter = doc! { "dead_lettered_at": { "$gte": epoch() } };
         Ok(self
             .collection::<Document>(OUTBOX)
             .count_documents(filter)
