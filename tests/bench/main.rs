@@ -177,6 +177,24 @@ async fn transfer_pairs(app: &TestApp, clients: usize, hot: bool) -> Vec<(TestUs
     pairs
 }
 
+/// One `POST /v1/transfers` as a mobile client sends it, without the test client's contract check
+/// (the API tests check every answer against the OpenAPI document; here it would cost the measured
+/// process CPU the API does not spend).
+async fn post_transfer(app: &TestApp, token: &str, body: &serde_json::Value) -> (u16, String) {
+    let reply = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = reply.status().as_u16();
+    let bytes = reply.bytes().await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// What a run of transfers got back.
 #[derive(Default)]
 struct Answers {
@@ -201,12 +219,12 @@ async fn send_transfers(
                 sent += 1;
                 let t = Instant::now();
                 let body = json!({ "from_wallet_id": from, "to_wallet_id": to, "amount": "1" });
-                let reply = app.post("/v1/transfers", &user.access_token, body).await;
-                match reply.status.as_u16() {
+                let (status, reply) = post_transfer(app, &user.access_token, &body).await;
+                match status {
                     201 => answers.latencies.push(t.elapsed()),
                     503 => answers.retry_later += 1,
                     _ => {
-                        eprintln!("unexpected answer {}: {}", reply.status, reply.body);
+                        eprintln!("unexpected answer {status}: {reply}");
                         answers.other += 1;
                     }
                 }
@@ -226,9 +244,16 @@ async fn send_transfers(
 /// `total` transfers through the API from `clients` concurrent clients.
 async fn api_transfers(app: &TestApp, clients: usize, total: usize, hot: bool) -> Figures {
     let pairs = transfer_pairs(app, clients, hot).await;
+    api_transfers_with(app, &pairs, total).await
+}
+
+/// `total` transfers through the API, one client per pair.
+async fn api_transfers_with(app: &TestApp, pairs: &[(TestUser, String, String)], total: usize) -> Figures {
+    let clients = pairs.len();
+    let hot = clients > 1 && pairs.iter().all(|(_, from, _)| from == &pairs[0].1);
     let per_client = total.div_ceil(clients);
     let started = Instant::now();
-    let answers = send_transfers(app, &pairs, |sent, _| sent >= per_client).await;
+    let answers = send_transfers(app, pairs, |sent, _| sent >= per_client).await;
     let elapsed = started.elapsed();
     assert_eq!(
         answers.other, 0,
@@ -481,6 +506,12 @@ async fn main() {
         let seconds = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(120);
         return sustained(seconds).await;
     }
+    if args.first().is_some_and(|a| a == "profile") {
+        let clients = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(16);
+        let total = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1600);
+        let hot = args.get(3).is_some_and(|a| a == "hot");
+        return profile(clients, total, hot).await;
+    }
     if args.first().is_some_and(|a| a == "growth") {
         return growth().await;
     }
@@ -621,6 +652,45 @@ async fn sustained(seconds: u64) {
     print_batches(&app);
     verify(&app).await;
     assert_eq!(answers.retry_later + answers.other, 0, "no transfer turned away");
+}
+
+/// One API scenario alone, with what each transfer costs: server commands (the server's
+/// `opcounters`), this process's CPU (API, HTTP client) and the batch sizes. For `perf`.
+async fn profile(clients: usize, total: usize, hot: bool) {
+    let app = TestApp::spawn_with(Options::default()).await;
+    let pairs = transfer_pairs(&app, clients, hot).await;
+    let admin = app.store.database().client().clone();
+    let counters = || async {
+        let status = admin
+            .database("admin")
+            .run_command(doc! { "serverStatus": 1 })
+            .await
+            .expect("serverStatus");
+        let ops = status.get_document("opcounters").cloned().unwrap_or_default();
+        ops.iter()
+            .map(|(name, n)| {
+                (
+                    name.clone(),
+                    n.as_i64().or(n.as_i32().map(i64::from)).unwrap_or(0),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = counters().await;
+    let cpu_before = process_cpu();
+    let figures = api_transfers_with(&app, &pairs, total).await;
+    let cpu = process_cpu() - cpu_before;
+    let after = counters().await;
+    figures.print(None);
+    let per = |n: i64| n as f64 / figures.count.max(1) as f64;
+    for ((name, a), (_, b)) in after.iter().zip(&before) {
+        println!("  server {name:<8} {:>6.2} per transfer", per(a - b));
+    }
+    println!(
+        "  this process's CPU: {:.2} ms per transfer",
+        cpu.as_secs_f64() * 1000.0 / figures.count.max(1) as f64
+    );
+    print_batches(&app);
 }
 
 /// The cost per transfer with 10,000, 100,000 and 1,000,000 ledger entries already stored.
