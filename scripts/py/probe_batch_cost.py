@@ -119,7 +119,9 @@ def main():
             ("as written today", {}),
             ("balances without secondary indexes", {"accounts": "balances"}),
         ]
-        variants.append(("outbox: indexes of retrying and dead-lettered rows partial", {"outbox": "outbox_partial"}))
+        variants.append(
+            ("outbox: indexes of retrying and dead-lettered rows partial", {"outbox": "outbox_partial"})
+        )
         variants.append(("both of the above", {"outbox": "outbox_partial", "accounts": "balances"}))
         variants.append(("two outbox rows per transfer", {"outbox_rows": 2}))
         # Rounds take turns between the variants: the server slows as its collections grow,
@@ -137,7 +139,10 @@ def main():
             print(
                 f"{label}: {per_batch:.1f} ms per batch of {BATCH} = {per_batch / BATCH:.2f} ms/transfer ({rate:.0f}/s)"
             )
-            print("   " + "  ".join(f"{name} {total / ROUNDS * 1000:.1f}" for name, total in steps[label].items()))
+            print(
+                "   "
+                + "  ".join(f"{name} {total / ROUNDS * 1000:.1f}" for name, total in steps[label].items())
+            )
     finally:
         client.drop_database(db.name)
 
