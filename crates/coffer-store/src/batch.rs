@@ -148,6 +148,8 @@ pub(crate) struct WriterParts {
     pub db: Database,
     pub config: BatchConfig,
     pub metrics: StoreMetrics,
+    /// This process's session lease: every session is covered before its transaction starts.
+    pub sessions: Arc<crate::process_sessions::SessionLease>,
 }
 
 impl Committer {
@@ -437,6 +439,7 @@ impl Writer {
             Some(session) => session,
             None => self.parts.client.start_session().await?,
         };
+        self.parts.sessions.cover(&session).await?;
         let result = self.attempt_in(&mut session, live).await;
         if !matches!(result, Err(Retry::Transient(_))) {
             self.session = Some(session); // a session whose commit is in doubt is not reused
@@ -465,6 +468,7 @@ impl Writer {
         if !written.wrote {
             let _ = session.abort_transaction().await; // everything was refused: nothing to keep
         } else {
+            coffer_telemetry::faults::point("ledger.before_commit");
             let commit_span = crate::telemetry::operation_span("commitTransaction", parts.db.name(), None);
             crate::money::commit(session).instrument(commit_span).await?;
             coffer_telemetry::faults::point("ledger.after_commit");

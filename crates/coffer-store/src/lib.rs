@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod outbox;
+pub mod process_sessions;
 pub mod queries;
 pub mod reconcile;
 pub mod support;
@@ -71,6 +72,8 @@ pub mod collections {
     pub const DEVICE_NONCES: &str = "device_nonces";
     pub const ADDRESS_BOOK: &str = "address_book";
     pub const CHAIN_NONCES: &str = "chain_nonces";
+    /// Per process: its session lease and the lsids it covers (process_sessions).
+    pub const PROCESS_SESSIONS: &str = "process_sessions";
 }
 
 #[derive(Debug, Error)]
@@ -175,6 +178,10 @@ pub struct StoreConfig {
     /// Tests only: a pause between consuming a refresh token and storing its successor, which
     /// widens the window a concurrent reuse races into (off by default).
     pub rotation_pause: Option<Duration>,
+    /// How long this process's database sessions outlive it if it dies inside a transaction
+    /// (renewed every quarter of it; others end them after it plus half of it): see
+    /// [`process_sessions`].
+    pub session_lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -188,6 +195,7 @@ impl Default for StoreConfig {
             query_log: None,
             command_spans: false,
             rotation_pause: None,
+            session_lease: Duration::from_secs(2),
         }
     }
 }
@@ -206,6 +214,8 @@ pub struct Store {
     /// Owners and assets of wallets seen (immutable facts; see [`Store::wallet_refs`]).
     pub(crate) wallet_refs:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, coffer_domain::WalletRef>>>,
+    /// This process's session lease (shared by the store's clones).
+    pub(crate) sessions: std::sync::Arc<process_sessions::SessionLease>,
     pub metrics: StoreMetrics,
 }
 
@@ -241,7 +251,13 @@ impl Store {
         let client = Client::with_options(options)?;
         let db = client.database(database);
         let locks = std::sync::Arc::new(locks::WalletLocks::new(config.lock_stripes));
+        let sessions = process_sessions::SessionLease::new(
+            db.clone(),
+            config.session_lease,
+            metrics.dead_sessions_ended.clone(),
+        );
         Ok(Store {
+            sessions,
             client,
             db,
             locks,
@@ -354,6 +370,7 @@ impl Store {
             ),
             (OUTBOX, doc! { "partition": 1, "retry_at": 1 }, named("retrying")),
             (OUTBOX_REPLICAS, doc! { "until": 1 }, named("live")),
+            (PROCESS_SESSIONS, doc! { "until": 1 }, named("by_until")),
             // The stream's history query: equality fields first, then the range and sort key (the
             // ESR rule; a planner that needs every filter field in the index, as SecantusDB's
             // does, uses it too).

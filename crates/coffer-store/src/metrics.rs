@@ -36,6 +36,8 @@ pub struct StoreMetrics {
     pub batch_movements: Histogram,
     /// Time from a batch's start to its commit (all attempts).
     pub batch_seconds: Histogram,
+    /// Session leases of dead processes this process ended (process_sessions).
+    pub dead_sessions_ended: IntCounter,
 }
 
 impl StoreMetrics {
@@ -44,6 +46,10 @@ impl StoreMetrics {
             transaction_retries: IntCounter::with_opts(Opts::new(
                 "coffer_ledger_transaction_retries_total",
                 "Database transactions of money movements retried after a transient error.",
+            ))?,
+            dead_sessions_ended: IntCounter::with_opts(Opts::new(
+                "coffer_store_dead_process_leases_ended_total",
+                "Session leases of processes that stopped renewing them, whose database sessions this process ended (their open transactions aborted).",
             ))?,
             transaction_give_ups: IntCounter::with_opts(Opts::new(
                 "coffer_ledger_transaction_give_ups_total",
@@ -79,6 +85,7 @@ impl StoreMetrics {
         registry.register(Box::new(metrics.batch_seconds.clone()))?;
         registry.register(Box::new(metrics.transaction_retries.clone()))?;
         registry.register(Box::new(metrics.transaction_give_ups.clone()))?;
+        registry.register(Box::new(metrics.dead_sessions_ended.clone()))?;
         registry.register(Box::new(metrics.movements.clone()))?;
         for kind in [
             "deposit",

@@ -52,6 +52,7 @@ impl Store {
             db: self.db.clone(),
             config: self.config.batch.clone(),
             metrics: self.metrics.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 
@@ -93,6 +94,7 @@ impl Store {
         F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<T, StoreError>>,
     {
         let mut session = self.client.start_session().await?;
+        self.sessions.cover(&session).await?;
         for attempt in 1..=self.config.max_transaction_attempts {
             session
                 .start_transaction()

@@ -414,6 +414,7 @@ impl Store {
     /// tools): they get partitions and sequence numbers as the money path gives them.
     pub async fn append_events(&self, rows: &mut [OutboxDoc]) -> Result<(), StoreError> {
         let mut session = self.client.start_session().await?;
+        self.sessions.cover(&session).await?;
         for attempt in 0..16u32 {
             session.start_transaction().await?;
             match append(&self.db, &mut session, rows).await {

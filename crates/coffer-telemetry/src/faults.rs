@@ -3,7 +3,8 @@
 //! unwinding, no cleanup, no flush), the n-th time (default: the first) it passes that point.
 //! Unset, as in production, a point costs one load of an initialised `OnceLock`.
 //!
-//! Points: `ledger.after_commit` (a group-commit batch committed, nobody answered yet).
+//! Points: `ledger.before_commit` (a group-commit batch written, its transaction still open) and
+//! `ledger.after_commit` (a group-commit batch committed, nobody answered yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

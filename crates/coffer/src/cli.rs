@@ -154,9 +154,20 @@ pub struct DbArgs {
     #[arg(long, env = "COFFER_MOVEMENT_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub movement_timeout_ms: u32,
+    /// How long this process's database sessions outlive it when it dies inside a transaction:
+    /// the lease it renews every quarter of this; other processes end a lease's sessions once it
+    /// is this plus half of it old (docs/operations.md).
+    #[arg(long, env = "COFFER_SESSION_LEASE_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u32).range(200..=60_000))]
+    pub session_lease_ms: u32,
 }
 
 impl DbArgs {
+    /// This process's session lease (`COFFER_SESSION_LEASE_MS`).
+    pub fn session_lease(&self) -> Duration {
+        Duration::from_millis(u64::from(self.session_lease_ms))
+    }
+
     /// The group-commit bounds these flags set.
     pub fn batch(&self) -> coffer_store::batch::BatchConfig {
         coffer_store::batch::BatchConfig {

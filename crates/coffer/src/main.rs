@@ -120,6 +120,7 @@ pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> any
     let config = StoreConfig {
         command_spans: logging::trace_database_commands(),
         batch: db.batch(),
+        session_lease: db.session_lease(),
         ..StoreConfig::default()
     };
     let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)

@@ -1,6 +1,7 @@
 //! Issue 12: correctness does not depend on one process's memory. Two `coffer api` processes on
 //! one database drain one wallet exactly, and a process killed between a batch's commit and its
-//! answers leaves a retry that replays the stored response and moves nothing twice.
+//! answers leaves a retry that replays the stored response and moves nothing twice; one killed
+//! inside a transaction blocks its wallets for seconds, not the server's transaction lifetime.
 //!
 //! Needs what scripts/test starts: the MongoDB-compatible server (`MONGODB_URI`).
 
@@ -228,6 +229,76 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
         available(&client, &survivor, &alice, &source).await,
         "2",
         "8 transfers of 1, each once"
+    );
+    assert_ledger_verifies(&roles);
+}
+
+/// Issue 15: a process killed inside a transaction (its batch written, the commit not sent)
+/// leaves the wallets it was writing to the other processes within five seconds: they end its
+/// sessions once its lease lapses, instead of waiting out the server's transaction lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_inside_a_transaction_blocks_its_wallets_for_at_most_five_seconds() {
+    let roles = roles("kill-before-commit");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let survivor = api(&roles, "api-survivor", &client, None).await;
+    let (alice, source) = user_with_wallet(&client, &survivor).await;
+    let (_, target) = user_with_wallet(&client, &survivor).await;
+    fund(&roles, &client, &survivor, &source, "10").await;
+    let mut doomed = api(&roles, "api-doomed", &client, Some("ledger.before_commit=1")).await;
+
+    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "1" });
+    let url = format!("{}/v1/transfers", doomed.url);
+    let first = post(&client, &url, Some(&alice), "doomed", transfer.clone()).await;
+    assert!(first.is_err(), "the process died before it answered: {first:?}");
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = doomed.process.child.wait();
+        (doomed, status)
+    });
+    let (mut doomed, status) = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
+        .await
+        .expect("the process ends")
+        .unwrap();
+    let died = std::time::Instant::now();
+    assert!(!status.unwrap().success(), "the process aborted");
+    assert!(doomed
+        .process
+        .log_text()
+        .contains("fault point ledger.before_commit"));
+    doomed.process.kill();
+
+    // The same wallets through the survivor: 503 retry_later while the dead transaction holds
+    // them, then 201. One key, retried as a client would.
+    let url = format!("{}/v1/transfers", survivor.url);
+    let mut refusals = 0;
+    loop {
+        let (status, _, body) = post(&client, &url, Some(&alice), "after", transfer.clone())
+            .await
+            .unwrap();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["code"], "retry_later", "{body}");
+        refusals += 1;
+        assert!(
+            died.elapsed() < std::time::Duration::from_secs(90),
+            "the wallets stayed blocked for 90 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let blocked = died.elapsed();
+    eprintln!(
+        "wallets served again {:.2} s after the kill ({refusals} x 503)",
+        blocked.as_secs_f64()
+    );
+    assert!(
+        blocked < std::time::Duration::from_secs(5),
+        "blocked for {blocked:?}: the dead process's transaction was not ended"
+    );
+    assert_eq!(
+        available(&client, &survivor, &alice, &source).await,
+        "9",
+        "the dead process's transfer never committed; the survivor's did, once"
     );
     assert_ledger_verifies(&roles);
 }
