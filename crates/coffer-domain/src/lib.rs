@@ -12,6 +12,7 @@ pub mod asset;
 pub mod book;
 pub mod events;
 pub mod ledger;
+pub mod liabilities;
 pub mod movement;
 pub mod plan;
 pub mod state;
