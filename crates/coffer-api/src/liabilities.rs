@@ -320,8 +320,7 @@ fn not_published(asset: &str) -> ApiError {
 /// The latest signed liabilities statement of an asset (public; no token).
 #[utoipa::path(get, path = "/v1/liabilities/{asset}", tag = "liabilities", params(("asset" = String, Path)),
     responses((status = 200, body = LiabilityStatementView),
-              (status = 404, description = "not_found (no such asset), not_published", body = Problem)),
-    security(()))]
+              (status = 404, description = "not_found (no such asset), not_published", body = Problem)))]
 pub async fn get_liabilities(
     State(ctx): State<ApiContext>,
     Path(asset): Path<String>,
