@@ -32,7 +32,7 @@ async fn publish(app: &TestApp, staff: &TestUser, asset: &str) -> coffer_test_su
         .await
 }
 
-async fn statement(app: &TestApp, asset: &str) -> LiabilityStatementView {
+async fn fetch_statement(app: &TestApp, asset: &str) -> LiabilityStatementView {
     let reply = app
         .send("GET", &format!("/v1/liabilities/{asset}"), None, None, None)
         .await;
@@ -40,7 +40,7 @@ async fn statement(app: &TestApp, asset: &str) -> LiabilityStatementView {
     serde_json::from_value(reply.body).expect("a statement")
 }
 
-async fn proof(app: &TestApp, user: &TestUser, wallet: &str) -> LiabilityProofView {
+async fn fetch_proof(app: &TestApp, user: &TestUser, wallet: &str) -> LiabilityProofView {
     let reply = app
         .get(&format!("/v1/wallets/{wallet}/liability-proof"), &user.access_token)
         .await;
@@ -90,7 +90,7 @@ async fn the_published_total_is_the_ledger_sum_of_user_wallets_and_every_proof_v
 
     let published = publish(&app, &finance, "ETH").await;
     assert_eq!(published.status, StatusCode::CREATED, "{:?}", published.body);
-    let served = statement(&app, "ETH").await;
+    let served = fetch_statement(&app, "ETH").await;
     assert_eq!(served.statement_id, published.body["statement_id"]);
     assert_eq!(served.public_key, key().public_key_hex());
     let ledger = ledger_sum_of_user_wallets(&app, "ETH").await;
@@ -99,7 +99,7 @@ async fn the_published_total_is_the_ledger_sum_of_user_wallets_and_every_proof_v
     assert!(served.leaf_count.is_power_of_two() && served.leaf_count >= 9);
 
     for (user, wallet, amount) in &wallets {
-        let proof = proof(&app, user, wallet).await;
+        let proof = fetch_proof(&app, user, wallet).await;
         let verified = verify_documents(&served, &proof, Some(&key().public_key_hex())).expect("verifies");
         let expected = if *amount == "0" { "0" } else { amount };
         assert_eq!(verified.balance, *expected, "wallet {wallet}");
@@ -108,12 +108,12 @@ async fn the_published_total_is_the_ledger_sum_of_user_wallets_and_every_proof_v
 
     // Money moved after the snapshot is not in it; the next statement has it.
     app.deposit(&payment, &wallets[2].1, "4").await;
-    assert_eq!(statement(&app, "ETH").await.total_atomic, served.total_atomic);
+    assert_eq!(fetch_statement(&app, "ETH").await.total_atomic, served.total_atomic);
     assert_eq!(publish(&app, &finance, "ETH").await.status, StatusCode::CREATED);
-    let next = statement(&app, "ETH").await;
+    let next = fetch_statement(&app, "ETH").await;
     assert_eq!(next.total, "7.500000000000000001");
     assert_eq!(next.total_atomic, ledger_sum_of_user_wallets(&app, "ETH").await.to_string());
-    let carol_proof = proof(&app, &carol, &wallets[2].1).await;
+    let carol_proof = fetch_proof(&app, &carol, &wallets[2].1).await;
     assert_eq!(verify_documents(&next, &carol_proof, None).expect("verifies").balance, "4");
     // An old statement's proof does not verify against the new one.
     let stale = LiabilityProofView {
@@ -133,8 +133,8 @@ async fn a_tampered_proof_or_statement_does_not_verify() {
     app.deposit(&payment, &alice_wallet, "2").await;
     app.deposit(&payment, &bob_wallet, "3").await;
     assert_eq!(publish(&app, &admin, "ETH").await.status, StatusCode::CREATED);
-    let statement = statement(&app, "ETH").await;
-    let proof = proof(&app, &alice, &alice_wallet).await;
+    let statement = fetch_statement(&app, "ETH").await;
+    let proof = fetch_proof(&app, &alice, &alice_wallet).await;
     let public_key = key().public_key_hex();
     assert!(verify_documents(&statement, &proof, Some(&public_key)).is_ok());
 
@@ -159,7 +159,7 @@ async fn a_tampered_proof_or_statement_does_not_verify() {
     assert!(error.contains("another key"), "{error}");
 
     // Bob's proof presented as Alice's: the commitment names the wallet.
-    let mut borrowed = proof(&app, &bob, &bob_wallet).await;
+    let mut borrowed = fetch_proof(&app, &bob, &bob_wallet).await;
     borrowed.wallet_id = alice_wallet.clone();
     assert!(verify_documents(&statement, &borrowed, Some(&public_key)).is_err());
 }
