@@ -42,7 +42,10 @@ async fn fetch_statement(app: &TestApp, asset: &str) -> LiabilityStatementView {
 
 async fn fetch_proof(app: &TestApp, user: &TestUser, wallet: &str) -> LiabilityProofView {
     let reply = app
-        .get(&format!("/v1/wallets/{wallet}/liability-proof"), &user.access_token)
+        .get(
+            &format!("/v1/wallets/{wallet}/liability-proof"),
+            &user.access_token,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     serde_json::from_value(reply.body).expect("a proof")
@@ -94,7 +97,11 @@ async fn the_published_total_is_the_ledger_sum_of_user_wallets_and_every_proof_v
     assert_eq!(served.statement_id, published.body["statement_id"]);
     assert_eq!(served.public_key, key().public_key_hex());
     let ledger = ledger_sum_of_user_wallets(&app, "ETH").await;
-    assert_eq!(served.total_atomic, ledger.to_string(), "the root's total is the ledger's");
+    assert_eq!(
+        served.total_atomic,
+        ledger.to_string(),
+        "the root's total is the ledger's"
+    );
     assert_eq!(served.total, "3.500000000000000001");
     assert!(served.leaf_count.is_power_of_two() && served.leaf_count >= 9);
 
@@ -108,13 +115,24 @@ async fn the_published_total_is_the_ledger_sum_of_user_wallets_and_every_proof_v
 
     // Money moved after the snapshot is not in it; the next statement has it.
     app.deposit(&payment, &wallets[2].1, "4").await;
-    assert_eq!(fetch_statement(&app, "ETH").await.total_atomic, served.total_atomic);
+    assert_eq!(
+        fetch_statement(&app, "ETH").await.total_atomic,
+        served.total_atomic
+    );
     assert_eq!(publish(&app, &finance, "ETH").await.status, StatusCode::CREATED);
     let next = fetch_statement(&app, "ETH").await;
     assert_eq!(next.total, "7.500000000000000001");
-    assert_eq!(next.total_atomic, ledger_sum_of_user_wallets(&app, "ETH").await.to_string());
+    assert_eq!(
+        next.total_atomic,
+        ledger_sum_of_user_wallets(&app, "ETH").await.to_string()
+    );
     let carol_proof = fetch_proof(&app, &carol, &wallets[2].1).await;
-    assert_eq!(verify_documents(&next, &carol_proof, None).expect("verifies").balance, "4");
+    assert_eq!(
+        verify_documents(&next, &carol_proof, None)
+            .expect("verifies")
+            .balance,
+        "4"
+    );
     // An old statement's proof does not verify against the new one.
     let stale = LiabilityProofView {
         statement_id: served.statement_id.clone(),

@@ -250,21 +250,26 @@ pub fn verify_documents(
     expected_public_key: Option<&str>,
 ) -> Result<Verified, String> {
     if statement.scheme != liabilities::SCHEME || proof.scheme != liabilities::SCHEME {
-        return Err(format!("unknown scheme (this verifier knows {})", liabilities::SCHEME));
+        return Err(format!(
+            "unknown scheme (this verifier knows {})",
+            liabilities::SCHEME
+        ));
     }
     if let Some(expected) = expected_public_key {
         if !expected.trim().eq_ignore_ascii_case(&statement.public_key) {
             return Err("the statement is signed by another key than the one given".into());
         }
     }
-    let total = Amount::parse_atomic(&statement.total_atomic).map_err(|_| "the statement's total is malformed")?;
+    let total =
+        Amount::parse_atomic(&statement.total_atomic).map_err(|_| "the statement's total is malformed")?;
     let commitment = Commitment {
         asset: statement.asset.clone(),
         root: liabilities::parse_hash(&statement.root).map_err(|e| e.to_string())?,
         total,
         leaf_count: statement.leaf_count,
     };
-    let message = liabilities::statement_bytes(&commitment, &statement.statement_id, statement.snapshot_at_ms);
+    let message =
+        liabilities::statement_bytes(&commitment, &statement.statement_id, statement.snapshot_at_ms);
     let key_bytes: [u8; 32] = hex::decode(&statement.public_key)
         .ok()
         .and_then(|b| b.try_into().ok())

@@ -125,7 +125,11 @@ struct Leaf {
 
 /// Builds the tree of `asset` over `wallets` (a wallet with a zero balance still gets its pieces,
 /// so the leaf count does not tell how many wallets are empty).
-pub fn build(asset: &str, wallets: &[WalletBalance], rng: &mut impl RngCore) -> Result<Built, LiabilityError> {
+pub fn build(
+    asset: &str,
+    wallets: &[WalletBalance],
+    rng: &mut impl RngCore,
+) -> Result<Built, LiabilityError> {
     if wallets.len() > WALLETS_MAX {
         return Err(LiabilityError::TooManyWallets);
     }
@@ -152,7 +156,10 @@ pub fn build(asset: &str, wallets: &[WalletBalance], rng: &mut impl RngCore) -> 
         .iter()
         .map(|leaf| {
             let wallet_id = leaf.owner.map_or("", |o| wallets[o].wallet_id.as_str());
-            (leaf_hash(&commitment_of(asset, wallet_id, &leaf.salt), &leaf.amount), leaf.amount)
+            (
+                leaf_hash(&commitment_of(asset, wallet_id, &leaf.salt), &leaf.amount),
+                leaf.amount,
+            )
         })
         .collect::<Vec<_>>()];
     while levels.last().expect("one level at least").len() > 1 {
@@ -392,12 +399,18 @@ mod tests {
         let tree = built(&[5, 10, 20]);
         let mut proof = tree.proofs[1].clone();
         proof.balance_atomic = "11".into();
-        assert_eq!(verify(&tree.commitment, &proof), Err(LiabilityError::BalanceMismatch));
+        assert_eq!(
+            verify(&tree.commitment, &proof),
+            Err(LiabilityError::BalanceMismatch)
+        );
         let mut proof = tree.proofs[1].clone();
         let piece = &mut proof.pieces[0];
         piece.amount_atomic = (piece.amount_atomic.parse::<u128>().unwrap() + 1).to_string();
         proof.balance_atomic = "11".into();
-        assert_eq!(verify(&tree.commitment, &proof), Err(LiabilityError::RootMismatch));
+        assert_eq!(
+            verify(&tree.commitment, &proof),
+            Err(LiabilityError::RootMismatch)
+        );
     }
 
     #[test]
@@ -406,10 +419,16 @@ mod tests {
         let mut proof = tree.proofs[2].clone();
         let sibling = &mut proof.pieces[0].path[1];
         sibling.sum_atomic = (sibling.sum_atomic.parse::<u128>().unwrap() + 1).to_string();
-        assert_eq!(verify(&tree.commitment, &proof), Err(LiabilityError::RootMismatch));
+        assert_eq!(
+            verify(&tree.commitment, &proof),
+            Err(LiabilityError::RootMismatch)
+        );
         let mut proof = tree.proofs[2].clone();
         proof.pieces[0].path[0].hash = hex::encode([9u8; 32]);
-        assert_eq!(verify(&tree.commitment, &proof), Err(LiabilityError::RootMismatch));
+        assert_eq!(
+            verify(&tree.commitment, &proof),
+            Err(LiabilityError::RootMismatch)
+        );
     }
 
     #[test]
@@ -417,13 +436,19 @@ mod tests {
         let tree = built(&[5, 10]);
         let mut proof = tree.proofs[0].clone();
         proof.wallet_id = "wallet-1".into();
-        assert_eq!(verify(&tree.commitment, &proof), Err(LiabilityError::RootMismatch));
+        assert_eq!(
+            verify(&tree.commitment, &proof),
+            Err(LiabilityError::RootMismatch)
+        );
         let mut other = tree.commitment.clone();
         other.asset = "USDC".into();
         assert_eq!(verify(&other, &tree.proofs[0]), Err(LiabilityError::RootMismatch));
         let mut other = tree.commitment.clone();
         other.total = Amount::from_u64(16);
-        assert_eq!(verify(&other, &tree.proofs[0]), Err(LiabilityError::TotalMismatch));
+        assert_eq!(
+            verify(&other, &tree.proofs[0]),
+            Err(LiabilityError::TotalMismatch)
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Store {
             if wallets.len() == WALLETS_MAX {
                 drop(cursor);
                 let _ = session.abort_transaction().await;
-                return Err(StoreError::Unsupported("more user wallets than one tree commits to"));
+                return Err(StoreError::Unsupported(
+                    "more user wallets than one tree commits to",
+                ));
             }
             let balances = wallet.balances()?;
             wallets.push(WalletBalance {
@@ -192,7 +194,11 @@ impl Store {
         let index = |keys: Document, name: &str| {
             mongodb::IndexModel::builder()
                 .keys(keys)
-                .options(mongodb::options::IndexOptions::builder().name(name.to_string()).build())
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name(name.to_string())
+                        .build(),
+                )
                 .build()
         };
         self.collection::<Document>(LIABILITY_STATEMENTS)

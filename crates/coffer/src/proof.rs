@@ -29,7 +29,9 @@ pub fn verify(args: &ProofVerifyArgs) -> anyhow::Result<ExitCode> {
                 verified.public_key
             );
             if args.public_key.is_none() {
-                println!("note: no --public-key given; compare the signer with the deployment's published key");
+                println!(
+                    "note: no --public-key given; compare the signer with the deployment's published key"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -44,7 +44,9 @@ pub async fn run(
     let mut interval = tokio::time::interval(Duration::from_secs(args.interval_seconds));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Without a schedule the publishing branch is disabled (its interval is never polled).
-    let publish_every = liabilities.as_ref().map_or(Duration::from_secs(3600), |(_, every)| *every);
+    let publish_every = liabilities
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(_, every)| *every);
     let mut publish_interval = tokio::time::interval(publish_every);
     publish_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -73,9 +75,9 @@ fn liability_schedule(
     let key = args.liabilities.key()?;
     match (args.liability_publish_interval_seconds, key) {
         (None, _) => Ok(None),
-        (Some(_), None) => anyhow::bail!(
-            "COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS needs COFFER_LIABILITY_SIGNING_KEY"
-        ),
+        (Some(_), None) => {
+            anyhow::bail!("COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS needs COFFER_LIABILITY_SIGNING_KEY")
+        }
         (Some(seconds), Some(key)) => Ok(Some((key, Duration::from_secs(seconds)))),
     }
 }

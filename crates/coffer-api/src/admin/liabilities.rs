@@ -46,8 +46,23 @@ pub async fn publish_liabilities(
         .get(&asset)
         .map(|a| a.decimals)
         .ok_or(ApiError::NotFound)?;
-    audit(&ctx, &principal, actions::LIABILITIES_PUBLISHED, &asset, json!({})).await?;
-    let statement = publish(ctx.store(), key, &asset, decimals, "api", Some(&principal.user_id)).await?;
+    audit(
+        &ctx,
+        &principal,
+        actions::LIABILITIES_PUBLISHED,
+        &asset,
+        json!({}),
+    )
+    .await?;
+    let statement = publish(
+        ctx.store(),
+        key,
+        &asset,
+        decimals,
+        "api",
+        Some(&principal.user_id),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(LiabilityStatementView::from_doc(&statement)?),

@@ -22,7 +22,8 @@ use crate::ApiContext;
 
 // The role sets of the admin routes, checked by the `Authorized` extractor before any body is read.
 pub(crate) use crate::extract::roles::{
-    AdjustmentReaders, Admins, LiabilityPublishers, Operators, Proposers, ReviewReaders, SessionRevokers, SupportReaders,
+    AdjustmentReaders, Admins, LiabilityPublishers, Operators, Proposers, ReviewReaders, SessionRevokers,
+    SupportReaders,
 };
 pub(crate) use crate::extract::Authorized;
 
