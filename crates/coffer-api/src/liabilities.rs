@@ -135,7 +135,8 @@ impl LiabilityStatementView {
 }
 
 impl LiabilityProofView {
-    fn new(statement: &StatementDoc, proof: InclusionProof) -> ApiResult<Self> {
+    /// `proof` as served, in `statement`.
+    pub fn new(statement: &StatementDoc, proof: InclusionProof) -> ApiResult<Self> {
         let balance =
             Amount::parse_atomic(&proof.balance_atomic).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(LiabilityProofView {
@@ -207,27 +208,42 @@ pub async fn publish(
     })
     .await
     .map_err(|e| PublishError::Builder(e.to_string()))??;
+    let mut statement = sign_statement(key, &built.commitment, decimals, snapshot.taken_at);
+    statement.trigger = trigger.to_string();
+    statement.requested_by = requested_by.map(str::to_string);
+    statement.wallet_count = built.proofs.len() as i64;
+    let proofs = snapshot.owners.into_iter().zip(built.proofs).collect();
+    store.store_liabilities(&statement, proofs).await?;
+    Ok(statement)
+}
+
+/// A new statement of `commitment` taken at `snapshot_at`, signed by `key` (its trigger and
+/// wallet count are the caller's to fill in).
+pub fn sign_statement(
+    key: &LiabilityKey,
+    commitment: &Commitment,
+    decimals: u8,
+    snapshot_at: DateTime<Utc>,
+) -> StatementDoc {
     let id = coffer_store::new_id();
-    let snapshot_at_ms = snapshot.taken_at.timestamp_millis();
-    let message = liabilities::statement_bytes(&built.commitment, &id, snapshot_at_ms);
-    let statement = StatementDoc {
+    let snapshot_at_ms = snapshot_at.timestamp_millis();
+    let message = liabilities::statement_bytes(commitment, &id, snapshot_at_ms);
+    StatementDoc {
         id,
-        asset: asset.to_string(),
+        asset: commitment.asset.clone(),
         decimals,
-        root: hex::encode(built.commitment.root),
-        total_atomic: built.commitment.total.to_string(),
-        leaf_count: built.commitment.leaf_count as i64,
-        wallet_count: built.proofs.len() as i64,
+        root: hex::encode(commitment.root),
+        total_atomic: commitment.total.to_string(),
+        leaf_count: commitment.leaf_count as i64,
+        wallet_count: 0,
+        // Milliseconds: the signed value, so the stored time is exactly it.
         snapshot_at: DateTime::<Utc>::from_timestamp_millis(snapshot_at_ms).unwrap_or_default(),
         published_at: Utc::now(),
         public_key: key.public_key_hex(),
         signature: hex::encode(key.0.sign(&message).to_bytes()),
-        trigger: trigger.to_string(),
-        requested_by: requested_by.map(str::to_string),
-    };
-    let proofs = snapshot.owners.into_iter().zip(built.proofs).collect();
-    store.store_liabilities(&statement, proofs).await?;
-    Ok(statement)
+        trigger: String::new(),
+        requested_by: None,
+    }
 }
 
 /// What a verified proof says.
