@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod liabilities;
 pub mod movement;
 pub mod plan;
+pub mod replacement;
 pub mod state;
 
 pub use account::{AccountKind, Bucket};
