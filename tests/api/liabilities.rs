@@ -217,7 +217,8 @@ async fn publishing_needs_finance_or_admin_a_signing_key_and_is_audited() {
     assert_eq!(none_yet.status, StatusCode::NOT_FOUND);
     assert_eq!(none_yet.code(), "not_published");
     let unknown = app.send("GET", "/v1/liabilities/DOGE", None, None, None).await;
-    assert_eq!(unknown.code(), "not_found");
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown.code(), "unknown_asset");
 
     for role in [Role::User, Role::Support, Role::Engineering, Role::Payment] {
         let caller = if role == Role::User {

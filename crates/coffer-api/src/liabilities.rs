@@ -331,6 +331,11 @@ pub fn verify_documents(
     })
 }
 
+/// A path naming an asset the platform does not support.
+pub(crate) fn unknown_asset() -> ApiError {
+    ApiError::bad_request("unknown_asset", "the platform does not support this asset")
+}
+
 fn not_published(asset: &str) -> ApiError {
     ApiError::UnknownReference {
         code: "not_published",
@@ -341,13 +346,14 @@ fn not_published(asset: &str) -> ApiError {
 /// The latest signed liabilities statement of an asset (public; no token).
 #[utoipa::path(get, path = "/v1/liabilities/{asset}", tag = "liabilities", params(("asset" = String, Path)),
     responses((status = 200, body = LiabilityStatementView),
-              (status = 404, description = "not_found (no such asset), not_published", body = Problem)))]
+              (status = 400, description = "unknown_asset", body = Problem),
+              (status = 404, description = "not_published", body = Problem)))]
 pub async fn get_liabilities(
     State(ctx): State<ApiContext>,
     Path(asset): Path<String>,
 ) -> ApiResult<Json<LiabilityStatementView>> {
     if ctx.assets().current().get(&asset).is_none() {
-        return Err(ApiError::NotFound);
+        return Err(unknown_asset());
     }
     let statement = ctx
         .store()

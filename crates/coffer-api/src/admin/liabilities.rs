@@ -24,7 +24,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
 #[utoipa::path(post, path = "/v1/admin/liabilities/{asset}", tag = "admin",
     params(("asset" = String, Path), ("Idempotency-Key" = String, Header, description = "Required")),
     responses((status = 201, body = LiabilityStatementView), (status = 403, body = Problem),
-              (status = 404, description = "not_found: no such asset", body = Problem),
+              (status = 400, description = "unknown_asset", body = Problem),
               (status = 422, description = "liabilities_unconfigured: no signing key", body = Problem)),
     security(("bearer" = [])))]
 pub async fn publish_liabilities(
@@ -45,7 +45,7 @@ pub async fn publish_liabilities(
         .current()
         .get(&asset)
         .map(|a| a.decimals)
-        .ok_or(ApiError::NotFound)?;
+        .ok_or_else(crate::liabilities::unknown_asset)?;
     audit(
         &ctx,
         &principal,
