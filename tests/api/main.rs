@@ -13,6 +13,7 @@ mod contract;
 mod devices;
 mod idempotency;
 mod ledger;
+mod liabilities;
 mod logs;
 mod metrics;
 mod mfa;

@@ -29,7 +29,8 @@ async fn every_route_is_served_and_in_the_openapi_document() {
         // 404 `not_found` or a 405, which no served route answers here. No route is exempt.
         let concrete = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")
-            .replace("{provider}", "acme");
+            .replace("{provider}", "acme")
+            .replace("{asset}", "ETH");
         let reply = app
             .client
             .request(method.parse().unwrap(), app.url(&concrete))

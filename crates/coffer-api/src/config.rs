@@ -107,6 +107,9 @@ pub struct ApiConfig {
     /// Serve `/metrics` on the API's own port (default). Off when the process serves it on a
     /// separate operations port (`COFFER_METRICS_LISTEN`), so the public port never exposes it.
     pub metrics_on_api_port: bool,
+    /// Signs proof-of-liabilities statements (`COFFER_LIABILITY_SIGNING_KEY`); unset: publishing
+    /// answers `422 liabilities_unconfigured`.
+    pub liability_signing_key: Option<crate::liabilities::LiabilityKey>,
 }
 
 impl ApiConfig {
@@ -132,6 +135,7 @@ impl ApiConfig {
             platform_addresses: Vec::new(),
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,
+            liability_signing_key: None,
         }
     }
 }

@@ -132,6 +132,8 @@ error_codes! {
     InvalidMfaCode => "invalid_mfa_code",
     MfaEnrollmentRequired => "mfa_enrollment_required",
     InvalidStreamTicket => "invalid_stream_ticket",
+    NotPublished => "not_published",
+    LiabilitiesUnconfigured => "liabilities_unconfigured",
 }
 
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).

@@ -204,6 +204,8 @@ pub mod roles {
         SessionRevokers = [Support, Admin]);
     role_set!(/// Who runs and reads operations.
         Operators = [Engineering, Admin]);
+    role_set!(/// Who may publish a proof-of-liabilities statement on demand.
+        LiabilityPublishers = [Finance, Admin]);
     role_set!(/// Admins only: approvals and review decisions.
         Admins = [Admin]);
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod keepalive;
+pub mod liabilities;
 pub mod limits;
 pub mod metrics;
 pub mod mfa;
@@ -216,7 +217,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Coffer API", version = "2.0.0", description = "Custodial wallet API. Amounts are decimal strings; errors are application/problem+json with a stable `code` (see docs/api.md)."),
     modifiers(&BearerAuth),
-    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"), (name = "devices"))
+    tags((name = "auth"), (name = "wallets"), (name = "money"), (name = "transactions"), (name = "operations"), (name = "admin"), (name = "events"), (name = "devices"), (name = "liabilities"))
 )]
 struct ApiDoc;
 
@@ -239,7 +240,8 @@ fn groups() -> Groups {
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::openapi_json))
-            .routes(routes!(chain::webhook)),
+            .routes(routes!(chain::webhook))
+            .routes(routes!(liabilities::get_liabilities)),
         metrics: OpenApiRouter::new().routes(routes!(ops::metrics)),
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
@@ -258,6 +260,7 @@ fn groups() -> Groups {
             .routes(routes!(stream::create_ticket))
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
+            .routes(routes!(liabilities::wallet_liability_proof))
             .routes(routes!(devices::list_devices))
             .routes(routes!(address_book::list_addresses)),
         writes: OpenApiRouter::new()

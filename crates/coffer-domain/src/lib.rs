@@ -12,8 +12,10 @@ pub mod asset;
 pub mod book;
 pub mod events;
 pub mod ledger;
+pub mod liabilities;
 pub mod movement;
 pub mod plan;
+pub mod replacement;
 pub mod state;
 
 pub use account::{AccountKind, Bucket};

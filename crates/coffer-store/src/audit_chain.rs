@@ -37,6 +37,7 @@ pub mod actions {
     pub const REVIEW_REJECTED: &str = "review.rejected";
     pub const RECONCILIATION_REQUESTED: &str = "reconciliation.requested";
     pub const AUDIT_VERIFIED: &str = "audit.verified";
+    pub const LIABILITIES_PUBLISHED: &str = "liabilities.published";
     pub const USER_WALLETS_VIEWED: &str = "admin.user_wallets_viewed";
     pub const TRANSACTION_VIEWED: &str = "admin.transaction_viewed";
     /// For the withdrawal and device work (issue 4): call `Store::audit` with these.

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod devices;
 pub mod idempotency;
 pub mod inspect;
+pub mod liabilities;
 pub mod locks;
 pub mod metrics;
 pub mod model;
@@ -74,6 +75,9 @@ pub mod collections {
     pub const CHAIN_NONCES: &str = "chain_nonces";
     /// Per process: its session lease and the lsids it covers (process_sessions).
     pub const PROCESS_SESSIONS: &str = "process_sessions";
+    /// Published proof-of-liabilities statements (kept) and the latest one's proofs per wallet.
+    pub const LIABILITY_STATEMENTS: &str = "liability_statements";
+    pub const LIABILITY_PROOFS: &str = "liability_proofs";
 }
 
 #[derive(Debug, Error)]
@@ -425,6 +429,7 @@ impl Store {
                 .await?;
         }
         self.ensure_chain_indexes().await?;
+        self.ensure_liability_indexes().await?;
         outbox::initialise(&self.db).await?;
         self.ensure_admin_indexes().await
     }

@@ -63,12 +63,15 @@ pub struct Options {
     pub database: Option<String>,
     /// Routes served beside the API's, under the same layers (e.g. a handler that panics).
     pub extra_routes: Option<axum::Router<ApiContext>>,
+    /// The key that signs liabilities statements (default: none, publishing is unconfigured).
+    pub liability_signing_key: Option<coffer_api::liabilities::LiabilityKey>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             extra_routes: None,
+            liability_signing_key: None,
             rate_limits: RateLimits {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
@@ -249,6 +252,7 @@ impl TestApp {
                 .insert(provider.clone(), secrecy::SecretString::from(secret.clone()));
         }
         config.chain_rpcs = options.chain_rpcs.iter().cloned().collect();
+        config.liability_signing_key = options.liability_signing_key.clone();
         let live = LiveCatalog::new(catalog);
         let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let stream_hub = ctx.stream_hub().clone();

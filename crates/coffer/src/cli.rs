@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Proof of liabilities (docs/solvency.md).
+    Proof {
+        #[command(subcommand)]
+        command: ProofCommand,
+    },
 }
 
 impl Command {
@@ -96,6 +101,7 @@ impl Command {
             Command::Ledger { .. } => "ledger",
             Command::Audit { .. } => "audit",
             Command::User { .. } => "user",
+            Command::Proof { .. } => "proof",
         }
     }
 }
@@ -110,6 +116,48 @@ pub enum LedgerCommand {
 pub enum AuditCommand {
     /// Walk the audit log's hash chain; exit 1 and name the record where it breaks.
     Verify(DbArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ProofCommand {
+    /// Check a wallet's inclusion proof against a signed statement, offline; exit 0 when it
+    /// verifies, 1 naming what does not.
+    Verify(ProofVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct ProofVerifyArgs {
+    /// The statement as served by `GET /v1/liabilities/{asset}` (JSON file).
+    #[arg(long)]
+    pub statement: std::path::PathBuf,
+    /// The proof as served by `GET /v1/wallets/{id}/liability-proof` (JSON file).
+    #[arg(long)]
+    pub proof: std::path::PathBuf,
+    /// The deployment's published Ed25519 public key (hex): the statement must be signed by it.
+    /// Without it only the statement's own key is checked, which proves nothing about who signed.
+    #[arg(long)]
+    pub public_key: Option<String>,
+}
+
+/// The key that signs proof-of-liabilities statements (API and reconciler).
+#[derive(Args, Clone)]
+pub struct LiabilityArgs {
+    /// Hex of the 32-byte Ed25519 seed that signs liabilities statements (a secret of the
+    /// deployment). Unset: nothing is published.
+    #[arg(long, env = "COFFER_LIABILITY_SIGNING_KEY", hide_env_values = true)]
+    pub liability_signing_key: Option<SecretString>,
+}
+
+impl LiabilityArgs {
+    pub fn key(&self) -> anyhow::Result<Option<coffer_api::liabilities::LiabilityKey>> {
+        self.liability_signing_key
+            .as_ref()
+            .map(|secret| {
+                coffer_api::liabilities::LiabilityKey::from_hex(secret.expose_secret())
+                    .map_err(|e| anyhow::anyhow!("COFFER_LIABILITY_SIGNING_KEY: {e}"))
+            })
+            .transpose()
+    }
 }
 
 #[derive(Subcommand)]
@@ -417,6 +465,8 @@ pub struct ApiArgs {
     /// (http:// or https://). A webhook event of a chain without one records nothing (422).
     #[arg(long, env = "COFFER_CHAIN_RPC_URLS", hide_env_values = true)]
     pub chain_rpc_urls: Option<String>,
+    #[command(flatten)]
+    pub liabilities: LiabilityArgs,
 }
 
 /// `coffer dev`: the API's settings, plus the chain side it runs beside it.
@@ -472,6 +522,13 @@ pub struct ReconcilerArgs {
     pub interval_seconds: u64,
     #[command(flatten)]
     pub limits: ReconcileArgs,
+    /// Seconds between proof-of-liabilities statements of every asset (60 to 604800); unset:
+    /// none are published on a schedule. Needs COFFER_LIABILITY_SIGNING_KEY.
+    #[arg(long, env = "COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS",
+        value_parser = clap::value_parser!(u64).range(60..=7 * 24 * 3600))]
+    pub liability_publish_interval_seconds: Option<u64>,
+    #[command(flatten)]
+    pub liabilities: LiabilityArgs,
 }
 
 /// Webhook secrets from `COFFER_WEBHOOK_SECRET_<PROVIDER>` (provider lower-cased, `_` → `-`).
@@ -548,6 +605,7 @@ impl ApiArgs {
         config.webhook_secrets = webhook_secrets();
         config.metrics_on_api_port = self.metrics_listen.is_none();
         config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;
+        config.liability_signing_key = self.liabilities.key()?;
         for (provider, secret) in &config.webhook_secrets {
             if secret.expose_secret().len() < 16 {
                 bail!("the webhook secret of {provider} must be at least 16 bytes");

@@ -6,6 +6,7 @@ mod chain_role;
 mod cli;
 mod logging;
 mod ops_server;
+mod proof;
 mod publisher;
 mod reconciler;
 
@@ -18,7 +19,7 @@ use coffer_api::ApiContext;
 use coffer_store::{Role, Store, StoreConfig, StoreMetrics};
 use secrecy::{ExposeSecret, SecretString};
 
-use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, DevArgs, LedgerCommand, UserCommand};
+use cli::{ApiArgs, AuditCommand, Cli, Command, DbArgs, DevArgs, LedgerCommand, ProofCommand, UserCommand};
 use coffer_tls::TlsRoots;
 
 fn main() -> ExitCode {
@@ -98,6 +99,9 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
         Command::User {
             command: UserCommand::Create(args),
         } => create_user(args).await,
+        Command::Proof {
+            command: ProofCommand::Verify(args),
+        } => proof::verify(&args),
         Command::User {
             command: UserCommand::MfaEnroll(args),
         } => {

@@ -34,21 +34,73 @@ pub async fn run(
         let _ = server_stopped.changed().await;
     })
     .await?;
-    tracing::info!(interval_seconds = args.interval_seconds, "reconciler started");
+    let liabilities = liability_schedule(&args)?;
+    tracing::info!(
+        interval_seconds = args.interval_seconds,
+        liability_publish_interval_seconds = args.liability_publish_interval_seconds,
+        "reconciler started"
+    );
 
     let mut interval = tokio::time::interval(Duration::from_secs(args.interval_seconds));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without a schedule the publishing branch is disabled (its interval is never polled).
+    let publish_every = liabilities
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(_, every)| *every);
+    let mut publish_interval = tokio::time::interval(publish_every);
+    publish_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = interval.tick() => run_once(&reconciler, &store).await,
+            _ = publish_interval.tick(), if liabilities.is_some() => {
+                if let Some((key, _)) = &liabilities {
+                    publish_all(&store, key).await;
+                }
+            }
         }
     }
     let _ = stop.send(true);
     server.await.context("the health server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key and interval of scheduled liabilities statements; an interval without a key is a
+/// configuration error, found at start.
+fn liability_schedule(
+    args: &ReconcilerArgs,
+) -> anyhow::Result<Option<(coffer_api::liabilities::LiabilityKey, Duration)>> {
+    let key = args.liabilities.key()?;
+    match (args.liability_publish_interval_seconds, key) {
+        (None, _) => Ok(None),
+        (Some(_), None) => {
+            anyhow::bail!("COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS needs COFFER_LIABILITY_SIGNING_KEY")
+        }
+        (Some(seconds), Some(key)) => Ok(Some((key, Duration::from_secs(seconds)))),
+    }
+}
+
+/// Publishes a statement of every asset that has user wallets; a failure is logged and the
+/// next tick tries again.
+async fn publish_all(store: &Store, key: &coffer_api::liabilities::LiabilityKey) {
+    let assets = match store.user_wallet_assets().await {
+        Ok(assets) => assets,
+        Err(error) => {
+            tracing::error!(error = %error, "liabilities: listing assets failed");
+            return;
+        }
+    };
+    for (asset, decimals) in assets {
+        match coffer_api::liabilities::publish(store, key, &asset, decimals, "interval", None).await {
+            Ok(statement) => tracing::info!(
+                asset = %asset, statement_id = %statement.id, leaf_count = statement.leaf_count,
+                "liabilities statement published"
+            ),
+            Err(error) => tracing::error!(asset = %asset, error = %error, "liabilities statement failed"),
+        }
+    }
 }
 
 /// One run, traced as one `reconcile` span with its database commands as children.

@@ -6,6 +6,7 @@
 //! and every read of user data is appended to the audit log (ids only).
 
 pub mod adjustments;
+pub mod liabilities;
 pub mod operations;
 pub mod reviews;
 pub mod support;
@@ -21,7 +22,8 @@ use crate::ApiContext;
 
 // The role sets of the admin routes, checked by the `Authorized` extractor before any body is read.
 pub(crate) use crate::extract::roles::{
-    AdjustmentReaders, Admins, Operators, Proposers, ReviewReaders, SessionRevokers, SupportReaders,
+    AdjustmentReaders, Admins, LiabilityPublishers, Operators, Proposers, ReviewReaders, SessionRevokers,
+    SupportReaders,
 };
 pub(crate) use crate::extract::Authorized;
 
@@ -41,6 +43,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .merge(adjustments::writes())
         .merge(reviews::writes())
         .merge(operations::writes())
+        .merge(liabilities::writes())
 }
 
 /// A decision on an adjustment or a review.
