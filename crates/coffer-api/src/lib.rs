@@ -26,6 +26,7 @@ pub mod sessions;
 pub mod stream;
 pub mod transactions;
 pub mod views;
+pub mod statements;
 pub mod wallets;
 
 use std::net::SocketAddr;
@@ -252,6 +253,8 @@ fn groups() -> Groups {
             .routes(routes!(wallets::list_wallets))
             .routes(routes!(wallets::get_wallet))
             .routes(routes!(wallets::wallet_ledger))
+            .routes(routes!(statements::statement))
+            .routes(routes!(statements::statement_csv))
             .routes(routes!(transactions::list_transactions))
             .routes(routes!(transactions::get_transaction))
             .routes(routes!(stream::stream))
