@@ -355,8 +355,9 @@ impl From<StoreError> for ApiError {
             },
             StoreError::HistoryUnavailable => ApiError::Unprocessable {
                 code: "history_unavailable",
-                detail: "the wallet's entries at that time were written before balances were recorded per entry"
-                    .into(),
+                detail:
+                    "the wallet's entries at that time were written before balances were recorded per entry"
+                        .into(),
             },
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,

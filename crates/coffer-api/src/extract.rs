@@ -296,7 +296,9 @@ impl<'de> Deserialize<'de> for Instant {
             .ok()
             .and_then(|t| chrono::DateTime::from_timestamp_millis(t.timestamp_millis()))
             .map(Instant)
-            .ok_or_else(|| D::Error::custom("not an RFC 3339 time with an offset, such as 2026-12-02T15:00:00Z"))
+            .ok_or_else(|| {
+                D::Error::custom("not an RFC 3339 time with an offset, such as 2026-12-02T15:00:00Z")
+            })
     }
 }
 

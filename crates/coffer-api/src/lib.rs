@@ -23,10 +23,10 @@ pub mod money;
 pub mod openapi;
 pub mod ops;
 pub mod sessions;
+pub mod statements;
 pub mod stream;
 pub mod transactions;
 pub mod views;
-pub mod statements;
 pub mod wallets;
 
 use std::net::SocketAddr;

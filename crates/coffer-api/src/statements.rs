@@ -188,8 +188,8 @@ fn period(from: Instant, to: Option<Instant>) -> ApiResult<(Instant, Instant)> {
 
 /// A wallet's balances as of `at` (for `GET /v1/wallets/{id}?as_of=`).
 pub async fn balances_as_of(ctx: &ApiContext, wallet: &WalletDoc, at: Instant) -> ApiResult<BalancesView> {
-    let position = ctx.store().position_at(&wallet.id, at.0).await?;
-    BalancesView::of(&position.balances, wallet.decimals)
+    let balances = ctx.store().balances_at(&wallet.id, at.0).await?;
+    BalancesView::of(&balances, wallet.decimals)
 }
 
 /// A wallet's statement between two times, one page (JSON).
@@ -305,7 +305,12 @@ fn render_csv(
     csv.push_str(CSV_HEADER);
     csv.push('\n');
     let open = BalancesView::of(&opening.balances, d)?;
-    csv.push_str(&format!("opening,{},,,{},,,,{}\n", opening.seq, time(&from.0), balances(&open)));
+    csv.push_str(&format!(
+        "opening,{},,,{},,,,{}\n",
+        opening.seq,
+        time(&from.0),
+        balances(&open)
+    ));
     for entry in entries {
         let view = StatementEntryView::of(entry, d)?;
         csv.push_str(&format!(
@@ -321,7 +326,12 @@ fn render_csv(
         ));
     }
     let close = BalancesView::of(&closing.balances, d)?;
-    csv.push_str(&format!("closing,{},,,{},,,,{}\n", closing.seq, time(&to.0), balances(&close)));
+    csv.push_str(&format!(
+        "closing,{},,,{},,,,{}\n",
+        closing.seq,
+        time(&to.0),
+        balances(&close)
+    ));
     Ok(csv)
 }
 

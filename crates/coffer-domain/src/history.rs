@@ -46,7 +46,9 @@ impl BucketBalances {
             amount: a.magnitude,
             negative: a.negative,
         };
-        self.available.plus(&as_delta(self.pending))?.plus(&as_delta(self.held))
+        self.available
+            .plus(&as_delta(self.pending))?
+            .plus(&as_delta(self.held))
     }
 
     /// The balances before `amount` was posted to `bucket` (the inverse of [`Self::posted`]).
@@ -110,7 +112,10 @@ mod tests {
             (Bucket::Available, signed(2, false)),
         ];
         let mut running = start;
-        let after: Vec<Position> = entries.iter().map(|(b, a)| running.post(*b, *a).unwrap()).collect();
+        let after: Vec<Position> = entries
+            .iter()
+            .map(|(b, a)| running.post(*b, *a).unwrap())
+            .collect();
         assert_eq!(after.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
         assert_eq!(after[0].balances.available, signed(6, false));
         assert_eq!(after[2].balances.available, signed(8, false));

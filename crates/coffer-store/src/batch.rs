@@ -569,9 +569,15 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
     }
     // Never dated before an entry of a touched account (another process's clock may be ahead):
     // an account's entries are in time order as they are in sequence order.
-    let now = accounts.values().map(|a| a.updated_at).fold(codec::now(), Time::max);
+    let now = accounts
+        .values()
+        .map(|a| a.updated_at)
+        .fold(codec::now(), Time::max);
     let mut plan = BatchWrites {
-        positions: accounts.iter().map(|(id, a)| (id.clone(), a.position())).collect(),
+        positions: accounts
+            .iter()
+            .map(|(id, a)| (id.clone(), a.position()))
+            .collect(),
         ..Default::default()
     };
     let mut outcomes = Vec::with_capacity(items.len());

@@ -10,7 +10,7 @@
 //! Entries written before this existed carry neither: an answer that would need one of them is
 //! [`StoreError::HistoryUnavailable`], never a guess (docs/api.md, "Statements").
 
-use coffer_domain::history::Position;
+use coffer_domain::history::{BucketBalances, Position};
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 
@@ -28,21 +28,25 @@ pub const BY_ACCOUNT_TIME: &str = "by_account_time";
 pub const STATEMENT_ENTRIES_MAX: u32 = 10_000;
 
 impl Store {
+    /// The account's balances as of `at`: after every entry posted at or before it (zero when
+    /// none was). One indexed read.
+    pub async fn balances_at(&self, account_id: &str, at: Time) -> Result<BucketBalances, StoreError> {
+        match self.last_entry_by(account_id, at).await? {
+            Some(entry) => Ok(entry.position().ok_or(StoreError::HistoryUnavailable)?.balances),
+            None => Ok(BucketBalances::default()),
+        }
+    }
+
     /// The account's position at `at`: the sequence number and balances after every entry
-    /// posted at or before `at` (zero balances when none was). One indexed read, two when
-    /// nothing was posted by then (the first entry after `at` numbers the start).
+    /// posted at or before `at`. One indexed read, two when nothing was posted by then (the
+    /// first entry after `at` numbers the start).
     pub async fn position_at(&self, account_id: &str, at: Time) -> Result<Position, StoreError> {
-        let entries = self.collection::<LedgerEntryDoc>(LEDGER_ENTRIES);
-        let time = codec::bson_time(&at);
-        let last = entries
-            .find_one(doc! { "account_id": account_id, "created_at": { "$lte": time } })
-            .sort(doc! { "created_at": -1, "seq": -1 })
-            .await?;
-        if let Some(entry) = last {
+        if let Some(entry) = self.last_entry_by(account_id, at).await? {
             return entry.position().ok_or(StoreError::HistoryUnavailable);
         }
-        let first = entries
-            .find_one(doc! { "account_id": account_id, "created_at": { "$gt": time } })
+        let first = self
+            .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+            .find_one(doc! { "account_id": account_id, "created_at": { "$gt": codec::bson_time(&at) } })
             .sort(doc! { "created_at": 1, "seq": 1 })
             .await?;
         match first {
@@ -54,6 +58,19 @@ impl Store {
                     .ok_or_else(|| StoreError::Corrupt(format!("entry {} cannot be undone", entry.id)))
             }
         }
+    }
+
+    /// The account's last entry posted at or before `at` (index `by_account_time`).
+    async fn last_entry_by(&self, account_id: &str, at: Time) -> Result<Option<LedgerEntryDoc>, StoreError> {
+        // "At or before `at`" as "before the next millisecond" (entries are dated to the
+        // millisecond, so on any server the two select the same entries): SecantusDB's index
+        // bounds drop the endpoint of `$lte` on a key after the first (measured: 10 of 11).
+        let next_millisecond = codec::bson_time(&codec::from_millis(at.timestamp_millis() + 1));
+        Ok(self
+            .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
+            .find_one(doc! { "account_id": account_id, "created_at": { "$lt": next_millisecond } })
+            .sort(doc! { "created_at": -1, "seq": -1 })
+            .await?)
     }
 
     /// The account's position right after its entry `seq` (zero balances when it has no entry
@@ -84,7 +101,8 @@ impl Store {
         let limit = limit.clamp(1, STATEMENT_ENTRIES_MAX);
         let entries: Vec<LedgerEntryDoc> = self
             .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
-            .find(doc! { "account_id": account_id, "seq": { "$gt": after_seq, "$lte": until_seq } })
+            // `$lt` of the next number rather than `$lte` (see `position_at`).
+            .find(doc! { "account_id": account_id, "seq": { "$gt": after_seq, "$lt": until_seq + 1 } })
             .sort(doc! { "seq": 1 })
             .limit(i64::from(limit))
             .await?
@@ -138,7 +156,11 @@ pub async fn seed_history(
                 asset: wallet.asset.clone(),
                 kind: TxKind::Adjustment,
                 bucket: Bucket::Available,
-                side: if amount.negative { Side::Debit } else { Side::Credit },
+                side: if amount.negative {
+                    Side::Debit
+                } else {
+                    Side::Credit
+                },
                 amount: *amount,
                 created_at: codec::from_millis(start.timestamp_millis() + index * step_ms),
                 seq: Some(after.seq),

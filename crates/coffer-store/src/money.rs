@@ -289,10 +289,12 @@ pub(crate) async fn post_entries(
     for wallet in &updated {
         let after = coffer_domain::history::Position {
             seq: wallet.version,
-            balances: crate::batch::account_balances(wallet).map(|b| coffer_domain::history::BucketBalances {
-                available: b.available,
-                pending: b.pending,
-                held: b.held,
+            balances: crate::batch::account_balances(wallet).map(|b| {
+                coffer_domain::history::BucketBalances {
+                    available: b.available,
+                    pending: b.pending,
+                    held: b.held,
+                }
             })?,
         };
         let before = after
