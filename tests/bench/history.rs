@@ -62,7 +62,9 @@ pub async fn run(entries: usize) {
     // Two credits of 0.002 for each debit of 0.001: never below zero.
     let credit = SignedAmount::new(Amount::parse_decimal("0.002", 18).unwrap(), false);
     let debit = SignedAmount::new(Amount::parse_decimal("0.001", 18).unwrap(), true);
-    let amounts: Vec<SignedAmount> = (0..entries).map(|i| if i % 3 == 2 { debit } else { credit }).collect();
+    let amounts: Vec<SignedAmount> = (0..entries)
+        .map(|i| if i % 3 == 2 { debit } else { credit })
+        .collect();
     let start_ms = chrono::Utc::now().timestamp_millis() - entries as i64 - 60_000;
     let seeding = Instant::now();
     let start = coffer_store::codec::from_millis(start_ms);
@@ -78,7 +80,9 @@ pub async fn run(entries: usize) {
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let instants: Vec<i64> = (0..100)
         .map(|_| {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             start_ms + ((state >> 33) % entries as u64) as i64
         })
         .collect();
@@ -87,7 +91,10 @@ pub async fn run(entries: usize) {
         let text = instant_text(*at);
         let began = Instant::now();
         let view = app
-            .get(&format!("/v1/wallets/{wallet_id}?as_of={text}"), &alice.access_token)
+            .get(
+                &format!("/v1/wallets/{wallet_id}?as_of={text}"),
+                &alice.access_token,
+            )
             .await;
         api.push(began.elapsed());
         assert_eq!(view.status, 200, "{:?}", view.body);
@@ -98,13 +105,20 @@ pub async fn run(entries: usize) {
             .await
             .expect("as of");
         bounded.push(began.elapsed());
-        assert_eq!(view.body["available"], balances.available.magnitude.to_decimal_string(18));
+        assert_eq!(
+            view.body["available"],
+            balances.available.magnitude.to_decimal_string(18)
+        );
         // The scan is slow: a sample of the instants, each checked against the bounded answer.
         if i % 20 == 0 {
             let began = Instant::now();
             let summed = full_scan(&app, &wallet_id, *at).await;
             scan.push(began.elapsed());
-            println!("  full scan {} took {:.0} ms", scan.len(), began.elapsed().as_secs_f64() * 1000.0);
+            println!(
+                "  full scan {} took {:.0} ms",
+                scan.len(),
+                began.elapsed().as_secs_f64() * 1000.0
+            );
             assert_eq!(view.body["available"], summed.as_str(), "as of {text}");
         }
     }
