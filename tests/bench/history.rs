@@ -2,7 +2,7 @@
 //! 100,000, seeded with the store's numbering and running balances, one millisecond apart), then
 //! the balance as of random instants three ways, each checked against the others:
 //! through the API (`GET /v1/wallets/{id}?as_of=`), the store's bounded read alone
-//! (`balances_at`: the last entry by then on `by_account_time`), and the full scan it replaces
+//! (`balances_at`: a binary search of point reads on `by_account_seq`), and the full scan it replaces
 //! (a `$group` sum of the wallet's entries up to the instant, on the same index). Prints each
 //! median and p99 and the ratio of the scan to the bounded read; then a statement's first page.
 
@@ -131,7 +131,7 @@ pub async fn run(entries: usize) {
         );
     };
     print("as_of through the API (GET /v1/wallets/{id}?as_of=)", &api);
-    print("as_of in the store (last entry by then, one read)", &bounded);
+    print("as_of in the store (binary search on seq)", &bounded);
     print("full scan: $group sum of the entries up to then", &scan);
     println!(
         "ratio full scan / bounded read (p50): {:.0}x",
