@@ -24,6 +24,7 @@ mod reconcile;
 mod responses;
 mod routes;
 mod sessions;
+mod statements;
 mod stream;
 mod tls;
 mod traces;

@@ -12,6 +12,9 @@
 //! `coffer-bench growth`: the cost per transfer when the ledger already holds 10,000, 100,000 and
 //! 1,000,000 entries (seeded straight into the collections, with every index in place).
 //!
+//! `coffer-bench history [ENTRIES]`: the balance as of a time on a wallet with 100,000 entries,
+//! the bounded read against the full scan it replaces (see history.rs).
+//!
 //! `coffer-bench outbox [EVENTS]`: the outbox publisher against the ledger's peak commit rate, a
 //! raw lapin baseline, per-wallet order and commit → broker / WebSocket latency (see outbox.rs).
 //!
@@ -21,6 +24,7 @@
 //! sink) and metrics are on in every mode. It prints each rate, this process's CPU per
 //! transfer, and the ratios to "off" (issue 8: traces on above 0.95).
 
+mod history;
 mod outbox;
 
 use std::time::{Duration, Instant};
@@ -511,6 +515,10 @@ async fn main() {
         let total = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1600);
         let hot = args.get(3).is_some_and(|a| a == "hot");
         return profile(clients, total, hot).await;
+    }
+    if args.first().is_some_and(|a| a == "history") {
+        let entries = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+        return history::run(entries).await;
     }
     if args.first().is_some_and(|a| a == "growth") {
         return growth().await;

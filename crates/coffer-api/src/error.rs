@@ -134,6 +134,8 @@ error_codes! {
     InvalidStreamTicket => "invalid_stream_ticket",
     NotPublished => "not_published",
     LiabilitiesUnconfigured => "liabilities_unconfigured",
+    HistoryUnavailable => "history_unavailable",
+    StatementTooLarge => "statement_too_large",
 }
 
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).
@@ -352,6 +354,12 @@ impl From<StoreError> for ApiError {
             StoreError::LimitExceeded => ApiError::Unprocessable {
                 code: "daily_limit_exceeded",
                 detail: "the amount would take today's withdrawals above the asset's daily limit".into(),
+            },
+            StoreError::HistoryUnavailable => ApiError::Unprocessable {
+                code: "history_unavailable",
+                detail:
+                    "the wallet's entries at that time were written before balances were recorded per entry"
+                        .into(),
             },
             StoreError::Contention => ApiError::RetryLater {
                 retry_after_seconds: 1,

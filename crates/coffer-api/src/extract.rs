@@ -286,6 +286,24 @@ impl<'de> Deserialize<'de> for PageLimit {
     }
 }
 
+/// An instant in a query string: RFC 3339 with an offset, e.g. `2026-12-02T15:00:00Z` (kept to
+/// the millisecond, as the ledger dates its entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instant(pub chrono::DateTime<chrono::Utc>);
+
+impl<'de> Deserialize<'de> for Instant {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .ok()
+            .and_then(|t| chrono::DateTime::from_timestamp_millis(t.timestamp_millis()))
+            .map(Instant)
+            .ok_or_else(|| {
+                D::Error::custom("not an RFC 3339 time with an offset, such as 2026-12-02T15:00:00Z")
+            })
+    }
+}
+
 /// `?cursor=`: the `next_cursor` of a previous page, which is an id (a UUID).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor(String);

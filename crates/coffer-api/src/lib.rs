@@ -24,6 +24,7 @@ pub mod money;
 pub mod openapi;
 pub mod ops;
 pub mod sessions;
+pub mod statements;
 pub mod stream;
 pub mod transactions;
 pub mod views;
@@ -254,6 +255,8 @@ fn groups() -> Groups {
             .routes(routes!(wallets::list_wallets))
             .routes(routes!(wallets::get_wallet))
             .routes(routes!(wallets::wallet_ledger))
+            .routes(routes!(statements::statement))
+            .routes(routes!(statements::statement_csv))
             .routes(routes!(transactions::list_transactions))
             .routes(routes!(transactions::get_transaction))
             .routes(routes!(stream::stream))

@@ -32,6 +32,9 @@ pub struct WalletView {
     /// available + pending + held.
     pub total: String,
     pub created_at: String,
+    /// Set when the balances are those as of this instant (`?as_of=`), not now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 impl WalletView {
@@ -47,6 +50,7 @@ impl WalletView {
             held: balances.held.to_decimal_string(d),
             total: balances.total().to_decimal_string(d),
             created_at: time(&wallet.created_at),
+            as_of: None,
         })
     }
 }

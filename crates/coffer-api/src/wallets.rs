@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Cursor, PageLimit, Principal, ValidJson, ValidQuery};
+use crate::extract::{Cursor, Instant, PageLimit, Principal, ValidJson, ValidQuery};
 use crate::views::{LedgerEntryView, LedgerPage, WalletView};
 use crate::ApiContext;
 
@@ -73,20 +73,44 @@ pub async fn list_wallets(
     ))
 }
 
-/// One of the caller's wallets with its balances.
-#[utoipa::path(get, path = "/v1/wallets/{id}", tag = "wallets", params(("id" = String, Path)),
-    responses((status = 200, body = WalletView), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WalletQuery {
+    /// The balances as of this instant instead of now: RFC 3339 with an offset, e.g.
+    /// 2026-12-01T00:00:00Z (every entry posted at or before it counts).
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub as_of: Option<Instant>,
+}
+
+/// One of the caller's wallets with its balances, now or as of a past instant.
+#[utoipa::path(get, path = "/v1/wallets/{id}", tag = "wallets", params(("id" = String, Path), WalletQuery),
+    responses((status = 200, body = WalletView),
+              (status = 400, description = "invalid_query (as_of)", body = Problem),
+              (status = 404, body = Problem),
+              (status = 422, description = "history_unavailable", body = Problem)),
+    security(("bearer" = [])))]
 pub async fn get_wallet(
     State(ctx): State<ApiContext>,
     principal: Principal,
     Path(id): Path<String>,
+    ValidQuery(query): ValidQuery<WalletQuery>,
 ) -> ApiResult<Json<WalletView>> {
     let wallet = ctx
         .store()
         .wallet_of_user(&principal.user_id, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(WalletView::from_doc(&wallet)?))
+    let mut view = WalletView::from_doc(&wallet)?;
+    if let Some(at) = query.as_of {
+        let past = crate::statements::balances_as_of(&ctx, &wallet, at).await?;
+        view.available = past.available;
+        view.pending = past.pending;
+        view.held = past.held;
+        view.total = past.total;
+        view.as_of = Some(crate::views::time(&at.0));
+    }
+    Ok(Json(view))
 }
 
 /// A wallet's ledger entries, newest first.

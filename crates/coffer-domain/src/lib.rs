@@ -11,6 +11,7 @@ pub mod amount;
 pub mod asset;
 pub mod book;
 pub mod events;
+pub mod history;
 pub mod ledger;
 pub mod liabilities;
 pub mod movement;

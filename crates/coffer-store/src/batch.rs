@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_domain::book::{AccountBalances, Applied, Book, BookRefusal, SignedAmount};
+use coffer_domain::history::{BucketBalances, Position};
 use coffer_domain::movement::balance_event;
 use coffer_domain::{Bucket, Movement, PlannedEvent, Side};
 use futures::TryStreamExt;
@@ -559,8 +560,8 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
         .collect();
     let accounts = load_accounts(db, session, &ids).await?;
     let mut book = Book::new();
-    for (id, (balances, _)) in &accounts {
-        book.insert_account(id.clone(), balances.clone());
+    for (id, account) in &accounts {
+        book.insert_account(id.clone(), account.balances.clone());
     }
     let counter_keys: BTreeSet<String> = items
         .iter()
@@ -570,8 +571,19 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
     for (key, used) in &counters {
         book.insert_counter(key.clone(), *used);
     }
-    let now = codec::now();
-    let mut plan = BatchWrites::default();
+    // Never dated before an entry of a touched account (another process's clock may be ahead):
+    // an account's entries are in time order as they are in sequence order.
+    let now = accounts
+        .values()
+        .map(|a| a.updated_at)
+        .fold(codec::now(), Time::max);
+    let mut plan = BatchWrites {
+        positions: accounts
+            .iter()
+            .map(|(id, a)| (id.clone(), a.position()))
+            .collect(),
+        ..Default::default()
+    };
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
         let outcome = match book.apply(item.movement()) {
@@ -586,7 +598,7 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
             wrote: false,
         });
     }
-    update_accounts(db, session, &accounts, &plan.touches, &book, now).await?;
+    update_accounts(db, session, &accounts, &plan.positions, &book, now).await?;
     plan.insert(db, session).await?;
     update_counters(db, session, &plan.charged, now).await?;
     Ok(Written {
@@ -632,12 +644,37 @@ fn refused(refusal: BookRefusal) -> StoreError {
     }
 }
 
+/// An account as a batch read it.
+struct LoadedAccount {
+    balances: AccountBalances,
+    /// The sequence number of its last ledger entry.
+    version: i64,
+    updated_at: Time,
+}
+
+impl LoadedAccount {
+    fn position(&self) -> Position {
+        Position {
+            seq: self.version,
+            balances: bucket_balances(&self.balances),
+        }
+    }
+}
+
+fn bucket_balances(balances: &AccountBalances) -> BucketBalances {
+    BucketBalances {
+        available: balances.available,
+        pending: balances.pending,
+        held: balances.held,
+    }
+}
+
 /// Every account of `ids` with its version, read in the transaction's snapshot (one `find`).
 async fn load_accounts(
     db: &Database,
     session: &mut ClientSession,
     ids: &BTreeSet<String>,
-) -> Result<BTreeMap<String, (AccountBalances, i64)>, Retry> {
+) -> Result<BTreeMap<String, LoadedAccount>, Retry> {
     let mut accounts = BTreeMap::new();
     let ids: Vec<&String> = ids.iter().collect();
     let mut cursor = db
@@ -647,7 +684,12 @@ async fn load_accounts(
         .await?;
     while let Some(wallet) = cursor.next(&mut *session).await.transpose()? {
         let balances = account_balances(&wallet).map_err(|e| Retry::Fatal(e.into()))?;
-        accounts.insert(wallet.id.clone(), (balances, wallet.version));
+        let loaded = LoadedAccount {
+            balances,
+            version: wallet.version,
+            updated_at: wallet.updated_at,
+        };
+        accounts.insert(wallet.id.clone(), loaded);
     }
     Ok(accounts)
 }
@@ -702,8 +744,9 @@ struct BatchWrites {
     entries: Vec<LedgerEntryDoc>,
     events: Vec<OutboxDoc>,
     idempotency: Vec<IdempotencyDoc>,
-    /// Per account: how many applied movements touched it (its version moves by that much).
-    touches: BTreeMap<String, i64>,
+    /// Per account: its sequence number and balances after the entries added so far (its
+    /// version moves to that sequence number).
+    positions: BTreeMap<String, Position>,
     /// Per limit counter: the amount the applied movements charged.
     charged: BTreeMap<String, coffer_domain::Amount>,
 }
@@ -718,15 +761,18 @@ impl BatchWrites {
     ) -> Result<TransactionDoc, Retry> {
         let movement = item.movement();
         let record = transaction_record(movement, now);
-        for id in movement.ledger.account_ids() {
-            *self.touches.entry(id).or_default() += 1;
-        }
         for charge in &movement.limits {
             let used = self.charged.entry(charge.key.clone()).or_default();
             *used = used.checked_add(charge.amount).expect("bounded by the limit");
         }
         let owner_of = |id: &str| book.account(id).and_then(|a| a.user_id.clone());
-        let entries = ledger_entries(&movement.transaction_id, &movement.ledger, owner_of, now);
+        let entries = ledger_entries(
+            &movement.transaction_id,
+            &movement.ledger,
+            owner_of,
+            |_| now,
+            &mut self.positions,
+        )?;
         self.entries.extend(entries);
         let balance_events = applied.user_balances.iter().filter_map(|(id, balances)| {
             balance_event(id, balances, movement.decimals, &movement.transaction_id)
@@ -787,29 +833,41 @@ pub(crate) fn transaction_record(movement: &Movement, now: Time) -> TransactionD
     }
 }
 
-/// The ledger entries of `ledger`'s postings under transaction `transaction_id`; `owner_of`
-/// names the user of each account (None for platform accounts).
+/// The ledger entries of `ledger`'s postings under transaction `transaction_id`, in posting
+/// order; `owner_of` names the user of each account (None for platform accounts), `at` the time
+/// of its entries. Each entry takes the next sequence number of its account in `positions`
+/// (which it advances) and records the account's balances right after it.
 pub(crate) fn ledger_entries(
     transaction_id: &str,
     ledger: &coffer_domain::LedgerTransaction,
     owner_of: impl Fn(&str) -> Option<String>,
-    now: Time,
-) -> Vec<LedgerEntryDoc> {
-    let postings = ledger.postings().iter();
-    postings
-        .map(|posting| LedgerEntryDoc {
+    at: impl Fn(&str) -> Time,
+    positions: &mut BTreeMap<String, Position>,
+) -> Result<Vec<LedgerEntryDoc>, StoreError> {
+    let mut entries = Vec::with_capacity(ledger.postings().len());
+    for posting in ledger.postings() {
+        let account = &posting.account_id;
+        let amount = SignedAmount::new(posting.amount, posting.side == Side::Debit);
+        let after = positions
+            .get_mut(account)
+            .and_then(|position| position.post(posting.bucket, amount))
+            .ok_or_else(|| StoreError::Corrupt(format!("no running balance of account {account}")))?;
+        entries.push(LedgerEntryDoc {
             id: new_id(),
             transaction_id: transaction_id.to_string(),
-            account_id: posting.account_id.clone(),
-            user_id: owner_of(&posting.account_id),
+            account_id: account.clone(),
+            user_id: owner_of(account),
             asset: ledger.asset().to_string(),
             kind: ledger.kind(),
             bucket: posting.bucket,
             side: posting.side,
-            amount: SignedAmount::new(posting.amount, posting.side == Side::Debit),
-            created_at: now,
-        })
-        .collect()
+            amount,
+            created_at: at(account),
+            seq: Some(after.seq),
+            balance_after_atomic: Some(after.balances.into()),
+        });
+    }
+    Ok(entries)
 }
 
 /// A planned event as an outbox row.
@@ -826,22 +884,34 @@ pub(crate) fn outbox_row(event: &PlannedEvent, traceparent: Option<String>) -> O
 }
 
 /// ONE `update` command for every touched account: each statement adds the batch's net change
-/// and moves the version by the number of movements that touched it. It selects by `_id` only:
-/// the batch read the accounts in this transaction, so a concurrent writer is a write conflict.
+/// and moves the version by the number of entries written to it (to its last entry's `seq`). It
+/// selects by `_id` only: the batch read the accounts in this transaction, so a concurrent writer
+/// is a write conflict.
 async fn update_accounts(
     db: &Database,
     session: &mut ClientSession,
-    before: &BTreeMap<String, (AccountBalances, i64)>,
-    touches: &BTreeMap<String, i64>,
+    before: &BTreeMap<String, LoadedAccount>,
+    positions: &BTreeMap<String, Position>,
     book: &Book,
     now: Time,
 ) -> Result<(), Retry> {
     let now = codec::bson_time(&now);
-    let mut statements = Vec::with_capacity(touches.len());
-    for (id, count) in touches {
-        let (old, _) = &before[id];
+    let mut statements = Vec::with_capacity(positions.len());
+    for (id, position) in positions {
+        let loaded = &before[id];
+        let count = position.seq - loaded.version;
+        if count == 0 {
+            continue;
+        }
+        let old = &loaded.balances;
         let new = book.account(id).expect("touched accounts are in the book");
-        let mut inc = doc! { "version": *count };
+        // The entries' running balances end where the book does, or the history would lie.
+        if position.balances != bucket_balances(new) {
+            return Err(Retry::Fatal(StoreError::Corrupt(format!(
+                "running balances of account {id} disagree with the book"
+            ))));
+        }
+        let mut inc = doc! { "version": count };
         for bucket in Bucket::ALL {
             let delta = new.bucket(bucket).minus(old.bucket(bucket));
             if !delta.amount.is_zero() {

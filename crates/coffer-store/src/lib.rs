@@ -14,6 +14,7 @@ pub mod batch;
 pub mod chain;
 pub mod codec;
 pub mod devices;
+pub mod history;
 pub mod idempotency;
 pub mod inspect;
 pub mod liabilities;
@@ -104,6 +105,8 @@ pub enum StoreError {
     SelfApproval,
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    #[error("the account's history at that time predates recorded balances")]
+    HistoryUnavailable,
     #[error("stored data violates an invariant: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -357,6 +360,19 @@ impl Store {
                 LEDGER_ENTRIES,
                 doc! { "transaction_id": 1 },
                 named("by_transaction"),
+            ),
+            // An account's history by sequence number: a statement's entries are a seq range.
+            (
+                LEDGER_ENTRIES,
+                doc! { "account_id": 1, "seq": 1 },
+                named(history::BY_ACCOUNT_SEQ),
+            ),
+            // The balance at an instant: the account's last entry posted by then (time and seq
+            // order agree within an account, seq breaks ties).
+            (
+                LEDGER_ENTRIES,
+                doc! { "account_id": 1, "created_at": 1, "seq": 1 },
+                named(history::BY_ACCOUNT_TIME),
             ),
             (
                 IDEMPOTENCY_KEYS,

@@ -103,9 +103,12 @@ pub struct WalletDoc {
     pub pending: SignedAmount,
     #[serde(with = "codec::signed")]
     pub held: SignedAmount,
+    /// The sequence number of the account's last ledger entry: every entry moves it by one, in
+    /// the transaction that writes the entry (`LedgerEntryDoc::seq`).
     pub version: i64,
     #[serde(with = "codec::time")]
     pub created_at: Time,
+    /// When the last entry was posted (or the account created); entries are never dated earlier.
     #[serde(with = "codec::time")]
     pub updated_at: Time,
 }
@@ -279,8 +282,59 @@ pub struct LedgerEntryDoc {
     /// Credit-positive signed amount: summing a wallet's entries per bucket gives its balance.
     #[serde(with = "codec::signed")]
     pub amount: SignedAmount,
+    /// When it was posted. Never earlier than the account's entry before it (writers take the
+    /// later of their clock and the account's `updated_at`), so time and `seq` order agree.
     #[serde(with = "codec::time")]
     pub created_at: Time,
+    /// The account's sequence number of this entry: its `version` right after it, one more than
+    /// the entry before. Absent on entries written before statements existed (issue 18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    /// The account's balances right after this entry (absent where `seq` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_after_atomic: Option<BalancesAfter>,
+}
+
+/// An account's three buckets right after one ledger entry, credit-positive, smallest units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancesAfter {
+    #[serde(with = "codec::signed")]
+    pub available: SignedAmount,
+    #[serde(with = "codec::signed")]
+    pub pending: SignedAmount,
+    #[serde(with = "codec::signed")]
+    pub held: SignedAmount,
+}
+
+impl From<coffer_domain::history::BucketBalances> for BalancesAfter {
+    fn from(b: coffer_domain::history::BucketBalances) -> Self {
+        BalancesAfter {
+            available: b.available,
+            pending: b.pending,
+            held: b.held,
+        }
+    }
+}
+
+impl From<BalancesAfter> for coffer_domain::history::BucketBalances {
+    fn from(b: BalancesAfter) -> Self {
+        coffer_domain::history::BucketBalances {
+            available: b.available,
+            pending: b.pending,
+            held: b.held,
+        }
+    }
+}
+
+impl LedgerEntryDoc {
+    /// Where the account's history stood right after this entry; None on an entry written
+    /// before entries carried their sequence number and balances.
+    pub fn position(&self) -> Option<coffer_domain::history::Position> {
+        Some(coffer_domain::history::Position {
+            seq: self.seq?,
+            balances: self.balance_after_atomic?.into(),
+        })
+    }
 }
 
 /// An event of the outbox: written in the transaction of what it reports, published to RabbitMQ

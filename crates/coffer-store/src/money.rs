@@ -6,6 +6,7 @@
 //! state transitions, adjustments and the broadcaster), the posting of a balanced ledger
 //! transaction inside an open transaction, platform accounts and wallet creation.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coffer_domain::amount::ledger_max;
@@ -262,6 +263,10 @@ pub const VELOCITY_RETENTION_MS: i64 = 3 * 24 * 3600 * 1000;
 
 /// Applies a balanced ledger transaction's deltas and inserts its entries, inside `session`'s
 /// transaction; returns the touched accounts after the update.
+///
+/// Each update moves the account's version by its entries and returns the account after it, so
+/// the entries are numbered back from there: the account's sequence and balances before this
+/// transaction, then each posting in order (the same numbering as the batch writer's).
 pub(crate) async fn post_entries(
     store: &Store,
     session: &mut ClientSession,
@@ -269,20 +274,42 @@ pub(crate) async fn post_entries(
     tx_id: &str,
     now: DateTime,
 ) -> Result<Vec<WalletDoc>, StoreError> {
+    let mut postings: BTreeMap<String, Vec<(Bucket, SignedAmount)>> = BTreeMap::new();
+    for posting in ledger.postings() {
+        let amount = SignedAmount::new(posting.amount, posting.side == coffer_domain::Side::Debit);
+        let of_account = postings.entry(posting.account_id.clone()).or_default();
+        of_account.push((posting.bucket, amount));
+    }
     let mut updated: Vec<WalletDoc> = Vec::new();
     for (account_id, bucket, delta) in ledger.balance_deltas() {
-        let wallet = apply_delta(store, session, &account_id, bucket, &delta, now).await?;
+        let entries = postings[&account_id].iter().filter(|(b, _)| *b == bucket).count();
+        let wallet = apply_delta(store, session, &account_id, bucket, &delta, entries, now).await?;
         updated.retain(|w| w.id != wallet.id);
         updated.push(wallet);
     }
-    let owner_of = |id: &str| {
-        updated
-            .iter()
-            .find(|w| w.id == id)
-            .and_then(|w| w.user_id.clone())
-    };
-    let at = codec::from_millis(now.timestamp_millis());
-    let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, at);
+    let mut positions = BTreeMap::new();
+    for wallet in &updated {
+        let after = coffer_domain::history::Position {
+            seq: wallet.version,
+            balances: crate::batch::account_balances(wallet).map(|b| {
+                coffer_domain::history::BucketBalances {
+                    available: b.available,
+                    pending: b.pending,
+                    held: b.held,
+                }
+            })?,
+        };
+        let before = after
+            .before(&postings[&wallet.id])
+            .ok_or_else(|| StoreError::Corrupt(format!("account {} cannot be numbered back", wallet.id)))?;
+        positions.insert(wallet.id.clone(), before);
+    }
+    let find = |id: &str| updated.iter().find(|w| w.id == id);
+    let owner_of = |id: &str| find(id).and_then(|w| w.user_id.clone());
+    // The account's `updated_at` after the update: `now`, or later if its last entry was dated
+    // later by another process's clock.
+    let at = |id: &str| find(id).map_or_else(|| codec::from_millis(now.timestamp_millis()), |w| w.updated_at);
+    let entries = crate::batch::ledger_entries(tx_id, ledger, owner_of, at, &mut positions)?;
     store
         .collection::<LedgerEntryDoc>(LEDGER_ENTRIES)
         .insert_many(&entries)
@@ -301,13 +328,15 @@ pub(crate) async fn insert_events(
         .map_err(crate::batch::retry_error)
 }
 
-/// Applies one balance delta with a conditional `$inc` and returns the wallet after it.
+/// Applies one balance delta with a conditional `$inc`, moving the version by the `entries` it
+/// stands for, and returns the wallet after it.
 async fn apply_delta(
     store: &Store,
     session: &mut ClientSession,
     account_id: &str,
     bucket: Bucket,
     delta: &BalanceDelta,
+    entries: usize,
     now: DateTime,
 ) -> Result<WalletDoc, StoreError> {
     let field = bucket.as_str();
@@ -329,8 +358,8 @@ async fn apply_delta(
         filter.insert(field, doc! { "$lte": codec::to_decimal(&headroom, false) });
     }
     let update = doc! {
-        "$inc": { field: codec::to_decimal(&delta.amount, delta.negative), "version": 1i64 },
-        "$set": { "updated_at": now },
+        "$inc": { field: codec::to_decimal(&delta.amount, delta.negative), "version": entries as i64 },
+        "$max": { "updated_at": now },
     };
     let wallets = store.collection::<WalletDoc>(WALLETS);
     let after = wallets

@@ -183,6 +183,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,
     pub body: Value,
+    /// The body as text (a CSV, or the JSON as sent).
+    pub text: String,
 }
 
 impl Reply {
@@ -335,6 +337,7 @@ impl TestApp {
             status,
             headers,
             body,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
