@@ -199,6 +199,23 @@ async fn statement_pages_and_csv_agree_with_as_of_and_with_each_other() {
         for (b, value) in &running {
             assert_eq!(signed(closing[*b].as_str().unwrap()), *value, "closing {b}");
         }
+        // At the very instant of an entry, as_of includes it (and every entry of that instant):
+        // the balance after the last entry posted then.
+        for (i, item) in items.iter().enumerate() {
+            let posted_at = item["posted_at"].as_str().unwrap();
+            if items
+                .get(i + 1)
+                .is_some_and(|next| next["posted_at"] == item["posted_at"])
+            {
+                continue;
+            }
+            let view = as_of(&app, &alice, &wallet, posted_at).await;
+            assert_eq!(
+                balances(&view)[..3],
+                balances(&item["balance_after"])[..3],
+                "as of the instant of {item}"
+            );
+        }
 
         // The CSV: header, opening, the same entries in the same order, closing.
         let csv = app
