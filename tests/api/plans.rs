@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use coffer_store::inspect::QueryLog;
-use coffer_store::{Role, StoreConfig};
+use coffer_store::Role;
 use coffer_test_support::broker::{self, Broker};
 use coffer_test_support::stream::{connect, events, Token};
 use coffer_test_support::{Options, TestApp};
@@ -19,14 +19,7 @@ const FIXED_SIZE: [&str; 3] = ["outbox_sequences", "outbox_partitions", "outbox_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_of_the_money_path_is_served_by_an_index() {
     let log = QueryLog::new();
-    let options = Options {
-        store: StoreConfig {
-            query_log: Some(log.clone()),
-            ..StoreConfig::default()
-        },
-        ..Options::default()
-    };
-    let app = TestApp::spawn_with(options).await;
+    let app = TestApp::spawn_with(Options::recording_queries(&log)).await;
     let payment = app.staff(Role::Payment).await;
     let (alice, bob) = (app.register().await, app.register().await);
     let (a, b) = (

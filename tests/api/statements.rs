@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use coffer_domain::{Amount, LedgerTransaction, SignedAmount, TxState};
 use coffer_store::inspect::QueryLog;
-use coffer_store::{Role, StoreConfig};
+use coffer_store::Role;
 use coffer_test_support::{Options, TestApp, TestUser};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -409,14 +409,7 @@ async fn a_csv_statement_past_its_row_cap_is_refused_and_old_entries_are_explici
 #[tokio::test]
 async fn history_reads_are_served_by_their_indexes() {
     let log = QueryLog::new();
-    let options = Options {
-        store: StoreConfig {
-            query_log: Some(log.clone()),
-            ..StoreConfig::default()
-        },
-        ..Options::default()
-    };
-    let app = TestApp::spawn_with(options).await;
+    let app = TestApp::spawn_with(Options::recording_queries(&log)).await;
     let (alice, bob) = (app.register().await, app.register().await);
     let wallet = app.create_wallet(&alice, "ETH").await;
     let bob_wallet = app.create_wallet(&bob, "ETH").await;

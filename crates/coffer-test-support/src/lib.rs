@@ -67,6 +67,20 @@ pub struct Options {
     pub liability_signing_key: Option<coffer_api::liabilities::LiabilityKey>,
 }
 
+impl Options {
+    /// Default options whose store records every query's filter into `log` (for the tests that
+    /// check query plans with `explain`).
+    pub fn recording_queries(log: &coffer_store::inspect::QueryLog) -> Options {
+        Options {
+            store: StoreConfig {
+                query_log: Some(log.clone()),
+                ..StoreConfig::default()
+            },
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -108,6 +108,56 @@ async fn available(client: &reqwest::Client, api: &Api, token: &str, wallet: &st
     body["available"].as_str().unwrap().to_string()
 }
 
+/// Two API processes on one database, a funded wallet (10 ETH) and a transfer of 1 out of it;
+/// `doomed` aborts the first time it passes the fault point `fault`.
+struct Scene {
+    roles: Roles,
+    client: reqwest::Client,
+    survivor: Api,
+    doomed: Api,
+    alice: String,
+    source: String,
+    transfer: Value,
+}
+
+async fn scene(label: &str, fault: &str) -> Scene {
+    let roles = roles(label);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let survivor = api(&roles, "api-survivor", &client, None).await;
+    let (alice, source) = user_with_wallet(&client, &survivor).await;
+    let (_, target) = user_with_wallet(&client, &survivor).await;
+    fund(&roles, &client, &survivor, &source, "10").await;
+    let doomed = api(&roles, "api-doomed", &client, Some(&format!("{fault}=1"))).await;
+    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "1" });
+    Scene {
+        roles,
+        client,
+        survivor,
+        doomed,
+        alice,
+        source,
+        transfer,
+    }
+}
+
+/// Waits (at most 30 s) for `doomed` to have aborted at the fault point `fault`.
+async fn died_at_fault(mut doomed: Api, fault: &str) {
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = doomed.process.child.wait();
+        (doomed, status)
+    });
+    let (mut doomed, status) = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
+        .await
+        .expect("the process ends")
+        .unwrap();
+    assert!(!status.unwrap().success(), "the process aborted");
+    assert!(doomed
+        .process
+        .log_text()
+        .contains(&format!("fault point {fault}")));
+    doomed.process.kill();
+}
+
 /// `coffer ledger verify` against the test's database: no finding.
 fn assert_ledger_verifies(roles: &Roles) {
     let (mut command, log) = roles.command("verify", &["ledger", "verify"], &[]);
@@ -172,16 +222,16 @@ async fn two_api_processes_on_one_database_drain_one_wallet_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_nothing_twice() {
-    let roles = roles("kill-after-commit");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let survivor = api(&roles, "api-survivor", &client, None).await;
-    let (alice, source) = user_with_wallet(&client, &survivor).await;
-    let (_, target) = user_with_wallet(&client, &survivor).await;
-    fund(&roles, &client, &survivor, &source, "10").await;
-    // This process dies right after its first batch commits, before it answers anyone.
-    let mut doomed = api(&roles, "api-doomed", &client, Some("ledger.after_commit=1")).await;
-
-    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "1" });
+    // The doomed process dies right after its first batch commits, before it answers anyone.
+    let Scene {
+        roles,
+        client,
+        survivor,
+        doomed,
+        alice,
+        source,
+        transfer,
+    } = scene("kill-after-commit", "ledger.after_commit").await;
     let keys: Vec<String> = (0..8).map(|i| format!("k-{i}")).collect();
     let sends = keys.iter().map(|key| {
         let url = format!("{}/v1/transfers", doomed.url);
@@ -193,20 +243,7 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
         first_tries.iter().all(Result::is_err),
         "nobody got an answer: {first_tries:?}"
     );
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = doomed.process.child.wait();
-        (doomed, status)
-    });
-    let (mut doomed, status) = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
-        .await
-        .expect("the process ends")
-        .unwrap();
-    assert!(!status.unwrap().success(), "the process aborted");
-    assert!(doomed
-        .process
-        .log_text()
-        .contains("fault point ledger.after_commit"));
-    doomed.process.kill();
+    died_at_fault(doomed, "ledger.after_commit").await;
 
     // Every client retries with its key on the surviving process.
     let mut replayed = 0;
@@ -238,33 +275,20 @@ async fn an_api_killed_between_commit_and_answer_replays_on_retry_and_moves_noth
 /// sessions once its lease lapses, instead of waiting out the server's transaction lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_killed_inside_a_transaction_blocks_its_wallets_for_at_most_five_seconds() {
-    let roles = roles("kill-before-commit");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let survivor = api(&roles, "api-survivor", &client, None).await;
-    let (alice, source) = user_with_wallet(&client, &survivor).await;
-    let (_, target) = user_with_wallet(&client, &survivor).await;
-    fund(&roles, &client, &survivor, &source, "10").await;
-    let mut doomed = api(&roles, "api-doomed", &client, Some("ledger.before_commit=1")).await;
-
-    let transfer = json!({ "from_wallet_id": source, "to_wallet_id": target, "amount": "1" });
+    let Scene {
+        roles,
+        client,
+        survivor,
+        doomed,
+        alice,
+        source,
+        transfer,
+    } = scene("kill-before-commit", "ledger.before_commit").await;
     let url = format!("{}/v1/transfers", doomed.url);
     let first = post(&client, &url, Some(&alice), "doomed", transfer.clone()).await;
     assert!(first.is_err(), "the process died before it answered: {first:?}");
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = doomed.process.child.wait();
-        (doomed, status)
-    });
-    let (mut doomed, status) = tokio::time::timeout(std::time::Duration::from_secs(30), exited)
-        .await
-        .expect("the process ends")
-        .unwrap();
+    died_at_fault(doomed, "ledger.before_commit").await;
     let died = std::time::Instant::now();
-    assert!(!status.unwrap().success(), "the process aborted");
-    assert!(doomed
-        .process
-        .log_text()
-        .contains("fault point ledger.before_commit"));
-    doomed.process.kill();
 
     // The same wallets through the survivor: 503 retry_later while the dead transaction holds
     // them, then 201. One key, retried as a client would.
