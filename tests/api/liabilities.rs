@@ -248,3 +248,29 @@ async fn publishing_needs_finance_or_admin_a_signing_key_and_is_audited() {
     assert_eq!(refused.code(), "liabilities_unconfigured");
     let _: Value = refused.body;
 }
+
+/// The public statement needs no token, but it is a read like any other: limited per client IP
+/// (429 with Retry-After past the limit).
+#[tokio::test]
+async fn the_public_statement_is_rate_limited_per_client_ip() {
+    let mut options = Options {
+        liability_signing_key: Some(key()),
+        ..Options::default()
+    };
+    options.rate_limits.reads_per_ip_per_minute = 3;
+    let app = TestApp::spawn_with(options).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let reply = app.send("GET", "/v1/liabilities/ETH", None, None, None).await;
+        statuses.push(reply.status.as_u16());
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(reply.headers.contains_key("retry-after"));
+            assert_eq!(reply.body["code"], "rate_limited");
+        }
+    }
+    assert_eq!(
+        statuses,
+        vec![404, 404, 404, 429],
+        "nothing published yet, then limited"
+    );
+}

@@ -241,8 +241,7 @@ fn groups() -> Groups {
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::openapi_json))
-            .routes(routes!(chain::webhook))
-            .routes(routes!(liabilities::get_liabilities)),
+            .routes(routes!(chain::webhook)),
         metrics: OpenApiRouter::new().routes(routes!(ops::metrics)),
         auth: OpenApiRouter::new()
             .routes(routes!(auth::register))
@@ -264,6 +263,8 @@ fn groups() -> Groups {
             .routes(routes!(chain::deposit_address))
             .routes(routes!(chain::wallet_deposits))
             .routes(routes!(liabilities::wallet_liability_proof))
+            // Public, but limited per client IP like every read (no token: no per-user limit).
+            .routes(routes!(liabilities::get_liabilities))
             .routes(routes!(devices::list_devices))
             .routes(routes!(address_book::list_addresses)),
         writes: OpenApiRouter::new()
