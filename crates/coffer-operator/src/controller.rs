@@ -217,7 +217,12 @@ impl WalletPlatform {
         let spec = &self.spec;
         check_secret(ctx, &self.ns(), &spec.mongodb.secret_ref, "uri", &referrer).await?;
         check_secret(ctx, &self.ns(), &spec.rabbitmq.secret_ref, "uri", &referrer).await?;
-        check_secret(ctx, &self.ns(), &spec.jwt_secret_ref, "secret", &referrer).await
+        check_secret(ctx, &self.ns(), &spec.jwt_secret_ref, "secret", &referrer).await?;
+        if let Some(liabilities) = &spec.liabilities {
+            let key = &liabilities.signing_key_secret_ref;
+            check_secret(ctx, &self.ns(), key, "key", &referrer).await?;
+        }
+        Ok(())
     }
 
     async fn check_listeners(&self, ctx: &Context, listeners: &[ChainListener]) -> Result<ListenerVerdicts> {

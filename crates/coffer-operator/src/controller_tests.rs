@@ -905,3 +905,51 @@ async fn a_fenced_signer_listener_follows_its_catalog_by_watch_only_when_the_api
     assert_eq!(api_server_rule["ports"][0]["port"], 443);
     assert_eq!(api_server_rule["ports"][1]["port"], 6443);
 }
+
+/// Proof of liabilities: the signing key reaches the api and the reconciler from its Secret
+/// (never as a literal value), the schedule only the reconciler; a missing Secret is reported.
+#[tokio::test]
+async fn a_liabilities_key_reaches_the_api_and_reconciler_and_the_schedule_only_the_reconciler() {
+    let mut api = cluster();
+    let mut platform = platform_in(&api);
+    platform.spec.liabilities = Some(crate::crd::LiabilitiesSpec {
+        signing_key_secret_ref: crate::crd::SecretKeyRef {
+            name: "coffer-liabilities".into(),
+            key: None,
+        },
+        publish_interval_seconds: Some(3600),
+    });
+    api.put(&platform);
+    let stored = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, stored).await;
+    assert_degraded(status_of(&api, PLATFORM), "SecretMissing", "coffer-liabilities");
+
+    let mut api = api;
+    api.put(&secret("coffer-liabilities", "key"));
+    let stored = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, stored).await;
+    let env_of = |name: &str| {
+        api.objects[&format!("{DEPLOYMENTS}/{name}")]["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for name in ["coffer-api", "coffer-reconciler"] {
+        let env = env_of(name);
+        let key = env
+            .iter()
+            .find(|e| e["name"] == "COFFER_LIABILITY_SIGNING_KEY")
+            .unwrap_or_else(|| panic!("{name} has the signing key"));
+        assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "coffer-liabilities");
+        assert_eq!(key["valueFrom"]["secretKeyRef"]["key"], "key");
+        assert!(key.get("value").is_none(), "never a literal value");
+    }
+    let schedule = |name: &str| {
+        env_of(name)
+            .iter()
+            .find(|e| e["name"] == "COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(schedule("coffer-reconciler"), Some(serde_json::json!("3600")));
+    assert_eq!(schedule("coffer-api"), None);
+}

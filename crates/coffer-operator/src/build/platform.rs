@@ -258,6 +258,7 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
+    vars.extend(liability_env(platform, false));
     // /metrics on its own port: the public port (what an Ingress routes) never serves it.
     vars.push(env("COFFER_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")));
     let workload = Workload {
@@ -306,6 +307,7 @@ fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Reconciler, METRICS_PORT);
     vars.push(env_interval(spec.reconciler.interval_seconds));
+    vars.extend(liability_env(platform, true));
     let workload = Workload {
         component: Component::Reconciler,
         args: vec!["reconciler".into()],
@@ -319,6 +321,25 @@ fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
     };
     // Exactly one reconciler at any time, also during a rollout.
     deployment(platform, workload, Some(1), true)
+}
+
+/// The liabilities signing key (api and reconciler) and, for the reconciler, its schedule.
+fn liability_env(platform: &WalletPlatform, schedule: bool) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+    let Some(spec) = &platform.spec.liabilities else {
+        return Vec::new();
+    };
+    let mut vars = vec![secret_env(
+        "COFFER_LIABILITY_SIGNING_KEY",
+        &spec.signing_key_secret_ref,
+        "key",
+    )];
+    if let Some(seconds) = spec.publish_interval_seconds.filter(|_| schedule) {
+        vars.push(env(
+            "COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS",
+            seconds.to_string(),
+        ));
+    }
+    vars
 }
 
 fn env_interval(seconds: u32) -> k8s_openapi::api::core::v1::EnvVar {

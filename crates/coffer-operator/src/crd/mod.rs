@@ -13,8 +13,9 @@ pub use asset::{Asset, AssetSpec, AssetStatus};
 pub use listener::{ChainListener, ChainListenerSpec, ChainListenerStatus};
 pub use network::{DependencyNetwork, NetworkPolicySpec};
 pub use platform::{
-    ApiSpec, AutoscalingSpec, ImagePullPolicy, MongoDbSpec, ObservabilitySpec, OutboxPublisherSpec,
-    RabbitMqSpec, ReconcilerSpec, WalletPlatform, WalletPlatformSpec, WalletPlatformStatus,
+    ApiSpec, AutoscalingSpec, ImagePullPolicy, LiabilitiesSpec, MongoDbSpec, ObservabilitySpec,
+    OutboxPublisherSpec, RabbitMqSpec, ReconcilerSpec, WalletPlatform, WalletPlatformSpec,
+    WalletPlatformStatus,
 };
 
 use kube::KubeSchema;

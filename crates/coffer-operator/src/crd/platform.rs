@@ -57,6 +57,10 @@ pub struct WalletPlatformSpec {
     /// The books-proving reconciler (always one replica).
     #[serde(default)]
     pub reconciler: ReconcilerSpec,
+    /// Proof of liabilities (docs/solvency.md): the key that signs statements (given to the api
+    /// and the reconciler) and the reconciler's schedule. Absent: nothing is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liabilities: Option<LiabilitiesSpec>,
     /// Monitoring and tracing switches.
     #[serde(default)]
     pub observability: ObservabilitySpec,
@@ -205,6 +209,20 @@ pub struct ReconcilerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::resources_schema")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// Proof-of-liabilities statements: who signs them and how often the reconciler publishes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiabilitiesSpec {
+    /// Secret with the hex of the deployment's 32-byte Ed25519 seed
+    /// (`COFFER_LIABILITY_SIGNING_KEY`); key defaults to `key`.
+    pub signing_key_secret_ref: SecretKeyRef,
+    /// Seconds between the statements the reconciler publishes of every asset
+    /// (`COFFER_LIABILITY_PUBLISH_INTERVAL_SECONDS`); absent: only on demand (finance, admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub publish_interval_seconds: Option<u32>,
 }
 
 fn default_interval_seconds() -> u32 {
