@@ -15,6 +15,16 @@ pub struct BucketBalances {
     pub held: SignedAmount,
 }
 
+impl From<&crate::book::AccountBalances> for BucketBalances {
+    fn from(account: &crate::book::AccountBalances) -> Self {
+        BucketBalances {
+            available: account.available,
+            pending: account.pending,
+            held: account.held,
+        }
+    }
+}
+
 impl BucketBalances {
     pub fn bucket(&self, bucket: Bucket) -> SignedAmount {
         match bucket {

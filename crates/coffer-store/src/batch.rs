@@ -656,17 +656,17 @@ impl LoadedAccount {
     fn position(&self) -> Position {
         Position {
             seq: self.version,
-            balances: bucket_balances(&self.balances),
+            balances: BucketBalances::from(&self.balances),
         }
     }
 }
 
-fn bucket_balances(balances: &AccountBalances) -> BucketBalances {
-    BucketBalances {
-        available: balances.available,
-        pending: balances.pending,
-        held: balances.held,
-    }
+/// A wallet's position as stored: its sequence number and balances.
+pub(crate) fn wallet_position(wallet: &WalletDoc) -> Result<Position, codec::DecodeError> {
+    Ok(Position {
+        seq: wallet.version,
+        balances: BucketBalances::from(&account_balances(wallet)?),
+    })
 }
 
 /// Every account of `ids` with its version, read in the transaction's snapshot (one `find`).
@@ -906,7 +906,7 @@ async fn update_accounts(
         let old = &loaded.balances;
         let new = book.account(id).expect("touched accounts are in the book");
         // The entries' running balances end where the book does, or the history would lie.
-        if position.balances != bucket_balances(new) {
+        if position.balances != BucketBalances::from(new) {
             return Err(Retry::Fatal(StoreError::Corrupt(format!(
                 "running balances of account {id} disagree with the book"
             ))));

@@ -174,14 +174,7 @@ pub async fn seed_history(
     step_ms: i64,
 ) -> Result<Position, StoreError> {
     use coffer_domain::{Bucket, Side, TxKind};
-    let mut position = Position {
-        seq: wallet.version,
-        balances: crate::batch::account_balances(wallet).map(|b| coffer_domain::history::BucketBalances {
-            available: b.available,
-            pending: b.pending,
-            held: b.held,
-        })?,
-    };
+    let mut position = crate::batch::wallet_position(wallet)?;
     let collection = store.collection::<LedgerEntryDoc>(LEDGER_ENTRIES);
     for (chunk_index, chunk) in amounts.chunks(10_000).enumerate() {
         let mut entries = Vec::with_capacity(chunk.len());

@@ -289,16 +289,7 @@ pub(crate) async fn post_entries(
     }
     let mut positions = BTreeMap::new();
     for wallet in &updated {
-        let after = coffer_domain::history::Position {
-            seq: wallet.version,
-            balances: crate::batch::account_balances(wallet).map(|b| {
-                coffer_domain::history::BucketBalances {
-                    available: b.available,
-                    pending: b.pending,
-                    held: b.held,
-                }
-            })?,
-        };
+        let after = crate::batch::wallet_position(wallet)?;
         let before = after
             .before(&postings[&wallet.id])
             .ok_or_else(|| StoreError::Corrupt(format!("account {} cannot be numbered back", wallet.id)))?;
