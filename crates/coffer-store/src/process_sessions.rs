@@ -39,8 +39,8 @@ use crate::collections::PROCESS_SESSIONS;
 
 /// Most leases one reaping pass ends.
 const REAP_BATCH: i64 = 16;
-/// Most lsids one process keeps registered; past it the set starts again (the driver's pool
-/// never holds this many).
+/// Most lsids one process keeps registered (in memory and in its lease document); past it both
+/// start again (the driver's pool never holds this many at once, but it replaces idle ones).
 const MAX_KNOWN: usize = 10_000;
 
 /// This process's lease and the lsids it covers.
@@ -75,24 +75,29 @@ impl SessionLease {
         self: &Arc<Self>,
         session: &ClientSession,
     ) -> Result<(), mongodb::error::Error> {
-        let lsid = session.id().clone();
-        let key = lsid_bytes(&lsid);
-        {
+        let key = lsid_bytes(session.id());
+        let restart = {
             let mut known = self.known();
             if known.contains(&key) {
                 return Ok(());
             }
-            if known.len() >= MAX_KNOWN {
+            let full = known.len() >= MAX_KNOWN;
+            if full {
                 known.clear();
             }
-        }
+            full
+        };
         self.spawn_renewal();
+        let lsid = session.id().clone();
+        // The document's list is bounded with the set: when the set starts again, so does the
+        // list (sessions still in use add themselves again before their next transaction).
+        let update = match restart {
+            false => doc! { "$set": { "until": self.until() }, "$addToSet": { "lsids": lsid } },
+            true => doc! { "$set": { "until": self.until(), "lsids": [lsid] } },
+        };
         self.db
             .collection::<Document>(PROCESS_SESSIONS)
-            .update_one(
-                doc! { "_id": &self.id },
-                doc! { "$set": { "until": self.until() }, "$addToSet": { "lsids": lsid } },
-            )
+            .update_one(doc! { "_id": &self.id }, update)
             .upsert(true)
             .await?;
         self.known().insert(key);
