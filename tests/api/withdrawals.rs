@@ -55,8 +55,14 @@ impl Hot {
 
     /// A broadcaster for this hot wallet (a new one stands for a restarted process).
     fn broadcaster(&self, w: &World) -> Broadcaster {
+        self.replacing_after(w, std::time::Duration::from_secs(300))
+    }
+
+    /// A broadcaster that replaces a withdrawal unmined for `stuck_after`.
+    fn replacing_after(&self, w: &World, stuck_after: std::time::Duration) -> Broadcaster {
         let mut config = BroadcasterConfig::new(CHAIN);
         config.poll_interval = std::time::Duration::from_millis(50);
+        config.replacement.stuck_after = stuck_after;
         Broadcaster::new(
             config,
             w.anvil.rpc.clone(),
@@ -525,4 +531,299 @@ async fn chain_a_client_stream_gets_deposit_detected_and_withdrawal_confirmed() 
     publisher.abort();
     consumer.abort();
     broker.cleanup().await;
+}
+
+/// The withdrawal's stored signed transaction.
+async fn signed(w: &World, id: &str) -> coffer_store::model::BroadcastDoc {
+    let tx = w.app.store.transaction_by_id(id).await.unwrap().unwrap();
+    tx.broadcast.expect("signed")
+}
+
+async fn has_receipt(w: &World, hash: &str) -> bool {
+    !w.anvil
+        .call("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .is_null()
+}
+
+async fn sent_from(w: &World, hot: &Hot) -> u64 {
+    let address = hot.address.parse().unwrap();
+    w.anvil.rpc.latest_nonce(address).await.unwrap()
+}
+
+/// Stops anvil mining each transaction as it arrives: sent transactions wait in its pool.
+async fn automine_off(w: &World) {
+    w.anvil.call("evm_setAutomine", json!([false])).await;
+}
+
+#[tokio::test]
+async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once() {
+    let w = funded_world(1, "5").await;
+    let hot = Hot::funded(&w, "10").await;
+    automine_off(&w).await;
+    let destination = fresh_address();
+    let id = request(&w, "1", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broadcaster = hot.replacing_after(&w, std::time::Duration::from_millis(400));
+
+    let first = broadcaster.poll_once().await.unwrap();
+    assert_eq!(
+        (first.signed, first.broadcast, first.replaced),
+        (1, 1, 0),
+        "{first:?}"
+    );
+    let original = signed(&w, &id).await;
+    assert_eq!(
+        broadcaster.poll_once().await.unwrap().replaced,
+        0,
+        "not stuck yet"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(broadcaster.poll_once().await.unwrap().replaced, 1);
+    let replacement = signed(&w, &id).await;
+    assert_eq!(replacement.nonce, original.nonce, "the same nonce");
+    assert_ne!(replacement.tx_hash, original.tx_hash);
+    assert_eq!(
+        replacement.replaced,
+        vec![original.latest()],
+        "both versions are kept"
+    );
+    let raised = |new: i64, old: i64| i128::from(new) * 1000 >= i128::from(old) * 1125;
+    assert!(
+        raised(replacement.max_fee_per_gas, original.max_fee_per_gas)
+            && raised(
+                replacement.max_priority_fee_per_gas,
+                original.max_priority_fee_per_gas
+            ),
+        "both fee fields raised by at least 12.5%: {original:?} -> {replacement:?}"
+    );
+    assert_eq!(
+        view(&w, &id).await["chain_tx_hash"].as_str(),
+        Some(replacement.tx_hash.as_str())
+    );
+    assert_eq!(hot.signatures(), 2);
+
+    w.anvil.mine(1).await;
+    let done = poll_until(&w, &broadcaster, &id, "confirmed").await;
+    let mined = [&original.tx_hash, &replacement.tx_hash];
+    let receipts: Vec<bool> = futures::future::join_all(mined.map(|h| has_receipt(&w, h))).await;
+    assert_eq!(
+        receipts,
+        vec![false, true],
+        "exactly one version is mined: the replacement"
+    );
+    assert_eq!(done["chain_tx_hash"].as_str(), Some(replacement.tx_hash.as_str()));
+    assert_eq!(
+        sent_from(&w, &hot).await,
+        1,
+        "one transaction left the hot wallet"
+    );
+    assert_eq!(chain_balance(&w, &destination).await, wei(eth("1")), "paid once");
+    assert_eq!(held(&w).await, ("4".into(), "0".into()));
+    for _ in 0..3 {
+        w.anvil.mine(1).await;
+        assert_eq!(
+            broadcaster.poll_once().await.unwrap(),
+            BroadcastOutcome::default()
+        );
+    }
+    assert_eq!(hot.signatures(), 2);
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_cancelled_withdrawal_is_released_once_its_cancel_is_mined_with_its_confirmations() {
+    let w = funded_world(2, "5").await;
+    let (support, admin) = (w.app.staff(Role::Support).await, w.app.staff(Role::Admin).await);
+    let hot = Hot::funded(&w, "10").await;
+    automine_off(&w).await;
+    let destination = fresh_address();
+    let id = request(&w, "1", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broadcaster = hot.broadcaster(&w);
+    assert_eq!(broadcaster.poll_once().await.unwrap().broadcast, 1);
+    let path = format!("/v1/admin/withdrawals/{id}/cancel");
+    let reason = json!({ "reason": "customer reported a wrong destination" });
+
+    let by_support = w.app.post(&path, &support.access_token, reason.clone()).await;
+    assert_eq!(by_support.status, StatusCode::FORBIDDEN, "only an admin cancels");
+    let asked = w.app.post(&path, &admin.access_token, reason.clone()).await;
+    assert_eq!(asked.status, StatusCode::OK, "{:?}", asked.body);
+    assert_eq!(
+        asked.body["state"], "broadcasted",
+        "nothing is released on a request"
+    );
+    let twice = w.app.post(&path, &admin.access_token, reason.clone()).await;
+    assert_eq!(twice.status, StatusCode::CONFLICT);
+    assert_eq!(twice.body["code"], "state_conflict");
+
+    assert_eq!(broadcaster.poll_once().await.unwrap().replaced, 1);
+    let cancel = signed(&w, &id).await;
+    assert_eq!(cancel.kind, coffer_store::model::SignedKind::Cancel);
+    assert_eq!(cancel.replaced.len(), 1);
+    w.anvil.mine(1).await;
+    broadcaster.poll_once().await.unwrap();
+    assert_eq!(
+        view(&w, &id).await["state"],
+        "broadcasted",
+        "1 of 2 confirmations"
+    );
+    assert_eq!(
+        held(&w).await,
+        ("4".into(), "1".into()),
+        "held until the cancel is final"
+    );
+
+    w.anvil.mine(1).await;
+    let done = poll_until(&w, &broadcaster, &id, "failed").await;
+    let cause = done["timeline"].as_array().unwrap().last().unwrap()["cause"].clone();
+    assert!(cause.as_str().unwrap().starts_with("cancelled"), "{cause}");
+    let receipt = w.anvil.receipt_of(&cancel.tx_hash).await;
+    assert_eq!(
+        receipt["to"].as_str(),
+        Some(hot.address.as_str()),
+        "a transfer to itself"
+    );
+    assert!(
+        !has_receipt(&w, &cancel.replaced[0].tx_hash).await,
+        "the payment can never be mined"
+    );
+    assert_eq!(chain_balance(&w, &destination).await, 0);
+    assert_eq!(sent_from(&w, &hot).await, 1);
+    assert_eq!(
+        held(&w).await,
+        ("5".into(), "0".into()),
+        "released in full; the gas is the platform's"
+    );
+    let after = w.app.post(&path, &admin.access_token, reason).await;
+    assert_eq!(
+        after.status,
+        StatusCode::CONFLICT,
+        "a final withdrawal cannot be cancelled"
+    );
+    assert_eq!(hot.signatures(), 2);
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_nonce_taken_by_another_transaction_releases_only_when_confirmed_and_no_review_releases_a_signed_withdrawal(
+) {
+    let w = funded_world(3, "5").await;
+    let admin = w.app.staff(Role::Admin).await;
+    let hot = Hot::funded(&w, "10").await;
+    let id = request(&w, "1", &fresh_address()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broadcaster = hot.broadcaster(&w);
+    let mut outcome = BroadcastOutcome::default();
+    broadcaster.sign_pending(&mut outcome).await.unwrap();
+    let ours = signed(&w, &id).await;
+
+    // Someone else spends the hot wallet's nonce first (anvil mines it at once).
+    let foreign = TxEip1559 {
+        chain_id: w.anvil.rpc.chain_id().await.unwrap(),
+        nonce: ours.nonce as u64,
+        gas_limit: 21_000,
+        max_fee_per_gas: 100_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+        to: alloy::primitives::TxKind::Call(fresh_address().parse().unwrap()),
+        value: U256::from(1u64),
+        ..Default::default()
+    };
+    let foreign = hot.signer.inner.sign(foreign).await.unwrap();
+    w.anvil.rpc.send_raw(&foreign.raw).await.unwrap();
+    w.anvil.receipt_of(&format!("{:#x}", foreign.hash)).await;
+
+    assert_eq!(
+        broadcaster.poll_once().await.unwrap().to_review,
+        1,
+        "nonce too low: a person looks"
+    );
+    assert_eq!(view(&w, &id).await["state"], "manual_review");
+    let reject = w
+        .app
+        .post(
+            &format!("/v1/admin/reviews/{id}/reject"),
+            &admin.access_token,
+            json!({ "reason": "the node says the nonce is used" }),
+        )
+        .await;
+    assert_eq!(reject.status, StatusCode::CONFLICT, "{:?}", reject.body);
+    assert_eq!(reject.body["code"], "withdrawal_signed");
+    assert_eq!(
+        held(&w).await,
+        ("4".into(), "1".into()),
+        "the answer alone releases nothing"
+    );
+
+    w.anvil.mine(1).await; // the foreign transaction has 2 of 3 confirmations
+    broadcaster.poll_once().await.unwrap();
+    assert_eq!(view(&w, &id).await["state"], "manual_review");
+    assert_eq!(held(&w).await, ("4".into(), "1".into()));
+
+    w.anvil.mine(1).await;
+    let done = poll_until(&w, &broadcaster, &id, "failed").await;
+    let cause = done["timeline"].as_array().unwrap().last().unwrap()["cause"].clone();
+    assert!(cause.as_str().unwrap().contains("can never be mined"), "{cause}");
+    assert!(!has_receipt(&w, &ours.tx_hash).await);
+    assert_eq!(held(&w).await, ("5".into(), "0".into()));
+    assert_eq!(hot.signatures(), 1, "nothing was re-signed");
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_cancel_that_loses_to_its_payment_settles_the_payment_once() {
+    let w = funded_world(2, "5").await;
+    let admin = w.app.staff(Role::Admin).await;
+    let hot = Hot::funded(&w, "10").await;
+    automine_off(&w).await;
+    let destination = fresh_address();
+    let id = request(&w, "1", &destination).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broadcaster = hot.broadcaster(&w);
+    assert_eq!(broadcaster.poll_once().await.unwrap().broadcast, 1);
+    let path = format!("/v1/admin/withdrawals/{id}/cancel");
+    let asked = w
+        .app
+        .post(&path, &admin.access_token, json!({ "reason": "customer asked" }))
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{:?}", asked.body);
+    assert_eq!(broadcaster.poll_once().await.unwrap().replaced, 1);
+    let cancel = signed(&w, &id).await;
+
+    // The payment reaches a block producer first: the pool drops the cancel, the payment is mined.
+    let payment = cancel.replaced[0].clone();
+    w.anvil
+        .call("anvil_dropTransaction", json!([cancel.tx_hash]))
+        .await;
+    let raw = hex::decode(payment.raw_tx.trim_start_matches("0x")).unwrap();
+    w.anvil.rpc.send_raw(&raw).await.unwrap();
+    w.anvil.mine(2).await;
+
+    let done = poll_until(&w, &broadcaster, &id, "confirmed").await;
+    assert_eq!(
+        done["chain_tx_hash"].as_str(),
+        Some(payment.tx_hash.as_str()),
+        "the mined version"
+    );
+    assert!(!has_receipt(&w, &cancel.tx_hash).await);
+    assert_eq!(chain_balance(&w, &destination).await, wei(eth("1")), "paid once");
+    assert_eq!(held(&w).await, ("4".into(), "0".into()), "settled, not released");
+    assert_eq!(sent_from(&w, &hot).await, 1);
+    for _ in 0..3 {
+        w.anvil.mine(1).await;
+        assert_eq!(
+            broadcaster.poll_once().await.unwrap(),
+            BroadcastOutcome::default()
+        );
+    }
+    w.app.assert_books_balance().await;
 }

@@ -106,6 +106,7 @@ error_codes! {
     IdempotencyKeyInProgress => "idempotency_key_in_progress",
     StateConflict => "state_conflict",
     AdjustmentNotProposed => "adjustment_not_proposed",
+    WithdrawalSigned => "withdrawal_signed",
     ExternalReferenceConflict => "external_reference_conflict",
     BodyTooLarge => "body_too_large",
     UnsupportedMediaType => "unsupported_media_type",
@@ -342,6 +343,13 @@ impl From<StoreError> for ApiError {
             StoreError::StateConflict => ApiError::Conflict {
                 code: "state_conflict",
                 detail: "the transaction changed state meanwhile; read it again".into(),
+            },
+            StoreError::WithdrawalSigned => ApiError::Conflict {
+                code: "withdrawal_signed",
+                detail:
+                    "the withdrawal is signed and may still be mined: cancel it, or wait until the chain \
+                         proves its nonce taken"
+                        .into(),
             },
             StoreError::SelfApproval => ApiError::ForbiddenBecause {
                 code: "self_approval",

@@ -109,7 +109,9 @@ pub struct TransactionView {
     pub external_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
-    /// A withdrawal's chain transaction hash, once signed (it is stored before the broadcast).
+    /// A withdrawal's chain transaction hash, once signed (it is stored before the broadcast): the
+    /// mined version's once mined, else the latest signed version's (a stuck withdrawal is
+    /// re-signed with the same nonce and higher fees, so the hash can change until it is mined).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain_tx_hash: Option<String>,
     /// A sent withdrawal's confirmations so far.
@@ -137,7 +139,10 @@ impl TransactionView {
             to_wallet_id: tx.to_wallet_id.clone(),
             external_reference: tx.external_reference.clone(),
             destination: tx.destination.clone(),
-            chain_tx_hash: tx.broadcast.as_ref().map(|b| b.tx_hash.clone()),
+            chain_tx_hash: tx
+                .broadcast
+                .as_ref()
+                .map(|b| b.mined_tx_hash.clone().unwrap_or_else(|| b.tx_hash.clone())),
             confirmations: tx.broadcast.as_ref().map(|b| b.confirmations),
             timeline: tx
                 .timeline

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use alloy::consensus::TxEip1559;
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::sol;
 use alloy::sol_types::SolCall;
+use coffer_domain::replacement::{next_fees, Fees, NoReplacement, ReplacementPolicy};
 use coffer_domain::{AssetConfig, LedgerTransaction, LiveCatalog, TxState};
-use coffer_store::model::BroadcastDoc;
-use coffer_store::transitions::{ChainProgress, Note, Transition};
+use coffer_store::model::{BroadcastDoc, SignedKind, SignedVersion};
+use coffer_store::transitions::{ChainProgress, Guard, Note, Transition};
 use coffer_store::withdrawals::network_fee;
 use coffer_store::{Store, StoreError, TransactionDoc};
 
@@ -47,6 +49,8 @@ pub struct BroadcasterConfig {
     pub token_gas_limit: u64,
     /// The tip offered to block producers, capped by the node's gas price.
     pub max_priority_fee_per_gas: u128,
+    /// When a broadcast withdrawal counts as stuck, and the highest fee a replacement may offer.
+    pub replacement: ReplacementPolicy,
 }
 
 impl BroadcasterConfig {
@@ -58,6 +62,10 @@ impl BroadcasterConfig {
             native_gas_limit: 21_000,
             token_gas_limit: 100_000,
             max_priority_fee_per_gas: 1_000_000_000,
+            replacement: ReplacementPolicy {
+                stuck_after: Duration::from_secs(300),
+                max_fee_per_gas_cap: 500_000_000_000,
+            },
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct BroadcastOutcome {
     pub confirmed: u64,
     pub failed: u64,
     pub to_review: u64,
+    /// Versions signed to replace a stuck one (fee raised) or to cancel one.
+    pub replaced: u64,
 }
 
 pub struct Broadcaster {
@@ -87,6 +97,44 @@ fn hex_of(hash: &B256) -> String {
 
 fn store_error(error: StoreError) -> ChainError {
     ChainError::Store(error)
+}
+
+fn hash_of(tx: &TransactionDoc, text: &str) -> Result<B256, ChainError> {
+    text.parse()
+        .map_err(|_| ChainError::Rpc(format!("stored hash of {} is not a hash", tx.id)))
+}
+
+fn raw_of(tx: &TransactionDoc, version: &SignedVersion) -> Result<Vec<u8>, ChainError> {
+    hex::decode(version.raw_tx.trim_start_matches("0x"))
+        .map_err(|_| ChainError::Rpc(format!("stored transaction of {} is not hex", tx.id)))
+}
+
+/// A fee field as stored (wei per gas; the cap keeps it far below `i64::MAX`).
+fn stored_fee(value: u128) -> Result<i64, ChainError> {
+    i64::try_from(value)
+        .map_err(|_| ChainError::Config(format!("a fee of {value} wei per gas cannot be stored")))
+}
+
+fn fees_of(record: &BroadcastDoc) -> Fees {
+    Fees {
+        max_fee_per_gas: record.max_fee_per_gas.max(0) as u128,
+        max_priority_fee_per_gas: record.max_priority_fee_per_gas.max(0) as u128,
+    }
+}
+
+fn signed_version(
+    signed: &crate::signer::SignedTx,
+    kind: SignedKind,
+    fees: Fees,
+) -> Result<SignedVersion, ChainError> {
+    Ok(SignedVersion {
+        tx_hash: hex_of(&signed.hash),
+        raw_tx: format!("0x{}", hex::encode(&signed.raw)),
+        signed_at: coffer_store::codec::now(),
+        kind,
+        max_fee_per_gas: stored_fee(fees.max_fee_per_gas)?,
+        max_priority_fee_per_gas: stored_fee(fees.max_priority_fee_per_gas)?,
+    })
 }
 
 impl Broadcaster {
@@ -197,15 +245,23 @@ impl Broadcaster {
             // Someone may have used the hot wallet outside Coffer: never go below the chain's count.
             let mined = self.rpc.latest_nonce(from).await? as i64;
             let nonce = recorded.unwrap_or(0).max(mined);
-            let unsigned_tx = self.payload(tx, asset, chain_id, nonce as u64, gas_price)?;
+            let fees = self.suggested_fees(gas_price);
+            let unsigned_tx = self.payload(tx, asset, chain_id, nonce as u64, fees)?;
             let signed = self.signer.sign(unsigned_tx).await?;
+            let version = signed_version(&signed, SignedKind::Payment, fees)?;
             let record = BroadcastDoc {
                 chain: self.config.chain.clone(),
                 from: from_text.clone(),
                 nonce,
-                tx_hash: hex_of(&signed.hash),
-                raw_tx: format!("0x{}", hex::encode(&signed.raw)),
-                signed_at: coffer_store::codec::now(),
+                tx_hash: version.tx_hash,
+                raw_tx: version.raw_tx,
+                signed_at: version.signed_at,
+                kind: SignedKind::Payment,
+                max_fee_per_gas: version.max_fee_per_gas,
+                max_priority_fee_per_gas: version.max_priority_fee_per_gas,
+                replaced: Vec::new(),
+                mined_tx_hash: None,
+                cancel: None,
                 block_number: None,
                 confirmations: 0,
                 network_fee: None,
@@ -231,6 +287,14 @@ impl Broadcaster {
         Ok(())
     }
 
+    /// The fees a first version offers at the node's `gas_price`.
+    fn suggested_fees(&self, gas_price: u128) -> Fees {
+        Fees {
+            max_fee_per_gas: gas_price.saturating_mul(2),
+            max_priority_fee_per_gas: self.config.max_priority_fee_per_gas.min(gas_price),
+        }
+    }
+
     /// The unsigned transaction paying `tx` out: a coin transfer, or the token's `transfer`.
     fn payload(
         &self,
@@ -238,7 +302,7 @@ impl Broadcaster {
         asset: &AssetConfig,
         chain_id: u64,
         nonce: u64,
-        gas_price: u128,
+        fees: Fees,
     ) -> Result<TxEip1559, ChainError> {
         let destination: Address = tx
             .destination
@@ -268,8 +332,8 @@ impl Broadcaster {
             chain_id,
             nonce,
             gas_limit,
-            max_fee_per_gas: gas_price.saturating_mul(2),
-            max_priority_fee_per_gas: self.config.max_priority_fee_per_gas.min(gas_price),
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
             to: TxKind::Call(to),
             value,
             input,
@@ -363,12 +427,13 @@ impl Broadcaster {
         }
     }
 
-    /// Follows broadcast withdrawals: receipts, confirmations, final states.
+    /// Follows broadcast withdrawals (and signed ones in review): receipts, confirmations, final
+    /// states, replacements of stuck ones and cancels.
     async fn track(&self, outcome: &mut BroadcastOutcome) -> Result<(), ChainError> {
         let assets = self.chain_assets();
         let symbols = Self::symbols(&assets);
         let head = self.rpc.head().await?;
-        for state in [TxState::Broadcasted, TxState::Confirming] {
+        for state in [TxState::Broadcasted, TxState::Confirming, TxState::ManualReview] {
             let sent = self
                 .store
                 .withdrawals_in(&symbols, state, self.config.page)
@@ -386,6 +451,21 @@ impl Broadcaster {
         Ok(())
     }
 
+    /// The version of `record` the chain mined, with its receipt: every version spends the same
+    /// nonce, so at most one has a receipt.
+    async fn mined_version(
+        &self,
+        tx: &TransactionDoc,
+        record: &BroadcastDoc,
+    ) -> Result<Option<(SignedVersion, TransactionReceipt)>, ChainError> {
+        for version in record.versions() {
+            if let Some(receipt) = self.rpc.receipt(hash_of(tx, &version.tx_hash)?).await? {
+                return Ok(Some((version, receipt)));
+            }
+        }
+        Ok(None)
+    }
+
     async fn follow(
         &self,
         tx: &TransactionDoc,
@@ -394,71 +474,250 @@ impl Broadcaster {
         head: u64,
         outcome: &mut BroadcastOutcome,
     ) -> Result<(), ChainError> {
-        let hash: B256 = record
-            .tx_hash
-            .parse()
-            .map_err(|_| ChainError::Rpc(format!("stored hash of {} is not a hash", tx.id)))?;
         let wallet = tx
             .from_wallet_id
             .as_deref()
             .ok_or_else(|| ChainError::Store(StoreError::Corrupt("a withdrawal without a wallet".into())))?;
-        let Some(receipt) = self.rpc.receipt(hash).await? else {
-            // Not mined (or re-orged out): make sure the node still has it; if not, the same
-            // signed bytes go out again.
-            if self.rpc.transaction(hash).await?.is_none() {
-                let raw = hex::decode(record.raw_tx.trim_start_matches("0x"))
-                    .map_err(|_| ChainError::Rpc(format!("stored transaction of {} is not hex", tx.id)))?;
-                let _ = self.rpc.send_raw(&raw).await;
-                self.bump("retry");
-            }
-            if record.confirmations != 0 {
-                self.store.set_withdrawal_progress(&tx.id, None, 0).await?;
-            }
-            return Ok(());
+        let Some((version, receipt)) = self.mined_version(tx, record).await? else {
+            return self.unmined(tx, record, wallet, asset, head, outcome).await;
         };
         let block = receipt.block_number.unwrap_or(head);
         let fee = network_fee(receipt.gas_used, receipt.effective_gas_price);
         // Gas is paid in the chain's coin: booked only when the withdrawn asset is that coin.
         let booked_fee = asset.contract.is_none().then_some(fee);
-        let mut progress = ChainProgress {
+        let confirmations = head.saturating_sub(block) + 1;
+        let required = u64::from(asset.confirmations_required.max(1));
+        let progress = ChainProgress {
             block_number: block as i64,
             network_fee: fee,
-            confirmations: None,
+            confirmations: Some(confirmations as i64),
+            mined_tx_hash: version.tx_hash.clone(),
         };
-        if !receipt.status() {
+        let (to, ledger, cause) = if !receipt.status() {
             let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, booked_fee);
-            let cause = format!("reverted on chain in block {block}; funds released");
-            if self.finish(tx, TxState::Failed, release, cause, progress).await? {
-                outcome.failed += 1;
-            }
-            return Ok(());
-        }
-        let confirmations = head.saturating_sub(block) + 1;
-        progress.confirmations = Some(confirmations as i64);
-        let required = u64::from(asset.confirmations_required.max(1));
-        if confirmations >= required {
+            (
+                TxState::Failed,
+                release,
+                format!("reverted on chain in block {block}; funds released"),
+            )
+        } else if confirmations < required {
+            return self.mined_unconfirmed(tx, record, progress, required).await;
+        } else if version.kind == SignedKind::Cancel {
+            let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, booked_fee);
+            let cause = format!(
+                "cancelled: the zero-value replacement {} was mined in block {block} with {confirmations} confirmations; funds released",
+                version.tx_hash
+            );
+            (TxState::Failed, release, cause)
+        } else {
             let settle = LedgerTransaction::withdrawal_settlement(&tx.asset, wallet, tx.amount, booked_fee);
-            let cause = format!("{confirmations} confirmations (block {block})");
-            if self
-                .finish(tx, TxState::Confirmed, settle, cause, progress)
-                .await?
-            {
-                outcome.confirmed += 1;
+            (
+                TxState::Confirmed,
+                settle,
+                format!("{confirmations} confirmations (block {block})"),
+            )
+        };
+        if self.finish(tx, to, ledger, cause, progress).await? {
+            match to {
+                TxState::Confirmed => outcome.confirmed += 1,
+                _ => outcome.failed += 1,
             }
-        } else if tx.state == TxState::Broadcasted {
+        }
+        Ok(())
+    }
+
+    /// A version is mined but has fewer than `required` confirmations: record the progress (a
+    /// payment moves Broadcasted → Confirming; a cancel stays Broadcasted until it is final).
+    async fn mined_unconfirmed(
+        &self,
+        tx: &TransactionDoc,
+        record: &BroadcastDoc,
+        progress: ChainProgress,
+        required: u64,
+    ) -> Result<(), ChainError> {
+        let confirmations = progress.confirmations.unwrap_or(0);
+        let paid = record
+            .versions()
+            .iter()
+            .any(|v| v.tx_hash == progress.mined_tx_hash && v.kind == SignedKind::Payment);
+        if paid && tx.state == TxState::Broadcasted {
             let mined = Transition::new(
                 &tx.id,
                 TxState::Broadcasted,
                 TxState::Confirming,
-                format!("mined in block {block}; {confirmations} of {required} confirmations"),
+                format!(
+                    "mined in block {}; {confirmations} of {required} confirmations",
+                    progress.block_number
+                ),
             );
             self.transition(mined.with_note(Note::Chain(progress))).await?;
-        } else if record.confirmations != confirmations as i64 || record.block_number != Some(block as i64) {
+        } else if record.confirmations != confirmations
+            || record.block_number != Some(progress.block_number)
+            || record.mined_tx_hash.as_deref() != Some(progress.mined_tx_hash.as_str())
+        {
             self.store
-                .set_withdrawal_progress(&tx.id, Some(block as i64), confirmations as i64)
+                .set_withdrawal_progress(
+                    &tx.id,
+                    Some((&progress.mined_tx_hash, progress.block_number)),
+                    confirmations,
+                )
                 .await?;
         }
         Ok(())
+    }
+
+    /// No version is mined. If the nonce was taken by a transaction that is none of them, with the
+    /// asset's confirmations, none can ever be mined: the hold is released. Otherwise a cancel is
+    /// signed if staff asked, a stuck payment is re-signed with higher fees, and a version the node
+    /// lost is sent again.
+    async fn unmined(
+        &self,
+        tx: &TransactionDoc,
+        record: &BroadcastDoc,
+        wallet: &str,
+        asset: &AssetConfig,
+        head: u64,
+        outcome: &mut BroadcastOutcome,
+    ) -> Result<(), ChainError> {
+        let required = u64::from(asset.confirmations_required.max(1));
+        if self.nonce_taken(record, head, required).await? {
+            let release = LedgerTransaction::withdrawal_release(&tx.asset, wallet, tx.amount, None);
+            let cause = format!(
+                "nonce {} was taken by another transaction ({required} confirmations): this withdrawal can never be mined; funds released",
+                record.nonce
+            );
+            self.bump("nonce_taken");
+            let release = release.map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
+            let transition = Transition::new(&tx.id, tx.state, TxState::Failed, cause)
+                .with_ledger(release)
+                .with_guard(Guard::Latest(record.tx_hash.clone()));
+            if self.transition(transition).await? {
+                self.count_finished(TxState::Failed);
+                outcome.failed += 1;
+            }
+            return Ok(());
+        }
+        if record.confirmations != 0 || record.mined_tx_hash.is_some() {
+            self.store.set_withdrawal_progress(&tx.id, None, 0).await?;
+        }
+        if tx.state == TxState::Broadcasted {
+            let cancel = record.cancel.is_some() && record.kind != SignedKind::Cancel;
+            let kind = if cancel { SignedKind::Cancel } else { record.kind };
+            if self.replace(tx, record, asset, kind, cancel, outcome).await? {
+                return Ok(());
+            }
+        }
+        // Not mined (or re-orged out): make sure the node still has the latest version; if not,
+        // the same signed bytes go out again. (In review, a person or the chain decides.)
+        if tx.state != TxState::ManualReview
+            && self
+                .rpc
+                .transaction(hash_of(tx, &record.tx_hash)?)
+                .await?
+                .is_none()
+        {
+            let _ = self.rpc.send_raw(&raw_of(tx, &record.latest())?).await;
+            self.bump("retry");
+        }
+        Ok(())
+    }
+
+    /// Whether the hot wallet's transaction count, at the block `required` confirmations deep,
+    /// is past `record`'s nonce (called only once no version of `record` has a receipt).
+    async fn nonce_taken(&self, record: &BroadcastDoc, head: u64, required: u64) -> Result<bool, ChainError> {
+        let Some(settled) = (head + 1).checked_sub(required) else {
+            return Ok(false);
+        };
+        let from: Address = record.from.parse().map_err(|_| {
+            ChainError::Config(format!("stored hot wallet {} is not an address", record.from))
+        })?;
+        Ok(self.rpc.nonce_at(from, settled).await? > record.nonce.max(0) as u64)
+    }
+
+    /// Signs and stores the next version of `record` (same nonce, fees raised by the replacement
+    /// rule) — a payment when it is stuck, a cancel at once when `now` — then sends it. Returns
+    /// whether a version was sent.
+    async fn replace(
+        &self,
+        tx: &TransactionDoc,
+        record: &BroadcastDoc,
+        asset: &AssetConfig,
+        kind: SignedKind,
+        now: bool,
+        outcome: &mut BroadcastOutcome,
+    ) -> Result<bool, ChainError> {
+        let policy = &self.config.replacement;
+        let waited = (coffer_store::codec::now() - record.signed_at)
+            .to_std()
+            .unwrap_or_default();
+        let unmined_for = if now {
+            waited.max(policy.stuck_after)
+        } else {
+            waited
+        };
+        let gas_price = self.rpc.gas_price().await?;
+        let versions = record.replaced.len() + 1;
+        let fees = match next_fees(
+            policy,
+            fees_of(record),
+            self.suggested_fees(gas_price),
+            unmined_for,
+            versions,
+        ) {
+            Ok(fees) => fees,
+            Err(NoReplacement::NotStuck) => return Ok(false),
+            Err(why) => {
+                tracing::debug!(transaction_id = %tx.id, %why, "stuck withdrawal not replaced");
+                return Ok(false);
+            }
+        };
+        let chain_id = self.rpc.chain_id().await?;
+        let nonce = record.nonce.max(0) as u64;
+        let unsigned = match kind {
+            SignedKind::Payment => self.payload(tx, asset, chain_id, nonce, fees)?,
+            SignedKind::Cancel => self.cancel_payload(chain_id, nonce, fees),
+        };
+        let version = signed_version(&self.signer.sign(unsigned).await?, kind, fees)?;
+        let stored = match self.store.record_replacement(&tx.id, record, version).await {
+            Ok(stored) => stored,
+            // Moved or replaced meanwhile: this signature is dropped unsent.
+            Err(StoreError::StateConflict) => return Ok(true),
+            Err(other) => return Err(other.into()),
+        };
+        outcome.replaced += 1;
+        self.bump(if kind == SignedKind::Cancel {
+            "cancel_signed"
+        } else {
+            "replaced"
+        });
+        tracing::info!(transaction_id = %tx.id, tx_hash = %stored.tx_hash, nonce, kind = ?kind,
+            max_fee_per_gas = stored.max_fee_per_gas, "withdrawal re-signed with the same nonce");
+        if let Err(error) = self.rpc.send_raw(&raw_of(tx, &stored.latest())?).await {
+            tracing::warn!(transaction_id = %tx.id, %error, "replacement not accepted yet; the next poll sends it again");
+        }
+        Ok(true)
+    }
+
+    /// A zero-value transfer from the hot wallet to itself: once mined, the nonce is spent.
+    fn cancel_payload(&self, chain_id: u64, nonce: u64, fees: Fees) -> TxEip1559 {
+        TxEip1559 {
+            chain_id,
+            nonce,
+            gas_limit: self.config.native_gas_limit,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: TxKind::Call(self.signer.address()),
+            value: U256::ZERO,
+            input: Bytes::new(),
+            ..Default::default()
+        }
+    }
+
+    fn count_finished(&self, to: TxState) {
+        self.metrics
+            .withdrawals_finished
+            .with_label_values(&[&self.config.chain, to.as_str()])
+            .inc();
     }
 
     /// Moves `tx` to its final state `to` with the postings that settle or release its hold.
@@ -476,10 +735,7 @@ impl Broadcaster {
             .with_note(Note::Chain(progress));
         let moved = self.transition(transition).await?;
         if moved {
-            self.metrics
-                .withdrawals_finished
-                .with_label_values(&[&self.config.chain, to.as_str()])
-                .inc();
+            self.count_finished(to);
         }
         Ok(moved)
     }

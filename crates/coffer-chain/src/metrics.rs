@@ -8,7 +8,15 @@ use coffer_store::withdrawals::WithdrawalStats;
 /// What happened to deposits, the `event` label of `coffer_chain_deposit_events_total`.
 pub const DEPOSIT_EVENTS: [&str; 5] = ["recorded", "unmatched", "credited", "failed", "reversed"];
 /// Outcomes of a broadcast attempt, the `outcome` label of `coffer_withdrawal_broadcasts_total`.
-pub const BROADCAST_OUTCOMES: [&str; 4] = ["accepted", "found_after_error", "retry", "nonce_conflict"];
+pub const BROADCAST_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "found_after_error",
+    "retry",
+    "nonce_conflict",
+    "replaced",
+    "cancel_signed",
+    "nonce_taken",
+];
 /// Buckets of `coffer_chain_deposit_credit_latency_seconds`. The deposit-crediting SLO counts a
 /// deposit as good when credited within 60 s of its threshold block, so 60 must stay a bucket
 /// boundary (deploy/monitoring/rules/coffer.rules.yaml, docs/observability.md).
@@ -87,7 +95,7 @@ impl ChainMetrics {
             )?,
             broadcasts: counter(
                 "coffer_withdrawal_broadcasts_total",
-                "Broadcast attempts by outcome: accepted, found_after_error (the response was lost but the node has it), retry, nonce_conflict.",
+                "Broadcast attempts by outcome: accepted, found_after_error (the response was lost but the node has it), retry, nonce_conflict, replaced (a stuck one re-signed with higher fees), cancel_signed, nonce_taken (released: another transaction took the nonce).",
                 &["chain", "outcome"],
             )?,
             withdrawals_finished: counter(

@@ -147,6 +147,12 @@ impl Rpc {
         bounded("eth_getTransactionCount", call.into_future()).await
     }
 
+    /// The number of transactions of `address` mined up to and including block `number`.
+    pub async fn nonce_at(&self, address: Address, number: u64) -> Result<u64, ChainError> {
+        let call = self.provider.get_transaction_count(address).number(number);
+        bounded("eth_getTransactionCount", call.into_future()).await
+    }
+
     pub async fn gas_price(&self) -> Result<u128, ChainError> {
         bounded("eth_gasPrice", self.provider.get_gas_price().into_future()).await
     }

@@ -7,8 +7,9 @@
 //! "exactly one settles" a property of the chain, not of Coffer's bookkeeping. A cancellation is
 //! the same replacement with a zero-value transfer to the hot wallet itself.
 //!
-//! Not wired into the broadcaster yet: the store does not keep each version's fees and hash,
-//! and nothing schedules a replacement (docs/chain.md, "Stuck withdrawals").
+//! The broadcaster (`coffer_chain::broadcaster`) applies it: every version is stored on the
+//! withdrawal before it is sent, and whichever version is mined decides (docs/chain.md, "Stuck
+//! withdrawals").
 
 use std::time::Duration;
 

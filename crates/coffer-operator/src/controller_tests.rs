@@ -460,6 +460,62 @@ async fn a_listener_whose_signer_secret_is_missing_is_degraded_and_gets_no_deplo
 }
 
 #[tokio::test]
+async fn a_listener_with_a_signer_gets_its_replacement_policy_and_one_without_gets_none() {
+    let mut api = cluster();
+    let path = format!("{LISTENERS}/ethereum");
+    let mut listener: crate::crd::ChainListener = serde_json::from_value(api.objects[&path].clone()).unwrap();
+    listener.spec.replacement = Some(crate::crd::ReplacementSpec {
+        after_seconds: Some(120),
+        max_fee_per_gas_cap_gwei: Some(80),
+    });
+    api.put(&listener);
+    let env_names = |api: &FakeApi| -> Vec<(String, String)> {
+        let deployment = &api.objects[&format!("{DEPLOYMENTS}/coffer-listener-ethereum")];
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["name"].as_str().unwrap().contains("REPLACE")
+                    || e["name"].as_str().unwrap().contains("FEE_PER_GAS")
+            })
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let platform = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, platform).await;
+    assert!(
+        env_names(&api).is_empty(),
+        "no broadcaster without a signer: no policy"
+    );
+
+    let mut api = api;
+    listener.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+        name: "hot-wallet".into(),
+        key: None,
+    });
+    api.put(&listener);
+    api.put(&secret("hot-wallet", "key"));
+    let platform = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(
+        env_names(&api),
+        vec![
+            (
+                "COFFER_WITHDRAWAL_REPLACE_AFTER_SECONDS".to_string(),
+                "120".to_string()
+            ),
+            ("COFFER_MAX_FEE_PER_GAS_CAP_GWEI".to_string(), "80".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_paused_platform_applies_nothing_but_keeps_status_current() {
     let mut api = cluster();
     let mut platform = platform_in(&api);

@@ -35,6 +35,7 @@ pub mod actions {
     pub const ADJUSTMENT_REJECTED: &str = "adjustment.rejected";
     pub const REVIEW_APPROVED: &str = "review.approved";
     pub const REVIEW_REJECTED: &str = "review.rejected";
+    pub const WITHDRAWAL_CANCELLED: &str = "withdrawal.cancelled";
     pub const RECONCILIATION_REQUESTED: &str = "reconciliation.requested";
     pub const AUDIT_VERIFIED: &str = "audit.verified";
     pub const LIABILITIES_PUBLISHED: &str = "liabilities.published";

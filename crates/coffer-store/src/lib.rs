@@ -103,6 +103,8 @@ pub enum StoreError {
     LimitExceeded,
     #[error("the proposer of an adjustment cannot decide it")]
     SelfApproval,
+    #[error("the withdrawal is signed: only the chain can release it (cancel it instead)")]
+    WithdrawalSigned,
     #[error("not supported: {0}")]
     Unsupported(&'static str),
     #[error("the account's history at that time predates recorded balances")]

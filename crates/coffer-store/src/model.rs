@@ -244,20 +244,79 @@ impl TransactionDoc {
     }
 }
 
-/// The on-chain side of a withdrawal. Written once, with the nonce it consumed, before the first
-/// broadcast: every later attempt re-sends these exact bytes, so a withdrawal is signed once.
+/// What a signed version of a withdrawal does on chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignedKind {
+    /// Pays the withdrawal out.
+    #[default]
+    Payment,
+    /// A zero-value transfer from the hot wallet to itself with the same nonce: once mined, the
+    /// payment can never be.
+    Cancel,
+}
+
+/// One signed version of a withdrawal: the original, a fee-raised replacement or a cancel. All
+/// versions of a withdrawal spend the same nonce, so at most one of them is ever mined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BroadcastDoc {
-    pub chain: String,
-    /// The hot wallet that signed (lower-case `0x…`).
-    pub from: String,
-    pub nonce: i64,
+pub struct SignedVersion {
     /// Lower-case `0x…` hash of the signed transaction.
     pub tx_hash: String,
     /// The signed transaction, EIP-2718 encoded, `0x…` hex. Public once broadcast; never logged.
     pub raw_tx: String,
     #[serde(with = "codec::time")]
     pub signed_at: Time,
+    #[serde(default)]
+    pub kind: SignedKind,
+    /// Its EIP-1559 fee fields, wei per gas.
+    #[serde(default)]
+    pub max_fee_per_gas: i64,
+    #[serde(default)]
+    pub max_priority_fee_per_gas: i64,
+}
+
+/// A staff request to cancel a broadcast withdrawal (the broadcaster signs the cancel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub by: String,
+    pub reason: String,
+    #[serde(with = "codec::time")]
+    pub at: Time,
+}
+
+/// The on-chain side of a withdrawal. Written with the nonce it consumed before the first
+/// broadcast: every later attempt re-sends these exact bytes, so a withdrawal is signed once per
+/// version. A version is replaced (same nonce, higher fees, or a cancel) only by
+/// [`crate::Store::record_replacement`], which keeps the earlier ones in `replaced`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastDoc {
+    pub chain: String,
+    /// The hot wallet that signed (lower-case `0x…`).
+    pub from: String,
+    pub nonce: i64,
+    /// Lower-case `0x…` hash of the latest signed version.
+    pub tx_hash: String,
+    /// The latest signed version, EIP-2718 encoded, `0x…` hex. Public once broadcast; never logged.
+    pub raw_tx: String,
+    #[serde(with = "codec::time")]
+    pub signed_at: Time,
+    /// What the latest version does.
+    #[serde(default)]
+    pub kind: SignedKind,
+    /// The latest version's EIP-1559 fee fields, wei per gas.
+    #[serde(default)]
+    pub max_fee_per_gas: i64,
+    #[serde(default)]
+    pub max_priority_fee_per_gas: i64,
+    /// The earlier versions, oldest first (each may still be mined instead of the latest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<SignedVersion>,
+    /// The hash of the version the chain mined, once seen (re-orgs may clear it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mined_tx_hash: Option<String>,
+    /// A staff request to cancel (pending while the latest version is not the cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<CancelRequest>,
     /// Where it was mined, as last seen (re-orgs move it).
     #[serde(default)]
     pub block_number: Option<i64>,
@@ -266,6 +325,40 @@ pub struct BroadcastDoc {
     /// Gas paid, in the chain's native coin's smallest units, once mined.
     #[serde(default)]
     pub network_fee: Option<Amount>,
+}
+
+impl BroadcastDoc {
+    /// The latest version.
+    pub fn latest(&self) -> SignedVersion {
+        SignedVersion {
+            tx_hash: self.tx_hash.clone(),
+            raw_tx: self.raw_tx.clone(),
+            signed_at: self.signed_at,
+            kind: self.kind,
+            max_fee_per_gas: self.max_fee_per_gas,
+            max_priority_fee_per_gas: self.max_priority_fee_per_gas,
+        }
+    }
+
+    /// Every version, the latest first.
+    pub fn versions(&self) -> Vec<SignedVersion> {
+        let mut all = vec![self.latest()];
+        all.extend(self.replaced.iter().rev().cloned());
+        all
+    }
+
+    /// This record with `next` as its latest version and the current one kept in `replaced`.
+    pub fn replaced_by(&self, next: SignedVersion) -> BroadcastDoc {
+        let mut record = self.clone();
+        record.replaced.push(self.latest());
+        record.tx_hash = next.tx_hash;
+        record.raw_tx = next.raw_tx;
+        record.signed_at = next.signed_at;
+        record.kind = next.kind;
+        record.max_fee_per_gas = next.max_fee_per_gas;
+        record.max_priority_fee_per_gas = next.max_priority_fee_per_gas;
+        record
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

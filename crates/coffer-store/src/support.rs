@@ -65,6 +65,8 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
             TxState::PendingBroadcast,
             "approved in manual review",
         ),
+        // A signed transaction may still be mined: releasing its hold now could pay twice.
+        ReviewDecision::Reject if tx.broadcast.is_some() => return Err(StoreError::WithdrawalSigned),
         ReviewDecision::Reject => {
             let hold = LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -75,6 +77,7 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
                 "rejected in manual review; funds released",
             )
             .with_ledger(LedgerTransaction::reversal_of(&hold))
+            .with_guard(crate::transitions::Guard::Unsigned)
         }
     })
 }

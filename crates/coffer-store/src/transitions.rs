@@ -27,6 +27,27 @@ pub struct Transition {
     pub ledger: Option<LedgerTransaction>,
     /// What the change records on the transaction besides its state (chain progress, a review).
     pub note: Option<Note>,
+    /// What must also still hold of the withdrawal's signed transaction.
+    pub guard: Option<Guard>,
+}
+
+/// A condition on a withdrawal's signed transaction, checked in the same write as the state:
+/// what keeps a release from racing a signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// Nothing has been signed (a release of an unsigned withdrawal).
+    Unsigned,
+    /// The latest signed version is still the one with this hash.
+    Latest(String),
+}
+
+impl Guard {
+    fn filter(&self) -> Document {
+        match self {
+            Guard::Unsigned => doc! { "broadcast": null },
+            Guard::Latest(hash) => doc! { "broadcast.tx_hash": hash },
+        }
+    }
 }
 
 /// Fields a transition records on the transaction record, typed.
@@ -60,6 +81,8 @@ pub struct ChainProgress {
     pub block_number: i64,
     pub network_fee: coffer_domain::Amount,
     pub confirmations: Option<i64>,
+    /// The hash of the version that was mined (one of the withdrawal's signed versions).
+    pub mined_tx_hash: String,
 }
 
 impl ChainProgress {
@@ -67,6 +90,7 @@ impl ChainProgress {
         let mut set = doc! {
             "broadcast.block_number": self.block_number,
             "broadcast.network_fee": mongodb::bson::to_bson(&self.network_fee)?,
+            "broadcast.mined_tx_hash": &self.mined_tx_hash,
         };
         if let Some(confirmations) = self.confirmations {
             set.insert("broadcast.confirmations", confirmations);
@@ -84,7 +108,13 @@ impl Transition {
             cause: cause.into(),
             ledger: None,
             note: None,
+            guard: None,
         }
+    }
+
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn with_ledger(mut self, ledger: LedgerTransaction) -> Self {
@@ -162,11 +192,12 @@ async fn write_transition(
     set.insert("updated_at", now);
     let entry = to_bson(&TimelineEntry::from(change))?;
     let transactions = store.collection::<TransactionDoc>(TRANSACTIONS);
+    let mut filter = doc! { "_id": &transition.transaction_id, "state": transition.from.as_str() };
+    if let Some(guard) = &transition.guard {
+        filter.extend(guard.filter());
+    }
     let record = transactions
-        .find_one_and_update(
-            doc! { "_id": &transition.transaction_id, "state": transition.from.as_str() },
-            doc! { "$set": set, "$push": { "timeline": entry } },
-        )
+        .find_one_and_update(filter, doc! { "$set": set, "$push": { "timeline": entry } })
         .return_document(mongodb::options::ReturnDocument::After)
         .session(&mut *session)
         .await?;

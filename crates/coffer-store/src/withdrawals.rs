@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, to_bson, DateTime, Document};
 
 use crate::collections::{CHAIN_NONCES, TRANSACTIONS};
-use crate::model::{BroadcastDoc, TransactionDoc};
+use crate::model::{BroadcastDoc, CancelRequest, SignedVersion, TransactionDoc};
 use crate::{Store, StoreError};
 
 /// The states of a withdrawal that is not final yet.
@@ -132,18 +132,86 @@ impl Store {
         .await
     }
 
-    /// Records where a sent withdrawal stands on chain (no state change).
+    /// Makes `next` the latest signed version of withdrawal `tx_id` (same nonce), keeping the one
+    /// whose hash is `current` among the earlier versions. Stored before `next` is sent; if the
+    /// withdrawal left Broadcasted or another writer replaced it first, nothing is written
+    /// ([`StoreError::StateConflict`]) and `next` is discarded unsent.
+    pub async fn record_replacement(
+        &self,
+        tx_id: &str,
+        current: &BroadcastDoc,
+        next: SignedVersion,
+    ) -> Result<BroadcastDoc, StoreError> {
+        let record = current.replaced_by(next);
+        let stored = self
+            .collection::<Document>(TRANSACTIONS)
+            .update_one(
+                doc! {
+                    "_id": tx_id,
+                    "state": TxState::Broadcasted.as_str(),
+                    "broadcast.tx_hash": &current.tx_hash,
+                },
+                doc! { "$set": { "broadcast": to_bson(&record)?, "updated_at": DateTime::now() } },
+            )
+            .await?;
+        if stored.matched_count != 1 {
+            return Err(StoreError::StateConflict);
+        }
+        Ok(record)
+    }
+
+    /// Records a staff request to cancel the signed withdrawal `tx_id` (the broadcaster signs the
+    /// cancel on its next poll). Only a withdrawal whose payment is not mined can be cancelled:
+    /// one signed and not yet accepted, or broadcast. Asking twice is a [`StoreError::StateConflict`].
+    pub async fn request_cancel(
+        &self,
+        tx_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<TransactionDoc, StoreError> {
+        let request = CancelRequest {
+            by: by.to_string(),
+            reason: reason.to_string(),
+            at: crate::codec::now(),
+        };
+        let states = [TxState::PendingBroadcast.as_str(), TxState::Broadcasted.as_str()];
+        let updated = self
+            .collection::<TransactionDoc>(TRANSACTIONS)
+            .find_one_and_update(
+                doc! {
+                    "_id": tx_id,
+                    "kind": TxKind::Withdrawal.as_str(),
+                    "state": { "$in": states.to_vec() },
+                    "broadcast": { "$ne": null },
+                    "broadcast.cancel": null,
+                },
+                doc! { "$set": { "broadcast.cancel": to_bson(&request)?, "updated_at": DateTime::now() } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?;
+        match updated {
+            Some(tx) => Ok(tx),
+            None => match self.transaction_by_id(tx_id).await? {
+                Some(_) => Err(StoreError::StateConflict),
+                None => Err(StoreError::NotFound),
+            },
+        }
+    }
+
+    /// Records where a sent withdrawal stands on chain (no state change);
+    /// `mined` is the hash of the version seen mined (`None` once a re-org removed it).
     pub async fn set_withdrawal_progress(
         &self,
         tx_id: &str,
-        block_number: Option<i64>,
+        mined: Option<(&str, i64)>,
         confirmations: i64,
     ) -> Result<(), StoreError> {
         self.collection::<Document>(TRANSACTIONS)
             .update_one(
                 doc! { "_id": tx_id, "broadcast": { "$ne": null } },
                 doc! { "$set": {
-                    "broadcast.block_number": block_number,
+                    "broadcast.block_number": mined.map(|(_, block)| block),
+                    "broadcast.mined_tx_hash": mined.map(|(hash, _)| hash),
                     "broadcast.confirmations": confirmations,
                 } },
             )

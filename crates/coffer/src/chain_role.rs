@@ -9,6 +9,7 @@ use coffer_chain::listener::{Listener, ListenerConfig};
 use coffer_chain::metrics::ChainMetrics;
 use coffer_chain::rpc::Rpc;
 use coffer_chain::signer::LocalSigner;
+use coffer_domain::replacement::ReplacementPolicy;
 use coffer_domain::LiveCatalog;
 use coffer_store::Store;
 
@@ -45,8 +46,12 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
     let listener = Listener::new(config, rpc.clone(), store.clone(), catalog.clone())
         .with_metrics(chain_metrics.clone());
     if let Some(path) = &args.signer_key_file {
-        let broadcaster = broadcaster(&args.chain, path, &rpc, &store, &catalog, args.poll_interval_ms)?
-            .with_metrics(chain_metrics);
+        let settings = BroadcastSettings {
+            poll_interval_ms: args.poll_interval_ms,
+            replacement: args.replacement.policy(),
+        };
+        let broadcaster =
+            broadcaster(&args.chain, path, &rpc, &store, &catalog, settings)?.with_metrics(chain_metrics);
         tracing::info!(chain = %args.chain, hot_wallet = %broadcaster.hot_wallet(), "broadcasting withdrawals");
         tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
     }
@@ -64,6 +69,13 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
     Ok(())
 }
 
+/// The broadcaster's settings from the role's arguments.
+#[derive(Clone, Copy)]
+struct BroadcastSettings {
+    poll_interval_ms: u64,
+    replacement: ReplacementPolicy,
+}
+
 /// The withdrawal broadcaster of `chain`, signing with the local key in `key_file`.
 fn broadcaster(
     chain: &str,
@@ -71,11 +83,12 @@ fn broadcaster(
     rpc: &Rpc,
     store: &Store,
     catalog: &LiveCatalog,
-    poll_interval_ms: u64,
+    settings: BroadcastSettings,
 ) -> anyhow::Result<Broadcaster> {
     let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config = BroadcasterConfig::new(chain);
-    config.poll_interval = Duration::from_millis(poll_interval_ms);
+    config.poll_interval = Duration::from_millis(settings.poll_interval_ms);
+    config.replacement = settings.replacement;
     Ok(Broadcaster::new(
         config,
         rpc.clone(),
@@ -90,6 +103,7 @@ fn broadcaster(
 pub async fn spawn_in_dev(
     url: Option<&str>,
     signer_key_file: Option<&std::path::Path>,
+    replacement: ReplacementPolicy,
     roots: &coffer_tls::TlsRoots,
     store: &Store,
     catalog: &LiveCatalog,
@@ -121,8 +135,12 @@ pub async fn spawn_in_dev(
         tracing::info!(%chain, "dev: following the chain");
         tokio::spawn(async move { listener.run(std::future::pending()).await });
         if let Some(path) = signer_key_file {
+            let settings = BroadcastSettings {
+                poll_interval_ms: 1000,
+                replacement,
+            };
             let broadcaster =
-                broadcaster(&chain, path, &rpc, store, catalog, 1000)?.with_metrics(metrics.clone());
+                broadcaster(&chain, path, &rpc, store, catalog, settings)?.with_metrics(metrics.clone());
             tracing::info!(%chain, hot_wallet = %broadcaster.hot_wallet(), "dev: broadcasting withdrawals");
             tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
         }

@@ -360,6 +360,8 @@ pub struct ChainListenerArgs {
     /// or HSM behind the same `Signer` interface.
     #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
     pub signer_key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub replacement: ReplacementArgs,
 }
 
 #[derive(Args)]
@@ -469,6 +471,28 @@ pub struct ApiArgs {
     pub liabilities: LiabilityArgs,
 }
 
+/// When the broadcaster re-signs a stuck withdrawal (same nonce, fees raised by at least 12.5 %).
+#[derive(Args, Clone, Copy)]
+pub struct ReplacementArgs {
+    /// A broadcast withdrawal unmined this long is replaced (10..=86400 s).
+    #[arg(long, env = "COFFER_WITHDRAWAL_REPLACE_AFTER_SECONDS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub replace_after_seconds: u64,
+    /// The highest max fee per gas any version may offer (1..=100000 gwei).
+    #[arg(long, env = "COFFER_MAX_FEE_PER_GAS_CAP_GWEI", default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_fee_per_gas_cap_gwei: u64,
+}
+
+impl ReplacementArgs {
+    pub fn policy(&self) -> coffer_domain::replacement::ReplacementPolicy {
+        coffer_domain::replacement::ReplacementPolicy {
+            stuck_after: std::time::Duration::from_secs(self.replace_after_seconds),
+            max_fee_per_gas_cap: u128::from(self.max_fee_per_gas_cap_gwei) * 1_000_000_000,
+        }
+    }
+}
+
 /// `coffer dev`: the API's settings, plus the chain side it runs beside it.
 #[derive(Args)]
 pub struct DevArgs {
@@ -480,6 +504,8 @@ pub struct DevArgs {
     /// Also runs the withdrawal broadcaster with this hot-wallet key file.
     #[arg(long, env = "COFFER_SIGNER_KEY_FILE")]
     pub signer_key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub replacement: ReplacementArgs,
 }
 
 /// Limits of reconciliation runs (the reconciler role and on-demand runs through the API).

@@ -67,10 +67,12 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
             api,
             eth_rpc_url,
             signer_key_file,
+            replacement,
         }) => {
             let chain = DevChain {
                 eth_rpc_url,
                 signer_key_file,
+                replacement,
             };
             serve_api(api, Some(chain), &roots)
                 .await
@@ -138,6 +140,7 @@ pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> any
 struct DevChain {
     eth_rpc_url: Option<String>,
     signer_key_file: Option<std::path::PathBuf>,
+    replacement: cli::ReplacementArgs,
 }
 
 async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> anyhow::Result<()> {
@@ -166,6 +169,7 @@ async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> an
         chain_role::spawn_in_dev(
             dev.eth_rpc_url.as_deref(),
             dev.signer_key_file.as_deref(),
+            dev.replacement.policy(),
             roots,
             &store,
             &catalog,

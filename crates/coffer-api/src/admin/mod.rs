@@ -10,6 +10,7 @@ pub mod liabilities;
 pub mod operations;
 pub mod reviews;
 pub mod support;
+pub mod withdrawals;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -44,6 +45,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .merge(reviews::writes())
         .merge(operations::writes())
         .merge(liabilities::writes())
+        .merge(withdrawals::writes())
 }
 
 /// A decision on an adjustment or a review.

@@ -60,6 +60,17 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
     if let Some(secret) = &spec.signer_secret_ref {
         vars.push(env("COFFER_SIGNER_KEY_FILE", format!("{SIGNER_DIR}/key")));
         mounts.push(signer_volume(secret));
+        if let Some(replacement) = &spec.replacement {
+            if let Some(seconds) = replacement.after_seconds {
+                vars.push(env(
+                    "COFFER_WITHDRAWAL_REPLACE_AFTER_SECONDS",
+                    seconds.to_string(),
+                ));
+            }
+            if let Some(gwei) = replacement.max_fee_per_gas_cap_gwei {
+                vars.push(env("COFFER_MAX_FEE_PER_GAS_CAP_GWEI", gwei.to_string()));
+            }
+        }
     }
     let mut pod_labels = labels(
         &platform_name,

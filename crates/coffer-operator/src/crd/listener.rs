@@ -65,9 +65,27 @@ pub struct ChainListenerSpec {
     /// Block to start from when no checkpoint exists yet (`COFFER_START_BLOCK`); default: the head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_block: Option<u64>,
+    /// When the broadcaster re-signs a stuck withdrawal with the same nonce and higher fees
+    /// (only with `signerSecretRef`); defaults: 300 s, 500 gwei.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::resources_schema")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// Replacement of stuck withdrawals (docs/chain.md, "Stuck withdrawals").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementSpec {
+    /// A broadcast withdrawal unmined this long is re-signed (`COFFER_WITHDRAWAL_REPLACE_AFTER_SECONDS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub after_seconds: Option<u32>,
+    /// The highest max fee per gas any version may offer (`COFFER_MAX_FEE_PER_GAS_CAP_GWEI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_fee_per_gas_cap_gwei: Option<u32>,
 }
 
 fn default_poll_interval_ms() -> u32 {
