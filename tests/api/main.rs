@@ -21,6 +21,7 @@ mod outbox;
 mod plans;
 mod readiness;
 mod reconcile;
+mod reserves;
 mod responses;
 mod routes;
 mod sessions;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use coffer_domain::Amount;
 use coffer_store::codec;
 use coffer_store::mongodb::bson::{doc, Document};
-use coffer_store::reconcile::{CustodySource, ReconcileConfig, ReconcileMetrics, Reconciler};
+use coffer_store::reconcile::{ChainReading, CustodySource, ReconcileConfig, ReconcileMetrics, Reconciler};
 use coffer_store::Role;
 use coffer_test_support::{Options, TestApp};
 use reqwest::StatusCode;
@@ -218,12 +218,16 @@ impl CustodySource for FixedChain {
     fn on_chain_balance<'a>(
         &'a self,
         asset: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Option<Amount>, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<Option<ChainReading>, String>> {
         let found = self
             .0
             .iter()
             .find(|(a, _)| *a == asset)
-            .map(|(_, amount)| *amount);
+            .map(|(_, amount)| ChainReading {
+                custody: *amount,
+                on_chain: *amount,
+                block_number: None,
+            });
         Box::pin(async move { Ok(found) })
     }
 }

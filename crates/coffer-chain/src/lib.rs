@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod broadcaster;
+pub mod custody;
 pub mod deposits;
 pub mod hd;
 pub mod listener;

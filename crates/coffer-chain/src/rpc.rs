@@ -15,6 +15,8 @@ use crate::ChainError;
 sol! {
     /// The ERC-20 transfer event.
     event Transfer(address indexed from, address indexed to, uint256 value);
+    /// ERC-20 `balanceOf`.
+    function balanceOf(address owner) returns (uint256);
 }
 
 /// Each call's time limit: a hung node must not hang the listener.
@@ -133,6 +135,30 @@ impl Rpc {
 
     pub async fn balance(&self, address: Address) -> Result<U256, ChainError> {
         bounded("eth_getBalance", self.provider.get_balance(address).into_future()).await
+    }
+
+    /// The coin balance of `address` at block `number`.
+    pub async fn balance_at(&self, address: Address, number: u64) -> Result<U256, ChainError> {
+        let call = self.provider.get_balance(address).number(number);
+        bounded("eth_getBalance", call.into_future()).await
+    }
+
+    /// `holder`'s balance of the ERC-20 `token` at block `number` (`balanceOf`).
+    pub async fn token_balance_at(
+        &self,
+        token: Address,
+        holder: Address,
+        number: u64,
+    ) -> Result<U256, ChainError> {
+        use alloy::sol_types::SolCall;
+        let input = balanceOfCall { owner: holder }.abi_encode();
+        let request = alloy::rpc::types::TransactionRequest::default()
+            .to(token)
+            .input(input.into());
+        let call = self.provider.call(request).block(number.into());
+        let answer = bounded("eth_call balanceOf", call.into_future()).await?;
+        balanceOfCall::abi_decode_returns(&answer)
+            .map_err(|e| ChainError::Rpc(format!("balanceOf answered {} bytes: {e}", answer.len())))
     }
 
     /// The next nonce of `address` counting pending transactions.

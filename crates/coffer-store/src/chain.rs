@@ -163,6 +163,12 @@ impl Store {
         let specs = [
             (DEPOSIT_ADDRESSES, doc! { "wallet_id": 1 }, true, "wallet_unique"),
             (
+                DEPOSIT_ADDRESSES,
+                doc! { "chain": 1, "asset": 1, "_id": 1 },
+                false,
+                "by_chain_asset",
+            ),
+            (
                 CHAIN_DEPOSITS,
                 doc! { "chain": 1, "status": 1, "block_number": 1 },
                 false,

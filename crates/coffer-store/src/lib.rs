@@ -13,6 +13,7 @@ pub mod audit_chain;
 pub mod batch;
 pub mod chain;
 pub mod codec;
+pub mod custody;
 pub mod devices;
 pub mod history;
 pub mod idempotency;

@@ -91,19 +91,34 @@ impl ReconcileConfig {
     }
 }
 
-/// Where the custody check learns what the hot wallets hold on chain. The chain listener provides
-/// one; without it the check is reported as skipped.
+/// What the chain holds of an asset, as the ledger's custody account should show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainReading {
+    /// The platform's holdings at `block_number` (hot wallets and deposit addresses), corrected
+    /// for what is in flight between the chain and the ledger at that block: deposits still
+    /// confirming are subtracted, withdrawals mined but not settled are added back.
+    pub custody: Amount,
+    /// The holdings as read, before that correction.
+    pub on_chain: Amount,
+    /// The block read (`None` for a source without blocks).
+    pub block_number: Option<u64>,
+}
+
+/// Where the custody check learns what the platform holds on chain (`coffer_chain::custody` reads
+/// a node); without one the check is reported as skipped.
 pub trait CustodySource: Send + Sync {
-    /// The on-chain balance of `asset`'s hot wallets in smallest units; `Ok(None)` when no chain
-    /// is configured for the asset.
-    fn on_chain_balance<'a>(&'a self, asset: &'a str) -> BoxFuture<'a, Result<Option<Amount>, String>>;
+    /// `asset`'s reading; `Ok(None)` when no chain is configured for the asset.
+    fn on_chain_balance<'a>(&'a self, asset: &'a str) -> BoxFuture<'a, Result<Option<ChainReading>, String>>;
 }
 
 /// No chain configured: every custody check is skipped.
 pub struct NoChainConfigured;
 
 impl CustodySource for NoChainConfigured {
-    fn on_chain_balance<'a>(&'a self, _asset: &'a str) -> BoxFuture<'a, Result<Option<Amount>, String>> {
+    fn on_chain_balance<'a>(
+        &'a self,
+        _asset: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ChainReading>, String>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -379,8 +394,8 @@ impl Reconciler {
             .await?;
         let (mut compared, mut errors, mut found) = (0, Vec::new(), Vec::new());
         while let Some(account) = cursor.try_next().await? {
-            let on_chain = match self.custody.on_chain_balance(&account.asset).await {
-                Ok(Some(amount)) => amount,
+            let reading = match self.custody.on_chain_balance(&account.asset).await {
+                Ok(Some(reading)) => reading,
                 Ok(None) => continue,
                 Err(e) => {
                     errors.push(format!("{}: {e}", account.asset));
@@ -397,6 +412,7 @@ impl Reconciler {
                 *side = side.checked_add(amount).expect("bounded by the ledger limit");
             }
             let in_ledger = held.checked_sub(owed);
+            let on_chain = reading.custody;
             if in_ledger != Some(on_chain) {
                 let ledger_atomic = match in_ledger {
                     Some(amount) => amount.to_string(),
@@ -406,7 +422,13 @@ impl Reconciler {
                     "custody",
                     "custody_mismatch",
                     &account.asset,
-                    doc! { "account_id": &account.id, "ledger_atomic": ledger_atomic, "on_chain_atomic": on_chain.to_string() },
+                    doc! {
+                        "account_id": &account.id,
+                        "ledger_atomic": ledger_atomic,
+                        "on_chain_atomic": on_chain.to_string(),
+                        "read_atomic": reading.on_chain.to_string(),
+                        "block_number": reading.block_number.map(|b| b as i64),
+                    },
                 ));
             }
         }

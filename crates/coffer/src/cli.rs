@@ -555,6 +555,61 @@ pub struct ReconcilerArgs {
     pub liability_publish_interval_seconds: Option<u64>,
     #[command(flatten)]
     pub liabilities: LiabilityArgs,
+    #[command(flatten)]
+    pub reserves: ReservesArgs,
+}
+
+/// Reserves read from the chain for the custody check (docs/chain.md, "Reserves").
+#[derive(Args, Clone)]
+pub struct ReservesArgs {
+    /// `chain=url,…`: the nodes of the chains whose custody is checked against the chain; unset:
+    /// the custody check is skipped.
+    #[arg(
+        long = "reserves-rpc-urls",
+        env = "COFFER_CHAIN_RPC_URLS",
+        hide_env_values = true
+    )]
+    pub chain_rpc_urls: Option<String>,
+    /// `chain=0x…,…`: hot wallets counted besides every one that has signed on the chain.
+    #[arg(long, env = "COFFER_HOT_WALLET_ADDRESSES")]
+    pub hot_wallet_addresses: Option<String>,
+    /// The asset catalog (AssetsFile v1 JSON); needed with the RPC URLs.
+    #[arg(long = "reserves-assets-file", env = "COFFER_ASSETS_FILE")]
+    pub assets_file: Option<std::path::PathBuf>,
+}
+
+impl ReservesArgs {
+    /// The nodes to read, by chain (the URLs are never repeated in an error).
+    pub fn rpcs(
+        &self,
+        roots: &coffer_tls::TlsRoots,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, coffer_chain::rpc::Rpc>> {
+        chain_rpcs(self.chain_rpc_urls.as_deref(), roots)
+    }
+
+    /// The configured hot wallets of `chain`.
+    pub fn hot_wallets(&self, chain: &str) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for entry in self
+            .hot_wallet_addresses
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+        {
+            let Some((of, address)) = entry.trim().split_once('=') else {
+                bail!("COFFER_HOT_WALLET_ADDRESSES: {entry:?} is not chain=address");
+            };
+            let hex = address.strip_prefix("0x").unwrap_or_default();
+            if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("COFFER_HOT_WALLET_ADDRESSES: {address:?} is not an address");
+            }
+            if of == chain {
+                found.push(address.to_lowercase());
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Webhook secrets from `COFFER_WEBHOOK_SECRET_<PROVIDER>` (provider lower-cased, `_` → `-`).

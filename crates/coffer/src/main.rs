@@ -87,7 +87,7 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
             println!("{}", coffer_api::openapi_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reconciler(args) => reconciler::run(args, shutdown_signal())
+        Command::Reconciler(args) => reconciler::run(args, &roots, shutdown_signal())
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Audit {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use coffer_store::reconcile::{NoChainConfigured, ReconcileMetrics, Reconciler};
+use coffer_chain::custody::{ChainCustody, Chains};
+use coffer_store::reconcile::{CustodySource, NoChainConfigured, ReconcileMetrics, Reconciler};
 use coffer_store::Store;
 use tracing::Instrument;
 
@@ -15,6 +16,7 @@ use crate::cli::{DbArgs, ReconcilerArgs};
 /// Runs a reconciliation now and then every interval until `shutdown`; runs never overlap.
 pub async fn run(
     args: ReconcilerArgs,
+    roots: &coffer_tls::TlsRoots,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = args.limits.config()?;
@@ -23,8 +25,7 @@ pub async fn run(
     let store = crate::connect(&args.db, &registry).await?;
     let reconciler = Reconciler {
         config,
-        // The chain listener provides the on-chain side; until one is configured, custody is skipped.
-        custody: Arc::new(NoChainConfigured),
+        custody: custody_source(&args.reserves, roots, &store, &registry).await?,
         metrics: ReconcileMetrics::new(&registry)?,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -65,6 +66,41 @@ pub async fn run(
     server.await.context("the health server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The custody check's chain side: each configured chain's node, read at a block the ledger has
+/// caught up with; without RPC URLs the check is skipped.
+async fn custody_source(
+    args: &crate::cli::ReservesArgs,
+    roots: &coffer_tls::TlsRoots,
+    store: &Store,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Arc<dyn CustodySource>> {
+    let rpcs = args.rpcs(roots)?;
+    if rpcs.is_empty() {
+        return Ok(Arc::new(NoChainConfigured));
+    }
+    let Some(assets_file) = &args.assets_file else {
+        anyhow::bail!("COFFER_CHAIN_RPC_URLS needs COFFER_ASSETS_FILE (the asset catalog)");
+    };
+    let assets = crate::cli::AssetsArgs {
+        assets_file: assets_file.clone(),
+        assets_config_map: None,
+    };
+    let catalog = crate::assets::live_catalog(&assets, registry).await?;
+    let mut sources = Vec::new();
+    for (chain, rpc) in rpcs {
+        let hot_wallets = args.hot_wallets(&chain)?;
+        tracing::info!(%chain, hot_wallets = hot_wallets.len(), "custody checked against the chain");
+        sources.push(ChainCustody::new(
+            &chain,
+            rpc,
+            store.clone(),
+            catalog.clone(),
+            hot_wallets,
+        ));
+    }
+    Ok(Arc::new(Chains(sources)))
 }
 
 /// The key and interval of scheduled liabilities statements; an interval without a key is a

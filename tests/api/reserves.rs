@@ -1,0 +1,155 @@
+//! Reserves read from the chain (issue 17 item 1): the reconciler's custody check with
+//! `coffer_chain::custody::ChainCustody` against a real node — deposits at deposit addresses, a
+//! deposit still confirming, a withdrawal mined but not yet settled, and funds nobody booked.
+
+use std::sync::Arc;
+
+use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
+use coffer_chain::custody::ChainCustody;
+use coffer_chain::signer::{LocalSigner, Signer};
+use coffer_store::reconcile::{
+    CheckStatus, ReconcileConfig, ReconcileMetrics, Reconciler, ReconciliationRun,
+};
+use coffer_store::Role;
+use coffer_test_support::Options;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::chain::{eth, spec, world, World, CHAIN};
+
+fn fresh_address() -> String {
+    format!("{:#x}", LocalSigner::random().address())
+}
+
+async fn reconcile(w: &World, hot_wallets: &[String]) -> ReconciliationRun {
+    let source = ChainCustody::new(
+        CHAIN,
+        w.anvil.rpc.clone(),
+        w.app.store.clone(),
+        w.app.catalog.clone(),
+        hot_wallets.to_vec(),
+    );
+    let reconciler = Reconciler {
+        config: ReconcileConfig::default(),
+        custody: source,
+        metrics: ReconcileMetrics::new(&prometheus::Registry::new()).unwrap(),
+    };
+    reconciler.run(&w.app.store, "test", None).await.unwrap()
+}
+
+fn custody_status(run: &ReconciliationRun) -> CheckStatus {
+    run.checks.iter().find(|c| c.check == "custody").unwrap().status
+}
+
+/// Advances the chain by `blocks` and lets the listener catch up.
+async fn mine_and_follow(w: &World, listener: &coffer_chain::listener::Listener, blocks: u64) {
+    w.anvil.mine(blocks).await;
+    listener.poll_once().await.expect("poll");
+}
+
+#[tokio::test]
+async fn chain_reserves_agree_with_custody_through_confirming_deposits_and_unsettled_withdrawals_and_name_unbooked_funds(
+) {
+    let w = world(&[spec("ETH", 18, None, 2)], "ETH", Options::default()).await;
+    let listener = w.listener(50);
+    w.anvil.send_eth(&w.address, eth("3")).await;
+    mine_and_follow(&w, &listener, 1).await;
+    assert_eq!(
+        w.balances().await,
+        ("3".into(), "0".into()),
+        "credited at 2 confirmations"
+    );
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+
+    // A second deposit seen but still confirming: on chain, and pending (not custody) in the ledger.
+    w.anvil.send_eth(&w.address, eth("1")).await;
+    mine_and_follow(&w, &listener, 0).await;
+    assert_eq!(
+        w.balances().await,
+        ("3".into(), "1".into()),
+        "pending at 1 of 2 confirmations"
+    );
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+    mine_and_follow(&w, &listener, 1).await;
+    assert_eq!(w.balances().await, ("4".into(), "0".into()));
+
+    // A hot wallet funded with what a rail deposit booked, then a withdrawal mined and followed by
+    // the chain (listener past it) but not yet settled by the broadcaster.
+    let signer = Arc::new(LocalSigner::random());
+    let hot = format!("{:#x}", signer.address());
+    w.anvil.send_eth(&hot, eth("2")).await;
+    let payment = w.app.staff(Role::Payment).await;
+    w.app.deposit(&payment, &w.wallet, "2").await;
+    let mut config = BroadcasterConfig::new(CHAIN);
+    config.poll_interval = std::time::Duration::from_millis(50);
+    let broadcaster = Broadcaster::new(
+        config,
+        w.anvil.rpc.clone(),
+        w.app.store.clone(),
+        w.app.catalog.clone(),
+        signer.clone(),
+    );
+    let body = json!({ "wallet_id": w.wallet, "amount": "1", "destination_address": fresh_address() });
+    let requested = w.app.withdraw(&w.user, body).await;
+    assert_eq!(requested.status, StatusCode::CREATED, "{:?}", requested.body);
+    let id = requested.body["id"].as_str().unwrap().to_string();
+    broadcaster.poll_once().await.unwrap(); // signed, sent, mined: 1 of 2 confirmations
+    mine_and_follow(&w, &listener, 1).await; // the block read now includes the withdrawal
+    let tx = w.app.store.transaction_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(tx.state, coffer_domain::TxState::Confirming, "not settled yet");
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+    broadcaster.poll_once().await.unwrap();
+    let tx = w.app.store.transaction_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(tx.state, coffer_domain::TxState::Confirmed);
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+
+    // Funds nobody booked at a configured hot wallet: a mismatch that names both sides.
+    let spare = fresh_address();
+    w.anvil.send_eth(&spare, eth("0.5")).await;
+    mine_and_follow(&w, &listener, 2).await;
+    let run = reconcile(&w, std::slice::from_ref(&spare)).await;
+    assert_eq!(custody_status(&run), CheckStatus::Mismatch);
+    let found: Vec<_> = run.findings.iter().filter(|f| f.check == "custody").collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (ledger, chain) = (
+        &found[0].details["ledger_atomic"],
+        &found[0].details["on_chain_atomic"],
+    );
+    let ledger: u128 = ledger.as_str().unwrap().parse().unwrap();
+    let chain: u128 = chain.as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        chain - ledger,
+        500_000_000_000_000_000,
+        "exactly the unbooked 0.5"
+    );
+    assert!(found[0].details["block_number"].as_i64().is_some());
+    w.app.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn chain_a_deposit_past_the_read_block_but_not_yet_credited_is_not_counted_as_custody() {
+    let w = world(&[spec("ETH", 18, None, 5)], "ETH", Options::default()).await;
+    let listener = w.listener(50);
+    w.anvil.send_eth(&w.address, eth("2")).await;
+    mine_and_follow(&w, &listener, 3).await;
+    assert_eq!(
+        w.balances().await,
+        ("0".into(), "2".into()),
+        "4 of 5 confirmations"
+    );
+    // The threshold is lowered live: the block read moves past the deposit before the listener's
+    // next poll credits it, so it is on chain at that block and still pending in the ledger.
+    w.app
+        .catalog
+        .replace(crate::chain::catalog(&[spec("ETH", 18, None, 2)]));
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+    listener.poll_once().await.unwrap();
+    assert_eq!(w.balances().await, ("2".into(), "0".into()));
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+}
