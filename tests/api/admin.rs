@@ -185,7 +185,7 @@ async fn maker_checker_posts_an_adjustment_only_after_another_admin_approves() {
     assert_eq!(count("adjustment.proposed"), 3);
     assert_eq!(count("adjustment.approved"), 2);
     assert_eq!(count("adjustment.rejected"), 1);
-    assert!(app.store.verify_audit().await.unwrap().valid());
+    assert!(app.store.verify_audit(None).await.unwrap().valid());
 }
 
 /// A withdrawal of `amount` from `wallet` (below the review threshold), moved to manual review

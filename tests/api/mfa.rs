@@ -21,7 +21,16 @@ async fn staff_without_login(
     let hash = coffer_api::auth::hash_password(SecretString::from(password.clone()), params)
         .await
         .unwrap();
-    let user = app.store.create_user(&email, hash, role).await.unwrap();
+    let user = app
+        .store
+        .create_user(
+            &email,
+            hash,
+            role,
+            coffer_store::audit::Audit::new("cli", "staff.created"),
+        )
+        .await
+        .unwrap();
     let secret = enrolled.then(coffer_api::mfa::new_secret);
     if let Some(secret) = &secret {
         use secrecy::ExposeSecret;
@@ -77,7 +86,7 @@ async fn every_staff_role_needs_the_current_totp_code_and_each_code_works_once()
     }
     assert_eq!(
         app.count_where(
-            "audit_log",
+            "audit_records",
             coffer_store::mongodb::bson::doc! { "action": "auth.mfa_failed" }
         )
         .await,

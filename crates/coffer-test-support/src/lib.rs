@@ -28,6 +28,15 @@ pub fn mongodb_uri() -> String {
     )
 }
 
+/// The audit key of test apps and test processes (`COFFER_AUDIT_KEY`); tests only.
+pub const TEST_AUDIT_KEY: &str = "test-audit-key-4f1c9a7e2b8d6053c1e9f7a2";
+
+/// The audit keys of [`TEST_AUDIT_KEY`] (what a test app's store MACs records with).
+pub fn test_audit_keys() -> coffer_store::audit::AuditKeys {
+    let key = coffer_store::audit::AuditKey::new(TEST_AUDIT_KEY).expect("a valid test key");
+    coffer_store::audit::AuditKeys::new(key, Vec::new())
+}
+
 /// Options of a test app.
 #[derive(Clone)]
 pub struct Options {
@@ -213,7 +222,8 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
-    pub async fn spawn_with(options: Options) -> TestApp {
+    pub async fn spawn_with(mut options: Options) -> TestApp {
+        options.store.audit_keys.get_or_insert_with(test_audit_keys);
         let registry = prometheus::Registry::new();
         let database = options
             .database
@@ -504,7 +514,12 @@ impl TestApp {
         .expect("hash");
         let user = self
             .store
-            .create_user(&email, hash, role)
+            .create_user(
+                &email,
+                hash,
+                role,
+                coffer_store::audit::Audit::new("cli", "staff.created"),
+            )
             .await
             .expect("create staff");
         if !coffer_api::mfa::required_for(role) {

@@ -114,8 +114,32 @@ pub enum LedgerCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the audit log's hash chain; exit 1 and name the record where it breaks.
-    Verify(DbArgs),
+    /// Verify every audit shard's MAC chain (against the exported heads with `--heads`); exit 1
+    /// naming the shard, seq and kind of the first break.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The heads export the reconciler appends to (`COFFER_AUDIT_HEADS_PATH`): finds a tail cut
+    /// below an exported head, which the chains alone cannot show.
+    #[arg(long)]
+    pub heads: Option<std::path::PathBuf>,
+}
+
+/// Where and how often the reconciler exports every audit shard's head.
+#[derive(Args, Clone)]
+pub struct AuditExportArgs {
+    /// File the reconciler appends one MACed line of every shard's head to (opened append-only,
+    /// fsynced); put it where the database writer cannot edit it. Unset: no export.
+    #[arg(long, env = "COFFER_AUDIT_HEADS_PATH")]
+    pub audit_heads_path: Option<std::path::PathBuf>,
+    /// Seconds between exported lines (1 to 86400).
+    #[arg(long, env = "COFFER_AUDIT_EXPORT_INTERVAL_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub audit_export_interval_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -208,9 +232,38 @@ pub struct DbArgs {
     #[arg(long, env = "COFFER_SESSION_LEASE_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u32).range(200..=60_000))]
     pub session_lease_ms: u32,
+    /// The key that MACs audit records (at least 32 random bytes; a secret of the deployment,
+    /// never in the database). Every role that connects needs it.
+    #[arg(long, env = "COFFER_AUDIT_KEY", hide_env_values = true)]
+    pub audit_key: SecretString,
+    /// Earlier audit keys, comma-separated: records they MACed still verify (key rotation).
+    #[arg(long, env = "COFFER_AUDIT_KEYS_PREVIOUS", hide_env_values = true)]
+    pub audit_keys_previous: Option<SecretString>,
 }
 
 impl DbArgs {
+    /// The audit keys these settings give; a weak key is refused naming the setting, never
+    /// its value.
+    pub fn audit_keys(&self) -> anyhow::Result<coffer_store::audit::AuditKeys> {
+        use coffer_store::audit::AuditKey;
+        let current = AuditKey::new(self.audit_key.expose_secret())
+            .map_err(|e| anyhow::anyhow!("COFFER_AUDIT_KEY is refused: {e}"))?;
+        let previous = self
+            .audit_keys_previous
+            .as_ref()
+            .map(|keys| {
+                keys.expose_secret()
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(AuditKey::new)
+                    .collect()
+            })
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("COFFER_AUDIT_KEYS_PREVIOUS is refused: {e}"))?
+            .unwrap_or_default();
+        Ok(coffer_store::audit::AuditKeys::new(current, previous))
+    }
+
     /// This process's session lease (`COFFER_SESSION_LEASE_MS`).
     pub fn session_lease(&self) -> Duration {
         Duration::from_millis(u64::from(self.session_lease_ms))
@@ -529,6 +582,8 @@ pub struct ReconcilerArgs {
     pub liability_publish_interval_seconds: Option<u64>,
     #[command(flatten)]
     pub liabilities: LiabilityArgs,
+    #[command(flatten)]
+    pub audit_export: AuditExportArgs,
 }
 
 /// Webhook secrets from `COFFER_WEBHOOK_SECRET_<PROVIDER>` (provider lower-cased, `_` → `-`).
