@@ -15,9 +15,9 @@ async fn actions(app: &TestApp) -> Vec<String> {
     let records: Vec<AuditRecord> = app
         .store
         .database()
-        .collection::<AuditRecord>("audit_log")
+        .collection::<AuditRecord>("audit_records")
         .find(doc! {})
-        .sort(doc! { "seq": 1 })
+        .sort(doc! { "shard": 1, "seq": 1 })
         .await
         .unwrap()
         .try_collect()
@@ -382,7 +382,7 @@ async fn snapshot(app: &TestApp) -> Vec<u64> {
         "transactions",
         "reconciliation_runs",
         "outbox",
-        "audit_log",
+        "audit_records",
     ] {
         counts.push(app.count(collection).await);
     }
