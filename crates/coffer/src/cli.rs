@@ -621,10 +621,36 @@ fn chain_rpcs(
     Ok(rpcs)
 }
 
+/// Secrets nobody should deploy (compared case-insensitively, ignoring `-`, `_` and spaces).
+const KNOWN_DEFAULTS: [&str; 12] = [
+    "secret", "password", "changeme", "default", "admin", "test", "coffer", "guest", "letmein", "123456",
+    "qwerty", "passw0rd",
+];
+
+/// Why `secret` is too weak to start with, if it is: shorter than `min_bytes`, a known default,
+/// or one short pattern repeated. Never says what the secret is.
+pub fn weakness(secret: &str, min_bytes: usize) -> Option<String> {
+    let normalised: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | ' '))
+        .collect::<String>()
+        .to_lowercase();
+    if KNOWN_DEFAULTS.contains(&normalised.as_str()) {
+        return Some("a well-known default".into());
+    }
+    if secret.len() < min_bytes {
+        return Some(format!("shorter than {min_bytes} bytes"));
+    }
+    if coffer_store::audit::is_repeated_pattern(secret.as_bytes()) {
+        return Some("one short pattern repeated, not a random secret".into());
+    }
+    None
+}
+
 impl ApiArgs {
     pub fn api_config(&self, roots: &coffer_tls::TlsRoots) -> anyhow::Result<ApiConfig> {
-        if self.jwt_secret.expose_secret().len() < 32 {
-            bail!("COFFER_JWT_SECRET must be at least 32 bytes");
+        if let Some(weakness) = weakness(self.jwt_secret.expose_secret(), 32) {
+            bail!("COFFER_JWT_SECRET is refused: {weakness}");
         }
         let mut config = ApiConfig::new(self.jwt_secret.clone());
         config.access_token_ttl = Duration::from_secs(self.access_token_ttl_seconds);
@@ -676,10 +702,35 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "--jwt-secret=0123456789abcdef0123456789abcdef";
+    #[test]
+    fn weak_secrets_are_named_by_their_weakness_never_their_value() {
+        assert_eq!(weakness("Change-Me", 32).as_deref(), Some("a well-known default"));
+        assert_eq!(weakness("tiny-k3y", 32).as_deref(), Some("shorter than 32 bytes"));
+        let repeated = "0123456789abcdef".repeat(2);
+        assert!(weakness(&repeated, 32).unwrap().contains("repeated"));
+        assert_eq!(weakness("processes-test-secret-0123456789abcdef", 32), None);
+        for secret in ["Change-Me", "tiny-k3y", repeated.as_str()] {
+            assert!(!weakness(secret, 32).unwrap().contains(secret));
+        }
+    }
 
+    const SECRET: &str = "--jwt-secret=0123456789abcdef-cli-test-secret-9f8e7d";
+
+    const AUDIT_KEY: &str = "--audit-key=cli-test-audit-key-5e4d3c2b1a09f8e7";
+
+    /// Parses `coffer ARGS`, with an audit key after the (sub)command of each one that connects.
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("coffer").chain(args.iter().copied()))
+        let roles = ["api", "dev", "chain-listener", "outbox-publisher", "reconciler"];
+        let tools = ["user", "ledger", "audit"];
+        let mut all = vec!["coffer"];
+        for (index, arg) in args.iter().enumerate() {
+            all.push(arg);
+            let role = index == 0 && roles.contains(arg);
+            if role || (index == 1 && tools.contains(&args[0])) {
+                all.push(AUDIT_KEY);
+            }
+        }
+        Cli::try_parse_from(all)
     }
 
     #[test]

@@ -261,6 +261,9 @@ async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
     if password.expose_secret().chars().count() < 12 {
         bail!("the password needs at least 12 characters");
     }
+    if let Some(weakness) = cli::weakness(password.expose_secret(), 12) {
+        bail!("the password is refused: {weakness}");
+    }
     let store = connect(&args.db, &prometheus::Registry::new()).await?;
     let hash = coffer_api::auth::hash_password(password, Default::default())
         .await
