@@ -13,24 +13,7 @@ async fn staff_without_login(
 ) -> (String, String, Option<SecretString>) {
     let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-    let params = coffer_api::config::PasswordHashing {
-        memory_kib: 1024,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let hash = coffer_api::auth::hash_password(SecretString::from(password.clone()), params)
-        .await
-        .unwrap();
-    let user = app
-        .store
-        .create_user(
-            &email,
-            hash,
-            role,
-            coffer_store::audit::Audit::new("cli", "staff.created"),
-        )
-        .await
-        .unwrap();
+    let user = app.create_account(&email, &password, role).await;
     let secret = enrolled.then(coffer_api::mfa::new_secret);
     if let Some(secret) = &secret {
         use secrecy::ExposeSecret;
