@@ -179,7 +179,7 @@ def secret_names(objects):
     return found
 
 
-DEFAULT_SECRETS = ["coffer-mongodb", "coffer-rabbitmq", "coffer-jwt", "coffer-eth-rpc", "coffer-hot-wallet"]
+DEFAULT_SECRETS = ["coffer-mongodb", "coffer-rabbitmq", "coffer-jwt", "coffer-audit", "coffer-eth-rpc", "coffer-hot-wallet"]
 
 
 def expect(condition, message):
@@ -188,7 +188,7 @@ def expect(condition, message):
 
 
 # --- kustomize: the namespace each render's operator watches alone, and the Secrets it may read
-PRODUCTION_SECRETS = ["mongodb-ledger", "rabbitmq-events", "api-jwt", "eth-mainnet-rpc", "hot-wallet-signer"]
+PRODUCTION_SECRETS = ["mongodb-ledger", "rabbitmq-events", "api-jwt", "audit-key", "eth-mainnet-rpc", "hot-wallet-signer"]
 overlays = {
     "base": ("coffer", DEFAULT_SECRETS),
     "dev": ("coffer-dev", DEFAULT_SECRETS),
@@ -228,7 +228,7 @@ for overlay, (watched, readable) in overlays.items():
                 ):
                     if ref:
                         referenced.add(ref["name"])
-                for key in ("jwtSecretRef", "rpcSecretRef", "signerSecretRef"):
+                for key in ("jwtSecretRef", "auditKeySecretRef", "rpcSecretRef", "signerSecretRef"):
                     if key in spec:
                         referenced.add(spec[key]["name"])
         expect(

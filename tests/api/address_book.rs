@@ -119,7 +119,7 @@ async fn a_withdrawal_goes_only_to_a_saved_address_past_its_cooling_off() {
     );
     assert_eq!(save(&app, &alice, &to).await.body["usable"], false);
     let trail = app
-        .count_where("audit_log", doc! { "action": { "$regex": "^address\\." } })
+        .count_where("audit_records", doc! { "action": { "$regex": "^address\\." } })
         .await;
     assert_eq!(trail, 4, "3 added (one by Bob), 1 removed");
 }

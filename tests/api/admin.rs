@@ -15,9 +15,9 @@ async fn actions(app: &TestApp) -> Vec<String> {
     let records: Vec<AuditRecord> = app
         .store
         .database()
-        .collection::<AuditRecord>("audit_log")
+        .collection::<AuditRecord>("audit_records")
         .find(doc! {})
-        .sort(doc! { "seq": 1 })
+        .sort(doc! { "shard": 1, "seq": 1 })
         .await
         .unwrap()
         .try_collect()
@@ -185,7 +185,7 @@ async fn maker_checker_posts_an_adjustment_only_after_another_admin_approves() {
     assert_eq!(count("adjustment.proposed"), 3);
     assert_eq!(count("adjustment.approved"), 2);
     assert_eq!(count("adjustment.rejected"), 1);
-    assert!(app.store.verify_audit().await.unwrap().valid());
+    assert!(app.store.verify_audit(None).await.unwrap().valid());
 }
 
 /// A withdrawal of `amount` from `wallet` (below the review threshold), moved to manual review
@@ -382,7 +382,7 @@ async fn snapshot(app: &TestApp) -> Vec<u64> {
         "transactions",
         "reconciliation_runs",
         "outbox",
-        "audit_log",
+        "audit_records",
     ] {
         counts.push(app.count(collection).await);
     }

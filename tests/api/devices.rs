@@ -232,7 +232,7 @@ async fn a_withdrawal_needs_a_trusted_device_of_the_caller_and_a_new_device_wait
         .collect();
     assert_eq!(names, vec!["Bob's phone"]);
     let trail = app
-        .count_where("audit_log", doc! { "action": { "$regex": "^device\\." } })
+        .count_where("audit_records", doc! { "action": { "$regex": "^device\\." } })
         .await;
     assert_eq!(trail, 5, "3 added, 1 trusted, 1 removed");
 }

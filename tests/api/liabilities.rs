@@ -235,7 +235,7 @@ async fn publishing_needs_finance_or_admin_a_signing_key_and_is_audited() {
     assert_eq!(published.body["total"], "0", "no user wallets: an empty tree");
     let audited = app
         .count_where(
-            "audit_log",
+            "audit_records",
             doc! { "action": "liabilities.published", "actor": &finance.id },
         )
         .await;

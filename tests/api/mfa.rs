@@ -13,15 +13,7 @@ async fn staff_without_login(
 ) -> (String, String, Option<SecretString>) {
     let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-    let params = coffer_api::config::PasswordHashing {
-        memory_kib: 1024,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let hash = coffer_api::auth::hash_password(SecretString::from(password.clone()), params)
-        .await
-        .unwrap();
-    let user = app.store.create_user(&email, hash, role).await.unwrap();
+    let user = app.create_account(&email, &password, role).await;
     let secret = enrolled.then(coffer_api::mfa::new_secret);
     if let Some(secret) = &secret {
         use secrecy::ExposeSecret;
@@ -77,7 +69,7 @@ async fn every_staff_role_needs_the_current_totp_code_and_each_code_works_once()
     }
     assert_eq!(
         app.count_where(
-            "audit_log",
+            "audit_records",
             coffer_store::mongodb::bson::doc! { "action": "auth.mfa_failed" }
         )
         .await,

@@ -12,9 +12,15 @@ use coffer_test_support::stream::{connect, events, Token};
 use coffer_test_support::{Options, TestApp};
 use serde_json::json;
 
-/// Collections of a fixed, small size (one document per outbox partition or publisher replica):
+/// Collections of a fixed, small size (one document per outbox partition, publisher replica or
+/// audit shard):
 /// reading all of one costs the same at any size of the ledger.
-const FIXED_SIZE: [&str; 3] = ["outbox_sequences", "outbox_partitions", "outbox_replicas"];
+const FIXED_SIZE: [&str; 4] = [
+    "outbox_sequences",
+    "outbox_partitions",
+    "outbox_replicas",
+    "audit_heads",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_of_the_money_path_is_served_by_an_index() {

@@ -239,7 +239,7 @@ async fn support_can_end_a_users_sessions_and_the_user_cannot_end_anyone_elses()
     );
     assert_eq!(
         app.count_where(
-            "audit_log",
+            "audit_records",
             coffer_store::mongodb::bson::doc! { "action": "admin.user_sessions_revoked" }
         )
         .await,

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use coffer_store::address_book::SavedAddressDoc;
+use coffer_store::audit::Audit;
 use coffer_store::audit_chain::actions;
 use coffer_store::{Role, StoreError};
 use serde::{Deserialize, Serialize};
@@ -140,9 +141,18 @@ pub async fn save_address(
     coffer_domain::plan::allow_saved_address(&address, &platform)
         .map_err(|r| crate::money::refusal(r, "address"))?;
     let cooling_off = ctx.config().address_cooling_off;
+    let audit = Audit::new(&principal.user_id, actions::ADDRESS_ADDED)
+        .with_details(serde_json::json!({ "chain": &body.chain, "address": &address }));
     let saved = ctx
         .store()
-        .save_address(&principal.user_id, &body.chain, &address, label, cooling_off)
+        .save_address(
+            &principal.user_id,
+            &body.chain,
+            &address,
+            label,
+            cooling_off,
+            audit,
+        )
         .await
         .map_err(|e| match e {
             StoreError::AlreadyExists => ApiError::Conflict {
@@ -158,7 +168,6 @@ pub async fn save_address(
             },
             other => other.into(),
         })?;
-    audit(&ctx, &principal, actions::ADDRESS_ADDED, &saved).await?;
     Ok((StatusCode::CREATED, Json(SavedAddressView::from_doc(&saved))))
 }
 
@@ -183,20 +192,7 @@ pub async fn remove_address(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SavedAddressView>> {
     principal.require(&[Role::User])?;
-    let removed = ctx.store().remove_address(&principal.user_id, &id).await?;
-    audit(&ctx, &principal, actions::ADDRESS_REMOVED, &removed).await?;
+    let audit = Audit::new(&principal.user_id, actions::ADDRESS_REMOVED);
+    let removed = ctx.store().remove_address(&principal.user_id, &id, audit).await?;
     Ok(Json(SavedAddressView::from_doc(&removed)))
-}
-
-async fn audit(
-    ctx: &ApiContext,
-    principal: &Principal,
-    action: &str,
-    saved: &SavedAddressDoc,
-) -> ApiResult<()> {
-    let details = serde_json::json!({ "chain": saved.chain, "address": saved.address });
-    ctx.store()
-        .audit(&principal.user_id, action, &saved.id, details)
-        .await?;
-    Ok(())
 }

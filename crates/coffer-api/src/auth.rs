@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use coffer_store::audit::Audit;
 use coffer_store::audit_chain::actions;
 use coffer_store::tokens::{RevokeReason, Rotation};
 use coffer_store::{Role, StoreError};
@@ -268,6 +269,7 @@ async fn issue_session(
             auth_time,
             tokens.refresh_ttl(),
             tokens.session_lifetime(),
+            Audit::new(user_id, actions::LOGIN),
         )
         .await?;
     let session = Session {
@@ -325,7 +327,12 @@ pub async fn register(
         ctx.config().password_hashing.clone(),
     )
     .await?;
-    let user = match ctx.store().create_user(&body.email, hash, Role::User).await {
+    let audit = Audit::new("anonymous", actions::REGISTERED);
+    let user = match ctx
+        .store()
+        .create_user(&body.email, hash, Role::User, audit)
+        .await
+    {
         Ok(user) => user,
         Err(StoreError::AlreadyExists) => {
             return Err(ApiError::Conflict {

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use base64::Engine as _;
+use coffer_store::audit::Audit;
 use coffer_store::audit_chain::actions;
 use coffer_store::devices::DeviceDoc;
 use coffer_store::{Role, StoreError};
@@ -232,11 +233,8 @@ fn parse_public_key(text: &str) -> ApiResult<String> {
     })
 }
 
-async fn audit(ctx: &ApiContext, principal: &Principal, action: &str, device: &str) -> ApiResult<()> {
-    ctx.store()
-        .audit(&principal.user_id, action, device, serde_json::json!({}))
-        .await?;
-    Ok(())
+fn audit(principal: &Principal, action: &'static str) -> Audit {
+    Audit::new(&principal.user_id, action)
 }
 
 /// Register the device the app runs on with its public key. It is trusted after the cooling-off
@@ -263,7 +261,13 @@ pub async fn register_device(
     let delay = ctx.config().device_trust_delay;
     let device = ctx
         .store()
-        .register_device(&principal.user_id, name, &public_key, delay)
+        .register_device(
+            &principal.user_id,
+            name,
+            &public_key,
+            delay,
+            audit(&principal, actions::DEVICE_ADDED),
+        )
         .await
         .map_err(|e| match e {
             StoreError::LimitExceeded => ApiError::Unprocessable {
@@ -275,7 +279,6 @@ pub async fn register_device(
             },
             other => other.into(),
         })?;
-    audit(&ctx, &principal, actions::DEVICE_ADDED, &device.id).await?;
     Ok((StatusCode::CREATED, Json(DeviceView::from_doc(&device))))
 }
 
@@ -321,7 +324,12 @@ pub async fn trust_device(
     voucher.spend(&ctx).await?;
     let device = ctx
         .store()
-        .trust_device(&principal.user_id, &id, &voucher.device_id)
+        .trust_device(
+            &principal.user_id,
+            &id,
+            &voucher.device_id,
+            audit(&principal, actions::DEVICE_TRUSTED),
+        )
         .await
         .map_err(|e| match e {
             StoreError::StateConflict => ApiError::Conflict {
@@ -330,7 +338,6 @@ pub async fn trust_device(
             },
             other => other.into(),
         })?;
-    audit(&ctx, &principal, actions::DEVICE_TRUSTED, &device.id).await?;
     Ok(Json(DeviceView::from_doc(&device)))
 }
 
@@ -344,7 +351,7 @@ pub async fn revoke_device(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
     principal.require(&[Role::User])?;
-    let device = ctx.store().revoke_device(&principal.user_id, &id).await?;
-    audit(&ctx, &principal, actions::DEVICE_REMOVED, &device.id).await?;
+    let audit = audit(&principal, actions::DEVICE_REMOVED);
+    let device = ctx.store().revoke_device(&principal.user_id, &id, audit).await?;
     Ok(Json(DeviceView::from_doc(&device)))
 }

@@ -347,17 +347,8 @@ pub async fn create_withdrawal(
         if review {
             ctx.metrics().refused("withdrawal", "manual_review");
         }
-        let details = serde_json::json!({ "wallet_id": wallet_id, "device_id": device, "review": review });
-        // The money is held already: a trail that cannot be written is an operator problem
-        // (logged), not a reason to answer this request with an error.
-        let action = coffer_store::audit_chain::actions::WITHDRAWAL_REQUESTED;
-        if let Err(error) = ctx
-            .store()
-            .audit(&principal.user_id, action, &tx.id, details)
-            .await
-        {
-            tracing::error!(transaction_id = %tx.id, %error, "withdrawal held but its audit record failed");
-        }
+        // Its audit record (`movement.withdrawal`) was written in the movement's transaction.
+        tracing::debug!(transaction_id = %tx.id, device_id = ?device, review, "withdrawal held");
     }
     applied.respond()
 }

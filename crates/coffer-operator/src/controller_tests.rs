@@ -65,6 +65,7 @@ pub(crate) fn cluster() -> FakeApi {
         ("coffer-mongodb", "uri"),
         ("coffer-rabbitmq", "uri"),
         ("coffer-jwt", "secret"),
+        ("coffer-audit", "key"),
         ("coffer-eth-rpc", "url"),
     ] {
         api.put(&secret(name, key));
@@ -185,8 +186,9 @@ async fn creation_applies_every_object_then_reports_status() {
         format!("GET {SECRETS}/coffer-mongodb"),
         format!("GET {SECRETS}/coffer-rabbitmq"),
         format!("GET {SECRETS}/coffer-jwt"),
+        format!("GET {SECRETS}/coffer-audit"),
     ];
-    assert_eq!(lines(&api.calls[..6]), expected_reads);
+    assert_eq!(lines(&api.calls[..7]), expected_reads);
     assert_eq!(
         applied_kinds(&api.calls),
         [

@@ -5,6 +5,7 @@ use futures::TryStreamExt;
 use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Audit;
 use crate::collections::ADDRESS_BOOK;
 use crate::{new_id, Store, StoreError};
 
@@ -41,6 +42,7 @@ impl Store {
         address: &str,
         label: &str,
         cooling_off: std::time::Duration,
+        audit: Audit,
     ) -> Result<SavedAddressDoc, StoreError> {
         let book = self.collection::<SavedAddressDoc>(ADDRESS_BOOK);
         if book.count_documents(doc! { "user_id": user_id }).await? >= ADDRESSES_PER_USER_MAX {
@@ -57,11 +59,18 @@ impl Store {
             created_at: now,
             usable_from: crate::codec::from_millis(now.timestamp_millis().saturating_add(cooling_off_ms)),
         };
-        match book.insert_one(&saved).await {
-            Ok(_) => Ok(saved),
-            Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
-            Err(e) => Err(e.into()),
-        }
+        self.audited(move |store, session| {
+            let (saved, entry) = (saved.clone(), audit.on(&saved.id));
+            Box::pin(async move {
+                let book = store.collection::<SavedAddressDoc>(ADDRESS_BOOK);
+                match book.insert_one(&saved).session(session).await {
+                    Ok(_) => Ok((saved, entry)),
+                    Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await
     }
 
     /// The user's saved addresses, newest first.
@@ -90,10 +99,24 @@ impl Store {
     }
 
     /// Removes the user's saved address `id`; saving it again starts a new cooling-off.
-    pub async fn remove_address(&self, user_id: &str, id: &str) -> Result<SavedAddressDoc, StoreError> {
-        self.collection::<SavedAddressDoc>(ADDRESS_BOOK)
-            .find_one_and_delete(doc! { "_id": id, "user_id": user_id })
-            .await?
-            .ok_or(StoreError::NotFound)
+    pub async fn remove_address(
+        &self,
+        user_id: &str,
+        id: &str,
+        audit: Audit,
+    ) -> Result<SavedAddressDoc, StoreError> {
+        let (filter, entry) = (doc! { "_id": id, "user_id": user_id }, audit.on(id));
+        self.audited(move |store, session| {
+            let (filter, entry) = (filter.clone(), entry.clone());
+            Box::pin(async move {
+                let removed = store
+                    .collection::<SavedAddressDoc>(ADDRESS_BOOK)
+                    .find_one_and_delete(filter)
+                    .session(session)
+                    .await?;
+                Ok((removed.ok_or(StoreError::NotFound)?, entry))
+            })
+        })
+        .await
     }
 }

@@ -150,7 +150,11 @@ pub struct NewAdjustment {
 
 impl Store {
     /// Stores a proposal; nothing moves. [`StoreError::NotFound`] if the wallet is not a user wallet.
-    pub async fn propose_adjustment(&self, proposal: NewAdjustment) -> Result<AdjustmentDoc, StoreError> {
+    pub async fn propose_adjustment(
+        &self,
+        proposal: NewAdjustment,
+        audit: crate::audit::Audit,
+    ) -> Result<AdjustmentDoc, StoreError> {
         let wallet = self
             .collection::<WalletDoc>(crate::collections::WALLETS)
             .find_one(doc! { "_id": &proposal.wallet_id, "kind": "user" })
@@ -174,10 +178,15 @@ impl Store {
         };
         // Fails early (and loudly) if the postings could never balance.
         adjustment.ledger()?;
-        self.collection::<AdjustmentDoc>(ADJUSTMENTS)
-            .insert_one(&adjustment)
-            .await?;
-        Ok(adjustment)
+        self.audited(move |store, session| {
+            let (adjustment, entry) = (adjustment.clone(), audit.on(&adjustment.id));
+            Box::pin(async move {
+                let adjustments = store.collection::<AdjustmentDoc>(ADJUSTMENTS);
+                adjustments.insert_one(&adjustment).session(session).await?;
+                Ok((adjustment, entry))
+            })
+        })
+        .await
     }
 
     pub async fn adjustment(&self, id: &str) -> Result<Option<AdjustmentDoc>, StoreError> {
@@ -213,6 +222,7 @@ impl Store {
         id: &str,
         approver: &str,
         reason: &str,
+        audit: crate::audit::Audit,
     ) -> Result<(AdjustmentDoc, TransactionDoc), StoreError> {
         let adjustment = self.adjustment(id).await?.ok_or(StoreError::NotFound)?;
         if adjustment.proposed_by == approver {
@@ -231,12 +241,13 @@ impl Store {
         let movement = adjustment.movement(approver, owner, &tx_id)?;
         let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let decision = (id.to_string(), approver.to_string(), reason.to_string());
-        let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision));
+        let entry = audit.on(id);
+        let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision, entry));
         let tx = self
             .with_transaction(|session| {
                 let shared = shared.clone();
                 Box::pin(async move {
-                    let (store, movement, tx_id, (id, approver, reason)) = &*shared;
+                    let (store, movement, tx_id, (id, approver, reason), entry) = &*shared;
                     let decided = store
                         .collection::<AdjustmentDoc>(ADJUSTMENTS)
                         .update_one(
@@ -251,7 +262,10 @@ impl Store {
                     if decided.modified_count != 1 {
                         return Err(StoreError::StateConflict);
                     }
-                    write_one(&store.db, session, movement.clone().into()).await
+                    let mut entry = entry.clone();
+                    entry.details["transaction_id"] = serde_json::json!(tx_id);
+                    store.audit_in(session, vec![entry]).await?;
+                    write_one(&store.db, session, store.audit_keys(), movement.clone().into()).await
                 })
             })
             .await;
@@ -269,22 +283,33 @@ impl Store {
         id: &str,
         decider: &str,
         reason: &str,
+        audit: crate::audit::Audit,
     ) -> Result<AdjustmentDoc, StoreError> {
+        let filter = doc! { "_id": id, "status": "proposed" };
+        let update = doc! { "$set": {
+            "status": "rejected", "decided_by": decider, "decided_at": DateTime::now(),
+            "decision_reason": reason,
+        } };
+        let entry = audit.on(id);
         let updated = self
-            .collection::<AdjustmentDoc>(ADJUSTMENTS)
-            .find_one_and_update(
-                doc! { "_id": id, "status": "proposed" },
-                doc! { "$set": {
-                    "status": "rejected", "decided_by": decider, "decided_at": DateTime::now(),
-                    "decision_reason": reason,
-                } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
+            .audited(move |store, session| {
+                let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+                Box::pin(async move {
+                    let rejected = store
+                        .collection::<AdjustmentDoc>(ADJUSTMENTS)
+                        .find_one_and_update(filter, update)
+                        .return_document(mongodb::options::ReturnDocument::After)
+                        .session(session)
+                        .await?;
+                    Ok((rejected.ok_or(StoreError::StateConflict)?, entry))
+                })
+            })
+            .await;
         match updated {
-            Some(adjustment) => Ok(adjustment),
-            None if self.adjustment(id).await?.is_some() => Err(StoreError::StateConflict),
-            None => Err(StoreError::NotFound),
+            Err(StoreError::StateConflict) if self.adjustment(id).await?.is_none() => {
+                Err(StoreError::NotFound)
+            }
+            other => other,
         }
     }
 }

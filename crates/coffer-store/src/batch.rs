@@ -151,6 +151,8 @@ pub(crate) struct WriterParts {
     pub metrics: StoreMetrics,
     /// This process's session lease: every session is covered before its transaction starts.
     pub sessions: Arc<crate::process_sessions::SessionLease>,
+    /// The keys that MAC the audit record of every applied movement.
+    pub audit_keys: Option<crate::audit::AuditKeys>,
 }
 
 impl Committer {
@@ -459,7 +461,7 @@ impl Writer {
             ))
             .await?;
         let items: Vec<&Item> = live.iter().map(|j| &j.item).collect();
-        let written = match write_batch(&parts.db, session, &items).await {
+        let written = match write_batch(&parts.db, session, parts.audit_keys.as_ref(), &items).await {
             Ok(written) => written,
             Err(retry) => {
                 let _ = session.abort_transaction().await;
@@ -553,7 +555,12 @@ struct Written {
 }
 
 /// The body of one attempt, inside the open transaction of `session`.
-async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]) -> Result<Written, Retry> {
+async fn write_batch(
+    db: &Database,
+    session: &mut ClientSession,
+    audit_keys: Option<&crate::audit::AuditKeys>,
+    items: &[&Item],
+) -> Result<Written, Retry> {
     let ids: BTreeSet<String> = items
         .iter()
         .flat_map(|i| i.movement().ledger.account_ids())
@@ -600,6 +607,7 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
     }
     update_accounts(db, session, &accounts, &plan.positions, &book, now).await?;
     plan.insert(db, session).await?;
+    crate::audit::append(db, session, audit_keys, std::mem::take(&mut plan.audits)).await?;
     update_counters(db, session, &plan.charged, now).await?;
     Ok(Written {
         outcomes,
@@ -612,13 +620,14 @@ async fn write_batch(db: &Database, session: &mut ClientSession, items: &[&Item]
 pub(crate) async fn write_one(
     db: &Database,
     session: &mut ClientSession,
+    audit_keys: Option<&crate::audit::AuditKeys>,
     submission: Submission,
 ) -> Result<TransactionDoc, StoreError> {
     let item = Item {
         submission,
         traceparent: crate::model::current_traceparent(),
     };
-    match write_batch(db, session, &[&item]).await {
+    match write_batch(db, session, audit_keys, &[&item]).await {
         Ok(mut written) => written.outcomes.pop().expect("one outcome"),
         Err(retry) => Err(retry_error(retry)),
     }
@@ -749,6 +758,8 @@ struct BatchWrites {
     positions: BTreeMap<String, Position>,
     /// Per limit counter: the amount the applied movements charged.
     charged: BTreeMap<String, coffer_domain::Amount>,
+    /// One audit entry per applied movement.
+    audits: Vec<crate::audit::AuditEntry>,
 }
 
 impl BatchWrites {
@@ -784,6 +795,7 @@ impl BatchWrites {
             self.idempotency
                 .push(IdempotencyDoc::completed(write, (write.render)(&record), now));
         }
+        self.audits.push(movement_audit(&record));
         self.records.push(record.clone());
         Ok(record)
     }
@@ -806,6 +818,23 @@ impl BatchWrites {
         }
         Ok(())
     }
+}
+
+/// The audit entry of an applied movement: who moved what, ids and amounts only.
+fn movement_audit(record: &TransactionDoc) -> crate::audit::AuditEntry {
+    let action = format!(
+        "{}{}",
+        crate::audit_chain::actions::MOVEMENT_PREFIX,
+        record.kind.as_str()
+    );
+    let details = serde_json::json!({
+        "asset": record.asset,
+        "amount_atomic": record.amount.to_string(),
+        "from_wallet_id": record.from_wallet_id,
+        "to_wallet_id": record.to_wallet_id,
+        "state": record.state.as_str(),
+    });
+    crate::audit::AuditEntry::new(&record.initiated_by, &action, &record.id, details)
 }
 
 /// The transaction record of a new movement.

@@ -7,6 +7,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Audit;
 use crate::collections::{DEVICES, DEVICE_NONCES};
 use crate::{new_id, Store, StoreError};
 
@@ -53,6 +54,7 @@ impl Store {
         name: &str,
         public_key: &str,
         cooling_off: std::time::Duration,
+        audit: Audit,
     ) -> Result<DeviceDoc, StoreError> {
         let devices = self.collection::<DeviceDoc>(DEVICES);
         if devices.count_documents(doc! { "user_id": user_id }).await? >= DEVICES_PER_USER_MAX {
@@ -70,8 +72,15 @@ impl Store {
             public_key: Some(public_key.to_string()),
             revoked_at: None,
         };
-        devices.insert_one(&device).await?;
-        Ok(device)
+        self.audited(move |store, session| {
+            let (device, entry) = (device.clone(), audit.on(&device.id));
+            Box::pin(async move {
+                let devices = store.collection::<DeviceDoc>(DEVICES);
+                devices.insert_one(&device).session(session).await?;
+                Ok((device, entry))
+            })
+        })
+        .await
     }
 
     /// The user's devices, newest first.
@@ -96,20 +105,35 @@ impl Store {
 
     /// Trusts device `id` now, vouched for by the user's trusted device `by`. A revoked device
     /// stays revoked ([`StoreError::StateConflict`]).
-    pub async fn trust_device(&self, user_id: &str, id: &str, by: &str) -> Result<DeviceDoc, StoreError> {
-        let now = DateTime::now();
+    pub async fn trust_device(
+        &self,
+        user_id: &str,
+        id: &str,
+        by: &str,
+        audit: Audit,
+    ) -> Result<DeviceDoc, StoreError> {
+        let filter = doc! { "_id": id, "user_id": user_id, "revoked_at": null };
+        let update = doc! { "$set": { "trusted_from": DateTime::now(), "trusted_by": by } };
+        let entry = audit.on(id);
         let updated = self
-            .collection::<DeviceDoc>(DEVICES)
-            .find_one_and_update(
-                doc! { "_id": id, "user_id": user_id, "revoked_at": null },
-                doc! { "$set": { "trusted_from": now, "trusted_by": by } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
+            .audited(move |store, session| {
+                let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+                Box::pin(async move {
+                    let device = store
+                        .collection::<DeviceDoc>(DEVICES)
+                        .find_one_and_update(filter, update)
+                        .return_document(mongodb::options::ReturnDocument::After)
+                        .session(session)
+                        .await?;
+                    Ok((device.ok_or(StoreError::StateConflict)?, entry))
+                })
+            })
+            .await;
         match updated {
-            Some(device) => Ok(device),
-            None if self.device_of(user_id, id).await?.is_some() => Err(StoreError::StateConflict),
-            None => Err(StoreError::NotFound),
+            Err(StoreError::StateConflict) if self.device_of(user_id, id).await?.is_none() => {
+                Err(StoreError::NotFound)
+            }
+            other => other,
         }
     }
 
@@ -140,14 +164,28 @@ impl Store {
     }
 
     /// Revokes device `id` (idempotent).
-    pub async fn revoke_device(&self, user_id: &str, id: &str) -> Result<DeviceDoc, StoreError> {
-        let devices = self.collection::<DeviceDoc>(DEVICES);
-        devices
-            .update_one(
-                doc! { "_id": id, "user_id": user_id, "revoked_at": null },
-                doc! { "$set": { "revoked_at": DateTime::now() } },
-            )
-            .await?;
+    pub async fn revoke_device(
+        &self,
+        user_id: &str,
+        id: &str,
+        audit: Audit,
+    ) -> Result<DeviceDoc, StoreError> {
+        let device = self.device_of(user_id, id).await?.ok_or(StoreError::NotFound)?;
+        if device.revoked_at.is_some() {
+            return Ok(device);
+        }
+        let filter = doc! { "_id": id, "user_id": user_id, "revoked_at": null };
+        let update = doc! { "$set": { "revoked_at": DateTime::now() } };
+        let entry = audit.on(id);
+        self.audited(move |store, session| {
+            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+            Box::pin(async move {
+                let devices = store.collection::<DeviceDoc>(DEVICES);
+                devices.update_one(filter, update).session(session).await?;
+                Ok(((), entry))
+            })
+        })
+        .await?;
         self.device_of(user_id, id).await?.ok_or(StoreError::NotFound)
     }
 }

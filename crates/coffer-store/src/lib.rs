@@ -67,7 +67,10 @@ pub mod collections {
     pub const OUTBOX_PARTITIONS: &str = "outbox_partitions";
     /// Live publisher replicas, for a fair share of partitions each.
     pub const OUTBOX_REPLICAS: &str = "outbox_replicas";
-    pub const AUDIT_LOG: &str = "audit_log";
+    /// Audit records, a MAC chain per shard (audit).
+    pub const AUDIT_RECORDS: &str = "audit_records";
+    /// Per audit shard: its last record's seq and MAC (moved in the record's transaction).
+    pub const AUDIT_HEADS: &str = "audit_heads";
     pub const ADJUSTMENTS: &str = "adjustments";
     pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
     pub const VELOCITY: &str = "withdrawal_velocity";
@@ -192,6 +195,9 @@ pub struct StoreConfig {
     /// (renewed every quarter of it; others end them after it plus half of it): see
     /// [`process_sessions`].
     pub session_lease: Duration,
+    /// The keys that MAC audit records (`COFFER_AUDIT_KEY`); without them every audited action
+    /// is refused (fail closed).
+    pub audit_keys: Option<audit::AuditKeys>,
 }
 
 impl Default for StoreConfig {
@@ -206,6 +212,7 @@ impl Default for StoreConfig {
             command_spans: false,
             rotation_pause: None,
             session_lease: Duration::from_secs(2),
+            audit_keys: None,
         }
     }
 }
@@ -403,7 +410,11 @@ impl Store {
                 named("by_user_stream_v2"),
             ),
             (OUTBOX, doc! { "dead_lettered_at": 1 }, named("dead_letters")),
-            (AUDIT_LOG, doc! { "seq": 1 }, unique("seq_unique")),
+            (
+                AUDIT_RECORDS,
+                doc! { "shard": 1, "seq": 1 },
+                unique("by_shard_seq"),
+            ),
             (
                 VELOCITY,
                 doc! { "expires_at": 1 },
@@ -450,6 +461,7 @@ impl Store {
         self.ensure_chain_indexes().await?;
         self.ensure_liability_indexes().await?;
         outbox::initialise(&self.db).await?;
+        audit::initialise(&self.db).await?;
         self.ensure_admin_indexes().await
     }
 }

@@ -54,6 +54,7 @@ impl Store {
             config: self.config.batch.clone(),
             metrics: self.metrics.clone(),
             sessions: self.sessions.clone(),
+            audit_keys: self.config.audit_keys.clone(),
         }
     }
 

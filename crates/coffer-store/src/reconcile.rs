@@ -499,7 +499,7 @@ impl Reconciler {
     }
 
     async fn check_audit(&self, store: &Store) -> Result<Checked, StoreError> {
-        let verification = store.verify_audit().await?;
+        let verification = store.verify_audit(None).await?;
         self.metrics.audit_chain_verified(verification.valid());
         let found = verification
             .first_break
@@ -507,8 +507,8 @@ impl Reconciler {
                 finding(
                     "audit_chain",
                     &format!("chain_{}", b.kind.as_str()),
-                    &b.id,
-                    doc! { "seq": b.seq, "detail": b.detail },
+                    &format!("{}:{}", b.shard, b.seq),
+                    doc! { "shard": b.shard, "seq": b.seq, "record_id": b.id, "detail": b.detail },
                 )
             })
             .into_iter()

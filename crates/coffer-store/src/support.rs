@@ -127,6 +127,7 @@ impl Store {
         decision: ReviewDecision,
         reviewer: &str,
         reason: &str,
+        audit: crate::audit::Audit,
     ) -> Result<TransactionDoc, StoreError> {
         let tx = self.transaction_by_id(id).await?.ok_or(StoreError::NotFound)?;
         let transition = review_transition(&tx, decision)?.with_note(crate::transitions::Note::Review {
@@ -134,6 +135,7 @@ impl Store {
             by: reviewer.to_string(),
             reason: reason.to_string(),
         });
-        self.apply_transition(&transition).await
+        self.apply_transition_audited(&transition, vec![audit.on(id)])
+            .await
     }
 }

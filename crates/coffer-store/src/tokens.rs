@@ -126,6 +126,7 @@ impl Store {
         auth_time: i64,
         refresh_ttl: chrono::Duration,
         lifetime: chrono::Duration,
+        audit: crate::audit::Audit,
     ) -> Result<SessionDoc, StoreError> {
         let now = codec::now();
         let session = SessionDoc {
@@ -137,13 +138,21 @@ impl Store {
             revoked_reason: None,
             rotations: 0,
         };
-        self.collection::<SessionDoc>(SESSIONS)
-            .insert_one(&session)
-            .await?;
-        self.collection::<RefreshTokenDoc>(REFRESH_TOKENS)
-            .insert_one(token_doc(token, &session, auth_time, refresh_ttl))
-            .await?;
-        Ok(session)
+        let token = token_doc(token, &session, auth_time, refresh_ttl);
+        let entry = audit
+            .with_details(serde_json::json!({ "session_id": &session.id }))
+            .on(user_id);
+        self.audited(move |store, db_session| {
+            let (session, token, entry) = (session.clone(), token.clone(), entry.clone());
+            Box::pin(async move {
+                let sessions = store.collection::<SessionDoc>(SESSIONS);
+                sessions.insert_one(&session).session(&mut *db_session).await?;
+                let tokens = store.collection::<RefreshTokenDoc>(REFRESH_TOKENS);
+                tokens.insert_one(token).session(&mut *db_session).await?;
+                Ok((session, entry))
+            })
+        })
+        .await
     }
 
     /// Consumes `token` if it is live and its session is active, and stores `successor` in the

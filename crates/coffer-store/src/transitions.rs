@@ -131,6 +131,15 @@ impl Transition {
 impl Store {
     /// Applies `transition` atomically and returns the transaction after it.
     pub async fn apply_transition(&self, transition: &Transition) -> Result<TransactionDoc, StoreError> {
+        self.apply_transition_audited(transition, Vec::new()).await
+    }
+
+    /// [`Store::apply_transition`] with `audits` recorded in its transaction.
+    pub(crate) async fn apply_transition_audited(
+        &self,
+        transition: &Transition,
+        audits: Vec<crate::audit::AuditEntry>,
+    ) -> Result<TransactionDoc, StoreError> {
         let change = StateChange::step(
             transition.from,
             transition.to,
@@ -143,12 +152,14 @@ impl Store {
             accounts = ledger.account_ids();
         }
         let _guard = self.lock_accounts(&accounts).await?;
-        let shared = std::sync::Arc::new((self.clone(), transition.clone(), change));
+        let shared = std::sync::Arc::new((self.clone(), transition.clone(), change, audits));
         self.with_transaction(|session| {
             let shared = shared.clone();
             Box::pin(async move {
-                let (store, transition, change) = &*shared;
-                write_transition(store, session, transition, change).await
+                let (store, transition, change, audits) = &*shared;
+                let written = write_transition(store, session, transition, change).await?;
+                store.audit_in(session, audits.clone()).await?;
+                Ok(written)
             })
         })
         .await

@@ -13,6 +13,7 @@ impl Store {
         email: &str,
         password_hash: String,
         role: Role,
+        audit: crate::audit::Audit,
     ) -> Result<UserDoc, StoreError> {
         let user = UserDoc {
             id: new_id(),
@@ -23,11 +24,22 @@ impl Store {
             totp_last_step: None,
             created_at: crate::codec::now(),
         };
-        match self.collection::<UserDoc>(USERS).insert_one(&user).await {
-            Ok(_) => Ok(user),
-            Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
-            Err(e) => Err(e.into()),
-        }
+        self.audited(move |store, session| {
+            let (user, entry) = (user.clone(), audit.on(&user.id));
+            Box::pin(async move {
+                match store
+                    .collection::<UserDoc>(USERS)
+                    .insert_one(&user)
+                    .session(session)
+                    .await
+                {
+                    Ok(_) => Ok((user, entry)),
+                    Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserDoc>, StoreError> {

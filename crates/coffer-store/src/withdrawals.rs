@@ -160,42 +160,59 @@ impl Store {
         Ok(record)
     }
 
-    /// Records a staff request to cancel the signed withdrawal `tx_id` (the broadcaster signs the
-    /// cancel on its next poll). Only a withdrawal whose payment is not mined can be cancelled:
-    /// one signed and not yet accepted, or broadcast. Asking twice is a [`StoreError::StateConflict`].
-    pub async fn request_cancel(
+    /// A staff cancel of withdrawal `tx_id`, audited in the same transaction. Unsigned: it fails
+    /// and its hold is released now (guarded: it cannot race the signature). Signed and not mined
+    /// (PendingBroadcast or Broadcasted): the request is recorded and the broadcaster signs the
+    /// cancel on its next poll. Anything else, or asking twice, is [`StoreError::StateConflict`].
+    pub async fn cancel_withdrawal(
         &self,
         tx_id: &str,
         by: &str,
         reason: &str,
+        audit: crate::audit::Audit,
     ) -> Result<TransactionDoc, StoreError> {
+        let tx = self.transaction_by_id(tx_id).await?.ok_or(StoreError::NotFound)?;
+        if tx.kind != TxKind::Withdrawal {
+            return Err(StoreError::NotFound);
+        }
+        if tx.state == TxState::PendingBroadcast && tx.broadcast.is_none() {
+            let audit = audit.with_details(serde_json::json!({ "signed": false }));
+            return self
+                .apply_transition_audited(&release_unsigned(&tx)?, vec![audit.on(tx_id)])
+                .await;
+        }
         let request = CancelRequest {
             by: by.to_string(),
             reason: reason.to_string(),
             at: crate::codec::now(),
         };
-        let states = [TxState::PendingBroadcast.as_str(), TxState::Broadcasted.as_str()];
-        let updated = self
-            .collection::<TransactionDoc>(TRANSACTIONS)
-            .find_one_and_update(
-                doc! {
-                    "_id": tx_id,
-                    "kind": TxKind::Withdrawal.as_str(),
-                    "state": { "$in": states.to_vec() },
-                    "broadcast": { "$ne": null },
-                    "broadcast.cancel": null,
-                },
-                doc! { "$set": { "broadcast.cancel": to_bson(&request)?, "updated_at": DateTime::now() } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await?;
-        match updated {
-            Some(tx) => Ok(tx),
-            None => match self.transaction_by_id(tx_id).await? {
-                Some(_) => Err(StoreError::StateConflict),
-                None => Err(StoreError::NotFound),
-            },
-        }
+        let shared = std::sync::Arc::new((tx_id.to_string(), to_bson(&request)?, audit));
+        self.audited(move |store, session| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (tx_id, request, audit) = &*shared;
+                let states = [TxState::PendingBroadcast.as_str(), TxState::Broadcasted.as_str()];
+                let updated = store
+                    .collection::<TransactionDoc>(TRANSACTIONS)
+                    .find_one_and_update(
+                        doc! {
+                            "_id": tx_id.as_str(),
+                            "kind": TxKind::Withdrawal.as_str(),
+                            "state": { "$in": states.to_vec() },
+                            "broadcast": { "$ne": null },
+                            "broadcast.cancel": null,
+                        },
+                        doc! { "$set": { "broadcast.cancel": request.clone(), "updated_at": DateTime::now() } },
+                    )
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .session(&mut *session)
+                    .await?
+                    .ok_or(StoreError::StateConflict)?;
+                let entry = audit.clone().with_details(serde_json::json!({ "signed": true })).on(tx_id);
+                Ok((updated, entry))
+            })
+        })
+        .await
     }
 
     /// Records where a sent withdrawal stands on chain (no state change);
@@ -258,4 +275,22 @@ impl Store {
 /// The network fee of a mined transaction: gas used × effective gas price.
 pub fn network_fee(gas_used: u64, effective_gas_price: u128) -> Amount {
     Amount::from_u128(u128::from(gas_used).saturating_mul(effective_gas_price))
+}
+
+/// An unsigned withdrawal's release, guarded so that it cannot race the broadcaster's signature.
+fn release_unsigned(tx: &TransactionDoc) -> Result<crate::transitions::Transition, StoreError> {
+    let wallet = tx
+        .from_wallet_id
+        .as_deref()
+        .ok_or_else(|| StoreError::Corrupt("a withdrawal without a source wallet".into()))?;
+    let hold = coffer_domain::LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(crate::transitions::Transition::new(
+        &tx.id,
+        TxState::PendingBroadcast,
+        TxState::Failed,
+        "cancelled by staff before signing; funds released",
+    )
+    .with_ledger(coffer_domain::LedgerTransaction::reversal_of(&hold))
+    .with_guard(crate::transitions::Guard::Unsigned))
 }

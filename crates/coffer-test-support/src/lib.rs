@@ -28,6 +28,15 @@ pub fn mongodb_uri() -> String {
     )
 }
 
+/// The audit key of test apps and test processes (`COFFER_AUDIT_KEY`); tests only.
+pub const TEST_AUDIT_KEY: &str = "test-audit-key-4f1c9a7e2b8d6053c1e9f7a2";
+
+/// The audit keys of [`TEST_AUDIT_KEY`] (what a test app's store MACs records with).
+pub fn test_audit_keys() -> coffer_store::audit::AuditKeys {
+    let key = coffer_store::audit::AuditKey::new(TEST_AUDIT_KEY).expect("a valid test key");
+    coffer_store::audit::AuditKeys::new(key, Vec::new())
+}
+
 /// Options of a test app.
 #[derive(Clone)]
 pub struct Options {
@@ -213,7 +222,8 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
-    pub async fn spawn_with(options: Options) -> TestApp {
+    pub async fn spawn_with(mut options: Options) -> TestApp {
+        options.store.audit_keys.get_or_insert_with(test_audit_keys);
         let registry = prometheus::Registry::new();
         let database = options
             .database
@@ -492,21 +502,7 @@ impl TestApp {
     pub async fn staff(&self, role: Role) -> TestUser {
         let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-        let hash = coffer_api::auth::hash_password(
-            secrecy::SecretString::from(password.clone()),
-            PasswordHashing {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-        )
-        .await
-        .expect("hash");
-        let user = self
-            .store
-            .create_user(&email, hash, role)
-            .await
-            .expect("create staff");
+        let user = self.create_account(&email, &password, role).await;
         if !coffer_api::mfa::required_for(role) {
             return self.login(&email, &password).await;
         }
@@ -523,6 +519,24 @@ impl TestApp {
         let mut staff = user_from(&reply, email, password);
         staff.totp_secret = Some(secret.expose_secret().to_string());
         staff
+    }
+
+    /// An account created directly in the store (as `coffer user create` does, audited), with
+    /// cheap password hashing; not logged in.
+    pub async fn create_account(&self, email: &str, password: &str, role: Role) -> coffer_store::UserDoc {
+        let cheap = PasswordHashing {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hash = coffer_api::auth::hash_password(secrecy::SecretString::from(password.to_string()), cheap)
+            .await
+            .expect("hash");
+        let audit = coffer_store::audit::Audit::new("cli", coffer_store::audit_chain::actions::STAFF_CREATED);
+        self.store
+            .create_user(email, hash, role, audit)
+            .await
+            .expect("create account")
     }
 
     pub async fn login(&self, email: &str, password: &str) -> TestUser {

@@ -62,6 +62,7 @@ pub fn api_env(database_prefix: &str) -> Vec<(String, String)> {
             "COFFER_JWT_SECRET".into(),
             "processes-test-secret-0123456789abcdef".into(),
         ),
+        ("COFFER_AUDIT_KEY".into(), crate::TEST_AUDIT_KEY.into()),
     ]
 }
 

@@ -114,8 +114,32 @@ pub enum LedgerCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the audit log's hash chain; exit 1 and name the record where it breaks.
-    Verify(DbArgs),
+    /// Verify every audit shard's MAC chain (against the exported heads with `--heads`); exit 1
+    /// naming the shard, seq and kind of the first break.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The heads export the reconciler appends to (`COFFER_AUDIT_HEADS_PATH`): finds a tail cut
+    /// below an exported head, which the chains alone cannot show.
+    #[arg(long)]
+    pub heads: Option<std::path::PathBuf>,
+}
+
+/// Where and how often the reconciler exports every audit shard's head.
+#[derive(Args, Clone)]
+pub struct AuditExportArgs {
+    /// File the reconciler appends one MACed line of every shard's head to (opened append-only,
+    /// fsynced); put it where the database writer cannot edit it. Unset: no export.
+    #[arg(long, env = "COFFER_AUDIT_HEADS_PATH")]
+    pub audit_heads_path: Option<std::path::PathBuf>,
+    /// Seconds between exported lines (1 to 86400).
+    #[arg(long, env = "COFFER_AUDIT_EXPORT_INTERVAL_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub audit_export_interval_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -208,9 +232,38 @@ pub struct DbArgs {
     #[arg(long, env = "COFFER_SESSION_LEASE_MS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u32).range(200..=60_000))]
     pub session_lease_ms: u32,
+    /// The key that MACs audit records (at least 32 random bytes; a secret of the deployment,
+    /// never in the database). Every role that connects needs it.
+    #[arg(long, env = "COFFER_AUDIT_KEY", hide_env_values = true)]
+    pub audit_key: SecretString,
+    /// Earlier audit keys, comma-separated: records they MACed still verify (key rotation).
+    #[arg(long, env = "COFFER_AUDIT_KEYS_PREVIOUS", hide_env_values = true)]
+    pub audit_keys_previous: Option<SecretString>,
 }
 
 impl DbArgs {
+    /// The audit keys these settings give; a weak key is refused naming the setting, never
+    /// its value.
+    pub fn audit_keys(&self) -> anyhow::Result<coffer_store::audit::AuditKeys> {
+        use coffer_store::audit::AuditKey;
+        let current = AuditKey::new(self.audit_key.expose_secret())
+            .map_err(|e| anyhow::anyhow!("COFFER_AUDIT_KEY is refused: {e}"))?;
+        let previous = self
+            .audit_keys_previous
+            .as_ref()
+            .map(|keys| {
+                keys.expose_secret()
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(AuditKey::new)
+                    .collect()
+            })
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("COFFER_AUDIT_KEYS_PREVIOUS is refused: {e}"))?
+            .unwrap_or_default();
+        Ok(coffer_store::audit::AuditKeys::new(current, previous))
+    }
+
     /// This process's session lease (`COFFER_SESSION_LEASE_MS`).
     pub fn session_lease(&self) -> Duration {
         Duration::from_millis(u64::from(self.session_lease_ms))
@@ -556,6 +609,8 @@ pub struct ReconcilerArgs {
     #[command(flatten)]
     pub liabilities: LiabilityArgs,
     #[command(flatten)]
+    pub audit_export: AuditExportArgs,
+    #[command(flatten)]
     pub reserves: ReservesArgs,
 }
 
@@ -647,10 +702,36 @@ fn chain_rpcs(
     Ok(rpcs)
 }
 
+/// Secrets nobody should deploy (compared case-insensitively, ignoring `-`, `_` and spaces).
+const KNOWN_DEFAULTS: [&str; 12] = [
+    "secret", "password", "changeme", "default", "admin", "test", "coffer", "guest", "letmein", "123456",
+    "qwerty", "passw0rd",
+];
+
+/// Why `secret` is too weak to start with, if it is: shorter than `min_bytes`, a known default,
+/// or one short pattern repeated. Never says what the secret is.
+pub fn weakness(secret: &str, min_bytes: usize) -> Option<String> {
+    let normalised: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | ' '))
+        .collect::<String>()
+        .to_lowercase();
+    if KNOWN_DEFAULTS.contains(&normalised.as_str()) {
+        return Some("a well-known default".into());
+    }
+    if secret.len() < min_bytes {
+        return Some(format!("shorter than {min_bytes} bytes"));
+    }
+    if coffer_store::audit::is_repeated_pattern(secret.as_bytes()) {
+        return Some("one short pattern repeated, not a random secret".into());
+    }
+    None
+}
+
 impl ApiArgs {
     pub fn api_config(&self, roots: &coffer_tls::TlsRoots) -> anyhow::Result<ApiConfig> {
-        if self.jwt_secret.expose_secret().len() < 32 {
-            bail!("COFFER_JWT_SECRET must be at least 32 bytes");
+        if let Some(weakness) = weakness(self.jwt_secret.expose_secret(), 32) {
+            bail!("COFFER_JWT_SECRET is refused: {weakness}");
         }
         let mut config = ApiConfig::new(self.jwt_secret.clone());
         config.access_token_ttl = Duration::from_secs(self.access_token_ttl_seconds);
@@ -702,10 +783,35 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "--jwt-secret=0123456789abcdef0123456789abcdef";
+    #[test]
+    fn weak_secrets_are_named_by_their_weakness_never_their_value() {
+        assert_eq!(weakness("Change-Me", 32).as_deref(), Some("a well-known default"));
+        assert_eq!(weakness("tiny-k3y", 32).as_deref(), Some("shorter than 32 bytes"));
+        let repeated = "0123456789abcdef".repeat(2);
+        assert!(weakness(&repeated, 32).unwrap().contains("repeated"));
+        assert_eq!(weakness("processes-test-secret-0123456789abcdef", 32), None);
+        for secret in ["Change-Me", "tiny-k3y", repeated.as_str()] {
+            assert!(!weakness(secret, 32).unwrap().contains(secret));
+        }
+    }
 
+    const SECRET: &str = "--jwt-secret=0123456789abcdef-cli-test-secret-9f8e7d";
+
+    const AUDIT_KEY: &str = "--audit-key=cli-test-audit-key-5e4d3c2b1a09f8e7";
+
+    /// Parses `coffer ARGS`, with an audit key after the (sub)command of each one that connects.
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("coffer").chain(args.iter().copied()))
+        let roles = ["api", "dev", "chain-listener", "outbox-publisher", "reconciler"];
+        let tools = ["user", "ledger", "audit"];
+        let mut all = vec!["coffer"];
+        for (index, arg) in args.iter().enumerate() {
+            all.push(arg);
+            let role = index == 0 && roles.contains(arg);
+            if role || (index == 1 && tools.contains(&args[0])) {
+                all.push(AUDIT_KEY);
+            }
+        }
+        Cli::try_parse_from(all)
     }
 
     #[test]

@@ -91,8 +91,8 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Audit {
-            command: AuditCommand::Verify(db),
-        } => reconciler::verify_audit(db).await,
+            command: AuditCommand::Verify(args),
+        } => reconciler::verify_audit(args).await,
         Command::OutboxPublisher(args) => publisher::run(args, &roots).await.map(|()| ExitCode::SUCCESS),
         Command::ChainListener(args) => chain_role::run(args, &roots).await.map(|()| ExitCode::SUCCESS),
         Command::Ledger {
@@ -127,6 +127,7 @@ pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> any
         command_spans: logging::trace_database_commands(),
         batch: db.batch(),
         session_lease: db.session_lease(),
+        audit_keys: Some(db.audit_keys()?),
         ..StoreConfig::default()
     };
     let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)
@@ -264,14 +265,17 @@ async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
     if password.expose_secret().chars().count() < 12 {
         bail!("the password needs at least 12 characters");
     }
+    if let Some(weakness) = cli::weakness(password.expose_secret(), 12) {
+        bail!("the password is refused: {weakness}");
+    }
     let store = connect(&args.db, &prometheus::Registry::new()).await?;
     let hash = coffer_api::auth::hash_password(password, Default::default())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    match store.create_user(&args.email, hash, role).await {
+    let audit = coffer_store::audit::Audit::new("cli", coffer_store::audit_chain::actions::STAFF_CREATED)
+        .with_details(serde_json::json!({ "role": role.as_str() }));
+    match store.create_user(&args.email, hash, role, audit).await {
         Ok(user) => {
-            let details = serde_json::json!({ "role": role.as_str() });
-            store.audit("cli", "staff.created", &user.id, details).await?;
             println!("created {} account {}", role.as_str(), user.id);
             if coffer_api::mfa::required_for(role) {
                 enroll_totp(&store, &user).await?;

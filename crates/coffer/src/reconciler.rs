@@ -11,7 +11,7 @@ use coffer_store::reconcile::{CustodySource, NoChainConfigured, ReconcileMetrics
 use coffer_store::Store;
 use tracing::Instrument;
 
-use crate::cli::{DbArgs, ReconcilerArgs};
+use crate::cli::{AuditExportArgs, AuditVerifyArgs, ReconcilerArgs};
 
 /// Runs a reconciliation now and then every interval until `shutdown`; runs never overlap.
 pub async fn run(
@@ -50,11 +50,21 @@ pub async fn run(
         .map_or(Duration::from_secs(3600), |(_, every)| *every);
     let mut publish_interval = tokio::time::interval(publish_every);
     publish_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let export = &args.audit_export;
+    let mut export_interval =
+        tokio::time::interval(Duration::from_secs(export.audit_export_interval_seconds));
+    export_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if export.audit_heads_path.is_none() {
+        tracing::warn!(
+            "COFFER_AUDIT_HEADS_PATH is unset: audit heads are not exported, so a cut tail cannot be found"
+        );
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = interval.tick() => run_once(&reconciler, &store).await,
+            _ = export_interval.tick(), if export.audit_heads_path.is_some() => export_heads(&store, export).await,
             _ = publish_interval.tick(), if liabilities.is_some() => {
                 if let Some((key, _)) = &liabilities {
                     publish_all(&store, key).await;
@@ -165,27 +175,80 @@ async fn run_once(reconciler: &Reconciler, store: &Store) {
     }
 }
 
-/// `coffer audit verify`: exit 0 when the chain is intact, 1 naming the first broken record.
-pub async fn verify_audit(db: DbArgs) -> anyhow::Result<ExitCode> {
-    let store = crate::connect(&db, &prometheus::Registry::new()).await?;
-    let report = store.verify_audit().await?;
-    println!("audit records checked: {}", report.records_checked);
+/// Appends one MACed line of every shard's head to the export file (append-only, fsynced); a
+/// failure is logged and the next tick tries again.
+async fn export_heads(store: &Store, export: &AuditExportArgs) {
+    let Some(path) = export.audit_heads_path.clone() else {
+        return;
+    };
+    let line = match store.audit_heads_line().await {
+        Ok(line) => line,
+        Err(error) => return tracing::error!(error = %error, "audit heads: reading the heads failed"),
+    };
+    let written = tokio::task::spawn_blocking(move || append_line(&path, &line)).await;
+    match written {
+        Ok(Ok(())) => tracing::debug!("audit heads exported"),
+        Ok(Err(error)) => tracing::error!(error = %error, "audit heads: writing the export failed"),
+        Err(error) => tracing::error!(error = %error, "audit heads: the export task failed"),
+    }
+}
+
+fn append_line(path: &std::path::Path, line: &coffer_store::audit_chain::HeadsLine) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+    text.push('\n');
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// `coffer audit verify [--heads PATH]`: exit 0 when every shard is intact (and agrees with the
+/// exported heads), 1 naming the shard, seq and kind of the first break.
+pub async fn verify_audit(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
+    let store = crate::connect(&args.db, &prometheus::Registry::new()).await?;
+    let exported = match &args.heads {
+        None => None,
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            match store.parse_heads_export(&text) {
+                Ok(exported) => Some(exported),
+                Err(problem) => {
+                    println!("AUDIT HEADS EXPORT REFUSED ({}): {problem}", path.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    };
+    let report = store.verify_audit(exported.as_ref()).await?;
+    println!(
+        "audit records checked: {} in {} shards; exported head lines: {}",
+        report.records_checked,
+        report.shards.len(),
+        report.exported_lines
+    );
     match &report.first_break {
         None => {
-            match (&report.head_seq, &report.head_hash) {
-                (Some(seq), Some(hash)) => println!("audit chain intact; head seq {seq} hash {hash}"),
-                _ => println!("audit chain intact (empty)"),
+            for shard in report.shards.iter().filter(|s| s.head_seq > 0) {
+                println!(
+                    "shard {} intact; head seq {} mac {}",
+                    shard.shard, shard.head_seq, shard.head_mac
+                );
             }
+            println!("audit chains intact");
             Ok(ExitCode::SUCCESS)
         }
-        Some(b) => {
-            println!(
-                "AUDIT CHAIN BROKEN at seq {} (record {}): {} — {}",
-                b.seq,
-                b.id,
-                b.kind.as_str(),
-                b.detail
-            );
+        Some(_) => {
+            for b in report.shards.iter().filter_map(|s| s.first_break.as_ref()) {
+                let record = if b.id.is_empty() { "-" } else { b.id.as_str() };
+                println!(
+                    "AUDIT CHAIN BROKEN in shard {} at seq {} (record {record}): {} — {}",
+                    b.shard,
+                    b.seq,
+                    b.kind.as_str(),
+                    b.detail
+                );
+            }
             Ok(ExitCode::FAILURE)
         }
     }

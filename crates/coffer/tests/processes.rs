@@ -326,3 +326,98 @@ async fn a_process_killed_inside_a_transaction_blocks_its_wallets_for_at_most_fi
     );
     assert_ledger_verifies(&roles);
 }
+
+/// `coffer audit verify --heads PATH` with `extra` settings: its exit code and standard output.
+fn audit_verify(roles: &Roles, heads: &Path, extra: &[(&str, String)]) -> (Option<i32>, String) {
+    let heads = heads.display().to_string();
+    let (mut command, _) = roles.command("audit-verify", &["audit", "verify", "--heads", &heads], extra);
+    let output = command
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("run audit verify");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_exits_0_against_the_reconcilers_export_and_1_when_the_export_disagrees() {
+    let roles = roles("audit-verify");
+    let user = [
+        "user",
+        "create",
+        "--email",
+        "ops@coffer.test",
+        "--role",
+        "payment",
+        "--password-stdin",
+    ];
+    assert!(
+        roles.run_with_stdin("user", &user, PASSWORD),
+        "user create (audited)"
+    );
+    let heads = roles.dir.join("audit-heads.jsonl");
+    let export = [
+        ("COFFER_AUDIT_HEADS_PATH", heads.display().to_string()),
+        ("COFFER_AUDIT_EXPORT_INTERVAL_SECONDS", "1".to_string()),
+        ("COFFER_LISTEN", format!("127.0.0.1:{}", free_port())),
+    ];
+    let mut reconciler = roles.spawn("reconciler", &["reconciler"], &export);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&heads)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heads exported: {}",
+            reconciler.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    reconciler.kill();
+
+    let (code, output) = audit_verify(&roles, &heads, &[]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("audit chains intact"), "{output}");
+
+    // The export says a shard went further than the database holds: a cut tail, or an edited
+    // export (its MAC no longer matches). Either way: exit 1, naming what disagrees.
+    let text = std::fs::read_to_string(&heads).unwrap();
+    let mut line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    line["heads"][0]["seq"] = json!(line["heads"][0]["seq"].as_i64().unwrap() + 5);
+    let edited = roles.dir.join("edited-heads.jsonl");
+    std::fs::write(&edited, format!("{line}\n")).unwrap();
+    let (code, output) = audit_verify(&roles, &edited, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("export was edited"), "{output}");
+
+    // Verified with another key, the genuine export is refused too: the key is what proves it.
+    let other_key = (
+        "COFFER_AUDIT_KEY",
+        "another-audit-key-0c9b8a7f6e5d4c3b2a19".to_string(),
+    );
+    let (code, output) = audit_verify(&roles, &heads, &[other_key]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("unknown key"), "{output}");
+}
+
+#[test]
+fn a_weak_audit_key_is_refused_at_start_naming_the_setting_never_its_value() {
+    let roles = roles("weak-audit-key");
+    for weak in ["too-short-key", &"abcd".repeat(10)] {
+        let (mut command, log) = roles.command(
+            "weak",
+            &["ledger", "verify"],
+            &[("COFFER_AUDIT_KEY", weak.to_string())],
+        );
+        let status = command.status().expect("run coffer");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(!status.success(), "{weak}: {log}");
+        assert!(log.contains("COFFER_AUDIT_KEY is refused"), "{log}");
+        assert!(!log.contains(weak), "the key's value is never printed: {log}");
+    }
+}

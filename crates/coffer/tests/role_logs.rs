@@ -124,6 +124,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     let payment_password = format!("payment-pw-{canary}");
     let admin_password = format!("admin-pw-{canary}");
     let jwt_secret = format!("jwt-secret-{canary}-0123456789");
+    let audit_key = format!("audit-key-{canary}-0123456789");
     let webhook_secret = format!("webhook-secret-{canary}");
     let signer_key = format!("{:0>64}", &canary); // 32 bytes of hex: a valid secp256k1 key
     let signer = LocalSigner::from_hex(&signer_key.clone().into()).unwrap();
@@ -153,6 +154,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
                 std::env::var("MONGODB_URI").expect("MONGODB_URI: run through scripts/test"),
             ),
             ("COFFER_DATABASE".into(), format!("logs_{canary}")),
+            ("COFFER_AUDIT_KEY".into(), audit_key.clone()),
             ("COFFER_ASSETS_FILE".into(), assets.display().to_string()),
             (
                 "AMQP_URI".into(),
@@ -440,6 +442,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
                 &password,
                 &payment_password,
                 &jwt_secret,
+                &audit_key,
                 &webhook_secret,
                 &mac_hex,
                 &signer_key,

@@ -6,6 +6,7 @@ use axum::Json;
 use coffer_domain::amount::signed_decimal_string;
 use coffer_domain::Amount;
 use coffer_store::adjustments::{AdjustmentDoc, AdjustmentStatus, Direction, NewAdjustment};
+use coffer_store::audit::Audit;
 use coffer_store::audit_chain::actions;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -131,21 +132,14 @@ pub async fn propose_adjustment(
         reason,
         proposed_by: principal.user_id.clone(),
     };
-    let adjustment = ctx.store().propose_adjustment(proposal).await?;
-    let direction = if direction == Direction::Credit {
+    let direction_name = if direction == Direction::Credit {
         "credit"
     } else {
         "debit"
     };
-    let details = json!({ "wallet_id": &adjustment.wallet_id, "direction": direction, "amount_atomic": amount.to_string() });
-    audit(
-        &ctx,
-        &principal,
-        actions::ADJUSTMENT_PROPOSED,
-        &adjustment.id,
-        details,
-    )
-    .await?;
+    let details = json!({ "wallet_id": &proposal.wallet_id, "direction": direction_name, "amount_atomic": amount.to_string() });
+    let audit = Audit::new(&principal.user_id, actions::ADJUSTMENT_PROPOSED).with_details(details);
+    let adjustment = ctx.store().propose_adjustment(proposal, audit).await?;
     Ok((StatusCode::CREATED, Json(AdjustmentView::from_doc(&adjustment))))
 }
 
@@ -227,11 +221,14 @@ pub async fn approve_adjustment(
     let reason = reason(&body.reason)?;
     let (adjustment, tx) = ctx
         .store()
-        .approve_adjustment(&id, &principal.user_id, &reason)
+        .approve_adjustment(
+            &id,
+            &principal.user_id,
+            &reason,
+            Audit::new(&principal.user_id, actions::ADJUSTMENT_APPROVED),
+        )
         .await
         .map_err(adjustment_error)?;
-    let details = json!({ "wallet_id": &adjustment.wallet_id, "transaction_id": &tx.id });
-    audit(&ctx, &principal, actions::ADJUSTMENT_APPROVED, &id, details).await?;
     Ok(Json(ApprovedAdjustment {
         adjustment: AdjustmentView::from_doc(&adjustment),
         transaction: TransactionView::from_doc(&tx),
@@ -255,16 +252,13 @@ pub async fn reject_adjustment(
     let reason = reason(&body.reason)?;
     let adjustment = ctx
         .store()
-        .reject_adjustment(&id, &principal.user_id, &reason)
+        .reject_adjustment(
+            &id,
+            &principal.user_id,
+            &reason,
+            Audit::new(&principal.user_id, actions::ADJUSTMENT_REJECTED),
+        )
         .await
         .map_err(adjustment_error)?;
-    audit(
-        &ctx,
-        &principal,
-        actions::ADJUSTMENT_REJECTED,
-        &id,
-        json!({ "wallet_id": &adjustment.wallet_id }),
-    )
-    .await?;
     Ok(Json(AdjustmentView::from_doc(&adjustment)))
 }

@@ -7,7 +7,6 @@ use coffer_store::audit_chain::actions;
 use coffer_store::support::ReviewDecision;
 use coffer_store::Role;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -129,15 +128,15 @@ async fn decide(
 ) -> ApiResult<Json<TransactionView>> {
     idempotency_key(headers)?;
     let reason = reason(&body.reason)?;
-    let tx = ctx
-        .store()
-        .decide_review(id, decision, &principal.user_id, &reason)
-        .await?;
     let action = match decision {
         ReviewDecision::Approve => actions::REVIEW_APPROVED,
         ReviewDecision::Reject => actions::REVIEW_REJECTED,
     };
-    audit(ctx, principal, action, id, json!({ "state": tx.state.as_str() })).await?;
+    let audit = coffer_store::audit::Audit::new(&principal.user_id, action);
+    let tx = ctx
+        .store()
+        .decide_review(id, decision, &principal.user_id, &reason, audit)
+        .await?;
     Ok(Json(TransactionView::from_doc(&tx)))
 }
 

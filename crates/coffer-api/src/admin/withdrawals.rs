@@ -6,11 +6,7 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use coffer_domain::{LedgerTransaction, TxKind, TxState};
 use coffer_store::audit_chain::actions;
-use coffer_store::transitions::{Guard, Transition};
-use coffer_store::{StoreError, TransactionDoc};
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -44,35 +40,10 @@ pub async fn cancel_withdrawal(
 ) -> ApiResult<Json<TransactionView>> {
     idempotency_key(&headers)?;
     let reason = reason(&body.reason)?;
-    let store = ctx.store();
-    let tx = store.transaction_by_id(&id).await?.ok_or(StoreError::NotFound)?;
-    if tx.kind != TxKind::Withdrawal {
-        return Err(StoreError::NotFound.into());
-    }
-    let cancelled = if tx.state == TxState::PendingBroadcast && tx.broadcast.is_none() {
-        store.apply_transition(&release_unsigned(&tx)?).await?
-    } else {
-        store.request_cancel(&id, &principal.user_id, &reason).await?
-    };
-    let details = json!({ "state": cancelled.state.as_str(), "signed": cancelled.broadcast.is_some() });
-    audit(&ctx, &principal, actions::WITHDRAWAL_CANCELLED, &id, details).await?;
+    let audit = coffer_store::audit::Audit::new(&principal.user_id, actions::WITHDRAWAL_CANCELLED);
+    let cancelled = ctx
+        .store()
+        .cancel_withdrawal(&id, &principal.user_id, &reason, audit)
+        .await?;
     Ok(Json(TransactionView::from_doc(&cancelled)))
-}
-
-/// An unsigned withdrawal's release, guarded so that it cannot race the broadcaster's signature.
-fn release_unsigned(tx: &TransactionDoc) -> Result<Transition, StoreError> {
-    let wallet = tx
-        .from_wallet_id
-        .as_deref()
-        .ok_or_else(|| StoreError::Corrupt("a withdrawal without a source wallet".into()))?;
-    let hold = LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(Transition::new(
-        &tx.id,
-        TxState::PendingBroadcast,
-        TxState::Failed,
-        "cancelled by staff before signing; funds released",
-    )
-    .with_ledger(LedgerTransaction::reversal_of(&hold))
-    .with_guard(Guard::Unsigned))
 }

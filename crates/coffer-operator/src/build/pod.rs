@@ -78,6 +78,8 @@ pub(crate) fn common_env(platform: &WalletPlatform, component: Component, listen
         secret_env("MONGODB_URI", &spec.mongodb.secret_ref, "uri"),
         env("COFFER_DATABASE", spec.mongodb.database.clone()),
         secret_env("AMQP_URI", &spec.rabbitmq.secret_ref, "uri"),
+        // Every role connects to the ledger and may write audit records (DbArgs requires it).
+        secret_env("COFFER_AUDIT_KEY", &spec.audit_key_secret_ref, "key"),
     ];
     if let Some(endpoint) = &spec.observability.otlp_endpoint {
         vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));

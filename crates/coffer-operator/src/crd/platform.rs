@@ -48,6 +48,9 @@ pub struct WalletPlatformSpec {
     pub rabbitmq: RabbitMqSpec,
     /// Secret signing the API's access tokens; key defaults to `secret`.
     pub jwt_secret_ref: SecretKeyRef,
+    /// Secret holding the key that MACs audit records (`COFFER_AUDIT_KEY`: at least 32 random
+    /// bytes, never in the database), given to every role; key defaults to `key`.
+    pub audit_key_secret_ref: SecretKeyRef,
     /// The REST/WebSocket API.
     #[serde(default)]
     pub api: ApiSpec,
