@@ -179,7 +179,14 @@ def secret_names(objects):
     return found
 
 
-DEFAULT_SECRETS = ["coffer-mongodb", "coffer-rabbitmq", "coffer-jwt", "coffer-audit", "coffer-eth-rpc", "coffer-hot-wallet"]
+DEFAULT_SECRETS = [
+    "coffer-mongodb",
+    "coffer-rabbitmq",
+    "coffer-jwt",
+    "coffer-audit",
+    "coffer-eth-rpc",
+    "coffer-hot-wallet",
+]
 
 
 def expect(condition, message):
@@ -188,7 +195,14 @@ def expect(condition, message):
 
 
 # --- kustomize: the namespace each render's operator watches alone, and the Secrets it may read
-PRODUCTION_SECRETS = ["mongodb-ledger", "rabbitmq-events", "api-jwt", "audit-key", "eth-mainnet-rpc", "hot-wallet-signer"]
+PRODUCTION_SECRETS = [
+    "mongodb-ledger",
+    "rabbitmq-events",
+    "api-jwt",
+    "audit-key",
+    "eth-mainnet-rpc",
+    "hot-wallet-signer",
+]
 overlays = {
     "base": ("coffer", DEFAULT_SECRETS),
     "dev": ("coffer-dev", DEFAULT_SECRETS),
