@@ -22,6 +22,7 @@ impl Store {
             totp_secret: None,
             totp_last_step: None,
             created_at: crate::codec::now(),
+            risk: None,
         };
         match self.collection::<UserDoc>(USERS).insert_one(&user).await {
             Ok(_) => Ok(user),

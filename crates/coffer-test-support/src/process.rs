@@ -62,6 +62,8 @@ pub fn api_env(database_prefix: &str) -> Vec<(String, String)> {
             "COFFER_JWT_SECRET".into(),
             "processes-test-secret-0123456789abcdef".into(),
         ),
+        // Test users count as verified, as in TestApp (the product's default is unverified).
+        ("COFFER_KYC_DEFAULT_TIER".into(), "full".into()),
     ]
 }
 

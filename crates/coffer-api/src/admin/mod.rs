@@ -9,6 +9,7 @@ pub mod adjustments;
 pub mod liabilities;
 pub mod operations;
 pub mod reviews;
+pub mod risk;
 pub mod support;
 
 use serde::Deserialize;
@@ -22,8 +23,8 @@ use crate::ApiContext;
 
 // The role sets of the admin routes, checked by the `Authorized` extractor before any body is read.
 pub(crate) use crate::extract::roles::{
-    AdjustmentReaders, Admins, LiabilityPublishers, Operators, Proposers, ReviewReaders, SessionRevokers,
-    SupportReaders,
+    AdjustmentReaders, Admins, Freezers, KycService, LiabilityPublishers, Operators, Proposers,
+    ReviewReaders, SessionRevokers, SupportReaders,
 };
 pub(crate) use crate::extract::Authorized;
 
@@ -34,6 +35,7 @@ pub fn reads() -> OpenApiRouter<ApiContext> {
         .merge(adjustments::reads())
         .merge(reviews::reads())
         .merge(operations::reads())
+        .merge(risk::reads())
 }
 
 /// Mutating routes of the admin API (served behind the Idempotency-Key middleware).
@@ -44,6 +46,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .merge(reviews::writes())
         .merge(operations::writes())
         .merge(liabilities::writes())
+        .merge(risk::writes())
 }
 
 /// A decision on an adjustment or a review.
