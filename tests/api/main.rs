@@ -25,6 +25,7 @@ mod responses;
 mod risk;
 mod routes;
 mod sessions;
+mod staff_wallets;
 mod statements;
 mod stream;
 mod tls;
