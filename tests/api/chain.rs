@@ -26,6 +26,10 @@ pub fn spec(symbol: &str, decimals: u8, contract: Option<&str>, confirmations: u
         withdrawal_max: "50".into(),
         daily_withdrawal_limit: "60".into(),
         review_threshold: "10".into(),
+        transfer: None,
+        two_person_review_above: None,
+        two_person_adjustment_above: None,
+        rails: Default::default(),
     }
 }
 

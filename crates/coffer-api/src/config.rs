@@ -110,6 +110,11 @@ pub struct ApiConfig {
     /// Signs proof-of-liabilities statements (`COFFER_LIABILITY_SIGNING_KEY`); unset: publishing
     /// answers `422 liabilities_unconfigured`.
     pub liability_signing_key: Option<crate::liabilities::LiabilityKey>,
+    /// The verification tier of a user the KYC provider has not assessed yet
+    /// (`COFFER_KYC_DEFAULT_TIER`, default `unverified`: nothing leaves before verification).
+    pub kyc_default_tier: coffer_domain::policy::Tier,
+    /// How daily limits scale with the tier (`COFFER_KYC_BASIC_LIMIT_PERCENT`, default 10).
+    pub tier_limits: coffer_domain::policy::TierLimits,
 }
 
 impl ApiConfig {
@@ -136,6 +141,8 @@ impl ApiConfig {
             withdrawal_reauth_window: Duration::from_secs(10 * 60),
             metrics_on_api_port: true,
             liability_signing_key: None,
+            kyc_default_tier: coffer_domain::policy::Tier::Unverified,
+            tier_limits: Default::default(),
         }
     }
 }

@@ -137,6 +137,12 @@ error_codes! {
     LiabilitiesUnconfigured => "liabilities_unconfigured",
     HistoryUnavailable => "history_unavailable",
     StatementTooLarge => "statement_too_large",
+    AccountFrozen => "account_frozen",
+    VerificationRequired => "verification_required",
+    FirstRecipientLimit => "first_recipient_limit",
+    StaffAccount => "staff_account",
+    InvalidTier => "invalid_tier",
+    InvalidRiskFlags => "invalid_risk_flags",
 }
 
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).
@@ -179,6 +185,9 @@ pub const NOT_REPLAYED: &[&str] = &[
     "asset_unavailable",
     "deposits_disabled",
     "withdrawals_disabled",
+    "account_frozen",
+    "verification_required",
+    "first_recipient_limit",
 ];
 
 /// Whether a response may be kept for replay under its Idempotency-Key: not a request to retry
@@ -518,6 +527,10 @@ mod tests {
             Refusal::DestinationNotSaved,
             Refusal::DestinationCoolingOff,
             Refusal::ForbiddenDestination,
+            Refusal::AccountFrozen,
+            Refusal::VerificationRequired,
+            Refusal::FirstRecipientLimit,
+            Refusal::StaffAccount,
         ];
         for refusal in refusals {
             assert!(ErrorCode::parse(refusal.code()).is_some(), "{refusal:?}");

@@ -206,6 +206,10 @@ pub mod roles {
         Operators = [Engineering, Admin]);
     role_set!(/// Who may publish a proof-of-liabilities statement on demand.
         LiabilityPublishers = [Finance, Admin]);
+    role_set!(/// The KYC provider's service role: sets verification tiers.
+        KycService = [Kyc]);
+    role_set!(/// Who may freeze a user's account (unfreezing is for admins only).
+        Freezers = [Support, Admin]);
     role_set!(/// Admins only: approvals and review decisions.
         Admins = [Admin]);
 }

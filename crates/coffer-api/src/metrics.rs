@@ -28,7 +28,7 @@ const MONEY_ROUTES: [(&str, &str); 3] = [
 
 /// The reasons of `coffer_movements_refused_total` (problem codes, plus `manual_review` for a
 /// withdrawal held for a reviewer instead of going straight to broadcast).
-pub const REFUSAL_REASONS: [&str; 14] = [
+pub const REFUSAL_REASONS: [&str; 17] = [
     "insufficient_funds",
     "below_minimum",
     "above_maximum",
@@ -42,6 +42,9 @@ pub const REFUSAL_REASONS: [&str; 14] = [
     "reauthentication_required",
     "balance_limit_exceeded",
     "same_wallet",
+    "account_frozen",
+    "verification_required",
+    "first_recipient_limit",
     "manual_review",
 ];
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use coffer_domain::plan::{self, Refusal, WithdrawalAuthority};
+use coffer_domain::policy::{self, RiskProfile, TransferContext};
 use coffer_domain::{Amount, AssetConfig, Movement, Origin, WalletRef};
 use coffer_store::batch::{IdempotentWrite, Submission};
 use coffer_store::idempotency::StoredResponse;
@@ -70,6 +71,12 @@ pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
         Refusal::AmountTooLarge => ApiError::invalid_field(refusal.code(), "amount", detail),
         Refusal::DeviceNotTrusted => crate::devices::untrusted(),
         Refusal::ReauthenticationRequired => ApiError::Unauthenticated { code: refusal.code() },
+        Refusal::AccountFrozen | Refusal::VerificationRequired | Refusal::StaffAccount => {
+            ApiError::ForbiddenBecause {
+                code: refusal.code(),
+                detail,
+            }
+        }
         _ => ApiError::Unprocessable {
             code: refusal.code(),
             detail,
@@ -173,12 +180,16 @@ fn key_reused() -> ApiError {
     }
 }
 
-/// Move funds between two wallets of one asset.
+/// Move funds between two wallets of one asset, under the asset's transfer policy: the sender's
+/// risk state (frozen, verified), a recent login above `transfer.reauthentication_above`, the
+/// first-recipient cap, the daily limit (charged atomically with the transfer) and, above
+/// `transfer.review_threshold`, a hold in ManualReview until a reviewer decides.
 #[utoipa::path(post, path = "/v1/transfers", tag = "money", request_body = TransferRequest,
     params(("Idempotency-Key" = String, Header, description = "Required; the same key replays the stored response")),
     responses((status = 201, body = TransactionView), (status = 400, body = Problem),
-              (status = 422, description = "insufficient_funds, same_wallet, asset_mismatch", body = Problem),
-              (status = 403, description = "forbidden: only users move money between wallets", body = Problem),
+              (status = 401, description = "reauthentication_required: above the asset's transfer.reauthentication_above, log in again", body = Problem),
+              (status = 422, description = "insufficient_funds, same_wallet, asset_mismatch, daily_limit_exceeded, first_recipient_limit", body = Problem),
+              (status = 403, description = "forbidden: only users move money between wallets; account_frozen, verification_required", body = Problem),
               (status = 404, description = "wallet_not_found", body = Problem),
               (status = 409, description = "idempotency_key_in_progress", body = Problem),
               (status = 503, description = "retry_later", body = Problem)),
@@ -201,15 +212,48 @@ pub async fn create_transfer(
     let to = found
         .get(&body.to_wallet_id)
         .ok_or_else(|| wallet_not_found("to_wallet_id"))?;
-    let movement = plan::plan_transfer(origin(&principal), &key, from, to, amount, &asset)
-        .map_err(|r| refusal(r, "to_wallet_id"))?;
+    let context = TransferContext {
+        risk: risk_of(&ctx, &principal.user_id).await?,
+        seconds_since_login: Utc::now().timestamp() - principal.auth_time,
+        reauthentication_window_seconds: ctx.config().withdrawal_reauth_window.as_secs() as i64,
+        first_time_recipient: !ctx.store().has_paid_before(&from.id, &to.id).await?,
+        tiers: ctx.config().tier_limits,
+    };
+    let origin = origin(&principal);
+    let decision = policy::decide_transfer(&asset.transfer, &context, &from.id, amount, origin.now)
+        .map_err(|r| refusal(r, "amount"))?;
+    let planned = match decision.review {
+        true => plan::plan_transfer_review(origin, &key, from, to, amount, &asset),
+        false => plan::plan_transfer(origin, &key, from, to, amount, &asset),
+    };
+    let mut movement = planned.map_err(|r| refusal(r, "to_wallet_id"))?;
+    movement.limits.extend(decision.limit);
     let (from_id, to_id) = (from.id.clone(), to.id.clone());
-    apply(&ctx, movement, request, |existing| match existing {
+    let applied = apply(&ctx, movement, request, |existing| match existing {
         Some(tx) if same(tx, &from_id, Some(&to_id), amount) => created(tx),
         _ => Err(key_reused()),
     })
-    .await?
-    .respond()
+    .await?;
+    if decision.review && matches!(applied, Applied::Fresh(_)) {
+        ctx.metrics().refused("transfer", "manual_review");
+    }
+    applied.respond()
+}
+
+/// The caller's risk state (S8), read for each money-out request (a freeze applies at once, on
+/// every replica).
+async fn risk_of(ctx: &ApiContext, user_id: &str) -> ApiResult<RiskProfile> {
+    let user = ctx
+        .store()
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated {
+            code: "unauthenticated",
+        })?;
+    Ok(coffer_store::risk::profile_of(
+        &user,
+        ctx.config().kyc_default_tier,
+    ))
 }
 
 /// A replayed ledger key must be the same movement; otherwise the client reused a key (possibly
@@ -285,7 +329,7 @@ pub async fn create_deposit(
     responses((status = 201, description = "held; state pending_broadcast or manual_review", body = TransactionView),
               (status = 401, description = "reauthentication_required: log in again", body = Problem),
               (status = 400, description = "invalid_address, invalid_address_checksum", body = Problem),
-              (status = 403, description = "forbidden (not a user), device_not_trusted, device_signature_invalid, device_signature_replayed", body = Problem),
+              (status = 403, description = "forbidden (not a user), device_not_trusted, device_signature_invalid, device_signature_replayed, account_frozen, verification_required", body = Problem),
               (status = 404, description = "wallet_not_found", body = Problem),
               (status = 422, description = "insufficient_funds, below_minimum, above_maximum, daily_limit_exceeded, withdrawals_disabled, destination_not_saved, destination_cooling_off", body = Problem)),
     security(("bearer" = [])))]
@@ -311,12 +355,18 @@ pub async fn create_withdrawal(
         reauthentication_window_seconds: ctx.config().withdrawal_reauth_window.as_secs() as i64,
     };
     plan::authorize_withdrawal(&authority).map_err(|r| refusal(r, "wallet_id"))?;
+    let risk = risk_of(&ctx, &principal.user_id).await?;
+    policy::authorize_risk(&risk).map_err(|r| refusal(r, "wallet_id"))?;
     let found = wallets(&ctx, &[&body.wallet_id]).await?;
     let wallet = found
         .get(&body.wallet_id)
         .filter(|w| w.user_id.as_deref() == Some(principal.user_id.as_str()))
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
-    let asset = asset_of(&ctx, &wallet.asset)?;
+    let mut asset = asset_of(&ctx, &wallet.asset)?;
+    asset.daily_withdrawal_limit = ctx
+        .config()
+        .tier_limits
+        .scale(asset.daily_withdrawal_limit, risk.tier);
     let amount = parse_amount(&body.amount, &asset)?;
     let destination = crate::address_book::parse_address(&body.destination_address, "destination_address")?;
     let saved = ctx

@@ -34,13 +34,21 @@ pub struct PageQuery {
 #[utoipa::path(post, path = "/v1/wallets", tag = "wallets", request_body = CreateWalletRequest,
     params(("Idempotency-Key" = String, Header, description = "Unique per request; replays return the stored response")),
     responses((status = 201, body = WalletView), (status = 200, description = "already open", body = WalletView),
-              (status = 400, description = "unknown_asset", body = Problem)),
+              (status = 400, description = "unknown_asset", body = Problem),
+              (status = 403, description = "staff_account: staff and service accounts hold no user wallets", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_wallet(
     State(ctx): State<ApiContext>,
     principal: Principal,
     ValidJson(body): ValidJson<CreateWalletRequest>,
 ) -> ApiResult<(StatusCode, Json<WalletView>)> {
+    // A staff member with a wallet could approve movements into it (S2, two-person rule).
+    if principal.role != coffer_store::Role::User {
+        return Err(crate::money::refusal(
+            coffer_domain::Refusal::StaffAccount,
+            "asset",
+        ));
+    }
     let catalog = ctx.assets().current();
     let asset = catalog
         .get(&body.asset)

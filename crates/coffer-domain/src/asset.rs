@@ -32,6 +32,62 @@ pub struct AssetSpec {
     pub withdrawal_max: String,
     pub daily_withdrawal_limit: String,
     pub review_threshold: String,
+    /// The risk policy of outgoing transfers between users (absent: none beyond the balance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSpec>,
+    /// Review decisions on movements above this need two different approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_person_review_above: Option<String>,
+    /// Adjustments above this need a second approver after the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_person_adjustment_above: Option<String>,
+    /// Caps of payment-rail deposits by rail name (`payment`); a rail absent here is uncapped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rails: BTreeMap<String, RailSpec>,
+}
+
+/// The transfer policy of an asset as written in the file; each rule is off when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSpec {
+    /// A transfer above this needs a recent password login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauthentication_above: Option<String>,
+    /// Outgoing transfers per user and UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_limit: Option<String>,
+    /// A transfer above this is held for a reviewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_threshold: Option<String>,
+    /// The most a first transfer to a recipient may move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recipient_max: Option<String>,
+}
+
+/// A payment rail's caps as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RailSpec {
+    /// A deposit above this is held for a staff approval.
+    pub deposit_max: String,
+    /// Credits of this rail per UTC day; past it deposits are held.
+    pub daily_limit: String,
+}
+
+/// The validated transfer policy (S3): `None` is a rule that is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferPolicy {
+    pub reauthentication_above: Option<Amount>,
+    pub daily_limit: Option<Amount>,
+    pub review_threshold: Option<Amount>,
+    pub first_recipient_max: Option<Amount>,
+}
+
+/// A payment rail's validated caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RailLimits {
+    pub deposit_max: Amount,
+    pub daily_limit: Amount,
 }
 
 /// A validated asset, limits parsed to smallest units.
@@ -48,6 +104,10 @@ pub struct AssetConfig {
     pub withdrawal_max: Amount,
     pub daily_withdrawal_limit: Amount,
     pub review_threshold: Amount,
+    pub transfer: TransferPolicy,
+    pub two_person_review_above: Option<Amount>,
+    pub two_person_adjustment_above: Option<Amount>,
+    pub rails: BTreeMap<String, RailLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -66,6 +126,8 @@ pub enum AssetError {
     },
     #[error("asset {symbol}: withdrawal_min is above withdrawal_max")]
     LimitOrder { symbol: String },
+    #[error("asset {symbol}: rail name {rail:?} must be 1 to 32 of a-z 0-9 _ -")]
+    Rail { symbol: String, rail: String },
     #[error("asset {0} is declared twice")]
     Duplicate(String),
 }
@@ -100,7 +162,7 @@ impl AssetSpec {
             }
             Ok(amount)
         };
-        let config = AssetConfig {
+        let mut config = AssetConfig {
             symbol: symbol.clone(),
             chain: self.chain.clone(),
             decimals: self.decimals,
@@ -112,7 +174,43 @@ impl AssetSpec {
             withdrawal_max: limit("withdrawal_max", &self.withdrawal_max)?,
             daily_withdrawal_limit: limit("daily_withdrawal_limit", &self.daily_withdrawal_limit)?,
             review_threshold: limit("review_threshold", &self.review_threshold)?,
+            transfer: TransferPolicy::default(),
+            two_person_review_above: None,
+            two_person_adjustment_above: None,
+            rails: BTreeMap::new(),
         };
+        let optional =
+            |field: &'static str, text: &Option<String>| text.as_deref().map(|t| limit(field, t)).transpose();
+        let transfer = self.transfer.clone().unwrap_or_default();
+        config.transfer = TransferPolicy {
+            reauthentication_above: optional(
+                "transfer.reauthentication_above",
+                &transfer.reauthentication_above,
+            )?,
+            daily_limit: optional("transfer.daily_limit", &transfer.daily_limit)?,
+            review_threshold: optional("transfer.review_threshold", &transfer.review_threshold)?,
+            first_recipient_max: optional("transfer.first_recipient_max", &transfer.first_recipient_max)?,
+        };
+        config.two_person_review_above = optional("two_person_review_above", &self.two_person_review_above)?;
+        config.two_person_adjustment_above =
+            optional("two_person_adjustment_above", &self.two_person_adjustment_above)?;
+        for (rail, caps) in &self.rails {
+            let named = (1..=32).contains(&rail.len())
+                && rail
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            if !named {
+                return Err(AssetError::Rail {
+                    symbol: symbol.clone(),
+                    rail: rail.clone(),
+                });
+            }
+            let caps = RailLimits {
+                deposit_max: limit("rails.deposit_max", &caps.deposit_max)?,
+                daily_limit: limit("rails.daily_limit", &caps.daily_limit)?,
+            };
+            config.rails.insert(rail.clone(), caps);
+        }
         if config.withdrawal_min > config.withdrawal_max {
             return Err(AssetError::LimitOrder {
                 symbol: symbol.clone(),

@@ -181,6 +181,38 @@ impl LedgerTransaction {
     }
 
     /// Reserves `amount` of a wallet for a withdrawal: available to held, within the wallet.
+    /// A transfer held for review: the sender's available to held.
+    pub fn transfer_hold(asset: &str, wallet: &str, amount: Amount) -> Result<Self, LedgerError> {
+        Self::new(
+            TxKind::Transfer,
+            asset,
+            vec![
+                Posting::debit(wallet, Bucket::Available, amount),
+                Posting::credit(wallet, Bucket::Held, amount),
+            ],
+        )
+    }
+
+    /// A held transfer approved: the sender's held to the recipient's available.
+    pub fn transfer_release(
+        asset: &str,
+        from_wallet: &str,
+        to_wallet: &str,
+        amount: Amount,
+    ) -> Result<Self, LedgerError> {
+        if from_wallet == to_wallet {
+            return Err(LedgerError::SameAccount);
+        }
+        Self::new(
+            TxKind::Transfer,
+            asset,
+            vec![
+                Posting::debit(from_wallet, Bucket::Held, amount),
+                Posting::credit(to_wallet, Bucket::Available, amount),
+            ],
+        )
+    }
+
     pub fn withdrawal_hold(asset: &str, wallet: &str, amount: Amount) -> Result<Self, LedgerError> {
         Self::new(
             TxKind::Withdrawal,

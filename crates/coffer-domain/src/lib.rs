@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod liabilities;
 pub mod movement;
 pub mod plan;
+pub mod policy;
 pub mod replacement;
 pub mod state;
 

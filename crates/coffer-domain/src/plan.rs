@@ -43,6 +43,14 @@ pub enum Refusal {
     DestinationCoolingOff,
     #[error("the zero address, the platform's own addresses and token contracts cannot be saved")]
     ForbiddenDestination,
+    #[error("the account is frozen: nothing can leave it until staff unfreeze it")]
+    AccountFrozen,
+    #[error("the account's identity is not verified yet")]
+    VerificationRequired,
+    #[error("a first transfer to this recipient is above the asset's cap for new recipients")]
+    FirstRecipientLimit,
+    #[error("staff accounts cannot hold or receive user wallets")]
+    StaffAccount,
 }
 
 impl Refusal {
@@ -61,6 +69,10 @@ impl Refusal {
             Refusal::DestinationNotSaved => "destination_not_saved",
             Refusal::DestinationCoolingOff => "destination_cooling_off",
             Refusal::ForbiddenDestination => "forbidden_destination",
+            Refusal::AccountFrozen => "account_frozen",
+            Refusal::VerificationRequired => "verification_required",
+            Refusal::FirstRecipientLimit => "first_recipient_limit",
+            Refusal::StaffAccount => "staff_account",
         }
     }
 }
@@ -171,6 +183,35 @@ pub fn plan_transfer(
     ))
 }
 
+/// An outgoing transfer the policy held for a reviewer: the amount moves from the sender's
+/// available to held and waits in ManualReview; approval posts it to the recipient, rejection
+/// releases it (the store's review transition). Same checks and ledger key as [`plan_transfer`].
+pub fn plan_transfer_review(
+    origin: Origin,
+    idempotency_key: &str,
+    from: &WalletRef,
+    to: &WalletRef,
+    amount: Amount,
+    asset: &AssetConfig,
+) -> Result<Movement, Refusal> {
+    let mut movement = plan_transfer(origin.clone(), idempotency_key, from, to, amount, asset)?;
+    let ledger = LedgerTransaction::transfer_hold(&asset.symbol, &from.id, amount).map_err(ledger_refusal)?;
+    let states = [
+        (TxState::Created, "requested"),
+        (
+            TxState::ManualReview,
+            "funds held; above the review threshold, waiting for a reviewer",
+        ),
+    ];
+    let key = std::mem::take(&mut movement.ledger_key);
+    // Only the sender's wallet moves now, so only the sender takes part (the book checks that);
+    // the recipient hears of it when a reviewer posts it.
+    let mut held = self::movement(origin, ledger, key, &states, amount, asset, Some(from), None);
+    held.to_wallet_id = Some(to.id.clone());
+    held.limits = movement.limits;
+    Ok(held)
+}
+
 /// A credit from a payment rail: custody → the wallet, final at once, once per rail reference.
 pub fn plan_rail_deposit(
     origin: Origin,
@@ -201,27 +242,7 @@ pub fn plan_rail_deposit(
     Ok(movement)
 }
 
-/// What the caller proved before a withdrawal (S3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WithdrawalAuthority {
-    /// The request names a trusted device of the caller.
-    pub device_trusted: bool,
-    /// Seconds since the caller's last password login (refreshes keep the login time).
-    pub seconds_since_login: i64,
-    /// How recent a login a withdrawal needs.
-    pub reauthentication_window_seconds: i64,
-}
-
-/// The checks that come before anything about the withdrawal itself is read.
-pub fn authorize_withdrawal(authority: &WithdrawalAuthority) -> Result<(), Refusal> {
-    if !authority.device_trusted {
-        return Err(Refusal::DeviceNotTrusted);
-    }
-    if authority.seconds_since_login > authority.reauthentication_window_seconds {
-        return Err(Refusal::ReauthenticationRequired);
-    }
-    Ok(())
-}
+pub use crate::policy::{authorize_withdrawal, WithdrawalAuthority};
 
 /// A withdrawal request: the asset's switch, minimum and maximum; the amount moves from available
 /// to held, charged against the wallet's daily limit; above the review threshold it waits in

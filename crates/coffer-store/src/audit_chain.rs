@@ -57,6 +57,9 @@ pub mod actions {
     pub const DEVICE_REMOVED: &str = "device.removed";
     pub const ADDRESS_ADDED: &str = "address.added";
     pub const ADDRESS_REMOVED: &str = "address.removed";
+    pub const USER_VERIFICATION_SET: &str = "kyc.verification_set";
+    pub const USER_FROZEN: &str = "admin.user_frozen";
+    pub const USER_UNFROZEN: &str = "admin.user_unfrozen";
 }
 
 /// How a shard is broken at a record.

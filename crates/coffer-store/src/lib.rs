@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod process_sessions;
 pub mod queries;
 pub mod reconcile;
+pub mod risk;
 pub mod support;
 mod telemetry;
 pub mod tickets;
@@ -360,6 +361,12 @@ impl Store {
                 TRANSACTIONS,
                 doc! { "participants": 1, "_id": -1 },
                 named("by_participant"),
+            ),
+            // Whether a sender has paid a recipient before (the first-recipient rule).
+            (
+                TRANSACTIONS,
+                doc! { "from_wallet_id": 1, "to_wallet_id": 1, "state": 1 },
+                named("by_pair"),
             ),
             (
                 LEDGER_ENTRIES,

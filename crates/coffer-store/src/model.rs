@@ -20,6 +20,8 @@ pub enum Role {
     Engineering,
     Admin,
     Payment,
+    /// The KYC provider's service role: sets users' verification tiers.
+    Kyc,
 }
 
 impl Role {
@@ -31,6 +33,7 @@ impl Role {
             Role::Engineering => "engineering",
             Role::Admin => "admin",
             Role::Payment => "payment",
+            Role::Kyc => "kyc",
         }
     }
 
@@ -42,6 +45,7 @@ impl Role {
             Role::Engineering,
             Role::Admin,
             Role::Payment,
+            Role::Kyc,
         ]
         .into_iter()
         .find(|r| r.as_str() == text)
@@ -64,6 +68,10 @@ pub struct UserDoc {
     pub totp_last_step: Option<i64>,
     #[serde(with = "codec::time")]
     pub created_at: Time,
+    /// The user's risk state (S8), once the KYC provider or staff set it; absent: the default
+    /// tier's (`COFFER_KYC_DEFAULT_TIER`), not frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<coffer_domain::policy::RiskProfile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

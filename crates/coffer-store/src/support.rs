@@ -49,9 +49,12 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
     if tx.state != TxState::ManualReview {
         return Err(StoreError::StateConflict);
     }
+    if tx.kind == TxKind::Transfer {
+        return transfer_review_transition(tx, decision);
+    }
     if tx.kind != TxKind::Withdrawal {
         return Err(StoreError::Unsupported(
-            "only withdrawals can be decided in manual review yet",
+            "only withdrawals and transfers can be decided in manual review",
         ));
     }
     let wallet = tx
@@ -82,7 +85,50 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
     })
 }
 
+/// A held transfer: approval posts the held amount to the recipient, rejection releases it to
+/// the sender; either way the transaction is final.
+fn transfer_review_transition(
+    tx: &TransactionDoc,
+    decision: ReviewDecision,
+) -> Result<Transition, StoreError> {
+    let corrupt = |e: coffer_domain::LedgerError| StoreError::Corrupt(e.to_string());
+    let (Some(from), Some(to)) = (tx.from_wallet_id.as_deref(), tx.to_wallet_id.as_deref()) else {
+        return Err(StoreError::Corrupt("a transfer without both wallets".into()));
+    };
+    Ok(match decision {
+        ReviewDecision::Approve => Transition::new(
+            &tx.id,
+            TxState::ManualReview,
+            TxState::Confirmed,
+            "approved in manual review; transfer posted",
+        )
+        .with_ledger(LedgerTransaction::transfer_release(&tx.asset, from, to, tx.amount).map_err(corrupt)?),
+        ReviewDecision::Reject => {
+            let hold = LedgerTransaction::transfer_hold(&tx.asset, from, tx.amount).map_err(corrupt)?;
+            Transition::new(
+                &tx.id,
+                TxState::ManualReview,
+                TxState::Failed,
+                "rejected in manual review; funds released",
+            )
+            .with_ledger(LedgerTransaction::reversal_of(&hold))
+        }
+    })
+}
+
 impl Store {
+    /// Whether wallet `from` has ever completed a transfer to wallet `to`.
+    pub async fn has_paid_before(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let found = self
+            .collection::<Document>(TRANSACTIONS)
+            .find_one(
+                doc! { "from_wallet_id": from, "to_wallet_id": to, "state": TxState::Confirmed.as_str() },
+            )
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn transaction_story(&self, id: &str) -> Result<Option<TransactionStory>, StoreError> {
         let Some(raw) = self
             .collection::<Document>(TRANSACTIONS)

@@ -23,6 +23,7 @@ impl Store {
             totp_secret: None,
             totp_last_step: None,
             created_at: crate::codec::now(),
+            risk: None,
         };
         self.audited(move |store, session| {
             let (user, entry) = (user.clone(), audit.on(&user.id));

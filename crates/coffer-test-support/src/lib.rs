@@ -74,6 +74,9 @@ pub struct Options {
     pub extra_routes: Option<axum::Router<ApiContext>>,
     /// The key that signs liabilities statements (default: none, publishing is unconfigured).
     pub liability_signing_key: Option<coffer_api::liabilities::LiabilityKey>,
+    /// The tier of users the KYC provider has not assessed (default: full, so tests that are not
+    /// about verification move money as before; the product's default is unverified).
+    pub kyc_default_tier: coffer_domain::policy::Tier,
 }
 
 impl Options {
@@ -95,6 +98,7 @@ impl Default for Options {
         Options {
             extra_routes: None,
             liability_signing_key: None,
+            kyc_default_tier: coffer_domain::policy::Tier::Full,
             rate_limits: RateLimits {
                 auth_per_ip_per_minute: 100_000,
                 money_per_user_per_minute: 100_000,
@@ -279,6 +283,7 @@ impl TestApp {
         }
         config.chain_rpcs = options.chain_rpcs.iter().cloned().collect();
         config.liability_signing_key = options.liability_signing_key.clone();
+        config.kyc_default_tier = options.kyc_default_tier;
         let live = LiveCatalog::new(catalog);
         let ctx = ApiContext::new(store.clone(), config, live.clone(), registry.clone()).expect("context");
         let stream_hub = ctx.stream_hub().clone();

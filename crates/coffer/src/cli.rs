@@ -340,6 +340,8 @@ pub enum UserRole {
     Engineering,
     Admin,
     Payment,
+    /// The KYC provider's service account: sets users' verification tiers.
+    Kyc,
 }
 
 impl From<UserRole> for coffer_store::Role {
@@ -351,6 +353,7 @@ impl From<UserRole> for coffer_store::Role {
             UserRole::Engineering => coffer_store::Role::Engineering,
             UserRole::Admin => coffer_store::Role::Admin,
             UserRole::Payment => coffer_store::Role::Payment,
+            UserRole::Kyc => coffer_store::Role::Kyc,
         }
     }
 }
@@ -516,6 +519,15 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_WITHDRAWAL_REAUTH_SECONDS", default_value_t = 600,
         value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub withdrawal_reauth_seconds: u64,
+    /// The verification tier of a user the KYC provider has not assessed yet: unverified (no
+    /// money out), basic or full.
+    #[arg(long, env = "COFFER_KYC_DEFAULT_TIER", default_value = "unverified",
+        value_parser = ["unverified", "basic", "full"])]
+    pub kyc_default_tier: String,
+    /// The share (0 to 100) of an asset's daily limits a user of the basic tier gets.
+    #[arg(long, env = "COFFER_KYC_BASIC_LIMIT_PERCENT", default_value_t = 10,
+        value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub kyc_basic_limit_percent: u8,
     /// The node of each chain that provider webhooks are checked against, `chain=url,…`
     /// (http:// or https://). A webhook event of a chain without one records nothing (422).
     #[arg(long, env = "COFFER_CHAIN_RPC_URLS", hide_env_values = true)]
@@ -759,6 +771,11 @@ impl ApiArgs {
         config.withdrawal_reauth_window = Duration::from_secs(self.withdrawal_reauth_seconds);
         config.device_signature_max_age = Duration::from_secs(self.device_signature_max_age_seconds);
         config.address_cooling_off = Duration::from_secs(self.address_cooling_off_seconds);
+        config.kyc_default_tier = coffer_domain::policy::Tier::parse(&self.kyc_default_tier)
+            .ok_or_else(|| anyhow::anyhow!("COFFER_KYC_DEFAULT_TIER: unverified, basic or full"))?;
+        config.tier_limits = coffer_domain::policy::TierLimits {
+            basic_percent: self.kyc_basic_limit_percent,
+        };
         for address in self.platform_addresses.iter().filter(|a| !a.trim().is_empty()) {
             let address = coffer_api::address_book::parse_address(address.trim(), "address")
                 .map_err(|_| anyhow::anyhow!("COFFER_PLATFORM_ADDRESSES: {address} is not an address"))?;

@@ -226,6 +226,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
             ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", anvil.url)),
             ("COFFER_DEVICE_TRUST_DELAY_SECONDS", "0".into()),
             ("COFFER_ADDRESS_COOLING_OFF_SECONDS", "0".into()),
+            ("COFFER_KYC_DEFAULT_TIER", "full".into()),
         ],
     )];
     let publisher_port = free_port();

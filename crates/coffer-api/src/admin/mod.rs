@@ -9,6 +9,7 @@ pub mod adjustments;
 pub mod liabilities;
 pub mod operations;
 pub mod reviews;
+pub mod risk;
 pub mod support;
 pub mod withdrawals;
 
@@ -23,8 +24,8 @@ use crate::ApiContext;
 
 // The role sets of the admin routes, checked by the `Authorized` extractor before any body is read.
 pub(crate) use crate::extract::roles::{
-    AdjustmentReaders, Admins, LiabilityPublishers, Operators, Proposers, ReviewReaders, SessionRevokers,
-    SupportReaders,
+    AdjustmentReaders, Admins, Freezers, KycService, LiabilityPublishers, Operators, Proposers,
+    ReviewReaders, SessionRevokers, SupportReaders,
 };
 pub(crate) use crate::extract::Authorized;
 
@@ -35,6 +36,7 @@ pub fn reads() -> OpenApiRouter<ApiContext> {
         .merge(adjustments::reads())
         .merge(reviews::reads())
         .merge(operations::reads())
+        .merge(risk::reads())
 }
 
 /// Mutating routes of the admin API (served behind the Idempotency-Key middleware).
@@ -46,6 +48,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .merge(operations::writes())
         .merge(liabilities::writes())
         .merge(withdrawals::writes())
+        .merge(risk::writes())
 }
 
 /// A decision on an adjustment or a review.

@@ -73,6 +73,28 @@ pub fn to_domain(asset: &Asset) -> DomainAssetSpec {
         withdrawal_max: spec.withdrawal_max.clone(),
         daily_withdrawal_limit: spec.daily_withdrawal_limit.clone(),
         review_threshold: spec.review_threshold.clone(),
+        transfer: spec
+            .transfer
+            .as_ref()
+            .map(|t| coffer_domain::asset::TransferSpec {
+                reauthentication_above: t.reauthentication_above.clone(),
+                daily_limit: t.daily_limit.clone(),
+                review_threshold: t.review_threshold.clone(),
+                first_recipient_max: t.first_recipient_max.clone(),
+            }),
+        two_person_review_above: spec.two_person_review_above.clone(),
+        two_person_adjustment_above: spec.two_person_adjustment_above.clone(),
+        rails: spec
+            .rails
+            .iter()
+            .map(|(rail, caps)| {
+                let caps = coffer_domain::asset::RailSpec {
+                    deposit_max: caps.deposit_max.clone(),
+                    daily_limit: caps.daily_limit.clone(),
+                };
+                (rail.clone(), caps)
+            })
+            .collect(),
     }
 }
 

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,55 @@ pub struct AssetSpec {
     /// Withdrawals at or above this go to manual review, decimal string.
     #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
     pub review_threshold: String,
+    /// The risk policy of outgoing transfers between users; each rule is off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferPolicySpec>,
+    /// Review decisions on movements above this need two different approvers, decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub two_person_review_above: Option<String>,
+    /// Adjustments above this need a second, different approver, decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub two_person_adjustment_above: Option<String>,
+    /// Caps of payment-rail deposits by rail name (`payment`); a rail absent here is uncapped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rails: BTreeMap<String, RailCapsSpec>,
+}
+
+/// The risk policy of outgoing transfers of one asset (decimal strings in whole units).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferPolicySpec {
+    /// A transfer above this needs a recent password login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub reauthentication_above: Option<String>,
+    /// Outgoing transfers per user and UTC day (scaled by the user's verification tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub daily_limit: Option<String>,
+    /// A transfer above this is held for a reviewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub review_threshold: Option<String>,
+    /// The most a first transfer to a recipient may move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub first_recipient_max: Option<String>,
+}
+
+/// A payment rail's caps (decimal strings in whole units).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RailCapsSpec {
+    /// A deposit above this waits for a staff approval.
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub deposit_max: String,
+    /// Credits of this rail per UTC day; past it deposits wait for a staff approval.
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub daily_limit: String,
 }
 
 fn default_true() -> bool {
