@@ -65,7 +65,7 @@ impl Scene {
 
     async fn audited(&self, action: &str) -> u64 {
         let filter = doc! { "action": action, "subject": &self.alice.id };
-        self.app.count_where("audit_log", filter).await
+        self.app.count_where("audit_records", filter).await
     }
 }
 
