@@ -37,20 +37,25 @@ fn anvil_binary() -> std::path::PathBuf {
     root.join(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
-/// A free port in 8700–8799 (the range this project's chain tests use).
-fn free_port() -> u16 {
-    let start = 8700 + (std::process::id() % 100) as u16;
+/// A free port in `base`..`base + 100` (8700: the range this project's chain tests use).
+fn free_port(base: u16) -> u16 {
+    let start = base + (std::process::id() % 100) as u16;
     (0..100u16)
-        .map(|i| 8700 + (start - 8700 + i) % 100)
+        .map(|i| base + (start - base + i) % 100)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .expect("a free port in 8700-8799")
+        .unwrap_or_else(|| panic!("a free port in {base}..{}", base + 100))
 }
 
 impl Anvil {
     /// Starts anvil on a free port and waits until it answers (bounded: 10 s).
     pub async fn start() -> Anvil {
+        Self::start_in(8700).await
+    }
+
+    /// [`Anvil::start`] on a free port in `base`..`base + 100` (the fault harness has its own).
+    pub async fn start_in(base: u16) -> Anvil {
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port(base);
             let child = Command::new(anvil_binary())
                 .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
                 .stdout(Stdio::null())
@@ -71,6 +76,11 @@ impl Anvil {
             }
         }
         panic!("anvil did not start");
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub async fn call(&self, method: &'static str, params: Value) -> Value {
