@@ -110,6 +110,12 @@ impl EventQueue {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
+        let rows = store.outbox_rows().await.unwrap_or_default();
+        let inversions = id_inversions(&rows);
+        println!(
+            "events: {inversions} row(s) whose id sorts before an earlier-sequenced row of its partition"
+        );
+        findings.figure("outbox id inversions (seq order)", inversions);
         let missing: Vec<&String> = expected.difference(&seen).collect();
         let foreign: Vec<&String> = seen.difference(&all).collect();
         println!(
@@ -132,6 +138,30 @@ impl EventQueue {
         }
         let _ = connection.close(200, "bye".into()).await;
     }
+}
+
+/// Rows whose id sorts before a row of the same partition with a lower sequence number: a
+/// stream client resuming `after` the later-sequenced one would never be sent them.
+fn id_inversions(rows: &[coffer_store::OutboxDoc]) -> u64 {
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<(i64, &str)>> = Default::default();
+    for row in rows {
+        by_partition
+            .entry(row.partition)
+            .or_default()
+            .push((row.seq, row.id.as_str()));
+    }
+    let mut inverted = 0;
+    for rows in by_partition.values_mut() {
+        rows.sort();
+        let mut highest = "";
+        for (_, id) in rows.iter() {
+            if *id < highest {
+                inverted += 1;
+            }
+            highest = highest.max(id);
+        }
+    }
+    inverted
 }
 
 /// Devices and saved destinations for the withdrawers, deposit addresses for the depositors.

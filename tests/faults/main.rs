@@ -6,6 +6,7 @@
 
 mod chain;
 mod checks;
+mod stream;
 mod system;
 mod workload;
 
@@ -390,6 +391,13 @@ async fn run(args: &Args) -> anyhow::Result<Findings> {
             ))
         })
         .collect();
+    let settle = deadline + Duration::from_secs(60);
+    let streams: Vec<_> = (0..stream::CLIENTS)
+        .map(|c| {
+            let (http, users, store) = (http.clone(), users.clone(), stack.store.clone());
+            tokio::spawn(stream::client(c, args.seed, http, users, store, deadline, settle))
+        })
+        .collect();
     let schedule = tokio::spawn(faults(stack.clone(), args.seed, args.duration, findings.clone()));
     let chain_driver = tokio::spawn(chain::drive(
         stack.clone(),
@@ -415,10 +423,15 @@ async fn run(args: &Args) -> anyhow::Result<Findings> {
     if !drained {
         findings.violation("the outbox was not drained within 90 s of the workload's end".into());
     }
+    let mut seen = Vec::new();
+    for client in streams {
+        seen.push(client.await?);
+    }
     let records = http.records.lock().expect("records").clone();
     checks::ledger(&stack.store, &users, &mut findings).await;
     checks::answers(&stack.store, &records, &mut findings).await;
     events.check(&stack.store, &mut findings).await;
+    stream::check(&stack.store, &users, &seen, &mut findings).await;
     chain::check(&stack, &chain_figures, &mut findings).await;
     checks::reconciler(&stack.store, &mut findings).await;
     watch.abort();

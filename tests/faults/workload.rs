@@ -25,6 +25,7 @@ pub fn eth_text(milli: u128) -> String {
 /// A user of the run: their session, their ETH wallet, and (for withdrawals) a device key.
 #[derive(Clone)]
 pub struct User {
+    pub id: String,
     pub token: String,
     pub wallet: String,
     pub device: Option<coffer_test_support::TestDevice>,
@@ -242,6 +243,7 @@ pub async fn users(http: &Arc<Http>, run: &str) -> anyhow::Result<Vec<User>> {
                     .setup("/v1/wallets", Some(&token), &json!({ "asset": "ETH" }))
                     .await?;
                 anyhow::Ok(User {
+                    id: session["user_id"].as_str().unwrap_or_default().to_string(),
                     token,
                     wallet: wallet["id"].as_str().unwrap_or_default().to_string(),
                     device: None,
