@@ -161,7 +161,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
         Rabbit::start(rabbit_port, dir)
     );
     let (secantus, rabbit) = (secantus?, rabbit?);
-    let anvil = coffer_test_support::chain::Anvil::start_in(8950).await;
+    let anvil = coffer_test_support::chain::Anvil::start_in(8950..9000).await;
     system::track(anvil.pid());
     anvil.mine(8).await;
     let start_block = anvil.head().await + 1;
@@ -475,7 +475,11 @@ fn report(stack: &Stack, http: &workload::Http, records: &[workload::Record], fi
         "5xx answers retried",
         http.server_errors.lock().expect("errors").len() as u64,
     );
-    println!("\nreport (logs in {}):", stack.dir.display());
+    println!(
+        "\nreport (process logs in {}, servers' in {}):",
+        stack.supervisor.roles().dir.display(),
+        stack.dir.display()
+    );
     for (name, generations) in stack.supervisor.generations() {
         println!("  {name}: {} start(s)", generations + 1);
     }
