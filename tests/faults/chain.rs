@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::checks::Findings;
-use crate::workload::{eth_text, Http, User, MILLI};
+use crate::workload::{eth_text, Call, Http, User, MILLI};
 use crate::{Stack, HOT_ADDRESS, WEBHOOK_SECRET};
 
 /// Users with a device and a saved destination (withdrawals), and with a deposit address.
@@ -265,16 +265,11 @@ async fn withdraw(stack: &Stack, http: &Http, user: &User, key: &str, milli: u12
     let body =
         json!({ "wallet_id": user.wallet, "amount": eth_text(milli), "destination_address": destination });
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let call = Call::post("/v1/withdrawals", Some(&user.token), key, &body);
     let record = http
-        .money(
-            "withdrawal",
-            0,
-            "/v1/withdrawals",
-            &user.token,
-            key,
-            &body,
-            || device.sign("POST", "/v1/withdrawals", &bytes),
-        )
+        .money("withdrawal", 0, call, || {
+            device.sign("POST", "/v1/withdrawals", &bytes)
+        })
         .await;
     let id = record.transaction()?.to_string();
     let deadline = Instant::now() + Duration::from_secs(40);

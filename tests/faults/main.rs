@@ -391,11 +391,17 @@ async fn run(args: &Args) -> anyhow::Result<Findings> {
             ))
         })
         .collect();
-    let settle = deadline + Duration::from_secs(60);
+    let settle = deadline + Duration::from_secs(120);
+    let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let streams: Vec<_> = (0..stream::CLIENTS)
         .map(|c| {
             let (http, users, store) = (http.clone(), users.clone(), stack.store.clone());
-            tokio::spawn(stream::client(c, args.seed, http, users, store, deadline, settle))
+            let phases = stream::Phases {
+                deadline,
+                settle,
+                quiet: quiet.clone(),
+            };
+            tokio::spawn(stream::client(c, args.seed, http, users, store, phases))
         })
         .collect();
     let schedule = tokio::spawn(faults(stack.clone(), args.seed, args.duration, findings.clone()));
@@ -416,6 +422,7 @@ async fn run(args: &Args) -> anyhow::Result<Findings> {
 
     // Draining: every role up again, the outbox published.
     let drained = checks::outbox_drained(&stack.store, Duration::from_secs(90)).await;
+    quiet.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut findings = Arc::try_unwrap(findings)
         .map_err(|_| anyhow::anyhow!("findings shared"))?
         .into_inner()

@@ -24,6 +24,9 @@ pub struct Seen {
     /// resumed connection's history includes committed rows not yet published, which the live
     /// feed then brings too).
     pub duplicates: u64,
+    /// The connection (1-based) each of `ids` arrived on, and each connection's `after`.
+    pub connection_of: Vec<u64>,
+    pub afters: Vec<Option<String>>,
 }
 
 async fn open(
@@ -53,17 +56,26 @@ async fn open(
     Some(socket)
 }
 
-/// Client `c` follows user `c + 1` until `deadline`, then catches up until it has the user's
-/// last committed event (bounded by `settle`).
+/// When a client stops disconnecting (`deadline`), when it may finish (`quiet`: nothing more
+/// will be committed) and when it must (`settle`).
+#[derive(Clone)]
+pub struct Phases {
+    pub deadline: Instant,
+    pub settle: Instant,
+    pub quiet: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Client `c` follows user `c + 1` until `deadline`, then, once `quiet` (nothing more will be
+/// committed), catches up until it has the user's last committed event (bounded by `settle`).
 pub async fn client(
     c: usize,
     seed: u64,
     http: Arc<Http>,
     users: Arc<Vec<User>>,
     store: coffer_store::Store,
-    deadline: Instant,
-    settle: Instant,
+    phases: Phases,
 ) -> Seen {
+    let Phases { deadline, settle, .. } = phases;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5173 ^ c as u64);
     let index = c + 1;
     let user = &users[index];
@@ -72,6 +84,8 @@ pub async fn client(
         ids: Vec::new(),
         connections: 0,
         duplicates: 0,
+        connection_of: Vec::new(),
+        afters: Vec::new(),
     };
     let mut known = HashSet::new();
     while Instant::now() < settle {
@@ -81,6 +95,7 @@ pub async fn client(
             continue;
         };
         seen.connections += 1;
+        seen.afters.push(after.clone());
         let until = Instant::now() + Duration::from_millis(rng.gen_range(1000..6000));
         loop {
             let now = Instant::now();
@@ -97,13 +112,18 @@ pub async fn client(
                     if let Some(id) = event["id"].as_str() {
                         if known.insert(id.to_string()) {
                             seen.ids.push(id.to_string());
+                            seen.connection_of.push(seen.connections);
                         } else {
                             seen.duplicates += 1;
                         }
                     }
                 }
                 None if now >= deadline => {
-                    // Quiet after the workload: done once the last committed event is here.
+                    // After the workload (the chain's last credits included) and the outbox's
+                    // draining: done once the last committed event is here.
+                    if !phases.quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                        break; // (a quiet socket or a closed one: reconnect either way)
+                    }
                     let last = store
                         .stream_history(&user.id, "", 10_000)
                         .await
@@ -169,6 +189,21 @@ pub async fn check(store: &coffer_store::Store, users: &[User], clients: &[Seen]
                 // skips them.
                 let inverted = rows.windows(2).filter(|w| w[1].1 < w[0].1).count();
                 println!("  stream user {}: missing (seq, id) {missing:?}; {inverted} id inversion(s) in seq order", seen.user);
+                for (seq, id) in &missing {
+                    let before = rows.iter().rev().find(|(s, i)| s < seq && got.contains(i));
+                    let after = rows.iter().find(|(s, i)| s > seq && got.contains(i));
+                    let on = |id: &str| {
+                        let at = seen.ids.iter().position(|x| x == id).unwrap_or(0);
+                        let connection = seen.connection_of.get(at).copied().unwrap_or(0);
+                        let resumed = seen.afters.get(connection as usize - 1).cloned().flatten();
+                        format!("{id} on connection {connection} (after {resumed:?})")
+                    };
+                    println!(
+                        "    missing {seq} {id}: previous seen {:?}, next seen {:?}",
+                        before.map(|(_, i)| on(i)),
+                        after.map(|(_, i)| on(i))
+                    );
+                }
                 let missing = missing.len();
                 findings.violation(format!(
                     "stream client of user {}: partition {partition}: saw {} event(s), expected {} in order from its first ({missing} missing)",

@@ -65,6 +65,37 @@ impl Record {
     }
 }
 
+/// One request: where, as whom, with which Idempotency-Key and body.
+pub struct Call<'a> {
+    pub method: reqwest::Method,
+    pub path: &'a str,
+    pub token: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub body: Option<&'a Value>,
+}
+
+impl<'a> Call<'a> {
+    pub fn post(path: &'a str, token: Option<&'a str>, key: &'a str, body: &'a Value) -> Call<'a> {
+        Call {
+            method: reqwest::Method::POST,
+            path,
+            token,
+            key: Some(key),
+            body: Some(body),
+        }
+    }
+
+    pub fn get(path: &'a str, token: &'a str) -> Call<'a> {
+        Call {
+            method: reqwest::Method::GET,
+            path,
+            token: Some(token),
+            key: None,
+            body: None,
+        }
+    }
+}
+
 /// The two API replicas and an HTTP client.
 pub struct Http {
     pub client: reqwest::Client,
@@ -92,26 +123,22 @@ impl Http {
         })
     }
 
-    /// One attempt.
+    /// One attempt of `call` on `replica`.
     pub async fn send(
         &self,
         replica: usize,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        key: Option<&str>,
-        body: Option<&Value>,
+        call: &Call<'_>,
         headers: &[(String, String)],
     ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let url = format!("{}{path}", self.apis[replica % self.apis.len()]);
-        let mut request = self.client.request(method, url);
-        if let Some(token) = token {
+        let url = format!("{}{}", self.apis[replica % self.apis.len()], call.path);
+        let mut request = self.client.request(call.method.clone(), url);
+        if let Some(token) = call.token {
             request = request.bearer_auth(token);
         }
-        if let Some(key) = key {
+        if let Some(key) = call.key {
             request = request.header("Idempotency-Key", key);
         }
-        if let Some(body) = body {
+        if let Some(body) = call.body {
             request = request.json(body);
         }
         for (name, value) in headers {
@@ -128,10 +155,7 @@ impl Http {
         &self,
         op: &'static str,
         replica: usize,
-        path: &str,
-        token: &str,
-        key: &str,
-        body: &Value,
+        call: Call<'_>,
         headers: impl Fn() -> Vec<(String, String)>,
     ) -> Record {
         let started = Instant::now();
@@ -139,15 +163,7 @@ impl Http {
         let outcome = loop {
             attempts += 1;
             let sent = self
-                .send(
-                    replica + attempts as usize - 1,
-                    reqwest::Method::POST,
-                    path,
-                    Some(token),
-                    Some(key),
-                    Some(body),
-                    &headers(),
-                )
+                .send(replica + attempts as usize - 1, &call, &headers())
                 .await;
             match sent {
                 Ok((status, body)) if status.is_success() || status.is_client_error() => {
@@ -160,7 +176,7 @@ impl Http {
                     self.server_errors
                         .lock()
                         .expect("errors")
-                        .push(format!("{op} {key}: {status} {body}"));
+                        .push(format!("{op} {}: {status} {body}", call.key.unwrap_or_default()));
                 }
                 _ => {}
             }
@@ -171,7 +187,7 @@ impl Http {
         };
         let record = Record {
             op,
-            key: key.to_string(),
+            key: call.key.unwrap_or_default().to_string(),
             attempts,
             outcome,
         };
@@ -185,15 +201,7 @@ impl Http {
         let started = Instant::now();
         for attempt in 0.. {
             let sent = self
-                .send(
-                    attempt,
-                    reqwest::Method::POST,
-                    path,
-                    token,
-                    Some(&key),
-                    Some(body),
-                    &[],
-                )
+                .send(attempt, &Call::post(path, token, &key, body), &[])
                 .await;
             if let Ok((status, body)) = &sent {
                 if status.is_success() {
@@ -213,9 +221,7 @@ impl Http {
     pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
         let started = Instant::now();
         for attempt in 0.. {
-            let sent = self
-                .send(attempt, reqwest::Method::GET, path, Some(token), None, None, &[])
-                .await;
+            let sent = self.send(attempt, &Call::get(path, token), &[]).await;
             if let Ok((status, body)) = &sent {
                 if status.is_success() {
                     return Ok(body.clone());
@@ -273,16 +279,8 @@ pub async fn fund(http: &Arc<Http>, payment: &str, users: &[User], run: &str) {
                 let (http, payment, body) = (http.clone(), payment.clone(), body.clone());
                 async move {
                     let key = format!("rail-{i}-{n}");
-                    http.money(
-                        "rail_deposit",
-                        i + n,
-                        "/v1/deposits",
-                        &payment,
-                        &key,
-                        &body,
-                        Vec::new,
-                    )
-                    .await
+                    let call = Call::post("/v1/deposits", Some(&payment), &key, &body);
+                    http.money("rail_deposit", i + n, call, Vec::new).await
                 }
             };
             if i % 2 == 0 {
@@ -330,16 +328,8 @@ pub async fn transfer_client(c: usize, seed: u64, http: Arc<Http>, users: Arc<Ve
             "amount": eth_text(milli) });
         let key = format!("t-{c}-{n}");
         let replica = rng.gen_range(0..2);
-        http.money(
-            "transfer",
-            replica,
-            "/v1/transfers",
-            &users[from].token,
-            &key,
-            &body,
-            Vec::new,
-        )
-        .await;
+        let call = Call::post("/v1/transfers", Some(&users[from].token), &key, &body);
+        http.money("transfer", replica, call, Vec::new).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..150))).await;
     }
 }
