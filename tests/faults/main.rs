@@ -190,17 +190,9 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
         ("COFFER_EVENTS_EXCHANGE".into(), exchange.into()),
     ];
     let roles = Roles::new(&args.coffer, &format!("faults-{}", args.seed), common);
-    let created = roles.run_with_stdin(
-        "payment-user",
-        &[
-            "user",
-            "create",
-            "--email",
-            "payments@coffer.test",
-            "--role",
-            "payment",
-            "--password-stdin",
-        ],
+    let created = coffer_test_support::process::create_payment_account(
+        &roles,
+        "payments@coffer.test",
         PAYMENT_PASSWORD,
     );
     anyhow::ensure!(created, "coffer user create (the payment account) failed");
