@@ -202,3 +202,83 @@ async fn the_stream_refuses_a_missing_or_bad_token_and_a_non_websocket_request()
     let bad_after = app.get("/v1/stream?after=nope", &alice.access_token).await;
     assert_eq!(bad_after.code(), "invalid_query");
 }
+
+/// A TCP relay to the shared broker whose connections can be cut (a network blip for one
+/// client only: the broker itself is never restarted).
+struct Blip {
+    port: u16,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Blip {
+    async fn to_broker() -> Blip {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = links.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    }
+                });
+                accepted.lock().unwrap().push(link);
+            }
+        });
+        Blip {
+            port,
+            links,
+            _accept: accept,
+        }
+    }
+
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+/// Issue 15 (found by the fault harness): a replica's consumer that lost the broker binds a new
+/// queue when it is back; whatever the publishers sent meanwhile reached none of its sockets. So
+/// every connection it fed ends then (1001), and its client resumes with `?after=`.
+#[tokio::test]
+async fn a_replica_whose_consumer_reconnects_ends_its_streams_so_clients_resume() {
+    let broker = Broker::new().await;
+    let hub = coffer_events::StreamHub::default();
+    let blip = Blip::to_broker().await;
+    let readiness = coffer_events::publisher::Readiness::default();
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", blip.port);
+    let consumer = tokio::spawn(coffer_events::consumer::run(
+        uri,
+        broker.exchange.clone(),
+        hub.clone(),
+        readiness.clone(),
+    ));
+    let ready = async {
+        while !readiness.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, ready)
+        .await
+        .expect("the consumer connects");
+    let mut connection = hub.subscribe("alice").unwrap();
+
+    blip.cut();
+    let ended = tokio::time::timeout(WAIT, connection.receiver.recv()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the connection's feed ends once the consumer is back: {ended:?}"
+    );
+    assert!(
+        !connection.overflowed(),
+        "closed to resume, not as a slow consumer"
+    );
+    let _resumed = hub.subscribe("alice").unwrap();
+    assert_eq!(hub.connections(), 1, "the resumed connection is fed");
+    consumer.abort();
+    broker.cleanup().await;
+}

@@ -268,6 +268,8 @@ impl Broadcaster {
             };
             match self.store.record_signed(&tx.id, recorded, &record).await {
                 Ok(()) => {
+                    // Signed and stored, not sent: a restart must send these bytes, not sign again.
+                    coffer_telemetry::faults::point("broadcaster.after_sign");
                     outcome.signed += 1;
                     self.metrics
                         .withdrawals_signed

@@ -160,6 +160,8 @@ impl Listener {
                 }
             }
             self.scan_block(&block, &mut outcome).await?;
+            // The block is scanned and its deposits recorded; its checkpoint is not saved yet.
+            coffer_telemetry::faults::point("listener.mid_poll");
             recent.push(BlockRef {
                 number: number as i64,
                 hash: hex_of(&block.header.hash),

@@ -87,7 +87,10 @@ async fn consume(
         )
         .await?;
     readiness.set(true);
-    tracing::info!(%exchange, "stream consumer connected");
+    // Whatever was published while this replica had no queue reached none of its connections:
+    // they end here and their clients resume from the outbox (found by the fault harness).
+    let resumed = hub.restart_feed();
+    tracing::info!(%exchange, connections_to_resume = resumed, "stream consumer connected");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let span = process_span(exchange, &delivery);

@@ -183,6 +183,18 @@ impl StreamHub {
         delivered
     }
 
+    /// Ends every connection's feed (each socket then closes with 1001 and its client resumes
+    /// with `?after=`, catching up from the outbox); returns how many. The replica's consumer
+    /// calls it whenever it binds a new queue: events published while it had none reached no
+    /// connection here, and a client that stayed connected would never know it missed them.
+    pub fn restart_feed(&self) -> usize {
+        let mut users = self.users();
+        let closed: usize = users.values().map(Vec::len).sum();
+        users.clear();
+        self.shared.metrics.connections.sub(closed as i64);
+        closed
+    }
+
     /// Open connections (all users).
     pub fn connections(&self) -> usize {
         self.users().values().map(Vec::len).sum()
@@ -198,6 +210,20 @@ impl Default for StreamHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_feed_ends_every_connection_so_its_client_resumes() {
+        let hub = StreamHub::new(4, 4);
+        let (mut alice, mut bob) = (hub.subscribe("alice").unwrap(), hub.subscribe("bob").unwrap());
+        assert_eq!(hub.restart_feed(), 2);
+        assert!(alice.receiver.recv().await.is_none(), "alice's feed ended");
+        assert!(bob.receiver.recv().await.is_none(), "bob's feed ended");
+        assert!(!alice.overflowed(), "not a slow consumer");
+        assert_eq!(hub.connections(), 0);
+        drop((alice, bob));
+        let _carol = hub.subscribe("carol").unwrap();
+        assert_eq!(hub.connections(), 1, "a connection after the restart is fed");
+    }
 
     fn event(id: &str) -> Arc<Live> {
         Live::untraced(CloudEvent {

@@ -3,8 +3,12 @@
 //! unwinding, no cleanup, no flush), the n-th time (default: the first) it passes that point.
 //! Unset, as in production, a point costs one load of an initialised `OnceLock`.
 //!
-//! Points: `ledger.before_commit` (a group-commit batch written, its transaction still open) and
-//! `ledger.after_commit` (a group-commit batch committed, nobody answered yet).
+//! Points: `ledger.before_commit` (a group-commit batch written, its transaction still open),
+//! `ledger.after_commit` (a group-commit batch committed, nobody answered yet),
+//! `relay.after_confirm` (the broker confirmed a round, the outbox cursors not moved yet),
+//! `listener.mid_poll` (a block scanned and its deposits recorded, its checkpoint not saved) and
+//! `broadcaster.after_sign` (a withdrawal signed and stored, not sent). The fault harness
+//! (docs/faults.md) arms each of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -37,20 +37,27 @@ fn anvil_binary() -> std::path::PathBuf {
     root.join(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
-/// A free port in 8700–8799 (the range this project's chain tests use).
-fn free_port() -> u16 {
-    let start = 8700 + (std::process::id() % 100) as u16;
-    (0..100u16)
-        .map(|i| 8700 + (start - 8700 + i) % 100)
+/// A free port of `ports` (8700..8800: the range this project's chain tests use), starting at
+/// one picked by the process id so that parallel test processes rarely race for one.
+fn free_port(ports: std::ops::Range<u16>) -> u16 {
+    let width = ports.end - ports.start;
+    let first = (std::process::id() % u32::from(width)) as u16;
+    (0..width)
+        .map(|i| ports.start + (first + i) % width)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .expect("a free port in 8700-8799")
+        .unwrap_or_else(|| panic!("a free port in {ports:?}"))
 }
 
 impl Anvil {
     /// Starts anvil on a free port and waits until it answers (bounded: 10 s).
     pub async fn start() -> Anvil {
+        Self::start_in(8700..8800).await
+    }
+
+    /// [`Anvil::start`] on a free port of `ports` (the fault harness has its own range).
+    pub async fn start_in(ports: std::ops::Range<u16>) -> Anvil {
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port(ports.clone());
             let child = Command::new(anvil_binary())
                 .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
                 .stdout(Stdio::null())
@@ -71,6 +78,11 @@ impl Anvil {
             }
         }
         panic!("anvil did not start");
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub async fn call(&self, method: &'static str, params: Value) -> Value {

@@ -123,6 +123,21 @@ impl Roles {
     }
 }
 
+/// `coffer user create` of the payment service account `email` (the role payment rails use);
+/// whether it succeeded.
+pub fn create_payment_account(roles: &Roles, email: &str, password: &str) -> bool {
+    let args = [
+        "user",
+        "create",
+        "--email",
+        email,
+        "--role",
+        "payment",
+        "--password-stdin",
+    ];
+    roles.run_with_stdin("payment-account", &args, password)
+}
+
 /// Waits until `url` answers 200 (bounded: 30 s).
 pub async fn wait_ready(client: &reqwest::Client, url: &str) {
     for _ in 0..300 {

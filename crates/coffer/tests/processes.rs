@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use coffer_test_support::process::{api_env, free_port, wait_ready, Process, Roles};
+use coffer_test_support::process::{api_env, create_payment_account, free_port, wait_ready, Process, Roles};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -77,16 +77,8 @@ async fn user_with_wallet(client: &reqwest::Client, api: &Api) -> (String, Strin
 
 /// Creates the payment service account and credits `amount` to `wallet` through `api`.
 async fn fund(roles: &Roles, client: &reqwest::Client, api: &Api, wallet: &str, amount: &str) {
-    let args = [
-        "user",
-        "create",
-        "--email",
-        "payments@coffer.test",
-        "--role",
-        "payment",
-        "--password-stdin",
-    ];
-    assert!(roles.run_with_stdin("user", &args, PASSWORD), "user create");
+    let created = create_payment_account(roles, "payments@coffer.test", PASSWORD);
+    assert!(created, "user create");
     let login = json!({ "email": "payments@coffer.test", "password": PASSWORD });
     let url = format!("{}/v1/auth/login", api.url);
     let (_, _, session) = post(client, &url, None, "l", login).await.unwrap();
