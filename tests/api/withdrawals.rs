@@ -556,9 +556,17 @@ async fn automine_off(w: &World) {
     w.anvil.call("evm_setAutomine", json!([false])).await;
 }
 
-#[tokio::test]
-async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once() {
-    let w = funded_world(1, "5").await;
+/// A withdrawal of 1 ETH (of 5) to a fresh destination, from a hot wallet holding 10, on a node that
+/// no longer mines on its own: sent transactions wait in its pool.
+struct Pooled {
+    w: World,
+    hot: Hot,
+    id: String,
+    destination: String,
+}
+
+async fn pooled(confirmations: u32) -> Pooled {
+    let w = funded_world(confirmations, "5").await;
     let hot = Hot::funded(&w, "10").await;
     automine_off(&w).await;
     let destination = fresh_address();
@@ -566,6 +574,22 @@ async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once(
         .as_str()
         .unwrap()
         .to_string();
+    Pooled {
+        w,
+        hot,
+        id,
+        destination,
+    }
+}
+
+#[tokio::test]
+async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once() {
+    let Pooled {
+        w,
+        hot,
+        id,
+        destination,
+    } = pooled(1).await;
     let broadcaster = hot.replacing_after(&w, std::time::Duration::from_millis(400));
 
     let first = broadcaster.poll_once().await.unwrap();
@@ -636,15 +660,13 @@ async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once(
 
 #[tokio::test]
 async fn chain_a_cancelled_withdrawal_is_released_once_its_cancel_is_mined_with_its_confirmations() {
-    let w = funded_world(2, "5").await;
+    let Pooled {
+        w,
+        hot,
+        id,
+        destination,
+    } = pooled(2).await;
     let (support, admin) = (w.app.staff(Role::Support).await, w.app.staff(Role::Admin).await);
-    let hot = Hot::funded(&w, "10").await;
-    automine_off(&w).await;
-    let destination = fresh_address();
-    let id = request(&w, "1", &destination).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let broadcaster = hot.broadcaster(&w);
     assert_eq!(broadcaster.poll_once().await.unwrap().broadcast, 1);
     let path = format!("/v1/admin/withdrawals/{id}/cancel");
@@ -779,15 +801,13 @@ async fn chain_a_nonce_taken_by_another_transaction_releases_only_when_confirmed
 
 #[tokio::test]
 async fn chain_a_cancel_that_loses_to_its_payment_settles_the_payment_once() {
-    let w = funded_world(2, "5").await;
+    let Pooled {
+        w,
+        hot,
+        id,
+        destination,
+    } = pooled(2).await;
     let admin = w.app.staff(Role::Admin).await;
-    let hot = Hot::funded(&w, "10").await;
-    automine_off(&w).await;
-    let destination = fresh_address();
-    let id = request(&w, "1", &destination).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let broadcaster = hot.broadcaster(&w);
     assert_eq!(broadcaster.poll_once().await.unwrap().broadcast, 1);
     let path = format!("/v1/admin/withdrawals/{id}/cancel");
