@@ -124,6 +124,13 @@ async fn a_frozen_user_cannot_withdraw_or_transfer_and_unfreezing_restores_both(
     assert_eq!(s.transfer().await.status, StatusCode::CREATED);
     assert_eq!(s.withdraw().await.status, StatusCode::CREATED);
     assert_eq!(s.audited("admin.user_frozen").await, 1);
+    let with_reason =
+        doc! { "action": "admin.user_frozen", "subject": &s.alice.id, "details.reason": "reported takeover" };
+    assert_eq!(
+        s.app.count_where("audit_records", with_reason).await,
+        1,
+        "the reason is kept with the record"
+    );
     assert_eq!(s.audited("admin.user_unfrozen").await, 1);
     s.app.assert_books_balance().await;
 }

@@ -44,19 +44,19 @@ pub fn profile_of(user: &UserDoc, default_tier: Tier) -> RiskProfile {
 }
 
 impl Store {
-    /// Applies `change` to user `user_id` (a user account, not staff) and appends `action` by
-    /// `actor` to the audit log, in one transaction; the profile after it.
+    /// Applies `change` to user `user_id` (a user account, not staff) and appends `audit` (its
+    /// details joined by the profile before and after) to the audit log, in one transaction; the
+    /// profile after it.
     pub async fn change_user_risk(
         &self,
         user_id: &str,
         change: RiskChange,
         default_tier: Tier,
-        actor: &str,
-        action: &'static str,
+        audit: crate::audit::Audit,
     ) -> Result<RiskProfile, StoreError> {
-        let (user_id, actor) = (user_id.to_string(), actor.to_string());
+        let user_id = user_id.to_string();
         self.audited(move |store, session| {
-            let (user_id, actor, change) = (user_id.clone(), actor.clone(), change.clone());
+            let (user_id, audit, change) = (user_id.clone(), audit.clone(), change.clone());
             Box::pin(async move {
                 let users = store.collection::<UserDoc>(USERS);
                 let user = users
@@ -74,11 +74,16 @@ impl Store {
                     )
                     .session(&mut *session)
                     .await?;
-                let details = serde_json::json!({
+                let mut details = serde_json::json!({
                     "tier": after.tier.as_str(), "previous_tier": before.tier.as_str(),
                     "flags": after.flags, "frozen": after.frozen,
                 });
-                let entry = AuditEntry::new(&actor, action, &user_id, details);
+                if let (Some(all), serde_json::Value::Object(given)) =
+                    (details.as_object_mut(), audit.details)
+                {
+                    all.extend(given);
+                }
+                let entry = AuditEntry::new(&audit.actor, audit.action, &user_id, details);
                 Ok((after, entry))
             })
         })

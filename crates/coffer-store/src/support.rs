@@ -57,10 +57,9 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
             "only withdrawals and transfers can be decided in manual review",
         ));
     }
-    let wallet = tx
-        .from_wallet_id
-        .as_deref()
-        .ok_or_else(|| StoreError::Corrupt("a withdrawal without a source wallet".into()))?;
+    if tx.from_wallet_id.is_none() {
+        return Err(StoreError::Corrupt("a withdrawal without a source wallet".into()));
+    }
     Ok(match decision {
         ReviewDecision::Approve => Transition::new(
             &tx.id,
@@ -70,18 +69,11 @@ pub fn review_transition(tx: &TransactionDoc, decision: ReviewDecision) -> Resul
         ),
         // A signed transaction may still be mined: releasing its hold now could pay twice.
         ReviewDecision::Reject if tx.broadcast.is_some() => return Err(StoreError::WithdrawalSigned),
-        ReviewDecision::Reject => {
-            let hold = LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Transition::new(
-                &tx.id,
-                TxState::ManualReview,
-                TxState::Failed,
-                "rejected in manual review; funds released",
-            )
-            .with_ledger(LedgerTransaction::reversal_of(&hold))
-            .with_guard(crate::transitions::Guard::Unsigned)
-        }
+        ReviewDecision::Reject => crate::withdrawals::release_unsigned(
+            tx,
+            TxState::ManualReview,
+            "rejected in manual review; funds released",
+        )?,
     })
 }
 

@@ -176,9 +176,11 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         if tx.state == TxState::PendingBroadcast && tx.broadcast.is_none() {
+            let cause = "cancelled by staff before signing; funds released";
+            let release = release_unsigned(&tx, TxState::PendingBroadcast, cause)?;
             let audit = audit.with_details(serde_json::json!({ "signed": false }));
             return self
-                .apply_transition_audited(&release_unsigned(&tx)?, vec![audit.on(tx_id)])
+                .apply_transition_audited(&release, vec![audit.on(tx_id)])
                 .await;
         }
         let request = CancelRequest {
@@ -277,20 +279,22 @@ pub fn network_fee(gas_used: u64, effective_gas_price: u128) -> Amount {
     Amount::from_u128(u128::from(gas_used).saturating_mul(effective_gas_price))
 }
 
-/// An unsigned withdrawal's release, guarded so that it cannot race the broadcaster's signature.
-fn release_unsigned(tx: &TransactionDoc) -> Result<crate::transitions::Transition, StoreError> {
+/// The release of unsigned withdrawal `tx`'s hold as it leaves `from` for Failed, guarded so that
+/// it cannot race the broadcaster's signature (a staff cancel, a rejected review).
+pub(crate) fn release_unsigned(
+    tx: &TransactionDoc,
+    from: TxState,
+    cause: &str,
+) -> Result<crate::transitions::Transition, StoreError> {
     let wallet = tx
         .from_wallet_id
         .as_deref()
         .ok_or_else(|| StoreError::Corrupt("a withdrawal without a source wallet".into()))?;
     let hold = coffer_domain::LedgerTransaction::withdrawal_hold(&tx.asset, wallet, tx.amount)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(crate::transitions::Transition::new(
-        &tx.id,
-        TxState::PendingBroadcast,
-        TxState::Failed,
-        "cancelled by staff before signing; funds released",
+    Ok(
+        crate::transitions::Transition::new(&tx.id, from, TxState::Failed, cause)
+            .with_ledger(coffer_domain::LedgerTransaction::reversal_of(&hold))
+            .with_guard(crate::transitions::Guard::Unsigned),
     )
-    .with_ledger(coffer_domain::LedgerTransaction::reversal_of(&hold))
-    .with_guard(crate::transitions::Guard::Unsigned))
 }

@@ -97,15 +97,14 @@ fn parse_verification(body: &VerificationRequest) -> ApiResult<RiskChange> {
 
 async fn change(
     ctx: &ApiContext,
-    actor: &str,
     user_id: &str,
     change: RiskChange,
-    action: &'static str,
+    audit: coffer_store::audit::Audit,
 ) -> ApiResult<Json<RiskView>> {
     let default_tier = ctx.config().kyc_default_tier;
     let risk = ctx
         .store()
-        .change_user_risk(user_id, change, default_tier, actor, action)
+        .change_user_risk(user_id, change, default_tier, audit)
         .await?;
     Ok(Json(RiskView::new(user_id, &risk)))
 }
@@ -126,14 +125,8 @@ pub async fn set_verification(
 ) -> ApiResult<Json<RiskView>> {
     idempotency_key(&headers)?;
     let verification = parse_verification(&body)?;
-    change(
-        &ctx,
-        &principal.user_id,
-        &id,
-        verification,
-        actions::USER_VERIFICATION_SET,
-    )
-    .await
+    let audit = coffer_store::audit::Audit::new(&principal.user_id, actions::USER_VERIFICATION_SET);
+    change(&ctx, &id, verification, audit).await
 }
 
 /// Freeze a user's account (support, admin): nothing leaves it (withdrawals, transfers) until an
@@ -151,15 +144,9 @@ pub async fn freeze_user(
     ValidJson(body): ValidJson<FreezeRequest>,
 ) -> ApiResult<Json<RiskView>> {
     idempotency_key(&headers)?;
-    reason(&body.reason)?;
-    change(
-        &ctx,
-        &principal.user_id,
-        &id,
-        RiskChange::Freeze,
-        actions::USER_FROZEN,
-    )
-    .await
+    let audit = coffer_store::audit::Audit::new(&principal.user_id, actions::USER_FROZEN)
+        .with_details(serde_json::json!({ "reason": reason(&body.reason)? }));
+    change(&ctx, &id, RiskChange::Freeze, audit).await
 }
 
 /// Unfreeze a user's account (admin only).
@@ -176,15 +163,9 @@ pub async fn unfreeze_user(
     ValidJson(body): ValidJson<FreezeRequest>,
 ) -> ApiResult<Json<RiskView>> {
     idempotency_key(&headers)?;
-    reason(&body.reason)?;
-    change(
-        &ctx,
-        &principal.user_id,
-        &id,
-        RiskChange::Unfreeze,
-        actions::USER_UNFROZEN,
-    )
-    .await
+    let audit = coffer_store::audit::Audit::new(&principal.user_id, actions::USER_UNFROZEN)
+        .with_details(serde_json::json!({ "reason": reason(&body.reason)? }));
+    change(&ctx, &id, RiskChange::Unfreeze, audit).await
 }
 
 /// A user's risk state (support, finance, admin).
