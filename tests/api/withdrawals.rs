@@ -590,21 +590,20 @@ async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once(
         id,
         destination,
     } = pooled(1).await;
-    let broadcaster = hot.replacing_after(&w, std::time::Duration::from_millis(400));
+    // Unmined for less than its 300 s: not replaced, however slow this machine is.
+    let patient = hot.broadcaster(&w);
 
-    let first = broadcaster.poll_once().await.unwrap();
+    let first = patient.poll_once().await.unwrap();
     assert_eq!(
         (first.signed, first.broadcast, first.replaced),
         (1, 1, 0),
         "{first:?}"
     );
     let original = signed(&w, &id).await;
-    assert_eq!(
-        broadcaster.poll_once().await.unwrap().replaced,
-        0,
-        "not stuck yet"
-    );
+    assert_eq!(patient.poll_once().await.unwrap().replaced, 0, "not stuck yet");
 
+    // Restarted with a 400 ms limit, past it.
+    let broadcaster = hot.replacing_after(&w, std::time::Duration::from_millis(400));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(broadcaster.poll_once().await.unwrap().replaced, 1);
     let replacement = signed(&w, &id).await;
