@@ -83,6 +83,8 @@ error_codes! {
     RefreshTokenReused => "refresh_token_reused",
     Forbidden => "forbidden",
     SelfApproval => "self_approval",
+    SameApprover => "same_approver",
+    OwnAccount => "own_account",
     DeviceNotTrusted => "device_not_trusted",
     DeviceSignatureInvalid => "device_signature_invalid",
     DeviceSignatureReplayed => "device_signature_replayed",
@@ -106,6 +108,7 @@ error_codes! {
     IdempotencyKeyInProgress => "idempotency_key_in_progress",
     StateConflict => "state_conflict",
     AdjustmentNotProposed => "adjustment_not_proposed",
+    RailDepositNotHeld => "rail_deposit_not_held",
     WithdrawalSigned => "withdrawal_signed",
     ExternalReferenceConflict => "external_reference_conflict",
     BodyTooLarge => "body_too_large",
@@ -389,6 +392,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A decision on a rail deposit that is no longer held (or was approved meanwhile) is
+/// `rail_deposit_not_held`.
+pub fn rail_deposit_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::StateConflict => ApiError::Conflict {
+            code: "rail_deposit_not_held",
+            detail: "the rail deposit was already approved or rejected, or approved meanwhile: read it again"
+                .into(),
+        },
+        other => other.into(),
+    }
+}
+
 /// A decision on an adjustment that is no longer proposed is `adjustment_not_proposed`.
 pub fn adjustment_error(error: StoreError) -> ApiError {
     match error {
@@ -531,6 +547,8 @@ mod tests {
             Refusal::VerificationRequired,
             Refusal::FirstRecipientLimit,
             Refusal::StaffAccount,
+            Refusal::SameApprover,
+            Refusal::OwnAccount,
         ];
         for refusal in refusals {
             assert!(ErrorCode::parse(refusal.code()).is_some(), "{refusal:?}");

@@ -210,6 +210,8 @@ pub mod roles {
         KycService = [Kyc]);
     role_set!(/// Who may freeze a user's account (unfreezing is for admins only).
         Freezers = [Support, Admin]);
+    role_set!(/// Who may list, approve and reject payment-rail deposits held above their caps.
+        RailDepositDeciders = [Finance, Admin]);
     role_set!(/// Admins only: approvals and review decisions.
         Admins = [Admin]);
 }

@@ -9,15 +9,17 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use coffer_domain::plan::{self, Refusal, WithdrawalAuthority};
+use coffer_domain::plan::{self, RailDeposit, RailHold, Refusal, WithdrawalAuthority};
 use coffer_domain::policy::{self, RiskProfile, TransferContext};
 use coffer_domain::{Amount, AssetConfig, Movement, Origin, WalletRef};
 use coffer_store::batch::{IdempotentWrite, Submission};
 use coffer_store::idempotency::StoredResponse;
+use coffer_store::rail_deposits::{RailDepositDoc, RailDepositStatus};
 use coffer_store::{StoreError, TransactionDoc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::admin::rail_deposits::RailDepositView;
 use crate::devices::SignedRequest;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::roles::{PaymentService, Users};
@@ -71,7 +73,11 @@ pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
         Refusal::AmountTooLarge => ApiError::invalid_field(refusal.code(), "amount", detail),
         Refusal::DeviceNotTrusted => crate::devices::untrusted(),
         Refusal::ReauthenticationRequired => ApiError::Unauthenticated { code: refusal.code() },
-        Refusal::AccountFrozen | Refusal::VerificationRequired | Refusal::StaffAccount => {
+        Refusal::AccountFrozen
+        | Refusal::VerificationRequired
+        | Refusal::StaffAccount
+        | Refusal::SameApprover
+        | Refusal::OwnAccount => {
             ApiError::ForbiddenBecause {
                 code: refusal.code(),
                 detail,
@@ -88,7 +94,7 @@ fn parse_amount(text: &str, asset: &AssetConfig) -> ApiResult<Amount> {
     Amount::parse_positive(text, asset.decimals).map_err(|e| ApiError::amount(e, "amount"))
 }
 
-fn asset_of(ctx: &ApiContext, symbol: &str) -> ApiResult<AssetConfig> {
+pub(crate) fn asset_of(ctx: &ApiContext, symbol: &str) -> ApiResult<AssetConfig> {
     ctx.assets()
         .current()
         .get(symbol)
@@ -104,7 +110,7 @@ async fn wallets(ctx: &ApiContext, ids: &[&str]) -> ApiResult<std::collections::
     Ok(ctx.store().wallet_refs(ids).await?)
 }
 
-fn origin(principal: &Principal) -> Origin {
+pub(crate) fn origin(principal: &Principal) -> Origin {
     Origin {
         transaction_id: coffer_store::new_id(),
         now: Utc::now(),
@@ -133,6 +139,8 @@ enum Applied {
     /// Applied before (its ledger key or idempotency key is taken): the duplicate's answer,
     /// marked so the middleware replays the stored response instead when there is one.
     Duplicate(Response),
+    /// A limit counter of the movement would pass its limit; nothing was written.
+    LimitExceeded,
 }
 
 /// Applies `movement` with the caller's idempotency record; `duplicate` answers a movement that
@@ -157,6 +165,7 @@ async fn apply(
         Ok(tx) => return Ok(Applied::Fresh(Box::new(tx))),
         Err(StoreError::DuplicateLedgerKey(existing)) => duplicate(Some(&existing)),
         Err(StoreError::IdempotencyKeyTaken) => duplicate(None),
+        Err(StoreError::LimitExceeded) => return Ok(Applied::LimitExceeded),
         Err(other) => return Err(other.into()),
     };
     let mut response = answer.unwrap_or_else(IntoResponse::into_response);
@@ -169,6 +178,7 @@ impl Applied {
         match self {
             Applied::Fresh(tx) => created(&tx),
             Applied::Duplicate(response) => Ok(response),
+            Applied::LimitExceeded => Err(StoreError::LimitExceeded.into()),
         }
     }
 }
@@ -262,14 +272,23 @@ fn same(tx: &TransactionDoc, from: &str, to: Option<&str>, amount: Amount) -> bo
     tx.from_wallet_id.as_deref() == Some(from) && tx.to_wallet_id.as_deref() == to && tx.amount == amount
 }
 
-/// Credit a wallet from a payment rail (service role `payment` only).
+/// The rail the payment service role reports for (asset config `rails.payment`).
+const PAYMENT_RAIL: &str = "payment";
+
+/// Credit a wallet from a payment rail (service role `payment` only). Under the asset's caps of
+/// the rail (`rails.payment`): a deposit above `deposit_max`, or one that would take the rail's
+/// credits of the UTC day past `daily_limit`, is not credited but held for finance or an admin
+/// (202, `GET /v1/admin/rail-deposits`); the same reference answers the same held record.
 #[utoipa::path(post, path = "/v1/deposits", tag = "money", request_body = DepositRequest,
     params(("Idempotency-Key" = String, Header, description = "Required")),
     responses((status = 201, body = TransactionView), (status = 200, description = "this external_reference was already credited", body = TransactionView),
+              (status = 202, description = "held above the rail's caps for a staff approval, nothing credited (also the answer to a repeat of a held or rejected reference)", body = RailDepositView),
+              (status = 400, body = Problem),
               (status = 403, description = "forbidden: the payment role only", body = Problem),
               (status = 404, description = "wallet_not_found", body = Problem),
               (status = 409, description = "external_reference_conflict", body = Problem),
-              (status = 422, description = "deposits_disabled, asset_unavailable, balance_limit_exceeded", body = Problem)),
+              (status = 422, description = "deposits_disabled, asset_unavailable, balance_limit_exceeded", body = Problem),
+              (status = 503, description = "retry_later", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_deposit(
     State(ctx): State<ApiContext>,
@@ -294,24 +313,118 @@ pub async fn create_deposit(
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
     let asset = asset_of(&ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
-    let movement = plan::plan_rail_deposit(origin(&principal), "payment", reference, wallet, amount, &asset)
+    let deposit = RailReport {
+        reference,
+        wallet,
+        amount,
+    };
+    // A reference held before keeps its answer, whatever the caps say now.
+    if let Some(held) = ctx
+        .store()
+        .rail_deposit_by_reference(PAYMENT_RAIL, reference)
+        .await?
+    {
+        return held_answer(&ctx, &held, &deposit).await;
+    }
+    let planned = plan::plan_rail_deposit(origin(&principal), PAYMENT_RAIL, reference, wallet, amount, &asset)
         .map_err(|r| refusal(r, "wallet_id"))?;
     ctx.store()
         .ensure_platform_accounts(&asset.symbol, asset.decimals)
         .await?;
+    let movement = match planned {
+        RailDeposit::Credit(movement) => *movement,
+        RailDeposit::Hold(cause) => return hold(&ctx, &principal, &deposit, &asset, cause).await,
+    };
     let wallet_id = wallet.id.clone();
-    apply(&ctx, movement, request, |existing| match existing {
-        Some(tx) if tx.to_wallet_id.as_deref() == Some(&wallet_id) && tx.amount == amount => {
-            Ok((StatusCode::OK, Json(TransactionView::from_doc(tx))).into_response())
-        }
-        Some(_) => Err(ApiError::Conflict {
-            code: "external_reference_conflict",
-            detail: "this external_reference was credited with a different wallet or amount".into(),
-        }),
+    let applied = apply(&ctx, movement, request, |existing| match existing {
+        Some(tx) => credited_answer(tx, &wallet_id, amount),
         None => Err(key_reused()),
     })
-    .await?
-    .respond()
+    .await?;
+    match applied {
+        // Past the rail's daily cap (the counter was read and refused in the credit's transaction).
+        Applied::LimitExceeded => hold(&ctx, &principal, &deposit, &asset, RailHold::DailyLimit).await,
+        other => other.respond(),
+    }
+}
+
+/// What the rail reported, as parsed.
+struct RailReport<'a> {
+    reference: &'a str,
+    wallet: &'a WalletRef,
+    amount: Amount,
+}
+
+/// The answer to a reference credited already: the credit (200), unless the report differs.
+fn credited_answer(tx: &TransactionDoc, wallet_id: &str, amount: Amount) -> ApiResult<Response> {
+    if tx.to_wallet_id.as_deref() == Some(wallet_id) && tx.amount == amount {
+        Ok((StatusCode::OK, Json(TransactionView::from_doc(tx))).into_response())
+    } else {
+        Err(ApiError::Conflict {
+            code: "external_reference_conflict",
+            detail: "this external_reference was credited with a different wallet or amount".into(),
+        })
+    }
+}
+
+/// Holds the deposit for staff, audited with the record (`rail_deposit.held`).
+async fn hold(
+    ctx: &ApiContext,
+    principal: &Principal,
+    deposit: &RailReport<'_>,
+    asset: &AssetConfig,
+    cause: RailHold,
+) -> ApiResult<Response> {
+    let user_id = deposit.wallet.user_id.clone().ok_or_else(|| wallet_not_found("wallet_id"))?;
+    let hold = coffer_store::rail_deposits::NewRailHold {
+        rail: PAYMENT_RAIL.to_string(),
+        reference: deposit.reference.to_string(),
+        wallet_id: deposit.wallet.id.clone(),
+        user_id,
+        asset: asset.symbol.clone(),
+        decimals: asset.decimals,
+        amount: deposit.amount,
+        cause: cause.as_str(),
+        reported_by: principal.user_id.clone(),
+    };
+    let details = serde_json::json!({ "wallet_id": &deposit.wallet.id, "asset": &asset.symbol,
+        "amount_atomic": deposit.amount.to_string(), "cause": cause.as_str() });
+    let audit = coffer_store::audit::Audit::new(
+        &principal.user_id,
+        coffer_store::audit_chain::actions::RAIL_DEPOSIT_HELD,
+    )
+    .with_details(details);
+    let key = plan::rail_ledger_key(PAYMENT_RAIL, deposit.reference);
+    match ctx.store().hold_rail_deposit(hold, &key, audit).await {
+        Ok((held, fresh)) => {
+            if fresh {
+                ctx.metrics().refused("deposit", "manual_review");
+            }
+            held_answer(ctx, &held, deposit).await
+        }
+        Err(StoreError::DuplicateLedgerKey(tx)) => credited_answer(&tx, &deposit.wallet.id, deposit.amount),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The answer to a reference that was held: its record (202), or its credit once approved
+/// (200); a report with another wallet or amount is a conflict.
+async fn held_answer(ctx: &ApiContext, held: &RailDepositDoc, deposit: &RailReport<'_>) -> ApiResult<Response> {
+    if held.wallet_id != deposit.wallet.id || held.amount != deposit.amount {
+        return Err(ApiError::Conflict {
+            code: "external_reference_conflict",
+            detail: "this external_reference was reported with a different wallet or amount".into(),
+        });
+    }
+    if let Some(tx_id) = held
+        .transaction_id
+        .as_deref()
+        .filter(|_| held.status == RailDepositStatus::Approved)
+    {
+        let tx = ctx.store().transaction_by_id(tx_id).await?.ok_or(ApiError::NotFound)?;
+        return credited_answer(&tx, &deposit.wallet.id, deposit.amount);
+    }
+    Ok((StatusCode::ACCEPTED, Json(RailDepositView::from_doc(held))).into_response())
 }
 
 /// Request a withdrawal. Risk checks come first, before anything is held or signed: a trusted

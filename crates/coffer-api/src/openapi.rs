@@ -167,6 +167,12 @@ fn examples() -> Vec<(&'static str, Value)> {
         "id": "0190f3a2-8e7f-7041-9c33-4d5e6f708192", "wallet_id": wallet, "asset": "ETH", "decimals": 18,
         "amount": "-2.5", "status": "proposed", "reason": "duplicate credit of ticket 4411",
         "proposed_by": user, "proposed_at": at, "decided_by": null, "decided_at": null,
+        "decision_reason": null, "transaction_id": null, "approvals": []
+    });
+    let rail_deposit = json!({
+        "id": "0190f3a2-8e7f-7041-9c33-4d5e6f7081a0", "rail": "payment", "external_reference": "bank-20260101-0042",
+        "wallet_id": wallet, "asset": "ETH", "amount": "12.5", "status": "held", "cause": "deposit_max",
+        "reported_at": at, "approvals": [{ "by": user, "at": at }], "decided_by": null, "decided_at": null,
         "decision_reason": null, "transaction_id": null
     });
     let run = json!({
@@ -328,6 +334,11 @@ fn examples() -> Vec<(&'static str, Value)> {
             json!({ "key": "evm-local:0x9f1c…00aa:0", "outcome": "recorded" }),
         ),
         ("AdjustmentView", adjustment.clone()),
+        ("RailDepositView", rail_deposit.clone()),
+        (
+            "RailDepositDecision",
+            json!({ "rail_deposit": rail_deposit, "transaction": null }),
+        ),
         (
             "ApprovedAdjustment",
             json!({ "adjustment": adjustment, "transaction": transaction_view.clone() }),
@@ -906,6 +917,7 @@ mod tests {
             "/v1/wallets/{id}/statement?cursor",
             "/v1/wallets/{id}/statement.csv?to",
             "/v1/admin/adjustments?status",
+            "/v1/admin/rail-deposits?status",
             "/v1/admin/reviews?limit",
             "/v1/admin/reconciliations?cursor",
             "/v1/stream?ticket",

@@ -51,6 +51,10 @@ pub enum Refusal {
     FirstRecipientLimit,
     #[error("staff accounts cannot hold or receive user wallets")]
     StaffAccount,
+    #[error("you gave the first approval; a different staff member must give the second")]
+    SameApprover,
+    #[error("nobody approves a movement into or out of an account they own")]
+    OwnAccount,
 }
 
 impl Refusal {
@@ -73,6 +77,8 @@ impl Refusal {
             Refusal::VerificationRequired => "verification_required",
             Refusal::FirstRecipientLimit => "first_recipient_limit",
             Refusal::StaffAccount => "staff_account",
+            Refusal::SameApprover => "same_approver",
+            Refusal::OwnAccount => "own_account",
         }
     }
 }
@@ -212,14 +218,59 @@ pub fn plan_transfer_review(
     Ok(held)
 }
 
-/// A credit from a payment rail: custody → the wallet, final at once, once per rail reference.
-pub fn plan_rail_deposit(
+/// Why a payment-rail deposit waits for staff instead of being credited (issue 13 item 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RailHold {
+    /// Above the rail's `deposit_max`.
+    DepositMax,
+    /// It would take the rail's credits of the UTC day past its `daily_limit`.
+    DailyLimit,
+}
+
+impl RailHold {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RailHold::DepositMax => "deposit_max",
+            RailHold::DailyLimit => "daily_limit",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RailHold> {
+        match text {
+            "deposit_max" => Some(RailHold::DepositMax),
+            "daily_limit" => Some(RailHold::DailyLimit),
+            _ => None,
+        }
+    }
+}
+
+/// What a rail deposit comes to: credited now, or held for a staff approval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RailDeposit {
+    /// Credit it; with caps configured the movement charges the rail's daily counter, and a
+    /// charge past the limit is refused by the book ([`RailHold::DailyLimit`] for the caller).
+    Credit(Box<Movement>),
+    Hold(RailHold),
+}
+
+/// The ledger key of rail `rail`'s deposit `reference`: credited once, held or not.
+pub fn rail_ledger_key(rail: &str, reference: &str) -> String {
+    format!("deposit:{rail}:{reference}")
+}
+
+/// The daily counter of rail `rail`'s credits of `asset` for the UTC day of `now`.
+fn rail_daily_charge(rail: &str, asset: &AssetConfig, amount: Amount, limit: Amount, now: DateTime<Utc>) -> LimitCharge {
+    LimitCharge::daily(&format!("rail:{rail}:{}", asset.symbol), amount, limit, now)
+}
+
+fn rail_credit(
     origin: Origin,
     rail: &str,
     reference: &str,
     wallet: &WalletRef,
     amount: Amount,
     asset: &AssetConfig,
+    states: &[(TxState, &str)],
 ) -> Result<Movement, Refusal> {
     if wallet.user_id.is_none() {
         return Err(Refusal::NotAUserWallet);
@@ -232,13 +283,60 @@ pub fn plan_rail_deposit(
     }
     let amount = within_ledger(amount)?;
     let ledger = LedgerTransaction::deposit(&asset.symbol, &wallet.id, amount).map_err(ledger_refusal)?;
+    let key = rail_ledger_key(rail, reference);
+    let mut movement = movement(origin, ledger, key, states, amount, asset, None, Some(wallet));
+    movement.external_reference = Some(reference.to_string());
+    Ok(movement)
+}
+
+/// A credit from a payment rail: custody → the wallet, final at once, once per rail reference.
+/// Under the asset's caps for `rail` (`rails.<rail>`): above `deposit_max` it is held; otherwise
+/// it charges the rail's daily counter against `daily_limit` in the same write as the credit.
+pub fn plan_rail_deposit(
+    origin: Origin,
+    rail: &str,
+    reference: &str,
+    wallet: &WalletRef,
+    amount: Amount,
+    asset: &AssetConfig,
+) -> Result<RailDeposit, Refusal> {
+    let now = origin.now;
     let states = [
         (TxState::Created, "reported by payment rail"),
         (TxState::Confirmed, "credited"),
     ];
-    let key = format!("deposit:{rail}:{reference}");
-    let mut movement = movement(origin, ledger, key, &states, amount, asset, None, Some(wallet));
-    movement.external_reference = Some(reference.to_string());
+    let mut movement = rail_credit(origin, rail, reference, wallet, amount, asset, &states)?;
+    if let Some(caps) = asset.rails.get(rail) {
+        if amount > caps.deposit_max {
+            return Ok(RailDeposit::Hold(RailHold::DepositMax));
+        }
+        let charge = rail_daily_charge(rail, asset, amount, caps.daily_limit, now);
+        movement.limits.push(charge);
+    }
+    Ok(RailDeposit::Credit(Box::new(movement)))
+}
+
+/// The credit of a held rail deposit that staff approved: the same ledger key as
+/// [`plan_rail_deposit`] (so it is credited at most once, whoever approves), initiated by the
+/// last approver. It counts towards the rail's credits of the day but is not capped by them.
+pub fn plan_approved_rail_deposit(
+    origin: Origin,
+    rail: &str,
+    reference: &str,
+    wallet: &WalletRef,
+    amount: Amount,
+    asset: &AssetConfig,
+) -> Result<Movement, Refusal> {
+    let now = origin.now;
+    let states = [
+        (TxState::Created, "reported by payment rail; held for staff approval"),
+        (TxState::Confirmed, "credited after staff approval"),
+    ];
+    let mut movement = rail_credit(origin, rail, reference, wallet, amount, asset, &states)?;
+    if asset.rails.contains_key(rail) {
+        let charge = rail_daily_charge(rail, asset, amount, crate::amount::ledger_max(), now);
+        movement.limits.push(charge);
+    }
     Ok(movement)
 }
 
@@ -535,20 +633,58 @@ mod tests {
         assert_eq!(authorize_withdrawal(&authority(true, 600)), Ok(()));
     }
 
+    fn credit(plan: Result<RailDeposit, Refusal>) -> Movement {
+        match plan.unwrap() {
+            RailDeposit::Credit(movement) => *movement,
+            RailDeposit::Hold(cause) => panic!("held: {cause:?}"),
+        }
+    }
+
     #[test]
     fn a_rail_deposit_credits_from_custody_once_per_reference() {
         let w = wallet("w", Some("alice"), "ETH");
-        let m = plan_rail_deposit(origin(), "payment", "bank-1", &w, eth_amount("2.5"), &eth()).unwrap();
+        let m = credit(plan_rail_deposit(origin(), "payment", "bank-1", &w, eth_amount("2.5"), &eth()));
         assert_eq!(m.ledger_key, "deposit:payment:bank-1");
         assert_eq!(
             m.ledger.postings()[0].account_id,
             platform_account_id("ETH", AccountKind::Custody)
         );
         assert_eq!(m.participants, vec!["alice"]);
+        assert!(m.limits.is_empty(), "an uncapped rail charges no counter");
         let mut paused = eth();
         paused.deposits_enabled = false;
         let refused = plan_rail_deposit(origin(), "payment", "bank-1", &w, eth_amount("1"), &paused);
         assert_eq!(refused, Err(Refusal::DepositsDisabled));
+    }
+
+    #[test]
+    fn a_capped_rail_holds_above_its_deposit_max_and_charges_its_daily_counter() {
+        let w = wallet("w", Some("alice"), "ETH");
+        let mut capped = eth();
+        let caps = crate::asset::RailLimits {
+            deposit_max: eth_amount("5"),
+            daily_limit: eth_amount("8"),
+        };
+        capped.rails.insert("payment".into(), caps);
+        let plan = |amount: &str| plan_rail_deposit(origin(), "payment", "r", &w, eth_amount(amount), &capped);
+        assert_eq!(
+            plan("5.000000000000000001"),
+            Ok(RailDeposit::Hold(RailHold::DepositMax))
+        );
+        let at_cap = credit(plan("5"));
+        let daily = LimitCharge {
+            key: "rail:payment:ETH:2026-12-01".into(),
+            amount: eth_amount("5"),
+            limit: eth_amount("8"),
+        };
+        assert_eq!(at_cap.limits, vec![daily.clone()]);
+        let other_rail = plan_rail_deposit(origin(), "card", "r", &w, eth_amount("50"), &capped);
+        assert!(credit(other_rail).limits.is_empty(), "caps are per rail");
+        let approved =
+            plan_approved_rail_deposit(origin(), "payment", "r", &w, eth_amount("50"), &capped).unwrap();
+        assert_eq!(approved.ledger_key, at_cap.ledger_key, "one ledger key: credited once");
+        assert_eq!(approved.limits[0].key, daily.key, "counted towards the day");
+        assert_eq!(approved.limits[0].limit, crate::amount::ledger_max(), "but not capped");
     }
 
     #[test]

@@ -196,6 +196,45 @@ pub fn decide_transfer(
     Ok(TransferDecision { review, limit })
 }
 
+/// How many different staff members must approve a decision on `amount`: two above `threshold`
+/// (an asset's `two_person_review_above` or `two_person_adjustment_above`), otherwise one.
+pub fn approvals_required(amount: Amount, threshold: Option<Amount>) -> usize {
+    if threshold.is_some_and(|threshold| amount > threshold) {
+        2
+    } else {
+        1
+    }
+}
+
+/// What an approval does: it is the first of two and is only recorded, or it executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalStep {
+    Record,
+    Execute,
+}
+
+/// The two-person rule (issue 13 item 6): `approver` may not own an account the movement pays
+/// into or out of (`owners`), nor give a second approval after their own first (`given`, the
+/// staff ids recorded so far); the approval that reaches `required` executes.
+pub fn next_approval(
+    required: usize,
+    given: &[String],
+    approver: &str,
+    owners: &[&str],
+) -> Result<ApprovalStep, Refusal> {
+    if owners.contains(&approver) {
+        return Err(Refusal::OwnAccount);
+    }
+    if given.iter().any(|g| g == approver) {
+        return Err(Refusal::SameApprover);
+    }
+    if given.len() + 1 >= required {
+        Ok(ApprovalStep::Execute)
+    } else {
+        Ok(ApprovalStep::Record)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +337,19 @@ mod tests {
         assert_eq!(tiers.scale(units(1000), Tier::Basic), units(250));
         assert_eq!(tiers.scale(units(1000), Tier::Unverified), units(0));
         assert!(valid_flag("pep") && !valid_flag("PEP") && !valid_flag(""));
+    }
+
+    #[test]
+    fn above_the_threshold_two_different_approvers_are_needed_and_owners_none() {
+        assert_eq!(approvals_required(units(10), Some(units(10))), 1, "at the threshold: one");
+        assert_eq!(approvals_required(units(11), Some(units(10))), 2);
+        assert_eq!(approvals_required(units(11), None), 1);
+        let none: Vec<String> = Vec::new();
+        let first = vec!["ann".to_string()];
+        assert_eq!(next_approval(2, &none, "ann", &[]), Ok(ApprovalStep::Record));
+        assert_eq!(next_approval(2, &first, "ann", &[]), Err(Refusal::SameApprover));
+        assert_eq!(next_approval(2, &first, "bob", &[]), Ok(ApprovalStep::Execute));
+        assert_eq!(next_approval(1, &none, "ann", &[]), Ok(ApprovalStep::Execute));
+        assert_eq!(next_approval(1, &none, "ann", &["ann"]), Err(Refusal::OwnAccount));
     }
 }

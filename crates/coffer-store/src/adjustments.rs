@@ -73,6 +73,9 @@ pub struct AdjustmentDoc {
     pub decision_reason: Option<String>,
     /// The posted transaction, once approved.
     pub transaction_id: Option<String>,
+    /// First approvals of an adjustment that needs two (two-person rule), oldest first.
+    #[serde(default)]
+    pub approvals: Vec<crate::model::StaffApproval>,
 }
 
 impl AdjustmentDoc {
@@ -175,6 +178,7 @@ impl Store {
             decided_at: None,
             decision_reason: None,
             transaction_id: None,
+            approvals: Vec::new(),
         };
         // Fails early (and loudly) if the postings could never balance.
         adjustment.ledger()?;
@@ -215,13 +219,47 @@ impl Store {
         Ok(cursor.try_collect().await?)
     }
 
-    /// Approves and posts a proposal, atomically. Refuses the proposer ([`StoreError::SelfApproval`])
-    /// and anything no longer proposed ([`StoreError::StateConflict`]).
+    /// Records the first of two approvals of a proposal (two-person rule), audited; nothing
+    /// moves. Refuses the proposer ([`StoreError::SelfApproval`]); [`StoreError::StateConflict`]
+    /// if it was decided or its approvals are no longer the `seen` ones.
+    pub async fn record_adjustment_approval(
+        &self,
+        id: &str,
+        seen: usize,
+        approval: crate::model::StaffApproval,
+        audit: crate::audit::Audit,
+    ) -> Result<AdjustmentDoc, StoreError> {
+        let adjustment = self.adjustment(id).await?.ok_or(StoreError::NotFound)?;
+        if adjustment.proposed_by == approval.by {
+            return Err(StoreError::SelfApproval);
+        }
+        let filter = proposed_with_approvals(id, seen, &approval.by);
+        let update = doc! { "$push": { "approvals": mongodb::bson::to_bson(&approval)? } };
+        let entry = audit.on(id);
+        self.audited(move |store, session| {
+            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+            Box::pin(async move {
+                let updated = store
+                    .collection::<AdjustmentDoc>(ADJUSTMENTS)
+                    .find_one_and_update(filter, update)
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .session(session)
+                    .await?;
+                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
+            })
+        })
+        .await
+    }
+
+    /// Approves and posts a proposal, atomically, if its first approvals are still the `seen`
+    /// ones (none by the approver). Refuses the proposer ([`StoreError::SelfApproval`]) and
+    /// anything no longer proposed or approved meanwhile ([`StoreError::StateConflict`]).
     pub async fn approve_adjustment(
         &self,
         id: &str,
         approver: &str,
         reason: &str,
+        seen: usize,
         audit: crate::audit::Audit,
     ) -> Result<(AdjustmentDoc, TransactionDoc), StoreError> {
         let adjustment = self.adjustment(id).await?.ok_or(StoreError::NotFound)?;
@@ -241,17 +279,18 @@ impl Store {
         let movement = adjustment.movement(approver, owner, &tx_id)?;
         let _guard = self.lock_accounts(&movement.ledger.account_ids()).await?;
         let decision = (id.to_string(), approver.to_string(), reason.to_string());
+        let filter = proposed_with_approvals(id, seen, approver);
         let entry = audit.on(id);
-        let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision, entry));
+        let shared = std::sync::Arc::new((self.clone(), movement, tx_id, decision, entry, filter));
         let tx = self
             .with_transaction(|session| {
                 let shared = shared.clone();
                 Box::pin(async move {
-                    let (store, movement, tx_id, (id, approver, reason), entry) = &*shared;
+                    let (store, movement, tx_id, (_, approver, reason), entry, filter) = &*shared;
                     let decided = store
                         .collection::<AdjustmentDoc>(ADJUSTMENTS)
                         .update_one(
-                            doc! { "_id": id, "status": "proposed" },
+                            filter.clone(),
                             doc! { "$set": {
                                 "status": "approved", "decided_by": approver, "decided_at": DateTime::now(),
                                 "decision_reason": reason, "transaction_id": tx_id,
@@ -312,4 +351,16 @@ impl Store {
             other => other,
         }
     }
+}
+
+/// Still proposed, with exactly the `seen` first approvals, none by `approver` (a document
+/// written before approvals were kept has none).
+fn proposed_with_approvals(id: &str, seen: usize, approver: &str) -> mongodb::bson::Document {
+    let mut filter = doc! { "_id": id, "status": "proposed", "approvals.by": { "$ne": approver } };
+    if seen == 0 {
+        filter.insert("approvals.0", doc! { "$exists": false });
+    } else {
+        filter.insert("approvals", doc! { "$size": seen as i64 });
+    }
+    filter
 }

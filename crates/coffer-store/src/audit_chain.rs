@@ -41,6 +41,14 @@ pub mod actions {
     pub const ADJUSTMENT_PROPOSED: &str = "adjustment.proposed";
     pub const ADJUSTMENT_APPROVED: &str = "adjustment.approved";
     pub const ADJUSTMENT_REJECTED: &str = "adjustment.rejected";
+    /// The first of two approvals (two-person rule): recorded, nothing moved.
+    pub const ADJUSTMENT_APPROVAL_RECORDED: &str = "adjustment.approval_recorded";
+    pub const REVIEW_APPROVAL_RECORDED: &str = "review.approval_recorded";
+    /// A payment-rail deposit above its rail's caps, held for staff (nothing credited).
+    pub const RAIL_DEPOSIT_HELD: &str = "rail_deposit.held";
+    pub const RAIL_DEPOSIT_APPROVAL_RECORDED: &str = "rail_deposit.approval_recorded";
+    pub const RAIL_DEPOSIT_APPROVED: &str = "rail_deposit.approved";
+    pub const RAIL_DEPOSIT_REJECTED: &str = "rail_deposit.rejected";
     pub const REVIEW_APPROVED: &str = "review.approved";
     pub const REVIEW_REJECTED: &str = "review.rejected";
     pub const WITHDRAWAL_CANCELLED: &str = "withdrawal.cancelled";

@@ -859,6 +859,7 @@ pub(crate) fn transaction_record(movement: &Movement, now: Time) -> TransactionD
         updated_at: now,
         velocity_key: movement.limits.first().map(|l| l.key.clone()),
         broadcast: None,
+        review_approvals: Vec::new(),
     }
 }
 

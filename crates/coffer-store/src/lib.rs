@@ -26,6 +26,7 @@ pub mod money;
 pub mod outbox;
 pub mod process_sessions;
 pub mod queries;
+pub mod rail_deposits;
 pub mod reconcile;
 pub mod risk;
 pub mod support;
@@ -73,6 +74,8 @@ pub mod collections {
     /// Per audit shard: its last record's seq and MAC (moved in the record's transaction).
     pub const AUDIT_HEADS: &str = "audit_heads";
     pub const ADJUSTMENTS: &str = "adjustments";
+    /// Payment-rail deposits held above their rail's caps, by `<rail>:<reference>`.
+    pub const RAIL_DEPOSITS: &str = "rail_deposits";
     pub const RECONCILIATION_RUNS: &str = "reconciliation_runs";
     pub const VELOCITY: &str = "withdrawal_velocity";
     pub const DEVICES: &str = "devices";
@@ -351,6 +354,12 @@ impl Store {
                     .build(),
             ),
             (WALLETS, doc! { "owner_key": 1 }, unique("owner_key_unique")),
+            // A rail reference is held once.
+            (
+                collections::RAIL_DEPOSITS,
+                doc! { "rail_key": 1 },
+                unique("rail_key_unique"),
+            ),
             (WALLETS, doc! { "user_id": 1, "_id": 1 }, named("by_user")),
             (
                 TRANSACTIONS,

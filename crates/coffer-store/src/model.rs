@@ -235,6 +235,9 @@ pub struct TransactionDoc {
     /// A withdrawal's signed chain transaction, stored before it is broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastDoc>,
+    /// First approvals of a decision in manual review that needs two (staff-only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub review_approvals: Vec<StaffApproval>,
 }
 
 impl TransactionDoc {
@@ -517,4 +520,25 @@ tokio::task_local! {
 /// exported, else the request's `traceparent` if the caller runs within [`TRACEPARENT`].
 pub fn current_traceparent() -> Option<String> {
     coffer_telemetry::propagation::current_traceparent().or_else(|| TRACEPARENT.try_with(|t| t.clone()).ok())
+}
+
+/// One staff member's approval of a decision that needs two (issue 13 item 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaffApproval {
+    /// The staff member's user id.
+    pub by: String,
+    #[serde(with = "crate::codec::time")]
+    pub at: Time,
+    /// Why (1 to 500 characters).
+    pub reason: String,
+}
+
+impl StaffApproval {
+    pub fn now(by: &str, reason: &str) -> Self {
+        StaffApproval {
+            by: by.to_string(),
+            at: codec::now(),
+            reason: reason.to_string(),
+        }
+    }
 }

@@ -556,7 +556,7 @@ impl Store {
 
     /// Indexes of the admin collections and queries (called by [`Store::ensure_indexes`]).
     pub(crate) async fn ensure_admin_indexes(&self) -> Result<(), StoreError> {
-        use crate::collections::ADJUSTMENTS;
+        use crate::collections::{ADJUSTMENTS, RAIL_DEPOSITS};
         let specs = [
             (TRANSACTIONS, doc! { "state": 1, "updated_at": 1 }, "stuck"),
             (
@@ -565,6 +565,11 @@ impl Store {
                 "by_transaction",
             ),
             (ADJUSTMENTS, doc! { "status": 1, "_id": -1 }, "by_status"),
+            (
+                RAIL_DEPOSITS,
+                doc! { "status": 1, "reported_at": 1, "_id": 1 },
+                "by_status",
+            ),
         ];
         for (collection, keys, name) in specs {
             let options = mongodb::options::IndexOptions::builder()

@@ -158,22 +158,60 @@ impl Store {
     }
 
     /// Applies a reviewer's decision. The reason is kept on the transaction record under
-    /// `review` (staff-only; the user's view shows the generic cause in the timeline).
+    /// `review` (staff-only; the user's view shows the generic cause in the timeline). An approval
+    /// after `approvals_seen` first approvals applies only if they are still those (none by the
+    /// reviewer): [`StoreError::StateConflict`] otherwise.
     pub async fn decide_review(
         &self,
         id: &str,
         decision: ReviewDecision,
         reviewer: &str,
         reason: &str,
+        approvals_seen: usize,
         audit: crate::audit::Audit,
     ) -> Result<TransactionDoc, StoreError> {
         let tx = self.transaction_by_id(id).await?.ok_or(StoreError::NotFound)?;
-        let transition = review_transition(&tx, decision)?.with_note(crate::transitions::Note::Review {
+        let mut transition = review_transition(&tx, decision)?.with_note(crate::transitions::Note::Review {
             decision: decision.as_str(),
             by: reviewer.to_string(),
             reason: reason.to_string(),
         });
+        if decision == ReviewDecision::Approve && approvals_seen > 0 {
+            transition = transition.with_guard(crate::transitions::Guard::Approvals {
+                seen: approvals_seen,
+                approver: reviewer.to_string(),
+            });
+        }
         self.apply_transition_audited(&transition, vec![audit.on(id)])
             .await
+    }
+
+    /// Records the first of two approvals of a transaction in manual review (two-person rule),
+    /// audited; nothing moves. [`StoreError::StateConflict`] if it left review or its approvals
+    /// are no longer the `seen` ones.
+    pub async fn record_review_approval(
+        &self,
+        id: &str,
+        seen: usize,
+        approval: crate::model::StaffApproval,
+        audit: crate::audit::Audit,
+    ) -> Result<TransactionDoc, StoreError> {
+        let mut filter = doc! { "_id": id, "state": TxState::ManualReview.as_str() };
+        filter.extend(crate::transitions::review_approvals_unchanged(seen, &approval.by));
+        let update = doc! { "$push": { "review_approvals": mongodb::bson::to_bson(&approval)? } };
+        let entry = audit.on(id);
+        self.audited(move |store, session| {
+            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+            Box::pin(async move {
+                let updated = store
+                    .collection::<TransactionDoc>(TRANSACTIONS)
+                    .find_one_and_update(filter, update)
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .session(session)
+                    .await?;
+                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
+            })
+        })
+        .await
     }
 }

@@ -39,6 +39,8 @@ pub enum Guard {
     Unsigned,
     /// The latest signed version is still the one with this hash.
     Latest(String),
+    /// A review's first approvals are still the `seen` ones, none by `approver` (two-person rule).
+    Approvals { seen: usize, approver: String },
 }
 
 impl Guard {
@@ -46,8 +48,21 @@ impl Guard {
         match self {
             Guard::Unsigned => doc! { "broadcast": null },
             Guard::Latest(hash) => doc! { "broadcast.tx_hash": hash },
+            Guard::Approvals { seen, approver } => review_approvals_unchanged(*seen, approver),
         }
     }
+}
+
+/// The filter that the review approvals of a transaction are exactly `seen` (the field is absent
+/// until the first), none by `approver`.
+pub(crate) fn review_approvals_unchanged(seen: usize, approver: &str) -> Document {
+    let mut filter = doc! { "review_approvals.by": { "$ne": approver } };
+    if seen == 0 {
+        filter.insert("review_approvals.0", doc! { "$exists": false });
+    } else {
+        filter.insert("review_approvals", doc! { "$size": seen as i64 });
+    }
+    filter
 }
 
 /// Fields a transition records on the transaction record, typed.

@@ -64,6 +64,8 @@ pub struct AdjustmentView {
     pub decision_reason: Option<String>,
     /// The posted adjustment transaction, once approved.
     pub transaction_id: Option<String>,
+    /// First approvals so far, when it needs two different approvers.
+    pub approvals: Vec<super::rail_deposits::ApprovalView>,
 }
 
 impl AdjustmentView {
@@ -82,6 +84,7 @@ impl AdjustmentView {
             decided_at: a.decided_at.as_ref().map(time),
             decision_reason: a.decision_reason.clone(),
             transaction_id: a.transaction_id.clone(),
+            approvals: super::rail_deposits::ApprovalView::list(&a.approvals),
         }
     }
 }
@@ -198,15 +201,20 @@ pub async fn get_adjustment(
 #[derive(Serialize, ToSchema)]
 pub struct ApprovedAdjustment {
     pub adjustment: AdjustmentView,
-    /// The balanced adjustment posted against the asset's suspense account.
-    pub transaction: TransactionView,
+    /// The balanced adjustment posted against the asset's suspense account; null while it waits
+    /// for a second approver.
+    pub transaction: Option<TransactionView>,
 }
 
-/// Approve and post an adjustment (admin, not its proposer).
+/// Approve and post an adjustment (admin, not its proposer, not the wallet's owner). Above the
+/// asset's `two_person_adjustment_above` the first approval is recorded (202, still proposed) and
+/// a second, different admin's approval posts it (200).
 #[utoipa::path(post, path = "/v1/admin/adjustments/{id}/approve", tag = "admin", params(("id" = String, Path),
         ("Idempotency-Key" = String, Header, description = "Required")), request_body = DecisionRequest,
     responses((status = 200, body = ApprovedAdjustment),
-              (status = 403, description = "forbidden, self_approval", body = Problem),
+              (status = 202, description = "first of two approvals recorded; nothing posted yet", body = ApprovedAdjustment),
+              (status = 400, body = Problem),
+              (status = 403, description = "forbidden, self_approval, same_approver, own_account", body = Problem),
               (status = 404, body = Problem), (status = 409, description = "adjustment_not_proposed", body = Problem),
               (status = 422, description = "insufficient_funds", body = Problem)),
     security(("bearer" = [])))]
@@ -216,23 +224,58 @@ pub async fn approve_adjustment(
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
-) -> ApiResult<Json<ApprovedAdjustment>> {
+) -> ApiResult<(StatusCode, Json<ApprovedAdjustment>)> {
     idempotency_key(&headers)?;
     let reason = reason(&body.reason)?;
+    let adjustment = ctx.store().adjustment(&id).await?.ok_or(ApiError::NotFound)?;
+    if adjustment.proposed_by == principal.user_id {
+        return Err(adjustment_error(coffer_store::StoreError::SelfApproval));
+    }
+    if adjustment.status != AdjustmentStatus::Proposed {
+        return Err(adjustment_error(coffer_store::StoreError::StateConflict));
+    }
+    let threshold = ctx
+        .assets()
+        .current()
+        .get(&adjustment.asset)
+        .and_then(|asset| asset.two_person_adjustment_above);
+    let required = coffer_domain::policy::approvals_required(adjustment.amount, threshold);
+    let owner = ctx.store().wallet_by_id(&adjustment.wallet_id).await?.and_then(|w| w.user_id);
+    let owners: Vec<&str> = owner.as_deref().into_iter().collect();
+    let given: Vec<String> = adjustment.approvals.iter().map(|a| a.by.clone()).collect();
+    let step = coffer_domain::policy::next_approval(required, &given, &principal.user_id, &owners)
+        .map_err(|r| crate::money::refusal(r, "id"))?;
+    if step == coffer_domain::policy::ApprovalStep::Record {
+        let audit = Audit::new(&principal.user_id, actions::ADJUSTMENT_APPROVAL_RECORDED)
+            .with_details(json!({ "approvals_required": required }));
+        let approval = coffer_store::model::StaffApproval::now(&principal.user_id, &reason);
+        let recorded = ctx
+            .store()
+            .record_adjustment_approval(&id, given.len(), approval, audit)
+            .await
+            .map_err(adjustment_error)?;
+        let body = ApprovedAdjustment {
+            adjustment: AdjustmentView::from_doc(&recorded),
+            transaction: None,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(body)));
+    }
     let (adjustment, tx) = ctx
         .store()
         .approve_adjustment(
             &id,
             &principal.user_id,
             &reason,
+            given.len(),
             Audit::new(&principal.user_id, actions::ADJUSTMENT_APPROVED),
         )
         .await
         .map_err(adjustment_error)?;
-    Ok(Json(ApprovedAdjustment {
+    let body = ApprovedAdjustment {
         adjustment: AdjustmentView::from_doc(&adjustment),
-        transaction: TransactionView::from_doc(&tx),
-    }))
+        transaction: Some(TransactionView::from_doc(&tx)),
+    };
+    Ok((StatusCode::OK, Json(body)))
 }
 
 /// Reject an adjustment (admin); nothing moves.

@@ -8,6 +8,7 @@
 pub mod adjustments;
 pub mod liabilities;
 pub mod operations;
+pub mod rail_deposits;
 pub mod reviews;
 pub mod risk;
 pub mod support;
@@ -37,6 +38,7 @@ pub fn reads() -> OpenApiRouter<ApiContext> {
         .merge(reviews::reads())
         .merge(operations::reads())
         .merge(risk::reads())
+        .merge(rail_deposits::reads())
 }
 
 /// Mutating routes of the admin API (served behind the Idempotency-Key middleware).
@@ -49,6 +51,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
         .merge(liabilities::writes())
         .merge(withdrawals::writes())
         .merge(risk::writes())
+        .merge(rail_deposits::writes())
 }
 
 /// A decision on an adjustment or a review.

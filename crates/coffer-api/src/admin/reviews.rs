@@ -1,8 +1,10 @@
 //! The manual review queue (O2): support sees it, an admin approves or rejects.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use coffer_domain::policy::ApprovalStep;
 use coffer_store::audit_chain::actions;
 use coffer_store::support::ReviewDecision;
 use coffer_store::Role;
@@ -12,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::*;
-use crate::error::{ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::TransactionView;
@@ -125,9 +127,25 @@ async fn decide(
     id: &str,
     body: DecisionRequest,
     decision: ReviewDecision,
-) -> ApiResult<Json<TransactionView>> {
+) -> ApiResult<Response> {
     idempotency_key(headers)?;
     let reason = reason(&body.reason)?;
+    let tx = ctx.store().transaction_by_id(id).await?.ok_or(ApiError::NotFound)?;
+    let (seen, step) = match decision {
+        ReviewDecision::Approve => approval_step(ctx, principal, &tx).await?,
+        // One reviewer may always stop a movement: rejecting returns the funds to their owner.
+        ReviewDecision::Reject => (0, ApprovalStep::Execute),
+    };
+    if step == ApprovalStep::Record {
+        let audit = coffer_store::audit::Audit::new(&principal.user_id, actions::REVIEW_APPROVAL_RECORDED)
+            .with_details(serde_json::json!({ "approvals_required": 2 }));
+        let approval = coffer_store::model::StaffApproval::now(&principal.user_id, &reason);
+        let recorded = ctx
+            .store()
+            .record_review_approval(id, seen, approval, audit)
+            .await?;
+        return Ok((StatusCode::ACCEPTED, Json(TransactionView::from_doc(&recorded))).into_response());
+    }
     let action = match decision {
         ReviewDecision::Approve => actions::REVIEW_APPROVED,
         ReviewDecision::Reject => actions::REVIEW_REJECTED,
@@ -135,15 +153,48 @@ async fn decide(
     let audit = coffer_store::audit::Audit::new(&principal.user_id, action);
     let tx = ctx
         .store()
-        .decide_review(id, decision, &principal.user_id, &reason, audit)
+        .decide_review(id, decision, &principal.user_id, &reason, seen, audit)
         .await?;
-    Ok(Json(TransactionView::from_doc(&tx)))
+    Ok(Json(TransactionView::from_doc(&tx)).into_response())
 }
 
-/// Approve a withdrawal in manual review: it goes on to broadcast (admin).
+/// The two-person rule of a review approval (issue 13 item 6): above the asset's
+/// `two_person_review_above` two different admins, neither owning a wallet the movement touches.
+/// Answers the approvals seen and what this approval does.
+async fn approval_step(
+    ctx: &ApiContext,
+    principal: &Principal,
+    tx: &coffer_store::TransactionDoc,
+) -> ApiResult<(usize, ApprovalStep)> {
+    let threshold = ctx
+        .assets()
+        .current()
+        .get(&tx.asset)
+        .and_then(|asset| asset.two_person_review_above);
+    let required = coffer_domain::policy::approvals_required(tx.amount, threshold);
+    let wallet_ids: Vec<&str> = [&tx.from_wallet_id, &tx.to_wallet_id]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let wallets = ctx.store().wallet_refs(&wallet_ids).await?;
+    let owners: Vec<&str> = wallets.values().filter_map(|w| w.user_id.as_deref()).collect();
+    let given: Vec<String> = tx.review_approvals.iter().map(|a| a.by.clone()).collect();
+    let step = coffer_domain::policy::next_approval(required, &given, &principal.user_id, &owners)
+        .map_err(|r| crate::money::refusal(r, "id"))?;
+    Ok((given.len(), step))
+}
+
+/// Approve a withdrawal or transfer in manual review: a withdrawal goes on to broadcast, a
+/// transfer is posted (admin, owning neither wallet). Above the asset's `two_person_review_above`
+/// the first approval is recorded (202, still in manual review) and a second, different admin's
+/// approval executes it (200).
 #[utoipa::path(post, path = "/v1/admin/reviews/{id}/approve", tag = "admin", params(("id" = String, Path),
         ("Idempotency-Key" = String, Header, description = "Required")), request_body = DecisionRequest,
-    responses((status = 200, body = TransactionView), (status = 403, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = TransactionView),
+              (status = 202, description = "first of two approvals recorded; still in manual review", body = TransactionView),
+              (status = 400, body = Problem),
+              (status = 403, description = "forbidden, same_approver, own_account", body = Problem), (status = 404, body = Problem),
               (status = 409, description = "state_conflict: not in manual review", body = Problem),
               (status = 422, description = "not_supported: not a withdrawal", body = Problem)),
     security(("bearer" = [])))]
@@ -153,15 +204,15 @@ pub async fn approve_review(
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
-) -> ApiResult<Json<TransactionView>> {
+) -> ApiResult<Response> {
     decide(&ctx, &principal, &headers, &id, body, ReviewDecision::Approve).await
 }
 
 /// Reject a withdrawal in manual review: it fails and its hold is released (admin).
 #[utoipa::path(post, path = "/v1/admin/reviews/{id}/reject", tag = "admin", params(("id" = String, Path),
         ("Idempotency-Key" = String, Header, description = "Required")), request_body = DecisionRequest,
-    responses((status = 200, body = TransactionView), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, description = "state_conflict: not in manual review", body = Problem),
+    responses((status = 200, body = TransactionView), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, description = "state_conflict: not in manual review; withdrawal_signed", body = Problem),
               (status = 422, description = "not_supported: not a withdrawal", body = Problem)),
     security(("bearer" = [])))]
 pub async fn reject_review(
@@ -170,6 +221,6 @@ pub async fn reject_review(
     headers: HeaderMap,
     Path(id): Path<String>,
     ValidJson(body): ValidJson<DecisionRequest>,
-) -> ApiResult<Json<TransactionView>> {
+) -> ApiResult<Response> {
     decide(&ctx, &principal, &headers, &id, body, ReviewDecision::Reject).await
 }

@@ -259,6 +259,13 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
     vars.extend(liability_env(platform, false));
+    if let Some(kyc) = &spec.api.kyc {
+        vars.push(env("COFFER_KYC_DEFAULT_TIER", kyc.default_tier.as_str()));
+        vars.push(env(
+            "COFFER_KYC_BASIC_LIMIT_PERCENT",
+            kyc.basic_limit_percent.to_string(),
+        ));
+    }
     // /metrics on its own port: the public port (what an Ingress routes) never serves it.
     vars.push(env("COFFER_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")));
     let workload = Workload {

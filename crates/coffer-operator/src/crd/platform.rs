@@ -133,6 +133,49 @@ pub struct ApiSpec {
     /// A HorizontalPodAutoscaler on CPU; when set it owns the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Verification tiers (docs/security.md, "Risk flags"); absent: the API's defaults
+    /// (`unverified`, nothing leaves before the KYC provider verifies a user; basic gets 10 %).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kyc: Option<KycSpec>,
+}
+
+/// How the API treats users by verification tier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KycSpec {
+    /// The tier of a user the KYC provider has not assessed yet (`COFFER_KYC_DEFAULT_TIER`).
+    #[serde(default)]
+    pub default_tier: KycTier,
+    /// The share of an asset's daily limits a user of the basic tier gets
+    /// (`COFFER_KYC_BASIC_LIMIT_PERCENT`).
+    #[serde(default = "default_basic_limit_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub basic_limit_percent: u8,
+}
+
+fn default_basic_limit_percent() -> u8 {
+    10
+}
+
+/// A verification tier: `unverified` moves nothing out, `basic` moves out within a share of the
+/// daily limits, `full` within all of them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KycTier {
+    #[default]
+    Unverified,
+    Basic,
+    Full,
+}
+
+impl KycTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KycTier::Unverified => "unverified",
+            KycTier::Basic => "basic",
+            KycTier::Full => "full",
+        }
+    }
 }
 
 fn default_api_replicas() -> i32 {
@@ -145,6 +188,7 @@ impl Default for ApiSpec {
             replicas: default_api_replicas(),
             resources: None,
             autoscaling: None,
+            kyc: None,
         }
     }
 }
