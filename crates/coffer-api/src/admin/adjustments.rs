@@ -240,7 +240,11 @@ pub async fn approve_adjustment(
         .get(&adjustment.asset)
         .and_then(|asset| asset.two_person_adjustment_above);
     let required = coffer_domain::policy::approvals_required(adjustment.amount, threshold);
-    let owner = ctx.store().wallet_by_id(&adjustment.wallet_id).await?.and_then(|w| w.user_id);
+    let owner = ctx
+        .store()
+        .wallet_by_id(&adjustment.wallet_id)
+        .await?
+        .and_then(|w| w.user_id);
     let owners: Vec<&str> = owner.as_deref().into_iter().collect();
     let given: Vec<String> = adjustment.approvals.iter().map(|a| a.by.clone()).collect();
     let step = coffer_domain::policy::next_approval(required, &given, &principal.user_id, &owners)

@@ -235,7 +235,8 @@ async fn approve_once(
     let details = json!({ "wallet_id": &held.wallet_id, "asset": &held.asset,
         "amount_atomic": held.amount.to_string(), "approvals_required": required });
     if step == ApprovalStep::Record {
-        let audit = Audit::new(&principal.user_id, actions::RAIL_DEPOSIT_APPROVAL_RECORDED).with_details(details);
+        let audit =
+            Audit::new(&principal.user_id, actions::RAIL_DEPOSIT_APPROVAL_RECORDED).with_details(details);
         let approval = StaffApproval::now(&principal.user_id, reason);
         let recorded = ctx
             .store()
@@ -249,7 +250,8 @@ async fn approve_once(
         asset: held.asset.clone(),
     };
     let origin = crate::money::origin(principal);
-    let planned = plan::plan_approved_rail_deposit(origin, &held.rail, &held.reference, &wallet, held.amount, &asset);
+    let planned =
+        plan::plan_approved_rail_deposit(origin, &held.rail, &held.reference, &wallet, held.amount, &asset);
     let movement = match planned {
         Ok(movement) => movement,
         Err(refusal) => return Ok(Err(crate::money::refusal(refusal, "id"))),
@@ -262,7 +264,11 @@ async fn approve_once(
     Ok(Ok(decision(StatusCode::OK, &approved, Some(&tx))))
 }
 
-fn decision(status: StatusCode, held: &RailDepositDoc, tx: Option<&coffer_store::TransactionDoc>) -> Response {
+fn decision(
+    status: StatusCode,
+    held: &RailDepositDoc,
+    tx: Option<&coffer_store::TransactionDoc>,
+) -> Response {
     let body = RailDepositDecision {
         rail_deposit: RailDepositView::from_doc(held),
         transaction: tx.map(TransactionView::from_doc),

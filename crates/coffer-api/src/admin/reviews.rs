@@ -130,7 +130,11 @@ async fn decide(
 ) -> ApiResult<Response> {
     idempotency_key(headers)?;
     let reason = reason(&body.reason)?;
-    let tx = ctx.store().transaction_by_id(id).await?.ok_or(ApiError::NotFound)?;
+    let tx = ctx
+        .store()
+        .transaction_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let (seen, step) = match decision {
         ReviewDecision::Approve => approval_step(ctx, principal, &tx).await?,
         // One reviewer may always stop a movement: rejecting returns the funds to their owner.
