@@ -62,10 +62,18 @@ async fn the_database_holds_neither_the_email_nor_its_lower_case_and_login_still
     let (raw, text) = raw_user(&app, &id).await;
     let lower = text.to_lowercase();
     for clear in [email.clone(), email.to_lowercase(), local.to_lowercase()] {
-        assert!(!lower.contains(&clear.to_lowercase()), "the document holds {clear}: {text}");
+        assert!(
+            !lower.contains(&clear.to_lowercase()),
+            "the document holds {clear}: {text}"
+        );
     }
-    let sealed = raw.get_document("email").expect("the e-mail is a sealed sub-document");
-    assert_eq!(sealed.get_str("kek_id").unwrap(), coffer_test_support::test_pii_keys().current_key_id());
+    let sealed = raw
+        .get_document("email")
+        .expect("the e-mail is a sealed sub-document");
+    assert_eq!(
+        sealed.get_str("kek_id").unwrap(),
+        coffer_test_support::test_pii_keys().current_key_id()
+    );
     assert_eq!(raw.get_str("email_index").unwrap().len(), 64);
 
     // Login by e-mail in any case; registration of the same e-mail in another case is refused.
@@ -83,21 +91,34 @@ async fn the_database_holds_neither_the_email_nor_its_lower_case_and_login_still
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.code(), "email_taken");
     let found = app.store.user_by_email(&email).await.unwrap().unwrap();
-    assert_eq!((found.id.as_str(), found.email.as_str()), (id.as_str(), email.to_lowercase().as_str()));
+    assert_eq!(
+        (found.id.as_str(), found.email.as_str()),
+        (id.as_str(), email.to_lowercase().as_str())
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_key_or_a_moved_value_is_a_clear_error_never_another_value() {
     let app = TestApp::spawn().await;
-    let alice = app.create_account("alice@example.com", "alice-password-1", Role::User).await;
-    let bob = app.create_account("bob@example.com", "bob-password-12", Role::Support).await;
+    let alice = app
+        .create_account("alice@example.com", "alice-password-1", Role::User)
+        .await;
+    let bob = app
+        .create_account("bob@example.com", "bob-password-12", Role::Support)
+        .await;
 
     // A replica configured with another KEK (same index key) finds the record and refuses it.
     let wrong = store_with(&app, PiiKeys::local(OTHER_KEY, &[], TEST_PII_INDEX_KEY).unwrap()).await;
     let error = wrong.user_by_email("alice@example.com").await.unwrap_err();
-    assert!(matches!(error, StoreError::Pii(PiiError::UnknownKey { .. })), "{error}");
+    assert!(
+        matches!(error, StoreError::Pii(PiiError::UnknownKey { .. })),
+        "{error}"
+    );
     let text = error.to_string();
-    assert!(text.contains(&alice.id) && text.contains("COFFER_PII_KEYS_PREVIOUS"), "{text}");
+    assert!(
+        text.contains(&alice.id) && text.contains("COFFER_PII_KEYS_PREVIOUS"),
+        "{text}"
+    );
     assert!(!text.contains("alice@"), "{text}");
 
     // Alice's sealed e-mail copied into Bob's record does not open there.
@@ -111,29 +132,46 @@ async fn a_wrong_key_or_a_moved_value_is_a_clear_error_never_another_value() {
         .await
         .unwrap();
     let error = app.store.user_by_id(&bob.id).await.unwrap_err();
-    assert!(matches!(error, StoreError::Pii(PiiError::Undecryptable { .. })), "{error}");
+    assert!(
+        matches!(error, StoreError::Pii(PiiError::Undecryptable { .. })),
+        "{error}"
+    );
     assert!(error.to_string().contains(&bob.id));
 
     // A store without keys refuses users at all (fail closed).
     let metrics = StoreMetrics::new(&prometheus::Registry::new()).unwrap();
-    let keyless = Store::connect(&mongodb_uri(), app.store.database().name(), StoreConfig::default(), metrics)
-        .await
-        .unwrap();
+    let keyless = Store::connect(
+        &mongodb_uri(),
+        app.store.database().name(),
+        StoreConfig::default(),
+        metrics,
+    )
+    .await
+    .unwrap();
     let error = keyless.user_by_id(&alice.id).await.unwrap_err();
-    assert!(matches!(error, StoreError::Pii(PiiError::NotConfigured)), "{error}");
+    assert!(
+        matches!(error, StoreError::Pii(PiiError::NotConfigured)),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn a_record_sealed_under_key_a_opens_when_b_is_current_and_a_is_still_configured() {
     let app = TestApp::spawn().await;
-    let before = app.create_account("early@example.com", "early-password-1", Role::Finance).await;
+    let before = app
+        .create_account("early@example.com", "early-password-1", Role::Finance)
+        .await;
     let secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
     app.store.set_totp_secret(&before.id, secret).await.unwrap();
 
     let rotated = PiiKeys::local(OTHER_KEY, &[TEST_PII_KEY], TEST_PII_INDEX_KEY).unwrap();
     let rotated_id = rotated.current_key_id();
     let after_rotation = store_with(&app, rotated).await;
-    let old = after_rotation.user_by_email("EARLY@example.com").await.unwrap().unwrap();
+    let old = after_rotation
+        .user_by_email("EARLY@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(old.id, before.id);
     assert_eq!(old.totp_secret.as_deref(), Some(secret));
 
@@ -143,12 +181,21 @@ async fn a_record_sealed_under_key_a_opens_when_b_is_current_and_a_is_still_conf
         .await
         .unwrap();
     let (raw, _) = raw_user(&app, &late.id).await;
-    assert_eq!(raw.get_document("email").unwrap().get_str("kek_id").unwrap(), rotated_id);
+    assert_eq!(
+        raw.get_document("email").unwrap().get_str("kek_id").unwrap(),
+        rotated_id
+    );
     let (raw, _) = raw_user(&app, &before.id).await;
-    assert_eq!(raw.get_document("email").unwrap().get_str("kek_id").unwrap(), coffer_test_support::test_pii_keys().current_key_id());
+    assert_eq!(
+        raw.get_document("email").unwrap().get_str("kek_id").unwrap(),
+        coffer_test_support::test_pii_keys().current_key_id()
+    );
     // The original store (key A only) cannot open what B sealed.
     let error = app.store.user_by_id(&late.id).await.unwrap_err();
-    assert!(matches!(error, StoreError::Pii(PiiError::UnknownKey { .. })), "{error}");
+    assert!(
+        matches!(error, StoreError::Pii(PiiError::UnknownKey { .. })),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -166,11 +213,23 @@ async fn users_stored_in_clear_are_counted_and_sealed_by_the_migration() {
     assert_eq!(app.store.users_in_clear().await.unwrap(), 1);
 
     assert_eq!(app.store.encrypt_users_in_clear().await.unwrap(), 1);
-    assert_eq!(app.store.encrypt_users_in_clear().await.unwrap(), 0, "a second run changes nothing");
+    assert_eq!(
+        app.store.encrypt_users_in_clear().await.unwrap(),
+        0,
+        "a second run changes nothing"
+    );
     assert_eq!(app.store.users_in_clear().await.unwrap(), 0);
     let (_, text) = raw_user(&app, "legacy-1").await;
-    assert!(!text.contains("legacy@") && !text.contains("JBSWY3DPEHPK3PXP"), "{text}");
-    let user = app.store.user_by_email("Legacy@Example.com").await.unwrap().unwrap();
+    assert!(
+        !text.contains("legacy@") && !text.contains("JBSWY3DPEHPK3PXP"),
+        "{text}"
+    );
+    let user = app
+        .store
+        .user_by_email("Legacy@Example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(user.id, "legacy-1");
     assert_eq!(user.totp_secret.as_deref(), Some("JBSWY3DPEHPK3PXP"));
 }

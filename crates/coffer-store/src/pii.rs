@@ -164,7 +164,13 @@ impl KeyProvider for LocalKeyProvider {
 
     async fn wrap(&self, data_key: &SecretKey, context: &[u8]) -> Result<WrappedKey, PiiError> {
         let (key_id, kek) = &self.current;
-        let aad = [b"coffer-pii-wrap:v1:".as_slice(), key_id.as_bytes(), b"\0", context].concat();
+        let aad = [
+            b"coffer-pii-wrap:v1:".as_slice(),
+            key_id.as_bytes(),
+            b"\0",
+            context,
+        ]
+        .concat();
         Ok(WrappedKey {
             key_id: key_id.clone(),
             bytes: seal_bytes(kek, data_key.bytes(), &aad),
@@ -178,7 +184,13 @@ impl KeyProvider for LocalKeyProvider {
                 key_id: wrapped.key_id.clone(),
             });
         };
-        let aad = [b"coffer-pii-wrap:v1:".as_slice(), wrapped.key_id.as_bytes(), b"\0", context].concat();
+        let aad = [
+            b"coffer-pii-wrap:v1:".as_slice(),
+            wrapped.key_id.as_bytes(),
+            b"\0",
+            context,
+        ]
+        .concat();
         let undecryptable = || PiiError::Undecryptable {
             what: what.into(),
             key_id: wrapped.key_id.clone(),
@@ -361,7 +373,10 @@ mod tests {
         let keys = PiiKeys::local(A, &[], INDEX).unwrap();
         let sealed = keys.seal("user-1", "email", "alice@example.com").await.unwrap();
         assert!(!sealed.ct.contains(&hex::encode("alice")));
-        assert_eq!(keys.open("user-1", "email", &sealed).await.unwrap(), "alice@example.com");
+        assert_eq!(
+            keys.open("user-1", "email", &sealed).await.unwrap(),
+            "alice@example.com"
+        );
         for (record, field) in [("user-2", "email"), ("user-1", "totp_secret")] {
             let error = keys.open(record, field, &sealed).await.unwrap_err();
             assert!(matches!(error, PiiError::Undecryptable { .. }), "{error}");
@@ -384,13 +399,22 @@ mod tests {
         let sealed = old.seal("u", "email", "bob@example.com").await.unwrap();
         let rotated = PiiKeys::local(B, &[A], INDEX).unwrap();
         assert_ne!(rotated.current_key_id(), old.current_key_id());
-        assert_eq!(rotated.open("u", "email", &sealed).await.unwrap(), "bob@example.com");
-        assert_eq!(rotated.seal("u", "email", "x").await.unwrap().kek_id, rotated.current_key_id());
+        assert_eq!(
+            rotated.open("u", "email", &sealed).await.unwrap(),
+            "bob@example.com"
+        );
+        assert_eq!(
+            rotated.seal("u", "email", "x").await.unwrap().kek_id,
+            rotated.current_key_id()
+        );
         let without = PiiKeys::local(B, &[], INDEX).unwrap();
         let error = without.open("u", "email", &sealed).await.unwrap_err();
         assert!(matches!(error, PiiError::UnknownKey { .. }));
         let text = error.to_string();
-        assert!(text.contains(&old.current_key_id()) && text.contains("COFFER_PII_KEYS_PREVIOUS"), "{text}");
+        assert!(
+            text.contains(&old.current_key_id()) && text.contains("COFFER_PII_KEYS_PREVIOUS"),
+            "{text}"
+        );
         assert!(!text.contains("bob"));
     }
 
@@ -416,7 +440,11 @@ mod tests {
             (refused("abc", &[], INDEX), "COFFER_PII_KEY", "hexadecimal"),
             (refused(&zeros, &[], INDEX), "COFFER_PII_KEY", "repeated"),
             (refused(&counting, &[], INDEX), "COFFER_PII_KEY", "repeated"),
-            (refused(A, &["zz"], INDEX), "COFFER_PII_KEYS_PREVIOUS", "hexadecimal"),
+            (
+                refused(A, &["zz"], INDEX),
+                "COFFER_PII_KEYS_PREVIOUS",
+                "hexadecimal",
+            ),
             (refused(A, &[], &zeros), "COFFER_PII_INDEX_KEY", "repeated"),
             (refused(A, &[], A), "COFFER_PII_INDEX_KEY", "differ"),
             (refused(B, &[A], A), "COFFER_PII_INDEX_KEY", "differ"),

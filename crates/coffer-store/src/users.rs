@@ -51,7 +51,10 @@ struct StoredUser {
 impl Store {
     /// The PII keys, or a refusal when none are configured (fail closed).
     pub(crate) fn pii(&self) -> Result<&PiiKeys, StoreError> {
-        self.config.pii.as_ref().ok_or(StoreError::Pii(PiiError::NotConfigured))
+        self.config
+            .pii
+            .as_ref()
+            .ok_or(StoreError::Pii(PiiError::NotConfigured))
     }
 
     /// Creates a user; [`StoreError::AlreadyExists`] when the e-mail is taken.
@@ -202,7 +205,10 @@ impl Store {
             }
             for user in batch {
                 let corrupt = |what: &str| StoreError::Corrupt(format!("a user in clear has no {what}"));
-                let id = user.get_str("_id").map_err(|_| corrupt("string _id"))?.to_string();
+                let id = user
+                    .get_str("_id")
+                    .map_err(|_| corrupt("string _id"))?
+                    .to_string();
                 let email = normalise_email(user.get_str(EMAIL).map_err(|_| corrupt("e-mail"))?);
                 let mut set = doc! {
                     "email": mongodb::bson::to_bson(&keys.seal(&id, EMAIL, &email).await?)?,

@@ -294,7 +294,12 @@ impl DbArgs {
         let previous: Vec<&str> = self
             .pii_keys_previous
             .as_ref()
-            .map(|keys| keys.expose_secret().split(',').filter(|k| !k.trim().is_empty()).collect())
+            .map(|keys| {
+                keys.expose_secret()
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         let keys = coffer_store::pii::PiiKeys::local(key.expose_secret(), &previous, index.expose_secret())?;
         Ok(Some(keys))

@@ -484,7 +484,13 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     check_log(
         "user",
         &admin_created_log,
-        &secrets(&[&admin_password, &totp_secret, &admin_email, &pii_key, &pii_index_key]),
+        &secrets(&[
+            &admin_password,
+            &totp_secret,
+            &admin_email,
+            &pii_key,
+            &pii_index_key,
+        ]),
     );
     assert_eq!(ROLES.len(), 5);
     let _ = std::fs::remove_dir_all(&dir);

@@ -340,10 +340,13 @@ const AUDIT_HEADS_FILE: &str = "/var/lib/coffer/audit-heads/heads.jsonl";
 fn audit_heads_mount(spec: &crate::crd::AuditHeadsSpec) -> (Volume, VolumeMount) {
     let volume = Volume {
         name: "audit-heads".into(),
-        persistent_volume_claim: spec.claim_name.as_ref().map(|claim| PersistentVolumeClaimVolumeSource {
-            claim_name: claim.clone(),
-            read_only: None,
-        }),
+        persistent_volume_claim: spec
+            .claim_name
+            .as_ref()
+            .map(|claim| PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
         empty_dir: spec.claim_name.is_none().then(EmptyDirVolumeSource::default),
         ..Volume::default()
     };

@@ -164,7 +164,10 @@ fn the_pii_keys_reach_the_api_alone_and_only_from_a_secret() {
             for var in pii {
                 assert!(var.get("value").is_none(), "{fixture_name}: a literal PII key");
                 let reference = &var["valueFrom"]["secretKeyRef"];
-                assert_eq!(reference["name"], resources.platforms[0].spec.pii_keys_secret_ref.name.as_str());
+                assert_eq!(
+                    reference["name"],
+                    resources.platforms[0].spec.pii_keys_secret_ref.name.as_str()
+                );
             }
         }
     }
@@ -184,7 +187,10 @@ fn the_reconciler_alone_mounts_the_audit_heads_export_on_its_claim_or_an_empty_d
                 .find(|v| v["name"] == "audit-heads");
             let exports = env_names(&deployment).contains(&"COFFER_AUDIT_HEADS_PATH".to_string());
             if name != "reconciler" {
-                assert!(volume.is_none() && !exports, "{fixture_name}: {name} has the export");
+                assert!(
+                    volume.is_none() && !exports,
+                    "{fixture_name}: {name} has the export"
+                );
                 continue;
             }
             let volume = volume.expect("the reconciler's export volume");
@@ -208,7 +214,10 @@ fn the_reconciler_alone_mounts_the_audit_heads_export_on_its_claim_or_an_empty_d
                 .as_str()
                 .unwrap()
                 .to_string();
-            assert!(path.starts_with(&format!("{}/", mount["mountPath"].as_str().unwrap())), "{path}");
+            assert!(
+                path.starts_with(&format!("{}/", mount["mountPath"].as_str().unwrap())),
+                "{path}"
+            );
         }
     }
 }
