@@ -27,9 +27,10 @@ const MIGRATION_BATCH: i64 = 500;
 const EMAIL: &str = "email";
 const TOTP_SECRET: &str = "totp_secret";
 
-/// A user document as stored.
+/// A user document as stored. A store module that reads users reads this type and opens it
+/// with [`open_user`]: `UserDoc` is never read from or written to the collection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredUser {
+pub(crate) struct StoredUser {
     #[serde(rename = "_id")]
     id: String,
     /// The normalised e-mail, sealed.
@@ -115,7 +116,7 @@ impl Store {
         let Some(user) = found else {
             return Ok(None);
         };
-        let user = open(keys, user).await?;
+        let user = open_user(keys, user).await?;
         // An index collision (or a planted index) never answers for another account.
         Ok((user.email == normalise_email(email)).then_some(user))
     }
@@ -127,7 +128,7 @@ impl Store {
             .find_one(doc! { "_id": id })
             .await?
         {
-            Some(user) => Ok(Some(open(keys, user).await?)),
+            Some(user) => Ok(Some(open_user(keys, user).await?)),
             None => Ok(None),
         }
     }
@@ -234,7 +235,7 @@ impl Store {
 }
 
 /// The stored user with its sealed values opened.
-async fn open(keys: &PiiKeys, user: StoredUser) -> Result<UserDoc, StoreError> {
+pub(crate) async fn open_user(keys: &PiiKeys, user: StoredUser) -> Result<UserDoc, StoreError> {
     let email = keys.open(&user.id, EMAIL, &user.email).await?;
     let totp_secret = match &user.totp_secret {
         Some(sealed) => Some(keys.open(&user.id, TOTP_SECRET, sealed).await?),
