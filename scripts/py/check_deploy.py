@@ -184,6 +184,7 @@ DEFAULT_SECRETS = [
     "coffer-rabbitmq",
     "coffer-jwt",
     "coffer-audit",
+    "coffer-pii",
     "coffer-eth-rpc",
     "coffer-hot-wallet",
 ]
@@ -200,6 +201,7 @@ PRODUCTION_SECRETS = [
     "rabbitmq-events",
     "api-jwt",
     "audit-key",
+    "pii-keys",
     "eth-mainnet-rpc",
     "hot-wallet-signer",
 ]
@@ -242,7 +244,13 @@ for overlay, (watched, readable) in overlays.items():
                 ):
                     if ref:
                         referenced.add(ref["name"])
-                for key in ("jwtSecretRef", "auditKeySecretRef", "rpcSecretRef", "signerSecretRef"):
+                for key in (
+                    "jwtSecretRef",
+                    "auditKeySecretRef",
+                    "piiKeysSecretRef",
+                    "rpcSecretRef",
+                    "signerSecretRef",
+                ):
                     if key in spec:
                         referenced.add(spec[key]["name"])
         expect(

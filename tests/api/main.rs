@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod mfa;
 mod outbox;
+mod pii;
 mod plans;
 mod rail_deposits;
 mod readiness;

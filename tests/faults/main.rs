@@ -176,6 +176,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
     let metrics = coffer_store::StoreMetrics::new(&prometheus::Registry::new())?;
     let config = coffer_store::StoreConfig {
         audit_keys: Some(coffer_test_support::test_audit_keys()),
+        pii: Some(coffer_test_support::test_pii_keys()),
         ..Default::default()
     };
     let store = coffer_store::Store::connect(&uri, database, config, metrics).await?;
@@ -183,7 +184,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
     let key_file = dir.join("hot.key");
     std::fs::write(&key_file, format!("{HOT_KEY}\n"))?;
     let exchange = "coffer.faults";
-    let common = vec![
+    let mut common = vec![
         ("MONGODB_URI".to_string(), uri.clone()),
         ("COFFER_DATABASE".into(), database.into()),
         (
@@ -199,6 +200,8 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
         ),
         ("COFFER_KYC_DEFAULT_TIER".into(), "full".into()),
     ];
+    // The roles that read users seal their personal data (the others ignore the keys).
+    common.extend(coffer_test_support::test_pii_env());
     let roles = Roles::new(&args.coffer, &format!("faults-{}", args.seed), common);
     let created = coffer_test_support::process::create_payment_account(
         &roles,

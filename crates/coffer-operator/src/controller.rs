@@ -219,6 +219,13 @@ impl WalletPlatform {
         check_secret(ctx, &self.ns(), &spec.rabbitmq.secret_ref, "uri", &referrer).await?;
         check_secret(ctx, &self.ns(), &spec.jwt_secret_ref, "secret", &referrer).await?;
         check_secret(ctx, &self.ns(), &spec.audit_key_secret_ref, "key", &referrer).await?;
+        for key in ["key", "index-key"] {
+            let pii = SecretKeyRef {
+                name: spec.pii_keys_secret_ref.name.clone(),
+                key: Some(key.into()),
+            };
+            check_secret(ctx, &self.ns(), &pii, key, &referrer).await?;
+        }
         if let Some(liabilities) = &spec.liabilities {
             let key = &liabilities.signing_key_secret_ref;
             check_secret(ctx, &self.ns(), key, "key", &referrer).await?;

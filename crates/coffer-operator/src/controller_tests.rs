@@ -70,6 +70,11 @@ pub(crate) fn cluster() -> FakeApi {
     ] {
         api.put(&secret(name, key));
     }
+    let mut pii = secret("coffer-pii", "key");
+    pii.data
+        .get_or_insert_with(Default::default)
+        .insert("index-key".into(), ByteString(b"not-a-real-value".to_vec()));
+    api.put(&pii);
     api
 }
 
@@ -187,8 +192,10 @@ async fn creation_applies_every_object_then_reports_status() {
         format!("GET {SECRETS}/coffer-rabbitmq"),
         format!("GET {SECRETS}/coffer-jwt"),
         format!("GET {SECRETS}/coffer-audit"),
+        format!("GET {SECRETS}/coffer-pii"),
+        format!("GET {SECRETS}/coffer-pii"),
     ];
-    assert_eq!(lines(&api.calls[..7]), expected_reads);
+    assert_eq!(lines(&api.calls[..9]), expected_reads);
     assert_eq!(
         applied_kinds(&api.calls),
         [

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod outbox;
+pub mod pii;
 pub mod process_sessions;
 pub mod queries;
 pub mod rail_deposits;
@@ -121,6 +122,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(DatabaseError),
+    /// Personal data could not be sealed or opened (no keys, an unknown or wrong key).
+    #[error("personal data: {0}")]
+    Pii(#[from] pii::PiiError),
 }
 
 /// A driver error, opaque outside the store (no caller handles a `mongodb` type).
@@ -202,6 +206,9 @@ pub struct StoreConfig {
     /// The keys that MAC audit records (`COFFER_AUDIT_KEY`); without them every audited action
     /// is refused (fail closed).
     pub audit_keys: Option<audit::AuditKeys>,
+    /// The keys that seal users' personal data and index their e-mails (`COFFER_PII_KEY`,
+    /// `COFFER_PII_INDEX_KEY`); without them every read or write of a user is refused.
+    pub pii: Option<pii::PiiKeys>,
 }
 
 impl Default for StoreConfig {
@@ -217,6 +224,7 @@ impl Default for StoreConfig {
             rotation_pause: None,
             session_lease: Duration::from_secs(2),
             audit_keys: None,
+            pii: None,
         }
     }
 }
@@ -324,7 +332,8 @@ impl Store {
         };
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let specs: Vec<(&str, Document, IndexOptions)> = vec![
-            (USERS, doc! { "email": 1 }, unique("email_unique")),
+            // The blind index of the (sealed) e-mail: one account per e-mail (pii).
+            (USERS, doc! { "email_index": 1 }, unique(users::EMAIL_INDEX)),
             (REFRESH_TOKENS, doc! { "family_id": 1 }, named("family")),
             (
                 REFRESH_TOKENS,

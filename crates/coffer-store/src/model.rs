@@ -56,11 +56,11 @@ impl Role {
 pub struct UserDoc {
     #[serde(rename = "_id")]
     pub id: String,
-    /// Lower-cased; unique.
+    /// Lower-cased; unique. Stored sealed, with a blind index for look-ups (`users`, `pii`).
     pub email: String,
     pub password_hash: String,
     pub role: Role,
-    /// The staff account's TOTP secret (base32), once enrolled.
+    /// The staff account's TOTP secret (base32), once enrolled; stored sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp_secret: Option<String>,
     /// The TOTP step of the last accepted code: a code of this step or an earlier one is refused.

@@ -43,6 +43,14 @@ pub fn profile_of(user: &UserDoc, default_tier: Tier) -> RiskProfile {
         .unwrap_or_else(|| RiskProfile::default_for(default_tier))
 }
 
+/// What a risk change reads of a user.
+#[derive(serde::Deserialize)]
+struct RoleAndRisk {
+    role: Role,
+    #[serde(default)]
+    risk: Option<RiskProfile>,
+}
+
 impl Store {
     /// Applies `change` to user `user_id` (a user account, not staff) and appends `audit` (its
     /// details joined by the profile before and after) to the audit log, in one transaction; the
@@ -58,14 +66,18 @@ impl Store {
         self.audited(move |store, session| {
             let (user_id, audit, change) = (user_id.clone(), audit.clone(), change.clone());
             Box::pin(async move {
-                let users = store.collection::<UserDoc>(USERS);
+                // Only the role and the risk state: the sealed personal data stays sealed.
+                let users = store.collection::<RoleAndRisk>(USERS);
                 let user = users
                     .find_one(doc! { "_id": &user_id })
+                    .projection(doc! { "role": 1, "risk": 1 })
                     .session(&mut *session)
                     .await?
                     .filter(|u| u.role == Role::User)
                     .ok_or(StoreError::NotFound)?;
-                let before = profile_of(&user, default_tier);
+                let before = user
+                    .risk
+                    .unwrap_or_else(|| RiskProfile::default_for(default_tier));
                 let after = change.apply(before.clone());
                 users
                     .update_one(

@@ -71,6 +71,23 @@ impl Telemetry {
     }
 }
 
+/// Targets whose spans or events record secrets, held at a level that keeps those out of every
+/// log whatever `RUST_LOG` says: alloy's HTTP transport opens a DEBUG span carrying the node's
+/// URL, which usually holds a provider key (the events inside it, e.g. hyper's, would print it).
+pub const QUIET_TARGETS: [&str; 1] = ["alloy_transport_http::reqwest_transport=info"];
+
+/// The log filter of `rust_log` (`RUST_LOG`; unset or invalid: `info`) with [`QUIET_TARGETS`]
+/// forced on top (a directive of the same target in `rust_log` is replaced).
+pub fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let mut filter = rust_log
+        .and_then(|text| EnvFilter::try_new(text).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    for directive in QUIET_TARGETS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
+    filter
+}
+
 /// Installs the global subscriber of `role`: log lines on stderr filtered by `RUST_LOG` (default
 /// `info`), and span export when the environment configures an OTLP endpoint.
 pub fn init(
@@ -86,7 +103,7 @@ pub fn init(
     let traces = provider
         .as_ref()
         .map(|p| export::layer(p).with_filter(filter_fn(export::exported)));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let registry = tracing_subscriber::registry().with(traces);
     match format {
         LogFormat::Json => registry
@@ -144,5 +161,31 @@ mod tests {
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["span_id"], inner.span_id().to_string());
         assert_eq!(line["request_id"], "req-1");
+    }
+
+    #[test]
+    fn the_node_url_of_alloys_transport_span_is_never_logged_even_at_trace() {
+        for rust_log in [
+            None,
+            Some("trace"),
+            Some("info,alloy_transport_http::reqwest_transport=trace"),
+        ] {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::registry()
+                .with(logs::json_layer("api", move || writer.clone()).with_filter(log_filter(rust_log)));
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::debug_span!(
+                    target: "alloy_transport_http::reqwest_transport",
+                    "ReqwestTransport",
+                    url = "http://node/v3/provider-key-4c1d"
+                );
+                let _entered = span.enter();
+                tracing::warn!(target: "hyper_util::client", "connecting");
+            });
+            let text = captured.text();
+            assert!(text.contains("connecting"), "{rust_log:?}: {text}");
+            assert!(!text.contains("provider-key-4c1d"), "{rust_log:?}: {text}");
+        }
     }
 }

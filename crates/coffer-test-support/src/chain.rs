@@ -170,3 +170,44 @@ impl Anvil {
             .expect("balance")
     }
 }
+
+/// A JSON-RPC endpoint at `/v3/<key>` in front of a node served at `/`, as hosted providers put
+/// their API key in the URL's path: tests give roles a node URL that carries a secret. It serves
+/// until the test's runtime ends.
+pub struct KeyedRpc {
+    /// `http://127.0.0.1:<port>/v3/<key>`.
+    pub url: String,
+}
+
+impl KeyedRpc {
+    pub async fn start(upstream: &str, key: &str) -> KeyedRpc {
+        use axum::response::IntoResponse;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let path = format!("/v3/{key}");
+        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        let upstream = upstream.to_string();
+        let forward = move |body: axum::body::Bytes| {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            async move {
+                let sent = client
+                    .post(&upstream)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let Ok(reply) = sent else {
+                    return axum::http::StatusCode::BAD_GATEWAY.into_response();
+                };
+                let status = reply.status();
+                let bytes = reply.bytes().await.unwrap_or_default();
+                (status, [("content-type", "application/json")], bytes).into_response()
+            }
+        };
+        let app = axum::Router::new().route(&path, axum::routing::post(forward));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        KeyedRpc {
+            url: format!("http://127.0.0.1:{port}{path}"),
+        }
+    }
+}

@@ -37,6 +37,26 @@ pub fn test_audit_keys() -> coffer_store::audit::AuditKeys {
     coffer_store::audit::AuditKeys::new(key, Vec::new())
 }
 
+/// The PII encryption key of test apps and test processes (`COFFER_PII_KEY`); tests only.
+pub const TEST_PII_KEY: &str = "1eb94fee6b9a2aed9398d6379038109a054260f386eb5499b9d226c456fecb97";
+
+/// The e-mail blind-index key of test apps and test processes (`COFFER_PII_INDEX_KEY`).
+pub const TEST_PII_INDEX_KEY: &str = "df0b738a2203f1a1be06d77b755261ae8cc89b81d1dd5447418a570f5efff240";
+
+/// The PII keys of [`TEST_PII_KEY`] and [`TEST_PII_INDEX_KEY`] (what a test app's store seals
+/// users' personal data with).
+pub fn test_pii_keys() -> coffer_store::pii::PiiKeys {
+    coffer_store::pii::PiiKeys::local(TEST_PII_KEY, &[], TEST_PII_INDEX_KEY).expect("valid test keys")
+}
+
+/// The environment that gives a process the test PII keys.
+pub fn test_pii_env() -> Vec<(String, String)> {
+    vec![
+        ("COFFER_PII_KEY".into(), TEST_PII_KEY.into()),
+        ("COFFER_PII_INDEX_KEY".into(), TEST_PII_INDEX_KEY.into()),
+    ]
+}
+
 /// Options of a test app.
 #[derive(Clone)]
 pub struct Options {
@@ -228,6 +248,7 @@ impl TestApp {
 
     pub async fn spawn_with(mut options: Options) -> TestApp {
         options.store.audit_keys.get_or_insert_with(test_audit_keys);
+        options.store.pii.get_or_insert_with(test_pii_keys);
         let registry = prometheus::Registry::new();
         let database = options
             .database

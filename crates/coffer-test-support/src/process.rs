@@ -63,6 +63,8 @@ pub fn api_env(database_prefix: &str) -> Vec<(String, String)> {
             "processes-test-secret-0123456789abcdef".into(),
         ),
         ("COFFER_AUDIT_KEY".into(), crate::TEST_AUDIT_KEY.into()),
+        ("COFFER_PII_KEY".into(), crate::TEST_PII_KEY.into()),
+        ("COFFER_PII_INDEX_KEY".into(), crate::TEST_PII_INDEX_KEY.into()),
         // Test users count as verified, as in TestApp (the product's default is unverified).
         ("COFFER_KYC_DEFAULT_TIER".into(), "full".into()),
     ]

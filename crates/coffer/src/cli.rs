@@ -177,6 +177,9 @@ impl LiabilityArgs {
         self.liability_signing_key
             .as_ref()
             .map(|secret| {
+                if let Some(weakness) = weakness(secret.expose_secret().trim(), 64) {
+                    bail!("COFFER_LIABILITY_SIGNING_KEY is refused: {weakness}");
+                }
                 coffer_api::liabilities::LiabilityKey::from_hex(secret.expose_secret())
                     .map_err(|e| anyhow::anyhow!("COFFER_LIABILITY_SIGNING_KEY: {e}"))
             })
@@ -192,6 +195,9 @@ pub enum UserCommand {
     /// Enroll a staff account in TOTP anew (a lost phone): prints the new otpauth:// URI on
     /// standard output, once; codes of the old secret stop working.
     MfaEnroll(UserMfaEnrollArgs),
+    /// Seal the e-mails (and TOTP secrets) of users written before PII encryption, once; every
+    /// role refuses to start while any remain (docs/security.md).
+    EncryptPii(DbArgs),
 }
 
 #[derive(Args)]
@@ -239,6 +245,18 @@ pub struct DbArgs {
     /// Earlier audit keys, comma-separated: records they MACed still verify (key rotation).
     #[arg(long, env = "COFFER_AUDIT_KEYS_PREVIOUS", hide_env_values = true)]
     pub audit_keys_previous: Option<SecretString>,
+    /// The key that seals users' personal data (e-mail, TOTP secret): 64 hex digits of 32 random
+    /// bytes, a secret of the deployment, never in the database. The roles that read or write
+    /// users need it (api, dev, the user tools); refused when weak.
+    #[arg(long, env = "COFFER_PII_KEY", hide_env_values = true)]
+    pub pii_key: Option<SecretString>,
+    /// Earlier PII keys, comma-separated: what they sealed still opens (key rotation).
+    #[arg(long, env = "COFFER_PII_KEYS_PREVIOUS", hide_env_values = true)]
+    pub pii_keys_previous: Option<SecretString>,
+    /// The HMAC key of the e-mail's blind index (64 hex digits, not a PII key): look-ups by
+    /// e-mail without decrypting. Needed with COFFER_PII_KEY.
+    #[arg(long, env = "COFFER_PII_INDEX_KEY", hide_env_values = true)]
+    pub pii_index_key: Option<SecretString>,
 }
 
 impl DbArgs {
@@ -262,6 +280,29 @@ impl DbArgs {
             .map_err(|e| anyhow::anyhow!("COFFER_AUDIT_KEYS_PREVIOUS is refused: {e}"))?
             .unwrap_or_default();
         Ok(coffer_store::audit::AuditKeys::new(current, previous))
+    }
+
+    /// The PII keys these settings give: `None` when unset and `required` is false (a role that
+    /// never touches users); a missing or weak key is refused naming the setting, never its value.
+    pub fn pii_keys(&self, required: bool) -> anyhow::Result<Option<coffer_store::pii::PiiKeys>> {
+        let (key, index) = match (&self.pii_key, &self.pii_index_key) {
+            (None, None) if !required => return Ok(None),
+            (Some(key), Some(index)) => (key, index),
+            (None, _) => bail!("COFFER_PII_KEY is required: it seals users' e-mails (docs/security.md)"),
+            (_, None) => bail!("COFFER_PII_INDEX_KEY is required with COFFER_PII_KEY (docs/security.md)"),
+        };
+        let previous: Vec<&str> = self
+            .pii_keys_previous
+            .as_ref()
+            .map(|keys| {
+                keys.expose_secret()
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keys = coffer_store::pii::PiiKeys::local(key.expose_secret(), &previous, index.expose_secret())?;
+        Ok(Some(keys))
     }
 
     /// This process's session lease (`COFFER_SESSION_LEASE_MS`).
@@ -786,8 +827,9 @@ impl ApiArgs {
         config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;
         config.liability_signing_key = self.liabilities.key()?;
         for (provider, secret) in &config.webhook_secrets {
-            if secret.expose_secret().len() < 16 {
-                bail!("the webhook secret of {provider} must be at least 16 bytes");
+            if let Some(weakness) = weakness(secret.expose_secret(), 16) {
+                let variable = provider.to_ascii_uppercase().replace('-', "_");
+                bail!("COFFER_WEBHOOK_SECRET_{variable} is refused: {weakness}");
             }
         }
         Ok(config)

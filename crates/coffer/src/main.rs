@@ -105,9 +105,18 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
             command: ProofCommand::Verify(args),
         } => proof::verify(&args),
         Command::User {
+            command: UserCommand::EncryptPii(db),
+        } => {
+            let store = open_store(&db, &prometheus::Registry::new(), true).await?;
+            let sealed = store.encrypt_users_in_clear().await?;
+            store.ensure_indexes().await.context("creating indexes")?;
+            println!("sealed the personal data of {sealed} user record(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User {
             command: UserCommand::MfaEnroll(args),
         } => {
-            let store = connect(&args.db, &prometheus::Registry::new()).await?;
+            let store = connect_users(&args.db, &prometheus::Registry::new()).await?;
             let user = store
                 .user_by_email(&args.email)
                 .await?
@@ -121,18 +130,40 @@ async fn run(command: Command, roots: TlsRoots) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The store of a role that never reads or writes users (PII keys optional, checked if given).
 pub(crate) async fn connect(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+    ready(open_store(db, registry, false).await?).await
+}
+
+/// The store of a role that reads or writes users: refuses to start without the PII keys.
+pub(crate) async fn connect_users(db: &DbArgs, registry: &prometheus::Registry) -> anyhow::Result<Store> {
+    ready(open_store(db, registry, true).await?).await
+}
+
+async fn open_store(db: &DbArgs, registry: &prometheus::Registry, users: bool) -> anyhow::Result<Store> {
     let metrics = StoreMetrics::new(registry).context("registering store metrics")?;
     let config = StoreConfig {
         command_spans: logging::trace_database_commands(),
         batch: db.batch(),
         session_lease: db.session_lease(),
         audit_keys: Some(db.audit_keys()?),
+        pii: db.pii_keys(users)?,
         ..StoreConfig::default()
     };
-    let store = Store::connect(&db.mongodb_uri, &db.database, config, metrics)
+    Store::connect(&db.mongodb_uri, &db.database, config, metrics)
         .await
-        .context("connecting to MongoDB (MONGODB_URI)")?;
+        .context("connecting to MongoDB (MONGODB_URI)")
+}
+
+/// Refuses a database with users in clear (their index could not be built), then ensures indexes.
+async fn ready(store: Store) -> anyhow::Result<Store> {
+    let in_clear = store.users_in_clear().await.context("reading the users")?;
+    if in_clear > 0 {
+        bail!(
+            "{in_clear} user record(s) hold their e-mail in clear (written before PII encryption): run \
+             `coffer user encrypt-pii` once with COFFER_PII_KEY and COFFER_PII_INDEX_KEY set (docs/security.md)"
+        );
+    }
     store.ensure_indexes().await.context("creating indexes")?;
     Ok(store)
 }
@@ -158,7 +189,7 @@ async fn serve_api(args: ApiArgs, dev: Option<DevChain>, roots: &TlsRoots) -> an
             }
         }
     }
-    let store = connect(&args.db, &registry).await?;
+    let store = connect_users(&args.db, &registry).await?;
     for asset in catalog.current().iter() {
         store
             .ensure_platform_accounts(&asset.symbol, asset.decimals)
@@ -254,6 +285,9 @@ async fn enroll_totp(store: &Store, user: &coffer_store::UserDoc) -> anyhow::Res
 
 async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
     let role = Role::from(args.role);
+    // The keys before the password: a weak key is refused before anything is read or written.
+    args.db.audit_keys()?;
+    args.db.pii_keys(true)?;
     if !args.password_stdin {
         bail!("pass the password on standard input with --password-stdin (never as an argument)");
     }
@@ -268,7 +302,7 @@ async fn create_user(args: cli::UserCreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(weakness) = cli::weakness(password.expose_secret(), 12) {
         bail!("the password is refused: {weakness}");
     }
-    let store = connect(&args.db, &prometheus::Registry::new()).await?;
+    let store = connect_users(&args.db, &prometheus::Registry::new()).await?;
     let hash = coffer_api::auth::hash_password(password, Default::default())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -20,6 +20,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = args.limits.config()?;
+    // Every setting is checked before the role connects: a weak key stops it at once.
+    let liabilities = liability_schedule(&args)?;
     let registry = prometheus::Registry::new();
     coffer_store::metrics::register_build_info(&registry)?;
     let store = crate::connect(&args.db, &registry).await?;
@@ -35,7 +37,6 @@ pub async fn run(
         let _ = server_stopped.changed().await;
     })
     .await?;
-    let liabilities = liability_schedule(&args)?;
     tracing::info!(
         interval_seconds = args.interval_seconds,
         liability_publish_interval_seconds = args.liability_publish_interval_seconds,

@@ -413,3 +413,136 @@ fn a_weak_audit_key_is_refused_at_start_naming_the_setting_never_its_value() {
         assert!(!log.contains(weak), "the key's value is never printed: {log}");
     }
 }
+
+/// Issue 14 item 4: each role refuses a weak, default or missing secret before it does anything,
+/// exits non-zero, and names the variable but never the value.
+#[test]
+fn every_role_refuses_a_weak_default_or_missing_secret_naming_the_variable_never_its_value() {
+    let roles = roles("weak-secrets");
+    let zeros = "00".repeat(32);
+    let low_entropy = (0u8..31).map(|b| format!("{:02x}", b % 10)).collect::<String>() + "ff";
+    let pii_key = coffer_test_support::TEST_PII_KEY.to_string();
+    let cases: Vec<(&[&str], &str, Option<String>, &str)> = vec![
+        (
+            &["api"],
+            "COFFER_JWT_SECRET",
+            Some("Change-Me".into()),
+            "COFFER_JWT_SECRET is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_JWT_SECRET",
+            Some("short-jwt-secret".into()),
+            "COFFER_JWT_SECRET is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_WEBHOOK_SECRET_ACME_PAY",
+            Some("whsec".repeat(8)),
+            "COFFER_WEBHOOK_SECRET_ACME_PAY is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_WEBHOOK_SECRET_ACME",
+            Some("password".into()),
+            "COFFER_WEBHOOK_SECRET_ACME is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_PII_KEY",
+            Some(zeros.clone()),
+            "COFFER_PII_KEY is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_PII_KEY",
+            Some(low_entropy.clone()),
+            "COFFER_PII_KEY is refused",
+        ),
+        (&["api"], "COFFER_PII_KEY", None, "COFFER_PII_KEY is required"),
+        (
+            &["api"],
+            "COFFER_PII_INDEX_KEY",
+            None,
+            "COFFER_PII_INDEX_KEY is required",
+        ),
+        (
+            &["api"],
+            "COFFER_PII_INDEX_KEY",
+            Some(pii_key.clone()),
+            "COFFER_PII_INDEX_KEY is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_PII_KEYS_PREVIOUS",
+            Some(format!("{pii_key},{zeros}")),
+            "COFFER_PII_KEYS_PREVIOUS is refused",
+        ),
+        (
+            &["api"],
+            "COFFER_AUDIT_KEY",
+            Some("audit".repeat(8)),
+            "COFFER_AUDIT_KEY is refused",
+        ),
+        (
+            &[
+                "user",
+                "create",
+                "--email",
+                "staff@coffer.test",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            "COFFER_PII_KEY",
+            Some("not-a-hex-key".into()),
+            "COFFER_PII_KEY is refused",
+        ),
+        (
+            &[
+                "user",
+                "create",
+                "--email",
+                "staff@coffer.test",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            "COFFER_PII_KEY",
+            None,
+            "COFFER_PII_KEY is required",
+        ),
+        (
+            &["outbox-publisher"],
+            "COFFER_PII_KEY",
+            Some(zeros.clone()),
+            "COFFER_PII_KEY is refused",
+        ),
+        (
+            &["reconciler"],
+            "COFFER_AUDIT_KEY",
+            Some("changeme".into()),
+            "COFFER_AUDIT_KEY is refused",
+        ),
+        (
+            &["reconciler"],
+            "COFFER_LIABILITY_SIGNING_KEY",
+            Some("42".repeat(32)),
+            "COFFER_LIABILITY_SIGNING_KEY is refused",
+        ),
+    ];
+    for (index, (args, variable, value, expected)) in cases.into_iter().enumerate() {
+        let extra: Vec<(&str, String)> = value.iter().map(|v| (variable, v.clone())).collect();
+        let (mut command, log) = roles.command(&format!("weak-{index}"), args, &extra);
+        if value.is_none() {
+            command.env_remove(variable);
+        }
+        let status = command.status().expect("run coffer");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(!status.success(), "{args:?} {variable} accepted: {log}");
+        assert!(log.contains(expected), "{args:?} {variable}: {log}");
+        if let Some(value) = value {
+            assert!(!log.contains(&value), "{variable}'s value is printed: {log}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Issue 8 (logs) and S6: every role runs as the real binary, at TRACE, through a flow that handles
 //! every kind of secret — register, login, refresh, a signed webhook, a withdrawal signed with a
 //! key file, a payment-service deposit, a publish, a reconciliation — and no secret or personal
-//! value appears anywhere in any role's captured logs. Each log line is JSON with the fields an
+//! value appears anywhere in any role's captured logs: passwords, tokens, the JWT, audit and PII
+//! keys, e-mails, and the node URL with the provider key in its path. Each log line is JSON with the fields an
 //! SRE filters on.
 //!
 //! Needs what scripts/test starts: MongoDB (`MONGODB_URI`), RabbitMQ (`AMQP_URI`, default local)
@@ -126,6 +127,12 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
     let jwt_secret = format!("jwt-secret-{canary}-0123456789");
     let audit_key = format!("audit-key-{canary}-0123456789");
     let webhook_secret = format!("webhook-secret-{canary}");
+    // The node's URL carries a provider key in its path, as hosted providers' URLs do.
+    let rpc_key = format!("rpc-key-{canary}");
+    let rpc = coffer_test_support::chain::KeyedRpc::start(&anvil.url, &rpc_key).await;
+    let second = uuid::Uuid::new_v4().simple().to_string();
+    let pii_key = format!("{canary}{second}");
+    let pii_index_key = format!("{second}{canary}");
     let signer_key = format!("{:0>64}", &canary); // 32 bytes of hex: a valid secp256k1 key
     let signer = LocalSigner::from_hex(&signer_key.clone().into()).unwrap();
     let hot_wallet = format!("{:#x}", signer.address());
@@ -155,6 +162,8 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
             ),
             ("COFFER_DATABASE".into(), format!("logs_{canary}")),
             ("COFFER_AUDIT_KEY".into(), audit_key.clone()),
+            ("COFFER_PII_KEY".into(), pii_key.clone()),
+            ("COFFER_PII_INDEX_KEY".into(), pii_index_key.clone()),
             ("COFFER_ASSETS_FILE".into(), assets.display().to_string()),
             (
                 "AMQP_URI".into(),
@@ -223,7 +232,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
             ("COFFER_JWT_SECRET", jwt_secret.clone()),
             ("COFFER_DEPOSIT_XPUB", xpub),
             ("COFFER_WEBHOOK_SECRET_ACME", webhook_secret.clone()),
-            ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", anvil.url)),
+            ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", rpc.url)),
             ("COFFER_DEVICE_TRUST_DELAY_SECONDS", "0".into()),
             ("COFFER_ADDRESS_COOLING_OFF_SECONDS", "0".into()),
             ("COFFER_KYC_DEFAULT_TIER", "full".into()),
@@ -241,7 +250,7 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         &["chain-listener", "--chain", "anvil"],
         &[
             ("COFFER_LISTEN", format!("127.0.0.1:{listener_port}")),
-            ("ETH_RPC_URL", anvil.url.clone()),
+            ("ETH_RPC_URL", rpc.url.clone()),
             ("COFFER_POLL_INTERVAL_MS", "200".into()),
             ("COFFER_SIGNER_KEY_FILE", key_file.display().to_string()),
         ],
@@ -253,6 +262,9 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
         &[
             ("COFFER_LISTEN", format!("127.0.0.1:{reconciler_port}")),
             ("COFFER_RECONCILE_INTERVAL_SECONDS", "10".into()),
+            // The custody check reads the hot wallet's balance from the node.
+            ("COFFER_CHAIN_RPC_URLS", format!("anvil={}", rpc.url)),
+            ("COFFER_HOT_WALLET_ADDRESSES", format!("anvil={hot_wallet}")),
         ],
     ));
 
@@ -455,15 +467,30 @@ async fn no_role_logs_a_secret_or_personal_data_at_trace() {
                 &admin_password,
                 &totp_secret,
                 &admin_token,
+                &admin_email,
+                &rpc.url,
+                &rpc_key,
+                &pii_key,
+                &pii_index_key,
             ]),
         );
     }
     let log = std::fs::read_to_string(&user_log).unwrap();
-    check_log("user", &log, std::slice::from_ref(&payment_password));
+    check_log(
+        "user",
+        &log,
+        &secrets(&[&payment_password, &pii_key, &pii_index_key, &audit_key]),
+    );
     check_log(
         "user",
         &admin_created_log,
-        &secrets(&[&admin_password, &totp_secret]),
+        &secrets(&[
+            &admin_password,
+            &totp_secret,
+            &admin_email,
+            &pii_key,
+            &pii_index_key,
+        ]),
     );
     assert_eq!(ROLES.len(), 5);
     let _ = std::fs::remove_dir_all(&dir);

@@ -3,7 +3,10 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -258,6 +261,7 @@ fn api_deployment(platform: &WalletPlatform) -> Deployment {
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
+    vars.extend(pii_env(platform));
     vars.extend(liability_env(platform, false));
     if let Some(kyc) = &spec.api.kyc {
         vars.push(env("COFFER_KYC_DEFAULT_TIER", kyc.default_tier.as_str()));
@@ -315,6 +319,11 @@ fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
     let mut vars = common_env(platform, Component::Reconciler, METRICS_PORT);
     vars.push(env_interval(spec.reconciler.interval_seconds));
     vars.extend(liability_env(platform, true));
+    let heads = &spec.reconciler.audit_heads;
+    vars.push(env("COFFER_AUDIT_HEADS_PATH", AUDIT_HEADS_FILE));
+    if let Some(seconds) = heads.export_interval_seconds {
+        vars.push(env("COFFER_AUDIT_EXPORT_INTERVAL_SECONDS", seconds.to_string()));
+    }
     let workload = Workload {
         component: Component::Reconciler,
         args: vec!["reconciler".into()],
@@ -324,14 +333,63 @@ fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
         env: vars,
         resources: spec.reconciler.resources.clone(),
         labels: worker_labels(platform, Component::Reconciler),
-        mounts: Vec::new(),
+        mounts: vec![audit_heads_mount(heads)],
     };
     // Exactly one reconciler at any time, also during a rollout.
     deployment(platform, workload, Some(1), true)
 }
 
+/// Where the reconciler's audit heads export is mounted, and the file it appends to.
+pub const AUDIT_HEADS_DIR: &str = "/var/lib/coffer/audit-heads";
+const AUDIT_HEADS_FILE: &str = "/var/lib/coffer/audit-heads/heads.jsonl";
+
+/// The export's volume: the claim the spec names, else an emptyDir (lost with the pod).
+fn audit_heads_mount(spec: &crate::crd::AuditHeadsSpec) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: "audit-heads".into(),
+        persistent_volume_claim: spec
+            .claim_name
+            .as_ref()
+            .map(|claim| PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
+        empty_dir: spec.claim_name.is_none().then(EmptyDirVolumeSource::default),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "audit-heads".into(),
+        mount_path: AUDIT_HEADS_DIR.into(),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
+/// The keys that seal users' personal data: the api is the one workload that reads users.
+fn pii_env(platform: &WalletPlatform) -> Vec<EnvVar> {
+    let name = &platform.spec.pii_keys_secret_ref.name;
+    let key = |key: &str| crate::crd::SecretKeyRef {
+        name: name.clone(),
+        key: Some(key.into()),
+    };
+    let mut previous = secret_env("COFFER_PII_KEYS_PREVIOUS", &key("previous-keys"), "previous-keys");
+    // Only during a rotation: the pod starts without it.
+    if let Some(selector) = previous
+        .value_from
+        .as_mut()
+        .and_then(|source| source.secret_key_ref.as_mut())
+    {
+        selector.optional = Some(true);
+    }
+    vec![
+        secret_env("COFFER_PII_KEY", &key("key"), "key"),
+        secret_env("COFFER_PII_INDEX_KEY", &key("index-key"), "index-key"),
+        previous,
+    ]
+}
+
 /// The liabilities signing key (api and reconciler) and, for the reconciler, its schedule.
-fn liability_env(platform: &WalletPlatform, schedule: bool) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+fn liability_env(platform: &WalletPlatform, schedule: bool) -> Vec<EnvVar> {
     let Some(spec) = &platform.spec.liabilities else {
         return Vec::new();
     };
@@ -349,7 +407,7 @@ fn liability_env(platform: &WalletPlatform, schedule: bool) -> Vec<k8s_openapi::
     vars
 }
 
-fn env_interval(seconds: u32) -> k8s_openapi::api::core::v1::EnvVar {
+fn env_interval(seconds: u32) -> EnvVar {
     env("COFFER_RECONCILE_INTERVAL_SECONDS", seconds.to_string())
 }
 

@@ -13,9 +13,9 @@ pub use asset::{Asset, AssetSpec, AssetStatus};
 pub use listener::{ChainListener, ChainListenerSpec, ChainListenerStatus, ReplacementSpec};
 pub use network::{DependencyNetwork, NetworkPolicySpec};
 pub use platform::{
-    ApiSpec, AutoscalingSpec, ImagePullPolicy, LiabilitiesSpec, MongoDbSpec, ObservabilitySpec,
-    OutboxPublisherSpec, RabbitMqSpec, ReconcilerSpec, WalletPlatform, WalletPlatformSpec,
-    WalletPlatformStatus,
+    ApiSpec, AuditHeadsSpec, AutoscalingSpec, ImagePullPolicy, LiabilitiesSpec, MongoDbSpec,
+    ObservabilitySpec, OutboxPublisherSpec, PiiKeysSecretRef, RabbitMqSpec, ReconcilerSpec, WalletPlatform,
+    WalletPlatformSpec, WalletPlatformStatus,
 };
 
 use kube::KubeSchema;

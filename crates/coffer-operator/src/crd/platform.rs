@@ -51,6 +51,11 @@ pub struct WalletPlatformSpec {
     /// Secret holding the key that MACs audit records (`COFFER_AUDIT_KEY`: at least 32 random
     /// bytes, never in the database), given to every role; key defaults to `key`.
     pub audit_key_secret_ref: SecretKeyRef,
+    /// Secret with the keys that seal users' personal data (docs/security.md), given to the api
+    /// only (the one workload that reads users): key `key` (`COFFER_PII_KEY`), key `index-key`
+    /// (`COFFER_PII_INDEX_KEY`), each 64 hex digits of 32 random bytes, and during a rotation
+    /// `previous-keys` (`COFFER_PII_KEYS_PREVIOUS`, comma-separated; optional).
+    pub pii_keys_secret_ref: PiiKeysSecretRef,
     /// The REST/WebSocket API.
     #[serde(default)]
     pub api: ApiSpec,
@@ -73,6 +78,15 @@ pub struct WalletPlatformSpec {
     /// Stop applying changes (maintenance window); status keeps being reported.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// The Secret of the PII keys (its keys are fixed: `key`, `index-key`, `previous-keys`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PiiKeysSecretRef {
+    /// Name of the Secret (same namespace as the platform).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// When the kubelet pulls the image.
@@ -256,6 +270,28 @@ pub struct ReconcilerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::resources_schema")]
     pub resources: Option<ResourceRequirements>,
+    /// Where the reconciler appends every audit shard's MACed head (`COFFER_AUDIT_HEADS_PATH`,
+    /// a file under `/var/lib/coffer/audit-heads`), which `coffer audit verify --heads` checks
+    /// the chains against. Absent: an emptyDir, which a new pod starts empty.
+    #[serde(default)]
+    pub audit_heads: AuditHeadsSpec,
+}
+
+/// The volume of the audit heads export. Mount a place the database writer cannot edit: a
+/// PersistentVolumeClaim that no other workload mounts (ideally on retained, append-only or
+/// versioned storage), so that rewriting the database cannot rewrite the export too.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditHeadsSpec {
+    /// A PersistentVolumeClaim in the platform's namespace (ReadWriteOnce is enough: one
+    /// reconciler, replaced by recreation); absent: an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: Option<String>,
+    /// Seconds between exported lines (`COFFER_AUDIT_EXPORT_INTERVAL_SECONDS`); absent: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub export_interval_seconds: Option<u32>,
 }
 
 /// Proof-of-liabilities statements: who signs them and how often the reconciler publishes.
@@ -281,6 +317,7 @@ impl Default for ReconcilerSpec {
         ReconcilerSpec {
             interval_seconds: default_interval_seconds(),
             resources: None,
+            audit_heads: AuditHeadsSpec::default(),
         }
     }
 }

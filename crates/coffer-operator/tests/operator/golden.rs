@@ -120,3 +120,104 @@ fn workloads_mount_the_assets_directory_and_never_hash_it() {
     assert!(!rendered.contains("subPath"));
     assert!(!rendered.to_lowercase().contains("checksum"));
 }
+
+/// The Deployments of a rendered platform, by container name.
+fn deployments(rendered: &str) -> std::collections::BTreeMap<String, serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(rendered)
+        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+        .filter(|object| object["kind"] == "Deployment")
+        .map(|object| {
+            let container = object["spec"]["template"]["spec"]["containers"][0].clone();
+            (container["name"].as_str().unwrap().to_string(), object)
+        })
+        .collect()
+}
+
+fn env_names(deployment: &serde_yaml::Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|var| var["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_pii_keys_reach_the_api_alone_and_only_from_a_secret() {
+    for fixture_name in ["minimal.yaml", "full.yaml"] {
+        let resources = fixture(fixture_name);
+        let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+        for (name, deployment) in deployments(&rendered) {
+            let vars = deployment["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+            let pii: Vec<&serde_yaml::Value> = vars
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter(|var| var["name"].as_str().unwrap().starts_with("COFFER_PII_"))
+                .collect();
+            if name != "api" {
+                assert!(pii.is_empty(), "{fixture_name}: {name} gets PII keys");
+                continue;
+            }
+            assert_eq!(pii.len(), 3, "{fixture_name}: key, index key, previous keys");
+            for var in pii {
+                assert!(var.get("value").is_none(), "{fixture_name}: a literal PII key");
+                let reference = &var["valueFrom"]["secretKeyRef"];
+                assert_eq!(
+                    reference["name"],
+                    resources.platforms[0].spec.pii_keys_secret_ref.name.as_str()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_reconciler_alone_mounts_the_audit_heads_export_on_its_claim_or_an_empty_dir() {
+    for (fixture_name, claim) in [("minimal.yaml", None), ("full.yaml", Some("coffer-audit-heads"))] {
+        let resources = fixture(fixture_name);
+        let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+        for (name, deployment) in deployments(&rendered) {
+            let pod = &deployment["spec"]["template"]["spec"];
+            let volume = pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "audit-heads");
+            let exports = env_names(&deployment).contains(&"COFFER_AUDIT_HEADS_PATH".to_string());
+            if name != "reconciler" {
+                assert!(
+                    volume.is_none() && !exports,
+                    "{fixture_name}: {name} has the export"
+                );
+                continue;
+            }
+            let volume = volume.expect("the reconciler's export volume");
+            match claim {
+                Some(claim) => assert_eq!(volume["persistentVolumeClaim"]["claimName"], claim),
+                None => assert!(volume.get("emptyDir").is_some(), "{volume:?}"),
+            }
+            let mount = pod["containers"][0]["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "audit-heads")
+                .expect("mounted")
+                .clone();
+            let path = pod["containers"][0]["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "COFFER_AUDIT_HEADS_PATH")
+                .unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                path.starts_with(&format!("{}/", mount["mountPath"].as_str().unwrap())),
+                "{path}"
+            );
+        }
+    }
+}
