@@ -44,6 +44,10 @@ pub struct AssetSpec {
     /// Caps of payment-rail deposits by rail name (`payment`); a rail absent here is uncapped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rails: BTreeMap<String, RailSpec>,
+    /// A block explorer's page of a chain transaction, `https://…{tx_hash}…` (the support
+    /// console links chain references with it); absent: no link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explorer_tx_url: Option<String>,
 }
 
 /// The transfer policy of an asset as written in the file; each rule is off when absent.
@@ -108,6 +112,22 @@ pub struct AssetConfig {
     pub two_person_review_above: Option<Amount>,
     pub two_person_adjustment_above: Option<Amount>,
     pub rails: BTreeMap<String, RailLimits>,
+    /// `https://…{tx_hash}…`: a chain transaction's page on a block explorer.
+    pub explorer_tx_url: Option<String>,
+}
+
+/// The placeholder of [`AssetConfig::explorer_tx_url`].
+pub const EXPLORER_TX_PLACEHOLDER: &str = "{tx_hash}";
+/// The longest explorer URL template.
+pub const EXPLORER_URL_CHARS_MAX: usize = 200;
+
+impl AssetConfig {
+    /// The explorer page of chain transaction `tx_hash`, if the asset names an explorer.
+    pub fn explorer_link(&self, tx_hash: &str) -> Option<String> {
+        let hash_ok = tx_hash.len() == 66 && tx_hash.starts_with("0x") && tx_hash[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let template = self.explorer_tx_url.as_deref().filter(|_| hash_ok)?;
+        Some(template.replace(EXPLORER_TX_PLACEHOLDER, tx_hash))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -130,6 +150,8 @@ pub enum AssetError {
     Rail { symbol: String, rail: String },
     #[error("asset {0} is declared twice")]
     Duplicate(String),
+    #[error("asset {symbol}: explorer_tx_url must be an https:// URL of at most 200 characters containing {{tx_hash}}")]
+    ExplorerUrl { symbol: String },
 }
 
 impl AssetSpec {
@@ -178,7 +200,19 @@ impl AssetSpec {
             two_person_review_above: None,
             two_person_adjustment_above: None,
             rails: BTreeMap::new(),
+            explorer_tx_url: self.explorer_tx_url.clone(),
         };
+        if let Some(url) = &self.explorer_tx_url {
+            let url_ok = url.starts_with("https://")
+                && url.contains(EXPLORER_TX_PLACEHOLDER)
+                && url.chars().count() <= EXPLORER_URL_CHARS_MAX
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
+            if !url_ok {
+                return Err(AssetError::ExplorerUrl {
+                    symbol: symbol.clone(),
+                });
+            }
+        }
         let optional =
             |field: &'static str, text: &Option<String>| text.as_deref().map(|t| limit(field, t)).transpose();
         let transfer = self.transfer.clone().unwrap_or_default();

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{adjustment_error, ApiError, ApiResult, Problem};
-use crate::extract::{PageLimit, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::{time, TransactionView};
 use crate::ApiContext;
@@ -67,7 +67,7 @@ pub struct AdjustmentView {
 }
 
 impl AdjustmentView {
-    fn from_doc(a: &AdjustmentDoc) -> Self {
+    pub(crate) fn from_doc(a: &AdjustmentDoc) -> Self {
         AdjustmentView {
             id: a.id.clone(),
             wallet_id: a.wallet_id.clone(),
@@ -116,6 +116,16 @@ pub async fn propose_adjustment(
     ValidJson(body): ValidJson<ProposeAdjustmentRequest>,
 ) -> ApiResult<(StatusCode, Json<AdjustmentView>)> {
     idempotency_key(&headers)?;
+    let adjustment = propose(&ctx, &principal, body).await?;
+    Ok((StatusCode::CREATED, Json(AdjustmentView::from_doc(&adjustment))))
+}
+
+/// Validates and stores a proposal, audited (the API and the console both call it).
+pub(crate) async fn propose(
+    ctx: &ApiContext,
+    principal: &Principal,
+    body: ProposeAdjustmentRequest,
+) -> ApiResult<AdjustmentDoc> {
     let reason = reason(&body.reason)?;
     let wallet = ctx.store().wallet_by_id(&body.wallet_id).await?;
     let wallet = wallet
@@ -139,8 +149,7 @@ pub async fn propose_adjustment(
     };
     let details = json!({ "wallet_id": &proposal.wallet_id, "direction": direction_name, "amount_atomic": amount.to_string() });
     let audit = Audit::new(&principal.user_id, actions::ADJUSTMENT_PROPOSED).with_details(details);
-    let adjustment = ctx.store().propose_adjustment(proposal, audit).await?;
-    Ok((StatusCode::CREATED, Json(AdjustmentView::from_doc(&adjustment))))
+    Ok(ctx.store().propose_adjustment(proposal, audit).await?)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -218,21 +227,30 @@ pub async fn approve_adjustment(
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<Json<ApprovedAdjustment>> {
     idempotency_key(&headers)?;
-    let reason = reason(&body.reason)?;
-    let (adjustment, tx) = ctx
-        .store()
+    let (adjustment, tx) = approve(&ctx, &principal, &id, &body.reason).await?;
+    Ok(Json(ApprovedAdjustment {
+        adjustment: AdjustmentView::from_doc(&adjustment),
+        transaction: TransactionView::from_doc(&tx),
+    }))
+}
+
+/// Approves and posts adjustment `id`, audited (the API and the console both call it).
+pub(crate) async fn approve(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+) -> ApiResult<(AdjustmentDoc, coffer_store::TransactionDoc)> {
+    let reason = reason(reason_text)?;
+    ctx.store()
         .approve_adjustment(
-            &id,
+            id,
             &principal.user_id,
             &reason,
             Audit::new(&principal.user_id, actions::ADJUSTMENT_APPROVED),
         )
         .await
-        .map_err(adjustment_error)?;
-    Ok(Json(ApprovedAdjustment {
-        adjustment: AdjustmentView::from_doc(&adjustment),
-        transaction: TransactionView::from_doc(&tx),
-    }))
+        .map_err(adjustment_error)
 }
 
 /// Reject an adjustment (admin); nothing moves.
@@ -249,16 +267,25 @@ pub async fn reject_adjustment(
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<Json<AdjustmentView>> {
     idempotency_key(&headers)?;
-    let reason = reason(&body.reason)?;
-    let adjustment = ctx
-        .store()
+    let adjustment = reject(&ctx, &principal, &id, &body.reason).await?;
+    Ok(Json(AdjustmentView::from_doc(&adjustment)))
+}
+
+/// Rejects adjustment `id`, audited (the API and the console both call it).
+pub(crate) async fn reject(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+) -> ApiResult<AdjustmentDoc> {
+    let reason = reason(reason_text)?;
+    ctx.store()
         .reject_adjustment(
-            &id,
+            id,
             &principal.user_id,
             &reason,
             Audit::new(&principal.user_id, actions::ADJUSTMENT_REJECTED),
         )
         .await
-        .map_err(adjustment_error)?;
-    Ok(Json(AdjustmentView::from_doc(&adjustment)))
+        .map_err(adjustment_error)
 }

@@ -127,17 +127,28 @@ async fn decide(
     decision: ReviewDecision,
 ) -> ApiResult<Json<TransactionView>> {
     idempotency_key(headers)?;
-    let reason = reason(&body.reason)?;
+    let tx = decide_review(ctx, principal, id, &body.reason, decision).await?;
+    Ok(Json(TransactionView::from_doc(&tx)))
+}
+
+/// Applies a review decision, audited (the API and the console both call it).
+pub(crate) async fn decide_review(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+    decision: ReviewDecision,
+) -> ApiResult<coffer_store::TransactionDoc> {
+    let reason = reason(reason_text)?;
     let action = match decision {
         ReviewDecision::Approve => actions::REVIEW_APPROVED,
         ReviewDecision::Reject => actions::REVIEW_REJECTED,
     };
     let audit = coffer_store::audit::Audit::new(&principal.user_id, action);
-    let tx = ctx
+    Ok(ctx
         .store()
         .decide_review(id, decision, &principal.user_id, &reason, audit)
-        .await?;
-    Ok(Json(TransactionView::from_doc(&tx)))
+        .await?)
 }
 
 /// Approve a withdrawal in manual review: it goes on to broadcast (admin).
