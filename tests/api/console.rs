@@ -159,10 +159,13 @@ async fn a_support_user_finds_a_stuck_withdrawal_and_sees_its_timeline() {
         .click(&format!("a[href='/console/transactions/{withdrawal}']"))
         .await;
     assert!(browser.url().await.ends_with(&format!("/console/transactions/{withdrawal}")));
-    let timeline = browser.text_of("#timeline").await;
-    let created = timeline.find("created").expect("created in the timeline");
-    let waiting = timeline.find("pending broadcast").expect("pending broadcast in the timeline");
-    assert!(created < waiting, "oldest first: {timeline}");
+    // Oldest first: created, then created → pending broadcast.
+    assert_eq!(browser.count("ol.timeline li").await, 2);
+    let first = browser.text_of("ol.timeline li:first-child").await;
+    let last = browser.text_of("ol.timeline li:last-child").await;
+    assert!(first.starts_with("created\n") && first.contains("requested"), "{first}");
+    assert!(last.starts_with("created → pending broadcast"), "{last}");
+    assert!(last.contains("funds held"), "the cause: {last}");
     let summary = browser.text().await;
     assert!(summary.contains("pending broadcast since"), "{summary}");
     let ledger = browser.text_of("#ledger").await;
