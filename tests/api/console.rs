@@ -63,7 +63,11 @@ fn csrf_in(page: &str) -> String {
     page[start..].split('"').next().unwrap().to_string()
 }
 
-async fn http_sign_in(app: &TestApp, account: &StaffAccount, code: &str) -> (reqwest::Response, Option<Http>) {
+async fn http_sign_in(
+    app: &TestApp,
+    account: &StaffAccount,
+    code: &str,
+) -> (reqwest::Response, Option<Http>) {
     let client = no_redirects();
     let form = [
         ("email", account.email.as_str()),
@@ -79,7 +83,13 @@ async fn http_sign_in(app: &TestApp, account: &StaffAccount, code: &str) -> (req
     let Some(set_cookie) = reply.headers().get(header::SET_COOKIE).cloned() else {
         return (reply, None);
     };
-    let cookie = set_cookie.to_str().unwrap().split(';').next().unwrap().to_string();
+    let cookie = set_cookie
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let home = client
         .get(app.url("/console"))
         .header(header::COOKIE, &cookie)
@@ -108,7 +118,13 @@ impl Http {
     }
 
     /// POSTs `form`, with this session's CSRF token when `csrf` is set, and extra `headers`.
-    async fn post(&self, path: &str, form: &[(&str, &str)], csrf: Option<&str>, headers: &[(&str, &str)]) -> StatusCode {
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        csrf: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> StatusCode {
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         if let Some(token) = csrf {
             fields.push(("csrf", token));
@@ -150,34 +166,60 @@ async fn a_support_user_finds_a_stuck_withdrawal_and_sees_its_timeline() {
 
     browser.type_into("#q", &alice.email).await;
     browser.click("#find").await;
-    assert!(browser.url().await.ends_with(&format!("/console/users/{}", alice.id)));
+    assert!(browser
+        .url()
+        .await
+        .ends_with(&format!("/console/users/{}", alice.id)));
     let row = browser.text_of(&format!("#wallet-{wallet}")).await;
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..4], ["ETH", "3.5", "0", "1.5"], "available, pending, held: {row}");
+    assert_eq!(
+        &cells[..4],
+        ["ETH", "3.5", "0", "1.5"],
+        "available, pending, held: {row}"
+    );
 
     browser
         .click(&format!("a[href='/console/transactions/{withdrawal}']"))
         .await;
-    assert!(browser.url().await.ends_with(&format!("/console/transactions/{withdrawal}")));
+    assert!(browser
+        .url()
+        .await
+        .ends_with(&format!("/console/transactions/{withdrawal}")));
     // Oldest first: created, then created → pending broadcast.
     assert_eq!(browser.count("ol.timeline li").await, 2);
     let first = browser.text_of("ol.timeline li:first-child").await;
     let last = browser.text_of("ol.timeline li:last-child").await;
-    assert!(first.starts_with("created\n") && first.contains("requested"), "{first}");
+    assert!(
+        first.starts_with("created\n") && first.contains("requested"),
+        "{first}"
+    );
     assert!(last.starts_with("created → pending broadcast"), "{last}");
     assert!(last.contains("funds held"), "the cause: {last}");
     let summary = browser.text().await;
     assert!(summary.contains("pending broadcast since"), "{summary}");
     let ledger = browser.text_of("#ledger").await;
-    assert!(ledger.contains("available") && ledger.contains("-1.5"), "{ledger}");
+    assert!(
+        ledger.contains("available") && ledger.contains("-1.5"),
+        "{ledger}"
+    );
     assert!(ledger.contains("held") && ledger.contains("1.5"), "{ledger}");
 
     // The transaction id and the deposit-free wallet id find the same things.
-    browser.goto(&app.url(&format!("/console/find?q={withdrawal}"))).await;
-    assert!(browser.url().await.ends_with(&format!("/console/transactions/{withdrawal}")));
+    browser
+        .goto(&app.url(&format!("/console/find?q={withdrawal}")))
+        .await;
+    assert!(browser
+        .url()
+        .await
+        .ends_with(&format!("/console/transactions/{withdrawal}")));
     browser.goto(&app.url(&format!("/console/find?q={wallet}"))).await;
-    assert!(browser.url().await.ends_with(&format!("/console/users/{}", alice.id)));
-    browser.goto(&app.url("/console/find?q=nobody%40example.com")).await;
+    assert!(browser
+        .url()
+        .await
+        .ends_with(&format!("/console/users/{}", alice.id)));
+    browser
+        .goto(&app.url("/console/find?q=nobody%40example.com"))
+        .await;
     assert!(browser.text().await.contains("Nothing matches"));
 
     // Read like the API's twin: each view is audited.
@@ -201,7 +243,11 @@ async fn a_finance_user_proposes_an_adjustment_that_an_admin_approves_and_the_ba
     browser.type_into("#reason", "goodwill credit, ticket 4711").await;
     browser.click("#propose-submit").await;
     assert!(browser.text().await.contains("Adjustment proposed"));
-    assert_eq!(browser.count("button.approve").await, 0, "finance does not approve");
+    assert_eq!(
+        browser.count("button.approve").await,
+        0,
+        "finance does not approve"
+    );
     let proposed = app
         .store
         .adjustments(Some(coffer_store::adjustments::AdjustmentStatus::Proposed), 10)
@@ -210,7 +256,11 @@ async fn a_finance_user_proposes_an_adjustment_that_an_admin_approves_and_the_ba
     assert_eq!(proposed.len(), 1);
     let id = proposed[0].id.clone();
     assert_eq!(proposed[0].proposed_by, finance.id);
-    assert_eq!(app.wallet(&alice, &wallet).await["available"], "5", "nothing moved yet");
+    assert_eq!(
+        app.wallet(&alice, &wallet).await["available"],
+        "5",
+        "nothing moved yet"
+    );
 
     browser.click("form.signout button").await;
     assert!(browser.url().await.contains("/console/sign-in"));
@@ -219,10 +269,12 @@ async fn a_finance_user_proposes_an_adjustment_that_an_admin_approves_and_the_ba
     browser
         .type_into(&format!("#reason-{id}"), "checked the ticket")
         .await;
-    browser
-        .click(&format!("#adjustment-{id} button.approve"))
-        .await;
-    assert!(browser.text().await.contains("Approved."), "{}", browser.text().await);
+    browser.click(&format!("#adjustment-{id} button.approve")).await;
+    assert!(
+        browser.text().await.contains("Approved."),
+        "{}",
+        browser.text().await
+    );
 
     assert_eq!(app.wallet(&alice, &wallet).await["available"], "7.5");
     let decided = app.store.adjustment(&id).await.unwrap().unwrap();
@@ -249,7 +301,10 @@ async fn a_support_user_cannot_see_the_approve_button_and_a_forged_post_is_refus
     assert_eq!(browser.count("a[href='/console/adjustments']").await, 0);
 
     // The session cookie: HttpOnly (script cannot read it), SameSite=Strict, only under /console.
-    let cookie = browser.cookie("coffer_console").await.expect("the session cookie");
+    let cookie = browser
+        .cookie("coffer_console")
+        .await
+        .expect("the session cookie");
     assert_eq!(cookie["httpOnly"], true);
     assert_eq!(cookie["sameSite"], "Strict");
     assert_eq!(cookie["path"], "/console");
@@ -268,7 +323,9 @@ async fn a_support_user_cannot_see_the_approve_button_and_a_forged_post_is_refus
     let status = forged.post(&path, &reason, Some(&token), &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let propose = [("wallet_id", wallet.as_str()), ("amount", "100"), ("reason", "x")];
-    let status = forged.post("/console/adjustments", &propose, Some(&token), &[]).await;
+    let status = forged
+        .post("/console/adjustments", &propose, Some(&token), &[])
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(state_of(&app, &review).await, TxState::ManualReview);
 
@@ -276,17 +333,35 @@ async fn a_support_user_cannot_see_the_approve_button_and_a_forged_post_is_refus
     let admin = app.staff_account(Role::Admin).await;
     let (_, admin_http) = http_sign_in(&app, &admin, &admin.code()).await;
     let admin_http = admin_http.expect("the admin signs in");
-    assert_eq!(admin_http.post(&path, &reason, None, &[]).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        admin_http.post(&path, &reason, None, &[]).await,
+        StatusCode::FORBIDDEN
+    );
     let support_token = Some(token.as_str());
-    assert_eq!(admin_http.post(&path, &reason, support_token, &[]).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        admin_http.post(&path, &reason, support_token, &[]).await,
+        StatusCode::FORBIDDEN
+    );
     let own = Some(admin_http.csrf.as_str());
     let other_site = [("origin", "https://evil.example")];
-    assert_eq!(admin_http.post(&path, &reason, own, &other_site).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        admin_http.post(&path, &reason, own, &other_site).await,
+        StatusCode::FORBIDDEN
+    );
     let cross_site = [("sec-fetch-site", "cross-site")];
-    assert_eq!(admin_http.post(&path, &reason, own, &cross_site).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        admin_http.post(&path, &reason, own, &cross_site).await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(state_of(&app, &review).await, TxState::ManualReview);
-    let same_site = [("origin", admin_http.base.trim_end_matches('/')), ("sec-fetch-site", "same-origin")];
-    assert_eq!(admin_http.post(&path, &reason, own, &same_site).await, StatusCode::SEE_OTHER);
+    let same_site = [
+        ("origin", admin_http.base.trim_end_matches('/')),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    assert_eq!(
+        admin_http.post(&path, &reason, own, &same_site).await,
+        StatusCode::SEE_OTHER
+    );
     assert_eq!(state_of(&app, &review).await, TxState::PendingBroadcast);
     assert_eq!(audited(&app, "review.approved", &review).await, 1);
     browser.close().await;
@@ -299,7 +374,10 @@ async fn assert_fits(browser: &Browser, page: &str) {
         .await;
     let (scroll, inner) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
     assert!(inner <= 400, "a phone's width, not {inner}");
-    assert!(scroll <= inner, "{page} is {scroll} px wide in a {inner} px window");
+    assert!(
+        scroll <= inner,
+        "{page} is {scroll} px wide in a {inner} px window"
+    );
 }
 
 #[tokio::test]
@@ -308,10 +386,17 @@ async fn console_pages_stay_usable_at_a_phone_width() {
     let (alice, wallet) = funded_user(&app, "5").await;
     let review = withdrawal_in_review(&app, &alice, &wallet, "2").await;
     let finance = app.staff(Role::Finance).await;
-    let proposal = json!({ "wallet_id": wallet, "amount": "-0.25", "reason": "fee refund reversed, ticket 812" });
+    let proposal =
+        json!({ "wallet_id": wallet, "amount": "-0.25", "reason": "fee refund reversed, ticket 812" });
     let key = uuid::Uuid::new_v4().to_string();
     let proposed = app
-        .send("POST", "/v1/admin/adjustments", Some(&finance.access_token), Some(&key), Some(&proposal))
+        .send(
+            "POST",
+            "/v1/admin/adjustments",
+            Some(&finance.access_token),
+            Some(&key),
+            Some(&proposal),
+        )
         .await;
     assert_eq!(proposed.status, StatusCode::CREATED, "{:?}", proposed.body);
     let admin = app.staff_account(Role::Admin).await;
@@ -323,7 +408,11 @@ async fn console_pages_stay_usable_at_a_phone_width() {
     browser.click("#run-now").await;
     let started = std::time::Instant::now();
     while !browser.text().await.contains("Your reconciliation finished") {
-        assert!(started.elapsed() < Duration::from_secs(120), "{}", browser.text().await);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{}",
+            browser.text().await
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     browser.find("#runs").await;
@@ -332,7 +421,9 @@ async fn console_pages_stay_usable_at_a_phone_width() {
     browser.wait_for("#shards", Duration::from_secs(60)).await;
     assert!(browser.text().await.contains("The audit trail is intact"));
 
-    let run = app.store.reconciliation_runs(None, 1).await.unwrap().items[0].id.clone();
+    let run = app.store.reconciliation_runs(None, 1).await.unwrap().items[0]
+        .id
+        .clone();
     let pages = [
         ("home", "/console".to_string()),
         ("user", format!("/console/users/{}", alice.id)),
@@ -396,14 +487,21 @@ async fn console_sessions_live_in_the_database_and_every_page_has_strict_headers
     let home = http.get("/console").await;
     let headers = home.headers();
     let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-    for directive in ["default-src 'self'", "script-src 'none'", "frame-ancestors 'none'"] {
+    for directive in [
+        "default-src 'self'",
+        "script-src 'none'",
+        "frame-ancestors 'none'",
+    ] {
         assert!(csp.contains(directive), "{directive} in {csp}");
     }
     assert!(!csp.contains("unsafe-inline"));
     assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
     assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     let page = home.text().await.unwrap();
-    assert!(!page.contains("<script") && !page.contains("style="), "no inline script or style");
+    assert!(
+        !page.contains("<script") && !page.contains("style="),
+        "no inline script or style"
+    );
 
     // Another replica serves the same session; signing out there ends it here too.
     let on_replica = Http {
@@ -414,10 +512,16 @@ async fn console_sessions_live_in_the_database_and_every_page_has_strict_headers
     };
     assert_eq!(on_replica.get("/console/reviews").await.status(), StatusCode::OK);
     let csrf = Some(http.csrf.as_str());
-    assert_eq!(on_replica.post("/console/sign-out", &[], csrf, &[]).await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        on_replica.post("/console/sign-out", &[], csrf, &[]).await,
+        StatusCode::SEE_OTHER
+    );
     let after = http.get("/console/reviews").await;
     assert_eq!(after.status(), StatusCode::SEE_OTHER);
-    assert!(after.headers()[header::LOCATION].to_str().unwrap().starts_with("/console/sign-in"));
+    assert!(after.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .starts_with("/console/sign-in"));
 
     // A forged cookie (another session id under the same MAC) is no session.
     let (id, mac) = http.cookie.split_once('.').unwrap();

@@ -124,7 +124,9 @@ pub const EXPLORER_URL_CHARS_MAX: usize = 200;
 impl AssetConfig {
     /// The explorer page of chain transaction `tx_hash`, if the asset names an explorer.
     pub fn explorer_link(&self, tx_hash: &str) -> Option<String> {
-        let hash_ok = tx_hash.len() == 66 && tx_hash.starts_with("0x") && tx_hash[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let hash_ok = tx_hash.len() == 66
+            && tx_hash.starts_with("0x")
+            && tx_hash[2..].bytes().all(|b| b.is_ascii_hexdigit());
         let template = self.explorer_tx_url.as_deref().filter(|_| hash_ok)?;
         Some(template.replace(EXPLORER_TX_PLACEHOLDER, tx_hash))
     }
@@ -206,7 +208,9 @@ impl AssetSpec {
             let url_ok = url.starts_with("https://")
                 && url.contains(EXPLORER_TX_PLACEHOLDER)
                 && url.chars().count() <= EXPLORER_URL_CHARS_MAX
-                && !url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
+                && !url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
             if !url_ok {
                 return Err(AssetError::ExplorerUrl {
                     symbol: symbol.clone(),
@@ -331,6 +335,34 @@ mod tests {
             AssetCatalog::from_specs(&file.assets),
             Err(AssetError::Duplicate("ETH".into()))
         );
+    }
+
+    #[test]
+    fn an_explorer_template_links_a_chain_hash_and_a_bad_one_is_refused() {
+        let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
+        let hash = format!("0x{}", "ab".repeat(32));
+        let eth = file.assets[0].validate().unwrap();
+        assert_eq!(eth.explorer_link(&hash), None, "no template: no link");
+        file.assets[0].explorer_tx_url = Some("https://explorer.example/tx/{tx_hash}".into());
+        let eth = file.assets[0].validate().unwrap();
+        assert_eq!(
+            eth.explorer_link(&hash).as_deref(),
+            Some(format!("https://explorer.example/tx/{hash}").as_str())
+        );
+        assert_eq!(eth.explorer_link("0x1234"), None, "only a whole transaction hash");
+        for bad in [
+            "http://explorer.example/tx/{tx_hash}",
+            "https://explorer.example/tx/",
+            "https://explorer.example/tx/{tx_hash}\" onclick=\"x",
+            "javascript:alert(1)//{tx_hash}",
+        ] {
+            file.assets[0].explorer_tx_url = Some(bad.into());
+            assert_eq!(
+                file.assets[0].validate(),
+                Err(AssetError::ExplorerUrl { symbol: "ETH".into() }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

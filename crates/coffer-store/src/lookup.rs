@@ -6,8 +6,8 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use crate::chain::{ChainDepositDoc, DepositAddressDoc};
 use crate::chain::collections::{CHAIN_DEPOSITS, DEPOSIT_ADDRESSES};
+use crate::chain::{ChainDepositDoc, DepositAddressDoc};
 use crate::collections::TRANSACTIONS;
 use crate::{Store, StoreError};
 
@@ -72,7 +72,10 @@ impl Store {
     }
 
     /// The deposit address `address` (any case), if it is one of ours.
-    pub async fn deposit_address_record(&self, address: &str) -> Result<Option<DepositAddressDoc>, StoreError> {
+    pub async fn deposit_address_record(
+        &self,
+        address: &str,
+    ) -> Result<Option<DepositAddressDoc>, StoreError> {
         Ok(self
             .collection::<DepositAddressDoc>(DEPOSIT_ADDRESSES)
             .find_one(doc! { "_id": address.to_lowercase() })

@@ -63,7 +63,10 @@ impl Browser {
                     break;
                 }
             }
-            assert!(started.elapsed() < START_TIMEOUT, "chromedriver did not start on port {port}");
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "chromedriver did not start on port {port}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let profile = std::env::temp_dir().join(format!("coffer-chromium-{}", uuid::Uuid::new_v4().simple()));
@@ -114,7 +117,10 @@ impl Browser {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let reply = request.send().await.unwrap_or_else(|e| panic!("WebDriver {path}: {e}"));
+        let reply = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"));
         let status = reply.status();
         let body: Value = reply.json().await.unwrap_or_default();
         assert!(status.is_success(), "WebDriver {path} failed ({status}): {body}");
@@ -134,10 +140,15 @@ impl Browser {
         self.post("/window/rect", json!({ "width": width, "height": height }))
             .await;
         // The window's frame may take some of the size: grow it until the viewport fits.
-        let inner = self.execute("return [window.innerWidth, window.innerHeight];").await;
+        let inner = self
+            .execute("return [window.innerWidth, window.innerHeight];")
+            .await;
         let (w, h) = (inner[0].as_u64().unwrap_or(0), inner[1].as_u64().unwrap_or(0));
         if w != u64::from(width) || h != u64::from(height) {
-            let (dw, dh) = (u64::from(width).saturating_sub(w), u64::from(height).saturating_sub(h));
+            let (dw, dh) = (
+                u64::from(width).saturating_sub(w),
+                u64::from(height).saturating_sub(h),
+            );
             let rect = json!({ "width": u64::from(width) + dw, "height": u64::from(height) + dh });
             self.post("/window/rect", rect).await;
         }
@@ -252,7 +263,10 @@ impl Browser {
         let started = Instant::now();
         while self.count(css).await == 0 {
             if started.elapsed() > timeout {
-                panic!("{css:?} did not appear within {timeout:?}:\n{}", self.text().await);
+                panic!(
+                    "{css:?} did not appear within {timeout:?}:\n{}",
+                    self.text().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

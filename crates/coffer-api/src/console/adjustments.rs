@@ -107,7 +107,12 @@ async fn list(
         }
     };
     let notice = Notice::from_code(query.notice.as_deref());
-    Ok(layout::respond(layout::page("Adjustments", Some(&staff), notice, body)))
+    Ok(layout::respond(layout::page(
+        "Adjustments",
+        Some(&staff),
+        notice,
+        body,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -138,7 +143,9 @@ async fn approve(
     CsrfForm(form): CsrfForm<ReasonForm>,
 ) -> ConsoleResult<Response> {
     crate::admin::adjustments::approve(&ctx, &staff.principal, &id, &form.reason).await?;
-    Ok(super::see_other("/console/adjustments?status=approved&notice=approved"))
+    Ok(super::see_other(
+        "/console/adjustments?status=approved&notice=approved",
+    ))
 }
 
 async fn reject(
@@ -148,5 +155,7 @@ async fn reject(
     CsrfForm(form): CsrfForm<ReasonForm>,
 ) -> ConsoleResult<Response> {
     crate::admin::adjustments::reject(&ctx, &staff.principal, &id, &form.reason).await?;
-    Ok(super::see_other("/console/adjustments?status=rejected&notice=rejected"))
+    Ok(super::see_other(
+        "/console/adjustments?status=rejected&notice=rejected",
+    ))
 }

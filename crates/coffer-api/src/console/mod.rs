@@ -42,7 +42,8 @@ const CSS: &str = include_str!("console.css");
 
 /// `Content-Security-Policy` of every console response: only this origin's stylesheet; no
 /// script, no inline style, no frames, forms post only here.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; \
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The console's routes, feature by feature, with the security headers on every response.

@@ -160,7 +160,9 @@ async fn run_now(
             tracing::error!(code = error.code(), error = %error, "console reconciliation failed");
         }
     });
-    Ok(super::see_other(&format!("/console/reconciliations?waiting={since_ms}")))
+    Ok(super::see_other(&format!(
+        "/console/reconciliations?waiting={since_ms}"
+    )))
 }
 
 async fn run_page(
@@ -211,7 +213,12 @@ async fn run_page(
             p { a href="/console/reconciliations" { "All runs" } }
         }
     };
-    Ok(layout::respond(layout::page("Reconciliation run", Some(&staff), None, body)))
+    Ok(layout::respond(layout::page(
+        "Reconciliation run",
+        Some(&staff),
+        None,
+        body,
+    )))
 }
 
 async fn audit_page(staff: Staff<Operators>) -> Response {
@@ -233,14 +240,23 @@ async fn verifying(staff: Staff<Operators>) -> Response {
         }
     };
     let refresh = Some((0, "/console/audit/result"));
-    layout::respond(layout::page_with_refresh("Verifying", Some(&staff), None, refresh, body))
+    layout::respond(layout::page_with_refresh(
+        "Verifying",
+        Some(&staff),
+        None,
+        refresh,
+        body,
+    ))
 }
 
 async fn audit_result(State(ctx): State<ApiContext>, staff: Staff<Operators>) -> ConsoleResult<Response> {
     let report = crate::admin::operations::verify(&ctx).await?;
     let view = AuditVerificationView::from_report(&report);
     let notice = if view.valid {
-        Notice::ok(format!("The audit trail is intact: {} records verified.", view.records_checked))
+        Notice::ok(format!(
+            "The audit trail is intact: {} records verified.",
+            view.records_checked
+        ))
     } else {
         Notice::error("The audit trail is broken: see the first break below and follow the runbook (docs/runbook.md, audit chain).")
     };
@@ -267,5 +283,10 @@ async fn audit_result(State(ctx): State<ApiContext>, staff: Staff<Operators>) ->
             p { a.button href="/console/audit/verifying" { "Verify again" } }
         }
     };
-    Ok(layout::respond(layout::page("Audit", Some(&staff), Some(notice), body)))
+    Ok(layout::respond(layout::page(
+        "Audit",
+        Some(&staff),
+        Some(notice),
+        body,
+    )))
 }

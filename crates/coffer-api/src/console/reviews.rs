@@ -76,7 +76,12 @@ async fn queue(
         }
     };
     let notice = Notice::from_code(query.notice.as_deref());
-    Ok(layout::respond(layout::page("Review queue", Some(&staff), notice, body)))
+    Ok(layout::respond(layout::page(
+        "Review queue",
+        Some(&staff),
+        notice,
+        body,
+    )))
 }
 
 #[derive(Deserialize)]

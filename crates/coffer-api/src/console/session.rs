@@ -240,9 +240,9 @@ async fn form_text(request: Request, ctx: &ApiContext) -> ConsoleResult<String> 
 
 fn parse_form<T: DeserializeOwned>(text: &str) -> ConsoleResult<T> {
     crate::extract::parse_query(text).map_err(|e| match e {
-        ApiError::BadRequest { field: Some(field), .. } => {
-            ConsoleError::BadForm(format!("the field {field} is missing or invalid"))
-        }
+        ApiError::BadRequest {
+            field: Some(field), ..
+        } => ConsoleError::BadForm(format!("the field {field} is missing or invalid")),
         _ => ConsoleError::BadForm("a field is missing or invalid".into()),
     })
 }
@@ -279,7 +279,11 @@ fn sign_in_form(status: StatusCode, notice: Option<Notice>, email: &str) -> Resp
             button #sign-in type="submit" { "Sign in" }
         }
     };
-    (status, layout::respond(layout::page("Sign in", None, notice, body))).into_response()
+    (
+        status,
+        layout::respond(layout::page("Sign in", None, notice, body)),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

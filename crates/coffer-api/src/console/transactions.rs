@@ -117,7 +117,9 @@ fn age(rfc3339: &str) -> String {
     let Ok(at) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
         return String::new();
     };
-    let seconds = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let seconds = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     match seconds {
         0..=119 => format!("{seconds} s ago"),
         120..=7199 => format!("{} min ago", seconds / 60),

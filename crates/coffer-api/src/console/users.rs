@@ -37,9 +37,11 @@ async fn user_page(
 ) -> ConsoleResult<Response> {
     let cursor = match query.cursor.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(crate::extract::parse_query::<CursorOnly>(&format!("cursor={text}"))
-            .map_err(|_| ConsoleError::BadForm("the page link is not valid".into()))?
-            .cursor),
+        Some(text) => Some(
+            crate::extract::parse_query::<CursorOnly>(&format!("cursor={text}"))
+                .map_err(|_| ConsoleError::BadForm("the page link is not valid".into()))?
+                .cursor,
+        ),
     };
     let user = ctx.store().user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
     // Audited as the API's read of a user's wallets.
