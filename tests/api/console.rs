@@ -550,3 +550,67 @@ async fn console_sessions_live_in_the_database_and_every_page_has_strict_headers
     assert!(refused.headers().get(header::SET_COOKIE).is_none());
     assert!(refused.text().await.unwrap().contains("staff accounts only"));
 }
+
+#[tokio::test]
+async fn a_chain_deposit_is_found_by_its_hash_and_address_with_confirmations_and_an_explorer_link() {
+    let mut file: coffer_domain::asset::AssetsFile =
+        serde_json::from_str(coffer_test_support::DEV_ASSETS).unwrap();
+    let eth = file.assets.iter_mut().find(|a| a.symbol == "ETH").unwrap();
+    eth.explorer_tx_url = Some("https://explorer.example/tx/{tx_hash}".into());
+    let catalog = coffer_domain::AssetCatalog::from_specs(&file.assets).unwrap();
+    let asset = catalog.get("ETH").unwrap().clone();
+    let options = Options {
+        assets: Some(catalog),
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    let alice = app.register().await;
+    let wallet_id = app.create_wallet(&alice, "ETH").await;
+    let wallet = app.store.wallet_by_id(&wallet_id).await.unwrap().unwrap();
+    let address = format!("0x{}", "ab".repeat(20));
+    let derived = address.clone();
+    app.store
+        .deposit_address(&wallet, &asset.chain, move |_| Ok(derived.clone()))
+        .await
+        .unwrap();
+    let hash = format!("0x{}", "c4".repeat(32));
+    let deposit = coffer_domain::ChainDeposit {
+        chain: asset.chain.clone(),
+        tx_hash: hash.clone(),
+        log_index: None,
+        address: address.clone(),
+        asset: "ETH".into(),
+        amount: coffer_domain::Amount::parse_decimal("0.5", 18).unwrap(),
+        block_number: 12,
+        block_hash: format!("0x{}", "0d".repeat(32)),
+        source: "listener".into(),
+    };
+    app.store.observe_deposit(&deposit, Some(&asset)).await.unwrap();
+    let support = app.staff_account(Role::Support).await;
+    let (_, http) = http_sign_in(&app, &support, &support.code()).await;
+    let http = http.unwrap();
+
+    let found = http.get(&format!("/console/find?q={hash}")).await;
+    assert_eq!(found.status(), StatusCode::SEE_OTHER);
+    let page_path = found.headers()[header::LOCATION].to_str().unwrap().to_string();
+    assert!(page_path.starts_with("/console/transactions/"), "{page_path}");
+    let page = http.get(&page_path).await.text().await.unwrap();
+    let link = format!("href=\"https://explorer.example/tx/{hash}\"");
+    assert!(page.contains(&link), "the explorer link: {page}");
+    assert!(
+        page.contains("0 of 3 required"),
+        "confirmations against the threshold: {page}"
+    );
+    assert!(page.contains(">12<"), "the block: {page}");
+
+    let by_address = http
+        .get(&format!(
+            "/console/find?q={}",
+            address.to_uppercase().replace("0X", "0x")
+        ))
+        .await;
+    assert_eq!(
+        by_address.headers()[header::LOCATION],
+        format!("/console/users/{}", alice.id).as_str()
+    );
+}
