@@ -18,17 +18,27 @@ pub const BY_CHAIN_HASH_MAX: i64 = 20;
 impl Store {
     /// Creates this module's indexes (called by [`Store::ensure_indexes`]).
     pub(crate) async fn ensure_lookup_indexes(&self) -> Result<(), StoreError> {
+        // Sparse on transactions: only withdrawals have a broadcast, so other writes pay nothing.
         let specs = [
-            (TRANSACTIONS, doc! { "broadcast.tx_hash": 1 }, "by_broadcast_hash"),
+            (
+                TRANSACTIONS,
+                doc! { "broadcast.tx_hash": 1 },
+                "by_broadcast_hash",
+                true,
+            ),
             (
                 TRANSACTIONS,
                 doc! { "broadcast.replaced.tx_hash": 1 },
                 "by_replaced_hash",
+                true,
             ),
-            (CHAIN_DEPOSITS, doc! { "tx_hash": 1 }, "by_tx_hash"),
+            (CHAIN_DEPOSITS, doc! { "tx_hash": 1 }, "by_tx_hash", false),
         ];
-        for (collection, keys, name) in specs {
-            let options = IndexOptions::builder().name(name.to_string()).build();
+        for (collection, keys, name, sparse) in specs {
+            let options = IndexOptions::builder()
+                .name(name.to_string())
+                .sparse(sparse)
+                .build();
             let model = IndexModel::builder().keys(keys).options(options).build();
             self.db
                 .collection::<Document>(collection)
