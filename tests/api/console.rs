@@ -17,6 +17,9 @@ use serde_json::json;
 
 use crate::admin::withdrawal_in_review;
 
+/// The longest a page may take to follow a click.
+const WAIT: Duration = Duration::from_secs(20);
+
 /// Signs `account` in through the console's form.
 async fn sign_in(browser: &Browser, app: &TestApp, account: &StaffAccount) {
     browser.goto(&app.url("/console/sign-in")).await;
@@ -24,12 +27,8 @@ async fn sign_in(browser: &Browser, app: &TestApp, account: &StaffAccount) {
     browser.type_into("#password", &account.password).await;
     browser.type_into("#totp_code", &account.code()).await;
     browser.click("#sign-in").await;
-    let url = browser.url().await;
-    assert!(
-        url.ends_with("/console"),
-        "signed in lands on the home page, not {url}:\n{}",
-        browser.text().await
-    );
+    // Signed in, the browser lands on the home page.
+    browser.wait_for_url(|url| url.ends_with("/console"), WAIT).await;
 }
 
 /// A user with an ETH wallet holding `amount`.
@@ -166,10 +165,8 @@ async fn a_support_user_finds_a_stuck_withdrawal_and_sees_its_timeline() {
 
     browser.type_into("#q", &alice.email).await;
     browser.click("#find").await;
-    assert!(browser
-        .url()
-        .await
-        .ends_with(&format!("/console/users/{}", alice.id)));
+    let user_page = format!("/console/users/{}", alice.id);
+    browser.wait_for_url(|url| url.ends_with(&user_page), WAIT).await;
     let row = browser.text_of(&format!("#wallet-{wallet}")).await;
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
@@ -181,10 +178,10 @@ async fn a_support_user_finds_a_stuck_withdrawal_and_sees_its_timeline() {
     browser
         .click(&format!("a[href='/console/transactions/{withdrawal}']"))
         .await;
-    assert!(browser
-        .url()
-        .await
-        .ends_with(&format!("/console/transactions/{withdrawal}")));
+    let transaction_page = format!("/console/transactions/{withdrawal}");
+    browser
+        .wait_for_url(|url| url.ends_with(&transaction_page), WAIT)
+        .await;
     // Oldest first: created, then created → pending broadcast.
     assert_eq!(browser.count("ol.timeline li").await, 2);
     let first = browser.text_of("ol.timeline li:first-child").await;
@@ -242,7 +239,7 @@ async fn a_finance_user_proposes_an_adjustment_that_an_admin_approves_and_the_ba
     browser.type_into("#amount", "2.5").await;
     browser.type_into("#reason", "goodwill credit, ticket 4711").await;
     browser.click("#propose-submit").await;
-    assert!(browser.text().await.contains("Adjustment proposed"));
+    browser.wait_for_text("Adjustment proposed", WAIT).await;
     assert_eq!(
         browser.count("button.approve").await,
         0,
@@ -263,18 +260,16 @@ async fn a_finance_user_proposes_an_adjustment_that_an_admin_approves_and_the_ba
     );
 
     browser.click("form.signout button").await;
-    assert!(browser.url().await.contains("/console/sign-in"));
+    browser
+        .wait_for_url(|url| url.contains("/console/sign-in"), WAIT)
+        .await;
     sign_in(&browser, &app, &admin).await;
     browser.goto(&app.url("/console/adjustments")).await;
     browser
         .type_into(&format!("#reason-{id}"), "checked the ticket")
         .await;
     browser.click(&format!("#adjustment-{id} button.approve")).await;
-    assert!(
-        browser.text().await.contains("Approved."),
-        "{}",
-        browser.text().await
-    );
+    browser.wait_for_text("Approved.", WAIT).await;
 
     assert_eq!(app.wallet(&alice, &wallet).await["available"], "7.5");
     let decided = app.store.adjustment(&id).await.unwrap().unwrap();

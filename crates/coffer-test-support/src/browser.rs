@@ -272,6 +272,39 @@ impl Browser {
         }
     }
 
+    /// Polls until the page's URL satisfies `check` (a click that submits a form may return
+    /// before the next page is there), at most `timeout`; answers the URL.
+    pub async fn wait_for_url(&self, check: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let url = self.url().await;
+            if check(&url) {
+                return url;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "the page is still {url} after {timeout:?}:\n{}",
+                    self.text().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the page's text contains `text`, at most `timeout`.
+    pub async fn wait_for_text(&self, text: &str, timeout: Duration) {
+        let started = Instant::now();
+        while !self.text().await.contains(text) {
+            if started.elapsed() > timeout {
+                panic!(
+                    "{text:?} did not appear within {timeout:?}:\n{}",
+                    self.text().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Saves a PNG of the viewport (the whole page when it is taller: the window grows to it).
     pub async fn screenshot(&mut self, path: &Path) {
         let size = self

@@ -13,7 +13,7 @@ use super::session::Staff;
 use super::{ConsoleError, ConsoleResult};
 use crate::error::ApiError;
 use crate::extract::roles::SupportReaders;
-use crate::extract::{Cursor, PageLimit};
+use crate::extract::Cursor;
 use crate::views::{DeviceView, TransactionView, WalletView};
 use crate::ApiContext;
 
@@ -58,10 +58,9 @@ async fn user_page(
         .iter()
         .map(DeviceView::from_doc)
         .collect();
-    let limit = PageLimit::or(None, TRANSACTIONS_PER_PAGE);
     let page = ctx
         .store()
-        .transactions_page(&id, cursor.as_ref().map(Cursor::as_str), limit)
+        .transactions_page(&id, cursor.as_ref().map(Cursor::as_str), TRANSACTIONS_PER_PAGE)
         .await?;
     let transactions: Vec<TransactionView> = page.items.iter().map(TransactionView::from_doc).collect();
     let body = html! {
