@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Installs and starts Coffer's real dependencies on a Debian bookworm machine:
-# SecantusDB (MongoDB wire protocol, PyPI), RabbitMQ (apt) and anvil (npm).
+# SecantusDB (MongoDB wire protocol, PyPI), RabbitMQ (apt), anvil (npm) and
+# Chromium with its ChromeDriver (apt, for the console's browser tests).
 #
 # Source it from bash (it is safe under `set -euo pipefail`):
 #
@@ -10,6 +11,7 @@
 #   start_secantus 27017 .run/secantus-data          # persistent directory
 #   ensure_rabbitmq; start_rabbitmq                  # guest/guest on 127.0.0.1:5672
 #   ensure_anvil; start_anvil 8645
+#   ensure_chromium                                  # chromium + chromedriver (apt)
 #
 # Everything it writes lives under the repository root: .venv/ (Python venv with
 # SecantusDB), .tools/ (npm packages, anvil) and .run/ (logs and pid files). It
@@ -310,6 +312,21 @@ start_rabbitmq() {
   done
   port_open 5672 || deps_die "RabbitMQ runs but nothing listens on 127.0.0.1:5672" || return 1
   deps_log "RabbitMQ ready: amqp://guest:guest@127.0.0.1:5672/%2f"
+}
+
+# --------------------------------------------------------------------------- Chromium
+
+# ensure_chromium: install Debian's chromium and chromium-driver (the console's browser tests
+# drive it over WebDriver) when either is missing.
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return 0
+  fi
+  deps_log "installing chromium and chromium-driver with apt-get (the console's browser tests)"
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq </dev/null || return 1
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends chromium chromium-driver </dev/null >/dev/null || return 1
+  command -v chromedriver >/dev/null 2>&1 || deps_die "chromedriver still not found after apt-get install"
 }
 
 # --------------------------------------------------------------------------- anvil

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn actions(app: &TestApp) -> Vec<String> {
+pub(crate) async fn actions(app: &TestApp) -> Vec<String> {
     let records: Vec<AuditRecord> = app
         .store
         .database()
@@ -190,7 +190,12 @@ async fn maker_checker_posts_an_adjustment_only_after_another_admin_approves() {
 
 /// A withdrawal of `amount` from `wallet` (below the review threshold), moved to manual review
 /// by hand, as the broadcaster does when the hot wallet's nonce was taken.
-async fn withdrawal_in_review(app: &TestApp, user: &TestUser, wallet: &str, amount: &str) -> String {
+pub(crate) async fn withdrawal_in_review(
+    app: &TestApp,
+    user: &TestUser,
+    wallet: &str,
+    amount: &str,
+) -> String {
     let destination = format!("0x{}", "cd".repeat(20));
     let reply = app
         .withdraw(

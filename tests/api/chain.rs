@@ -30,6 +30,7 @@ pub fn spec(symbol: &str, decimals: u8, contract: Option<&str>, confirmations: u
         two_person_review_above: None,
         two_person_adjustment_above: None,
         rails: Default::default(),
+        explorer_tx_url: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod authorization;
 mod batch;
 mod chain;
 mod concurrency;
+mod console;
 mod contract;
 mod devices;
 mod idempotency;

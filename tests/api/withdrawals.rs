@@ -639,6 +639,11 @@ async fn chain_a_stuck_withdrawal_is_replaced_with_higher_fees_and_settles_once(
         "exactly one version is mined: the replacement"
     );
     assert_eq!(done["chain_tx_hash"].as_str(), Some(replacement.tx_hash.as_str()));
+    // Staff find the withdrawal by either version's hash (the support console's search).
+    for hash in [&original.tx_hash, &replacement.tx_hash] {
+        let found = w.app.store.transactions_by_chain_hash(hash).await.unwrap();
+        assert_eq!(found, vec![id.to_string()], "{hash}");
+    }
     assert_eq!(
         sent_from(&w, &hot).await,
         1,

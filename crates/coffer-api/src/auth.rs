@@ -359,17 +359,32 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ValidJson(body): ValidJson<LoginRequest>,
 ) -> ApiResult<TokenReply> {
-    ctx.login_failures().check(&body.email, ip)?;
-    let user = ctx.store().user_by_email(&body.email).await?;
+    let user = authenticate(&ctx, ip, &body.email, body.password, body.totp_code.as_deref()).await?;
+    let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
+    Ok(TokenReply(StatusCode::OK, session))
+}
+
+/// Checks a login's password and, for staff, its TOTP code (used once), with the failed-login
+/// bound of the account and client network; failures are audited. The API's login and the
+/// console's sign-in both go through it.
+pub(crate) async fn authenticate(
+    ctx: &ApiContext,
+    ip: Option<std::net::IpAddr>,
+    email: &str,
+    password: String,
+    totp_code: Option<&str>,
+) -> ApiResult<coffer_store::UserDoc> {
+    ctx.login_failures().check(email, ip)?;
+    let user = ctx.store().user_by_email(email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let params = ctx.config().password_hashing.clone();
     let slot = ctx.hashing().acquire()?;
-    let verified = verify_password(SecretString::from(body.password), stored, params).await;
+    let verified = verify_password(SecretString::from(password), stored, params).await;
     drop(slot);
     let user = match user {
         Some(user) if verified => user,
         other => {
-            ctx.login_failures().failed(&body.email, ip);
+            ctx.login_failures().failed(email, ip);
             let subject = other.map(|u| u.id).unwrap_or_else(|| "unknown".into());
             ctx.store()
                 .audit("anonymous", "auth.login_failed", &subject, Default::default())
@@ -380,20 +395,19 @@ pub async fn login(
         }
     };
     if crate::mfa::required_for(user.role) {
-        let second = second_factor(&ctx, &user, body.totp_code.as_deref()).await;
+        let second = second_factor(ctx, &user, totp_code).await;
         if matches!(
             &second,
             Err(ApiError::Unauthenticated {
                 code: "invalid_mfa_code"
             })
         ) {
-            ctx.login_failures().failed(&body.email, ip);
+            ctx.login_failures().failed(email, ip);
         }
         second?;
     }
-    ctx.login_failures().succeeded(&body.email, ip);
-    let session = issue_session(&ctx, &user.id, user.role, chrono::Utc::now().timestamp()).await?;
-    Ok(TokenReply(StatusCode::OK, session))
+    ctx.login_failures().succeeded(email, ip);
+    Ok(user)
 }
 
 /// A staff login's second factor: the current TOTP code, used once.

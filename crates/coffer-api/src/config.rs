@@ -70,6 +70,12 @@ pub struct ApiConfig {
     /// How long a replica may answer "this session is active" from memory
     /// (`COFFER_SESSION_CHECK_SECONDS`, default 2 s): the longest a revoked session keeps working.
     pub session_check_interval: Duration,
+    /// Absolute lifetime of a support-console session (`COFFER_CONSOLE_SESSION_SECONDS`,
+    /// default 8 hours): then the staff member signs in again.
+    pub console_session_lifetime: Duration,
+    /// Whether the console's cookie is `Secure` (default). Off only for local development over
+    /// plain HTTP (`COFFER_CONSOLE_INSECURE_COOKIE=true`).
+    pub console_cookie_secure: bool,
     pub body_limit_bytes: usize,
     pub rate_limits: RateLimits,
     /// The header carrying the client IP when behind a trusted proxy (e.g. `x-forwarded-for`).
@@ -125,6 +131,8 @@ impl ApiConfig {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             session_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
             session_check_interval: Duration::from_secs(2),
+            console_session_lifetime: Duration::from_secs(8 * 60 * 60),
+            console_cookie_secure: true,
             body_limit_bytes: 64 * 1024,
             rate_limits: RateLimits::default(),
             client_ip_header: None,

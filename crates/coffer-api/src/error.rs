@@ -308,7 +308,7 @@ impl ApiError {
         }
     }
 
-    fn detail(&self) -> Option<String> {
+    pub(crate) fn detail(&self) -> Option<String> {
         match self {
             ApiError::Internal(_) => None,
             ApiError::Unauthenticated { code } => Some(

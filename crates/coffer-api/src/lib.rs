@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod chain;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod extract;
@@ -371,6 +372,8 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         .merge(money)
         .merge(admin_reads)
         .merge(admin_writes)
+        // The support console: HTML pages, not part of the JSON API's document.
+        .merge(console::router(&ctx))
         .merge(extra)
         .fallback(|| async { error::ApiError::NotFound })
         // A known path with a method it does not take: problem+json 405 (axum adds `Allow`).

@@ -44,6 +44,10 @@ pub struct AssetSpec {
     /// Caps of payment-rail deposits by rail name (`payment`); a rail absent here is uncapped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rails: BTreeMap<String, RailSpec>,
+    /// A block explorer's page of a chain transaction, `https://…{tx_hash}…` (the support
+    /// console links chain references with it); absent: no link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explorer_tx_url: Option<String>,
 }
 
 /// The transfer policy of an asset as written in the file; each rule is off when absent.
@@ -108,6 +112,24 @@ pub struct AssetConfig {
     pub two_person_review_above: Option<Amount>,
     pub two_person_adjustment_above: Option<Amount>,
     pub rails: BTreeMap<String, RailLimits>,
+    /// `https://…{tx_hash}…`: a chain transaction's page on a block explorer.
+    pub explorer_tx_url: Option<String>,
+}
+
+/// The placeholder of [`AssetConfig::explorer_tx_url`].
+pub const EXPLORER_TX_PLACEHOLDER: &str = "{tx_hash}";
+/// The longest explorer URL template.
+pub const EXPLORER_URL_CHARS_MAX: usize = 200;
+
+impl AssetConfig {
+    /// The explorer page of chain transaction `tx_hash`, if the asset names an explorer.
+    pub fn explorer_link(&self, tx_hash: &str) -> Option<String> {
+        let hash_ok = tx_hash.len() == 66
+            && tx_hash.starts_with("0x")
+            && tx_hash[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let template = self.explorer_tx_url.as_deref().filter(|_| hash_ok)?;
+        Some(template.replace(EXPLORER_TX_PLACEHOLDER, tx_hash))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -130,6 +152,8 @@ pub enum AssetError {
     Rail { symbol: String, rail: String },
     #[error("asset {0} is declared twice")]
     Duplicate(String),
+    #[error("asset {symbol}: explorer_tx_url must be an https:// URL of at most 200 characters containing {{tx_hash}}")]
+    ExplorerUrl { symbol: String },
 }
 
 impl AssetSpec {
@@ -178,7 +202,21 @@ impl AssetSpec {
             two_person_review_above: None,
             two_person_adjustment_above: None,
             rails: BTreeMap::new(),
+            explorer_tx_url: self.explorer_tx_url.clone(),
         };
+        if let Some(url) = &self.explorer_tx_url {
+            let url_ok = url.starts_with("https://")
+                && url.contains(EXPLORER_TX_PLACEHOLDER)
+                && url.chars().count() <= EXPLORER_URL_CHARS_MAX
+                && !url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>');
+            if !url_ok {
+                return Err(AssetError::ExplorerUrl {
+                    symbol: symbol.clone(),
+                });
+            }
+        }
         let optional =
             |field: &'static str, text: &Option<String>| text.as_deref().map(|t| limit(field, t)).transpose();
         let transfer = self.transfer.clone().unwrap_or_default();
@@ -297,6 +335,34 @@ mod tests {
             AssetCatalog::from_specs(&file.assets),
             Err(AssetError::Duplicate("ETH".into()))
         );
+    }
+
+    #[test]
+    fn an_explorer_template_links_a_chain_hash_and_a_bad_one_is_refused() {
+        let mut file: AssetsFile = serde_json::from_str(DEV_ASSETS).unwrap();
+        let hash = format!("0x{}", "ab".repeat(32));
+        let eth = file.assets[0].validate().unwrap();
+        assert_eq!(eth.explorer_link(&hash), None, "no template: no link");
+        file.assets[0].explorer_tx_url = Some("https://explorer.example/tx/{tx_hash}".into());
+        let eth = file.assets[0].validate().unwrap();
+        assert_eq!(
+            eth.explorer_link(&hash).as_deref(),
+            Some(format!("https://explorer.example/tx/{hash}").as_str())
+        );
+        assert_eq!(eth.explorer_link("0x1234"), None, "only a whole transaction hash");
+        for bad in [
+            "http://explorer.example/tx/{tx_hash}",
+            "https://explorer.example/tx/",
+            "https://explorer.example/tx/{tx_hash}\" onclick=\"x",
+            "javascript:alert(1)//{tx_hash}",
+        ] {
+            file.assets[0].explorer_tx_url = Some(bad.into());
+            assert_eq!(
+                file.assets[0].validate(),
+                Err(AssetError::ExplorerUrl { symbol: "ETH".into() }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod inspect;
 pub mod liabilities;
 pub mod locks;
+pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod money;
@@ -484,6 +485,7 @@ impl Store {
                 .await?;
         }
         self.ensure_chain_indexes().await?;
+        self.ensure_lookup_indexes().await?;
         self.ensure_liability_indexes().await?;
         outbox::initialise(&self.db).await?;
         audit::initialise(&self.db).await?;

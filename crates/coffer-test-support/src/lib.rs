@@ -2,6 +2,7 @@
 //! `MONGODB_URI` (scripts/test starts SecantusDB and sets it), and its own API on 127.0.0.1:0.
 
 pub mod broker;
+pub mod browser;
 pub mod chain;
 pub mod contract;
 pub mod otlp;
@@ -297,6 +298,8 @@ impl TestApp {
         if let Some(interval) = options.session_check_interval {
             config.session_check_interval = interval;
         }
+        // Test apps serve plain HTTP on 127.0.0.1: the console cookie cannot be `Secure` there.
+        config.console_cookie_secure = false;
         for (provider, secret) in &options.webhook_secrets {
             config
                 .webhook_secrets
@@ -547,6 +550,26 @@ impl TestApp {
         staff
     }
 
+    /// A staff account with `role` and an enrolled TOTP secret, created in the store and not
+    /// logged in: the current code is still unused, for a console sign-in.
+    pub async fn staff_account(&self, role: Role) -> StaffAccount {
+        let email = format!("{}-{}@coffer.test", role.as_str(), uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let user = self.create_account(&email, &password, role).await;
+        let secret = coffer_api::mfa::new_secret();
+        use secrecy::ExposeSecret;
+        self.store
+            .set_totp_secret(&user.id, secret.expose_secret())
+            .await
+            .expect("enroll TOTP");
+        StaffAccount {
+            id: user.id,
+            email,
+            password,
+            totp_secret: secret,
+        }
+    }
+
     /// An account created directly in the store (as `coffer user create` does, audited), with
     /// cheap password hashing; not logged in.
     pub async fn create_account(&self, email: &str, password: &str, role: Role) -> coffer_store::UserDoc {
@@ -650,6 +673,28 @@ impl TestApp {
             .flat_map(|family| family.get_metric().iter())
             .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
             .sum()
+    }
+}
+
+/// A staff account that has not logged in yet (see [`TestApp::staff_account`]).
+pub struct StaffAccount {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub totp_secret: secrecy::SecretString,
+}
+
+impl StaffAccount {
+    /// The code of the current step (each step's code works once).
+    pub fn code(&self) -> String {
+        totp_now(&self.totp_secret)
+    }
+
+    /// The code of the next step (accepted within one step of the server's clock): a second
+    /// sign-in within the same 30 seconds.
+    pub fn next_code(&self) -> String {
+        let next = chrono::Utc::now().timestamp() as u64 + coffer_api::mfa::STEP_SECONDS;
+        coffer_api::mfa::code_at(&self.totp_secret, next).expect("a valid TOTP secret")
     }
 }
 

@@ -490,6 +490,14 @@ pub struct ApiArgs {
     #[arg(long, env = "COFFER_SESSION_LIFETIME_SECONDS", default_value_t = 30 * 24 * 3600,
         value_parser = clap::value_parser!(u64).range(3600..=365 * 24 * 3600))]
     pub session_lifetime_seconds: u64,
+    /// Absolute lifetime of a support-console session (5 minutes to 24 hours).
+    #[arg(long, env = "COFFER_CONSOLE_SESSION_SECONDS", default_value_t = 8 * 3600,
+        value_parser = clap::value_parser!(u64).range(300..=24 * 3600))]
+    pub console_session_seconds: u64,
+    /// Send the support console's cookie without `Secure`, so a browser keeps it over plain
+    /// HTTP: local development only (scripts/dev-up sets it); never behind TLS.
+    #[arg(long, env = "COFFER_CONSOLE_INSECURE_COOKIE")]
+    pub console_insecure_cookie: bool,
     /// How long a replica may answer "this session is active" from memory (0 to 10 s): the
     /// longest a revoked session's access tokens and streams keep working.
     #[arg(long, env = "COFFER_SESSION_CHECK_SECONDS", default_value_t = 2,
@@ -791,6 +799,8 @@ impl ApiArgs {
         config.refresh_token_ttl = Duration::from_secs(self.refresh_token_ttl_seconds);
         config.session_lifetime = Duration::from_secs(self.session_lifetime_seconds);
         config.session_check_interval = Duration::from_secs(self.session_check_seconds);
+        config.console_session_lifetime = Duration::from_secs(self.console_session_seconds);
+        config.console_cookie_secure = !self.console_insecure_cookie;
         config.rate_limits = RateLimits {
             auth_per_ip_per_minute: self.rate_auth_per_ip_per_minute,
             money_per_user_per_minute: self.rate_money_per_user_per_minute,

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{adjustment_error, ApiError, ApiResult, Problem};
-use crate::extract::{PageLimit, ValidJson, ValidQuery};
+use crate::extract::{PageLimit, Principal, ValidJson, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::{time, TransactionView};
 use crate::ApiContext;
@@ -69,7 +69,7 @@ pub struct AdjustmentView {
 }
 
 impl AdjustmentView {
-    fn from_doc(a: &AdjustmentDoc) -> Self {
+    pub(crate) fn from_doc(a: &AdjustmentDoc) -> Self {
         AdjustmentView {
             id: a.id.clone(),
             wallet_id: a.wallet_id.clone(),
@@ -119,6 +119,16 @@ pub async fn propose_adjustment(
     ValidJson(body): ValidJson<ProposeAdjustmentRequest>,
 ) -> ApiResult<(StatusCode, Json<AdjustmentView>)> {
     idempotency_key(&headers)?;
+    let adjustment = propose(&ctx, &principal, body).await?;
+    Ok((StatusCode::CREATED, Json(AdjustmentView::from_doc(&adjustment))))
+}
+
+/// Validates and stores a proposal, audited (the API and the console both call it).
+pub(crate) async fn propose(
+    ctx: &ApiContext,
+    principal: &Principal,
+    body: ProposeAdjustmentRequest,
+) -> ApiResult<AdjustmentDoc> {
     let reason = reason(&body.reason)?;
     let wallet = ctx.store().wallet_by_id(&body.wallet_id).await?;
     let wallet = wallet
@@ -142,8 +152,7 @@ pub async fn propose_adjustment(
     };
     let details = json!({ "wallet_id": &proposal.wallet_id, "direction": direction_name, "amount_atomic": amount.to_string() });
     let audit = Audit::new(&principal.user_id, actions::ADJUSTMENT_PROPOSED).with_details(details);
-    let adjustment = ctx.store().propose_adjustment(proposal, audit).await?;
-    Ok((StatusCode::CREATED, Json(AdjustmentView::from_doc(&adjustment))))
+    Ok(ctx.store().propose_adjustment(proposal, audit).await?)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -226,8 +235,21 @@ pub async fn approve_adjustment(
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<(StatusCode, Json<ApprovedAdjustment>)> {
     idempotency_key(&headers)?;
-    let reason = reason(&body.reason)?;
-    let adjustment = ctx.store().adjustment(&id).await?.ok_or(ApiError::NotFound)?;
+    let (status, body) = approve(&ctx, &principal, &id, &body.reason).await?;
+    Ok((status, Json(body)))
+}
+
+/// Records or executes an approval of adjustment `id`, audited (the API and the console both call
+/// it): `202` while a second approver is needed above the asset's two-person threshold, `200`
+/// with the posted transaction otherwise.
+pub(crate) async fn approve(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+) -> ApiResult<(StatusCode, ApprovedAdjustment)> {
+    let reason = reason(reason_text)?;
+    let adjustment = ctx.store().adjustment(id).await?.ok_or(ApiError::NotFound)?;
     if adjustment.proposed_by == principal.user_id {
         return Err(adjustment_error(coffer_store::StoreError::SelfApproval));
     }
@@ -255,19 +277,19 @@ pub async fn approve_adjustment(
         let approval = coffer_store::model::StaffApproval::now(&principal.user_id, &reason);
         let recorded = ctx
             .store()
-            .record_adjustment_approval(&id, given.len(), approval, audit)
+            .record_adjustment_approval(id, given.len(), approval, audit)
             .await
             .map_err(adjustment_error)?;
         let body = ApprovedAdjustment {
             adjustment: AdjustmentView::from_doc(&recorded),
             transaction: None,
         };
-        return Ok((StatusCode::ACCEPTED, Json(body)));
+        return Ok((StatusCode::ACCEPTED, body));
     }
     let (adjustment, tx) = ctx
         .store()
         .approve_adjustment(
-            &id,
+            id,
             &principal.user_id,
             &reason,
             given.len(),
@@ -279,7 +301,7 @@ pub async fn approve_adjustment(
         adjustment: AdjustmentView::from_doc(&adjustment),
         transaction: Some(TransactionView::from_doc(&tx)),
     };
-    Ok((StatusCode::OK, Json(body)))
+    Ok((StatusCode::OK, body))
 }
 
 /// Reject an adjustment (admin); nothing moves.
@@ -296,16 +318,25 @@ pub async fn reject_adjustment(
     ValidJson(body): ValidJson<DecisionRequest>,
 ) -> ApiResult<Json<AdjustmentView>> {
     idempotency_key(&headers)?;
-    let reason = reason(&body.reason)?;
-    let adjustment = ctx
-        .store()
+    let adjustment = reject(&ctx, &principal, &id, &body.reason).await?;
+    Ok(Json(AdjustmentView::from_doc(&adjustment)))
+}
+
+/// Rejects adjustment `id`, audited (the API and the console both call it).
+pub(crate) async fn reject(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+) -> ApiResult<AdjustmentDoc> {
+    let reason = reason(reason_text)?;
+    ctx.store()
         .reject_adjustment(
-            &id,
+            id,
             &principal.user_id,
             &reason,
             Audit::new(&principal.user_id, actions::ADJUSTMENT_REJECTED),
         )
         .await
-        .map_err(adjustment_error)?;
-    Ok(Json(AdjustmentView::from_doc(&adjustment)))
+        .map_err(adjustment_error)
 }

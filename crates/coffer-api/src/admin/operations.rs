@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::*;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Cursor, PageLimit, ValidQuery};
+use crate::extract::{Cursor, PageLimit, Principal, ValidQuery};
 use crate::idempotency::idempotency_key;
 use crate::views::time;
 use crate::ApiContext;
@@ -70,7 +70,7 @@ pub struct ReconciliationView {
 }
 
 impl ReconciliationView {
-    fn from_run(run: &ReconciliationRun, with_findings: bool) -> Self {
+    pub(crate) fn from_run(run: &ReconciliationRun, with_findings: bool) -> Self {
         let status = |s| {
             serde_json::to_value(s)
                 .ok()
@@ -128,22 +128,27 @@ pub async fn run_reconciliation(
     headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<ReconciliationView>)> {
     idempotency_key(&headers)?;
+    let run = run_now(&ctx, &principal).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ReconciliationView::from_run(&run, true)),
+    ))
+}
+
+/// Audits the request, then runs a reconciliation (the API and the console both call it).
+pub(crate) async fn run_now(ctx: &ApiContext, principal: &Principal) -> ApiResult<ReconciliationRun> {
     audit(
-        &ctx,
-        &principal,
+        ctx,
+        principal,
         actions::RECONCILIATION_REQUESTED,
         "reconciliation",
         json!({}),
     )
     .await?;
-    let run = ctx
+    Ok(ctx
         .reconciler()
         .run(ctx.store(), "api", Some(&principal.user_id))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ReconciliationView::from_run(&run, true)),
-    ))
+        .await?)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -274,7 +279,13 @@ pub async fn verify_audit(
     State(ctx): State<ApiContext>,
     _caller: Authorized<Operators>,
 ) -> ApiResult<Json<AuditVerificationView>> {
+    let report = verify(&ctx).await?;
+    Ok(Json(AuditVerificationView::from_report(&report)))
+}
+
+/// Verifies the audit chains and records the outcome in the metrics (the API and the console).
+pub(crate) async fn verify(ctx: &ApiContext) -> ApiResult<AuditVerification> {
     let report = ctx.store().verify_audit(None).await?;
     ctx.reconciler().metrics.audit_chain_verified(report.valid());
-    Ok(Json(AuditVerificationView::from_report(&report)))
+    Ok(report)
 }

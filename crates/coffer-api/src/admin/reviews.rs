@@ -129,7 +129,20 @@ async fn decide(
     decision: ReviewDecision,
 ) -> ApiResult<Response> {
     idempotency_key(headers)?;
-    let reason = reason(&body.reason)?;
+    let (status, tx) = decide_review(ctx, principal, id, &body.reason, decision).await?;
+    Ok((status, Json(TransactionView::from_doc(&tx))).into_response())
+}
+
+/// Applies a review decision, audited (the API and the console both call it): `202` when it only
+/// recorded the first of two approvals, `200` when it was executed.
+pub(crate) async fn decide_review(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+    reason_text: &str,
+    decision: ReviewDecision,
+) -> ApiResult<(StatusCode, coffer_store::TransactionDoc)> {
+    let reason = reason(reason_text)?;
     let tx = ctx
         .store()
         .transaction_by_id(id)
@@ -148,18 +161,18 @@ async fn decide(
             .store()
             .record_review_approval(id, seen, approval, audit)
             .await?;
-        return Ok((StatusCode::ACCEPTED, Json(TransactionView::from_doc(&recorded))).into_response());
+        return Ok((StatusCode::ACCEPTED, recorded));
     }
     let action = match decision {
         ReviewDecision::Approve => actions::REVIEW_APPROVED,
         ReviewDecision::Reject => actions::REVIEW_REJECTED,
     };
     let audit = coffer_store::audit::Audit::new(&principal.user_id, action);
-    let tx = ctx
+    Ok(ctx
         .store()
         .decide_review(id, decision, &principal.user_id, &reason, seen, audit)
-        .await?;
-    Ok(Json(TransactionView::from_doc(&tx)).into_response())
+        .await
+        .map(|tx| (StatusCode::OK, tx))?)
 }
 
 /// The two-person rule of a review approval (issue 13 item 6): above the asset's

@@ -78,15 +78,25 @@ pub async fn user_wallets(
     principal: Authorized<SupportReaders>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserWallets>> {
-    ctx.store().user_by_id(&id).await?.ok_or(ApiError::NotFound)?;
-    audit(&ctx, &principal, actions::USER_WALLETS_VIEWED, &id, json!({})).await?;
-    let mut wallets = ctx.store().wallets_of_user(&id).await?;
-    wallets.sort_by(|a, b| a.asset.cmp(&b.asset));
+    let wallets = wallets_of_user(&ctx, &principal, &id).await?;
     let wallets = wallets
         .iter()
         .map(WalletView::from_doc)
         .collect::<ApiResult<_>>()?;
     Ok(Json(UserWallets { user_id: id, wallets }))
+}
+
+/// A user's wallets sorted by asset; the read is audited (the API and the console both call it).
+pub(crate) async fn wallets_of_user(
+    ctx: &ApiContext,
+    principal: &Principal,
+    user_id: &str,
+) -> ApiResult<Vec<coffer_store::WalletDoc>> {
+    ctx.store().user_by_id(user_id).await?.ok_or(ApiError::NotFound)?;
+    audit(ctx, principal, actions::USER_WALLETS_VIEWED, user_id, json!({})).await?;
+    let mut wallets = ctx.store().wallets_of_user(user_id).await?;
+    wallets.sort_by(|a, b| a.asset.cmp(&b.asset));
+    Ok(wallets)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -102,7 +112,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    fn from_doc(event: &OutboxDoc, published: bool) -> Self {
+    pub(crate) fn from_doc(event: &OutboxDoc, published: bool) -> Self {
         EventView {
             id: event.id.clone(),
             event_type: event.event_type.clone(),
@@ -156,12 +166,7 @@ pub async fn transaction_story(
     principal: Authorized<SupportReaders>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransactionStoryView>> {
-    let story = ctx
-        .store()
-        .transaction_story(&id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    audit(&ctx, &principal, actions::TRANSACTION_VIEWED, &id, json!({})).await?;
+    let story = transaction_story_of(&ctx, &principal, &id).await?;
     let tx = &story.transaction;
     let mut view = TransactionView::from_doc(tx);
     view.ledger_entries = Some(
@@ -186,4 +191,19 @@ pub async fn transaction_story(
             .as_ref()
             .map(|e| EventView::from_doc(e, story.last_event_published)),
     }))
+}
+
+/// A transaction's story; the read is audited (the API and the console both call it).
+pub(crate) async fn transaction_story_of(
+    ctx: &ApiContext,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<coffer_store::support::TransactionStory> {
+    let story = ctx
+        .store()
+        .transaction_story(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    audit(ctx, principal, actions::TRANSACTION_VIEWED, id, json!({})).await?;
+    Ok(story)
 }

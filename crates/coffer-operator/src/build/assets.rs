@@ -95,6 +95,7 @@ pub fn to_domain(asset: &Asset) -> DomainAssetSpec {
                 (rail.clone(), caps)
             })
             .collect(),
+        explorer_tx_url: spec.explorer_tx_url.clone(),
     }
 }
 

@@ -97,6 +97,11 @@ pub struct AssetSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(length(max = 16))]
     pub rails: BTreeMap<String, RailCapsSpec>,
+    /// A block explorer's page of a chain transaction, `https://…{tx_hash}…`: the support console
+    /// links chain references with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://\S*\{tx_hash\}\S*$"), length(max = 200))]
+    pub explorer_tx_url: Option<String>,
 }
 
 /// The risk policy of outgoing transfers of one asset (decimal strings in whole units).
