@@ -274,3 +274,86 @@ async fn the_public_statement_is_rate_limited_per_client_ip() {
         "nothing published yet, then limited"
     );
 }
+
+/// `value` as JSON text, as a JavaScript string literal.
+fn js_string(value: Value) -> String {
+    serde_json::to_string(&value.to_string()).unwrap()
+}
+
+/// Runs the static verifier page (clients/proof-verifier, opened from disk: no server) in a real
+/// headless Chromium on `statement` and `proof`; answers the class and text of its result.
+async fn verify_in_browser(
+    browser: &coffer_test_support::browser::Browser,
+    statement: &LiabilityStatementView,
+    proof: &LiabilityProofView,
+    public_key: &str,
+) -> (String, String) {
+    let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../clients/proof-verifier/index.html")
+        .canonicalize()
+        .expect("the verifier page");
+    browser.goto(&format!("file://{}", page.display())).await;
+    let script = format!(
+        "document.getElementById('statement').value = {}; document.getElementById('proof').value = {}; \
+         document.getElementById('key').value = {}; document.getElementById('result').className = ''; \
+         document.getElementById('verify').click(); return true;",
+        js_string(serde_json::to_value(statement).unwrap()),
+        js_string(serde_json::to_value(proof).unwrap()),
+        serde_json::to_string(public_key).unwrap()
+    );
+    browser.execute(&script).await;
+    browser
+        .wait_for("#result.ok, #result.fail", std::time::Duration::from_secs(20))
+        .await;
+    let class = browser.attribute("#result", "class").await.unwrap_or_default();
+    (class, browser.text_of("#result").await)
+}
+
+#[tokio::test]
+async fn the_static_page_verifies_a_proof_in_the_browser_and_refuses_a_changed_balance_sibling_or_key() {
+    let app = app_with_key().await;
+    let (payment, admin) = (app.staff(Role::Payment).await, app.staff(Role::Admin).await);
+    let (alice, bob) = (app.register().await, app.register().await);
+    let alice_wallet = app.create_wallet(&alice, "ETH").await;
+    let bob_wallet = app.create_wallet(&bob, "ETH").await;
+    app.deposit(&payment, &alice_wallet, "2.5").await;
+    app.deposit(&payment, &bob_wallet, "3").await;
+    assert_eq!(publish(&app, &admin, "ETH").await.status, StatusCode::CREATED);
+    let statement = fetch_statement(&app, "ETH").await;
+    let proof = fetch_proof(&app, &alice, &alice_wallet).await;
+    let public_key = key().public_key_hex();
+    let browser = coffer_test_support::browser::Browser::start(900, 900).await;
+
+    let (class, text) = verify_in_browser(&browser, &statement, &proof, &public_key).await;
+    assert_eq!(class, "ok", "{text}");
+    assert!(
+        text.contains(&format!("wallet {alice_wallet} holds 2.5 ETH"))
+            && text.contains("total liabilities 5.5 ETH"),
+        "{text}"
+    );
+
+    let mut richer = proof.clone();
+    richer.balance_atomic = "2500000000000000001".into();
+    let (class, text) = verify_in_browser(&browser, &statement, &richer, &public_key).await;
+    assert_eq!(class, "fail", "{text}");
+    assert!(text.contains("do not add up"), "{text}");
+
+    let mut shifted = proof.clone();
+    let sibling = &mut shifted.pieces[0].path[0];
+    sibling.sum_atomic = (sibling.sum_atomic.parse::<u128>().unwrap() + 1).to_string();
+    let (class, text) = verify_in_browser(&browser, &statement, &shifted, &public_key).await;
+    assert_eq!(class, "fail", "{text}");
+    assert!(text.contains("root"), "{text}");
+
+    let mut smaller_total = statement.clone();
+    smaller_total.total_atomic = "4000000000000000000".into();
+    let (class, text) = verify_in_browser(&browser, &smaller_total, &proof, &public_key).await;
+    assert_eq!(class, "fail", "{text}");
+    assert!(text.contains("signature"), "{text}");
+
+    let other_key = LiabilityKey::from_hex(&"11".repeat(32)).unwrap().public_key_hex();
+    let (class, text) = verify_in_browser(&browser, &statement, &proof, &other_key).await;
+    assert_eq!(class, "fail", "{text}");
+    assert!(text.contains("another key"), "{text}");
+    browser.close().await;
+}

@@ -269,3 +269,158 @@ async fn custody_is_compared_with_the_chain_where_one_is_configured() {
     assert_eq!(found[0].details["ledger_atomic"], "5000000");
     assert_eq!(found[0].details["on_chain_atomic"], "4000000");
 }
+
+/// The entries a transaction wrote: how many, and the accounts they touched.
+async fn entries_of(app: &TestApp, transaction_id: &str) -> (i64, usize) {
+    use futures::TryStreamExt;
+    let entries: Vec<Document> = app
+        .store
+        .database()
+        .collection::<Document>("ledger_entries")
+        .find(doc! { "transaction_id": transaction_id })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let accounts: std::collections::BTreeSet<String> = entries
+        .iter()
+        .map(|e| e.get_str("account_id").unwrap().to_string())
+        .collect();
+    (entries.len() as i64, accounts.len())
+}
+
+async fn run_now(app: &TestApp, staff: &coffer_test_support::TestUser, mode: &str) -> Value {
+    let path = match mode {
+        "" => "/v1/admin/reconciliations".to_string(),
+        mode => format!("/v1/admin/reconciliations?mode={mode}"),
+    };
+    let reply = app.post(&path, &staff.access_token, json!({})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body
+}
+
+async fn set_entry_amount(app: &TestApp, transaction_id: &str, account_id: &str, atomic: u64) {
+    let amount = codec::to_decimal(&Amount::from_u64(atomic), false);
+    let result = app
+        .store
+        .database()
+        .collection::<Document>("ledger_entries")
+        .update_one(
+            doc! { "transaction_id": transaction_id, "account_id": account_id },
+            doc! { "$set": { "amount": amount } },
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.modified_count, 1);
+}
+
+#[tokio::test]
+async fn an_incremental_run_reads_only_the_entries_written_since_the_checkpoints() {
+    let app = TestApp::spawn().await;
+    let (payment, engineer) = (app.staff(Role::Payment).await, app.staff(Role::Engineering).await);
+    let (alice, bob) = (app.register().await, app.register().await);
+    let alice_wallet = app.create_wallet(&alice, "ETH").await;
+    let bob_wallet = app.create_wallet(&bob, "ETH").await;
+    app.deposit(&payment, &alice_wallet, "2.5").await;
+    app.deposit(&payment, &bob_wallet, "1").await;
+
+    let first = run_now(&app, &engineer, "").await;
+    assert_eq!(first["mode"], "full", "no checkpoint yet: {first:#}");
+    assert!(first.get("incremental").is_none());
+    assert_eq!(first["mismatches"], 0);
+
+    let quiet = run_now(&app, &engineer, "").await;
+    assert_eq!(quiet["mode"], "incremental", "{quiet:#}");
+    assert_eq!(quiet["incremental"]["accounts_changed"], 0);
+    assert_eq!(quiet["incremental"]["entries_read"], 0);
+    assert!(quiet["incremental"]["accounts_read"].as_i64().unwrap() >= 3);
+
+    let deposit = app.deposit(&payment, &bob_wallet, "0.25").await;
+    let tx = deposit.body["id"].as_str().unwrap().to_string();
+    let (entries, accounts) = entries_of(&app, &tx).await;
+    let after = run_now(&app, &engineer, "").await;
+    assert_eq!(after["mode"], "incremental");
+    assert_eq!(after["mismatches"], 0, "{after:#}");
+    assert_eq!(after["incremental"]["entries_read"], entries, "{after:#}");
+    assert_eq!(after["incremental"]["accounts_changed"], accounts as i64);
+    assert_eq!(after["incremental"]["transactions_checked"], 1);
+
+    // The checkpoints moved: the next run reads nothing again.
+    let again = run_now(&app, &engineer, "").await;
+    assert_eq!(again["incremental"]["entries_read"], 0, "{again:#}");
+}
+
+#[tokio::test]
+async fn an_incremental_run_finds_an_altered_or_missing_entry_after_the_checkpoint_and_a_full_run_finds_older_ones(
+) {
+    let app = TestApp::spawn().await;
+    let (payment, engineer) = (app.staff(Role::Payment).await, app.staff(Role::Engineering).await);
+    let (alice, bob) = (app.register().await, app.register().await);
+    let alice_wallet = app.create_wallet(&alice, "ETH").await;
+    let bob_wallet = app.create_wallet(&bob, "ETH").await;
+    let old = app.deposit(&payment, &bob_wallet, "1").await;
+    let old_tx = old.body["id"].as_str().unwrap().to_string();
+    assert_eq!(run_now(&app, &engineer, "").await["mode"], "full");
+
+    // An entry written after the checkpoint, altered: its account and its transaction are named.
+    let altered = app.deposit(&payment, &alice_wallet, "0.5").await;
+    let altered_tx = altered.body["id"].as_str().unwrap().to_string();
+    set_entry_amount(&app, &altered_tx, &alice_wallet, 600_000_000_000_000_000).await;
+    let run = run_now(&app, &engineer, "").await;
+    assert_eq!(run["mode"], "incremental");
+    let balances = findings_of(&run, "balances");
+    assert_eq!(balances.len(), 1, "{run:#}");
+    assert_eq!(balances[0]["kind"], "balance_mismatch");
+    assert_eq!(balances[0]["subject"], alice_wallet.as_str());
+    assert_eq!(balances[0]["details"]["cached_atomic"], "500000000000000000");
+    assert_eq!(balances[0]["details"]["ledger_atomic"], "600000000000000000");
+    let postings = findings_of(&run, "postings");
+    assert!(
+        postings
+            .iter()
+            .any(|f| f["kind"] == "unbalanced_transaction" && f["subject"] == altered_tx.as_str()),
+        "{run:#}"
+    );
+    // Not checkpointed while it disagrees: the next run finds it again.
+    let again = run_now(&app, &engineer, "").await;
+    assert_eq!(findings_of(&again, "balances").len(), 1, "{again:#}");
+    set_entry_amount(&app, &altered_tx, &alice_wallet, 500_000_000_000_000_000).await;
+    assert_eq!(run_now(&app, &engineer, "").await["mismatches"], 0);
+
+    // An entry after the checkpoint deleted: a sequence gap on its account.
+    let gone = app.deposit(&payment, &alice_wallet, "0.1").await;
+    let gone_tx = gone.body["id"].as_str().unwrap().to_string();
+    app.store
+        .database()
+        .collection::<Document>("ledger_entries")
+        .delete_one(doc! { "transaction_id": &gone_tx, "account_id": &alice_wallet })
+        .await
+        .unwrap();
+    let run = run_now(&app, &engineer, "").await;
+    let balances = findings_of(&run, "balances");
+    assert_eq!(balances.len(), 1, "{run:#}");
+    assert_eq!(
+        (balances[0]["kind"].as_str(), balances[0]["subject"].as_str()),
+        (Some("sequence_gap"), Some(alice_wallet.as_str()))
+    );
+
+    // An entry from before the checkpoint: outside what an incremental run reads (the full pass on
+    // its slower schedule is what finds it), and a full run names it.
+    set_entry_amount(&app, &old_tx, &bob_wallet, 2_000_000_000_000_000_000).await;
+    let incremental = run_now(&app, &engineer, "incremental").await;
+    assert!(
+        findings_of(&incremental, "balances")
+            .iter()
+            .all(|f| f["subject"] != bob_wallet.as_str()),
+        "{incremental:#}"
+    );
+    let full = run_now(&app, &engineer, "full").await;
+    assert_eq!(full["mode"], "full");
+    let bob_findings: Vec<_> = findings_of(&full, "balances")
+        .into_iter()
+        .filter(|f| f["subject"] == bob_wallet.as_str())
+        .collect();
+    assert_eq!(bob_findings.len(), 1, "{full:#}");
+    assert_eq!(bob_findings[0]["details"]["ledger_atomic"], "2000000000000000000");
+}

@@ -153,3 +153,91 @@ async fn chain_a_deposit_past_the_read_block_but_not_yet_credited_is_not_counted
     let run = reconcile(&w, &[]).await;
     assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
 }
+
+fn solvency_check(run: &ReconciliationRun) -> &coffer_store::reconcile::CheckOutcome {
+    run.checks.iter().find(|c| c.check == "solvency").unwrap()
+}
+
+async fn publish_liabilities(w: &World, asset: &str) {
+    let admin = w.app.staff(Role::Admin).await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let path = format!("/v1/admin/liabilities/{asset}");
+    let reply = w
+        .app
+        .send("POST", &path, Some(&admin.access_token), Some(&key), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn chain_reconciler_reports_reserves_minus_published_liabilities_and_finds_a_shortfall() {
+    let options = Options {
+        liability_signing_key: Some(
+            coffer_api::liabilities::LiabilityKey::from_hex(
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            )
+            .unwrap(),
+        ),
+        ..Options::default()
+    };
+    let w = world(&[spec("ETH", 18, None, 1)], "ETH", options).await;
+    let listener = w.listener(50);
+    // No statement yet: compared with nothing, the check is skipped and says why.
+    let run = reconcile(&w, &[]).await;
+    let check = solvency_check(&run);
+    assert_eq!(check.status, CheckStatus::Skipped, "{check:?}");
+    assert!(run.solvency.is_empty());
+
+    w.anvil.send_eth(&w.address, eth("3")).await;
+    mine_and_follow(&w, &listener, 1).await;
+    assert_eq!(w.balances().await, ("3".into(), "0".into()));
+    publish_liabilities(&w, "ETH").await;
+    let run = reconcile(&w, &[]).await;
+    assert_eq!(solvency_check(&run).status, CheckStatus::Ok, "{:?}", run.findings);
+    let line = &run.solvency[0];
+    assert_eq!(
+        (
+            line.asset.as_str(),
+            line.reserves_atomic.as_str(),
+            line.liabilities_atomic.as_str()
+        ),
+        ("ETH", "3000000000000000000", "3000000000000000000")
+    );
+    assert_eq!(line.margin_atomic, "0");
+    assert!(line.block_number.is_some());
+
+    // 2 ETH credited by a rail with nothing arriving on chain: once published, the liabilities
+    // exceed the reserves by exactly that, and the run names the shortfall.
+    let payment = w.app.staff(Role::Payment).await;
+    w.app.deposit(&payment, &w.wallet, "2").await;
+    publish_liabilities(&w, "ETH").await;
+    let run = reconcile(&w, &[]).await;
+    let check = solvency_check(&run);
+    assert_eq!(
+        (check.status, check.mismatches),
+        (CheckStatus::Mismatch, 1),
+        "{check:?}"
+    );
+    assert_eq!(run.solvency[0].margin_atomic, "-2000000000000000000");
+    assert_eq!(run.solvency[0].liabilities_atomic, "5000000000000000000");
+    let short: Vec<_> = run.findings.iter().filter(|f| f.check == "solvency").collect();
+    assert_eq!(short.len(), 1, "{short:?}");
+    assert_eq!(
+        (short[0].kind.as_str(), short[0].subject.as_str()),
+        ("reserves_short", "ETH")
+    );
+    assert_eq!(short[0].details["margin_atomic"], "-2000000000000000000");
+
+    // The API's view of the run carries the margin in whole units too.
+    let admin = w.app.staff(Role::Admin).await;
+    let reply = w
+        .app
+        .get(
+            &format!("/v1/admin/reconciliations/{}", run.id),
+            &admin.access_token,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["solvency"][0]["margin"], "-2");
+    assert_eq!(reply.body["solvency"][0]["margin_atomic"], "-2000000000000000000");
+}

@@ -256,10 +256,12 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Stack> {
         ("COFFER_SIGNER_KEY_FILE".into(), key_file.display().to_string()),
     ];
     // The listener dies mid-poll (a block scanned, its checkpoint not saved); the restarted
-    // process's broadcaster dies after signing its first withdrawal (stored, not sent).
+    // process's broadcaster dies after signing its first withdrawal (stored, not sent); the next
+    // dies in the credited deposit's re-org (reversed, the rolled-back cursor not saved).
     let faults = vec![
         format!("listener.mid_poll={}", rng.gen_range(4..12)),
         "broadcaster.after_sign=1".to_string(),
+        "listener.mid_unwind=1".to_string(),
     ];
     supervisor.add(
         "chain-listener",
@@ -465,6 +467,7 @@ fn report(stack: &Stack, http: &workload::Http, records: &[workload::Record], fi
         "relay.after_confirm",
         "listener.mid_poll",
         "broadcaster.after_sign",
+        "listener.mid_unwind",
     ] {
         if !happenings.at_fault_points.iter().any(|(_, p)| p == point) {
             findings.violation(format!("fault point {point} was never reached"));

@@ -176,10 +176,17 @@ fn examples() -> Vec<(&'static str, Value)> {
         "decision_reason": null, "transaction_id": null
     });
     let run = json!({
-        "id": "0190f3a2-9f80-7152-8d44-5e6f708192a3", "trigger": "api", "requested_by": user,
+        "id": "0190f3a2-9f80-7152-8d44-5e6f708192a3", "trigger": "api", "mode": "incremental",
+        "incremental": { "accounts_read": 1004, "accounts_changed": 12, "entries_read": 24,
+            "transactions_checked": 12 },
+        "requested_by": user,
         "started_at": at, "finished_at": at, "duration_ms": 840, "mismatches": 0,
         "checks": [{ "check": "balances", "status": "ok", "mismatches": 0, "duration_ms": 310, "detail": null }],
-        "findings": [], "findings_truncated": false
+        "findings": [], "findings_truncated": false,
+        "solvency": [{ "asset": "ETH", "reserves_atomic": "12600000000000000000",
+            "liabilities_atomic": "12500000000000000000", "margin_atomic": "100000000000000000",
+            "margin": "0.1", "statement_id": "0190f3a2-9f80-7152-8d44-5e6f708192a4",
+            "snapshot_at": at, "block_number": 19000000 }]
     });
     vec![
         ("CreateWalletRequest", json!({ "asset": "ETH" })),

@@ -293,8 +293,10 @@ impl Listener {
         let Some(ancestor) = recent.last().cloned() else {
             return Err(ChainError::ReorgTooDeep(coffer_store::chain::CURSOR_HISTORY_MAX));
         };
-        tracing::warn!(chain = %self.config.chain, ancestor = ancestor.number, "re-org: cursor rolled back");
-        self.store.save_chain_cursor(&self.config.chain, recent).await?;
+        // The deposits above the ancestor are re-examined BEFORE the rolled-back cursor is saved:
+        // a poll that fails (or a process killed) in between finds the same re-org again next
+        // time. Saved first, the next poll would find its cursor canonical and never look at a
+        // credited deposit the re-org took away again (found by the fault harness).
         for status in [DepositStatus::Confirming, DepositStatus::Credited] {
             let above = self
                 .store
@@ -315,6 +317,11 @@ impl Listener {
                 }
             }
         }
+        if outcome.orphaned > 0 {
+            coffer_telemetry::faults::point("listener.mid_unwind");
+        }
+        self.store.save_chain_cursor(&self.config.chain, recent).await?;
+        tracing::warn!(chain = %self.config.chain, ancestor = ancestor.number, "re-org: cursor rolled back");
         Ok(ancestor.number as u64)
     }
 

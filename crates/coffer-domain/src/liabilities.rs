@@ -353,6 +353,44 @@ fn random_bytes(rng: &mut impl RngCore) -> [u8; 32] {
     bytes
 }
 
+/// One asset's reserves (read from the chain) against its published liabilities (the signed
+/// total of a statement): what the reconciler reports as reserves − liabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Solvency {
+    pub reserves: Amount,
+    pub liabilities: Amount,
+}
+
+impl Solvency {
+    /// Fewer reserves than liabilities: the platform could not pay every user at once.
+    pub fn is_short(&self) -> bool {
+        self.reserves < self.liabilities
+    }
+
+    /// `reserves − liabilities` as a magnitude and whether it is negative.
+    pub fn margin(&self) -> (Amount, bool) {
+        match self.reserves.checked_sub(self.liabilities) {
+            Some(surplus) => (surplus, false),
+            None => (
+                self.liabilities
+                    .checked_sub(self.reserves)
+                    .expect("liabilities exceed reserves"),
+                true,
+            ),
+        }
+    }
+
+    /// The margin in smallest units with its sign: `"-5"` when short by 5.
+    pub fn margin_atomic(&self) -> String {
+        let (amount, negative) = self.margin();
+        if negative {
+            format!("-{amount}")
+        } else {
+            amount.to_string()
+        }
+    }
+}
+
 fn random_u128(rng: &mut impl RngCore) -> u128 {
     let mut bytes = [0u8; 16];
     rng.fill_bytes(&mut bytes);
@@ -366,6 +404,22 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn solvency_margin_is_signed_and_exact() {
+        let of = |reserves: u128, liabilities: u128| Solvency {
+            reserves: Amount::from_u128(reserves),
+            liabilities: Amount::from_u128(liabilities),
+        };
+        assert_eq!(of(10, 4).margin_atomic(), "6");
+        assert!(!of(10, 4).is_short());
+        assert_eq!(of(4, 10).margin_atomic(), "-6");
+        assert!(of(4, 10).is_short());
+        assert_eq!(of(7, 7).margin_atomic(), "0");
+        assert!(!of(7, 7).is_short());
+        let big = u128::MAX;
+        assert_eq!(of(0, big).margin(), (Amount::from_u128(big), true));
+    }
 
     fn wallets(balances: &[u128]) -> Vec<WalletBalance> {
         balances

@@ -268,7 +268,13 @@ impl WalletPlatform {
         observed: &Observed,
         listener_verdicts: &ListenerVerdicts,
     ) -> Result<Outcome> {
-        let objects: PlatformObjects = build_platform(self, &observed.selection);
+        let running: Vec<ChainListener> = observed
+            .listeners
+            .iter()
+            .filter(|l| matches!(listener_verdicts.get(&l.name_any()), Some(Ok(()))))
+            .cloned()
+            .collect();
+        let objects: PlatformObjects = build_platform(self, &observed.selection, &running);
         let ns = self.ns();
         let client = &ctx.client;
         apply(client, &ns, &objects.assets).await?;

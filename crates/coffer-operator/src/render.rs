@@ -106,7 +106,7 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
     for (name, verdict) in &selection.verdicts {
         out.push_str(&format!("# Asset {name}: {}\n", verdict.message()));
     }
-    let objects = build_platform(platform, &selection);
+    let objects = build_platform(platform, &selection, &resources.listeners_of(platform));
     push(&mut out, &objects.assets);
     push(&mut out, &objects.service_account);
     push(&mut out, &objects.role);

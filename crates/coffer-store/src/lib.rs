@@ -12,6 +12,7 @@ pub mod audit;
 pub mod audit_chain;
 pub mod batch;
 pub mod chain;
+pub mod checkpoints;
 pub mod codec;
 pub mod custody;
 pub mod devices;

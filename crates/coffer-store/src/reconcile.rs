@@ -4,29 +4,36 @@
 //! memory): cached balances against ledger sums (`balances`), transactions and assets summing to
 //! zero (`postings`), custody against the chain (`custody`, skipped without a chain source),
 //! transactions past their state's time limit (`stuck_transactions`), the age of the oldest
-//! unpublished outbox event (`outbox_lag`), and the audit hash chain (`audit_chain`). The run and
-//! its findings are stored in `reconciliation_runs`.
+//! unpublished outbox event (`outbox_lag`), the audit hash chain (`audit_chain`), and each
+//! asset's reserves on chain against its latest published liabilities (`solvency`, skipped
+//! without a chain source or a statement). The run, its findings and its reserves − liabilities
+//! per asset are stored in `reconciliation_runs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use coffer_domain::liabilities::Solvency;
 use coffer_domain::{Amount, TxState};
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
-use prometheus::{Gauge, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::collections::{OUTBOX, RECONCILIATION_RUNS, TRANSACTIONS, WALLETS};
+use crate::liabilities::StatementDoc;
 use crate::model::{TransactionDoc, WalletDoc};
 use crate::verify::Finding;
 use crate::{new_id, Store, StoreError};
 
 /// The checks of a run, in order. Also the values of the `check` metric label.
-pub const CHECKS: [&str; 6] = [
+pub const CHECKS: [&str; 7] = [
     "balances",
     "postings",
     "custody",
+    "solvency",
     "stuck_transactions",
     "outbox_lag",
     "audit_chain",
@@ -44,6 +51,9 @@ pub struct ReconcileConfig {
     pub state_limits: Vec<(TxState, Duration)>,
     /// How old the oldest unpublished outbox event may be.
     pub outbox_limit: Duration,
+    /// How often a run is a full pass over every ledger entry; the runs between are incremental
+    /// (from each account's checkpoint on). Zero: every run is full.
+    pub full_interval: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -59,6 +69,7 @@ impl Default for ReconcileConfig {
                 (TxState::ManualReview, minutes(72 * 60)),
             ],
             outbox_limit: minutes(5),
+            full_interval: minutes(24 * 60),
         }
     }
 }
@@ -159,6 +170,13 @@ pub struct ReconciliationRun {
     pub id: String,
     /// `interval` (the reconciler role) or `api` (on demand).
     pub trigger: String,
+    /// `full` (every ledger entry) or `incremental` (from the accounts' checkpoints on); runs
+    /// stored before incremental runs existed were full.
+    #[serde(default = "full_mode")]
+    pub mode: RunMode,
+    /// What an incremental run read (absent on full runs).
+    #[serde(default)]
+    pub incremental: Option<IncrementalSummary>,
     pub requested_by: Option<String>,
     #[serde(with = "crate::codec::time")]
     pub started_at: crate::codec::Time,
@@ -172,6 +190,64 @@ pub struct ReconciliationRun {
     #[serde(default)]
     pub findings: Vec<FindingDoc>,
     pub findings_truncated: bool,
+    /// Reserves − liabilities of each asset compared (absent in runs stored before the check).
+    #[serde(default)]
+    pub solvency: Vec<SolvencyLine>,
+}
+
+/// Which ledger pass a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// Every ledger entry, summed in the database; rewrites every agreeing account's checkpoint.
+    Full,
+    /// Only entries after each account's checkpoint (crate::checkpoints).
+    Incremental,
+}
+
+fn full_mode() -> RunMode {
+    RunMode::Full
+}
+
+/// What the run asks for: [`RunMode`] by the schedule (`None`), or one of them.
+pub type ModeRequest = Option<RunMode>;
+
+/// How much an incremental run read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalSummary {
+    pub accounts_read: i64,
+    pub accounts_changed: i64,
+    pub entries_read: i64,
+    pub transactions_checked: i64,
+}
+
+impl From<crate::checkpoints::IncrementalStats> for IncrementalSummary {
+    fn from(s: crate::checkpoints::IncrementalStats) -> Self {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        IncrementalSummary {
+            accounts_read: n(s.accounts_read),
+            accounts_changed: n(s.accounts_changed),
+            entries_read: n(s.entries_read),
+            transactions_checked: n(s.transactions_checked),
+        }
+    }
+}
+
+/// One asset's reserves read from the chain against its latest published liabilities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SolvencyLine {
+    pub asset: String,
+    pub decimals: u8,
+    /// What the platform's addresses hold at `block_number`, in smallest units.
+    pub reserves_atomic: String,
+    /// The signed total of statement `statement_id` (snapshot at `snapshot_at`).
+    pub liabilities_atomic: String,
+    /// `reserves − liabilities`, signed: negative when the platform is short.
+    pub margin_atomic: String,
+    pub statement_id: String,
+    #[serde(with = "crate::codec::time")]
+    pub snapshot_at: crate::codec::Time,
+    pub block_number: Option<i64>,
 }
 
 /// Metrics of reconciliation and of the audit chain, registered into the role's registry.
@@ -183,6 +259,8 @@ pub struct ReconcileMetrics {
     /// Without labels; exposed only once a verification ran in this process (a 0 before any
     /// verification would read as "broken"). Set it through [`ReconcileMetrics::audit_chain_verified`].
     pub audit_chain_valid: IntGaugeVec,
+    /// Reserves − liabilities by asset, in whole units (approximate; the run stores it exactly).
+    pub solvency_margin: GaugeVec,
 }
 
 impl ReconcileMetrics {
@@ -210,11 +288,19 @@ impl ReconcileMetrics {
                 ),
                 &[],
             )?,
+            solvency_margin: GaugeVec::new(
+                Opts::new(
+                    "coffer_reserves_minus_liabilities",
+                    "Reserves on chain minus the latest published liabilities, by asset, in whole units (negative: short).",
+                ),
+                &["asset"],
+            )?,
         };
         registry.register(Box::new(metrics.runs.clone()))?;
         registry.register(Box::new(metrics.mismatches.clone()))?;
         registry.register(Box::new(metrics.last_run_timestamp.clone()))?;
         registry.register(Box::new(metrics.audit_chain_valid.clone()))?;
+        registry.register(Box::new(metrics.solvency_margin.clone()))?;
         Ok(metrics)
     }
 
@@ -234,6 +320,10 @@ impl ReconcileMetrics {
         }
         self.last_run_timestamp
             .set(run.finished_at.timestamp_millis() as f64 / 1000.0);
+        for line in &run.solvency {
+            let whole = whole_units(&line.margin_atomic, line.decimals);
+            self.solvency_margin.with_label_values(&[&line.asset]).set(whole);
+        }
     }
 }
 
@@ -298,6 +388,12 @@ fn ledger_findings(findings: Vec<Finding>) -> (Vec<FindingDoc>, Vec<FindingDoc>)
             Finding::UnknownAccount { account_id } => {
                 balances.push(finding("balances", "unknown_account", &account_id, doc! {}))
             }
+            Finding::SequenceGap { account_id, detail } => balances.push(finding(
+                "balances",
+                "sequence_gap",
+                &account_id,
+                doc! { "detail": detail },
+            )),
             Finding::UnbalancedTransaction { transaction_id, sum } => postings.push(finding(
                 "postings",
                 "unbalanced_transaction",
@@ -315,18 +411,62 @@ fn ledger_findings(findings: Vec<Finding>) -> (Vec<FindingDoc>, Vec<FindingDoc>)
     (balances, postings)
 }
 
+/// A signed integer of smallest units as whole units, for a gauge (precision beyond f64 is lost).
+fn whole_units(atomic: &str, decimals: u8) -> f64 {
+    let value: f64 = atomic.parse().unwrap_or(f64::NAN);
+    value / 10f64.powi(i32::from(decimals))
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Reconciler {
-    /// Runs every check, stores the run and updates the metrics.
+    /// Runs every check (a full or an incremental ledger pass, by the schedule), stores the run
+    /// and updates the metrics.
     pub async fn run(
         &self,
         store: &Store,
         trigger: &str,
         requested_by: Option<&str>,
     ) -> Result<ReconciliationRun, StoreError> {
+        self.run_as(store, trigger, requested_by, None).await
+    }
+
+    /// The ledger pass a run makes: full when asked, when no account has a checkpoint yet, or
+    /// when the last full run is older than `full_interval`; else what was asked or incremental.
+    pub async fn mode_for(&self, store: &Store, requested: ModeRequest) -> Result<RunMode, StoreError> {
+        if requested == Some(RunMode::Full)
+            || self.config.full_interval.is_zero()
+            || !store.has_reconcile_checkpoints().await?
+        {
+            return Ok(RunMode::Full);
+        }
+        if requested == Some(RunMode::Incremental) {
+            return Ok(RunMode::Incremental);
+        }
+        let last_full = store
+            .collection::<ReconciliationRun>(RECONCILIATION_RUNS)
+            .find_one(doc! { "mode": { "$ne": "incremental" } })
+            .projection(doc! { "findings": 0 })
+            .sort(doc! { "_id": -1 })
+            .await?;
+        let due = last_full.is_none_or(|run| {
+            let age_ms = DateTime::now().timestamp_millis() - run.started_at.timestamp_millis();
+            age_ms >= millis(self.config.full_interval)
+        });
+        Ok(if due { RunMode::Full } else { RunMode::Incremental })
+    }
+
+    /// [`Reconciler::run`] with the ledger pass asked for (`None`: by the schedule).
+    pub async fn run_as(
+        &self,
+        store: &Store,
+        trigger: &str,
+        requested_by: Option<&str>,
+        requested: ModeRequest,
+    ) -> Result<ReconciliationRun, StoreError> {
+        let mode = self.mode_for(store, requested).await?;
         let started_at = crate::codec::now();
         let started = Instant::now();
         let mut outcomes = Vec::new();
@@ -343,15 +483,24 @@ impl Reconciler {
         };
 
         let t = Instant::now();
-        let report = store.verify_ledger().await?;
+        let (report, incremental) = match mode {
+            RunMode::Full => (store.verify_ledger_and_checkpoint().await?, None),
+            RunMode::Incremental => {
+                let (report, stats) = store.verify_ledger_incremental().await?;
+                (report, Some(IncrementalSummary::from(stats)))
+            }
+        };
         let (balances, postings) = ledger_findings(report.findings);
         let elapsed = t.elapsed();
         push("balances", elapsed, Checked::of(balances));
         push("postings", elapsed, Checked::of(postings));
 
         let t = Instant::now();
-        let custody = self.check_custody(store).await?;
+        let (custody, readings) = self.check_custody(store).await?;
         push("custody", t.elapsed(), custody);
+        let t = Instant::now();
+        let (solvency, solvency_lines) = check_solvency(store, &readings).await?;
+        push("solvency", t.elapsed(), solvency);
         let t = Instant::now();
         let stuck = self.check_stuck(store).await?;
         push("stuck_transactions", t.elapsed(), stuck);
@@ -368,6 +517,8 @@ impl Reconciler {
         let run = ReconciliationRun {
             id: new_id(),
             trigger: trigger.to_string(),
+            mode,
+            incremental,
             requested_by: requested_by.map(str::to_string),
             started_at,
             finished_at: crate::codec::now(),
@@ -376,6 +527,7 @@ impl Reconciler {
             mismatches,
             findings,
             findings_truncated,
+            solvency: solvency_lines,
         };
         store
             .collection::<ReconciliationRun>(RECONCILIATION_RUNS)
@@ -386,16 +538,24 @@ impl Reconciler {
     }
 
     /// Custody is debit-normal: the ledger holds `-(available + pending + held)` of the account.
-    async fn check_custody(&self, store: &Store) -> Result<Checked, StoreError> {
+    /// Also answers each asset's chain reading, which the solvency check compares with liabilities.
+    async fn check_custody(
+        &self,
+        store: &Store,
+    ) -> Result<(Checked, BTreeMap<String, ChainReading>), StoreError> {
         let mut cursor = store
             .collection::<WalletDoc>(WALLETS)
             .find(doc! { "kind": "custody" })
             .limit(10_000)
             .await?;
         let (mut compared, mut errors, mut found) = (0, Vec::new(), Vec::new());
+        let mut readings = BTreeMap::new();
         while let Some(account) = cursor.try_next().await? {
             let reading = match self.custody.on_chain_balance(&account.asset).await {
-                Ok(Some(reading)) => reading,
+                Ok(Some(reading)) => {
+                    readings.insert(account.asset.clone(), reading);
+                    reading
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     errors.push(format!("{}: {e}", account.asset));
@@ -440,7 +600,7 @@ impl Reconciler {
             checked.status = CheckStatus::Skipped;
             checked.detail = Some("no chain configured".into());
         }
-        Ok(checked)
+        Ok((checked, readings))
     }
 
     async fn check_stuck(&self, store: &Store) -> Result<Checked, StoreError> {
@@ -515,6 +675,61 @@ impl Reconciler {
             .collect();
         Ok(Checked::of(found))
     }
+}
+
+/// Each asset read from the chain against its latest statement: a `reserves_short` finding where
+/// reserves are below the published liabilities, and the margin of every asset compared.
+async fn check_solvency(
+    store: &Store,
+    readings: &BTreeMap<String, ChainReading>,
+) -> Result<(Checked, Vec<SolvencyLine>), StoreError> {
+    let (mut lines, mut found, mut unpublished) = (Vec::new(), Vec::new(), Vec::new());
+    for (asset, reading) in readings {
+        let Some(statement) = store.latest_liability_statement(asset).await? else {
+            unpublished.push(asset.as_str());
+            continue;
+        };
+        let line = solvency_line(&statement, reading)?;
+        if line.margin_atomic.starts_with('-') {
+            found.push(finding(
+                "solvency",
+                "reserves_short",
+                asset,
+                doc! { "reserves_atomic": &line.reserves_atomic, "liabilities_atomic": &line.liabilities_atomic,
+                "margin_atomic": &line.margin_atomic, "statement_id": &line.statement_id,
+                "block_number": line.block_number },
+            ));
+        }
+        lines.push(line);
+    }
+    let mut checked = Checked::of(found);
+    if !unpublished.is_empty() {
+        checked.detail = Some(format!("no liabilities published for {}", unpublished.join(", ")));
+    }
+    if lines.is_empty() {
+        checked.status = CheckStatus::Skipped;
+        checked.detail.get_or_insert_with(|| "no chain configured".into());
+    }
+    Ok((checked, lines))
+}
+
+fn solvency_line(statement: &StatementDoc, reading: &ChainReading) -> Result<SolvencyLine, StoreError> {
+    let liabilities = Amount::parse_atomic(&statement.total_atomic)
+        .map_err(|_| StoreError::Corrupt(format!("statement {}: total", statement.id)))?;
+    let solvency = Solvency {
+        reserves: reading.on_chain,
+        liabilities,
+    };
+    Ok(SolvencyLine {
+        asset: statement.asset.clone(),
+        decimals: statement.decimals,
+        reserves_atomic: reading.on_chain.to_string(),
+        liabilities_atomic: liabilities.to_string(),
+        margin_atomic: solvency.margin_atomic(),
+        statement_id: statement.id.clone(),
+        snapshot_at: statement.snapshot_at,
+        block_number: reading.block_number.map(|b| b as i64),
+    })
 }
 
 impl Store {

@@ -13,6 +13,9 @@ use crate::collections::{LEDGER_ENTRIES, WALLETS};
 use crate::model::WalletDoc;
 use crate::{Store, StoreError};
 
+/// Checkpoints written per round of a full pass.
+const CHECKPOINTS_PER_WRITE: usize = 500;
+
 /// One difference the verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -29,6 +32,9 @@ pub enum Finding {
     UnbalancedAsset { asset: String, sum: String },
     /// Ledger entries point at an account that does not exist.
     UnknownAccount { account_id: String },
+    /// An account's entries after its reconciliation checkpoint are not exactly one per sequence
+    /// number up to its version (an entry missing, repeated, or written without moving the version).
+    SequenceGap { account_id: String, detail: String },
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +53,18 @@ fn signed(value: &Decimal128) -> Result<String, StoreError> {
 }
 
 impl Store {
+    /// Recomputes every balance (read only: `coffer ledger verify`).
     pub async fn verify_ledger(&self) -> Result<Report, StoreError> {
+        self.verify_ledger_full(false).await
+    }
+
+    /// The full pass of a reconciliation: [`Store::verify_ledger`], then every account that
+    /// agreed gets a new checkpoint (crate::checkpoints), where incremental runs start.
+    pub async fn verify_ledger_and_checkpoint(&self) -> Result<Report, StoreError> {
+        self.verify_ledger_full(true).await
+    }
+
+    async fn verify_ledger_full(&self, checkpoint: bool) -> Result<Report, StoreError> {
         let mut report = Report::default();
         let entries = self.collection::<Document>(LEDGER_ENTRIES);
 
@@ -69,8 +86,10 @@ impl Store {
 
         let mut wallets = self.collection::<WalletDoc>(WALLETS).find(doc! {}).await?;
         let mut known = std::collections::BTreeSet::new();
+        let mut agreed = Vec::new();
         while let Some(wallet) = wallets.try_next().await? {
             report.accounts_checked += 1;
+            let findings_before = report.findings.len();
             for bucket in coffer_domain::Bucket::ALL {
                 let value = wallet.bucket(bucket);
                 let cached = signed(&codec::to_decimal(&value.magnitude, value.negative))?;
@@ -85,8 +104,15 @@ impl Store {
                     });
                 }
             }
+            if checkpoint && report.findings.len() == findings_before {
+                agreed.push(wallet.clone());
+                if agreed.len() == CHECKPOINTS_PER_WRITE {
+                    self.write_checkpoints(&std::mem::take(&mut agreed)).await?;
+                }
+            }
             known.insert(wallet.id);
         }
+        self.write_checkpoints(&agreed).await?;
         for (account, _) in sums.keys() {
             if !known.contains(account) {
                 report.findings.push(Finding::UnknownAccount {

@@ -6,7 +6,9 @@
 //! Points: `ledger.before_commit` (a group-commit batch written, its transaction still open),
 //! `ledger.after_commit` (a group-commit batch committed, nobody answered yet),
 //! `relay.after_confirm` (the broker confirmed a round, the outbox cursors not moved yet),
-//! `listener.mid_poll` (a block scanned and its deposits recorded, its checkpoint not saved) and
+//! `listener.mid_poll` (a block scanned and its deposits recorded, its checkpoint not saved),
+//! `listener.mid_unwind` (a re-org's deposits orphaned or reversed, the rolled-back cursor not
+//! saved) and
 //! `broadcaster.after_sign` (a withdrawal signed and stored, not sent). The fault harness
 //! (docs/faults.md) arms each of them.
 

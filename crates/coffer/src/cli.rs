@@ -634,6 +634,11 @@ pub struct ReconcileArgs {
     #[arg(long, env = "COFFER_RECONCILE_OUTBOX_LIMIT_SECONDS", default_value_t = 300,
         value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
     pub reconcile_outbox_limit_seconds: u64,
+    /// How often (seconds, 0..=604800) a run is a full pass over every ledger entry; the runs
+    /// between verify each account from its checkpoint on. 0: every run is full.
+    #[arg(long, env = "COFFER_RECONCILE_FULL_INTERVAL_SECONDS", default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(0..=7 * 24 * 3600))]
+    pub reconcile_full_interval_seconds: u64,
 }
 
 impl ReconcileArgs {
@@ -645,6 +650,7 @@ impl ReconcileArgs {
                 .map_err(|e| anyhow::anyhow!("COFFER_RECONCILE_STUCK_LIMITS: {e}"))?;
         }
         config.outbox_limit = Duration::from_secs(self.reconcile_outbox_limit_seconds);
+        config.full_interval = Duration::from_secs(self.reconcile_full_interval_seconds);
         Ok(config)
     }
 }

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use coffer_store::audit_chain::{actions, AuditVerification, ChainBreak};
-use coffer_store::reconcile::ReconciliationRun;
+use coffer_store::reconcile::{IncrementalSummary, ReconciliationRun, RunMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -33,7 +33,7 @@ pub fn writes() -> OpenApiRouter<ApiContext> {
 
 #[derive(Serialize, ToSchema)]
 pub struct CheckView {
-    /// balances, postings, custody, stuck_transactions, outbox_lag, audit_chain.
+    /// balances, postings, custody, solvency, stuck_transactions, outbox_lag, audit_chain.
     pub check: String,
     /// ok, mismatch, skipped or error.
     pub status: String,
@@ -57,6 +57,11 @@ pub struct FindingView {
 pub struct ReconciliationView {
     pub id: String,
     pub trigger: String,
+    /// `full` (every ledger entry) or `incremental` (each account from its checkpoint on).
+    pub mode: String,
+    /// What an incremental run read; absent on full runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalView>,
     pub requested_by: Option<String>,
     pub started_at: String,
     pub finished_at: String,
@@ -67,6 +72,71 @@ pub struct ReconciliationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub findings: Option<Vec<FindingView>>,
     pub findings_truncated: bool,
+    /// Reserves read from the chain against the latest published liabilities, per asset compared
+    /// (issue 17; docs/solvency.md). Empty without a chain source or a published statement.
+    pub solvency: Vec<SolvencyView>,
+}
+
+/// How much an incremental run read: its cost grows with these, not with the ledger.
+#[derive(Serialize, ToSchema)]
+pub struct IncrementalView {
+    pub accounts_read: i64,
+    /// Accounts whose version moved past (or whose balances differ from) their checkpoint.
+    pub accounts_changed: i64,
+    pub entries_read: i64,
+    pub transactions_checked: i64,
+}
+
+impl From<IncrementalSummary> for IncrementalView {
+    fn from(s: IncrementalSummary) -> Self {
+        IncrementalView {
+            accounts_read: s.accounts_read,
+            accounts_changed: s.accounts_changed,
+            entries_read: s.entries_read,
+            transactions_checked: s.transactions_checked,
+        }
+    }
+}
+
+/// One asset's reserves − liabilities. Amounts in smallest units as strings, and in whole units.
+#[derive(Serialize, ToSchema)]
+pub struct SolvencyView {
+    pub asset: String,
+    /// What the platform's hot wallets and deposit addresses hold at `block_number`.
+    #[schema(example = "12500000000000000000")]
+    pub reserves_atomic: String,
+    /// The total of statement `statement_id` (`GET /v1/liabilities/{asset}`).
+    pub liabilities_atomic: String,
+    /// `reserves − liabilities`; negative when the platform is short.
+    #[schema(example = "-1000")]
+    pub margin_atomic: String,
+    /// The same margin in whole units, e.g. `"-0.5"`.
+    pub margin: String,
+    pub statement_id: String,
+    pub snapshot_at: String,
+    pub block_number: Option<i64>,
+}
+
+impl SolvencyView {
+    fn from_line(line: &coffer_store::reconcile::SolvencyLine) -> Self {
+        let (magnitude, negative) = match line.margin_atomic.strip_prefix('-') {
+            Some(rest) => (rest, true),
+            None => (line.margin_atomic.as_str(), false),
+        };
+        let margin = coffer_domain::Amount::parse_atomic(magnitude)
+            .map(|a| coffer_domain::amount::signed_decimal_string(&a, negative, line.decimals))
+            .unwrap_or_default();
+        SolvencyView {
+            asset: line.asset.clone(),
+            reserves_atomic: line.reserves_atomic.clone(),
+            liabilities_atomic: line.liabilities_atomic.clone(),
+            margin_atomic: line.margin_atomic.clone(),
+            margin,
+            statement_id: line.statement_id.clone(),
+            snapshot_at: time(&line.snapshot_at),
+            block_number: line.block_number,
+        }
+    }
 }
 
 impl ReconciliationView {
@@ -80,6 +150,11 @@ impl ReconciliationView {
         ReconciliationView {
             id: run.id.clone(),
             trigger: run.trigger.clone(),
+            mode: match run.mode {
+                RunMode::Full => "full".into(),
+                RunMode::Incremental => "incremental".into(),
+            },
+            incremental: run.incremental.map(IncrementalView::from),
             requested_by: run.requested_by.clone(),
             started_at: time(&run.started_at),
             finished_at: time(&run.finished_at),
@@ -108,6 +183,7 @@ impl ReconciliationView {
                     .collect()
             }),
             findings_truncated: run.findings_truncated,
+            solvency: run.solvency.iter().map(SolvencyView::from_line).collect(),
         }
     }
 }
@@ -118,25 +194,54 @@ pub struct ReconciliationPage {
     pub next_cursor: Option<String>,
 }
 
+/// The ledger pass of an on-demand run.
+#[derive(Deserialize, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeParam {
+    /// Every ledger entry (rewrites every agreeing account's checkpoint).
+    Full,
+    /// From each account's checkpoint on (full anyway while no checkpoint exists).
+    Incremental,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunNowQuery {
+    /// `full` or `incremental`; absent: by the schedule (`COFFER_RECONCILE_FULL_INTERVAL_SECONDS`).
+    #[param(inline)]
+    pub mode: Option<ModeParam>,
+}
+
 /// Run a reconciliation now and return its stored report (engineering, admin).
 #[utoipa::path(post, path = "/v1/admin/reconciliations", tag = "admin",
-    params(("Idempotency-Key" = String, Header, description = "Required")),
+    params(("Idempotency-Key" = String, Header, description = "Required"), RunNowQuery),
     responses((status = 201, body = ReconciliationView), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn run_reconciliation(
     State(ctx): State<ApiContext>,
     principal: Authorized<Operators>,
     headers: HeaderMap,
+    ValidQuery(query): ValidQuery<RunNowQuery>,
 ) -> ApiResult<(StatusCode, Json<ReconciliationView>)> {
     idempotency_key(&headers)?;
-    let run = run_now(&ctx, &principal).await?;
+    let mode = query.mode.map(|m| match m {
+        ModeParam::Full => RunMode::Full,
+        ModeParam::Incremental => RunMode::Incremental,
+    });
+    let run = run_now(&ctx, &principal, mode).await?;
     Ok((
         StatusCode::CREATED,
         Json(ReconciliationView::from_run(&run, true)),
     ))
 }
 
-/// Audits the request, then runs a reconciliation (the API and the console both call it).
-pub(crate) async fn run_now(ctx: &ApiContext, principal: &Principal) -> ApiResult<ReconciliationRun> {
+/// Audits the request, then runs a reconciliation (the API and the console both call it);
+/// `mode` None: the schedule's pass.
+pub(crate) async fn run_now(
+    ctx: &ApiContext,
+    principal: &Principal,
+    mode: coffer_store::reconcile::ModeRequest,
+) -> ApiResult<ReconciliationRun> {
     audit(
         ctx,
         principal,
@@ -147,7 +252,7 @@ pub(crate) async fn run_now(ctx: &ApiContext, principal: &Principal) -> ApiResul
     .await?;
     Ok(ctx
         .reconciler()
-        .run(ctx.store(), "api", Some(&principal.user_id))
+        .run_as(ctx.store(), "api", Some(&principal.user_id), mode)
         .await?)
 }
 

@@ -156,7 +156,7 @@ async fn run_now(
     // In the background, so the page can show that it runs; the API's own function audits the
     // request and stores the run, which the waiting page then finds.
     tokio::spawn(async move {
-        if let Err(error) = crate::admin::operations::run_now(&task_ctx, &principal).await {
+        if let Err(error) = crate::admin::operations::run_now(&task_ctx, &principal, None).await {
             tracing::error!(code = error.code(), error = %error, "console reconciliation failed");
         }
     });

@@ -20,7 +20,7 @@ use super::{
     assets_config_map, assets_config_map_name, deployment_name, labels, metrics_service_name, owned_meta,
     selector_labels, service_account_name, AssetSelection, Component, API_PORT, METRICS_LABEL, METRICS_PORT,
 };
-use crate::crd::WalletPlatform;
+use crate::crd::{ChainListener, WalletPlatform};
 
 /// Longest platform name: every derived name (`<name>-outbox-publisher`, Service names) must
 /// stay a valid DNS label of at most 63 characters.
@@ -83,17 +83,24 @@ pub fn validate_platform(platform: &WalletPlatform) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the platform's objects. Call [`validate_platform`] first.
-pub fn build_platform(platform: &WalletPlatform, assets: &AssetSelection) -> PlatformObjects {
+/// Builds the platform's objects. Call [`validate_platform`] first. `listeners` are the
+/// platform's ChainListeners that are running (their Secrets exist): their nodes are where the
+/// api checks provider webhooks and the reconciler reads reserves.
+pub fn build_platform(
+    platform: &WalletPlatform,
+    assets: &AssetSelection,
+    listeners: &[ChainListener],
+) -> PlatformObjects {
+    let rpc_env = chain_rpc_env(listeners);
     PlatformObjects {
         assets: assets_config_map(platform, &assets.file),
         service_account: service_account(platform),
         role: role(platform),
         role_binding: role_binding(platform),
         deployments: vec![
-            api_deployment(platform),
+            api_deployment(platform, &rpc_env),
             outbox_deployment(platform),
-            reconciler_deployment(platform),
+            reconciler_deployment(platform, &rpc_env),
         ],
         api_service: api_service(platform),
         metrics_service: metrics_service(platform),
@@ -257,11 +264,12 @@ fn deployment(
     }
 }
 
-fn api_deployment(platform: &WalletPlatform) -> Deployment {
+fn api_deployment(platform: &WalletPlatform, rpc_env: &[EnvVar]) -> Deployment {
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Api, API_PORT);
     vars.push(secret_env("COFFER_JWT_SECRET", &spec.jwt_secret_ref, "secret"));
     vars.extend(pii_env(platform));
+    vars.extend_from_slice(rpc_env);
     vars.extend(liability_env(platform, false));
     if let Some(kyc) = &spec.api.kyc {
         vars.push(env("COFFER_KYC_DEFAULT_TIER", kyc.default_tier.as_str()));
@@ -314,10 +322,11 @@ fn outbox_deployment(platform: &WalletPlatform) -> Deployment {
     deployment(platform, workload, Some(spec.outbox_publisher.replicas), false)
 }
 
-fn reconciler_deployment(platform: &WalletPlatform) -> Deployment {
+fn reconciler_deployment(platform: &WalletPlatform, rpc_env: &[EnvVar]) -> Deployment {
     let spec = &platform.spec;
     let mut vars = common_env(platform, Component::Reconciler, METRICS_PORT);
     vars.push(env_interval(spec.reconciler.interval_seconds));
+    vars.extend_from_slice(rpc_env);
     vars.extend(liability_env(platform, true));
     let heads = &spec.reconciler.audit_heads;
     vars.push(env("COFFER_AUDIT_HEADS_PATH", AUDIT_HEADS_FILE));
@@ -386,6 +395,33 @@ fn pii_env(platform: &WalletPlatform) -> Vec<EnvVar> {
         secret_env("COFFER_PII_INDEX_KEY", &key("index-key"), "index-key"),
         previous,
     ]
+}
+
+/// `COFFER_CHAIN_RPC_URLS` (`chain=url,…`) from the listeners' Secrets: each node's URL (which
+/// usually carries a provider's key) comes from its Secret as `COFFER_RPC_URL_<n>` and is joined by
+/// Kubernetes' `$(VAR)` expansion, so no URL is ever written into a Deployment. One node per
+/// chain: the first listener by name. Empty without listeners (webhooks refused, custody skipped).
+fn chain_rpc_env(listeners: &[ChainListener]) -> Vec<EnvVar> {
+    let mut by_chain = std::collections::BTreeMap::new();
+    let mut sorted: Vec<&ChainListener> = listeners.iter().collect();
+    sorted.sort_by_key(|l| l.name_any());
+    for listener in sorted {
+        by_chain
+            .entry(listener.spec.chain.clone())
+            .or_insert(&listener.spec.rpc_secret_ref);
+    }
+    if by_chain.is_empty() {
+        return Vec::new();
+    }
+    let mut vars = Vec::new();
+    let mut entries = Vec::new();
+    for (n, (chain, secret)) in by_chain.into_iter().enumerate() {
+        let name = format!("COFFER_RPC_URL_{n}");
+        vars.push(secret_env(&name, secret, "url"));
+        entries.push(format!("{chain}=$({name})"));
+    }
+    vars.push(env("COFFER_CHAIN_RPC_URLS", entries.join(",")));
+    vars
 }
 
 /// The liabilities signing key (api and reconciler) and, for the reconciler, its schedule.

@@ -221,3 +221,45 @@ fn the_reconciler_alone_mounts_the_audit_heads_export_on_its_claim_or_an_empty_d
         }
     }
 }
+
+#[test]
+fn the_api_and_the_reconciler_reach_each_listeners_node_through_its_secret_only() {
+    let resources = fixture("full.yaml");
+    let platform = &resources.platforms[0];
+    let rendered = render_platform(platform, &resources).unwrap();
+    let deployments: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|doc: &serde_yaml::Value| doc["kind"] == "Deployment")
+        .collect();
+    let env_of = |component: &str| -> Vec<serde_yaml::Value> {
+        let deployment = deployments
+            .iter()
+            .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+            .unwrap_or_else(|| panic!("no {component} Deployment"));
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence()
+            .unwrap()
+            .clone()
+    };
+    for component in ["api", "reconciler"] {
+        let env = env_of(component);
+        let named = |name: &str| env.iter().find(|v| v["name"] == name).cloned();
+        let url = named("COFFER_RPC_URL_0").unwrap_or_else(|| panic!("{component}: no node"));
+        assert_eq!(
+            url["valueFrom"]["secretKeyRef"]["name"], "eth-mainnet-rpc",
+            "{component}"
+        );
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "https", "{component}");
+        assert!(
+            url.get("value").is_none(),
+            "{component}: the URL never appears in the Deployment"
+        );
+        let urls = named("COFFER_CHAIN_RPC_URLS").unwrap();
+        assert_eq!(urls["value"], "ethereum=$(COFFER_RPC_URL_0)", "{component}");
+        // Kubernetes expands $(VAR) only from variables defined before it.
+        let position = |name: &str| env.iter().position(|v| v["name"] == name).unwrap();
+        assert!(position("COFFER_RPC_URL_0") < position("COFFER_CHAIN_RPC_URLS"));
+    }
+    let outbox = env_of("outbox-publisher");
+    assert!(outbox.iter().all(|v| v["name"] != "COFFER_CHAIN_RPC_URLS"));
+}
