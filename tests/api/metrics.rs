@@ -33,6 +33,11 @@ const CATALOGUE: &str = include_str!("../../docs/metrics.md");
 const ROLES: [&str; 4] = ["api", "outbox-publisher", "chain-listener", "reconciler"];
 
 /// The catalogue's metric names for a role (its `roles` column lists it).
+/// Series that exist only under a condition this flow does not meet, each asserted elsewhere:
+/// reserves − liabilities needs a chain source and a published statement
+/// (`reserves::chain_reconciler_reports_reserves_minus_published_liabilities_and_finds_a_shortfall`).
+const CONDITIONAL: [&str; 1] = ["coffer_reserves_minus_liabilities"];
+
 fn catalogued(role: &str) -> Vec<String> {
     CATALOGUE
         .lines()
@@ -276,6 +281,9 @@ async fn chain_every_role_exposes_the_catalogue_with_the_values_of_a_scripted_fl
         let names = catalogued(role);
         assert!(!names.is_empty(), "no metric catalogued for {role}");
         for name in names {
+            if CONDITIONAL.contains(&name.as_str()) {
+                continue;
+            }
             let exposed = values.keys().any(|series| {
                 series == &name
                     || series.starts_with(&format!("{name}{{"))

@@ -22,6 +22,14 @@ fn fresh_address() -> String {
 }
 
 async fn reconcile(w: &World, hot_wallets: &[String]) -> ReconciliationRun {
+    reconcile_with(w, hot_wallets, &prometheus::Registry::new()).await
+}
+
+async fn reconcile_with(
+    w: &World,
+    hot_wallets: &[String],
+    registry: &prometheus::Registry,
+) -> ReconciliationRun {
     let source = ChainCustody::new(
         CHAIN,
         w.anvil.rpc.clone(),
@@ -32,7 +40,7 @@ async fn reconcile(w: &World, hot_wallets: &[String]) -> ReconciliationRun {
     let reconciler = Reconciler {
         config: ReconcileConfig::default(),
         custody: source,
-        metrics: ReconcileMetrics::new(&prometheus::Registry::new()).unwrap(),
+        metrics: ReconcileMetrics::new(registry).unwrap(),
     };
     reconciler.run(&w.app.store, "test", None).await.unwrap()
 }
@@ -211,12 +219,25 @@ async fn chain_reconciler_reports_reserves_minus_published_liabilities_and_finds
     let payment = w.app.staff(Role::Payment).await;
     w.app.deposit(&payment, &w.wallet, "2").await;
     publish_liabilities(&w, "ETH").await;
-    let run = reconcile(&w, &[]).await;
+    let registry = prometheus::Registry::new();
+    let run = reconcile_with(&w, &[], &registry).await;
     let check = solvency_check(&run);
     assert_eq!(
         (check.status, check.mismatches),
         (CheckStatus::Mismatch, 1),
         "{check:?}"
+    );
+    let gauge = registry
+        .gather()
+        .into_iter()
+        .find(|family| family.name() == "coffer_reserves_minus_liabilities")
+        .expect("the margin gauge is exposed");
+    let sample = &gauge.get_metric()[0];
+    assert_eq!(sample.get_label()[0].value(), "ETH");
+    assert_eq!(
+        sample.get_gauge().get_value(),
+        -2.0,
+        "short by 2 ETH, in whole units"
     );
     assert_eq!(run.solvency[0].margin_atomic, "-2000000000000000000");
     assert_eq!(run.solvency[0].liabilities_atomic, "5000000000000000000");

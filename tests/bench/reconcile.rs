@@ -58,7 +58,11 @@ async fn main() {
     let store = Store::connect(
         &uri,
         &database,
-        StoreConfig::default(),
+        StoreConfig {
+            // Each run verifies the audit chain, which needs its key (COFFER_AUDIT_KEY).
+            audit_keys: Some(coffer_test_support::test_audit_keys()),
+            ..StoreConfig::default()
+        },
         StoreMetrics::unregistered(),
     )
     .await

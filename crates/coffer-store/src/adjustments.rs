@@ -235,20 +235,8 @@ impl Store {
         }
         let filter = proposed_with_approvals(id, seen, &approval.by);
         let update = doc! { "$push": { "approvals": mongodb::bson::to_bson(&approval)? } };
-        let entry = audit.on(id);
-        self.audited(move |store, session| {
-            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-            Box::pin(async move {
-                let updated = store
-                    .collection::<AdjustmentDoc>(ADJUSTMENTS)
-                    .find_one_and_update(filter, update)
-                    .return_document(mongodb::options::ReturnDocument::After)
-                    .session(session)
-                    .await?;
-                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
-            })
-        })
-        .await
+        self.audited_update(ADJUSTMENTS, filter, update, audit.on(id))
+            .await
     }
 
     /// Approves and posts a proposal, atomically, if its first approvals are still the `seen`

@@ -370,6 +370,34 @@ impl Store {
         .await
     }
 
+    /// Updates the one document of `collection` that `filter` matches and records `entry`, in one
+    /// transaction; answers the document after the update, [`StoreError::StateConflict`] when
+    /// nothing matches (e.g. a staff approval whose earlier approvals changed meanwhile).
+    pub(crate) async fn audited_update<T>(
+        &self,
+        collection: &'static str,
+        filter: Document,
+        update: Document,
+        entry: AuditEntry,
+    ) -> Result<T, StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+    {
+        self.audited(move |store, session| {
+            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
+            Box::pin(async move {
+                let updated = store
+                    .collection::<T>(collection)
+                    .find_one_and_update(filter, update)
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .session(session)
+                    .await?;
+                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
+            })
+        })
+        .await
+    }
+
     /// Records an action that writes nothing else (a failed login, a staff read of user data):
     /// its own transaction. The caller's request fails when this fails.
     pub async fn audit(

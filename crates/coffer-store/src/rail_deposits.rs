@@ -215,20 +215,8 @@ impl Store {
     ) -> Result<RailDepositDoc, StoreError> {
         let filter = approvals_unchanged(id, seen, &approval.by);
         let update = doc! { "$push": { "approvals": to_bson(&approval)? } };
-        let entry = audit.on(id);
-        self.audited(move |store, session| {
-            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-            Box::pin(async move {
-                let updated = store
-                    .collection::<RailDepositDoc>(RAIL_DEPOSITS)
-                    .find_one_and_update(filter, update)
-                    .return_document(mongodb::options::ReturnDocument::After)
-                    .session(session)
-                    .await?;
-                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
-            })
-        })
-        .await
+        self.audited_update(RAIL_DEPOSITS, filter, update, audit.on(id))
+            .await
     }
 
     /// Approves a held deposit and credits it (`movement`, planned by the domain with the rail's

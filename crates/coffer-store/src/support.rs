@@ -199,19 +199,7 @@ impl Store {
         let mut filter = doc! { "_id": id, "state": TxState::ManualReview.as_str() };
         filter.extend(crate::transitions::review_approvals_unchanged(seen, &approval.by));
         let update = doc! { "$push": { "review_approvals": mongodb::bson::to_bson(&approval)? } };
-        let entry = audit.on(id);
-        self.audited(move |store, session| {
-            let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-            Box::pin(async move {
-                let updated = store
-                    .collection::<TransactionDoc>(TRANSACTIONS)
-                    .find_one_and_update(filter, update)
-                    .return_document(mongodb::options::ReturnDocument::After)
-                    .session(session)
-                    .await?;
-                Ok((updated.ok_or(StoreError::StateConflict)?, entry))
-            })
-        })
-        .await
+        self.audited_update(TRANSACTIONS, filter, update, audit.on(id))
+            .await
     }
 }
