@@ -92,13 +92,7 @@ async fn registering_an_email_twice_conflicts_and_passwords_are_never_stored_in_
     let app = TestApp::spawn().await;
     let user = app.register().await;
     let again = app
-        .send(
-            "POST",
-            "/v1/auth/register",
-            None,
-            None,
-            Some(&json!({ "email": user.email.to_uppercase(), "password": "another-password-1" })),
-        )
+        .register_as(&user.email.to_uppercase(), "another-password-1")
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.code(), "email_taken");

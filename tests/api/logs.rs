@@ -40,15 +40,7 @@ async fn secrets_and_personal_data_never_reach_the_logs_or_the_traces() {
     let email = format!("pii-{canary}@example.com");
     let password = format!("password-{canary}");
     let wrong_password = format!("wrong-{canary}");
-    let registered = app
-        .send(
-            "POST",
-            "/v1/auth/register",
-            None,
-            None,
-            Some(&json!({ "email": email, "password": password })),
-        )
-        .await;
+    let registered = app.register_as(&email, &password).await;
     assert_eq!(registered.status, StatusCode::CREATED);
     let refused = app
         .send(

@@ -6,7 +6,6 @@ use coffer_store::pii::{PiiError, PiiKeys};
 use coffer_store::{Role, Store, StoreConfig, StoreError, StoreMetrics};
 use coffer_test_support::{mongodb_uri, test_audit_keys, TestApp, TEST_PII_INDEX_KEY, TEST_PII_KEY};
 use reqwest::StatusCode;
-use serde_json::json;
 
 const OTHER_KEY: &str = "aa26230b0c18cac1296e0441306d7b72871d418c96eb742f0961e10af055c879";
 
@@ -47,15 +46,7 @@ async fn the_database_holds_neither_the_email_nor_its_lower_case_and_login_still
     let local = format!("Mixed.Case-{}", uuid::Uuid::new_v4().simple());
     let email = format!("{local}@Example.COM");
     let password = "a-long-enough-password-1";
-    let registered = app
-        .send(
-            "POST",
-            "/v1/auth/register",
-            None,
-            None,
-            Some(&json!({ "email": email, "password": password })),
-        )
-        .await;
+    let registered = app.register_as(&email, password).await;
     assert_eq!(registered.status, StatusCode::CREATED, "{:?}", registered.body);
     let id = registered.body["user_id"].as_str().expect("user_id").to_string();
 
@@ -80,13 +71,7 @@ async fn the_database_holds_neither_the_email_nor_its_lower_case_and_login_still
     app.login(&email.to_uppercase(), password).await;
     app.login(&email.to_lowercase(), password).await;
     let again = app
-        .send(
-            "POST",
-            "/v1/auth/register",
-            None,
-            None,
-            Some(&json!({ "email": email.to_lowercase(), "password": "another-password-12" })),
-        )
+        .register_as(&email.to_lowercase(), "another-password-12")
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.code(), "email_taken");

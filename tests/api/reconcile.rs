@@ -29,8 +29,18 @@ fn findings_of<'a>(run: &'a Value, name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_corrupted_cached_balance_is_reported_for_exactly_that_wallet() {
+/// A payment service, an engineer, and Alice's and Bob's ETH wallets funded with 2.5 and 1.
+struct Books {
+    app: TestApp,
+    payment: coffer_test_support::TestUser,
+    engineer: coffer_test_support::TestUser,
+    alice: coffer_test_support::TestUser,
+    bob: coffer_test_support::TestUser,
+    alice_wallet: String,
+    bob_wallet: String,
+}
+
+async fn books() -> Books {
     let app = TestApp::spawn().await;
     let (payment, engineer) = (app.staff(Role::Payment).await, app.staff(Role::Engineering).await);
     let (alice, bob) = (app.register().await, app.register().await);
@@ -38,6 +48,28 @@ async fn a_corrupted_cached_balance_is_reported_for_exactly_that_wallet() {
     let bob_wallet = app.create_wallet(&bob, "ETH").await;
     app.deposit(&payment, &alice_wallet, "2.5").await;
     app.deposit(&payment, &bob_wallet, "1").await;
+    Books {
+        app,
+        payment,
+        engineer,
+        alice,
+        bob,
+        alice_wallet,
+        bob_wallet,
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_cached_balance_is_reported_for_exactly_that_wallet() {
+    let Books {
+        app,
+        engineer,
+        alice,
+        bob,
+        alice_wallet,
+        bob_wallet,
+        ..
+    } = books().await;
 
     let clean = app
         .post("/v1/admin/reconciliations", &engineer.access_token, json!({}))
@@ -317,13 +349,13 @@ async fn set_entry_amount(app: &TestApp, transaction_id: &str, account_id: &str,
 
 #[tokio::test]
 async fn an_incremental_run_reads_only_the_entries_written_since_the_checkpoints() {
-    let app = TestApp::spawn().await;
-    let (payment, engineer) = (app.staff(Role::Payment).await, app.staff(Role::Engineering).await);
-    let (alice, bob) = (app.register().await, app.register().await);
-    let alice_wallet = app.create_wallet(&alice, "ETH").await;
-    let bob_wallet = app.create_wallet(&bob, "ETH").await;
-    app.deposit(&payment, &alice_wallet, "2.5").await;
-    app.deposit(&payment, &bob_wallet, "1").await;
+    let Books {
+        app,
+        payment,
+        engineer,
+        bob_wallet,
+        ..
+    } = books().await;
 
     let first = run_now(&app, &engineer, "").await;
     assert_eq!(first["mode"], "full", "no checkpoint yet: {first:#}");

@@ -317,20 +317,8 @@ impl Store {
             "status": "rejected", "decided_by": decider, "decided_at": DateTime::now(),
             "decision_reason": reason,
         } };
-        let entry = audit.on(id);
         let updated = self
-            .audited(move |store, session| {
-                let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-                Box::pin(async move {
-                    let rejected = store
-                        .collection::<AdjustmentDoc>(ADJUSTMENTS)
-                        .find_one_and_update(filter, update)
-                        .return_document(mongodb::options::ReturnDocument::After)
-                        .session(session)
-                        .await?;
-                    Ok((rejected.ok_or(StoreError::StateConflict)?, entry))
-                })
-            })
+            .audited_update::<AdjustmentDoc>(ADJUSTMENTS, filter, update, audit.on(id))
             .await;
         match updated {
             Err(StoreError::StateConflict) if self.adjustment(id).await?.is_none() => {

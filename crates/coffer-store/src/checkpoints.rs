@@ -214,20 +214,19 @@ impl Store {
             .try_collect()
             .await?;
         report.accounts_checked += page.len() as u64;
-        let changed: Vec<(WalletDoc, Option<CheckpointDoc>)> = page
-            .into_iter()
-            .map(|w| {
-                let checkpoint = checkpoints.get(&w.id).cloned();
-                (w, checkpoint)
-            })
-            .filter(|(w, c)| {
-                let unchanged = c.as_ref().is_some_and(|c| c.seq == w.version && agrees(c, w));
-                if unchanged {
-                    add_to(asset_sums, &w.asset, Bucket::ALL.map(|b| w.bucket(b)));
+        let mut changed: Vec<(WalletDoc, Option<CheckpointDoc>)> = Vec::new();
+        for wallet in page {
+            match checkpoints.get(&wallet.id) {
+                // Unchanged since verified: its ledger side is its cached balances.
+                Some(c) if c.seq == wallet.version && agrees(c, &wallet) => {
+                    add_to(asset_sums, &wallet.asset, Bucket::ALL.map(|b| wallet.bucket(b)));
                 }
-                !unchanged
-            })
-            .collect();
+                checkpoint => {
+                    let checkpoint = checkpoint.cloned();
+                    changed.push((wallet, checkpoint));
+                }
+            }
+        }
         stats.accounts_changed += changed.len() as u64;
         let checks: Vec<(WalletDoc, AccountCheck)> = futures::stream::iter(changed)
             .map(|(wallet, checkpoint)| async move {

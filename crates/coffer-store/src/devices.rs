@@ -114,20 +114,8 @@ impl Store {
     ) -> Result<DeviceDoc, StoreError> {
         let filter = doc! { "_id": id, "user_id": user_id, "revoked_at": null };
         let update = doc! { "$set": { "trusted_from": DateTime::now(), "trusted_by": by } };
-        let entry = audit.on(id);
         let updated = self
-            .audited(move |store, session| {
-                let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-                Box::pin(async move {
-                    let device = store
-                        .collection::<DeviceDoc>(DEVICES)
-                        .find_one_and_update(filter, update)
-                        .return_document(mongodb::options::ReturnDocument::After)
-                        .session(session)
-                        .await?;
-                    Ok((device.ok_or(StoreError::StateConflict)?, entry))
-                })
-            })
+            .audited_update::<DeviceDoc>(DEVICES, filter, update, audit.on(id))
             .await;
         match updated {
             Err(StoreError::StateConflict) if self.device_of(user_id, id).await?.is_none() => {

@@ -285,20 +285,8 @@ impl Store {
             "status": "rejected", "decided_by": decider, "decided_at": mongodb::bson::DateTime::now(),
             "decision_reason": reason,
         } };
-        let entry = audit.on(id);
         let rejected = self
-            .audited(move |store, session| {
-                let (filter, update, entry) = (filter.clone(), update.clone(), entry.clone());
-                Box::pin(async move {
-                    let rejected = store
-                        .collection::<RailDepositDoc>(RAIL_DEPOSITS)
-                        .find_one_and_update(filter, update)
-                        .return_document(mongodb::options::ReturnDocument::After)
-                        .session(session)
-                        .await?;
-                    Ok((rejected.ok_or(StoreError::StateConflict)?, entry))
-                })
-            })
+            .audited_update::<RailDepositDoc>(RAIL_DEPOSITS, filter, update, audit.on(id))
             .await;
         match rejected {
             Err(StoreError::StateConflict) if self.rail_deposit(id).await?.is_none() => {

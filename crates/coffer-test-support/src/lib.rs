@@ -510,18 +510,17 @@ impl TestApp {
         .await
     }
 
+    /// `POST /v1/auth/register` with `email` and `password`, whatever it answers.
+    pub async fn register_as(&self, email: &str, password: &str) -> Reply {
+        let body = json!({ "email": email, "password": password });
+        self.send("POST", "/v1/auth/register", None, None, Some(&body))
+            .await
+    }
+
     pub async fn register(&self) -> TestUser {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-        let reply = self
-            .send(
-                "POST",
-                "/v1/auth/register",
-                None,
-                None,
-                Some(&json!({ "email": email, "password": password })),
-            )
-            .await;
+        let reply = self.register_as(&email, &password).await;
         assert_eq!(reply.status, StatusCode::CREATED, "register: {:?}", reply.body);
         user_from(&reply, email, password)
     }

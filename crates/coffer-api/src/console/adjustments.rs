@@ -143,12 +143,11 @@ async fn approve(
     CsrfForm(form): CsrfForm<ReasonForm>,
 ) -> ConsoleResult<Response> {
     let (status, _) = crate::admin::adjustments::approve(&ctx, &staff.principal, &id, &form.reason).await?;
-    // Above the two-person threshold the first approval is only recorded: it stays proposed.
-    Ok(super::see_other(if status == axum::http::StatusCode::ACCEPTED {
-        "/console/adjustments?notice=approval_recorded"
-    } else {
-        "/console/adjustments?status=approved&notice=approved"
-    }))
+    Ok(super::after_approval(
+        status,
+        "/console/adjustments?notice=approval_recorded",
+        "/console/adjustments?status=approved&notice=approved",
+    ))
 }
 
 async fn reject(

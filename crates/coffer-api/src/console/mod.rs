@@ -219,3 +219,13 @@ fn api_advice(error: ApiError) -> (StatusCode, String, String) {
 pub(crate) fn see_other(path: &str) -> Response {
     Redirect::to(path).into_response()
 }
+
+/// Where an approval leads: `recorded` when it was only the first of two (the API answered 202:
+/// above the two-person threshold nothing moved yet), else `executed`.
+pub(crate) fn after_approval(status: axum::http::StatusCode, recorded: &str, executed: &str) -> Response {
+    see_other(if status == axum::http::StatusCode::ACCEPTED {
+        recorded
+    } else {
+        executed
+    })
+}

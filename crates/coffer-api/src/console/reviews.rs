@@ -98,12 +98,11 @@ async fn approve(
     let decision = ReviewDecision::Approve;
     let (status, _) =
         crate::admin::reviews::decide_review(&ctx, &staff.principal, &id, &form.reason, decision).await?;
-    // Above the two-person threshold the first approval is only recorded: it stays in review.
-    Ok(super::see_other(if status == axum::http::StatusCode::ACCEPTED {
-        "/console/reviews?notice=approval_recorded"
-    } else {
-        "/console/reviews?notice=approved"
-    }))
+    Ok(super::after_approval(
+        status,
+        "/console/reviews?notice=approval_recorded",
+        "/console/reviews?notice=approved",
+    ))
 }
 
 async fn reject(
