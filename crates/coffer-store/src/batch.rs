@@ -213,7 +213,10 @@ impl Committer {
         submissions: Vec<Submission>,
         atomic: bool,
     ) -> Vec<Result<TransactionDoc, StoreError>> {
-        let deadline = tokio::time::Instant::now() + parts.config.movement_timeout;
+        // The movement timeout is per batch the unit needs: a unit of 1,000 waits for its batches.
+        let max = parts.config.max_movements.clamp(1, 1000);
+        let batches = submissions.len().div_ceil(max).max(1) as u32;
+        let deadline = tokio::time::Instant::now() + parts.config.movement_timeout * batches;
         let mut waits = Vec::with_capacity(submissions.len());
         let mut unit = Vec::with_capacity(submissions.len());
         for submission in submissions {
