@@ -253,7 +253,7 @@ async fn credit_outcome(
 
 /// A deposit of an atomic request: to credit now, or credited before.
 enum Atomic {
-    Apply(Box<Movement>, CheckedDeposit),
+    Apply(Box<(Movement, CheckedDeposit)>),
     Done(DepositOutcome),
 }
 
@@ -268,7 +268,7 @@ async fn atomic(
     let mut items = Vec::with_capacity(checked.len());
     for (index, deposit) in checked.into_iter().enumerate() {
         items.push(match next_step(ctx, principal, deposit, held).await {
-            Next::Credit(movement, deposit) => Atomic::Apply(movement, deposit),
+            Next::Credit(movement, deposit) => Atomic::Apply(Box::new((*movement, deposit))),
             Next::Answered(Ok(DepositOutcome::Held(_))) | Next::Hold(..) => return Err(would_hold(index)),
             Next::Answered(Ok(done)) => Atomic::Done(done),
             Next::Answered(Err(error)) => return Err(error.in_item(&item(index))),
@@ -277,22 +277,23 @@ async fn atomic(
     let keys: Vec<String> = items
         .iter()
         .filter_map(|i| match i {
-            Atomic::Apply(movement, _) => Some(movement.ledger_key.clone()),
+            Atomic::Apply(apply) => Some(apply.0.ledger_key.clone()),
             Atomic::Done(_) => None,
         })
         .collect();
     let before = ctx.store().transactions_by_ledger_keys(&keys).await?;
     let mut submissions = Vec::with_capacity(keys.len());
     for (index, entry) in items.iter_mut().enumerate() {
-        let Atomic::Apply(movement, deposit) = entry else {
+        let Atomic::Apply(apply) = entry else {
             continue;
         };
+        let (movement, deposit) = &**apply;
         match before.get(&movement.ledger_key) {
             Some(tx) => {
                 money::same_credit(tx, deposit).map_err(|e| e.in_item(&item(index)))?;
                 *entry = Atomic::Done(DepositOutcome::AlreadyCredited(Box::new(tx.clone())));
             }
-            None => submissions.push(Submission::from((**movement).clone())),
+            None => submissions.push(Submission::from(movement.clone())),
         }
     }
     let mut applied = ctx.store().apply_atomically(submissions).await.into_iter();
@@ -300,8 +301,8 @@ async fn atomic(
     for (index, entry) in items.into_iter().enumerate() {
         results.push(match entry {
             Atomic::Done(done) => Ok(done),
-            Atomic::Apply(_, deposit) => {
-                atomic_outcome(&deposit, applied.next().expect("one outcome per credit"), index)?
+            Atomic::Apply(apply) => {
+                atomic_outcome(&apply.1, applied.next().expect("one outcome per credit"), index)?
             }
         });
     }
