@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod authorization;
 mod batch;
+mod bulk_deposits;
 mod chain;
 mod concurrency;
 mod console;

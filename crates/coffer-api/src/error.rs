@@ -111,6 +111,8 @@ error_codes! {
     RailDepositNotHeld => "rail_deposit_not_held",
     WithdrawalSigned => "withdrawal_signed",
     ExternalReferenceConflict => "external_reference_conflict",
+    RailCapsExceeded => "rail_caps_exceeded",
+    AtomicRequestRefused => "atomic_request_refused",
     BodyTooLarge => "body_too_large",
     UnsupportedMediaType => "unsupported_media_type",
     IdempotencyKeyReused => "idempotency_key_reused",
@@ -268,6 +270,39 @@ impl ApiError {
         Self::invalid_field(ErrorCode::InvalidQuery.as_str(), parameter, detail)
     }
 
+    /// This error as the answer about item `path` (e.g. `deposits[3]`) of a request that carries
+    /// many: the field is prefixed with it, and the detail names it.
+    pub fn in_item(self, path: &str) -> Self {
+        let named = |detail: String| format!("{path}: {detail}");
+        match self {
+            ApiError::BadRequest { code, detail, field } => ApiError::BadRequest {
+                code,
+                detail: named(detail),
+                field: Some(match field {
+                    Some(field) => format!("{path}.{field}"),
+                    None => path.to_string(),
+                }),
+            },
+            ApiError::ForbiddenBecause { code, detail } => ApiError::ForbiddenBecause {
+                code,
+                detail: named(detail),
+            },
+            ApiError::UnknownReference { code, detail } => ApiError::UnknownReference {
+                code,
+                detail: named(detail),
+            },
+            ApiError::Conflict { code, detail } => ApiError::Conflict {
+                code,
+                detail: named(detail),
+            },
+            ApiError::Unprocessable { code, detail } => ApiError::Unprocessable {
+                code,
+                detail: named(detail),
+            },
+            other => other,
+        }
+    }
+
     pub fn amount(error: AmountError, field: &str) -> Self {
         Self::invalid_field(error.code(), field, error.to_string())
     }
@@ -374,6 +409,10 @@ impl From<StoreError> for ApiError {
             StoreError::LimitExceeded => ApiError::Unprocessable {
                 code: "daily_limit_exceeded",
                 detail: "the amount would take today's withdrawals above the asset's daily limit".into(),
+            },
+            StoreError::NotApplied => ApiError::Unprocessable {
+                code: "atomic_request_refused",
+                detail: "another movement of this atomic request was refused: nothing was applied".into(),
             },
             StoreError::HistoryUnavailable => ApiError::Unprocessable {
                 code: "history_unavailable",

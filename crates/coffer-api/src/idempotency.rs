@@ -50,6 +50,11 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_string())
 }
 
+/// A route's own body limit (a request extension its layer sets): the middleware reads bodies up
+/// to it instead of the API's default body limit.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitBytes(pub usize);
+
 /// What the money middleware hands to a handler: whose key, which key, and the request's
 /// fingerprint (method, path, body).
 #[derive(Debug, Clone)]
@@ -85,7 +90,11 @@ async fn keyed(ctx: &ApiContext, request: Request) -> Result<(IdempotencyContext
     };
     let key = idempotency_key(request.headers()).map_err(|e| KeyedError::Refused(e.into_response()))?;
     let (parts, body) = request.into_parts();
-    let bytes = to_bytes(body, ctx.config().body_limit_bytes)
+    let limit = parts
+        .extensions
+        .get::<BodyLimitBytes>()
+        .map_or(ctx.config().body_limit_bytes, |l| l.0);
+    let bytes = to_bytes(body, limit)
         .await
         .map_err(|_| KeyedError::Refused(ApiError::PayloadTooLarge.into_response()))?;
     let mut hasher = Sha256::new();

@@ -9,6 +9,7 @@
 pub mod address_book;
 pub mod admin;
 pub mod auth;
+pub mod bulk;
 pub mod chain;
 pub mod config;
 pub mod console;
@@ -232,6 +233,7 @@ struct Groups {
     reads: OpenApiRouter<ApiContext>,
     writes: OpenApiRouter<ApiContext>,
     money: OpenApiRouter<ApiContext>,
+    bulk: OpenApiRouter<ApiContext>,
     admin_reads: OpenApiRouter<ApiContext>,
     admin_writes: OpenApiRouter<ApiContext>,
 }
@@ -279,6 +281,7 @@ fn groups() -> Groups {
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))
             .routes(routes!(money::create_withdrawal)),
+        bulk: bulk::router(),
         admin_reads: admin::reads(),
         admin_writes: admin::writes(),
     }
@@ -312,6 +315,7 @@ fn build_openapi() -> serde_json::Value {
     layers.add(g.auth.get_openapi(), false, true);
     layers.add(g.writes.get_openapi(), true, true);
     layers.add(g.money.get_openapi(), true, true);
+    layers.add(g.bulk.get_openapi(), true, true);
     layers.add(g.admin_writes.get_openapi(), true, true);
     layers.add(g.reads.get_openapi(), false, true);
     layers.add(g.admin_reads.get_openapi(), false, true);
@@ -322,6 +326,7 @@ fn build_openapi() -> serde_json::Value {
         .merge(g.reads)
         .merge(g.writes)
         .merge(g.money)
+        .merge(g.bulk)
         .merge(g.admin_reads)
         .merge(g.admin_writes)
         .into_openapi();
@@ -347,6 +352,7 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
     let (reads, _) = g.reads.split_for_parts();
     let (writes, _) = g.writes.split_for_parts();
     let (money, _) = g.money.split_for_parts();
+    let (bulk, _) = g.bulk.split_for_parts();
     let (admin_reads, _) = g.admin_reads.split_for_parts();
     let (admin_writes, _) = g.admin_writes.split_for_parts();
     // Admin writes take Idempotency-Key like every mutating route.
@@ -363,6 +369,15 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
     let money = money
         .route_layer(from_fn_with_state(ctx.clone(), idempotency::money_middleware))
         .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit));
+    // Bulk postings: each deposit's reference is its ledger key; the whole answer is kept for the
+    // Idempotency-Key, and the body may be larger than other requests'.
+    let bulk = bulk
+        .route_layer(from_fn_with_state(ctx.clone(), idempotency::middleware))
+        .route_layer(axum::Extension(idempotency::BodyLimitBytes(
+            bulk::BULK_BODY_LIMIT_BYTES,
+        )))
+        .route_layer(from_fn_with_state(ctx.clone(), limits::money_limit))
+        .route_layer(DefaultBodyLimit::max(bulk::BULK_BODY_LIMIT_BYTES));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(operations)
@@ -370,6 +385,7 @@ pub fn router_with(ctx: ApiContext, extra: Router<ApiContext>) -> Router {
         .merge(reads)
         .merge(writes)
         .merge(money)
+        .merge(bulk)
         .merge(admin_reads)
         .merge(admin_writes)
         // The support console: HTML pages, not part of the JSON API's document.

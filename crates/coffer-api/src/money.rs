@@ -39,7 +39,7 @@ pub struct TransferRequest {
     pub amount: String,
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct DepositRequest {
     pub wallet_id: String,
@@ -104,7 +104,10 @@ pub(crate) fn asset_of(ctx: &ApiContext, symbol: &str) -> ApiResult<AssetConfig>
 }
 
 /// The wallets named by `ids` (owner and asset), from the store's cache of immutable facts.
-async fn wallets(ctx: &ApiContext, ids: &[&str]) -> ApiResult<std::collections::HashMap<String, WalletRef>> {
+pub(crate) async fn wallets(
+    ctx: &ApiContext,
+    ids: &[&str],
+) -> ApiResult<std::collections::HashMap<String, WalletRef>> {
     Ok(ctx.store().wallet_refs(ids).await?)
 }
 
@@ -271,7 +274,7 @@ fn same(tx: &TransactionDoc, from: &str, to: Option<&str>, amount: Amount) -> bo
 }
 
 /// The rail the payment service role reports for (asset config `rails.payment`).
-const PAYMENT_RAIL: &str = "payment";
+pub(crate) const PAYMENT_RAIL: &str = "payment";
 
 /// Credit a wallet from a payment rail (service role `payment` only). Under the asset's caps of
 /// the rail (`rails.payment`): a deposit above `deposit_max`, or one that would take the rail's
@@ -296,6 +299,49 @@ pub async fn create_deposit(
     ValidJson(body): ValidJson<DepositRequest>,
 ) -> ApiResult<Response> {
     idempotency_key(&headers)?;
+    let found = wallets(&ctx, &[&body.wallet_id]).await?;
+    let deposit = check_deposit(&ctx, &found, &body)?;
+    // A reference held before keeps its answer, whatever the caps say now.
+    if let Some(held) = ctx
+        .store()
+        .rail_deposit_by_reference(PAYMENT_RAIL, &deposit.reference)
+        .await?
+    {
+        return Ok(held_outcome(&ctx, &held, &deposit).await?.respond());
+    }
+    let movement = match plan_deposit(&ctx, &principal, &deposit).await? {
+        RailDeposit::Credit(movement) => *movement,
+        RailDeposit::Hold(cause) => return Ok(hold(&ctx, &principal, &deposit, cause).await?.respond()),
+    };
+    let applied = apply(&ctx, movement, request, |existing| match existing {
+        Some(tx) => same_credit(tx, &deposit)
+            .map(|()| DepositOutcome::AlreadyCredited(Box::new(tx.clone())).respond()),
+        None => Err(key_reused()),
+    })
+    .await?;
+    match applied {
+        // Past the rail's daily cap (the counter was read and refused in the credit's transaction).
+        Applied::LimitExceeded => Ok(hold(&ctx, &principal, &deposit, RailHold::DailyLimit)
+            .await?
+            .respond()),
+        other => other.respond(),
+    }
+}
+
+/// A rail's report, parsed and checked against the wallet and its asset.
+pub(crate) struct CheckedDeposit {
+    pub reference: String,
+    pub wallet: WalletRef,
+    pub asset: AssetConfig,
+    pub amount: Amount,
+}
+
+/// Checks a rail's report: its reference, a user's wallet among `found`, the asset and amount.
+pub(crate) fn check_deposit(
+    ctx: &ApiContext,
+    found: &std::collections::HashMap<String, WalletRef>,
+    body: &DepositRequest,
+) -> ApiResult<CheckedDeposit> {
     let reference = body.external_reference.trim();
     if reference.is_empty() || reference.len() > 128 {
         return Err(ApiError::invalid_field(
@@ -304,66 +350,72 @@ pub async fn create_deposit(
             "1 to 128 characters",
         ));
     }
-    let found = wallets(&ctx, &[&body.wallet_id]).await?;
     let wallet = found
         .get(&body.wallet_id)
         .filter(|w| w.user_id.is_some())
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
-    let asset = asset_of(&ctx, &wallet.asset)?;
+    let asset = asset_of(ctx, &wallet.asset)?;
     let amount = parse_amount(&body.amount, &asset)?;
-    let deposit = RailReport {
-        reference,
-        wallet,
+    Ok(CheckedDeposit {
+        reference: reference.to_string(),
+        wallet: wallet.clone(),
+        asset,
         amount,
-    };
-    // A reference held before keeps its answer, whatever the caps say now.
-    if let Some(held) = ctx
-        .store()
-        .rail_deposit_by_reference(PAYMENT_RAIL, reference)
-        .await?
-    {
-        return held_answer(&ctx, &held, &deposit).await;
-    }
+    })
+}
+
+/// The domain's plan for a checked report (credit, or hold above the rail's caps), the asset's
+/// platform accounts made sure of.
+pub(crate) async fn plan_deposit(
+    ctx: &ApiContext,
+    principal: &Principal,
+    deposit: &CheckedDeposit,
+) -> ApiResult<RailDeposit> {
     let planned = plan::plan_rail_deposit(
-        origin(&principal),
+        origin(principal),
         PAYMENT_RAIL,
-        reference,
-        wallet,
-        amount,
-        &asset,
+        &deposit.reference,
+        &deposit.wallet,
+        deposit.amount,
+        &deposit.asset,
     )
     .map_err(|r| refusal(r, "wallet_id"))?;
     ctx.store()
-        .ensure_platform_accounts(&asset.symbol, asset.decimals)
+        .ensure_platform_accounts(&deposit.asset.symbol, deposit.asset.decimals)
         .await?;
-    let movement = match planned {
-        RailDeposit::Credit(movement) => *movement,
-        RailDeposit::Hold(cause) => return hold(&ctx, &principal, &deposit, &asset, cause).await,
-    };
-    let wallet_id = wallet.id.clone();
-    let applied = apply(&ctx, movement, request, |existing| match existing {
-        Some(tx) => credited_answer(tx, &wallet_id, amount),
-        None => Err(key_reused()),
-    })
-    .await?;
-    match applied {
-        // Past the rail's daily cap (the counter was read and refused in the credit's transaction).
-        Applied::LimitExceeded => hold(&ctx, &principal, &deposit, &asset, RailHold::DailyLimit).await,
-        other => other.respond(),
+    Ok(planned)
+}
+
+/// What a rail's report came to.
+pub(crate) enum DepositOutcome {
+    /// Credited now (201).
+    Credited(Box<TransactionDoc>),
+    /// This reference was credited before, with the same wallet and amount (200).
+    AlreadyCredited(Box<TransactionDoc>),
+    /// Held above the rail's caps for staff (202); also the answer to a held or rejected reference.
+    Held(Box<RailDepositDoc>),
+}
+
+impl DepositOutcome {
+    fn respond(self) -> Response {
+        match self {
+            DepositOutcome::Credited(tx) => {
+                (StatusCode::CREATED, Json(TransactionView::from_doc(&tx))).into_response()
+            }
+            DepositOutcome::AlreadyCredited(tx) => {
+                (StatusCode::OK, Json(TransactionView::from_doc(&tx))).into_response()
+            }
+            DepositOutcome::Held(held) => {
+                (StatusCode::ACCEPTED, Json(RailDepositView::from_doc(&held))).into_response()
+            }
+        }
     }
 }
 
-/// What the rail reported, as parsed.
-struct RailReport<'a> {
-    reference: &'a str,
-    wallet: &'a WalletRef,
-    amount: Amount,
-}
-
-/// The answer to a reference credited already: the credit (200), unless the report differs.
-fn credited_answer(tx: &TransactionDoc, wallet_id: &str, amount: Amount) -> ApiResult<Response> {
-    if tx.to_wallet_id.as_deref() == Some(wallet_id) && tx.amount == amount {
-        Ok((StatusCode::OK, Json(TransactionView::from_doc(tx))).into_response())
+/// A reference credited already must be the same report: otherwise `external_reference_conflict`.
+pub(crate) fn same_credit(tx: &TransactionDoc, deposit: &CheckedDeposit) -> ApiResult<()> {
+    if tx.to_wallet_id.as_deref() == Some(deposit.wallet.id.as_str()) && tx.amount == deposit.amount {
+        Ok(())
     } else {
         Err(ApiError::Conflict {
             code: "external_reference_conflict",
@@ -373,22 +425,21 @@ fn credited_answer(tx: &TransactionDoc, wallet_id: &str, amount: Amount) -> ApiR
 }
 
 /// Holds the deposit for staff, audited with the record (`rail_deposit.held`).
-async fn hold(
+pub(crate) async fn hold(
     ctx: &ApiContext,
     principal: &Principal,
-    deposit: &RailReport<'_>,
-    asset: &AssetConfig,
+    deposit: &CheckedDeposit,
     cause: RailHold,
-) -> ApiResult<Response> {
-    let user_id = deposit
-        .wallet
+) -> ApiResult<DepositOutcome> {
+    let (wallet, asset) = (&deposit.wallet, &deposit.asset);
+    let user_id = wallet
         .user_id
         .clone()
         .ok_or_else(|| wallet_not_found("wallet_id"))?;
     let hold = coffer_store::rail_deposits::NewRailHold {
         rail: PAYMENT_RAIL.to_string(),
-        reference: deposit.reference.to_string(),
-        wallet_id: deposit.wallet.id.clone(),
+        reference: deposit.reference.clone(),
+        wallet_id: wallet.id.clone(),
         user_id,
         asset: asset.symbol.clone(),
         decimals: asset.decimals,
@@ -396,33 +447,36 @@ async fn hold(
         cause: cause.as_str(),
         reported_by: principal.user_id.clone(),
     };
-    let details = serde_json::json!({ "wallet_id": &deposit.wallet.id, "asset": &asset.symbol,
+    let details = serde_json::json!({ "wallet_id": &wallet.id, "asset": &asset.symbol,
         "amount_atomic": deposit.amount.to_string(), "cause": cause.as_str() });
     let audit = coffer_store::audit::Audit::new(
         &principal.user_id,
         coffer_store::audit_chain::actions::RAIL_DEPOSIT_HELD,
     )
     .with_details(details);
-    let key = plan::rail_ledger_key(PAYMENT_RAIL, deposit.reference);
+    let key = plan::rail_ledger_key(PAYMENT_RAIL, &deposit.reference);
     match ctx.store().hold_rail_deposit(hold, &key, audit).await {
         Ok((held, fresh)) => {
             if fresh {
                 ctx.metrics().refused("deposit", "manual_review");
             }
-            held_answer(ctx, &held, deposit).await
+            held_outcome(ctx, &held, deposit).await
         }
-        Err(StoreError::DuplicateLedgerKey(tx)) => credited_answer(&tx, &deposit.wallet.id, deposit.amount),
+        Err(StoreError::DuplicateLedgerKey(tx)) => {
+            same_credit(&tx, deposit)?;
+            Ok(DepositOutcome::AlreadyCredited(tx))
+        }
         Err(other) => Err(other.into()),
     }
 }
 
-/// The answer to a reference that was held: its record (202), or its credit once approved
-/// (200); a report with another wallet or amount is a conflict.
-async fn held_answer(
+/// The answer to a reference that was held: its record, or its credit once approved; a report
+/// with another wallet or amount is a conflict.
+pub(crate) async fn held_outcome(
     ctx: &ApiContext,
     held: &RailDepositDoc,
-    deposit: &RailReport<'_>,
-) -> ApiResult<Response> {
+    deposit: &CheckedDeposit,
+) -> ApiResult<DepositOutcome> {
     if held.wallet_id != deposit.wallet.id || held.amount != deposit.amount {
         return Err(ApiError::Conflict {
             code: "external_reference_conflict",
@@ -439,9 +493,10 @@ async fn held_answer(
             .transaction_by_id(tx_id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        return credited_answer(&tx, &deposit.wallet.id, deposit.amount);
+        same_credit(&tx, deposit)?;
+        return Ok(DepositOutcome::AlreadyCredited(Box::new(tx)));
     }
-    Ok((StatusCode::ACCEPTED, Json(RailDepositView::from_doc(held))).into_response())
+    Ok(DepositOutcome::Held(Box::new(held.clone())))
 }
 
 /// Request a withdrawal. Risk checks come first, before anything is held or signed: a trusted

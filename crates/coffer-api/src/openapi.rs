@@ -218,6 +218,21 @@ fn examples() -> Vec<(&'static str, Value)> {
             json!({ "wallet_id": wallet, "amount": "100.00", "external_reference": "rail-2026-03-01-0001" }),
         ),
         (
+            "BulkDepositRequest",
+            json!({ "atomic": false, "deposits": [
+                { "wallet_id": wallet, "amount": "100.00", "external_reference": "rail-2026-03-01-0001" },
+                { "wallet_id": other_wallet, "amount": "25", "external_reference": "rail-2026-03-01-0002" }
+            ] }),
+        ),
+        (
+            "BulkDepositView",
+            json!({ "atomic": false, "credited": 1, "already_credited": 0, "held": 0, "refused": 1, "results": [
+                { "index": 0, "external_reference": "rail-2026-03-01-0001", "status": "credited", "transaction_id": transaction },
+                { "index": 1, "external_reference": "rail-2026-03-01-0002", "status": "refused", "code": "wallet_not_found",
+                  "detail": "wallet_id does not name a wallet you can use" }
+            ] }),
+        ),
+        (
             "WithdrawalRequest",
             json!({ "wallet_id": wallet, "amount": "0.25", "destination_address": "0x52908400098527886E0F7030069857D2E4169EE7" }),
         ),

@@ -139,7 +139,7 @@ impl Job {
 #[derive(Default)]
 pub(crate) struct Committer {
     /// Units of jobs: the jobs of one unit go into one batch when they fit.
-    sender: std::sync::Mutex<Option<mpsc::Sender<Vec<Job>>>>,
+    sender: std::sync::Mutex<Option<mpsc::Sender<Unit>>>,
 }
 
 /// What the writer needs of the store (not the store itself: it holds the committer).
@@ -156,7 +156,7 @@ pub(crate) struct WriterParts {
 }
 
 impl Committer {
-    fn sender(&self, parts: &WriterParts) -> mpsc::Sender<Vec<Job>> {
+    fn sender(&self, parts: &WriterParts) -> mpsc::Sender<Unit> {
         let mut slot = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return sender.clone();
@@ -165,6 +165,7 @@ impl Committer {
         let writer = Writer {
             parts: parts.clone(),
             deferred: VecDeque::new(),
+            atomic: VecDeque::new(),
             session: None,
         };
         tokio::spawn(writer.run(receiver));
@@ -198,18 +199,24 @@ impl Committer {
         parts: &WriterParts,
         submission: Submission,
     ) -> Result<TransactionDoc, StoreError> {
-        let mut outcomes = self.queue_unit(parts, vec![submission]).await;
+        let mut outcomes = self.queue_unit(parts, vec![submission], false).await;
         outcomes.pop().expect("one outcome per submission")
     }
 
-    /// Queues `submissions` as one unit (one batch when it fits the batch size) and waits for
-    /// every outcome, in order, within the movement timeout.
+    /// Queues `submissions` as one unit and waits for every outcome, in order, within the
+    /// movement timeout. A unit goes into one batch when it fits the batch size; an `atomic` unit
+    /// is always one batch of its own (up to 1,000 movements), committed only if every movement
+    /// of it applies.
     pub(crate) async fn queue_unit(
         &self,
         parts: &WriterParts,
         submissions: Vec<Submission>,
+        atomic: bool,
     ) -> Vec<Result<TransactionDoc, StoreError>> {
-        let deadline = tokio::time::Instant::now() + parts.config.movement_timeout;
+        // The movement timeout is per batch the unit needs: a unit of 1,000 waits for its batches.
+        let max = parts.config.max_movements.clamp(1, 1000);
+        let batches = submissions.len().div_ceil(max).max(1) as u32;
+        let deadline = tokio::time::Instant::now() + parts.config.movement_timeout * batches;
         let mut waits = Vec::with_capacity(submissions.len());
         let mut unit = Vec::with_capacity(submissions.len());
         for submission in submissions {
@@ -223,7 +230,7 @@ impl Committer {
             waits.push(outcome);
         }
         let sender = self.sender(parts);
-        let queued = tokio::time::timeout_at(deadline, sender.send(unit)).await;
+        let queued = tokio::time::timeout_at(deadline, sender.send(Unit { jobs: unit, atomic })).await;
         let queued = matches!(queued, Ok(Ok(())));
         let mut outcomes = Vec::with_capacity(waits.len());
         for outcome in waits {
@@ -289,30 +296,52 @@ impl From<mongodb::bson::ser::Error> for Retry {
 /// What one committed (or refused) movement of an attempt came to.
 type Outcome = Result<TransactionDoc, StoreError>;
 
+/// Jobs queued together (see [`Committer::queue_unit`]).
+struct Unit {
+    jobs: Vec<Job>,
+    /// All or nothing, in a batch of its own.
+    atomic: bool,
+}
+
 /// The writer task: one per process and store.
 struct Writer {
     parts: WriterParts,
     /// Movements whose ledger key another movement of the same batch had: they go next.
     deferred: VecDeque<Job>,
+    /// Atomic units received while a batch was being collected: each is the next batch, alone.
+    atomic: VecDeque<Vec<Job>>,
     /// Reused between attempts, except after a transient error.
     session: Option<ClientSession>,
 }
 
 impl Writer {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Vec<Job>>) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Unit>) {
         let mut last_batch = 0usize;
         loop {
+            while let Some(unit) = self.atomic.pop_front() {
+                last_batch = unit.len();
+                self.commit(unit, true).await;
+            }
             let Some(jobs) = self.collect(&mut receiver, last_batch > 1).await else {
                 return;
             };
             last_batch = jobs.len();
-            self.commit(jobs).await;
+            self.commit(jobs, false).await;
         }
     }
 
     /// Adds `unit` to `jobs` if it fits in `max`; a unit that does not waits for the next batch
-    /// (whole when it fits a batch at all, else split). False when the batch is full.
-    fn take(&mut self, jobs: &mut Vec<Job>, mut unit: Vec<Job>, max: usize) -> bool {
+    /// (whole when it fits a batch at all, else split), and an atomic unit always waits to be a
+    /// batch of its own. False when the batch is full (or closed by an atomic unit).
+    fn take(&mut self, jobs: &mut Vec<Job>, unit: Unit, max: usize) -> bool {
+        let Unit {
+            jobs: mut unit,
+            atomic,
+        } = unit;
+        if atomic {
+            self.atomic.push_back(unit);
+            return false;
+        }
         if jobs.len() + unit.len() <= max {
             jobs.append(&mut unit);
             return jobs.len() < max;
@@ -331,7 +360,7 @@ impl Writer {
 
     /// The next batch: deferred jobs, what is queued, and (when `linger`) what arrives within the
     /// batch window. None when every sender is gone.
-    async fn collect(&mut self, receiver: &mut mpsc::Receiver<Vec<Job>>, linger: bool) -> Option<Vec<Job>> {
+    async fn collect(&mut self, receiver: &mut mpsc::Receiver<Unit>, linger: bool) -> Option<Vec<Job>> {
         let max = self.parts.config.max_movements.clamp(1, 1000);
         let mut jobs: Vec<Job> = Vec::new();
         while jobs.len() < max {
@@ -364,7 +393,7 @@ impl Writer {
     }
 
     /// Commits `jobs` and answers every one of them.
-    async fn commit(&mut self, jobs: Vec<Job>) {
+    async fn commit(&mut self, jobs: Vec<Job>, atomic: bool) {
         let mut keys = HashSet::new();
         let mut live = Vec::with_capacity(jobs.len());
         // A job whose caller stopped waiting (timed out, disconnected) is still applied: its
@@ -372,6 +401,9 @@ impl Writer {
         for job in jobs {
             if keys.insert(job.movement().ledger_key.clone()) {
                 live.push(job);
+            } else if atomic {
+                // Twice in one atomic unit: a caller's mistake, refused before anything is tried.
+                let _ = job.reply.send(Err(StoreError::AlreadyExists));
             } else {
                 self.deferred.push_back(job);
             }
@@ -383,7 +415,7 @@ impl Writer {
         let span = crate::telemetry::batch_span(self.parts.db.name(), live.len(), &traceparents);
         let started = Instant::now();
         let size = live.len();
-        self.commit_live(live).instrument(span).await;
+        self.commit_live(live, atomic).instrument(span).await;
         if size > 0 {
             self.parts.metrics.batch_movements.observe(size as f64);
             self.parts
@@ -393,11 +425,11 @@ impl Writer {
         }
     }
 
-    async fn commit_live(&mut self, mut live: Vec<Job>) {
+    async fn commit_live(&mut self, mut live: Vec<Job>, atomic: bool) {
         let mut attempt = 0;
         while !live.is_empty() {
             attempt += 1;
-            match self.attempt(&live).await {
+            match self.attempt(&live, atomic).await {
                 Ok(outcomes) => return self.answer(live, outcomes).await,
                 Err(Retry::Duplicates) => {
                     if !self.answer_duplicates(&mut live).await {
@@ -413,15 +445,20 @@ impl Writer {
                     }
                     self.back_off(attempt).await;
                 }
-                Err(Retry::Fatal(error)) if live.len() == 1 => {
-                    let job = live.pop().expect("one job");
-                    let _ = job.reply.send(Err(error));
+                Err(Retry::Fatal(error)) if live.len() == 1 || atomic => {
+                    // An atomic unit fails whole: the error to its first movement, the rest not applied.
+                    let mut error = Some(error);
+                    for job in live.drain(..) {
+                        let _ = job
+                            .reply
+                            .send(Err(error.take().unwrap_or(StoreError::NotApplied)));
+                    }
                 }
                 Err(Retry::Fatal(error)) => {
                     // One movement breaks the batch: apply each alone, so only it fails.
                     tracing::warn!(%error, movements = live.len(), "batch failed; applying its movements one by one");
                     for job in live.drain(..) {
-                        Box::pin(self.commit_live(vec![job])).await;
+                        Box::pin(self.commit_live(vec![job], false)).await;
                     }
                 }
             }
@@ -437,20 +474,25 @@ impl Writer {
     }
 
     /// One database transaction for `live`: Ok with each movement's outcome once committed.
-    async fn attempt(&mut self, live: &[Job]) -> Result<Vec<Outcome>, Retry> {
+    async fn attempt(&mut self, live: &[Job], atomic: bool) -> Result<Vec<Outcome>, Retry> {
         let mut session = match self.session.take() {
             Some(session) => session,
             None => self.parts.client.start_session().await?,
         };
         self.parts.sessions.cover(&session).await?;
-        let result = self.attempt_in(&mut session, live).await;
+        let result = self.attempt_in(&mut session, live, atomic).await;
         if !matches!(result, Err(Retry::Transient(_))) {
             self.session = Some(session); // a session whose commit is in doubt is not reused
         }
         result
     }
 
-    async fn attempt_in(&self, session: &mut ClientSession, live: &[Job]) -> Result<Vec<Outcome>, Retry> {
+    async fn attempt_in(
+        &self,
+        session: &mut ClientSession,
+        live: &[Job],
+        atomic: bool,
+    ) -> Result<Vec<Outcome>, Retry> {
         let parts = &self.parts;
         session
             .start_transaction()
@@ -461,7 +503,7 @@ impl Writer {
             ))
             .await?;
         let items: Vec<&Item> = live.iter().map(|j| &j.item).collect();
-        let written = match write_batch(&parts.db, session, parts.audit_keys.as_ref(), &items).await {
+        let written = match write_batch(&parts.db, session, parts.audit_keys.as_ref(), &items, atomic).await {
             Ok(written) => written,
             Err(retry) => {
                 let _ = session.abort_transaction().await;
@@ -554,12 +596,14 @@ struct Written {
     wrote: bool,
 }
 
-/// The body of one attempt, inside the open transaction of `session`.
+/// The body of one attempt, inside the open transaction of `session`. With `all_or_nothing`, a
+/// refused movement writes nothing at all: the others answer [`StoreError::NotApplied`].
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     audit_keys: Option<&crate::audit::AuditKeys>,
     items: &[&Item],
+    all_or_nothing: bool,
 ) -> Result<Written, Retry> {
     let ids: BTreeSet<String> = items
         .iter()
@@ -599,6 +643,16 @@ async fn write_batch(
         };
         outcomes.push(outcome);
     }
+    if all_or_nothing && outcomes.iter().any(Result::is_err) {
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.and(Err(StoreError::NotApplied)))
+            .collect();
+        return Ok(Written {
+            outcomes,
+            wrote: false,
+        });
+    }
     if plan.records.is_empty() {
         return Ok(Written {
             outcomes,
@@ -627,7 +681,7 @@ pub(crate) async fn write_one(
         submission,
         traceparent: crate::model::current_traceparent(),
     };
-    match write_batch(db, session, audit_keys, &[&item]).await {
+    match write_batch(db, session, audit_keys, &[&item], false).await {
         Ok(mut written) => written.outcomes.pop().expect("one outcome"),
         Err(retry) => Err(retry_error(retry)),
     }
@@ -1031,7 +1085,7 @@ fn check_write_errors(reply: &Document) -> Result<(), Retry> {
 }
 
 /// Committed transactions with any of `keys`, by key.
-async fn existing_by_ledger_key(
+pub(crate) async fn existing_by_ledger_key(
     db: &Database,
     keys: &[String],
 ) -> Result<HashMap<String, TransactionDoc>, StoreError> {

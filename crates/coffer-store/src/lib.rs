@@ -112,6 +112,9 @@ pub enum StoreError {
     IdempotencyKeyTaken,
     #[error("the movement would exceed its daily limit")]
     LimitExceeded,
+    /// Not applied because another movement of its atomic unit was refused.
+    #[error("not applied: another movement of the same atomic request was refused")]
+    NotApplied,
     #[error("the proposer of an adjustment cannot decide it")]
     SelfApproval,
     #[error("the withdrawal is signed: only the chain can release it (cancel it instead)")]

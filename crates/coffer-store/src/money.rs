@@ -44,7 +44,25 @@ impl Store {
             return Vec::new();
         }
         let parts = self.writer_parts();
-        self.committer.queue_unit(&parts, submissions).await
+        self.committer.queue_unit(&parts, submissions, false).await
+    }
+
+    /// Applies `submissions` all or nothing: in one database transaction of their own (group
+    /// commit's writer, one batch however large, at most 1,000), each with its outcome, in order.
+    /// If any is refused nothing is written: it answers its refusal and every other one
+    /// [`StoreError::NotApplied`]. One applied before answers [`StoreError::DuplicateLedgerKey`]
+    /// and the others are applied without it. A ledger key given twice is
+    /// [`StoreError::AlreadyExists`] for its repeat.
+    pub async fn apply_atomically(
+        &self,
+        submissions: Vec<Submission>,
+    ) -> Vec<Result<TransactionDoc, StoreError>> {
+        assert!(submissions.len() <= 1000, "at most 1,000 movements per call");
+        if submissions.is_empty() {
+            return Vec::new();
+        }
+        let parts = self.writer_parts();
+        self.committer.queue_unit(&parts, submissions, true).await
     }
 
     fn writer_parts(&self) -> crate::batch::WriterParts {
@@ -139,6 +157,14 @@ impl Store {
             .find_one(doc! { "ledger_key": ledger_key })
             .await?;
         Ok(found)
+    }
+
+    /// The transactions of `ledger_keys` that exist, by ledger key (one read, at most 1,000 keys).
+    pub async fn transactions_by_ledger_keys(
+        &self,
+        ledger_keys: &[String],
+    ) -> Result<std::collections::HashMap<String, TransactionDoc>, StoreError> {
+        crate::batch::existing_by_ledger_key(&self.db, ledger_keys).await
     }
 
     /// Creates the platform accounts of `asset` if missing. Idempotent; after the first success

@@ -107,6 +107,26 @@ impl Store {
             .await?)
     }
 
+    /// The held records of rail `rail`'s deposits `references` (those ever held), by reference;
+    /// one indexed read for up to 1,000 references.
+    pub async fn rail_deposits_by_references(
+        &self,
+        rail: &str,
+        references: &[&str],
+    ) -> Result<std::collections::HashMap<String, RailDepositDoc>, StoreError> {
+        if references.is_empty() {
+            return Ok(Default::default());
+        }
+        let keys: Vec<String> = references.iter().map(|r| rail_key(rail, r)).collect();
+        let found: Vec<RailDepositDoc> = self
+            .collection::<RailDepositDoc>(RAIL_DEPOSITS)
+            .find(doc! { "rail_key": { "$in": keys } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().map(|d| (d.reference.clone(), d)).collect())
+    }
+
     /// Held rail deposits, oldest first, optionally only those in `status`; at most `limit` (1..=100).
     pub async fn rail_deposits(
         &self,
