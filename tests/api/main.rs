@@ -10,6 +10,7 @@ mod batch;
 mod chain;
 mod concurrency;
 mod console;
+mod conversions;
 mod contract;
 mod devices;
 mod idempotency;
