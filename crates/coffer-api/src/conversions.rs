@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use coffer_domain::conversion::{self, ConversionRefusal, Fixed, Quoted, Rate, RateTable};
 use coffer_domain::{policy, WalletRef};
-use coffer_store::conversions::{
-    ConversionIdempotency, ExecuteError, Execution, QuoteDoc, QuoteStatus,
-};
+use coffer_store::conversions::{ConversionIdempotency, ExecuteError, Execution, QuoteDoc, QuoteStatus};
 use coffer_store::idempotency::StoredResponse;
 use coffer_store::{StoreError, TransactionDoc};
 use serde::{Deserialize, Serialize};
@@ -184,9 +182,12 @@ async fn own_wallets(
             .filter(|w| w.user_id.as_deref() == Some(principal.user_id.as_str()))
             .cloned()
     };
-    let from = owned(from_id).ok_or_else(|| conversion_refusal(ConversionRefusal::NotOwnWallet, "from_wallet_id"))?;
-    let to = owned(to_id).ok_or_else(|| conversion_refusal(ConversionRefusal::NotOwnWallet, "to_wallet_id"))?;
-    conversion::authorize(&principal.user_id, &from, &to).map_err(|r| conversion_refusal(r, "to_wallet_id"))?;
+    let from = owned(from_id)
+        .ok_or_else(|| conversion_refusal(ConversionRefusal::NotOwnWallet, "from_wallet_id"))?;
+    let to =
+        owned(to_id).ok_or_else(|| conversion_refusal(ConversionRefusal::NotOwnWallet, "to_wallet_id"))?;
+    conversion::authorize(&principal.user_id, &from, &to)
+        .map_err(|r| conversion_refusal(r, "to_wallet_id"))?;
     Ok((from, to))
 }
 

@@ -304,7 +304,10 @@ fn examples() -> Vec<(&'static str, Value)> {
             "QuoteRequest",
             json!({ "from_wallet_id": wallet, "to_wallet_id": other_wallet, "from_amount": "0.5" }),
         ),
-        ("ConversionRequest", json!({ "quote_id": "0190f3a2-a091-7263-9e55-6f708192a3b4" })),
+        (
+            "ConversionRequest",
+            json!({ "quote_id": "0190f3a2-a091-7263-9e55-6f708192a3b4" }),
+        ),
         ("QuoteView", quote_view.clone()),
         (
             "ConversionView",

@@ -420,7 +420,17 @@ mod tests {
     fn rates_parse_exactly_and_refuse_what_is_not_a_positive_bounded_decimal() {
         assert_eq!(rate("3000.25").to_decimal_string(), "3000.25");
         assert_eq!(rate("0.000333").to_decimal_string(), "0.000333");
-        for bad in ["", "0", "0.000", "-1", "1e3", "1.", ".5", "abc", "1.0000000000000000001"] {
+        for bad in [
+            "",
+            "0",
+            "0.000",
+            "-1",
+            "1e3",
+            "1.",
+            ".5",
+            "abc",
+            "1.0000000000000000001",
+        ] {
             assert!(Rate::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Rate::parse(&"9".repeat(31)).is_err(), "31 digits accepted");
@@ -446,7 +456,11 @@ mod tests {
         assert_eq!(small.to_amount, Amount::from_u64(298), "298.5 floors to 298");
         let usdt_eth = rate("0.000333");
         let receive = quote(&usdt_eth, 6, 18, Fixed::To(units("1", 18))).unwrap();
-        assert_eq!(receive.from_amount, units("3003.003004", 6), "3003.003003003… ceils");
+        assert_eq!(
+            receive.from_amount,
+            units("3003.003004", 6),
+            "3003.003003003… ceils"
+        );
         assert_eq!(receive.to_amount, units("1", 18));
         // 1 ETH at 2985: exact, no rounding needed either way.
         let whole = quote(&eth_usdt, 18, 6, Fixed::From(units("1", 18))).unwrap();

@@ -208,8 +208,13 @@ impl Store {
                     store.audit_in(session, vec![entry]).await?;
                     if let Some(write) = &execution.idempotency {
                         let response = (write.render)(&used, &debit, &credit);
-                        let record =
-                            IdempotencyDoc::completed_parts(&write.scope, &write.key, &write.fingerprint, response, now);
+                        let record = IdempotencyDoc::completed_parts(
+                            &write.scope,
+                            &write.key,
+                            &write.fingerprint,
+                            response,
+                            now,
+                        );
                         store
                             .collection::<IdempotencyDoc>(IDEMPOTENCY_KEYS)
                             .insert_one(&record)
