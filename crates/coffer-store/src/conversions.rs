@@ -93,13 +93,17 @@ pub enum ExecuteError {
     Store(#[from] StoreError),
 }
 
+/// Renders a conversion's response from the used quote and its two legs (debit, credit).
+pub type RenderConversion =
+    dyn Fn(&QuoteDoc, &TransactionDoc, &TransactionDoc) -> StoredResponse + Send + Sync;
+
 /// The Idempotency-Key of an execution and its response, written with the conversion.
 pub struct ConversionIdempotency {
     pub scope: String,
     pub key: String,
     pub fingerprint: String,
     /// Renders the response from the used quote and the two legs (debit, credit) as written.
-    pub render: Arc<dyn Fn(&QuoteDoc, &TransactionDoc, &TransactionDoc) -> StoredResponse + Send + Sync>,
+    pub render: Arc<RenderConversion>,
 }
 
 /// An execution of a quote.
