@@ -12,6 +12,7 @@ mod chain;
 mod concurrency;
 mod console;
 mod contract;
+mod conversions;
 mod devices;
 mod idempotency;
 mod ledger;

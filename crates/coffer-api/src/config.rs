@@ -121,6 +121,9 @@ pub struct ApiConfig {
     pub kyc_default_tier: coffer_domain::policy::Tier,
     /// How daily limits scale with the tier (`COFFER_KYC_BASIC_LIMIT_PERCENT`, default 10).
     pub tier_limits: coffer_domain::policy::TierLimits,
+    /// Conversions: the rate source (`COFFER_FX_RATES`, `COFFER_FX_SPREAD_BPS`) and the quote
+    /// lifetime (`COFFER_QUOTE_TTL_SECONDS`). Default: the dev table, 50 bps, 30 s.
+    pub fx: crate::conversions::FxConfig,
 }
 
 impl ApiConfig {
@@ -151,6 +154,7 @@ impl ApiConfig {
             liability_signing_key: None,
             kyc_default_tier: coffer_domain::policy::Tier::Unverified,
             tier_limits: Default::default(),
+            fx: Default::default(),
         }
     }
 }

@@ -148,6 +148,12 @@ error_codes! {
     StaffAccount => "staff_account",
     InvalidTier => "invalid_tier",
     InvalidRiskFlags => "invalid_risk_flags",
+    QuoteNotFound => "quote_not_found",
+    QuoteExpired => "quote_expired",
+    QuoteUsed => "quote_used",
+    SameAsset => "same_asset",
+    AmountTooSmall => "amount_too_small",
+    ConversionUnavailable => "conversion_unavailable",
 }
 
 /// A problem document. `code` is part of the API contract (docs/api.md lists every code).

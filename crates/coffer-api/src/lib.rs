@@ -13,6 +13,7 @@ pub mod bulk;
 pub mod chain;
 pub mod config;
 pub mod console;
+pub mod conversions;
 pub mod devices;
 pub mod error;
 pub mod extract;
@@ -276,11 +277,13 @@ fn groups() -> Groups {
             .routes(routes!(devices::trust_device))
             .routes(routes!(devices::revoke_device))
             .routes(routes!(address_book::save_address))
-            .routes(routes!(address_book::remove_address)),
+            .routes(routes!(address_book::remove_address))
+            .routes(routes!(conversions::create_quote)),
         money: OpenApiRouter::new()
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))
-            .routes(routes!(money::create_withdrawal)),
+            .routes(routes!(money::create_withdrawal))
+            .routes(routes!(conversions::create_conversion)),
         bulk: bulk::router(),
         admin_reads: admin::reads(),
         admin_writes: admin::writes(),

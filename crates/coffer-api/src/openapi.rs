@@ -159,6 +159,28 @@ fn examples() -> Vec<(&'static str, Value)> {
         "timeline": [{ "from": null, "to": "confirmed", "at": at, "cause": "internal transfer" }],
         "created_at": at, "updated_at": at
     });
+    let quote_view = json!({
+        "id": "0190f3a2-a091-7263-9e55-6f708192a3b4", "from_wallet_id": wallet, "to_wallet_id": other_wallet,
+        "from_asset": "ETH", "to_asset": "USDT", "from_amount": "0.5", "to_amount": "1492.5",
+        "rate": "2985", "spread_bps": 50, "status": "open", "created_at": at,
+        "expires_at": "2026-03-01T12:00:30.000Z"
+    });
+    let mut quote_used = quote_view.clone();
+    quote_used["status"] = json!("used");
+    let conversion_debit = json!({
+        "id": transaction, "kind": "conversion", "state": "confirmed", "asset": "ETH", "decimals": 18,
+        "amount": "0.5", "from_wallet_id": wallet,
+        "timeline": [{ "from": null, "to": "created", "at": at, "cause": "quote accepted" },
+                     { "from": "created", "to": "confirmed", "at": at, "cause": "conversion posted" }],
+        "created_at": at, "updated_at": at
+    });
+    let conversion_credit = json!({
+        "id": "0190f3a2-6c5d-7e2f-9a11-2b3c4d5e6f7f", "kind": "conversion", "state": "confirmed",
+        "asset": "USDT", "decimals": 6, "amount": "1492.5", "to_wallet_id": other_wallet,
+        "timeline": [{ "from": null, "to": "created", "at": at, "cause": "quote accepted" },
+                     { "from": "created", "to": "confirmed", "at": at, "cause": "conversion posted" }],
+        "created_at": at, "updated_at": at
+    });
     let device = json!({
         "id": "0190f3a2-7d6e-7f30-8b22-3c4d5e6f7081", "name": "Alice's phone", "trusted": true,
         "trusted_from": at, "revoked_at": null, "created_at": at
@@ -293,6 +315,19 @@ fn examples() -> Vec<(&'static str, Value)> {
             json!({ "items": [entry], "next_cursor": "0190f3a2-6c5d-7e2f-9a11-2b3c4d5e6f71" }),
         ),
         ("TransactionView", transaction_view.clone()),
+        (
+            "QuoteRequest",
+            json!({ "from_wallet_id": wallet, "to_wallet_id": other_wallet, "from_amount": "0.5" }),
+        ),
+        (
+            "ConversionRequest",
+            json!({ "quote_id": "0190f3a2-a091-7263-9e55-6f708192a3b4" }),
+        ),
+        ("QuoteView", quote_view.clone()),
+        (
+            "ConversionView",
+            json!({ "quote": quote_used, "debit": conversion_debit, "credit": conversion_credit }),
+        ),
         (
             "TransactionPage",
             json!({ "items": [transaction_view.clone()], "next_cursor": null }),

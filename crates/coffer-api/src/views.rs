@@ -60,7 +60,7 @@ pub struct LedgerEntryView {
     pub id: String,
     pub transaction_id: String,
     pub wallet_id: String,
-    /// deposit, withdrawal, transfer, fee, reversal or adjustment.
+    /// deposit, withdrawal, transfer, fee, reversal, adjustment or conversion.
     pub kind: String,
     /// available, pending or held.
     pub bucket: String,

@@ -12,15 +12,21 @@ pub enum AccountKind {
     WithdrawalsInFlight,
     Fees,
     Suspense,
+    /// The platform's position in an asset from conversions (L11): credited with what users
+    /// convert from, debited with what they convert to. It may go negative: a negative FX
+    /// balance is what the platform owes out of its own inventory until treasury rebalances
+    /// (docs/api.md, "Conversions").
+    Fx,
 }
 
 impl AccountKind {
     /// The platform accounts every asset has.
-    pub const PLATFORM: [AccountKind; 4] = [
+    pub const PLATFORM: [AccountKind; 5] = [
         AccountKind::Custody,
         AccountKind::WithdrawalsInFlight,
         AccountKind::Fees,
         AccountKind::Suspense,
+        AccountKind::Fx,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -30,6 +36,7 @@ impl AccountKind {
             AccountKind::WithdrawalsInFlight => "withdrawals_in_flight",
             AccountKind::Fees => "fees",
             AccountKind::Suspense => "suspense",
+            AccountKind::Fx => "fx",
         }
     }
 

@@ -36,6 +36,8 @@ pub enum TxKind {
     Fee,
     Reversal,
     Adjustment,
+    /// One leg of a conversion between a user's wallets of two assets (L11).
+    Conversion,
 }
 
 impl TxKind {
@@ -47,6 +49,7 @@ impl TxKind {
             TxKind::Fee => "fee",
             TxKind::Reversal => "reversal",
             TxKind::Adjustment => "adjustment",
+            TxKind::Conversion => "conversion",
         }
     }
 }

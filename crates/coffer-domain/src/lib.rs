@@ -10,6 +10,7 @@ pub mod account;
 pub mod amount;
 pub mod asset;
 pub mod book;
+pub mod conversion;
 pub mod events;
 pub mod history;
 pub mod ledger;

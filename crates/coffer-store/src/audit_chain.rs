@@ -68,6 +68,8 @@ pub mod actions {
     pub const USER_VERIFICATION_SET: &str = "kyc.verification_set";
     pub const USER_FROZEN: &str = "admin.user_frozen";
     pub const USER_UNFROZEN: &str = "admin.user_unfrozen";
+    /// A conversion quote executed (its two legs are `movement.conversion` records).
+    pub const CONVERSION_EXECUTED: &str = "conversion.executed";
 }
 
 /// How a shard is broken at a record.

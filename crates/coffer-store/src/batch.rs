@@ -687,6 +687,29 @@ pub(crate) async fn write_one(
     }
 }
 
+/// Writes `submissions` inside a transaction its caller runs, all or nothing: the first refusal
+/// (insufficient funds, a taken ledger key, ...) is the answer and the caller aborts. The same
+/// rules and writes as a batch (a conversion's two legs, one per asset).
+pub(crate) async fn write_all(
+    db: &Database,
+    session: &mut ClientSession,
+    audit_keys: Option<&crate::audit::AuditKeys>,
+    submissions: Vec<Submission>,
+) -> Result<Vec<TransactionDoc>, StoreError> {
+    let items: Vec<Item> = submissions
+        .into_iter()
+        .map(|submission| Item {
+            submission,
+            traceparent: crate::model::current_traceparent(),
+        })
+        .collect();
+    let refs: Vec<&Item> = items.iter().collect();
+    match write_batch(db, session, audit_keys, &refs, false).await {
+        Ok(written) => written.outcomes.into_iter().collect(),
+        Err(retry) => Err(retry_error(retry)),
+    }
+}
+
 /// What a caller outside the batch writer makes of an attempt that did not commit.
 pub(crate) fn retry_error(retry: Retry) -> StoreError {
     match retry {

@@ -63,6 +63,24 @@ pub(crate) fn key_id(scope: &str, key: &str) -> String {
 }
 
 impl IdempotencyDoc {
+    /// [`IdempotencyDoc::completed`] from its parts (a write that is not one movement).
+    pub(crate) fn completed_parts(
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        response: StoredResponse,
+        now: crate::codec::Time,
+    ) -> Self {
+        let now = crate::codec::bson_time(&now);
+        IdempotencyDoc {
+            id: key_id(scope, key),
+            fingerprint: fingerprint.to_string(),
+            response: Some(response),
+            locked_until: now,
+            created_at: now,
+        }
+    }
+
     /// A record completed at once: written in the money movement's own database transaction.
     pub(crate) fn completed(
         write: &crate::batch::IdempotentWrite,

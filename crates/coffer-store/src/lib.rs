@@ -14,6 +14,7 @@ pub mod batch;
 pub mod chain;
 pub mod checkpoints;
 pub mod codec;
+pub mod conversions;
 pub mod custody;
 pub mod devices;
 pub mod history;
@@ -491,6 +492,7 @@ impl Store {
         self.ensure_chain_indexes().await?;
         self.ensure_lookup_indexes().await?;
         self.ensure_liability_indexes().await?;
+        self.ensure_conversion_indexes().await?;
         outbox::initialise(&self.db).await?;
         audit::initialise(&self.db).await?;
         self.ensure_admin_indexes().await

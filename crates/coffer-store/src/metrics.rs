@@ -94,6 +94,7 @@ impl StoreMetrics {
             "fee",
             "reversal",
             "adjustment",
+            "conversion",
         ] {
             metrics.movements.with_label_values(&[kind]);
         }

@@ -583,6 +583,18 @@ pub struct ApiArgs {
     pub chain_rpc_urls: Option<String>,
     #[command(flatten)]
     pub liabilities: LiabilityArgs,
+    /// Conversion rates offered, `FROM:TO=RATE,…` (whole TO units per whole FROM unit, exact
+    /// decimals; each direction its own entry). Default: the dev table (ETH and USDT).
+    #[arg(long, env = "COFFER_FX_RATES", default_value = coffer_domain::conversion::DEV_RATES)]
+    pub fx_rates: String,
+    /// The spread taken from every configured rate, in basis points (0..=1000).
+    #[arg(long, env = "COFFER_FX_SPREAD_BPS", default_value_t = coffer_domain::conversion::DEV_SPREAD_BPS,
+        value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub fx_spread_bps: u32,
+    /// How long a conversion quote can be executed, in seconds (1..=300).
+    #[arg(long, env = "COFFER_QUOTE_TTL_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub quote_ttl_seconds: u64,
 }
 
 /// When the broadcaster re-signs a stuck withdrawal (same nonce, fees raised by at least 12.5 %).
@@ -842,6 +854,12 @@ impl ApiArgs {
         config.metrics_on_api_port = self.metrics_listen.is_none();
         config.chain_rpcs = chain_rpcs(self.chain_rpc_urls.as_deref(), roots)?;
         config.liability_signing_key = self.liabilities.key()?;
+        let rates = coffer_domain::conversion::RateTable::parse(&self.fx_rates, self.fx_spread_bps)
+            .map_err(|e| anyhow::anyhow!("COFFER_FX_RATES: {e}"))?;
+        config.fx = coffer_api::conversions::FxConfig {
+            rates: std::sync::Arc::new(rates),
+            quote_ttl: Duration::from_secs(self.quote_ttl_seconds),
+        };
         for (provider, secret) in &config.webhook_secrets {
             if let Some(weakness) = weakness(secret.expose_secret(), 16) {
                 let variable = provider.to_ascii_uppercase().replace('-', "_");
