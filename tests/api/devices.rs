@@ -371,7 +371,7 @@ async fn a_device_registers_only_with_a_valid_public_key() {
 #[tokio::test]
 async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew_it() {
     let app = TestApp::spawn_with(Options {
-        withdrawal_reauth_window: Some(Duration::from_secs(1)),
+        withdrawal_reauth_window: Some(Duration::from_secs(3)),
         ..Options::default()
     })
     .await;
@@ -380,7 +380,7 @@ async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, "5").await;
     let device = app.trusted_test_device(&alice).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
 
     let refreshed = app
         .send(

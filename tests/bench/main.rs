@@ -15,6 +15,9 @@
 //! `coffer-bench history [ENTRIES]`: the balance as of a time on a wallet with 100,000 entries,
 //! the bounded read against the full scan it replaces (see history.rs).
 //!
+//! `coffer-bench bulk [DEPOSITS]`: rail deposits one request each against one bulk request,
+//! independent and atomic (see bulk.rs).
+//!
 //! `coffer-bench outbox [EVENTS]`: the outbox publisher against the ledger's peak commit rate, a
 //! raw lapin baseline, per-wallet order and commit → broker / WebSocket latency (see outbox.rs).
 //!
@@ -24,6 +27,7 @@
 //! sink) and metrics are on in every mode. It prints each rate, this process's CPU per
 //! transfer, and the ratios to "off" (issue 8: traces on above 0.95).
 
+mod bulk;
 mod history;
 mod outbox;
 
@@ -519,6 +523,10 @@ async fn main() {
     if args.first().is_some_and(|a| a == "history") {
         let entries = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
         return history::run(entries).await;
+    }
+    if args.first().is_some_and(|a| a == "bulk") {
+        let deposits = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+        return bulk::run(deposits).await;
     }
     if args.first().is_some_and(|a| a == "growth") {
         return growth().await;
