@@ -97,6 +97,48 @@ fn asked_amount(body: &ReturnRequest, asset: &coffer_domain::AssetConfig) -> Api
         .transpose()
 }
 
+/// The domain's plan of a refund or dispute.
+type Plan = fn(
+    coffer_domain::Origin,
+    &str,
+    &Original,
+    Option<Amount>,
+    Requester<'_>,
+    &coffer_domain::AssetConfig,
+) -> Result<Movement, coffer_domain::plan::Refusal>;
+
+/// A refund or dispute asked of a visible original.
+struct Asked {
+    key: String,
+    original: Original,
+    body: ReturnRequest,
+}
+
+impl Asked {
+    /// Plans it with `plan` and applies it.
+    async fn apply(
+        self,
+        ctx: &ApiContext,
+        principal: &Principal,
+        request: Option<IdempotencyContext>,
+        plan: Plan,
+    ) -> ApiResult<Response> {
+        let asset = money::asset_of(ctx, &self.original.asset)?;
+        let amount = asked_amount(&self.body, &asset)?;
+        let origin = money::origin(principal);
+        let movement = plan(
+            origin,
+            &self.key,
+            &self.original,
+            amount,
+            requester(principal),
+            &asset,
+        )
+        .map_err(|r| refusal(r, "amount"))?;
+        apply_return(ctx, movement, request).await
+    }
+}
+
 /// Applies a planned refund or dispute; a replay of its Idempotency-Key must be the same return.
 async fn apply_return(
     ctx: &ApiContext,
@@ -144,18 +186,8 @@ pub async fn create_refund(
         let risk = money::risk_of(&ctx, &principal.user_id).await?;
         coffer_domain::policy::authorize_risk(&risk).map_err(|r| refusal(r, "amount"))?;
     }
-    let asset = money::asset_of(&ctx, &original.asset)?;
-    let amount = asked_amount(&body, &asset)?;
-    let movement = returns::plan_refund(
-        money::origin(&principal),
-        &key,
-        &original,
-        amount,
-        requester(&principal),
-        &asset,
-    )
-    .map_err(|r| refusal(r, "amount"))?;
-    apply_return(&ctx, movement, request).await
+    let asked = Asked { key, original, body };
+    asked.apply(&ctx, &principal, request, returns::plan_refund).await
 }
 
 /// Open a dispute (a chargeback) of a confirmed payment-rail deposit, payment role only: the
@@ -181,18 +213,10 @@ pub async fn create_dispute(
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?;
     let original = visible_original(&ctx, &principal, &id).await?;
-    let asset = money::asset_of(&ctx, &original.asset)?;
-    let amount = asked_amount(&body, &asset)?;
-    let movement = returns::plan_dispute(
-        money::origin(&principal),
-        &key,
-        &original,
-        amount,
-        requester(&principal),
-        &asset,
-    )
-    .map_err(|r| refusal(r, "amount"))?;
-    apply_return(&ctx, movement, request).await
+    let asked = Asked { key, original, body };
+    asked
+        .apply(&ctx, &principal, request, returns::plan_dispute)
+        .await
 }
 
 fn dispute_not_open() -> ApiError {

@@ -122,16 +122,52 @@ pub fn plan_refund(
         }
         _ => return Err(Refusal::NotRefundable),
     };
-    let ledger = LedgerTransaction::new(TxKind::Refund, &asset.symbol, postings).map_err(ledger_refusal)?;
-    let states = [
-        (TxState::Created, "refund requested"),
-        (TxState::Confirmed, "refunded"),
-    ];
-    let key = api_ledger_key(requester.id(), idempotency_key);
-    let mut refund = movement(origin, ledger, key, &states, amount, asset, Some(from), to);
-    refund.original_transaction_id = Some(original.transaction_id.clone());
-    refund.limits.push(returned_charge(original, amount));
-    Ok(refund)
+    let planned = Return {
+        kind: TxKind::Refund,
+        postings,
+        states: [
+            (TxState::Created, "refund requested"),
+            (TxState::Confirmed, "refunded"),
+        ],
+        from,
+        to,
+        amount,
+    };
+    planned.movement(
+        origin,
+        api_ledger_key(requester.id(), idempotency_key),
+        original,
+        asset,
+    )
+}
+
+/// A refund or dispute as planned, before it becomes a movement.
+struct Return<'a> {
+    kind: TxKind,
+    postings: Vec<Posting>,
+    states: [(TxState, &'static str); 2],
+    from: &'a WalletRef,
+    to: Option<&'a WalletRef>,
+    amount: Amount,
+}
+
+impl Return<'_> {
+    /// The movement, linked to `original` and charged to what was returned of it.
+    fn movement(
+        self,
+        origin: Origin,
+        key: String,
+        original: &Original,
+        asset: &AssetConfig,
+    ) -> Result<Movement, Refusal> {
+        let ledger =
+            LedgerTransaction::new(self.kind, &asset.symbol, self.postings).map_err(ledger_refusal)?;
+        let (from, to, amount) = (Some(self.from), self.to, self.amount);
+        let mut planned = movement(origin, ledger, key, &self.states, amount, asset, from, to);
+        planned.original_transaction_id = Some(original.transaction_id.clone());
+        planned.limits.push(returned_charge(original, amount));
+        Ok(planned)
+    }
 }
 
 /// A chargeback of the rail deposit `original` (all of it when `amount` is None), opened by its
@@ -156,16 +192,23 @@ pub fn plan_dispute(
         Posting::debit(&wallet.id, Bucket::Available, amount),
         Posting::credit(&wallet.id, Bucket::Held, amount),
     ];
-    let ledger = LedgerTransaction::new(TxKind::Dispute, &asset.symbol, postings).map_err(ledger_refusal)?;
-    let states = [
-        (TxState::Created, "chargeback reported by payment rail"),
-        (TxState::Disputed, "amount held until the dispute is resolved"),
-    ];
-    let key = api_ledger_key(requester.id(), idempotency_key);
-    let mut dispute = movement(origin, ledger, key, &states, amount, asset, Some(wallet), None);
-    dispute.original_transaction_id = Some(original.transaction_id.clone());
-    dispute.limits.push(returned_charge(original, amount));
-    Ok(dispute)
+    let planned = Return {
+        kind: TxKind::Dispute,
+        postings,
+        states: [
+            (TxState::Created, "chargeback reported by payment rail"),
+            (TxState::Disputed, "amount held until the dispute is resolved"),
+        ],
+        from: wallet,
+        to: None,
+        amount,
+    };
+    planned.movement(
+        origin,
+        api_ledger_key(requester.id(), idempotency_key),
+        original,
+        asset,
+    )
 }
 
 /// How a rail resolves a dispute.
