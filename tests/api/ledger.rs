@@ -24,6 +24,7 @@ fn adjustment(ledger: LedgerTransaction, amount: Amount, participants: Vec<Strin
         to_wallet_id: None,
         external_reference: None,
         destination: None,
+        original_transaction_id: None,
         participants,
         limits: Vec::new(),
         events: Vec::new(),

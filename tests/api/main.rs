@@ -27,6 +27,7 @@ mod plans;
 mod rail_deposits;
 mod readiness;
 mod reconcile;
+mod refunds;
 mod reserves;
 mod responses;
 mod risk;

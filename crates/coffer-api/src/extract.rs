@@ -192,6 +192,8 @@ pub mod roles {
         Users = [User]);
     role_set!(/// The payment rails' service role.
         PaymentService = [Payment]);
+    role_set!(/// Who may refund: a transfer's recipient, or the payment role a rail deposit.
+        Refunders = [User, Payment]);
     role_set!(/// Who may read user data (wallets, transaction stories).
         SupportReaders = [Support, Finance, Admin]);
     role_set!(/// Who may propose adjustments (an admin's own proposal still needs another admin).

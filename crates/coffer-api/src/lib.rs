@@ -27,6 +27,7 @@ pub mod mfa;
 pub mod money;
 pub mod openapi;
 pub mod ops;
+pub mod returns;
 pub mod sessions;
 pub mod statements;
 pub mod stream;
@@ -286,7 +287,10 @@ fn groups() -> Groups {
             .routes(routes!(money::create_transfer))
             .routes(routes!(money::create_deposit))
             .routes(routes!(money::create_withdrawal))
-            .routes(routes!(conversions::create_conversion)),
+            .routes(routes!(conversions::create_conversion))
+            .routes(routes!(returns::create_refund))
+            .routes(routes!(returns::create_dispute))
+            .routes(routes!(returns::resolve_dispute)),
         bulk: bulk::router(),
         admin_reads: admin::reads(),
         admin_writes: admin::writes(),

@@ -88,7 +88,7 @@ pub(crate) fn refusal(refusal: Refusal, field: &str) -> ApiError {
     }
 }
 
-fn parse_amount(text: &str, asset: &AssetConfig) -> ApiResult<Amount> {
+pub(crate) fn parse_amount(text: &str, asset: &AssetConfig) -> ApiResult<Amount> {
     Amount::parse_positive(text, asset.decimals).map_err(|e| ApiError::amount(e, "amount"))
 }
 
@@ -129,12 +129,12 @@ fn render_created(tx: &TransactionDoc) -> StoredResponse {
     }
 }
 
-fn created(tx: &TransactionDoc) -> ApiResult<Response> {
+pub(crate) fn created(tx: &TransactionDoc) -> ApiResult<Response> {
     Ok((StatusCode::CREATED, Json(TransactionView::from_doc(tx))).into_response())
 }
 
 /// What applying a movement came to.
-enum Applied {
+pub(crate) enum Applied {
     /// Committed now.
     Fresh(Box<TransactionDoc>),
     /// Applied before (its ledger key or idempotency key is taken): the duplicate's answer,
@@ -146,7 +146,7 @@ enum Applied {
 
 /// Applies `movement` with the caller's idempotency record; `duplicate` answers a movement that
 /// was applied before (given the existing record, or None when only the key was taken).
-async fn apply(
+pub(crate) async fn apply(
     ctx: &ApiContext,
     movement: Movement,
     request: Option<IdempotencyContext>,
@@ -175,7 +175,7 @@ async fn apply(
 }
 
 impl Applied {
-    fn respond(self) -> ApiResult<Response> {
+    pub(crate) fn respond(self) -> ApiResult<Response> {
         match self {
             Applied::Fresh(tx) => created(&tx),
             Applied::Duplicate(response) => Ok(response),
@@ -184,7 +184,7 @@ impl Applied {
     }
 }
 
-fn key_reused() -> ApiError {
+pub(crate) fn key_reused() -> ApiError {
     ApiError::Unprocessable {
         code: "idempotency_key_reused",
         detail: "this Idempotency-Key was used for a different request".into(),
@@ -253,7 +253,7 @@ pub async fn create_transfer(
 
 /// The caller's risk state (S8), read for each money-out request (a freeze applies at once, on
 /// every replica).
-async fn risk_of(ctx: &ApiContext, user_id: &str) -> ApiResult<RiskProfile> {
+pub(crate) async fn risk_of(ctx: &ApiContext, user_id: &str) -> ApiResult<RiskProfile> {
     let user = ctx
         .store()
         .user_by_id(user_id)

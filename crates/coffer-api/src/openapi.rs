@@ -330,6 +330,13 @@ fn examples() -> Vec<(&'static str, Value)> {
             json!({ "items": [entry], "next_cursor": "0190f3a2-6c5d-7e2f-9a11-2b3c4d5e6f71" }),
         ),
         ("TransactionView", transaction_view.clone()),
+        ("ReturnRequest", json!({ "amount": "0.2" })),
+        ("ResolveDisputeRequest", json!({ "outcome": "released" })),
+        ("Outcome", json!("reversed")),
+        (
+            "ReturnView",
+            json!({ "id": "0190f3a2-7d6e-7f30-8b22-3c4d5e6f7081", "kind": "refund", "state": "confirmed", "amount": "0.2" }),
+        ),
         (
             "QuoteRequest",
             json!({ "from_wallet_id": wallet, "to_wallet_id": other_wallet, "from_amount": "0.5" }),

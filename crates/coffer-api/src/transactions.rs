@@ -5,7 +5,7 @@ use axum::Json;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Cursor, PageLimit, Principal, ValidQuery};
-use crate::views::{LedgerEntryView, TransactionPage, TransactionView};
+use crate::views::{LedgerEntryView, ReturnView, TransactionPage, TransactionView};
 use crate::wallets::PageQuery;
 use crate::ApiContext;
 
@@ -56,5 +56,7 @@ pub async fn get_transaction(
             .map(|e| LedgerEntryView::from_doc(e, decimals))
             .collect::<ApiResult<_>>()?,
     );
+    let returns = store.returns_of(&tx.id).await?;
+    view.returns = Some(returns.iter().map(ReturnView::from_doc).collect());
     Ok(Json(view))
 }

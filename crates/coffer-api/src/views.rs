@@ -60,7 +60,7 @@ pub struct LedgerEntryView {
     pub id: String,
     pub transaction_id: String,
     pub wallet_id: String,
-    /// deposit, withdrawal, transfer, fee, reversal, adjustment or conversion.
+    /// deposit, withdrawal, transfer, fee, reversal, adjustment, conversion, refund or dispute.
     pub kind: String,
     /// available, pending or held.
     pub bucket: String,
@@ -96,7 +96,8 @@ pub struct StateChangeView {
 pub struct TransactionView {
     pub id: String,
     pub kind: String,
-    /// created, pending_broadcast, broadcasted, confirming, confirmed, retryable, failed, manual_review.
+    /// created, pending_broadcast, broadcasted, confirming, confirmed, retryable, failed,
+    /// manual_review, disputed.
     pub state: String,
     pub asset: String,
     pub decimals: u8,
@@ -117,12 +118,40 @@ pub struct TransactionView {
     /// A sent withdrawal's confirmations so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmations: Option<i64>,
+    /// A refund's or dispute's original transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_transaction_id: Option<String>,
     pub timeline: Vec<StateChangeView>,
     /// The entries of this transaction on the caller's own wallets (detail view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_entries: Option<Vec<LedgerEntryView>>,
+    /// The refunds and disputes of this transaction, oldest first (detail view only; at most 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returns: Option<Vec<ReturnView>>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A refund or dispute of a transaction, as its original lists it.
+#[derive(Serialize, ToSchema)]
+pub struct ReturnView {
+    pub id: String,
+    /// refund or dispute.
+    pub kind: String,
+    /// A refund is confirmed; a dispute is disputed (open), failed (released) or confirmed (reversed).
+    pub state: String,
+    pub amount: String,
+}
+
+impl ReturnView {
+    pub fn from_doc(tx: &TransactionDoc) -> Self {
+        ReturnView {
+            id: tx.id.clone(),
+            kind: tx.kind.as_str().to_string(),
+            state: tx.state.as_str().to_string(),
+            amount: tx.amount.to_decimal_string(tx.decimals),
+        }
+    }
 }
 
 impl TransactionView {
@@ -154,7 +183,9 @@ impl TransactionView {
                     cause: c.cause.clone(),
                 })
                 .collect(),
+            original_transaction_id: tx.original_transaction_id.clone(),
             ledger_entries: None,
+            returns: None,
             created_at: time(&tx.created_at),
             updated_at: time(&tx.updated_at),
         }

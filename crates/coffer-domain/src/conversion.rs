@@ -321,6 +321,7 @@ fn leg(
         to_wallet_id: (!outgoing).then(|| wallet.id.clone()),
         external_reference: None,
         destination: None,
+        original_transaction_id: None,
         participants: participants(&[wallet]),
         limits: Vec::new(),
         events: Vec::new(),

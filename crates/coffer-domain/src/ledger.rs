@@ -38,6 +38,10 @@ pub enum TxKind {
     Adjustment,
     /// One leg of a conversion between a user's wallets of two assets (L11).
     Conversion,
+    /// Money given back against a transfer or a rail deposit (L10), linked to it.
+    Refund,
+    /// A payment rail's chargeback of a rail deposit (L10): held, then released or reversed.
+    Dispute,
 }
 
 impl TxKind {
@@ -50,6 +54,8 @@ impl TxKind {
             TxKind::Reversal => "reversal",
             TxKind::Adjustment => "adjustment",
             TxKind::Conversion => "conversion",
+            TxKind::Refund => "refund",
+            TxKind::Dispute => "dispute",
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod movement;
 pub mod plan;
 pub mod policy;
 pub mod replacement;
+pub mod returns;
 pub mod state;
 
 pub use account::{AccountKind, Bucket};

@@ -31,7 +31,24 @@ pub struct LimitCharge {
     pub limit: Amount,
 }
 
+/// The prefix of counters that never expire (the daily ones are dropped after a few days).
+pub const LIFETIME_COUNTER_PREFIX: &str = "lifetime:";
+
 impl LimitCharge {
+    /// A charge on a counter that is kept for good: `lifetime:<key>`.
+    pub fn lifetime(key: &str, amount: Amount, limit: Amount) -> Self {
+        LimitCharge {
+            key: format!("{LIFETIME_COUNTER_PREFIX}{key}"),
+            amount,
+            limit,
+        }
+    }
+
+    /// Whether this counter is kept for good ([`LimitCharge::lifetime`]).
+    pub fn is_lifetime(key: &str) -> bool {
+        key.starts_with(LIFETIME_COUNTER_PREFIX)
+    }
+
     /// The charge of `amount` on `wallet_id`'s counter for the UTC day of `now`.
     pub fn daily(wallet_id: &str, amount: Amount, limit: Amount, now: DateTime<Utc>) -> Self {
         LimitCharge {
@@ -84,6 +101,8 @@ pub struct Movement {
     pub to_wallet_id: Option<String>,
     pub external_reference: Option<String>,
     pub destination: Option<String>,
+    /// The transaction a refund or dispute returns money of.
+    pub original_transaction_id: Option<String>,
     /// Sorted, distinct: the owners of the user wallets the postings touch (checked by the book).
     pub participants: Vec<String>,
     pub limits: Vec<LimitCharge>,
@@ -135,6 +154,7 @@ impl Movement {
             to_wallet_id: None,
             external_reference: None,
             destination: None,
+            original_transaction_id: None,
             participants,
             limits: Vec::new(),
             events: Vec::new(),

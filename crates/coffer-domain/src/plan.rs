@@ -55,6 +55,12 @@ pub enum Refusal {
     SameApprover,
     #[error("nobody approves a movement into or out of an account they own")]
     OwnAccount,
+    #[error("this transaction cannot be refunded by you: only a confirmed transfer (by its recipient) or rail deposit (by its rail)")]
+    NotRefundable,
+    #[error("only a confirmed rail deposit can be disputed, by its rail")]
+    NotDisputable,
+    #[error("the amount is more than what remains of the original after its refunds and disputes")]
+    ExceedsOriginal,
 }
 
 impl Refusal {
@@ -79,11 +85,14 @@ impl Refusal {
             Refusal::StaffAccount => "staff_account",
             Refusal::SameApprover => "same_approver",
             Refusal::OwnAccount => "own_account",
+            Refusal::NotRefundable => "not_refundable",
+            Refusal::NotDisputable => "not_disputable",
+            Refusal::ExceedsOriginal => "exceeds_original",
         }
     }
 }
 
-fn ledger_refusal(error: LedgerError) -> Refusal {
+pub(crate) fn ledger_refusal(error: LedgerError) -> Refusal {
     match error {
         LedgerError::SameAccount => Refusal::SameWallet,
         LedgerError::AboveLedgerLimit => Refusal::AmountTooLarge,
@@ -106,7 +115,7 @@ pub fn api_ledger_key(user_id: &str, idempotency_key: &str) -> String {
     format!("api:{user_id}:{idempotency_key}")
 }
 
-fn within_ledger(amount: Amount) -> Result<Amount, Refusal> {
+pub(crate) fn within_ledger(amount: Amount) -> Result<Amount, Refusal> {
     if amount > crate::amount::ledger_max() {
         Err(Refusal::AmountTooLarge)
     } else {
@@ -115,7 +124,7 @@ fn within_ledger(amount: Amount) -> Result<Amount, Refusal> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn movement(
+pub(crate) fn movement(
     origin: Origin,
     ledger: LedgerTransaction,
     ledger_key: String,
@@ -139,6 +148,7 @@ fn movement(
         to_wallet_id: to.map(|w| w.id.clone()),
         external_reference: None,
         destination: None,
+        original_transaction_id: None,
         participants: participants(&wallets),
         limits: Vec::new(),
         events: Vec::new(),

@@ -8,6 +8,7 @@
 //!    │    ╲──────► Retryable          Retryable        Failed      ManualReview (re-org after credit)
 //!    ▼
 //! Confirmed (internal movements) · Confirming (chain deposits) · ManualReview · Failed
+//! Created ──► Disputed ──► Confirmed (chargeback reversed) · Failed (hold released)
 //! ```
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,9 @@ pub enum TxState {
     Retryable,
     Failed,
     ManualReview,
+    /// A rail deposit's chargeback is open: the disputed amount is held in the wallet until the
+    /// rail resolves it (released: Failed; reversed: Confirmed).
+    Disputed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -35,7 +39,7 @@ pub struct TransitionError {
 }
 
 impl TxState {
-    pub const ALL: [TxState; 8] = [
+    pub const ALL: [TxState; 9] = [
         TxState::Created,
         TxState::PendingBroadcast,
         TxState::Broadcasted,
@@ -44,6 +48,7 @@ impl TxState {
         TxState::Retryable,
         TxState::Failed,
         TxState::ManualReview,
+        TxState::Disputed,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -56,6 +61,7 @@ impl TxState {
             TxState::Retryable => "retryable",
             TxState::Failed => "failed",
             TxState::ManualReview => "manual_review",
+            TxState::Disputed => "disputed",
         }
     }
 
@@ -63,13 +69,21 @@ impl TxState {
     pub fn successors(&self) -> &'static [TxState] {
         use TxState::*;
         match self {
-            Created => &[PendingBroadcast, Confirming, Confirmed, ManualReview, Failed],
+            Created => &[
+                PendingBroadcast,
+                Confirming,
+                Confirmed,
+                ManualReview,
+                Disputed,
+                Failed,
+            ],
             PendingBroadcast => &[Broadcasted, Retryable, ManualReview, Failed],
             Broadcasted => &[Confirming, Confirmed, Retryable, Failed],
             Confirming => &[Confirmed, Failed],
             Retryable => &[PendingBroadcast, Broadcasted, Failed],
             ManualReview => &[PendingBroadcast, Confirmed, Failed],
             Confirmed => &[ManualReview],
+            Disputed => &[Confirmed, Failed],
             Failed => &[],
         }
     }

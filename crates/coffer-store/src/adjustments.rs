@@ -127,6 +127,7 @@ impl AdjustmentDoc {
             to_wallet_id,
             external_reference: Some(format!("adjustment:{}", self.id)),
             destination: None,
+            original_transaction_id: None,
             participants: owner.into_iter().collect(),
             limits: Vec::new(),
             events: Vec::new(),

@@ -52,6 +52,8 @@ pub mod actions {
     pub const REVIEW_APPROVED: &str = "review.approved";
     pub const REVIEW_REJECTED: &str = "review.rejected";
     pub const WITHDRAWAL_CANCELLED: &str = "withdrawal.cancelled";
+    /// A payment rail resolved a dispute of a rail deposit (released or reversed).
+    pub const DISPUTE_RESOLVED: &str = "dispute.resolved";
     pub const RECONCILIATION_REQUESTED: &str = "reconciliation.requested";
     pub const AUDIT_VERIFIED: &str = "audit.verified";
     pub const LIABILITIES_PUBLISHED: &str = "liabilities.published";

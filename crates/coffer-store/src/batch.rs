@@ -935,6 +935,7 @@ pub(crate) fn transaction_record(movement: &Movement, now: Time) -> TransactionD
         created_at: now,
         updated_at: now,
         velocity_key: movement.limits.first().map(|l| l.key.clone()),
+        original_transaction_id: movement.original_transaction_id.clone(),
         broadcast: None,
         review_approvals: Vec::new(),
     }
@@ -1067,11 +1068,13 @@ async fn update_counters(
     let statements: Vec<Document> = charged
         .iter()
         .map(|(key, amount)| {
-            doc! {
-                "q": { "_id": key },
-                "u": { "$inc": { "total": codec::to_decimal(amount, false) }, "$setOnInsert": { "expires_at": expires } },
-                "upsert": true,
+            // Lifetime counters (what was returned of a transaction) have no expiry: the TTL
+            // index skips a counter without the field.
+            let mut update = doc! { "$inc": { "total": codec::to_decimal(amount, false) } };
+            if !coffer_domain::LimitCharge::is_lifetime(key) {
+                update.insert("$setOnInsert", doc! { "expires_at": expires });
             }
+            doc! { "q": { "_id": key }, "u": update, "upsert": true }
         })
         .collect();
     let reply = db

@@ -32,6 +32,7 @@ pub mod process_sessions;
 pub mod queries;
 pub mod rail_deposits;
 pub mod reconcile;
+pub mod returns;
 pub mod risk;
 pub mod support;
 mod telemetry;
@@ -493,6 +494,7 @@ impl Store {
         self.ensure_lookup_indexes().await?;
         self.ensure_liability_indexes().await?;
         self.ensure_conversion_indexes().await?;
+        self.ensure_return_indexes().await?;
         outbox::initialise(&self.db).await?;
         audit::initialise(&self.db).await?;
         self.ensure_admin_indexes().await

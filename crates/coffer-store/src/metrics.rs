@@ -95,6 +95,8 @@ impl StoreMetrics {
             "reversal",
             "adjustment",
             "conversion",
+            "refund",
+            "dispute",
         ] {
             metrics.movements.with_label_values(&[kind]);
         }

@@ -232,6 +232,10 @@ pub struct TransactionDoc {
     /// when the withdrawal fails or is rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub velocity_key: Option<String>,
+    /// The transaction a refund or dispute returns money of (L10); the original lists its
+    /// returns by this field (index `by_original`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_transaction_id: Option<String>,
     /// A withdrawal's signed chain transaction, stored before it is broadcast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastDoc>,
