@@ -346,7 +346,7 @@ impl LedgerEntry {
     async fn wallet_id(&self) -> ID {
         ID(self.0.wallet_id.clone())
     }
-    /// deposit, withdrawal, transfer, fee, reversal, adjustment or conversion.
+    /// deposit, withdrawal, transfer, fee, reversal, adjustment, conversion, refund or dispute.
     async fn kind(&self) -> &str {
         &self.0.kind
     }
@@ -388,11 +388,12 @@ impl Transaction {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
-    /// deposit, withdrawal, transfer, fee, reversal, adjustment or conversion.
+    /// deposit, withdrawal, transfer, fee, reversal, adjustment, conversion, refund or dispute.
     async fn kind(&self) -> &str {
         &self.0.kind
     }
-    /// created, pending_broadcast, broadcasted, confirming, confirmed, retryable, failed, manual_review.
+    /// created, pending_broadcast, broadcasted, confirming, confirmed, retryable, failed,
+    /// manual_review, disputed.
     async fn state(&self) -> &str {
         &self.0.state
     }
@@ -424,6 +425,10 @@ impl Transaction {
     /// A sent withdrawal's confirmations so far.
     async fn confirmations(&self) -> Option<i64> {
         self.0.confirmations
+    }
+    /// A refund's or dispute's original transaction.
+    async fn original_transaction_id(&self) -> Option<ID> {
+        self.0.original_transaction_id.clone().map(ID)
     }
     /// Its states, oldest first.
     async fn timeline(&self) -> Vec<StateChange> {
