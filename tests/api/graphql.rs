@@ -106,11 +106,19 @@ async fn wallets_balances_and_ledger_pages_equal_the_rest_views() {
     let page = &first["ledger"];
     let cursor = page["nextCursor"].as_str().expect("a second page").to_string();
     let rest_first = app
-        .get(&format!("/v1/wallets/{wallet}/ledger?limit=3"), &alice.access_token)
+        .get(
+            &format!("/v1/wallets/{wallet}/ledger?limit=3"),
+            &alice.access_token,
+        )
         .await
         .body;
     assert_eq!(page["nextCursor"], rest_first["next_cursor"]);
-    let items: Vec<Value> = page["items"].as_array().unwrap().iter().map(entry_as_rest).collect();
+    let items: Vec<Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(entry_as_rest)
+        .collect();
     assert_eq!(items.len(), 3);
     assert_eq!(Value::Array(items), rest_first["items"]);
 
@@ -130,9 +138,17 @@ async fn wallets_balances_and_ledger_pages_equal_the_rest_views() {
         )
         .await
         .body;
-    let items: Vec<Value> = page["items"].as_array().unwrap().iter().map(entry_as_rest).collect();
+    let items: Vec<Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(entry_as_rest)
+        .collect();
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0]["amount"], "-0.75", "the oldest last: the transfer is newest");
+    assert_eq!(
+        items[0]["amount"], "-0.75",
+        "the oldest last: the transfer is newest"
+    );
     assert_eq!(Value::Array(items), rest_second["items"]);
 
     // Transactions with their timeline, as GET /v1/transactions and /v1/transactions/{id}.
@@ -143,7 +159,10 @@ async fn wallets_balances_and_ledger_pages_equal_the_rest_views() {
         json!({}),
     )
     .await;
-    let rest_txs = app.get("/v1/transactions?limit=2", &alice.access_token).await.body;
+    let rest_txs = app
+        .get("/v1/transactions?limit=2", &alice.access_token)
+        .await
+        .body;
     assert_eq!(txs["transactions"]["nextCursor"], rest_txs["next_cursor"]);
     for (g, r) in txs["transactions"]["items"]
         .as_array()
@@ -190,14 +209,29 @@ async fn another_users_wallet_and_transaction_are_null_and_wallets_lists_only_on
       wallets { id }
       transactions { items { id } nextCursor }
     }";
-    let seen_by_bob = data(&app, &bob, query, json!({ "wallet": alice_wallet, "tx": alice_tx })).await;
+    let seen_by_bob = data(
+        &app,
+        &bob,
+        query,
+        json!({ "wallet": alice_wallet, "tx": alice_tx }),
+    )
+    .await;
     assert_eq!(seen_by_bob["wallet"], Value::Null, "{seen_by_bob}");
     assert_eq!(seen_by_bob["transaction"], Value::Null, "{seen_by_bob}");
     assert_eq!(seen_by_bob["wallets"], json!([{ "id": bob_wallet }]));
-    assert_eq!(seen_by_bob["transactions"], json!({ "items": [], "nextCursor": null }));
+    assert_eq!(
+        seen_by_bob["transactions"],
+        json!({ "items": [], "nextCursor": null })
+    );
 
     // The owner sees them: the nulls above are the owner check, not a bad query.
-    let seen_by_alice = data(&app, &alice, query, json!({ "wallet": alice_wallet, "tx": alice_tx })).await;
+    let seen_by_alice = data(
+        &app,
+        &alice,
+        query,
+        json!({ "wallet": alice_wallet, "tx": alice_tx }),
+    )
+    .await;
     assert_eq!(seen_by_alice["wallet"]["available"], "3");
     assert_eq!(seen_by_alice["transaction"]["id"], alice_tx.as_str());
     assert_eq!(seen_by_alice["wallets"], json!([{ "id": alice_wallet }]));
@@ -220,7 +254,11 @@ async fn no_or_an_invalid_token_is_a_401_problem_like_rest() {
     let user = app.register().await;
     let mut tampered = user.access_token.clone();
     tampered.pop();
-    tampered.push(if user.access_token.ends_with('A') { 'B' } else { 'A' });
+    tampered.push(if user.access_token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
     let body = json!({ "query": "{ wallets { id } }" });
     for token in [Some(tampered.as_str()), Some("not-a-jwt"), None] {
         let reply = app.send("POST", "/v1/graphql", token, None, Some(&body)).await;
@@ -280,10 +318,15 @@ async fn a_too_deep_query_and_a_first_above_the_maximum_are_refused_without_data
     app.create_wallet(&user, "ETH").await;
 
     // Nine levels through introspection (the schema's own deepest useful selection is 4).
-    let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }";
+    let deep =
+        "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }";
     let reply = graphql(&app, &user, deep, json!({})).await;
     let messages = refused(&reply);
-    assert!(messages.iter().any(|m| m.contains("nested too deep")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("nested too deep")),
+        "{messages:?}"
+    );
+    assert_eq!(reply.body["errors"][0]["extensions"]["code"], "invalid_query");
 
     let reply = graphql(
         &app,
@@ -294,7 +337,10 @@ async fn a_too_deep_query_and_a_first_above_the_maximum_are_refused_without_data
     .await;
     // A resolver's refusal nulls the nearest nullable parent: the whole `data` here.
     let messages = refused(&reply);
-    assert!(messages.iter().any(|m| m.contains("first is from 1 to 100")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("first is from 1 to 100")),
+        "{messages:?}"
+    );
     assert_eq!(reply.body["errors"][0]["extensions"]["code"], "invalid_query");
 
     let reply = graphql(
@@ -312,6 +358,29 @@ async fn a_too_deep_query_and_a_first_above_the_maximum_are_refused_without_data
     let reply = graphql(&app, &user, &format!("{{ {aliases} }}"), json!({})).await;
     let messages = refused(&reply);
     assert!(messages.iter().any(|m| m.contains("too complex")), "{messages:?}");
+    assert_eq!(reply.body["errors"][0]["extensions"]["code"], "invalid_query");
+
+    // A page's items count once per item it may hold: 100 transactions each reading its entries
+    // is 100 store reads, refused; a full page of 100 with every plain field is not.
+    let reply = graphql(
+        &app,
+        &user,
+        "{ transactions(first: 100) { items { id ledgerEntries { amount } } } }",
+        json!({}),
+    )
+    .await;
+    let messages = refused(&reply);
+    assert!(messages.iter().any(|m| m.contains("too complex")), "{messages:?}");
+    data(
+        &app,
+        &user,
+        "{ transactions(first: 100) { items { id kind state asset decimals amount fromWalletId \
+           toWalletId externalReference destination chainTxHash confirmations createdAt updatedAt \
+           timeline { from to at cause } } nextCursor }
+           wallets { ledger(first: 100) { items { id transactionId walletId kind bucket amount createdAt } nextCursor } } }",
+        json!({}),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -332,5 +401,13 @@ async fn a_mutation_or_subscription_is_refused() {
         assert!(!messages.is_empty(), "{document}");
     }
     assert_eq!(app.count("ledger_entries").await, entries, "nothing was written");
-    assert_eq!(app.get("/v1/wallets", &user.access_token).await.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/v1/wallets", &user.access_token)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

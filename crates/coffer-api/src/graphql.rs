@@ -26,10 +26,11 @@ use crate::ApiContext;
 
 /// The deepest selection a query may nest (the schema's own deepest useful one is 4).
 pub const DEPTH_MAX: usize = 8;
-/// The most a query may cost: one per field, [`STORE_READ_COST`] more per field that reads the store.
-pub const COMPLEXITY_MAX: usize = 500;
+/// The most a query may cost: one per field, [`STORE_READ_COST`] more per field that reads the
+/// store, and what is under a page's `items` once per item it may hold (`first`).
+pub const COMPLEXITY_MAX: usize = 5000;
 /// What a field that reads the store adds to a query's complexity: at most ~50 reads a request.
-const STORE_READ_COST: usize = 10;
+const STORE_READ_COST: usize = 100;
 /// `first` when a connection is asked for without it (as REST's `limit`).
 const PAGE_DEFAULT: u32 = 50;
 
@@ -103,7 +104,7 @@ pub struct GraphqlError {
 
 /// Read the caller's wallets, balances, ledger pages and transactions, choosing the fields.
 /// Read-only (a mutation or subscription is refused in `errors`); at most 8 levels deep and a
-/// complexity of 500; `first` is 1 to 100. A GraphQL answer is 200 even when it holds `errors`;
+/// complexity of 5000; `first` is 1 to 100. A GraphQL answer is 200 even when it holds `errors`;
 /// the token, the body and the rate limit are refused as by every REST read (problem+json).
 #[utoipa::path(post, path = "/v1/graphql", tag = "wallets", request_body = GraphqlRequest,
     responses((status = 200, description = "The GraphQL response: `data` and/or `errors`", body = GraphqlResponse)),
@@ -124,7 +125,16 @@ pub async fn graphql(
         ctx,
         user_id: principal.user_id,
     });
-    Json(schema().execute(request).await)
+    let mut response = schema().execute(request).await;
+    // Parse, validation and limit errors (too deep, too complex) carry no code of their own:
+    // they are the query's fault. Resolver errors already carry one (`gql_error`, `page_args`).
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", ErrorCode::InvalidQuery.as_str());
+        }
+    }
+    Json(response)
 }
 
 /// Who asks, and through which context: every resolver reads for this user only.
@@ -151,6 +161,18 @@ fn gql_error(error: ApiError) -> async_graphql::Error {
 
 fn store_error(error: coffer_store::StoreError) -> async_graphql::Error {
     gql_error(error.into())
+}
+
+/// How many items a page asked for with `first` may hold, for its complexity: the fields under
+/// `items` run once per item, so `transactions(first: 100) { items { ledgerEntries { .. } } }`
+/// costs 100 store reads and must cost so much (out of range is refused by [`page_args`]).
+fn page_items(first: Option<i32>) -> usize {
+    usize::try_from(
+        first
+            .unwrap_or(PAGE_DEFAULT as i32)
+            .clamp(1, PAGE_LIMIT_MAX as i32),
+    )
+    .unwrap_or(1)
 }
 
 /// `first` and `after` as REST's `limit` and `cursor`: refused (never clamped) when out of range.
@@ -218,7 +240,7 @@ impl Query {
     }
 
     /// The transactions the caller took part in, newest first (as GET /v1/transactions).
-    #[graphql(complexity = "STORE_READ_COST + child_complexity")]
+    #[graphql(complexity = "STORE_READ_COST + page_items(first) * child_complexity")]
     async fn transactions(
         &self,
         ctx: &Context<'_>,
@@ -304,7 +326,7 @@ impl Wallet {
     }
 
     /// The wallet's ledger entries, newest first (as GET /v1/wallets/{id}/ledger).
-    #[graphql(complexity = "STORE_READ_COST + child_complexity")]
+    #[graphql(complexity = "STORE_READ_COST + page_items(first) * child_complexity")]
     async fn ledger(
         &self,
         ctx: &Context<'_>,
@@ -516,11 +538,29 @@ mod tests {
         );
     }
 
+    /// Refused before any resolver runs (so no caller is needed here).
+    #[tokio::test]
+    async fn a_page_of_store_reads_is_too_complex() {
+        let response = schema()
+            .execute("{ transactions(first: 100) { items { ledgerEntries { amount } } } }")
+            .await;
+        assert!(response.data == async_graphql::Value::Null);
+        assert!(
+            response.errors[0].message.contains("too complex"),
+            "{:?}",
+            response.errors
+        );
+        assert!(page_items(Some(1000)) == 100 && page_items(Some(-5)) == 1 && page_items(None) == 50);
+    }
+
     #[test]
     fn the_schema_is_read_only() {
         let sdl = sdl();
         assert!(sdl.contains("type Query"), "{sdl}");
-        assert!(!sdl.contains("type Mutation") && !sdl.contains("type Subscription"), "{sdl}");
+        assert!(
+            !sdl.contains("type Mutation") && !sdl.contains("type Subscription"),
+            "{sdl}"
+        );
     }
 
     #[test]
