@@ -14,6 +14,7 @@ mod console;
 mod contract;
 mod conversions;
 mod devices;
+mod graphql;
 mod idempotency;
 mod ledger;
 mod liabilities;

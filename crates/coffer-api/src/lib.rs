@@ -17,6 +17,7 @@ pub mod conversions;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod graphql;
 pub mod idempotency;
 pub mod keepalive;
 pub mod liabilities;
@@ -271,7 +272,9 @@ fn groups() -> Groups {
             // Public, but limited per client IP like every read (no token: no per-user limit).
             .routes(routes!(liabilities::get_liabilities))
             .routes(routes!(devices::list_devices))
-            .routes(routes!(address_book::list_addresses)),
+            .routes(routes!(address_book::list_addresses))
+            // Read-only GraphQL over the same reads: a POST, but no side effect and no Idempotency-Key.
+            .routes(routes!(graphql::graphql)),
         writes: OpenApiRouter::new()
             .routes(routes!(wallets::create_wallet))
             .routes(routes!(devices::register_device))

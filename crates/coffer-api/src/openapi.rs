@@ -213,6 +213,21 @@ fn examples() -> Vec<(&'static str, Value)> {
     vec![
         ("CreateWalletRequest", json!({ "asset": "ETH" })),
         (
+            "GraphqlRequest",
+            json!({
+                "query": "query Home($first: Int) { wallets { id asset available ledger(first: $first) { items { id kind amount createdAt } nextCursor } } }",
+                "variables": { "first": 20 }
+            }),
+        ),
+        (
+            "GraphqlResponse",
+            json!({ "data": { "wallets": [{
+                "id": wallet, "asset": "ETH", "available": "1.75",
+                "ledger": { "items": [{ "id": "0190f3a2-6c5d-7e2f-9a11-2b3c4d5e6f71", "kind": "transfer",
+                    "amount": "-0.5", "createdAt": at }], "nextCursor": null }
+            }] } }),
+        ),
+        (
             "RegisterRequest",
             json!({ "email": "alice@example.com", "password": "correct horse battery staple" }),
         ),
