@@ -20,6 +20,7 @@ pub mod plan;
 pub mod policy;
 pub mod replacement;
 pub mod state;
+pub mod sweep;
 
 pub use account::{AccountKind, Bucket};
 pub use amount::{Amount, AmountError};
