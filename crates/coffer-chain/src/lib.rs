@@ -12,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod rpc;
 pub mod signer;
+pub mod sweep_signer;
 
 use thiserror::Error;
 
