@@ -34,6 +34,7 @@ pub mod rail_deposits;
 pub mod reconcile;
 pub mod risk;
 pub mod support;
+pub mod sweeps;
 mod telemetry;
 pub mod tickets;
 pub mod tokens;
