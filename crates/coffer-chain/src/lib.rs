@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod signer;
 pub mod sweep_signer;
+pub mod sweeper;
 
 use thiserror::Error;
 
