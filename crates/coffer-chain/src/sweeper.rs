@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::consensus::TxEip1559;
-use alloy::primitives::{Address, TxKind, U256};
+pub use alloy::primitives::Address;
+use alloy::primitives::{TxKind, U256};
 use coffer_domain::sweep::{
     check_ceiling, gas_fee_booking, plan_native, NoSweep, SweepFees, SweepPolicy, SweepState,
 };
