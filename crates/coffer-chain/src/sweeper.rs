@@ -271,6 +271,14 @@ impl Sweeper {
                     record.address
                 )));
             }
+            // The nonce and balance at the confirmed block, read together, and only if the address
+            // sent nothing since: a sweep mined after that block (by this or another replica)
+            // makes the balance there stale, so the address waits for the next round. A sweep
+            // signed and not yet mined has this very nonce: claiming it again is refused.
+            let nonce = self.rpc.nonce_at(address, confirmed_block).await?;
+            if self.rpc.latest_nonce(address).await? != nonce {
+                continue;
+            }
             let latest = self.rpc.balance(address).await?;
             let settled = self.rpc.balance_at(address, confirmed_block).await?;
             let balance = coffer_domain::Amount::from_atomic(latest.min(settled));
@@ -288,7 +296,6 @@ impl Sweeper {
                     continue;
                 }
             };
-            let nonce = self.rpc.latest_nonce(address).await?;
             let now = coffer_store::codec::now();
             let sweep = SweepDoc {
                 id: SweepDoc::key(&self.config.chain, &record.address, nonce),
