@@ -36,6 +36,7 @@ mod sessions;
 mod staff_wallets;
 mod statements;
 mod stream;
+mod sweeps;
 mod tls;
 mod traces;
 mod transfer_policy;

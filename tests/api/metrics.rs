@@ -35,8 +35,9 @@ const ROLES: [&str; 4] = ["api", "outbox-publisher", "chain-listener", "reconcil
 /// The catalogue's metric names for a role (its `roles` column lists it).
 /// Series that exist only under a condition this flow does not meet, each asserted elsewhere:
 /// reserves − liabilities needs a chain source and a published statement
-/// (`reserves::chain_reconciler_reports_reserves_minus_published_liabilities_and_finds_a_shortfall`).
-const CONDITIONAL: [&str; 1] = ["coffer_reserves_minus_liabilities"];
+/// (`reserves::chain_reconciler_reports_reserves_minus_published_liabilities_and_finds_a_shortfall`);
+/// sweeps need the sweeper (`sweeps::chain_sweep_empties_the_deposit_address_once_books_its_gas_and_reserves_agree_with_the_ledger`).
+const CONDITIONAL: [&str; 2] = ["coffer_reserves_minus_liabilities", "coffer_sweeps_total"];
 
 fn catalogued(role: &str) -> Vec<String> {
     CATALOGUE

@@ -12,6 +12,8 @@ pub mod listener;
 pub mod metrics;
 pub mod rpc;
 pub mod signer;
+pub mod sweep_signer;
+pub mod sweeper;
 
 use thiserror::Error;
 

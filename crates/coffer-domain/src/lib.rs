@@ -21,6 +21,7 @@ pub mod policy;
 pub mod replacement;
 pub mod returns;
 pub mod state;
+pub mod sweep;
 
 pub use account::{AccountKind, Bucket};
 pub use amount::{Amount, AmountError};

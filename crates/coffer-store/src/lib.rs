@@ -35,6 +35,7 @@ pub mod reconcile;
 pub mod returns;
 pub mod risk;
 pub mod support;
+pub mod sweeps;
 mod telemetry;
 pub mod tickets;
 pub mod tokens;

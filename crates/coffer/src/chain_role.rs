@@ -1,6 +1,7 @@
 //! The `chain-listener` role: follows one chain, serves /healthz, /readyz and /metrics; with a
 //! signer key file it also runs the chain's withdrawal broadcaster.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use coffer_chain::listener::{Listener, ListenerConfig};
 use coffer_chain::metrics::ChainMetrics;
 use coffer_chain::rpc::Rpc;
 use coffer_chain::signer::LocalSigner;
+use coffer_chain::sweep_signer::LocalDepositSigner;
+use coffer_chain::sweeper::{SweepMetrics, Sweeper, SweeperConfig};
 use coffer_domain::replacement::ReplacementPolicy;
+use coffer_domain::sweep::SweepPolicy;
 use coffer_domain::LiveCatalog;
 use coffer_store::Store;
 
@@ -52,8 +56,15 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
         };
         let broadcaster =
             broadcaster(&args.chain, path, &rpc, &store, &catalog, settings)?.with_metrics(chain_metrics);
-        tracing::info!(chain = %args.chain, hot_wallet = %broadcaster.hot_wallet(), "broadcasting withdrawals");
+        let hot_wallet = broadcaster.hot_wallet();
+        tracing::info!(chain = %args.chain, hot_wallet = %hot_wallet, "broadcasting withdrawals");
         tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
+        if let Some(sweeper) = sweeper(&args, hot_wallet, &rpc, &store, &catalog, &registry)? {
+            tracing::info!(chain = %args.chain, hot_wallet = %hot_wallet, "sweeping deposit addresses");
+            tokio::spawn(async move { sweeper.run(std::future::pending()).await });
+        }
+    } else if args.sweep.deposit_xprv_file.is_some() {
+        anyhow::bail!("--deposit-xprv-file needs --signer-key-file: sweeps go to its hot wallet");
     }
     let node = rpc.clone();
     let health = coffer_api::store_health(&store)
@@ -67,6 +78,65 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
     listener.run(crate::shutdown_signal()).await;
     server.abort();
     Ok(())
+}
+
+/// The sweeper of the chain's coin when `--deposit-xprv-file` is given: the xprv must belong to
+/// `--deposit-xpub`; the policy of the flags applies to every coin asset of the chain.
+fn sweeper(
+    args: &ChainListenerArgs,
+    hot_wallet: coffer_chain::sweeper::Address,
+    rpc: &Rpc,
+    store: &Store,
+    catalog: &LiveCatalog,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Sweeper>> {
+    let sweep = &args.sweep;
+    let Some(path) = &sweep.deposit_xprv_file else {
+        return Ok(None);
+    };
+    let xpub = sweep
+        .deposit_xpub
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--deposit-xprv-file needs --deposit-xpub (COFFER_DEPOSIT_XPUB)"))?;
+    let signer = LocalDepositSigner::from_file(path, xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = coffer_chain::hd::DepositKeys::from_xpub(xpub).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !coffer_chain::sweep_signer::agrees_with(&signer, &keys, 3).map_err(|e| anyhow::anyhow!("{e}"))? {
+        anyhow::bail!("the deposit xprv's addresses differ from the xpub's");
+    }
+    let mut policies = BTreeMap::new();
+    for asset in catalog.current().iter() {
+        if asset.chain != args.chain || asset.contract.is_some() {
+            continue;
+        }
+        let min_amount = coffer_domain::Amount::parse_decimal(&sweep.sweep_min_amount, asset.decimals)
+            .map_err(|e| anyhow::anyhow!("--sweep-min-amount for {}: {e}", asset.symbol))?;
+        policies.insert(
+            asset.symbol.clone(),
+            SweepPolicy {
+                min_amount,
+                batch_max: sweep.sweep_batch_max as usize,
+                gas_price_ceiling_wei: u128::from(sweep.sweep_gas_price_ceiling_gwei) * 1_000_000_000,
+            },
+        );
+    }
+    let config = SweeperConfig {
+        chain: args.chain.clone(),
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(1000)),
+        max_priority_fee_per_gas: 1_000_000_000,
+        policies,
+    };
+    let metrics = SweepMetrics::new(registry)?;
+    Ok(Some(
+        Sweeper::new(
+            config,
+            rpc.clone(),
+            store.clone(),
+            catalog.clone(),
+            Arc::new(signer),
+            hot_wallet,
+        )
+        .with_metrics(metrics),
+    ))
 }
 
 /// The broadcaster's settings from the role's arguments.

@@ -459,6 +459,33 @@ pub struct ChainListenerArgs {
     pub signer_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub replacement: ReplacementArgs,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+}
+
+/// Sweeping deposit addresses to the hot wallet (docs/chain.md, "Sweeping deposit addresses").
+#[derive(Args, Clone)]
+pub struct SweepArgs {
+    /// The account-level extended private key `m/44'/60'/0'` of the deposit addresses (a file,
+    /// a mounted Secret; never logged). When set together with `--signer-key-file`, this
+    /// process also sweeps the chain's coin from deposit addresses to the hot wallet.
+    /// Development signer: production plugs a KMS or HSM behind `DepositKeySigner`.
+    #[arg(long, env = "COFFER_DEPOSIT_XPRV_FILE")]
+    pub deposit_xprv_file: Option<std::path::PathBuf>,
+    /// The account xpub the API derives deposit addresses from; the xprv must match it.
+    #[arg(long, env = "COFFER_DEPOSIT_XPUB", hide_env_values = true)]
+    pub deposit_xpub: Option<String>,
+    /// Balances below this (in the coin's units, e.g. 0.01) are dust and not swept.
+    #[arg(long, env = "COFFER_SWEEP_MIN_AMOUNT", default_value = "0.01")]
+    pub sweep_min_amount: String,
+    /// Deposit addresses looked at per round (1..=1000).
+    #[arg(long, env = "COFFER_SWEEP_BATCH_MAX", default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub sweep_batch_max: u64,
+    /// A round is skipped while base fee + tip is above this (gwei per gas, 1..=10000).
+    #[arg(long, env = "COFFER_SWEEP_GAS_PRICE_CEILING_GWEI", default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub sweep_gas_price_ceiling_gwei: u64,
 }
 
 #[derive(Args)]

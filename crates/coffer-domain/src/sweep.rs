@@ -1,0 +1,382 @@
+//! Sweeping deposit addresses to the hot wallet (issue 17 item 2): the pure rules, no IO.
+//!
+//! Deposits land on per-user HD addresses (`m/44'/60'/0'/0/i`); a sweep moves what one address
+//! holds to the hot wallet. Between two platform addresses nothing changes for users or for
+//! custody (custody is one account per asset, whatever address holds the coins), except the gas:
+//! what the chain actually charged (receipt `gasUsed × effectiveGasPrice`) leaves custody and is
+//! booked against the asset's fees account ([`gas_fee_booking`]).
+//!
+//! A sweep is signed once and tracked like a withdrawal ([`SweepState`]); the adapter stores the
+//! signed transaction before it broadcasts, with conditional transitions, so a restarted process
+//! or a second replica never signs a second transaction for the same address and nonce.
+
+use thiserror::Error;
+
+use crate::account::{platform_account_id, AccountKind};
+use crate::amount::Amount;
+use crate::ledger::{LedgerError, LedgerTransaction, Posting, TxKind};
+use crate::Bucket;
+
+/// Gas of a plain value transfer to an address without code.
+pub const NATIVE_TRANSFER_GAS: u64 = 21_000;
+
+/// An asset's sweeping policy (asset configuration `sweep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepPolicy {
+    /// Balances below this (atomic units of the swept asset) are dust and stay where they are.
+    pub min_amount: Amount,
+    /// The most addresses one round sweeps.
+    pub batch_max: usize,
+    /// A round is skipped while base fee + tip (wei per gas) is above this.
+    pub gas_price_ceiling_wei: u128,
+}
+
+/// The fee fields a sweep is signed with (EIP-1559, wei per gas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepFees {
+    pub base_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+impl SweepFees {
+    /// What a gas unit may cost at most: `2 × base fee + tip`, the usual headroom for the base
+    /// fee rising over the next blocks. The sweep reserves this much per gas unit; the chain
+    /// charges `base fee + tip` at most, and the difference stays on the deposit address as dust.
+    pub fn max_fee_per_gas(&self) -> Option<u128> {
+        self.base_fee_per_gas
+            .checked_mul(2)?
+            .checked_add(self.max_priority_fee_per_gas)
+    }
+
+    /// What the round compares with the ceiling: base fee + tip.
+    pub fn effective_price(&self) -> Option<u128> {
+        self.base_fee_per_gas.checked_add(self.max_priority_fee_per_gas)
+    }
+}
+
+/// Why an address is not swept (this round).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NoSweep {
+    #[error("the balance is below the sweep minimum (dust)")]
+    BelowMinimum,
+    #[error("gas costs {price} wei per gas, above the ceiling of {ceiling}")]
+    GasAboveCeiling { price: u128, ceiling: u128 },
+    #[error("the balance does not cover the gas of its own sweep")]
+    GasExceedsBalance,
+    #[error("the fee arithmetic overflowed")]
+    Overflow,
+}
+
+/// A planned native-coin sweep: send `value` with these fees; the gas reserved is
+/// `gas_limit × max_fee_per_gas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeSweep {
+    pub value: Amount,
+    pub gas_limit: u64,
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+/// Whether a round may run at all at these fees.
+pub fn check_ceiling(policy: &SweepPolicy, fees: SweepFees) -> Result<(), NoSweep> {
+    let price = fees.effective_price().ok_or(NoSweep::Overflow)?;
+    if price > policy.gas_price_ceiling_wei {
+        return Err(NoSweep::GasAboveCeiling {
+            price,
+            ceiling: policy.gas_price_ceiling_wei,
+        });
+    }
+    Ok(())
+}
+
+/// The sweep of a native-coin `balance`: everything but the most its own gas can cost, so the
+/// transaction can never fail for want of funds. Refused below the minimum, above the ceiling,
+/// or when nothing would be left to send.
+pub fn plan_native(policy: &SweepPolicy, balance: Amount, fees: SweepFees) -> Result<NativeSweep, NoSweep> {
+    if balance < policy.min_amount || balance.is_zero() {
+        return Err(NoSweep::BelowMinimum);
+    }
+    check_ceiling(policy, fees)?;
+    let max_fee_per_gas = fees.max_fee_per_gas().ok_or(NoSweep::Overflow)?;
+    let reserve = gas_cost(NATIVE_TRANSFER_GAS, max_fee_per_gas).ok_or(NoSweep::Overflow)?;
+    let value = balance
+        .checked_sub(reserve)
+        .filter(|v| !v.is_zero())
+        .ok_or(NoSweep::GasExceedsBalance)?;
+    Ok(NativeSweep {
+        value,
+        gas_limit: NATIVE_TRANSFER_GAS,
+        max_fee_per_gas,
+        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+    })
+}
+
+/// What an ERC-20 sweep needs on the deposit address before it can be signed: exactly
+/// `gas_limit × max_fee_per_gas` of the chain's coin, less what the address holds already
+/// (`None` when it holds enough). The hot wallet funds the difference first. Refused below the
+/// token minimum or above the ceiling.
+pub fn erc20_gas_funding(
+    policy: &SweepPolicy,
+    token_balance: Amount,
+    coin_balance: Amount,
+    gas_limit: u64,
+    fees: SweepFees,
+) -> Result<Option<Amount>, NoSweep> {
+    if token_balance < policy.min_amount || token_balance.is_zero() {
+        return Err(NoSweep::BelowMinimum);
+    }
+    check_ceiling(policy, fees)?;
+    let max_fee_per_gas = fees.max_fee_per_gas().ok_or(NoSweep::Overflow)?;
+    let needed = gas_cost(gas_limit, max_fee_per_gas).ok_or(NoSweep::Overflow)?;
+    Ok(needed.checked_sub(coin_balance).filter(|d| !d.is_zero()))
+}
+
+/// `gas × price_per_gas` in atomic units.
+pub fn gas_cost(gas: u64, price_per_gas: u128) -> Option<Amount> {
+    let product = ruint::aliases::U256::from(gas).checked_mul(ruint::aliases::U256::from(price_per_gas))?;
+    Some(Amount::from_atomic(product))
+}
+
+/// The booking of a confirmed sweep's gas, `gas_used × effective_gas_price` from its receipt:
+/// custody (the chain's coin) goes down by it, against the fees account. `None` when the chain
+/// charged nothing (a zero base fee and tip on a dev chain).
+pub fn gas_fee_booking(
+    coin_asset: &str,
+    gas_used: u64,
+    effective_gas_price: u128,
+) -> Result<Option<LedgerTransaction>, LedgerError> {
+    let fee = gas_cost(gas_used, effective_gas_price).ok_or(LedgerError::AboveLedgerLimit)?;
+    if fee.is_zero() {
+        return Ok(None);
+    }
+    LedgerTransaction::new(
+        TxKind::Fee,
+        coin_asset,
+        vec![
+            Posting::debit(
+                platform_account_id(coin_asset, AccountKind::Fees),
+                Bucket::Available,
+                fee,
+            ),
+            Posting::credit(
+                platform_account_id(coin_asset, AccountKind::Custody),
+                Bucket::Available,
+                fee,
+            ),
+        ],
+    )
+    .map(Some)
+}
+
+/// A sweep's life, tracked like a withdrawal's: planned (address claimed with its nonce) →
+/// signed (raw transaction and hash stored, before anything is sent) → broadcasted → confirmed
+/// (gas booked) or failed (the nonce can be planned again only when the chain proves the signed
+/// transaction can never be mined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SweepState {
+    Planned,
+    Signed,
+    Broadcasted,
+    Confirmed,
+    Failed,
+}
+
+impl SweepState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SweepState::Planned => "planned",
+            SweepState::Signed => "signed",
+            SweepState::Broadcasted => "broadcasted",
+            SweepState::Confirmed => "confirmed",
+            SweepState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            SweepState::Planned,
+            SweepState::Signed,
+            SweepState::Broadcasted,
+            SweepState::Confirmed,
+            SweepState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Whether `self → next` is allowed. A signed sweep is never signed again: from `Signed`
+    /// the only ways on are sending the stored bytes (`Broadcasted`) or the chain's verdict.
+    pub fn can_become(self, next: SweepState) -> bool {
+        use SweepState::*;
+        matches!(
+            (self, next),
+            (Planned, Signed)
+                | (Planned, Failed)
+                | (Signed, Broadcasted)
+                | (Signed, Confirmed)
+                | (Signed, Failed)
+                | (Broadcasted, Confirmed)
+                | (Broadcasted, Failed)
+        )
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, SweepState::Confirmed | SweepState::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GWEI: u128 = 1_000_000_000;
+
+    fn policy() -> SweepPolicy {
+        SweepPolicy {
+            min_amount: Amount::from_u128(10_000_000 * GWEI), // 0.01 ETH
+            batch_max: 50,
+            gas_price_ceiling_wei: 100 * GWEI,
+        }
+    }
+
+    fn fees(base_gwei: u128, tip_gwei: u128) -> SweepFees {
+        SweepFees {
+            base_fee_per_gas: base_gwei * GWEI,
+            max_priority_fee_per_gas: tip_gwei * GWEI,
+        }
+    }
+
+    #[test]
+    fn a_native_sweep_sends_the_balance_less_the_most_its_gas_can_cost() {
+        let balance = Amount::from_u128(1_000_000_000 * GWEI); // 1 ETH
+        let sweep = plan_native(&policy(), balance, fees(10, 1)).unwrap();
+        assert_eq!(sweep.max_fee_per_gas, 21 * GWEI);
+        assert_eq!(sweep.gas_limit, 21_000);
+        assert_eq!(
+            sweep.value,
+            Amount::from_u128(1_000_000_000 * GWEI - 21_000 * 21 * GWEI)
+        );
+    }
+
+    #[test]
+    fn dust_high_gas_and_balances_eaten_by_gas_are_not_swept() {
+        let below = Amount::from_u128(10_000_000 * GWEI - 1);
+        assert_eq!(
+            plan_native(&policy(), below, fees(1, 1)),
+            Err(NoSweep::BelowMinimum)
+        );
+        let one = Amount::from_u128(GWEI * GWEI);
+        assert_eq!(
+            plan_native(&policy(), one, fees(100, 1)),
+            Err(NoSweep::GasAboveCeiling {
+                price: 101 * GWEI,
+                ceiling: 100 * GWEI
+            })
+        );
+        let mut tiny = policy();
+        tiny.min_amount = Amount::from_u64(1);
+        assert_eq!(
+            plan_native(&tiny, Amount::from_u128(21_000 * 3 * GWEI), fees(1, 1)),
+            Err(NoSweep::GasExceedsBalance)
+        );
+        assert_eq!(
+            plan_native(&tiny, Amount::ZERO, fees(1, 1)),
+            Err(NoSweep::BelowMinimum)
+        );
+    }
+
+    #[test]
+    fn erc20_gas_is_funded_with_exactly_the_shortfall() {
+        let tokens = Amount::from_u128(10_000_000 * GWEI);
+        let needed = 65_000 * 21 * GWEI;
+        assert_eq!(
+            erc20_gas_funding(&policy(), tokens, Amount::ZERO, 65_000, fees(10, 1)),
+            Ok(Some(Amount::from_u128(needed)))
+        );
+        assert_eq!(
+            erc20_gas_funding(
+                &policy(),
+                tokens,
+                Amount::from_u128(needed - 5),
+                65_000,
+                fees(10, 1)
+            ),
+            Ok(Some(Amount::from_u64(5)))
+        );
+        assert_eq!(
+            erc20_gas_funding(&policy(), tokens, Amount::from_u128(needed), 65_000, fees(10, 1)),
+            Ok(None)
+        );
+        assert_eq!(
+            erc20_gas_funding(&policy(), Amount::from_u64(1), Amount::ZERO, 65_000, fees(10, 1)),
+            Err(NoSweep::BelowMinimum)
+        );
+    }
+
+    #[test]
+    fn the_gas_paid_moves_custody_to_fees_balanced() {
+        let tx = gas_fee_booking("ETH", 21_000, 7 * GWEI).unwrap().unwrap();
+        assert_eq!(tx.kind(), TxKind::Fee);
+        let fee = Amount::from_u128(21_000 * 7 * GWEI);
+        assert_eq!(
+            tx.postings(),
+            &[
+                Posting::debit("platform:ETH:fees", Bucket::Available, fee),
+                Posting::credit("platform:ETH:custody", Bucket::Available, fee),
+            ]
+        );
+        assert_eq!(gas_fee_booking("ETH", 21_000, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_signed_sweep_is_never_signed_again() {
+        use SweepState::*;
+        let all = [Planned, Signed, Broadcasted, Confirmed, Failed];
+        for state in all {
+            assert_eq!(SweepState::parse(state.as_str()), Some(state));
+            assert!(!state.can_become(Planned), "{state:?} → planned");
+            assert!(
+                !state.can_become(Signed) || state == Planned,
+                "{state:?} → signed"
+            );
+            if state.is_final() {
+                assert!(all.iter().all(|n| !state.can_become(*n)));
+            }
+        }
+        assert!(Signed.can_become(Broadcasted) && Broadcasted.can_become(Confirmed));
+    }
+
+    proptest! {
+        /// Whatever the balance and fees, a planned sweep plus the most its gas can cost never
+        /// exceeds the balance, and it is never below the minimum.
+        #[test]
+        fn a_sweep_never_spends_more_than_the_address_holds(
+            balance in 0u128..=u128::MAX / 4,
+            base in 0u128..=200 * GWEI,
+            tip in 0u128..=10 * GWEI,
+        ) {
+            let balance = Amount::from_u128(balance);
+            let fees = SweepFees { base_fee_per_gas: base, max_priority_fee_per_gas: tip };
+            match plan_native(&policy(), balance, fees) {
+                Ok(sweep) => {
+                    let reserve = gas_cost(sweep.gas_limit, sweep.max_fee_per_gas).unwrap();
+                    prop_assert!(sweep.value.checked_add(reserve).unwrap() <= balance);
+                    prop_assert!(!sweep.value.is_zero());
+                    prop_assert!(balance >= policy().min_amount);
+                    prop_assert!(base + tip <= policy().gas_price_ceiling_wei);
+                    // what the chain charges at most (base + tip) leaves the rest as dust ≥ 0
+                    let charged = gas_cost(sweep.gas_limit, base + tip).unwrap();
+                    prop_assert!(charged <= reserve);
+                }
+                Err(NoSweep::BelowMinimum) => prop_assert!(balance < policy().min_amount),
+                Err(NoSweep::GasAboveCeiling { .. }) => prop_assert!(base + tip > policy().gas_price_ceiling_wei),
+                Err(NoSweep::GasExceedsBalance) => {
+                    let reserve = gas_cost(21_000, 2 * base + tip).unwrap();
+                    prop_assert!(balance <= reserve);
+                }
+                Err(NoSweep::Overflow) => prop_assert!(false, "no overflow in range"),
+            }
+        }
+    }
+}

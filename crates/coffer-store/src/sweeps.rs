@@ -1,0 +1,258 @@
+//! Sweeps of deposit addresses to the hot wallet (docs/chain.md, "Sweeping deposit addresses").
+//!
+//! One document per (chain, address, nonce), whose `_id` is exactly that: claiming a sweep is
+//! inserting it, and a second replica (or a restarted process) planning the same address at the
+//! same nonce gets [`StoreError::AlreadyExists`] and signs nothing. Every later step is a
+//! conditional update on the state (`planned → signed → broadcasted → confirmed | failed`), and
+//! the signed bytes are stored before anything is sent: a sweep is signed once. Its gas, as the
+//! receipt reports it, is booked against custody in the same database transaction as the
+//! confirmed state.
+
+use coffer_domain::movement::Movement;
+use coffer_domain::state::StateChange;
+use coffer_domain::sweep::SweepState;
+use coffer_domain::{Amount, LedgerTransaction, TxState};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::write_one;
+use crate::chain::collections::DEPOSIT_ADDRESSES;
+use crate::chain::DepositAddressDoc;
+use crate::{Store, StoreError};
+
+pub const SWEEPS: &str = "sweeps";
+
+/// One sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepDoc {
+    /// `<chain>:<address>:<nonce>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub chain: String,
+    /// The swept asset (the chain's coin for a native sweep).
+    pub asset: String,
+    /// The deposit address, lower-case `0x…`, and its BIP32 index.
+    pub address: String,
+    pub index: i64,
+    pub nonce: i64,
+    /// The hot wallet.
+    pub to: String,
+    /// Atomic units, decimal.
+    pub value: String,
+    pub gas_limit: i64,
+    pub max_fee_per_gas: i64,
+    pub max_priority_fee_per_gas: i64,
+    /// A [`SweepState`] name.
+    pub state: String,
+    pub raw_tx: Option<String>,
+    pub tx_hash: Option<String>,
+    /// From the receipt.
+    pub gas_used: Option<i64>,
+    pub effective_gas_price: Option<i64>,
+    /// The gas booked as a fee (atomic units of the chain's coin), and its ledger transaction.
+    pub fee: Option<String>,
+    pub fee_transaction_id: Option<String>,
+    #[serde(with = "crate::codec::time")]
+    pub created_at: crate::codec::Time,
+    #[serde(with = "crate::codec::time")]
+    pub updated_at: crate::codec::Time,
+}
+
+impl SweepDoc {
+    pub fn state(&self) -> Option<SweepState> {
+        SweepState::parse(&self.state)
+    }
+
+    pub fn key(chain: &str, address: &str, nonce: u64) -> String {
+        format!("{chain}:{address}:{nonce}")
+    }
+}
+
+/// The most sweeps one page returns.
+pub const SWEEP_PAGE_MAX: u32 = 500;
+
+impl Store {
+    /// Deposit addresses (with their index) of `asset` on `chain` after `after`, at most `limit`.
+    pub async fn deposit_address_docs_page(
+        &self,
+        chain: &str,
+        asset: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DepositAddressDoc>, StoreError> {
+        let mut filter = doc! { "chain": chain, "asset": asset };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        Ok(self
+            .collection::<DepositAddressDoc>(DEPOSIT_ADDRESSES)
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::from(limit.clamp(1, crate::custody::ADDRESS_PAGE_MAX)))
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Claims a sweep: inserts it as planned. [`StoreError::AlreadyExists`] when this address
+    /// already has a sweep at this nonce (another replica, or an earlier round).
+    pub async fn claim_sweep(&self, sweep: &SweepDoc) -> Result<(), StoreError> {
+        debug_assert_eq!(sweep.state, SweepState::Planned.as_str());
+        match self.collection::<SweepDoc>(SWEEPS).insert_one(sweep).await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Non-final sweeps of `chain` (an address with one is not planned again), oldest first.
+    pub async fn open_sweeps(&self, chain: &str, limit: u32) -> Result<Vec<SweepDoc>, StoreError> {
+        let open = [SweepState::Planned, SweepState::Signed, SweepState::Broadcasted].map(|s| s.as_str());
+        Ok(self
+            .collection::<SweepDoc>(SWEEPS)
+            .find(doc! { "chain": chain, "state": { "$in": open.to_vec() } })
+            .sort(doc! { "created_at": 1 })
+            .limit(i64::from(limit.clamp(1, SWEEP_PAGE_MAX)))
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Every sweep of `chain`, oldest first (tests, inspection).
+    pub async fn sweeps(&self, chain: &str, limit: u32) -> Result<Vec<SweepDoc>, StoreError> {
+        Ok(self
+            .collection::<SweepDoc>(SWEEPS)
+            .find(doc! { "chain": chain })
+            .sort(doc! { "created_at": 1 })
+            .limit(i64::from(limit.clamp(1, SWEEP_PAGE_MAX)))
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Stores the signed transaction of a planned sweep, before it is sent. Nothing is written
+    /// ([`StoreError::StateConflict`]) if the sweep is no longer planned or has bytes already:
+    /// the caller discards its signature unsent.
+    pub async fn record_sweep_signed(&self, id: &str, raw_tx: &str, tx_hash: &str) -> Result<(), StoreError> {
+        let updated = self
+            .collection::<SweepDoc>(SWEEPS)
+            .update_one(
+                doc! { "_id": id, "state": SweepState::Planned.as_str(), "raw_tx": null },
+                doc! { "$set": {
+                    "state": SweepState::Signed.as_str(), "raw_tx": raw_tx, "tx_hash": tx_hash,
+                    "updated_at": DateTime::now(),
+                } },
+            )
+            .await?;
+        if updated.matched_count != 1 {
+            return Err(StoreError::StateConflict);
+        }
+        Ok(())
+    }
+
+    /// `from → to` without money (signed → broadcasted, planned → failed).
+    pub async fn move_sweep(&self, id: &str, from: SweepState, to: SweepState) -> Result<(), StoreError> {
+        if !from.can_become(to) {
+            return Err(StoreError::StateConflict);
+        }
+        let updated = self
+            .collection::<SweepDoc>(SWEEPS)
+            .update_one(
+                doc! { "_id": id, "state": from.as_str() },
+                doc! { "$set": { "state": to.as_str(), "updated_at": DateTime::now() } },
+            )
+            .await?;
+        if updated.matched_count != 1 {
+            return Err(StoreError::StateConflict);
+        }
+        Ok(())
+    }
+
+    /// Finishes a mined sweep (`to` is Confirmed, or Failed for a reverted one): the state, the
+    /// receipt's gas and, when it cost anything, its booking `fee` (custody → fees), in one
+    /// database transaction. [`StoreError::StateConflict`] if another writer finished it first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_sweep(
+        &self,
+        sweep: &SweepDoc,
+        from: SweepState,
+        to: SweepState,
+        gas_used: u64,
+        effective_gas_price: u128,
+        fee: Option<(LedgerTransaction, Amount, u8)>,
+    ) -> Result<(), StoreError> {
+        if !from.can_become(to) || !to.is_final() {
+            return Err(StoreError::StateConflict);
+        }
+        let price = i64::try_from(effective_gas_price)
+            .map_err(|_| StoreError::Corrupt("an effective gas price above i64".into()))?;
+        let gas = i64::try_from(gas_used).map_err(|_| StoreError::Corrupt("gas used above i64".into()))?;
+        let movement = match fee {
+            Some((ledger, amount, decimals)) => {
+                self.ensure_platform_accounts(ledger.asset(), decimals).await?;
+                let now = chrono::Utc::now();
+                let tx_id = crate::new_id();
+                let timeline = vec![
+                    StateChange::initial(TxState::Created, now, "sweep mined"),
+                    StateChange::step(TxState::Created, TxState::Confirmed, now, "sweep gas booked")
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                ];
+                Some(Movement {
+                    transaction_id: tx_id,
+                    ledger_key: format!("sweep:{}", sweep.id),
+                    ledger,
+                    state: TxState::Confirmed,
+                    timeline,
+                    amount,
+                    decimals,
+                    initiated_by: "sweeper".to_string(),
+                    from_wallet_id: None,
+                    to_wallet_id: None,
+                    external_reference: sweep.tx_hash.clone(),
+                    destination: Some(sweep.to.clone()),
+                    participants: Vec::new(),
+                    limits: Vec::new(),
+                    events: Vec::new(),
+                })
+            }
+            None => None,
+        };
+        let accounts = movement
+            .as_ref()
+            .map(|m| m.ledger.account_ids())
+            .unwrap_or_default();
+        let _guard = self.lock_accounts(&accounts).await?;
+        let shared = std::sync::Arc::new((self.clone(), sweep.id.clone(), movement, from, to, gas, price));
+        self.with_transaction(|session| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (store, id, movement, from, to, gas, price) = &*shared;
+                let mut set = doc! {
+                    "state": to.as_str(), "gas_used": *gas, "effective_gas_price": *price,
+                    "updated_at": DateTime::now(),
+                };
+                if let Some(movement) = movement {
+                    set.insert("fee", movement.amount.to_string());
+                    set.insert("fee_transaction_id", &movement.transaction_id);
+                }
+                let updated = store
+                    .collection::<SweepDoc>(SWEEPS)
+                    .update_one(
+                        doc! { "_id": id.as_str(), "state": from.as_str() },
+                        doc! { "$set": set },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                if updated.matched_count != 1 {
+                    return Err(StoreError::StateConflict);
+                }
+                if let Some(movement) = movement {
+                    write_one(&store.db, session, store.audit_keys(), movement.clone().into()).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
