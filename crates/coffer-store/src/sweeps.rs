@@ -214,6 +214,7 @@ impl Store {
                     participants: Vec::new(),
                     limits: Vec::new(),
                     events: Vec::new(),
+                    original_transaction_id: None,
                 })
             }
             None => None,
