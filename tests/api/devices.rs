@@ -380,7 +380,9 @@ async fn a_withdrawal_needs_a_recent_password_login_and_a_refresh_does_not_renew
     let wallet = app.create_wallet(&alice, "ETH").await;
     app.deposit(&payment, &wallet, "5").await;
     let device = app.trusted_test_device(&alice).await;
-    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // `auth_time` is whole seconds (a JWT claim), so 3.3 s after a login at 10.0 s measure as
+    // 13 − 10 = 3, still within the window: wait window + 1.1 s, which always measures ≥ 4.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
 
     let refreshed = app
         .send(

@@ -496,6 +496,7 @@ impl Store {
         self.ensure_liability_indexes().await?;
         self.ensure_conversion_indexes().await?;
         self.ensure_return_indexes().await?;
+        self.ensure_sweep_indexes().await?;
         outbox::initialise(&self.db).await?;
         audit::initialise(&self.db).await?;
         self.ensure_admin_indexes().await

@@ -95,6 +95,19 @@ impl Store {
             .await?)
     }
 
+    /// The index the sweeper's reads of open sweeps use (`open_sweeps`, `sweeps`).
+    pub(crate) async fn ensure_sweep_indexes(&self) -> Result<(), StoreError> {
+        let options = mongodb::options::IndexOptions::builder()
+            .name("by_chain_state".to_string())
+            .build();
+        let model = mongodb::IndexModel::builder()
+            .keys(doc! { "chain": 1, "state": 1, "created_at": 1 })
+            .options(options)
+            .build();
+        self.collection::<SweepDoc>(SWEEPS).create_index(model).await?;
+        Ok(())
+    }
+
     /// Claims a sweep: inserts it as planned. [`StoreError::AlreadyExists`] when this address
     /// already has a sweep at this nonce (another replica, or an earlier round).
     pub async fn claim_sweep(&self, sweep: &SweepDoc) -> Result<(), StoreError> {
