@@ -85,17 +85,25 @@ impl Signer for LocalSigner {
         self.key.address()
     }
 
-    async fn sign(&self, mut tx: TxEip1559) -> Result<SignedTx, ChainError> {
-        let signature = self
-            .key
-            .sign_transaction_sync(&mut tx)
-            .map_err(|_| ChainError::Signing("the local signer refused the transaction".into()))?;
-        let envelope = TxEnvelope::Eip1559(tx.into_signed(signature));
-        Ok(SignedTx {
-            raw: envelope.encoded_2718(),
-            hash: *envelope.tx_hash(),
-        })
+    async fn sign(&self, tx: TxEip1559) -> Result<SignedTx, ChainError> {
+        sign_with(&self.key, tx, "the local signer refused the transaction")
     }
+}
+
+/// Signs `tx` with a key in memory, EIP-2718 encoded; `refused` is the error's (key-free) text.
+pub(crate) fn sign_with(
+    key: &PrivateKeySigner,
+    mut tx: TxEip1559,
+    refused: &str,
+) -> Result<SignedTx, ChainError> {
+    let signature = key
+        .sign_transaction_sync(&mut tx)
+        .map_err(|_| ChainError::Signing(refused.into()))?;
+    let envelope = TxEnvelope::Eip1559(tx.into_signed(signature));
+    Ok(SignedTx {
+        raw: envelope.encoded_2718(),
+        hash: *envelope.tx_hash(),
+    })
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@
 
 use std::str::FromStr;
 
-use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-use alloy::eips::eip2718::Encodable2718;
-use alloy::network::TxSignerSync;
+use alloy::consensus::TxEip1559;
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use async_trait::async_trait;
@@ -87,16 +85,12 @@ impl DepositKeySigner for LocalDepositSigner {
         Ok(self.key(index)?.address())
     }
 
-    async fn sign(&self, index: u32, mut tx: TxEip1559) -> Result<SignedTx, ChainError> {
-        let key = self.key(index)?;
-        let signature = key
-            .sign_transaction_sync(&mut tx)
-            .map_err(|_| ChainError::Signing("the deposit signer refused the transaction".into()))?;
-        let envelope = TxEnvelope::Eip1559(tx.into_signed(signature));
-        Ok(SignedTx {
-            raw: envelope.encoded_2718(),
-            hash: *envelope.tx_hash(),
-        })
+    async fn sign(&self, index: u32, tx: TxEip1559) -> Result<SignedTx, ChainError> {
+        crate::signer::sign_with(
+            &self.key(index)?,
+            tx,
+            "the deposit signer refused the transaction",
+        )
     }
 }
 
@@ -159,8 +153,9 @@ mod tests {
             ..Default::default()
         };
         let signed = signer.sign(3, tx).await.unwrap();
+        use alloy::consensus::SignableTransaction;
         use alloy::eips::eip2718::Decodable2718;
-        let decoded = TxEnvelope::decode_2718(&mut signed.raw.as_slice()).unwrap();
+        let decoded = alloy::consensus::TxEnvelope::decode_2718(&mut signed.raw.as_slice()).unwrap();
         let inner = decoded.as_eip1559().unwrap();
         let from = inner
             .signature()
