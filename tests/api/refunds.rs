@@ -72,8 +72,15 @@ async fn transfer(app: &TestApp, bob_extra: &str) -> Transfer {
 async fn a_recipient_refunds_a_transfer_in_parts_never_more_than_it_moved() {
     let app = TestApp::spawn().await;
     let t = transfer(&app, "1").await;
+    let events = |user: &TestUser| app.count_where("outbox", doc! { "user_id": &user.id });
+    let (alice_events, bob_events) = (events(&t.alice).await, events(&t.bob).await);
     let first = refund(&app, &t.bob, &t.transfer, "r1", json!({ "amount": "0.25" })).await;
     assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    // Its events in the same transaction: created + balance for each of the two wallets.
+    assert_eq!(
+        (events(&t.alice).await, events(&t.bob).await),
+        (alice_events + 2, bob_events + 2)
+    );
     assert_eq!(first.body["kind"], "refund");
     assert_eq!(first.body["state"], "confirmed");
     assert_eq!(first.body["original_transaction_id"], t.transfer.as_str());
