@@ -20,7 +20,7 @@ use alloy::consensus::TxEip1559;
 pub use alloy::primitives::Address;
 use alloy::primitives::{TxKind, U256};
 use coffer_domain::sweep::{
-    check_ceiling, gas_fee_booking, plan_native, NoSweep, SweepFees, SweepPolicy, SweepState,
+    check_ceiling, plan_gas_fee, plan_native, MinedSweep, NoSweep, SweepFees, SweepPolicy, SweepState,
 };
 use coffer_domain::{AssetConfig, LiveCatalog};
 use coffer_store::sweeps::SweepDoc;
@@ -422,12 +422,20 @@ impl Sweeper {
         } else {
             SweepState::Failed
         };
-        let booking = gas_fee_booking(&asset.symbol, receipt.gas_used, receipt.effective_gas_price)
+        let mined = MinedSweep {
+            sweep_id: &sweep.id,
+            tx_hash: sweep.tx_hash.as_deref(),
+            to: &sweep.to,
+            gas_used: receipt.gas_used,
+            effective_gas_price: receipt.effective_gas_price,
+        };
+        let origin = coffer_domain::Origin {
+            transaction_id: coffer_store::new_id(),
+            now: chrono::Utc::now(),
+            initiated_by: "sweeper".to_string(),
+        };
+        let fee = plan_gas_fee(origin, &mined, asset)
             .map_err(|e| ChainError::Config(format!("booking sweep gas: {e}")))?;
-        let fee = booking.map(|ledger| {
-            let amount = ledger.postings()[0].amount;
-            (ledger, amount, asset.decimals)
-        });
         match self
             .store
             .finish_sweep(

@@ -14,7 +14,11 @@ use thiserror::Error;
 
 use crate::account::{platform_account_id, AccountKind};
 use crate::amount::Amount;
+use crate::asset::AssetConfig;
 use crate::ledger::{LedgerError, LedgerTransaction, Posting, TxKind};
+use crate::movement::Movement;
+use crate::plan::{movement, Origin};
+use crate::state::TxState;
 use crate::Bucket;
 
 /// Gas of a plain value transfer to an address without code.
@@ -135,6 +139,40 @@ pub fn erc20_gas_funding(
 pub fn gas_cost(gas: u64, price_per_gas: u128) -> Option<Amount> {
     let product = ruint::aliases::U256::from(gas).checked_mul(ruint::aliases::U256::from(price_per_gas))?;
     Some(Amount::from_atomic(product))
+}
+
+/// A mined sweep, as its fee booking names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinedSweep<'a> {
+    pub sweep_id: &'a str,
+    pub tx_hash: Option<&'a str>,
+    /// The hot wallet it paid.
+    pub to: &'a str,
+    pub gas_used: u64,
+    pub effective_gas_price: u128,
+}
+
+/// The movement booking a mined sweep's gas, when it cost anything: a `fee` transaction
+/// (custody → fees, see [`gas_fee_booking`]) final at once, with the ledger key `sweep:<id>` so
+/// a sweep's gas is booked once.
+pub fn plan_gas_fee(
+    origin: Origin,
+    sweep: &MinedSweep<'_>,
+    asset: &AssetConfig,
+) -> Result<Option<Movement>, LedgerError> {
+    let Some(ledger) = gas_fee_booking(&asset.symbol, sweep.gas_used, sweep.effective_gas_price)? else {
+        return Ok(None);
+    };
+    let amount = ledger.postings()[0].amount;
+    let states = [
+        (TxState::Created, "sweep mined"),
+        (TxState::Confirmed, "sweep gas booked"),
+    ];
+    let key = format!("sweep:{}", sweep.sweep_id);
+    let mut booked = movement(origin, ledger, key, &states, amount, asset, None, None);
+    booked.external_reference = sweep.tx_hash.map(str::to_string);
+    booked.destination = Some(sweep.to.to_string());
+    Ok(Some(booked))
 }
 
 /// The booking of a confirmed sweep's gas, `gas_used × effective_gas_price` from its receipt:
@@ -327,6 +365,47 @@ mod tests {
             ]
         );
         assert_eq!(gas_fee_booking("ETH", 21_000, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_mined_sweeps_gas_is_one_fee_movement_keyed_by_the_sweep() {
+        let json = r#"{"version":1,"assets":[{"symbol":"ETH","chain":"ethereum","decimals":18,"contract":null,
+            "confirmations_required":1,"deposits_enabled":true,"withdrawals_enabled":true,
+            "withdrawal_min":"1","withdrawal_max":"1000","daily_withdrawal_limit":"1000","review_threshold":"500"}]}"#;
+        let eth = crate::asset::AssetCatalog::from_json(json)
+            .unwrap()
+            .get("ETH")
+            .unwrap()
+            .clone();
+        let origin = || Origin {
+            transaction_id: "fee-1".into(),
+            now: "2026-12-04T10:00:00Z".parse().unwrap(),
+            initiated_by: "sweeper".into(),
+        };
+        let mined = MinedSweep {
+            sweep_id: "ethereum:0xabc:0",
+            tx_hash: Some("0x01"),
+            to: "0xhot",
+            gas_used: 21_000,
+            effective_gas_price: 7 * GWEI,
+        };
+        let fee = plan_gas_fee(origin(), &mined, &eth).unwrap().unwrap();
+        assert_eq!(fee.ledger_key, "sweep:ethereum:0xabc:0");
+        assert_eq!((fee.ledger.kind(), fee.state), (TxKind::Fee, TxState::Confirmed));
+        assert_eq!(fee.amount, Amount::from_u128(21_000 * 7 * GWEI));
+        assert_eq!(
+            (fee.external_reference.as_deref(), fee.destination.as_deref()),
+            (Some("0x01"), Some("0xhot"))
+        );
+        assert!(
+            fee.participants.is_empty() && fee.events.is_empty(),
+            "no user is touched"
+        );
+        let free = MinedSweep {
+            effective_gas_price: 0,
+            ..mined
+        };
+        assert_eq!(plan_gas_fee(origin(), &free, &eth).unwrap(), None);
     }
 
     #[test]

@@ -9,9 +9,7 @@
 //! confirmed state.
 
 use coffer_domain::movement::Movement;
-use coffer_domain::state::StateChange;
 use coffer_domain::sweep::SweepState;
-use coffer_domain::{Amount, LedgerTransaction, TxState};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, DateTime};
 use serde::{Deserialize, Serialize};
@@ -183,9 +181,8 @@ impl Store {
     }
 
     /// Finishes a mined sweep (`to` is Confirmed, or Failed for a reverted one): the state, the
-    /// receipt's gas and, when it cost anything, its booking `fee` (custody → fees), in one
-    /// database transaction. [`StoreError::StateConflict`] if another writer finished it first.
-    #[allow(clippy::too_many_arguments)]
+    /// receipt's gas and, when it cost anything, the domain's booking `fee` of it
+    /// (`coffer_domain::sweep::plan_gas_fee`), in one database transaction. [`StoreError::StateConflict`] if another writer finished it first.
     pub async fn finish_sweep(
         &self,
         sweep: &SweepDoc,
@@ -193,7 +190,7 @@ impl Store {
         to: SweepState,
         gas_used: u64,
         effective_gas_price: u128,
-        fee: Option<(LedgerTransaction, Amount, u8)>,
+        fee: Option<Movement>,
     ) -> Result<(), StoreError> {
         if !from.can_become(to) || !to.is_final() {
             return Err(StoreError::StateConflict);
@@ -201,37 +198,11 @@ impl Store {
         let price = i64::try_from(effective_gas_price)
             .map_err(|_| StoreError::Corrupt("an effective gas price above i64".into()))?;
         let gas = i64::try_from(gas_used).map_err(|_| StoreError::Corrupt("gas used above i64".into()))?;
-        let movement = match fee {
-            Some((ledger, amount, decimals)) => {
-                self.ensure_platform_accounts(ledger.asset(), decimals).await?;
-                let now = chrono::Utc::now();
-                let tx_id = crate::new_id();
-                let timeline = vec![
-                    StateChange::initial(TxState::Created, now, "sweep mined"),
-                    StateChange::step(TxState::Created, TxState::Confirmed, now, "sweep gas booked")
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                ];
-                Some(Movement {
-                    transaction_id: tx_id,
-                    ledger_key: format!("sweep:{}", sweep.id),
-                    ledger,
-                    state: TxState::Confirmed,
-                    timeline,
-                    amount,
-                    decimals,
-                    initiated_by: "sweeper".to_string(),
-                    from_wallet_id: None,
-                    to_wallet_id: None,
-                    external_reference: sweep.tx_hash.clone(),
-                    destination: Some(sweep.to.clone()),
-                    participants: Vec::new(),
-                    limits: Vec::new(),
-                    events: Vec::new(),
-                    original_transaction_id: None,
-                })
-            }
-            None => None,
-        };
+        let movement = fee;
+        if let Some(movement) = &movement {
+            self.ensure_platform_accounts(movement.ledger.asset(), movement.decimals)
+                .await?;
+        }
         let accounts = movement
             .as_ref()
             .map(|m| m.ledger.account_ids())
