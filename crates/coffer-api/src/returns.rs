@@ -62,12 +62,14 @@ fn not_found() -> ApiError {
 /// The original as `principal` may see it: a user's own transaction (a participant), or a
 /// deposit of the payment rail for the payment role; anything else is 404 (no probing of ids).
 async fn visible_original(ctx: &ApiContext, principal: &Principal, id: &str) -> ApiResult<Original> {
-    let store = ctx.store();
-    if principal.role == Role::User && store.transaction_of_user(&principal.user_id, id).await?.is_none() {
-        return Err(not_found());
-    }
-    let (_, original) = store.original_of(id).await?.ok_or_else(not_found)?;
-    if principal.role == Role::Payment && original.rail.as_deref() != Some(PAYMENT_RAIL) {
+    let (tx, original) = ctx.store().original_of(id).await?.ok_or_else(not_found)?;
+    let visible = match principal.role {
+        // The same rule as `transaction_of_user`: a participant.
+        Role::User => tx.participants.contains(&principal.user_id),
+        Role::Payment => original.rail.as_deref() == Some(PAYMENT_RAIL),
+        _ => false,
+    };
+    if !visible {
         return Err(not_found());
     }
     Ok(original)
