@@ -107,11 +107,12 @@ pub(crate) fn sign_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloy::primitives::{TxKind, U256};
 
-    fn tx(nonce: u64) -> TxEip1559 {
+    /// A plain coin transfer at `nonce` on anvil's chain id (also the sweep signer's tests').
+    pub(crate) fn tx(nonce: u64) -> TxEip1559 {
         TxEip1559 {
             chain_id: 31337,
             nonce,

@@ -127,7 +127,6 @@ pub fn agrees_with(
 mod tests {
     use super::*;
     use crate::hd::account_xpub_of_mnemonic;
-    use alloy::primitives::{TxKind, U256};
 
     const DEV_MNEMONIC: &str = "test test test test test test test test test test test junk";
 
@@ -142,17 +141,7 @@ mod tests {
             format!("{:#x}", signer.address(0).unwrap()),
             "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"
         );
-        let tx = TxEip1559 {
-            chain_id: 31337,
-            nonce: 0,
-            gas_limit: 21_000,
-            max_fee_per_gas: 2_000_000_000,
-            max_priority_fee_per_gas: 1_000_000_000,
-            to: TxKind::Call(Address::repeat_byte(0x11)),
-            value: U256::from(5u64),
-            ..Default::default()
-        };
-        let signed = signer.sign(3, tx).await.unwrap();
+        let signed = signer.sign(3, crate::signer::tests::tx(0)).await.unwrap();
         use alloy::consensus::SignableTransaction;
         use alloy::eips::eip2718::Decodable2718;
         let decoded = alloy::consensus::TxEnvelope::decode_2718(&mut signed.raw.as_slice()).unwrap();
