@@ -24,6 +24,10 @@ use crate::Bucket;
 /// Gas of a plain value transfer to an address without code.
 pub const NATIVE_TRANSFER_GAS: u64 = 21_000;
 
+/// The gas limit of a token sweep (an ERC-20 `transfer`, typically 35,000–65,000 gas): what
+/// the gas funding covers. Unused gas stays on the deposit address as coin for the next sweep.
+pub const TOKEN_TRANSFER_GAS: u64 = 100_000;
+
 /// An asset's sweeping policy (asset configuration `sweep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SweepPolicy {
@@ -135,6 +139,37 @@ pub fn erc20_gas_funding(
     Ok(needed.checked_sub(coin_balance).filter(|d| !d.is_zero()))
 }
 
+/// A planned token sweep: the deposit address sends its whole `amount` of the token with these
+/// fees; first the hot wallet sends it `funding` of the chain's coin, when it lacks the gas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSweep {
+    pub amount: Amount,
+    pub gas_limit: u64,
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+    /// Coin the hot wallet sends first (`None`: the address holds enough for its gas).
+    pub funding: Option<Amount>,
+}
+
+/// The sweep of a token `token_balance` from an address holding `coin_balance` of the chain's
+/// coin: all of the token (its gas is paid in the coin, not in the token), funded with exactly
+/// the gas shortfall ([`erc20_gas_funding`]).
+pub fn plan_token(
+    policy: &SweepPolicy,
+    token_balance: Amount,
+    coin_balance: Amount,
+    fees: SweepFees,
+) -> Result<TokenSweep, NoSweep> {
+    let funding = erc20_gas_funding(policy, token_balance, coin_balance, TOKEN_TRANSFER_GAS, fees)?;
+    Ok(TokenSweep {
+        amount: token_balance,
+        gas_limit: TOKEN_TRANSFER_GAS,
+        max_fee_per_gas: fees.max_fee_per_gas().ok_or(NoSweep::Overflow)?,
+        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        funding,
+    })
+}
+
 /// `gas × price_per_gas` in atomic units.
 pub fn gas_cost(gas: u64, price_per_gas: u128) -> Option<Amount> {
     let product = ruint::aliases::U256::from(gas).checked_mul(ruint::aliases::U256::from(price_per_gas))?;
@@ -209,10 +244,14 @@ pub fn gas_fee_booking(
 /// A sweep's life, tracked like a withdrawal's: planned (address claimed with its nonce) →
 /// signed (raw transaction and hash stored, before anything is sent) → broadcasted → confirmed
 /// (gas booked) or failed (the nonce can be planned again only when the chain proves the signed
-/// transaction can never be mined).
+/// transaction can never be mined). A token sweep whose address lacks gas goes through
+/// funding (the hot wallet's coin transfer signed and stored with the hot wallet's next nonce)
+/// and funded (that transfer confirmed, its gas booked) before it is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SweepState {
     Planned,
+    Funding,
+    Funded,
     Signed,
     Broadcasted,
     Confirmed,
@@ -223,6 +262,8 @@ impl SweepState {
     pub fn as_str(&self) -> &'static str {
         match self {
             SweepState::Planned => "planned",
+            SweepState::Funding => "funding",
+            SweepState::Funded => "funded",
             SweepState::Signed => "signed",
             SweepState::Broadcasted => "broadcasted",
             SweepState::Confirmed => "confirmed",
@@ -233,6 +274,8 @@ impl SweepState {
     pub fn parse(text: &str) -> Option<Self> {
         [
             SweepState::Planned,
+            SweepState::Funding,
+            SweepState::Funded,
             SweepState::Signed,
             SweepState::Broadcasted,
             SweepState::Confirmed,
@@ -244,12 +287,17 @@ impl SweepState {
 
     /// Whether `self → next` is allowed. A signed sweep is never signed again: from `Signed`
     /// the only ways on are sending the stored bytes (`Broadcasted`) or the chain's verdict.
+    /// Funding happens once, before signing.
     pub fn can_become(self, next: SweepState) -> bool {
         use SweepState::*;
         matches!(
             (self, next),
             (Planned, Signed)
+                | (Planned, Funding)
                 | (Planned, Failed)
+                | (Funding, Funded)
+                | (Funding, Failed)
+                | (Funded, Signed)
                 | (Signed, Broadcasted)
                 | (Signed, Confirmed)
                 | (Signed, Failed)
@@ -353,6 +401,35 @@ mod tests {
     }
 
     #[test]
+    fn a_token_sweep_sends_every_token_and_funds_only_the_missing_gas() {
+        let tokens = Amount::from_u64(25_500_000);
+        let reserve = TOKEN_TRANSFER_GAS as u128 * 21 * GWEI;
+        let sweep = plan_token(&policy_of(1), tokens, Amount::from_u128(reserve / 4), fees(10, 1)).unwrap();
+        assert_eq!(sweep.amount, tokens, "the token pays no gas: all of it moves");
+        assert_eq!(
+            (sweep.gas_limit, sweep.max_fee_per_gas),
+            (TOKEN_TRANSFER_GAS, 21 * GWEI)
+        );
+        assert_eq!(sweep.funding, Some(Amount::from_u128(reserve - reserve / 4)));
+        let funded = plan_token(&policy_of(1), tokens, Amount::from_u128(reserve), fees(10, 1)).unwrap();
+        assert_eq!(funded.funding, None, "enough coin left from an earlier funding");
+        assert_eq!(
+            plan_token(&policy_of(1), tokens, Amount::ZERO, fees(1000, 1)).map(|s| s.amount),
+            Err(NoSweep::GasAboveCeiling {
+                price: 1001 * GWEI,
+                ceiling: 100 * GWEI
+            })
+        );
+    }
+
+    fn policy_of(min_atomic: u64) -> SweepPolicy {
+        SweepPolicy {
+            min_amount: Amount::from_u64(min_atomic),
+            ..policy()
+        }
+    }
+
+    #[test]
     fn the_gas_paid_moves_custody_to_fees_balanced() {
         let tx = gas_fee_booking("ETH", 21_000, 7 * GWEI).unwrap().unwrap();
         assert_eq!(tx.kind(), TxKind::Fee);
@@ -411,19 +488,28 @@ mod tests {
     #[test]
     fn a_signed_sweep_is_never_signed_again() {
         use SweepState::*;
-        let all = [Planned, Signed, Broadcasted, Confirmed, Failed];
+        let all = [Planned, Funding, Funded, Signed, Broadcasted, Confirmed, Failed];
         for state in all {
             assert_eq!(SweepState::parse(state.as_str()), Some(state));
             assert!(!state.can_become(Planned), "{state:?} → planned");
             assert!(
-                !state.can_become(Signed) || state == Planned,
+                !state.can_become(Signed) || matches!(state, Planned | Funded),
                 "{state:?} → signed"
+            );
+            assert!(
+                !state.can_become(Funding) || state == Planned,
+                "{state:?} → funding"
             );
             if state.is_final() {
                 assert!(all.iter().all(|n| !state.can_become(*n)));
             }
         }
         assert!(Signed.can_become(Broadcasted) && Broadcasted.can_become(Confirmed));
+        assert!(Funding.can_become(Funded) && Funded.can_become(Signed));
+        assert!(
+            !Funding.can_become(Signed),
+            "a sweep is signed only once its gas is confirmed"
+        );
     }
 
     proptest! {
