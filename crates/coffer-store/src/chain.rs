@@ -169,6 +169,12 @@ impl Store {
                 "by_chain_asset",
             ),
             (
+                DEPOSIT_ADDRESSES,
+                doc! { "chain": 1, "_id": 1 },
+                false,
+                "by_chain",
+            ),
+            (
                 CHAIN_DEPOSITS,
                 doc! { "chain": 1, "status": 1, "block_number": 1 },
                 false,

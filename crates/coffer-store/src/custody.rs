@@ -25,15 +25,19 @@ fn add(total: Amount, more: Amount) -> Result<Amount, StoreError> {
 }
 
 impl Store {
-    /// Deposit addresses of `asset` on `chain` after `after` (by address), at most `limit`.
+    /// Deposit addresses of `asset` (of every asset when `None`) on `chain` after `after` (by
+    /// address), at most `limit`.
     pub async fn deposit_addresses_page(
         &self,
         chain: &str,
-        asset: &str,
+        asset: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let mut filter = doc! { "chain": chain, "asset": asset };
+        let mut filter = doc! { "chain": chain };
+        if let Some(asset) = asset {
+            filter.insert("asset", asset);
+        }
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }

@@ -7,16 +7,22 @@
 //! the signed bytes are stored before anything is sent: a sweep is signed once. Its gas, as the
 //! receipt reports it, is booked against custody in the same database transaction as the
 //! confirmed state.
+//!
+//! A token sweep whose address lacks the coin for its gas is funded first: the hot wallet's
+//! transfer is signed with the hot wallet's next nonce, taken from the same nonce record the
+//! withdrawal broadcaster uses (`withdrawals::advance_nonce`) in the same database transaction
+//! that stores its bytes on the sweep; its gas is booked when it is confirmed.
 
 use coffer_domain::movement::Movement;
 use coffer_domain::sweep::SweepState;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::{doc, to_bson, DateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::write_one;
 use crate::chain::collections::DEPOSIT_ADDRESSES;
 use crate::chain::DepositAddressDoc;
+use crate::withdrawals::{advance_nonce, nonce_key};
 use crate::{Store, StoreError};
 
 pub const SWEEPS: &str = "sweeps";
@@ -36,8 +42,17 @@ pub struct SweepDoc {
     pub nonce: i64,
     /// The hot wallet.
     pub to: String,
-    /// Atomic units, decimal.
+    /// Atomic units of `asset`, decimal.
     pub value: String,
+    /// The token's contract for a token sweep (`None`: the chain's coin).
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// The coin the hot wallet must send first for a token sweep's gas (atomic, decimal).
+    #[serde(default)]
+    pub funding_needed: Option<String>,
+    /// That transfer, once signed.
+    #[serde(default)]
+    pub funding: Option<FundingDoc>,
     pub gas_limit: i64,
     pub max_fee_per_gas: i64,
     pub max_priority_fee_per_gas: i64,
@@ -55,6 +70,39 @@ pub struct SweepDoc {
     pub created_at: crate::codec::Time,
     #[serde(with = "crate::codec::time")]
     pub updated_at: crate::codec::Time,
+}
+
+/// The hot wallet's transfer of gas to a deposit address before its token sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundingDoc {
+    /// The hot wallet, lower-case `0x…`, and the nonce taken from its record.
+    pub from: String,
+    pub nonce: i64,
+    /// Atomic units of the chain's coin, decimal.
+    pub value: String,
+    pub raw_tx: String,
+    pub tx_hash: String,
+    pub gas_used: Option<i64>,
+    pub effective_gas_price: Option<i64>,
+    pub fee: Option<String>,
+    pub fee_transaction_id: Option<String>,
+}
+
+/// Which of a sweep's transactions was mined: the sweep itself, or its gas funding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    Sweep,
+    Funding,
+}
+
+impl Leg {
+    /// Where the leg's receipt fields live in the document.
+    fn field(self, name: &str) -> String {
+        match self {
+            Leg::Sweep => name.to_string(),
+            Leg::Funding => format!("funding.{name}"),
+        }
+    }
 }
 
 impl SweepDoc {
@@ -119,7 +167,14 @@ impl Store {
 
     /// Non-final sweeps of `chain` (an address with one is not planned again), oldest first.
     pub async fn open_sweeps(&self, chain: &str, limit: u32) -> Result<Vec<SweepDoc>, StoreError> {
-        let open = [SweepState::Planned, SweepState::Signed, SweepState::Broadcasted].map(|s| s.as_str());
+        let open = [
+            SweepState::Planned,
+            SweepState::Funding,
+            SweepState::Funded,
+            SweepState::Signed,
+            SweepState::Broadcasted,
+        ]
+        .map(|s| s.as_str());
         Ok(self
             .collection::<SweepDoc>(SWEEPS)
             .find(doc! { "chain": chain, "state": { "$in": open.to_vec() } })
@@ -142,14 +197,15 @@ impl Store {
             .await?)
     }
 
-    /// Stores the signed transaction of a planned sweep, before it is sent. Nothing is written
-    /// ([`StoreError::StateConflict`]) if the sweep is no longer planned or has bytes already:
-    /// the caller discards its signature unsent.
+    /// Stores the signed transaction of a planned (or funded) sweep, before it is sent. Nothing
+    /// is written ([`StoreError::StateConflict`]) if the sweep is no longer planned or funded,
+    /// or has bytes already: the caller discards its signature unsent.
     pub async fn record_sweep_signed(&self, id: &str, raw_tx: &str, tx_hash: &str) -> Result<(), StoreError> {
+        let signable = [SweepState::Planned, SweepState::Funded].map(|s| s.as_str());
         let updated = self
             .collection::<SweepDoc>(SWEEPS)
             .update_one(
-                doc! { "_id": id, "state": SweepState::Planned.as_str(), "raw_tx": null },
+                doc! { "_id": id, "state": { "$in": signable.to_vec() }, "raw_tx": null },
                 doc! { "$set": {
                     "state": SweepState::Signed.as_str(), "raw_tx": raw_tx, "tx_hash": tx_hash,
                     "updated_at": DateTime::now(),
@@ -160,6 +216,50 @@ impl Store {
             return Err(StoreError::StateConflict);
         }
         Ok(())
+    }
+
+    /// Stores the signed gas funding of planned sweep `id` and takes its nonce from the hot
+    /// wallet's record (`recorded` is what the caller read before signing), in one database
+    /// transaction, before it is sent. [`StoreError::StateConflict`] (nothing written; the
+    /// signature is discarded unsent) if the sweep moved on or another writer took the nonce.
+    pub async fn record_sweep_funding(
+        &self,
+        chain: &str,
+        id: &str,
+        recorded: Option<i64>,
+        funding: &FundingDoc,
+    ) -> Result<(), StoreError> {
+        let shared = std::sync::Arc::new((
+            self.clone(),
+            chain.to_string(),
+            id.to_string(),
+            recorded,
+            funding.clone(),
+        ));
+        self.with_transaction(|session| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                let (store, chain, id, recorded, funding) = &*shared;
+                let key = nonce_key(chain, &funding.from);
+                advance_nonce(store, session, &key, *recorded, funding.nonce + 1).await?;
+                let updated = store
+                    .collection::<SweepDoc>(SWEEPS)
+                    .update_one(
+                        doc! { "_id": id.as_str(), "state": SweepState::Planned.as_str(), "funding": null },
+                        doc! { "$set": {
+                            "state": SweepState::Funding.as_str(), "funding": to_bson(funding)?,
+                            "updated_at": DateTime::now(),
+                        } },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                if updated.matched_count != 1 {
+                    return Err(StoreError::StateConflict);
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// `from → to` without money (signed → broadcasted, planned → failed).
@@ -180,19 +280,27 @@ impl Store {
         Ok(())
     }
 
-    /// Finishes a mined sweep (`to` is Confirmed, or Failed for a reverted one): the state, the
-    /// receipt's gas and, when it cost anything, the domain's booking `fee` of it
-    /// (`coffer_domain::sweep::plan_gas_fee`), in one database transaction. [`StoreError::StateConflict`] if another writer finished it first.
+    /// Records a mined leg of a sweep: the sweep itself (`to` is Confirmed, or Failed for a
+    /// reverted one) or its gas funding (`to` is Funded, or Failed): the state, the receipt's
+    /// gas and, when it cost anything, the domain's booking `fee` of it
+    /// (`coffer_domain::sweep::plan_gas_fee`), in one database transaction.
+    /// [`StoreError::StateConflict`] if another writer recorded it first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_sweep(
         &self,
         sweep: &SweepDoc,
+        leg: Leg,
         from: SweepState,
         to: SweepState,
         gas_used: u64,
         effective_gas_price: u128,
         fee: Option<Movement>,
     ) -> Result<(), StoreError> {
-        if !from.can_become(to) || !to.is_final() {
+        let mined = match leg {
+            Leg::Sweep => to.is_final(),
+            Leg::Funding => matches!(to, SweepState::Funded | SweepState::Failed),
+        };
+        if !from.can_become(to) || !mined {
             return Err(StoreError::StateConflict);
         }
         let price = i64::try_from(effective_gas_price)
@@ -208,18 +316,26 @@ impl Store {
             .map(|m| m.ledger.account_ids())
             .unwrap_or_default();
         let _guard = self.lock_accounts(&accounts).await?;
-        let shared = std::sync::Arc::new((self.clone(), sweep.id.clone(), movement, from, to, gas, price));
+        let shared = std::sync::Arc::new((
+            self.clone(),
+            sweep.id.clone(),
+            movement,
+            leg,
+            from,
+            to,
+            gas,
+            price,
+        ));
         self.with_transaction(|session| {
             let shared = shared.clone();
             Box::pin(async move {
-                let (store, id, movement, from, to, gas, price) = &*shared;
-                let mut set = doc! {
-                    "state": to.as_str(), "gas_used": *gas, "effective_gas_price": *price,
-                    "updated_at": DateTime::now(),
-                };
+                let (store, id, movement, leg, from, to, gas, price) = &*shared;
+                let mut set = doc! { "state": to.as_str(), "updated_at": DateTime::now() };
+                set.insert(leg.field("gas_used"), *gas);
+                set.insert(leg.field("effective_gas_price"), *price);
                 if let Some(movement) = movement {
-                    set.insert("fee", movement.amount.to_string());
-                    set.insert("fee_transaction_id", &movement.transaction_id);
+                    set.insert(leg.field("fee"), movement.amount.to_string());
+                    set.insert(leg.field("fee_transaction_id"), &movement.transaction_id);
                 }
                 let updated = store
                     .collection::<SweepDoc>(SWEEPS)

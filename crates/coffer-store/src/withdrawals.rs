@@ -33,8 +33,47 @@ pub struct WithdrawalStats {
     pub least_recently_updated: Vec<(TxState, Option<crate::codec::Time>)>,
 }
 
-fn nonce_key(chain: &str, from: &str) -> String {
+/// The `_id` of hot wallet `from`'s nonce record on `chain`.
+pub(crate) fn nonce_key(chain: &str, from: &str) -> String {
     format!("{chain}:{from}")
+}
+
+/// Moves hot wallet nonce record `key` from `recorded` (what the caller read before signing) to
+/// `next`, inside the caller's database transaction: [`StoreError::StateConflict`] if another
+/// writer moved it meanwhile. Every user of a hot wallet's nonces (the broadcaster, the
+/// sweeper's gas funding) takes them through this one record.
+pub(crate) async fn advance_nonce(
+    store: &Store,
+    session: &mut mongodb::ClientSession,
+    key: &str,
+    recorded: Option<i64>,
+    next: i64,
+) -> Result<(), StoreError> {
+    let nonces = store.collection::<Document>(CHAIN_NONCES);
+    match recorded {
+        Some(previous) => {
+            let moved = nonces
+                .update_one(
+                    doc! { "_id": key, "next": previous },
+                    doc! { "$set": { "next": next } },
+                )
+                .session(&mut *session)
+                .await?;
+            if moved.matched_count != 1 {
+                return Err(StoreError::StateConflict);
+            }
+        }
+        None => match nonces
+            .insert_one(doc! { "_id": key, "next": next })
+            .session(&mut *session)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if crate::is_duplicate_key(&e) => return Err(StoreError::StateConflict),
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(())
 }
 
 impl Store {
@@ -83,34 +122,8 @@ impl Store {
             let shared = shared.clone();
             Box::pin(async move {
                 let (store, tx_id, recorded, signed) = &*shared;
-                let nonces = store.collection::<Document>(CHAIN_NONCES);
                 let key = nonce_key(&signed.chain, &signed.from);
-                let next = signed.nonce + 1;
-                match recorded {
-                    Some(previous) => {
-                        let moved = nonces
-                            .update_one(
-                                doc! { "_id": &key, "next": previous },
-                                doc! { "$set": { "next": next } },
-                            )
-                            .session(&mut *session)
-                            .await?;
-                        if moved.matched_count != 1 {
-                            return Err(StoreError::StateConflict);
-                        }
-                    }
-                    None => {
-                        let inserted = nonces
-                            .insert_one(doc! { "_id": &key, "next": next })
-                            .session(&mut *session)
-                            .await;
-                        match inserted {
-                            Ok(_) => {}
-                            Err(e) if crate::is_duplicate_key(&e) => return Err(StoreError::StateConflict),
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
+                advance_nonce(store, session, &key, *recorded, signed.nonce + 1).await?;
                 let stored = store
                     .collection::<Document>(TRANSACTIONS)
                     .update_one(
