@@ -2,12 +2,16 @@
 //! deposit address is emptied down to dust, the hot wallet gains the amount less gas, the gas the
 //! receipt reports is booked as a fee, custody in the ledger equals the reserves read from the
 //! chain, and two sweepers at once sign exactly one transaction per address. Dust is not swept.
+//! A token sweep is funded with gas by the hot wallet first (with the nonce the broadcaster's
+//! next withdrawal would otherwise take), both gases are booked as fees, and custody of the coin
+//! and of the token equals the chain after it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::U256;
+use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::custody::ChainCustody;
 use coffer_chain::hd::account_xpub_of_mnemonic;
 use coffer_chain::signer::{LocalSigner, Signer};
@@ -16,26 +20,34 @@ use coffer_chain::sweeper::{Sweeper, SweeperConfig};
 use coffer_domain::sweep::{SweepPolicy, SweepState};
 use coffer_domain::Amount;
 use coffer_store::reconcile::{CheckStatus, ReconcileConfig, ReconcileMetrics, Reconciler};
+use coffer_store::sweeps::SweepDoc;
 use coffer_test_support::chain::DEPOSIT_MNEMONIC;
 use coffer_test_support::Options;
+use serde_json::json;
 
-use crate::chain::{eth, spec, world, World, CHAIN};
+use crate::chain::{catalog, eth, spec, world, World, CHAIN};
 
 const GWEI: u128 = 1_000_000_000;
 
-fn sweeper(w: &World, hot: alloy::primitives::Address) -> Sweeper {
+fn policy(min_atomic: u128) -> SweepPolicy {
+    SweepPolicy {
+        min_amount: Amount::from_u128(min_atomic),
+        batch_max: 10,
+        gas_price_ceiling_wei: 1_000 * GWEI,
+    }
+}
+
+fn sweeper(w: &World, hot: Arc<dyn Signer>) -> Sweeper {
+    let mut policies = BTreeMap::new();
+    policies.insert("ETH".to_string(), policy(10_000_000 * GWEI)); // 0.01 ETH
+    policies.insert("CTT".to_string(), policy(1_000_000)); // 1 CTT
+    sweeper_with(w, hot, policies)
+}
+
+fn sweeper_with(w: &World, hot: Arc<dyn Signer>, policies: BTreeMap<String, SweepPolicy>) -> Sweeper {
     let xpub = account_xpub_of_mnemonic(DEPOSIT_MNEMONIC).unwrap();
     let xprv = account_xprv_of_mnemonic(DEPOSIT_MNEMONIC).unwrap();
     let signer = Arc::new(LocalDepositSigner::from_xprv(&xprv, &xpub).unwrap());
-    let mut policies = BTreeMap::new();
-    policies.insert(
-        "ETH".to_string(),
-        SweepPolicy {
-            min_amount: Amount::from_u128(10_000_000 * GWEI), // 0.01 ETH
-            batch_max: 10,
-            gas_price_ceiling_wei: 1_000 * GWEI,
-        },
-    );
     let config = SweeperConfig {
         chain: CHAIN.to_string(),
         poll_interval: Duration::from_millis(50),
@@ -50,6 +62,15 @@ fn sweeper(w: &World, hot: alloy::primitives::Address) -> Sweeper {
         signer,
         hot,
     )
+}
+
+/// What the chain charged for transaction `hash`: its receipt's `gasUsed × effectiveGasPrice`.
+async fn gas_paid(w: &World, hash: &str) -> u128 {
+    let receipt = w.anvil.receipt_of(hash).await;
+    let field = |name: &str| {
+        u128::from_str_radix(receipt[name].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    field("gasUsed") * field("effectiveGasPrice")
 }
 
 async fn custody_status(w: &World, hot: &str) -> CheckStatus {
@@ -79,9 +100,9 @@ async fn chain_sweep_empties_the_deposit_address_once_books_its_gas_and_reserves
     listener.poll_once().await.unwrap();
     assert_eq!(w.balances().await, ("1".into(), "0".into()), "credited");
 
-    let hot = LocalSigner::random().address();
-    let hot_text = format!("{hot:#x}");
-    let (a, b) = (sweeper(&w, hot), sweeper(&w, hot));
+    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
+    let hot_text = format!("{:#x}", hot.address());
+    let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot));
     // Two sweepers at once, then both again until the sweep is confirmed.
     let mut confirmed = None;
     for _ in 0..100 {
@@ -98,18 +119,7 @@ async fn chain_sweep_empties_the_deposit_address_once_books_its_gas_and_reserves
     }
     let sweep = confirmed.expect("the sweep is confirmed within 10 s");
     let hash = sweep.tx_hash.clone().unwrap();
-    let receipt = w.anvil.receipt_of(&hash).await;
-    let gas_used =
-        u128::from_str_radix(receipt["gasUsed"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-    let price = u128::from_str_radix(
-        receipt["effectiveGasPrice"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("0x"),
-        16,
-    )
-    .unwrap();
-    let fee = gas_used * price;
+    let fee = gas_paid(&w, &hash).await;
     assert!(fee > 0, "anvil charges a base fee");
     assert_eq!(
         sweep.fee.as_deref(),
@@ -160,4 +170,191 @@ async fn chain_sweep_empties_the_deposit_address_once_books_its_gas_and_reserves
     assert_eq!(sweeps.len(), 1, "{sweeps:?}");
     custody_status(&w, &hot_text).await;
     w.app.assert_books_balance().await;
+}
+
+/// Polls both sweepers and `broadcaster` until every sweep of the chain is final, there are
+/// `count`, and no withdrawal is in flight (bounded: 20 s).
+async fn sweep_until_final(
+    w: &World,
+    (a, b): (&Sweeper, &Sweeper),
+    broadcaster: &Broadcaster,
+    count: usize,
+) -> Vec<SweepDoc> {
+    for _ in 0..200 {
+        let (ra, rb, rc) = tokio::join!(a.poll_once(), b.poll_once(), broadcaster.poll_once());
+        ra.unwrap();
+        rb.unwrap();
+        rc.unwrap();
+        let sweeps = w.app.store.sweeps(CHAIN, 10).await.unwrap();
+        let per_address: HashSet<&str> = sweeps.iter().map(|s| s.address.as_str()).collect();
+        assert_eq!(
+            per_address.len(),
+            sweeps.len(),
+            "one sweep per address: {sweeps:?}"
+        );
+        let in_flight = w
+            .app
+            .store
+            .withdrawal_stats()
+            .await
+            .unwrap()
+            .by_state
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        let done = sweeps.iter().all(|s| s.state().is_some_and(SweepState::is_final));
+        if sweeps.len() == count && done && in_flight == 0 {
+            return sweeps;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "sweeps not final: {:?}",
+        w.app.store.sweeps(CHAIN, 10).await.unwrap()
+    );
+}
+
+fn broadcaster(w: &World, hot: Arc<dyn Signer>) -> Broadcaster {
+    let mut config = BroadcasterConfig::new(CHAIN);
+    config.poll_interval = Duration::from_millis(50);
+    Broadcaster::new(
+        config,
+        w.anvil.rpc.clone(),
+        w.app.store.clone(),
+        w.app.catalog.clone(),
+        hot,
+    )
+}
+
+#[tokio::test]
+async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_booked() {
+    let placeholder = "0x0000000000000000000000000000000000000001";
+    let w = world(
+        &[spec("ETH", 18, None, 1), spec("CTT", 6, Some(placeholder), 1)],
+        "CTT",
+        Options::default(),
+    )
+    .await;
+    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
+    w.app.catalog.replace(catalog(&[
+        spec("ETH", 18, None, 1),
+        spec("CTT", 6, Some(&token), 1),
+    ]));
+    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
+    let hot_text = format!("{:#x}", hot.address());
+    let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot.clone()));
+    let broadcaster = broadcaster(&w, hot.clone());
+
+    // The same user's coin wallet: its sweep gives the hot wallet coin to fund gas with.
+    let eth_wallet = w.app.create_wallet(&w.user, "ETH").await;
+    let reply = w
+        .app
+        .get(
+            &format!("/v1/wallets/{eth_wallet}/deposit-address"),
+            &w.user.access_token,
+        )
+        .await;
+    let eth_address = reply.body["address"].as_str().unwrap().to_string();
+    w.anvil.send_eth(&eth_address, eth("1")).await;
+    let listener = w.listener(50);
+    listener.poll_once().await.unwrap();
+    let coin = sweep_until_final(&w, (&a, &b), &broadcaster, 1).await.remove(0);
+    assert_eq!(coin.state(), Some(SweepState::Confirmed));
+    assert!(coin.funding.is_none(), "the coin pays its own gas");
+
+    // Tokens arrive, and a coin withdrawal is asked for: the broadcaster and the sweeper's gas
+    // funding race for the hot wallet's next nonce.
+    w.anvil
+        .send_token(&token, &w.address, U256::from(25_500_000u64))
+        .await;
+    listener.poll_once().await.unwrap();
+    assert_eq!(w.balances().await, ("25.5".into(), "0".into()), "tokens credited");
+    let destination = format!("{:#x}", LocalSigner::random().address());
+    let body = json!({ "wallet_id": eth_wallet, "amount": "0.1", "destination_address": destination });
+    let reply = w.app.withdraw(&w.user, body).await;
+    assert_eq!(reply.status, reqwest::StatusCode::CREATED, "{:?}", reply.body);
+    let withdrawal_id = reply.body["id"].as_str().unwrap().to_string();
+    let sweeps = sweep_until_final(&w, (&a, &b), &broadcaster, 2).await;
+    let tokens = sweeps.iter().find(|s| s.asset == "CTT").unwrap();
+    assert_eq!(tokens.state(), Some(SweepState::Confirmed), "{sweeps:?}");
+    let funding = tokens.funding.clone().expect("the token address was funded");
+    let withdrawal = w
+        .app
+        .store
+        .transaction_by_id(&withdrawal_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(withdrawal.state, coffer_domain::TxState::Confirmed);
+    let paid = withdrawal.broadcast.clone().unwrap();
+    assert_eq!(funding.from, hot_text);
+    let mut nonces = [funding.nonce, paid.nonce];
+    nonces.sort();
+    assert_eq!(
+        nonces,
+        [0, 1],
+        "one nonce sequence for the hot wallet: both mined"
+    );
+    assert_eq!(
+        w.app.store.recorded_nonce(CHAIN, &hot_text).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(w.anvil.balance(&destination).await, eth("0.1"));
+
+    // The tokens moved whole; the coin paid for it, booked as fees in the coin.
+    assert_eq!(w.anvil.token_balance(&token, &w.address).await, U256::ZERO);
+    assert_eq!(
+        w.anvil.token_balance(&token, &hot_text).await,
+        U256::from(25_500_000u64)
+    );
+    let funding_gas = gas_paid(&w, &funding.tx_hash).await;
+    let sweep_gas = gas_paid(&w, tokens.tx_hash.as_deref().unwrap()).await;
+    let withdrawal_gas = gas_paid(&w, paid.mined_tx_hash.as_deref().unwrap()).await;
+    assert_eq!(funding.fee.as_deref(), Some(funding_gas.to_string().as_str()));
+    assert_eq!(tokens.fee.as_deref(), Some(sweep_gas.to_string().as_str()));
+    let funded: u128 = funding.value.parse().unwrap();
+    assert!(funded > sweep_gas, "the funding covers the most the gas may cost");
+    assert_eq!(
+        w.anvil.balance(&w.address).await,
+        U256::from(funded - sweep_gas),
+        "the unused gas stays on the token address, for its next sweep"
+    );
+    let swept: u128 = coin.value.parse().unwrap();
+    let withdrawn: u128 = 100_000_000_000_000_000;
+    assert_eq!(
+        w.anvil.balance(&hot_text).await,
+        U256::from(swept - funded - funding_gas - withdrawn - withdrawal_gas),
+        "the hot wallet paid the funding, the withdrawal and their gas"
+    );
+    for id in [&funding.fee_transaction_id, &tokens.fee_transaction_id] {
+        let fee = w
+            .app
+            .store
+            .transaction_by_id(id.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (fee.kind, fee.asset.as_str()),
+            (coffer_domain::TxKind::Fee, "ETH")
+        );
+    }
+    assert_eq!(
+        w.balances().await,
+        ("25.5".into(), "0".into()),
+        "the user's tokens are untouched"
+    );
+    assert_eq!(w.app.wallet(&w.user, &eth_wallet).await["available"], "0.9");
+
+    // Custody of the coin (less four gases; the leftover on the token address counts) and of
+    // the token equals the chain.
+    listener.poll_once().await.unwrap();
+    custody_status(&w, &hot_text).await;
+    w.app.assert_books_balance().await;
+
+    // Nothing more to sweep: the token address is empty and its coin is below the minimum.
+    for _ in 0..3 {
+        a.poll_once().await.unwrap();
+    }
+    assert_eq!(w.app.store.sweeps(CHAIN, 10).await.unwrap().len(), 2);
 }

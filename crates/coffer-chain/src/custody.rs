@@ -73,15 +73,18 @@ impl ChainCustody {
         Ok(scanned.saturating_sub(depth))
     }
 
-    /// Every address whose holdings count for `asset`: hot wallets, then deposit addresses.
+    /// Every address whose holdings count for `asset`: hot wallets, then deposit addresses —
+    /// for the chain's coin every deposit address of the chain, since a token's deposit address
+    /// keeps what is left of the coin its sweeps were funded with.
     async fn holders(&self, asset: &AssetConfig) -> Result<Vec<Address>, ChainError> {
         let mut texts = self.hot_wallets.clone();
         texts.extend(self.store.signing_wallets(&self.chain).await?);
+        let only = asset.contract.is_some().then_some(asset.symbol.as_str());
         let mut after: Option<String> = None;
         loop {
             let page = self
                 .store
-                .deposit_addresses_page(&self.chain, &asset.symbol, after.as_deref(), ADDRESS_PAGE_MAX)
+                .deposit_addresses_page(&self.chain, only, after.as_deref(), ADDRESS_PAGE_MAX)
                 .await?;
             let Some(last) = page.last().cloned() else { break };
             texts.extend(page);

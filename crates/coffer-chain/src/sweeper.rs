@@ -1,10 +1,15 @@
 //! The sweeper: moves what deposit addresses hold to the hot wallet, on each asset's policy
-//! (docs/chain.md, "Sweeping deposit addresses"). Native coin only for now.
+//! (docs/chain.md, "Sweeping deposit addresses"): the chain's coin and its ERC-20 tokens.
 //!
 //! ```text
 //! (address, nonce) ──claim (insert)──► Planned ──sign+store──► Signed ──send──► Broadcasted
 //! Broadcasted ──receipt + confirmations──► Confirmed (gas → fees) | Failed (reverted; gas → fees)
+//! token sweep lacking gas: Planned ──hot wallet signs gas funding (its next nonce)──► Funding
+//!   Funding ──funding confirmed (its gas → fees)──► Funded ──sign+store──► Signed ──► …
 //! ```
+//!
+//! The gas funding is signed by the broadcaster's own [`Signer`] and takes its nonce from the
+//! same stored nonce record as withdrawals, so the hot wallet's nonces never collide.
 //!
 //! Correctness does not depend on this process's memory: the claim is a unique insert of
 //! `<chain>:<address>:<nonce>`, signing is stored conditionally on Planned before anything is
@@ -18,21 +23,27 @@ use std::time::Duration;
 
 use alloy::consensus::TxEip1559;
 pub use alloy::primitives::Address;
-use alloy::primitives::{TxKind, U256};
+use alloy::primitives::{Bytes, TxKind, U256};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::sol_types::SolCall;
 use coffer_domain::sweep::{
-    check_ceiling, plan_gas_fee, plan_native, MinedSweep, NoSweep, SweepFees, SweepPolicy, SweepState,
+    check_ceiling, plan_gas_fee, plan_native, plan_token, MinedSweep, NoSweep, SweepFees, SweepPolicy,
+    SweepState, NATIVE_TRANSFER_GAS,
 };
-use coffer_domain::{AssetConfig, LiveCatalog};
-use coffer_store::sweeps::SweepDoc;
+use coffer_domain::{Amount, AssetConfig, LiveCatalog};
+use coffer_store::sweeps::{FundingDoc, Leg, SweepDoc};
 use coffer_store::{Store, StoreError};
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::broadcaster::transferCall;
 use crate::rpc::Rpc;
+use crate::signer::Signer;
 use crate::sweep_signer::DepositKeySigner;
 use crate::ChainError;
 
 /// Outcomes of `coffer_sweeps_total{asset,outcome}`.
-pub const SWEEP_OUTCOMES: [&str; 7] = [
+pub const SWEEP_OUTCOMES: [&str; 8] = [
+    "funded",
     "signed",
     "confirmed",
     "failed",
@@ -54,7 +65,7 @@ impl SweepMetrics {
             sweeps: IntCounterVec::new(
                 Opts::new(
                     "coffer_sweeps_total",
-                    "Sweeps of deposit addresses to the hot wallet, by outcome: signed, confirmed, failed (reverted), dust (below the minimum), gas_above_ceiling (round skipped), claimed_elsewhere (another replica), send_error.",
+                    "Sweeps of deposit addresses to the hot wallet, by outcome: funded (a token sweep's gas sent by the hot wallet and confirmed), signed, confirmed, failed (reverted), dust (below the minimum), gas_above_ceiling (round skipped), claimed_elsewhere (another replica), send_error.",
                 ),
                 &["asset", "outcome"],
             )
@@ -87,6 +98,8 @@ pub struct SweeperConfig {
 /// What one poll did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepOutcome {
+    /// Gas fundings signed (token sweeps).
+    pub funding: u64,
     pub signed: u64,
     pub broadcast: u64,
     pub confirmed: u64,
@@ -102,7 +115,8 @@ pub struct Sweeper {
     store: Store,
     catalog: LiveCatalog,
     signer: Arc<dyn DepositKeySigner>,
-    hot_wallet: Address,
+    /// The broadcaster's signer of the hot wallet: sweeps go to it and it funds token gas.
+    hot: Arc<dyn Signer>,
     metrics: SweepMetrics,
     /// Where the next round's page of addresses starts, per asset (a fairness hint only).
     cursors: Mutex<BTreeMap<String, String>>,
@@ -123,6 +137,25 @@ fn fee_i64(value: u128) -> Result<i64, ChainError> {
         .map_err(|_| ChainError::Config(format!("a fee of {value} wei per gas cannot be stored")))
 }
 
+fn raw_bytes(id: &str, raw: &str) -> Result<Vec<u8>, ChainError> {
+    hex::decode(raw.trim_start_matches("0x"))
+        .map_err(|_| ChainError::Rpc(format!("stored transaction of sweep {id} is not hex")))
+}
+
+fn wei(id: &str, text: &str) -> Result<U256, ChainError> {
+    text.parse::<U256>()
+        .map_err(|_| ChainError::Rpc(format!("sweep {id} has a bad amount {text}")))
+}
+
+/// What one address's sweep will send, before it is claimed.
+struct Plan {
+    value: Amount,
+    gas_limit: u64,
+    max_fee_per_gas: u128,
+    max_priority_fee_per_gas: u128,
+    funding: Option<Amount>,
+}
+
 impl Sweeper {
     pub fn new(
         config: SweeperConfig,
@@ -130,7 +163,7 @@ impl Sweeper {
         store: Store,
         catalog: LiveCatalog,
         signer: Arc<dyn DepositKeySigner>,
-        hot_wallet: Address,
+        hot: Arc<dyn Signer>,
     ) -> Self {
         Sweeper {
             config,
@@ -138,7 +171,7 @@ impl Sweeper {
             store,
             catalog,
             signer,
-            hot_wallet,
+            hot,
             metrics: SweepMetrics::unregistered(),
             cursors: Mutex::new(BTreeMap::new()),
         }
@@ -169,19 +202,24 @@ impl Sweeper {
         }
     }
 
-    fn native_assets(&self) -> Vec<(AssetConfig, SweepPolicy)> {
-        self.catalog
-            .current()
-            .iter()
-            .filter(|a| a.chain == self.config.chain && a.contract.is_none())
+    /// The chain's coin (gas is paid and booked in it) and the swept assets with their policy.
+    /// Without the coin in the catalog nothing is swept: no gas could be booked.
+    fn assets(&self) -> Option<(AssetConfig, Vec<(AssetConfig, SweepPolicy)>)> {
+        let catalog = self.catalog.current();
+        let on_chain = || catalog.iter().filter(|a| a.chain == self.config.chain);
+        let coin = on_chain().find(|a| a.contract.is_none())?.clone();
+        let swept = on_chain()
             .filter_map(|a| self.config.policies.get(&a.symbol).map(|p| (a.clone(), *p)))
-            .collect()
+            .collect();
+        Some((coin, swept))
     }
 
     /// One bounded step: follow the open sweeps, then plan new ones.
     pub async fn poll_once(&self) -> Result<SweepOutcome, ChainError> {
         let mut outcome = SweepOutcome::default();
-        let assets = self.native_assets();
+        let Some((coin, assets)) = self.assets() else {
+            return Ok(outcome);
+        };
         if assets.is_empty() {
             return Ok(outcome);
         }
@@ -189,13 +227,12 @@ impl Sweeper {
         let open = self.store.open_sweeps(&self.config.chain, 500).await?;
         let busy: HashSet<String> = open.iter().map(|s| s.address.clone()).collect();
         for sweep in open {
-            let Some(asset) = assets.iter().find(|(a, _)| a.symbol == sweep.asset) else {
-                continue;
-            };
-            self.advance(&asset.0, sweep, chain_id, &mut outcome).await?;
+            if assets.iter().any(|(a, _)| a.symbol == sweep.asset) {
+                self.advance(&coin, sweep, chain_id, &mut outcome).await?;
+            }
         }
         for (asset, policy) in &assets {
-            self.plan_round(asset, policy, &busy, chain_id, &mut outcome)
+            self.plan_round(asset, policy, &coin, &busy, chain_id, &mut outcome)
                 .await?;
         }
         Ok(outcome)
@@ -214,21 +251,12 @@ impl Sweeper {
         })
     }
 
-    async fn plan_round(
+    /// The next page of `asset`'s deposit addresses, round robin over rounds.
+    async fn next_page(
         &self,
         asset: &AssetConfig,
         policy: &SweepPolicy,
-        busy: &HashSet<String>,
-        chain_id: u64,
-        outcome: &mut SweepOutcome,
-    ) -> Result<(), ChainError> {
-        let fees = self.fees().await?;
-        if let Err(NoSweep::GasAboveCeiling { price, ceiling }) = check_ceiling(policy, fees) {
-            tracing::info!(asset = %asset.symbol, price, ceiling, "sweep round skipped: gas above the ceiling");
-            self.metrics.count(&asset.symbol, "gas_above_ceiling");
-            outcome.skipped_for_gas = true;
-            return Ok(());
-        }
+    ) -> Result<Vec<coffer_store::chain::DepositAddressDoc>, ChainError> {
         let after = self
             .cursors
             .lock()
@@ -246,13 +274,31 @@ impl Sweeper {
                 .deposit_address_docs_page(&self.config.chain, &asset.symbol, None, batch)
                 .await?;
         }
-        {
-            let mut cursors = self.cursors.lock().expect("not poisoned");
-            match page.last() {
-                Some(last) => cursors.insert(asset.symbol.clone(), last.address.clone()),
-                None => cursors.remove(&asset.symbol),
-            };
+        let mut cursors = self.cursors.lock().expect("not poisoned");
+        match page.last() {
+            Some(last) => cursors.insert(asset.symbol.clone(), last.address.clone()),
+            None => cursors.remove(&asset.symbol),
+        };
+        Ok(page)
+    }
+
+    async fn plan_round(
+        &self,
+        asset: &AssetConfig,
+        policy: &SweepPolicy,
+        coin: &AssetConfig,
+        busy: &HashSet<String>,
+        chain_id: u64,
+        outcome: &mut SweepOutcome,
+    ) -> Result<(), ChainError> {
+        let fees = self.fees().await?;
+        if let Err(NoSweep::GasAboveCeiling { price, ceiling }) = check_ceiling(policy, fees) {
+            tracing::info!(asset = %asset.symbol, price, ceiling, "sweep round skipped: gas above the ceiling");
+            self.metrics.count(&asset.symbol, "gas_above_ceiling");
+            outcome.skipped_for_gas = true;
+            return Ok(());
         }
+        let page = self.next_page(asset, policy).await?;
         // Only what has its confirmations is swept: the balance at the confirmed block, capped by
         // the latest one.
         let head = self.rpc.head().await?;
@@ -279,46 +325,13 @@ impl Sweeper {
             if self.rpc.latest_nonce(address).await? != nonce {
                 continue;
             }
-            let latest = self.rpc.balance(address).await?;
-            let settled = self.rpc.balance_at(address, confirmed_block).await?;
-            let balance = coffer_domain::Amount::from_atomic(latest.min(settled));
-            let plan = match plan_native(policy, balance, fees) {
-                Ok(plan) => plan,
-                Err(NoSweep::BelowMinimum | NoSweep::GasExceedsBalance) => {
-                    if !balance.is_zero() {
-                        self.metrics.count(&asset.symbol, "dust");
-                        outcome.dust += 1;
-                    }
-                    continue;
-                }
-                Err(other) => {
-                    tracing::info!(asset = %asset.symbol, %other, "not swept");
-                    continue;
-                }
+            let Some(plan) = self
+                .plan_address(asset, policy, address, confirmed_block, fees, outcome)
+                .await?
+            else {
+                continue;
             };
-            let now = coffer_store::codec::now();
-            let sweep = SweepDoc {
-                id: SweepDoc::key(&self.config.chain, &record.address, nonce),
-                chain: self.config.chain.clone(),
-                asset: asset.symbol.clone(),
-                address: record.address.clone(),
-                index: record.index,
-                nonce: i64::try_from(nonce).map_err(|_| ChainError::Rpc("nonce above i64".into()))?,
-                to: format!("{:#x}", self.hot_wallet),
-                value: plan.value.to_string(),
-                gas_limit: i64::try_from(plan.gas_limit).unwrap_or(i64::MAX),
-                max_fee_per_gas: fee_i64(plan.max_fee_per_gas)?,
-                max_priority_fee_per_gas: fee_i64(plan.max_priority_fee_per_gas)?,
-                state: SweepState::Planned.as_str().to_string(),
-                raw_tx: None,
-                tx_hash: None,
-                gas_used: None,
-                effective_gas_price: None,
-                fee: None,
-                fee_transaction_id: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let sweep = self.planned_doc(asset, &record, nonce, &plan)?;
             match self.store.claim_sweep(&sweep).await {
                 Ok(()) => {}
                 Err(StoreError::AlreadyExists) => {
@@ -328,104 +341,385 @@ impl Sweeper {
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.advance(asset, sweep, chain_id, outcome).await?;
+            self.advance(coin, sweep, chain_id, outcome).await?;
         }
         Ok(())
+    }
+
+    /// What `address` holds at `block`, capped by what it holds now: of the coin, or of `token`.
+    async fn settled_balance(
+        &self,
+        address: Address,
+        token: Option<Address>,
+        block: u64,
+    ) -> Result<Amount, ChainError> {
+        let (latest, settled) = match token {
+            None => (
+                self.rpc.balance(address).await?,
+                self.rpc.balance_at(address, block).await?,
+            ),
+            Some(token) => {
+                let head = self.rpc.head().await?;
+                (
+                    self.rpc.token_balance_at(token, address, head).await?,
+                    self.rpc.token_balance_at(token, address, block).await?,
+                )
+            }
+        };
+        Ok(Amount::from_atomic(latest.min(settled)))
+    }
+
+    /// The domain's plan for one address, or `None` (dust, or not this round).
+    async fn plan_address(
+        &self,
+        asset: &AssetConfig,
+        policy: &SweepPolicy,
+        address: Address,
+        block: u64,
+        fees: SweepFees,
+        outcome: &mut SweepOutcome,
+    ) -> Result<Option<Plan>, ChainError> {
+        let token = asset.contract.as_deref().map(parse_address).transpose()?;
+        let balance = self.settled_balance(address, token, block).await?;
+        let planned = match token {
+            None => plan_native(policy, balance, fees).map(|p| Plan {
+                value: p.value,
+                gas_limit: p.gas_limit,
+                max_fee_per_gas: p.max_fee_per_gas,
+                max_priority_fee_per_gas: p.max_priority_fee_per_gas,
+                funding: None,
+            }),
+            Some(_) => {
+                let coin = self.settled_balance(address, None, block).await?;
+                plan_token(policy, balance, coin, fees).map(|p| Plan {
+                    value: p.amount,
+                    gas_limit: p.gas_limit,
+                    max_fee_per_gas: p.max_fee_per_gas,
+                    max_priority_fee_per_gas: p.max_priority_fee_per_gas,
+                    funding: p.funding,
+                })
+            }
+        };
+        match planned {
+            Ok(plan) => Ok(Some(plan)),
+            Err(NoSweep::BelowMinimum | NoSweep::GasExceedsBalance) => {
+                if !balance.is_zero() {
+                    self.metrics.count(&asset.symbol, "dust");
+                    outcome.dust += 1;
+                }
+                Ok(None)
+            }
+            Err(other) => {
+                tracing::info!(asset = %asset.symbol, %other, "not swept");
+                Ok(None)
+            }
+        }
+    }
+
+    fn planned_doc(
+        &self,
+        asset: &AssetConfig,
+        record: &coffer_store::chain::DepositAddressDoc,
+        nonce: u64,
+        plan: &Plan,
+    ) -> Result<SweepDoc, ChainError> {
+        let now = coffer_store::codec::now();
+        Ok(SweepDoc {
+            id: SweepDoc::key(&self.config.chain, &record.address, nonce),
+            chain: self.config.chain.clone(),
+            asset: asset.symbol.clone(),
+            address: record.address.clone(),
+            index: record.index,
+            nonce: i64::try_from(nonce).map_err(|_| ChainError::Rpc("nonce above i64".into()))?,
+            to: format!("{:#x}", self.hot.address()),
+            value: plan.value.to_string(),
+            contract: asset.contract.as_ref().map(|c| c.to_lowercase()),
+            funding_needed: plan.funding.map(|f| f.to_string()),
+            funding: None,
+            gas_limit: i64::try_from(plan.gas_limit).unwrap_or(i64::MAX),
+            max_fee_per_gas: fee_i64(plan.max_fee_per_gas)?,
+            max_priority_fee_per_gas: fee_i64(plan.max_priority_fee_per_gas)?,
+            state: SweepState::Planned.as_str().to_string(),
+            raw_tx: None,
+            tx_hash: None,
+            gas_used: None,
+            effective_gas_price: None,
+            fee: None,
+            fee_transaction_id: None,
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     /// Moves one stored sweep on as far as it can go now.
     async fn advance(
         &self,
-        asset: &AssetConfig,
+        coin: &AssetConfig,
         mut sweep: SweepDoc,
         chain_id: u64,
         outcome: &mut SweepOutcome,
     ) -> Result<(), ChainError> {
-        if sweep.state() == Some(SweepState::Planned) {
-            let tx = TxEip1559 {
-                chain_id,
-                nonce: sweep.nonce.max(0) as u64,
-                gas_limit: sweep.gas_limit.max(0) as u64,
-                max_fee_per_gas: sweep.max_fee_per_gas.max(0) as u128,
-                max_priority_fee_per_gas: sweep.max_priority_fee_per_gas.max(0) as u128,
-                to: TxKind::Call(parse_address(&sweep.to)?),
-                value: sweep
-                    .value
-                    .parse::<U256>()
-                    .map_err(|_| ChainError::Rpc(format!("sweep {} has a bad value", sweep.id)))?,
-                ..Default::default()
-            };
-            let index = u32::try_from(sweep.index)
-                .map_err(|_| ChainError::Derivation(format!("deposit index {} out of range", sweep.index)))?;
-            let signed = self.signer.sign(index, tx).await?;
-            let raw = format!("0x{}", hex::encode(&signed.raw));
-            let hash = format!("{:#x}", signed.hash);
-            match self.store.record_sweep_signed(&sweep.id, &raw, &hash).await {
-                Ok(()) => {}
-                // Another replica signed it (deterministically the same bytes) or moved it on.
-                Err(StoreError::StateConflict) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-            self.metrics.count(&asset.symbol, "signed");
-            outcome.signed += 1;
-            sweep.state = SweepState::Signed.as_str().to_string();
-            sweep.raw_tx = Some(raw);
-            sweep.tx_hash = Some(hash);
+        if sweep.state() == Some(SweepState::Planned)
+            && sweep.funding_needed.is_some()
+            && !self.fund(&mut sweep, chain_id, outcome).await?
+        {
+            return Ok(());
         }
-        let hash = match sweep.tx_hash.as_deref() {
-            Some(hash) => hex_hash(hash)?,
-            None => return Ok(()),
+        if sweep.state() == Some(SweepState::Funding) {
+            let Some(funding) = sweep.funding.clone() else {
+                return Err(ChainError::Store(StoreError::Corrupt(format!(
+                    "sweep {} is funding without a funding transaction",
+                    sweep.id
+                ))));
+            };
+            if !self
+                .follow(coin, &mut sweep, Leg::Funding, &funding.tx_hash, &funding.raw_tx)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        if matches!(sweep.state(), Some(SweepState::Planned | SweepState::Funded))
+            && !self.sign(&mut sweep, chain_id, outcome).await?
+        {
+            return Ok(());
+        }
+        let (Some(hash), Some(raw)) = (sweep.tx_hash.clone(), sweep.raw_tx.clone()) else {
+            return Ok(());
         };
         if sweep.state() == Some(SweepState::Signed) {
-            let raw = hex::decode(
-                sweep
-                    .raw_tx
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_start_matches("0x"),
-            )
-            .map_err(|_| ChainError::Rpc(format!("stored sweep {} is not hex", sweep.id)))?;
-            if let Err(error) = self.rpc.send_raw(&raw).await {
-                // Lost answers and "already known" alike: the receipt decides.
-                if self.rpc.transaction(hash).await?.is_none() {
-                    tracing::warn!(sweep = %sweep.id, %error, "sweep not accepted; re-sent next poll");
-                    self.metrics.count(&asset.symbol, "send_error");
-                    return Ok(());
+            self.broadcast(&mut sweep, &hash, &raw, outcome).await?;
+        }
+        if sweep.state() == Some(SweepState::Broadcasted) {
+            self.follow(coin, &mut sweep, Leg::Sweep, &hash, &raw).await?;
+            match sweep.state() {
+                Some(SweepState::Confirmed) => {
+                    self.metrics.count(&sweep.asset, "confirmed");
+                    outcome.confirmed += 1;
                 }
+                Some(SweepState::Failed) => {
+                    self.metrics.count(&sweep.asset, "failed");
+                    outcome.failed += 1;
+                }
+                _ => {}
             }
-            match self
-                .store
-                .move_sweep(&sweep.id, SweepState::Signed, SweepState::Broadcasted)
-                .await
-            {
-                Ok(()) | Err(StoreError::StateConflict) => {}
-                Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The sweep's own transaction: the coin to the hot wallet, or the token's `transfer` to it.
+    fn payload(&self, sweep: &SweepDoc, chain_id: u64) -> Result<TxEip1559, ChainError> {
+        let hot = parse_address(&sweep.to)?;
+        let value = wei(&sweep.id, &sweep.value)?;
+        let (to, value, input) = match sweep.contract.as_deref() {
+            None => (hot, value, Bytes::new()),
+            Some(contract) => {
+                let call = transferCall {
+                    to: hot,
+                    amount: value,
+                };
+                (
+                    parse_address(contract)?,
+                    U256::ZERO,
+                    Bytes::from(call.abi_encode()),
+                )
             }
-            outcome.broadcast += 1;
-            sweep.state = SweepState::Broadcasted.as_str().to_string();
+        };
+        Ok(TxEip1559 {
+            chain_id,
+            nonce: sweep.nonce.max(0) as u64,
+            gas_limit: sweep.gas_limit.max(0) as u64,
+            max_fee_per_gas: sweep.max_fee_per_gas.max(0) as u128,
+            max_priority_fee_per_gas: sweep.max_priority_fee_per_gas.max(0) as u128,
+            to: TxKind::Call(to),
+            value,
+            input,
+            ..Default::default()
+        })
+    }
+
+    /// Signs the sweep with its deposit key and stores the bytes (not sent yet). Returns whether
+    /// this process stored them (another replica may have first).
+    async fn sign(
+        &self,
+        sweep: &mut SweepDoc,
+        chain_id: u64,
+        outcome: &mut SweepOutcome,
+    ) -> Result<bool, ChainError> {
+        let index = u32::try_from(sweep.index)
+            .map_err(|_| ChainError::Derivation(format!("deposit index {} out of range", sweep.index)))?;
+        let signed = self.signer.sign(index, self.payload(sweep, chain_id)?).await?;
+        let raw = format!("0x{}", hex::encode(&signed.raw));
+        let hash = format!("{:#x}", signed.hash);
+        match self.store.record_sweep_signed(&sweep.id, &raw, &hash).await {
+            Ok(()) => {}
+            // Another replica signed it (deterministically the same bytes) or moved it on.
+            Err(StoreError::StateConflict) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
-        if sweep.state() != Some(SweepState::Broadcasted) {
-            return Ok(());
+        self.metrics.count(&sweep.asset, "signed");
+        outcome.signed += 1;
+        sweep.state = SweepState::Signed.as_str().to_string();
+        sweep.raw_tx = Some(raw);
+        sweep.tx_hash = Some(hash);
+        Ok(true)
+    }
+
+    /// Sends the stored bytes and moves the sweep to Broadcasted once the node knows them.
+    async fn broadcast(
+        &self,
+        sweep: &mut SweepDoc,
+        hash: &str,
+        raw: &str,
+        outcome: &mut SweepOutcome,
+    ) -> Result<(), ChainError> {
+        if let Err(error) = self.rpc.send_raw(&raw_bytes(&sweep.id, raw)?).await {
+            // Lost answers and "already known" alike: the node's knowledge of the hash decides.
+            if self.rpc.transaction(hex_hash(hash)?).await?.is_none() {
+                tracing::warn!(sweep = %sweep.id, %error, "sweep not accepted; re-sent next poll");
+                self.metrics.count(&sweep.asset, "send_error");
+                return Ok(());
+            }
         }
+        match self
+            .store
+            .move_sweep(&sweep.id, SweepState::Signed, SweepState::Broadcasted)
+            .await
+        {
+            Ok(()) | Err(StoreError::StateConflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+        outcome.broadcast += 1;
+        sweep.state = SweepState::Broadcasted.as_str().to_string();
+        Ok(())
+    }
+
+    /// Signs the hot wallet's gas funding of a planned token sweep with the hot wallet's next
+    /// nonce, stores it with that nonce (the broadcaster's record), then sends it. Returns
+    /// whether the sweep is now funding.
+    async fn fund(
+        &self,
+        sweep: &mut SweepDoc,
+        chain_id: u64,
+        outcome: &mut SweepOutcome,
+    ) -> Result<bool, ChainError> {
+        let value = wei(&sweep.id, sweep.funding_needed.as_deref().unwrap_or("0"))?;
+        let from = self.hot.address();
+        let from_text = format!("{from:#x}");
+        let recorded = self.store.recorded_nonce(&self.config.chain, &from_text).await?;
+        // Someone may have used the hot wallet outside Coffer: never go below the chain's count.
+        let nonce = recorded
+            .unwrap_or(0)
+            .max(self.rpc.latest_nonce(from).await? as i64);
+        let fees = self.fees().await?;
+        let tx = TxEip1559 {
+            chain_id,
+            nonce: nonce as u64,
+            gas_limit: NATIVE_TRANSFER_GAS,
+            max_fee_per_gas: fees
+                .max_fee_per_gas()
+                .ok_or(ChainError::Config("fee overflow".into()))?,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: TxKind::Call(parse_address(&sweep.address)?),
+            value,
+            ..Default::default()
+        };
+        let signed = self.hot.sign(tx).await?;
+        let funding = FundingDoc {
+            from: from_text,
+            nonce,
+            value: value.to_string(),
+            raw_tx: format!("0x{}", hex::encode(&signed.raw)),
+            tx_hash: format!("{:#x}", signed.hash),
+            gas_used: None,
+            effective_gas_price: None,
+            fee: None,
+            fee_transaction_id: None,
+        };
+        match self
+            .store
+            .record_sweep_funding(&self.config.chain, &sweep.id, recorded, &funding)
+            .await
+        {
+            Ok(()) => {}
+            // The sweep moved on, or a withdrawal (or another sweep) took the nonce first: this
+            // signature is dropped unsent and the next poll starts again from what is stored.
+            Err(StoreError::StateConflict) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(sweep = %sweep.id, tx_hash = %funding.tx_hash, nonce, "sweep gas funding signed and stored");
+        outcome.funding += 1;
+        if let Err(error) = self.rpc.send_raw(&signed.raw).await {
+            tracing::warn!(sweep = %sweep.id, %error, "gas funding not accepted yet; re-sent next poll");
+        }
+        sweep.state = SweepState::Funding.as_str().to_string();
+        sweep.funding = Some(funding);
+        Ok(true)
+    }
+
+    /// The receipt of `hash` once it has the coin's confirmations; re-sends `raw` while the
+    /// node does not know it.
+    async fn settled_receipt(
+        &self,
+        coin: &AssetConfig,
+        sweep_id: &str,
+        (hash, raw): (&str, &str),
+    ) -> Result<Option<TransactionReceipt>, ChainError> {
+        let hash = hex_hash(hash)?;
         let Some(receipt) = self.rpc.receipt(hash).await? else {
-            return Ok(());
+            if self.rpc.transaction(hash).await?.is_none() {
+                let _ = self.rpc.send_raw(&raw_bytes(sweep_id, raw)?).await;
+            }
+            return Ok(None);
         };
         let Some(mined_in) = receipt.block_number else {
-            return Ok(());
+            return Ok(None);
         };
         let head = self.rpc.head().await?;
-        if head.saturating_sub(mined_in) + 1 < u64::from(asset.confirmations_required.max(1)) {
-            return Ok(());
-        }
-        let to = if receipt.status() {
-            SweepState::Confirmed
-        } else {
-            SweepState::Failed
+        let confirmed = head.saturating_sub(mined_in) + 1 >= u64::from(coin.confirmations_required.max(1));
+        Ok(confirmed.then_some(receipt))
+    }
+
+    /// Follows a sent leg of the sweep (its gas funding, or itself) to the chain's verdict and
+    /// books the gas its receipt reports with the new state. Returns whether the leg succeeded.
+    async fn follow(
+        &self,
+        coin: &AssetConfig,
+        sweep: &mut SweepDoc,
+        leg: Leg,
+        hash: &str,
+        raw: &str,
+    ) -> Result<bool, ChainError> {
+        let Some(receipt) = self.settled_receipt(coin, &sweep.id, (hash, raw)).await? else {
+            return Ok(false);
+        };
+        let (from, to, key, paid) = match (leg, receipt.status()) {
+            (Leg::Funding, ok) => {
+                let to = if ok {
+                    SweepState::Funded
+                } else {
+                    SweepState::Failed
+                };
+                (
+                    SweepState::Funding,
+                    to,
+                    format!("{}:funding", sweep.id),
+                    sweep.address.clone(),
+                )
+            }
+            (Leg::Sweep, ok) => {
+                let to = if ok {
+                    SweepState::Confirmed
+                } else {
+                    SweepState::Failed
+                };
+                (SweepState::Broadcasted, to, sweep.id.clone(), sweep.to.clone())
+            }
         };
         let mined = MinedSweep {
-            sweep_id: &sweep.id,
-            tx_hash: sweep.tx_hash.as_deref(),
-            to: &sweep.to,
+            sweep_id: &key,
+            tx_hash: Some(hash),
+            to: &paid,
             gas_used: receipt.gas_used,
             effective_gas_price: receipt.effective_gas_price,
         };
@@ -434,31 +728,24 @@ impl Sweeper {
             now: chrono::Utc::now(),
             initiated_by: "sweeper".to_string(),
         };
-        let fee = plan_gas_fee(origin, &mined, asset)
+        let fee = plan_gas_fee(origin, &mined, coin)
             .map_err(|e| ChainError::Config(format!("booking sweep gas: {e}")))?;
+        let (gas, price) = (receipt.gas_used, receipt.effective_gas_price);
         match self
             .store
-            .finish_sweep(
-                &sweep,
-                SweepState::Broadcasted,
-                to,
-                receipt.gas_used,
-                receipt.effective_gas_price,
-                fee,
-            )
+            .finish_sweep(sweep, leg, from, to, gas, price, fee)
             .await
         {
             Ok(()) => {}
-            Err(StoreError::StateConflict) => return Ok(()),
+            Err(StoreError::StateConflict) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        if to == SweepState::Confirmed {
-            self.metrics.count(&asset.symbol, "confirmed");
-            outcome.confirmed += 1;
-        } else {
-            self.metrics.count(&asset.symbol, "failed");
-            outcome.failed += 1;
+        match (leg, to) {
+            (Leg::Funding, SweepState::Funded) => self.metrics.count(&sweep.asset, "funded"),
+            (Leg::Funding, _) => self.metrics.count(&sweep.asset, "failed"),
+            _ => {}
         }
-        Ok(())
+        sweep.state = to.as_str().to_string();
+        Ok(receipt.status())
     }
 }

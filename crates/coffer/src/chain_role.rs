@@ -9,7 +9,7 @@ use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::listener::{Listener, ListenerConfig};
 use coffer_chain::metrics::ChainMetrics;
 use coffer_chain::rpc::Rpc;
-use coffer_chain::signer::LocalSigner;
+use coffer_chain::signer::{LocalSigner, Signer};
 use coffer_chain::sweep_signer::LocalDepositSigner;
 use coffer_chain::sweeper::{SweepMetrics, Sweeper, SweeperConfig};
 use coffer_domain::replacement::ReplacementPolicy;
@@ -54,12 +54,13 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
             poll_interval_ms: args.poll_interval_ms,
             replacement: args.replacement.policy(),
         };
+        let hot = hot_signer(path)?;
         let broadcaster =
-            broadcaster(&args.chain, path, &rpc, &store, &catalog, settings)?.with_metrics(chain_metrics);
+            broadcaster(&args.chain, &hot, &rpc, &store, &catalog, settings).with_metrics(chain_metrics);
         let hot_wallet = broadcaster.hot_wallet();
         tracing::info!(chain = %args.chain, hot_wallet = %hot_wallet, "broadcasting withdrawals");
         tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
-        if let Some(sweeper) = sweeper(&args, hot_wallet, &rpc, &store, &catalog, &registry)? {
+        if let Some(sweeper) = sweeper(&args, hot, &rpc, &store, &catalog, &registry)? {
             tracing::info!(chain = %args.chain, hot_wallet = %hot_wallet, "sweeping deposit addresses");
             tokio::spawn(async move { sweeper.run(std::future::pending()).await });
         }
@@ -80,11 +81,14 @@ pub async fn run(args: ChainListenerArgs, roots: &coffer_tls::TlsRoots) -> anyho
     Ok(())
 }
 
-/// The sweeper of the chain's coin when `--deposit-xprv-file` is given: the xprv must belong to
-/// `--deposit-xpub`; the policy of the flags applies to every coin asset of the chain.
+/// The sweeper of the chain's coin and tokens when `--deposit-xprv-file` is given: the xprv must
+/// belong to `--deposit-xpub`; the policy of the flags applies to every asset of the chain
+/// (`--sweep-min-amount` to the coin, `--sweep-token-min-amount` to each token, in its units).
+/// It shares the broadcaster's `hot` signer: token gas funding takes the hot wallet's nonces
+/// from the same record as withdrawals.
 fn sweeper(
     args: &ChainListenerArgs,
-    hot_wallet: coffer_chain::sweeper::Address,
+    hot: Arc<dyn Signer>,
     rpc: &Rpc,
     store: &Store,
     catalog: &LiveCatalog,
@@ -104,12 +108,13 @@ fn sweeper(
         anyhow::bail!("the deposit xprv's addresses differ from the xpub's");
     }
     let mut policies = BTreeMap::new();
-    for asset in catalog.current().iter() {
-        if asset.chain != args.chain || asset.contract.is_some() {
-            continue;
-        }
-        let min_amount = coffer_domain::Amount::parse_decimal(&sweep.sweep_min_amount, asset.decimals)
-            .map_err(|e| anyhow::anyhow!("--sweep-min-amount for {}: {e}", asset.symbol))?;
+    for asset in catalog.current().iter().filter(|a| a.chain == args.chain) {
+        let (flag, text) = match asset.contract {
+            None => ("--sweep-min-amount", &sweep.sweep_min_amount),
+            Some(_) => ("--sweep-token-min-amount", &sweep.sweep_token_min_amount),
+        };
+        let min_amount = coffer_domain::Amount::parse_decimal(text, asset.decimals)
+            .map_err(|e| anyhow::anyhow!("{flag} for {}: {e}", asset.symbol))?;
         policies.insert(
             asset.symbol.clone(),
             SweepPolicy {
@@ -133,7 +138,7 @@ fn sweeper(
             store.clone(),
             catalog.clone(),
             Arc::new(signer),
-            hot_wallet,
+            hot,
         )
         .with_metrics(metrics),
     ))
@@ -146,26 +151,25 @@ struct BroadcastSettings {
     replacement: ReplacementPolicy,
 }
 
-/// The withdrawal broadcaster of `chain`, signing with the local key in `key_file`.
+/// The hot wallet's signer: the local key in `key_file`.
+fn hot_signer(key_file: &std::path::Path) -> anyhow::Result<Arc<dyn Signer>> {
+    let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Arc::new(signer))
+}
+
+/// The withdrawal broadcaster of `chain`, signing with `hot`.
 fn broadcaster(
     chain: &str,
-    key_file: &std::path::Path,
+    hot: &Arc<dyn Signer>,
     rpc: &Rpc,
     store: &Store,
     catalog: &LiveCatalog,
     settings: BroadcastSettings,
-) -> anyhow::Result<Broadcaster> {
-    let signer = LocalSigner::from_file(key_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+) -> Broadcaster {
     let mut config = BroadcasterConfig::new(chain);
     config.poll_interval = Duration::from_millis(settings.poll_interval_ms);
     config.replacement = settings.replacement;
-    Ok(Broadcaster::new(
-        config,
-        rpc.clone(),
-        store.clone(),
-        catalog.clone(),
-        Arc::new(signer),
-    ))
+    Broadcaster::new(config, rpc.clone(), store.clone(), catalog.clone(), hot.clone())
 }
 
 /// In `coffer dev`: one listener per chain of the catalog when `ETH_RPC_URL` answers; otherwise
@@ -209,8 +213,8 @@ pub async fn spawn_in_dev(
                 poll_interval_ms: 1000,
                 replacement,
             };
-            let broadcaster =
-                broadcaster(&chain, path, &rpc, store, catalog, settings)?.with_metrics(metrics.clone());
+            let broadcaster = broadcaster(&chain, &hot_signer(path)?, &rpc, store, catalog, settings)
+                .with_metrics(metrics.clone());
             tracing::info!(%chain, hot_wallet = %broadcaster.hot_wallet(), "dev: broadcasting withdrawals");
             tokio::spawn(async move { broadcaster.run(std::future::pending()).await });
         }

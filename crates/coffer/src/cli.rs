@@ -468,7 +468,7 @@ pub struct ChainListenerArgs {
 pub struct SweepArgs {
     /// The account-level extended private key `m/44'/60'/0'` of the deposit addresses (a file,
     /// a mounted Secret; never logged). When set together with `--signer-key-file`, this
-    /// process also sweeps the chain's coin from deposit addresses to the hot wallet.
+    /// process also sweeps the chain's coin and tokens from deposit addresses to the hot wallet.
     /// Development signer: production plugs a KMS or HSM behind `DepositKeySigner`.
     #[arg(long, env = "COFFER_DEPOSIT_XPRV_FILE")]
     pub deposit_xprv_file: Option<std::path::PathBuf>,
@@ -478,6 +478,10 @@ pub struct SweepArgs {
     /// Balances below this (in the coin's units, e.g. 0.01) are dust and not swept.
     #[arg(long, env = "COFFER_SWEEP_MIN_AMOUNT", default_value = "0.01")]
     pub sweep_min_amount: String,
+    /// Token balances below this (in each token's units) are not swept: a token sweep costs
+    /// two transactions' gas (the hot wallet's funding, then the transfer).
+    #[arg(long, env = "COFFER_SWEEP_TOKEN_MIN_AMOUNT", default_value = "10")]
+    pub sweep_token_min_amount: String,
     /// Deposit addresses looked at per round (1..=1000).
     #[arg(long, env = "COFFER_SWEEP_BATCH_MAX", default_value_t = 50,
         value_parser = clap::value_parser!(u64).range(1..=1000))]
