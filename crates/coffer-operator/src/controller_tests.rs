@@ -642,7 +642,10 @@ async fn a_sweeping_listener_mounts_the_deposit_xprv_as_a_file_and_gets_the_swee
             .to_string(),
     ];
     let stored_secret = api.objects[&format!("{SECRETS}/deposit-xprv")].to_string();
-    assert!(stored_secret.contains(needles[1].as_str()), "the search finds it where it is");
+    assert!(
+        stored_secret.contains(needles[1].as_str()),
+        "the search finds it where it is"
+    );
     for (path, object) in &api.objects {
         if path == &format!("{SECRETS}/deposit-xprv") {
             continue;
