@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use crate::build::{
     build_platform, chain_listener_deployment, chain_listener_deployment_name, listener_egress_policy,
     listener_egress_policy_name, prometheus_rule_resource, select_assets, service_monitor_resource,
-    validate_platform, AssetSelection, AssetVerdict, PlatformObjects, Unwanted, MANAGER,
+    validate_listener, validate_platform, AssetSelection, AssetVerdict, PlatformObjects, Unwanted,
+    DEPOSIT_KEY_DEFAULT_KEY, MANAGER,
 };
 use crate::conditions::{merge, ConditionUpdate};
 use crate::crd::condition::{DEGRADED, PROGRESSING, READY};
@@ -237,10 +238,21 @@ impl WalletPlatform {
         let mut verdicts = BTreeMap::new();
         for listener in listeners {
             let referrer = format!("ChainListener {}", listener.name_any());
-            let mut verdict =
-                check_secret(ctx, &self.ns(), &listener.spec.rpc_secret_ref, "url", &referrer).await;
+            let mut verdict = validate_listener(listener).map_err(|message| Error::InvalidListener {
+                namespace: self.ns(),
+                listener: listener.name_any(),
+                message,
+            });
+            if verdict.is_ok() {
+                verdict =
+                    check_secret(ctx, &self.ns(), &listener.spec.rpc_secret_ref, "url", &referrer).await;
+            }
             if let (Ok(()), Some(signer)) = (&verdict, &listener.spec.signer_secret_ref) {
                 verdict = check_secret(ctx, &self.ns(), signer, "key", &referrer).await;
+            }
+            if let (Ok(()), Some(sweep)) = (&verdict, &listener.spec.sweep) {
+                let key = &sweep.deposit_key_secret_ref;
+                verdict = check_secret(ctx, &self.ns(), key, DEPOSIT_KEY_DEFAULT_KEY, &referrer).await;
             }
             if verdict.is_ok() {
                 // A pod holding the hot wallet's key is never started without its egress fence.
@@ -709,7 +721,7 @@ fn listener_updates(
         let message = error.to_string();
         return vec![
             ConditionUpdate::new(READY, false, error.reason(), message.clone()),
-            ConditionUpdate::new(PROGRESSING, false, error.reason(), "waiting for the Secret"),
+            ConditionUpdate::new(PROGRESSING, false, error.reason(), waiting_for(error)),
             ConditionUpdate::new(DEGRADED, true, error.reason(), message),
         ];
     }
@@ -745,6 +757,16 @@ fn listener_updates(
                 fine,
             ]
         }
+    }
+}
+
+/// What a blocked listener waits for: its Secret, or a fix of its spec.
+fn waiting_for(error: &Error) -> &'static str {
+    match error {
+        Error::SecretMissing { .. } | Error::SecretForbidden { .. } | Error::SecretKeyMissing { .. } => {
+            "waiting for the Secret"
+        }
+        _ => "waiting for the ChainListener to be fixed",
     }
 }
 

@@ -524,6 +524,212 @@ async fn a_listener_with_a_signer_gets_its_replacement_policy_and_one_without_ge
     );
 }
 
+/// A public BIP32 test vector (the master key of vector 1): the schema's xpub shape.
+const TEST_XPUB: &str =
+    "xpub661MyMwAqRbcFtXgS5sYJABqqG9YLmC4Q1Rdap9gSE8NqtwybGhePY2gZ29ESFjqJoCu1Rupje8YtGqsefD265TMg7usUDFdp6W1EGMcet8";
+/// What the deposit key Secret holds in these tests: must never leave the Secret.
+const XPRV_VALUE: &[u8] = b"xprv-this-value-must-stay-in-its-secret";
+
+fn sweep_spec() -> crate::crd::SweepSpec {
+    crate::crd::SweepSpec {
+        deposit_key_secret_ref: crate::crd::SecretKeyRef {
+            name: "deposit-xprv".into(),
+            key: None,
+        },
+        deposit_xpub: TEST_XPUB.into(),
+        min_amount: Some("0.02".into()),
+        token_min_amount: Some("15".into()),
+        batch_max: Some(200),
+        gas_price_ceiling_gwei: Some(70),
+    }
+}
+
+/// The stored listener `ethereum` with a signer (whose Secret exists) and `sweep`.
+fn sweeping_cluster() -> FakeApi {
+    let mut api = cluster();
+    api.put(&secret("hot-wallet", "key"));
+    change_listener(&mut api, |l| {
+        l.spec.signer_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "hot-wallet".into(),
+            key: None,
+        });
+        l.spec.sweep = Some(sweep_spec());
+    });
+    api
+}
+
+fn listener_deployment(api: &FakeApi) -> &Value {
+    &api.objects[&format!("{DEPLOYMENTS}/coffer-listener-ethereum")]
+}
+
+#[tokio::test]
+async fn a_sweeping_listener_mounts_the_deposit_xprv_as_a_file_and_gets_the_sweep_policy() {
+    let mut api = sweeping_cluster();
+    let mut xprv = secret("deposit-xprv", "xprv");
+    xprv.data = Some(BTreeMap::from([(
+        "xprv".to_string(),
+        ByteString(XPRV_VALUE.to_vec()),
+    )]));
+    api.put(&xprv);
+    let platform = platform_in(&api);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+    assert!(lines(&api.calls).contains(&format!("GET {SECRETS}/deposit-xprv")));
+
+    let pod = &listener_deployment(&api)["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    let value = |name: &str| {
+        env[name]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has a value"))
+    };
+    assert_eq!(
+        value("COFFER_DEPOSIT_XPRV_FILE"),
+        "/var/run/coffer/deposit-key/xprv"
+    );
+    assert_eq!(value("COFFER_DEPOSIT_XPUB"), TEST_XPUB);
+    assert_eq!(value("COFFER_SWEEP_MIN_AMOUNT"), "0.02");
+    assert_eq!(value("COFFER_SWEEP_TOKEN_MIN_AMOUNT"), "15");
+    assert_eq!(value("COFFER_SWEEP_BATCH_MAX"), "200");
+    assert_eq!(value("COFFER_SWEEP_GAS_PRICE_CEILING_GWEI"), "70");
+    assert_eq!(value("COFFER_SIGNER_KEY_FILE"), "/var/run/coffer/signer/key");
+    assert!(
+        env.values()
+            .all(|e| e["valueFrom"]["secretKeyRef"]["name"] != "deposit-xprv"),
+        "the xprv is never an environment variable"
+    );
+
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "deposit-key")
+        .expect("the deposit key volume");
+    assert_eq!(volume["secret"]["secretName"], "deposit-xprv");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400);
+    assert_eq!(volume["secret"]["optional"], false);
+    assert_eq!(
+        volume["secret"]["items"],
+        serde_json::json!([{ "key": "xprv", "path": "xprv" }]),
+        "the key defaults to `xprv`, the file is `xprv`"
+    );
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "deposit-key")
+        .expect("the deposit key mount");
+    assert_eq!(mount["mountPath"], "/var/run/coffer/deposit-key");
+    assert_eq!(mount["readOnly"], true);
+    assert!(
+        value("COFFER_DEPOSIT_XPRV_FILE").starts_with(&format!("{}/", mount["mountPath"].as_str().unwrap())),
+        "the file is in the mount"
+    );
+
+    // The value is nowhere but in its Secret: not in a stored object, not in anything written.
+    let needles = [
+        String::from_utf8(XPRV_VALUE.to_vec()).unwrap(),
+        serde_json::to_value(ByteString(XPRV_VALUE.to_vec()))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    let stored_secret = api.objects[&format!("{SECRETS}/deposit-xprv")].to_string();
+    assert!(
+        stored_secret.contains(needles[1].as_str()),
+        "the search finds it where it is"
+    );
+    for (path, object) in &api.objects {
+        if path == &format!("{SECRETS}/deposit-xprv") {
+            continue;
+        }
+        let text = object.to_string();
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "the xprv is in {path}");
+        }
+    }
+    for call in &api.calls {
+        let text = call.body.to_string();
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "the xprv is in {}", call.line());
+        }
+    }
+    assert_eq!(
+        condition(status_of(&api, &format!("{LISTENERS}/ethereum")), "Degraded")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn a_sweeping_listener_whose_xprv_secret_is_missing_is_degraded_and_gets_no_deployment() {
+    let api = sweeping_cluster();
+    let platform = platform_in(&api);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    let path = format!("{LISTENERS}/ethereum");
+    assert_degraded(status_of(&api, &path), "SecretMissing", "deposit-xprv");
+    assert_eq!(
+        condition(status_of(&api, &path), "Progressing")["message"],
+        "waiting for the Secret"
+    );
+    assert!(!applied_kinds(&api.calls).contains(&"deployments/coffer-listener-ethereum".to_string()));
+    assert!(!api
+        .objects
+        .contains_key(&format!("{DEPLOYMENTS}/coffer-listener-ethereum")));
+    assert!(applied_kinds(&api.calls).contains(&"deployments/coffer-api".to_string()));
+    assert_eq!(status_of(&api, PLATFORM)["chainListeners"], 0);
+
+    // The Secret without the key (it defaults to `xprv`): still no Deployment, the key named.
+    let mut api = api;
+    api.calls.clear();
+    api.put(&secret("deposit-xprv", "key"));
+    let platform = platform_in(&api);
+    let (_, _, api) = reconcile_once(api, platform).await;
+    assert_degraded(status_of(&api, &path), "SecretKeyMissing", "\"xprv\"");
+    assert!(!api
+        .objects
+        .contains_key(&format!("{DEPLOYMENTS}/coffer-listener-ethereum")));
+}
+
+#[tokio::test]
+async fn sweep_without_a_signer_is_refused_as_an_invalid_spec_before_any_secret_is_read() {
+    let mut api = cluster();
+    api.put(&secret("deposit-xprv", "xprv"));
+    change_listener(&mut api, |l| l.spec.sweep = Some(sweep_spec()));
+    let platform = platform_in(&api);
+    let (result, _, api) = reconcile_once(api, platform).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    let path = format!("{LISTENERS}/ethereum");
+    assert_degraded(
+        status_of(&api, &path),
+        "InvalidSpec",
+        "sweep requires signerSecretRef",
+    );
+    assert_eq!(condition(status_of(&api, &path), "Ready")["status"], "False");
+    assert_eq!(
+        condition(status_of(&api, &path), "Progressing")["message"],
+        "waiting for the ChainListener to be fixed"
+    );
+    assert!(!lines(&api.calls).contains(&format!("GET {SECRETS}/deposit-xprv")));
+    assert!(!lines(&api.calls).contains(&format!("GET {SECRETS}/coffer-eth-rpc")));
+    assert!(!api
+        .objects
+        .contains_key(&format!("{DEPLOYMENTS}/coffer-listener-ethereum")));
+    // The platform itself is fine: the listener is refused alone.
+    assert_eq!(
+        condition(status_of(&api, PLATFORM), "Degraded")["status"],
+        "False"
+    );
+    assert_eq!(status_of(&api, PLATFORM)["chainListeners"], 0);
+}
+
 #[tokio::test]
 async fn a_paused_platform_applies_nothing_but_keeps_status_current() {
     let mut api = cluster();

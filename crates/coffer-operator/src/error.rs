@@ -10,6 +10,13 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// A ChainListener's spec breaks a rule (one its schema's CEL rules also state).
+    #[error("ChainListener {namespace}/{listener} has an invalid spec: {message}")]
+    InvalidListener {
+        namespace: String,
+        listener: String,
+        message: String,
+    },
     /// A referenced Secret does not exist.
     #[error("Secret {namespace}/{secret} (referenced by {referrer}) does not exist")]
     SecretMissing {
@@ -68,7 +75,7 @@ impl Error {
     /// The condition and Event reason (PascalCase), from the error's category.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::InvalidSpec { .. } | Error::InvalidListener { .. } => "InvalidSpec",
             Error::SecretMissing { .. } => "SecretMissing",
             Error::SecretForbidden { .. } => "SecretForbidden",
             Error::SecretKeyMissing { .. } => "SecretKeyMissing",

@@ -5,8 +5,8 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{
-    build_platform, chain_listener_deployment, listener_egress_policy, select_assets, validate_platform,
-    AssetSelection,
+    build_platform, chain_listener_deployment, listener_egress_policy, select_assets, validate_listener,
+    validate_platform, AssetSelection,
 };
 use crate::crd::{Asset, ChainListener, WalletPlatform};
 
@@ -130,6 +130,10 @@ pub fn render_platform(platform: &WalletPlatform, resources: &Resources) -> Resu
         push(&mut out, rule);
     }
     for listener in resources.listeners_of(platform) {
+        if let Err(message) = validate_listener(&listener) {
+            out.push_str(&format!("# ChainListener {}: {message}\n", listener.name_any()));
+            continue;
+        }
         match listener_egress_policy(platform, &listener) {
             Ok(Some(policy)) => push(&mut out, &policy),
             Ok(None) => {}

@@ -9,16 +9,32 @@ use crate::crd::{ChainListener, SecretKeyRef, WalletPlatform};
 
 /// Where the signer's key file is mounted (read-only, owner-only).
 const SIGNER_DIR: &str = "/var/run/coffer/signer";
+/// Where the deposit addresses' xprv file is mounted (read-only, owner-only).
+const DEPOSIT_KEY_DIR: &str = "/var/run/coffer/deposit-key";
+/// The key of the deposit xprv Secret when `depositKeySecretRef` names none.
+pub const DEPOSIT_KEY_DEFAULT_KEY: &str = "xprv";
 
 /// The signer key Secret as a read-only file `key` (mode 0400), never an environment variable.
 fn signer_volume(secret: &SecretKeyRef) -> (Volume, VolumeMount) {
+    secret_file_volume("signer", SIGNER_DIR, secret, "key", "key")
+}
+
+/// Key `default_key` (or the reference's) of a Secret as the read-only file `dir/file` (mode
+/// 0400) in the volume `name`.
+fn secret_file_volume(
+    name: &str,
+    dir: &str,
+    secret: &SecretKeyRef,
+    default_key: &str,
+    file: &str,
+) -> (Volume, VolumeMount) {
     let volume = Volume {
-        name: "signer".into(),
+        name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.name.clone()),
             items: Some(vec![KeyToPath {
-                key: secret.key.clone().unwrap_or_else(|| "key".into()),
-                path: "key".into(),
+                key: secret.key_or(default_key).to_string(),
+                path: file.into(),
                 mode: None,
             }]),
             default_mode: Some(0o400),
@@ -27,12 +43,22 @@ fn signer_volume(secret: &SecretKeyRef) -> (Volume, VolumeMount) {
         ..Volume::default()
     };
     let mount = VolumeMount {
-        name: "signer".into(),
-        mount_path: SIGNER_DIR.into(),
+        name: name.into(),
+        mount_path: dir.into(),
         read_only: Some(true),
         ..VolumeMount::default()
     };
     (volume, mount)
+}
+
+/// The rules of a ChainListener's spec the schema's CEL rules also state, checked again here
+/// (a CRD installed before a rule, or a server without CEL, lets such a spec through).
+pub fn validate_listener(listener: &ChainListener) -> Result<(), String> {
+    let spec = &listener.spec;
+    if spec.sweep.is_some() && spec.signer_secret_ref.is_none() {
+        return Err("sweep requires signerSecretRef: sweeps go to that hot wallet".into());
+    }
+    Ok(())
 }
 
 /// `<platform>-listener-<listener>`: the Deployment of one ChainListener.
@@ -69,6 +95,31 @@ pub fn chain_listener_deployment(platform: &WalletPlatform, listener: &ChainList
             }
             if let Some(gwei) = replacement.max_fee_per_gas_cap_gwei {
                 vars.push(env("COFFER_MAX_FEE_PER_GAS_CAP_GWEI", gwei.to_string()));
+            }
+        }
+        // Without a signer there is no hot wallet to sweep to (validate_listener refuses it):
+        // the deposit key is never mounted then.
+        if let Some(sweep) = &spec.sweep {
+            vars.push(env("COFFER_DEPOSIT_XPRV_FILE", format!("{DEPOSIT_KEY_DIR}/xprv")));
+            mounts.push(secret_file_volume(
+                "deposit-key",
+                DEPOSIT_KEY_DIR,
+                &sweep.deposit_key_secret_ref,
+                DEPOSIT_KEY_DEFAULT_KEY,
+                "xprv",
+            ));
+            vars.push(env("COFFER_DEPOSIT_XPUB", sweep.deposit_xpub.clone()));
+            if let Some(amount) = &sweep.min_amount {
+                vars.push(env("COFFER_SWEEP_MIN_AMOUNT", amount.clone()));
+            }
+            if let Some(amount) = &sweep.token_min_amount {
+                vars.push(env("COFFER_SWEEP_TOKEN_MIN_AMOUNT", amount.clone()));
+            }
+            if let Some(batch) = sweep.batch_max {
+                vars.push(env("COFFER_SWEEP_BATCH_MAX", batch.to_string()));
+            }
+            if let Some(gwei) = sweep.gas_price_ceiling_gwei {
+                vars.push(env("COFFER_SWEEP_GAS_PRICE_CEILING_GWEI", gwei.to_string()));
             }
         }
     }

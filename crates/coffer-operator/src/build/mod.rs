@@ -9,7 +9,9 @@ mod platform;
 mod pod;
 
 pub use assets::{assets_config_map, select_assets, to_domain, AssetSelection, AssetVerdict};
-pub use listener::{chain_listener_deployment, chain_listener_deployment_name};
+pub use listener::{
+    chain_listener_deployment, chain_listener_deployment_name, validate_listener, DEPOSIT_KEY_DEFAULT_KEY,
+};
 pub use monitoring::{prometheus_rule, prometheus_rule_resource, service_monitor, service_monitor_resource};
 pub use network::{
     listener_egress_policy, listener_egress_policy_name, listener_reaches_api_server,

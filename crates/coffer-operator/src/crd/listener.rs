@@ -31,6 +31,10 @@ use super::SecretKeyRef;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = (
+    "!has(self.sweep) || has(self.signerSecretRef)",
+    "sweep requires signerSecretRef: sweeps go to that hot wallet"
+))]
 pub struct ChainListenerSpec {
     /// Name of the WalletPlatform (same namespace) this listener feeds.
     #[schemars(length(min = 1, max = 63))]
@@ -69,6 +73,10 @@ pub struct ChainListenerSpec {
     /// (only with `signerSecretRef`); defaults: 300 s, 500 gwei.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement: Option<ReplacementSpec>,
+    /// Sweeping deposit addresses to the hot wallet (docs/chain.md, "Sweeping deposit
+    /// addresses"); requires `signerSecretRef`: sweeps go to that hot wallet. Absent: no sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::resources_schema")]
     pub resources: Option<ResourceRequirements>,
@@ -86,6 +94,40 @@ pub struct ReplacementSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_fee_per_gas_cap_gwei: Option<u32>,
+}
+
+/// Sweeping deposit addresses (docs/chain.md, "Sweeping deposit addresses"). Each policy field
+/// absent: the role's default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepSpec {
+    /// Secret holding the deposit addresses' account-level extended private key (the xprv of
+    /// `m/44'/60'/0'`); key defaults to `xprv`. Mounted read-only as a file
+    /// (`COFFER_DEPOSIT_XPRV_FILE`), never put in an environment variable.
+    pub deposit_key_secret_ref: SecretKeyRef,
+    /// The account xpub the API derives deposit addresses from (`COFFER_DEPOSIT_XPUB`, the API's
+    /// value): the listener refuses to start with an xprv that does not match it.
+    #[schemars(regex(pattern = r"^[xt]pub[1-9A-HJ-NP-Za-km-z]{107}$"))]
+    pub deposit_xpub: String,
+    /// Coin balances below this are dust and not swept, a decimal string in whole units
+    /// (`COFFER_SWEEP_MIN_AMOUNT`); absent: 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub min_amount: Option<String>,
+    /// Token balances below this are dust and not swept, a decimal string in each token's units
+    /// (`COFFER_SWEEP_TOKEN_MIN_AMOUNT`); absent: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,78}(\.[0-9]{1,78})?$"), length(max = 160))]
+    pub token_min_amount: Option<String>,
+    /// Deposit addresses looked at per round (`COFFER_SWEEP_BATCH_MAX`); absent: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_max: Option<u32>,
+    /// A round is skipped while base fee + tip is above this, in gwei per gas
+    /// (`COFFER_SWEEP_GAS_PRICE_CEILING_GWEI`); absent: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub gas_price_ceiling_gwei: Option<u32>,
 }
 
 fn default_poll_interval_ms() -> u32 {

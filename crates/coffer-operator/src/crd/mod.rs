@@ -10,7 +10,7 @@ mod network;
 mod platform;
 
 pub use asset::{Asset, AssetSpec, AssetStatus};
-pub use listener::{ChainListener, ChainListenerSpec, ChainListenerStatus, ReplacementSpec};
+pub use listener::{ChainListener, ChainListenerSpec, ChainListenerStatus, ReplacementSpec, SweepSpec};
 pub use network::{DependencyNetwork, NetworkPolicySpec};
 pub use platform::{
     ApiSpec, AuditHeadsSpec, AutoscalingSpec, ImagePullPolicy, LiabilitiesSpec, MongoDbSpec,

@@ -63,3 +63,51 @@ fn every_crd_has_conditions_printer_columns_and_a_status_subresource() {
         );
     }
 }
+
+#[test]
+fn the_chain_listener_schema_refuses_a_sweep_without_a_signer_and_bounds_the_policy() {
+    let crd = coffer_operator::crds()
+        .into_iter()
+        .find(|crd| crd.spec.names.kind == "ChainListener")
+        .unwrap();
+    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+    let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["rule"] == "!has(self.sweep) || has(self.signerSecretRef)"),
+        "{rules:?}"
+    );
+    let sweep = &spec["properties"]["sweep"];
+    assert_eq!(
+        sweep["required"],
+        serde_json::json!(["depositKeySecretRef", "depositXpub"])
+    );
+    let field = |name: &str| &sweep["properties"][name];
+    assert_eq!(
+        (
+            field("batchMax")["minimum"].as_f64(),
+            field("batchMax")["maximum"].as_f64()
+        ),
+        (Some(1.0), Some(1000.0))
+    );
+    assert_eq!(
+        (
+            field("gasPriceCeilingGwei")["minimum"].as_f64(),
+            field("gasPriceCeilingGwei")["maximum"].as_f64()
+        ),
+        (Some(1.0), Some(10000.0))
+    );
+    for amount in ["minAmount", "tokenMinAmount"] {
+        assert_eq!(
+            field(amount)["pattern"],
+            r"^[0-9]{1,78}(\.[0-9]{1,78})?$",
+            "{amount}"
+        );
+    }
+    assert!(field("depositXpub")["pattern"]
+        .as_str()
+        .unwrap()
+        .starts_with("^[xt]pub"));
+}

@@ -263,3 +263,50 @@ fn the_api_and_the_reconciler_reach_each_listeners_node_through_its_secret_only(
     let outbox = env_of("outbox-publisher");
     assert!(outbox.iter().all(|v| v["name"] != "COFFER_CHAIN_RPC_URLS"));
 }
+
+#[test]
+fn the_deposit_xprv_reaches_the_sweeping_listener_alone_and_only_as_a_file() {
+    let resources = fixture("full.yaml");
+    let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+    let sweep = resources.listeners[0]
+        .spec
+        .sweep
+        .as_ref()
+        .expect("full.yaml sweeps");
+    let xprv_secret = sweep.deposit_key_secret_ref.name.as_str();
+    for (name, deployment) in deployments(&rendered) {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let vars = pod["containers"][0]["env"].as_sequence().unwrap();
+        assert!(
+            vars.iter()
+                .all(|var| var["valueFrom"]["secretKeyRef"]["name"] != xprv_secret),
+            "{name}: the xprv in an environment variable"
+        );
+        let volume = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["secret"]["secretName"] == xprv_secret);
+        let sweeps = env_names(&deployment).contains(&"COFFER_DEPOSIT_XPRV_FILE".to_string());
+        if name != "chain-listener" {
+            assert!(volume.is_none() && !sweeps, "{name} gets the deposit key");
+            continue;
+        }
+        let volume = volume.expect("the listener mounts the deposit key");
+        assert_eq!(volume["secret"]["defaultMode"], 0o400);
+        assert!(sweeps);
+    }
+}
+
+#[test]
+fn a_listener_sweeping_without_a_signer_is_rendered_as_refused() {
+    let mut resources = fixture("full.yaml");
+    resources.listeners[0].spec.signer_secret_ref = None;
+    let rendered = render_platform(&resources.platforms[0], &resources).unwrap();
+    assert!(
+        rendered.contains("# ChainListener mainnet: sweep requires signerSecretRef"),
+        "{rendered}"
+    );
+    assert!(!deployments(&rendered).contains_key("chain-listener"));
+    assert!(!rendered.contains("deposit-key"));
+}
