@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use alloy::primitives::U256;
 use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
 use coffer_chain::custody::ChainCustody;
 use coffer_chain::signer::{LocalSigner, Signer};
@@ -160,6 +161,112 @@ async fn chain_a_deposit_past_the_read_block_but_not_yet_credited_is_not_counted
     assert_eq!(w.balances().await, ("2".into(), "0".into()));
     let run = reconcile(&w, &[]).await;
     assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+}
+
+/// The gas a mined transaction paid, from its receipt.
+async fn gas_paid(w: &World, hash: &str) -> u128 {
+    let receipt = w.anvil.receipt_of(hash).await;
+    let field = |name: &str| {
+        u128::from_str_radix(receipt[name].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    field("gasUsed") * field("effectiveGasPrice")
+}
+
+#[tokio::test]
+async fn chain_a_token_withdrawals_gas_is_booked_in_the_coin_so_coin_reserves_agree_while_and_after_it_settles(
+) {
+    let placeholder = "0x0000000000000000000000000000000000000001";
+    let w = world(
+        &[spec("ETH", 18, None, 2), spec("CTT", 6, Some(placeholder), 2)],
+        "CTT",
+        Options::default(),
+    )
+    .await;
+    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
+    w.app.catalog.replace(crate::chain::catalog(&[
+        spec("ETH", 18, None, 2),
+        spec("CTT", 6, Some(&token), 2),
+    ]));
+    let listener = w.listener(50);
+    // A hot wallet holding coin and tokens that rail deposits booked.
+    let signer = Arc::new(LocalSigner::random());
+    let hot = format!("{:#x}", signer.address());
+    w.anvil.send_eth(&hot, eth("1")).await;
+    w.anvil.send_token(&token, &hot, U256::from(10_000_000u64)).await;
+    let payment = w.app.staff(Role::Payment).await;
+    let eth_wallet = w.app.create_wallet(&w.user, "ETH").await;
+    w.app.deposit(&payment, &eth_wallet, "1").await;
+    w.app.deposit(&payment, &w.wallet, "10").await;
+    mine_and_follow(&w, &listener, 2).await;
+    let run = reconcile(&w, std::slice::from_ref(&hot)).await;
+    assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
+
+    let mut config = BroadcasterConfig::new(CHAIN);
+    config.poll_interval = std::time::Duration::from_millis(50);
+    let broadcaster = Broadcaster::new(
+        config,
+        w.anvil.rpc.clone(),
+        w.app.store.clone(),
+        w.app.catalog.clone(),
+        signer.clone(),
+    );
+    let destination = fresh_address();
+    let body = json!({ "wallet_id": w.wallet, "amount": "4", "destination_address": destination });
+    let requested = w.app.withdraw(&w.user, body).await;
+    assert_eq!(requested.status, StatusCode::CREATED, "{:?}", requested.body);
+    let id = requested.body["id"].as_str().unwrap().to_string();
+    broadcaster.poll_once().await.unwrap(); // signed, sent, mined: 1 of 2 confirmations
+    mine_and_follow(&w, &listener, 1).await;
+    let tx = w.app.store.transaction_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(tx.state, coffer_domain::TxState::Confirming);
+    // Its coin gas is off chain and not booked yet: the reading adds it back.
+    let run = reconcile(&w, std::slice::from_ref(&hot)).await;
+    assert_eq!(
+        custody_status(&run),
+        CheckStatus::Ok,
+        "while confirming: {:?}",
+        run.findings
+    );
+
+    broadcaster.poll_once().await.unwrap();
+    let tx = w.app.store.transaction_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(tx.state, coffer_domain::TxState::Confirmed);
+    assert_eq!(
+        w.anvil.token_balance(&token, &destination).await,
+        U256::from(4_000_000u64)
+    );
+    let hash = tx.broadcast.as_ref().unwrap().mined_tx_hash.clone().unwrap();
+    let gas = gas_paid(&w, &hash).await;
+    let fees = w
+        .app
+        .store
+        .wallet_by_id("platform:ETH:fees")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fees.available.magnitude,
+        coffer_domain::Amount::from_u128(gas),
+        "the token withdrawal's gas, booked once in the coin"
+    );
+    let run = reconcile(&w, std::slice::from_ref(&hot)).await;
+    assert_eq!(
+        custody_status(&run),
+        CheckStatus::Ok,
+        "after it settled: {:?}",
+        run.findings
+    );
+    // Following it again books nothing more.
+    broadcaster.poll_once().await.unwrap();
+    let again = w
+        .app
+        .store
+        .wallet_by_id("platform:ETH:fees")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.available.magnitude, fees.available.magnitude);
+    w.app.assert_books_balance().await;
 }
 
 fn solvency_check(run: &ReconciliationRun) -> &coffer_store::reconcile::CheckOutcome {

@@ -21,6 +21,8 @@ use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::sol;
 use alloy::sol_types::SolCall;
+use coffer_domain::gas::{plan_withdrawal_gas, PaidGas};
+use coffer_domain::movement::Movement;
 use coffer_domain::replacement::{next_fees, Fees, NoReplacement, ReplacementPolicy};
 use coffer_domain::{AssetConfig, LedgerTransaction, LiveCatalog, TxState};
 use coffer_store::model::{BroadcastDoc, SignedKind, SignedVersion};
@@ -485,7 +487,8 @@ impl Broadcaster {
         };
         let block = receipt.block_number.unwrap_or(head);
         let fee = network_fee(receipt.gas_used, receipt.effective_gas_price);
-        // Gas is paid in the chain's coin: booked only when the withdrawn asset is that coin.
+        // Gas is paid in the chain's coin: booked with the settlement when the withdrawn asset is
+        // that coin, as a fee movement of the coin (`token_gas`) when it is a token.
         let booked_fee = asset.contract.is_none().then_some(fee);
         let confirmations = head.saturating_sub(block) + 1;
         let required = u64::from(asset.confirmations_required.max(1));
@@ -519,7 +522,8 @@ impl Broadcaster {
                 format!("{confirmations} confirmations (block {block})"),
             )
         };
-        if self.finish(tx, to, ledger, cause, progress).await? {
+        let gas = self.token_gas(tx, asset, &version.tx_hash, &receipt)?;
+        if self.finish(tx, to, ledger, cause, progress, gas).await? {
             match to {
                 TxState::Confirmed => outcome.confirmed += 1,
                 _ => outcome.failed += 1,
@@ -722,7 +726,41 @@ impl Broadcaster {
             .inc();
     }
 
-    /// Moves `tx` to its final state `to` with the postings that settle or release its hold.
+    /// The coin gas a mined token withdrawal paid, as a fee movement of the chain's coin (`None`
+    /// for a coin withdrawal, whose settlement books its gas itself, or a free dev chain).
+    fn token_gas(
+        &self,
+        tx: &TransactionDoc,
+        asset: &AssetConfig,
+        hash: &str,
+        receipt: &TransactionReceipt,
+    ) -> Result<Option<Movement>, ChainError> {
+        let Some(contract) = asset.contract.as_deref() else {
+            return Ok(None);
+        };
+        let assets = self.chain_assets();
+        let Some(coin) = assets.iter().find(|a| a.contract.is_none()) else {
+            tracing::warn!(transaction_id = %tx.id, chain = %self.config.chain, "no coin asset in the catalog: the token withdrawal's gas is not booked");
+            return Ok(None);
+        };
+        let paid = PaidGas {
+            ledger_key: String::new(),
+            tx_hash: Some(hash),
+            to: contract,
+            gas_used: receipt.gas_used,
+            effective_gas_price: receipt.effective_gas_price,
+        };
+        let origin = coffer_domain::Origin {
+            transaction_id: coffer_store::new_id(),
+            now: chrono::Utc::now(),
+            initiated_by: "broadcaster".to_string(),
+        };
+        plan_withdrawal_gas(origin, &tx.id, paid, coin)
+            .map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))
+    }
+
+    /// Moves `tx` to its final state `to` with the postings that settle or release its hold
+    /// (and, for a token, the coin gas it paid).
     async fn finish(
         &self,
         tx: &TransactionDoc,
@@ -730,11 +768,13 @@ impl Broadcaster {
         ledger: Result<LedgerTransaction, coffer_domain::LedgerError>,
         cause: String,
         progress: ChainProgress,
+        gas: Option<Movement>,
     ) -> Result<bool, ChainError> {
         let ledger = ledger.map_err(|e| ChainError::Store(StoreError::Corrupt(e.to_string())))?;
         let transition = Transition::new(&tx.id, tx.state, to, cause)
             .with_ledger(ledger)
-            .with_note(Note::Chain(progress));
+            .with_note(Note::Chain(progress))
+            .with_companion(gas);
         let moved = self.transition(transition).await?;
         if moved {
             self.count_finished(to);

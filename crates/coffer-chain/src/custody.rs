@@ -138,7 +138,7 @@ impl ChainCustody {
         let gas_in_asset = asset.contract.is_none();
         let unsettled = self
             .store
-            .unsettled_outflow_up_to(&asset.symbol, block, gas_in_asset)
+            .unsettled_outflow_up_to(&self.chain, &asset.symbol, block, gas_in_asset)
             .await?;
         let custody = on_chain
             .checked_add(unsettled)

@@ -12,6 +12,7 @@ pub mod asset;
 pub mod book;
 pub mod conversion;
 pub mod events;
+pub mod gas;
 pub mod history;
 pub mod ledger;
 pub mod liabilities;

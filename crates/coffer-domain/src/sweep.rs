@@ -17,8 +17,7 @@ use crate::amount::Amount;
 use crate::asset::AssetConfig;
 use crate::ledger::{LedgerError, LedgerTransaction, Posting, TxKind};
 use crate::movement::Movement;
-use crate::plan::{movement, Origin};
-use crate::state::TxState;
+use crate::plan::Origin;
 use crate::Bucket;
 
 /// Gas of a plain value transfer to an address without code.
@@ -195,19 +194,14 @@ pub fn plan_gas_fee(
     sweep: &MinedSweep<'_>,
     asset: &AssetConfig,
 ) -> Result<Option<Movement>, LedgerError> {
-    let Some(ledger) = gas_fee_booking(&asset.symbol, sweep.gas_used, sweep.effective_gas_price)? else {
-        return Ok(None);
+    let paid = crate::gas::PaidGas {
+        ledger_key: format!("sweep:{}", sweep.sweep_id),
+        tx_hash: sweep.tx_hash,
+        to: sweep.to,
+        gas_used: sweep.gas_used,
+        effective_gas_price: sweep.effective_gas_price,
     };
-    let amount = ledger.postings()[0].amount;
-    let states = [
-        (TxState::Created, "sweep mined"),
-        (TxState::Confirmed, "sweep gas booked"),
-    ];
-    let key = format!("sweep:{}", sweep.sweep_id);
-    let mut booked = movement(origin, ledger, key, &states, amount, asset, None, None);
-    booked.external_reference = sweep.tx_hash.map(str::to_string);
-    booked.destination = Some(sweep.to.to_string());
-    Ok(Some(booked))
+    crate::gas::plan_paid_gas(origin, &paid, asset)
 }
 
 /// The booking of a confirmed sweep's gas, `gas_used × effective_gas_price` from its receipt:
@@ -468,7 +462,10 @@ mod tests {
         };
         let fee = plan_gas_fee(origin(), &mined, &eth).unwrap().unwrap();
         assert_eq!(fee.ledger_key, "sweep:ethereum:0xabc:0");
-        assert_eq!((fee.ledger.kind(), fee.state), (TxKind::Fee, TxState::Confirmed));
+        assert_eq!(
+            (fee.ledger.kind(), fee.state),
+            (TxKind::Fee, crate::state::TxState::Confirmed)
+        );
         assert_eq!(fee.amount, Amount::from_u128(21_000 * 7 * GWEI));
         assert_eq!(
             (fee.external_reference.as_deref(), fee.destination.as_deref()),

@@ -94,23 +94,29 @@ impl Store {
             .try_fold(Amount::ZERO, |total, d| add(total, d.amount))
     }
 
-    /// What unsettled withdrawals of `asset` mined at or before `block` took off chain that
-    /// custody still holds: the amount of a mined payment, and the gas of any mined version when
-    /// `gas_in_asset` (the asset is the chain's coin).
+    /// What unsettled withdrawals mined at or before `block` took off chain that custody of
+    /// `asset` still holds: the amount of a mined payment of `asset`, and, when `gas_in_asset`
+    /// (the asset is the chain's coin), the gas of any mined version of any withdrawal on
+    /// `chain` — a token withdrawal's gas too, booked in the coin when it settles.
     pub async fn unsettled_outflow_up_to(
         &self,
+        chain: &str,
         asset: &str,
         block: u64,
         gas_in_asset: bool,
     ) -> Result<Amount, StoreError> {
         let states = [TxState::Broadcasted, TxState::Confirming, TxState::ManualReview].map(|s| s.as_str());
+        let mut filter = doc! {
+            "kind": TxKind::Withdrawal.as_str(),
+            "state": { "$in": states.to_vec() },
+            "broadcast.chain": chain,
+        };
+        if !gas_in_asset {
+            filter.insert("asset", asset);
+        }
         let unsettled: Vec<TransactionDoc> = self
             .collection::<TransactionDoc>(TRANSACTIONS)
-            .find(doc! {
-                "kind": TxKind::Withdrawal.as_str(),
-                "state": { "$in": states.to_vec() },
-                "asset": asset,
-            })
+            .find(filter)
             .limit(IN_FLIGHT_MAX)
             .await?
             .try_collect()
@@ -128,7 +134,7 @@ impl Store {
                 .versions()
                 .iter()
                 .any(|v| v.tx_hash == hash && v.kind == SignedKind::Payment);
-            if paid {
+            if paid && tx.asset == asset {
                 total = add(total, tx.amount)?;
             }
             if gas_in_asset {

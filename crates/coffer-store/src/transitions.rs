@@ -11,7 +11,7 @@ use crate::collections::{TRANSACTIONS, WALLETS};
 use crate::model::{TimelineEntry, TransactionDoc, WalletDoc};
 use crate::money::{insert_events, post_entries};
 use crate::{Store, StoreError};
-use coffer_domain::movement::{balance_event, state_change_events, Settlement, WalletRef};
+use coffer_domain::movement::{balance_event, state_change_events, Movement, Settlement, WalletRef};
 
 /// A checked move of transaction `transaction_id` from `from` to `to`.
 #[derive(Debug, Clone)]
@@ -29,6 +29,10 @@ pub struct Transition {
     pub note: Option<Note>,
     /// What must also still hold of the withdrawal's signed transaction.
     pub guard: Option<Guard>,
+    /// A movement of its own that goes with the change, in the same database transaction: the
+    /// coin gas of a token withdrawal (`coffer_domain::gas::plan_withdrawal_gas`), booked once by
+    /// its ledger key.
+    pub companion: Option<Movement>,
 }
 
 /// A condition on a withdrawal's signed transaction, checked in the same write as the state:
@@ -124,7 +128,13 @@ impl Transition {
             ledger: None,
             note: None,
             guard: None,
+            companion: None,
         }
+    }
+
+    pub fn with_companion(mut self, movement: Option<Movement>) -> Self {
+        self.companion = movement;
+        self
     }
 
     pub fn with_guard(mut self, guard: Guard) -> Self {
@@ -166,6 +176,11 @@ impl Store {
         if let Some(ledger) = &transition.ledger {
             accounts = ledger.account_ids();
         }
+        if let Some(companion) = &transition.companion {
+            self.ensure_platform_accounts(companion.ledger.asset(), companion.decimals)
+                .await?;
+            accounts.extend(companion.ledger.account_ids());
+        }
         let _guard = self.lock_accounts(&accounts).await?;
         let shared = std::sync::Arc::new((self.clone(), transition.clone(), change, audits));
         self.with_transaction(|session| {
@@ -173,6 +188,10 @@ impl Store {
             Box::pin(async move {
                 let (store, transition, change, audits) = &*shared;
                 let written = write_transition(store, session, transition, change).await?;
+                if let Some(companion) = &transition.companion {
+                    crate::batch::write_one(&store.db, session, store.audit_keys(), companion.clone().into())
+                        .await?;
+                }
                 store.audit_in(session, audits.clone()).await?;
                 Ok(written)
             })
