@@ -1,18 +1,22 @@
 //! Reserves read from the chain (issue 17 item 1): the reconciler's [`CustodySource`] for one
 //! chain. For each asset it reads what the platform holds — every hot wallet that signed on the
-//! chain (plus any configured) and every deposit address of the asset — at a block deep enough
+//! chain or was swept to (plus any configured) and every deposit address of the asset (of the
+//! chain, for its coin) — at a block deep enough
 //! that the ledger has caught up with it: the listener's checkpoint, less the asset's
 //! confirmations. What is still in flight at that block is corrected for: deposits mined but
 //! still confirming (on chain, not yet custody) are subtracted, withdrawals mined but not yet
-//! settled (custody, no longer on chain) are added back. The result is what the custody account
+//! settled (custody, no longer on chain) are added back, and so is the coin gas of sweeps mined
+//! but not yet booked. The result is what the custody account
 //! must show (docs/chain.md, "Reserves").
 
 use std::sync::Arc;
 
 use alloy::primitives::{Address, U256};
+use coffer_domain::sweep::{gas_cost, SweepState};
 use coffer_domain::{Amount, AssetConfig, LiveCatalog};
 use coffer_store::custody::ADDRESS_PAGE_MAX;
 use coffer_store::reconcile::{ChainReading, CustodySource};
+use coffer_store::sweeps::SWEEP_PAGE_MAX;
 use coffer_store::Store;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -73,12 +77,14 @@ impl ChainCustody {
         Ok(scanned.saturating_sub(depth))
     }
 
-    /// Every address whose holdings count for `asset`: hot wallets, then deposit addresses —
+    /// Every address whose holdings count for `asset`: hot wallets (configured, signing, or
+    /// swept to), then deposit addresses —
     /// for the chain's coin every deposit address of the chain, since a token's deposit address
     /// keeps what is left of the coin its sweeps were funded with.
     async fn holders(&self, asset: &AssetConfig) -> Result<Vec<Address>, ChainError> {
         let mut texts = self.hot_wallets.clone();
         texts.extend(self.store.signing_wallets(&self.chain).await?);
+        texts.extend(self.store.sweep_targets(&self.chain).await?);
         let only = asset.contract.is_some().then_some(asset.symbol.as_str());
         let mut after: Option<String> = None;
         loop {
@@ -127,6 +133,40 @@ impl ChainCustody {
         Ok(amount_of(total))
     }
 
+    /// The coin gas of open sweeps (and their gas fundings) mined at or before `block`: gone
+    /// from the chain, booked only once they have their confirmations.
+    async fn sweep_gas_in_flight(&self, block: u64) -> Result<Amount, ChainError> {
+        let open = self.store.open_sweeps(&self.chain, SWEEP_PAGE_MAX).await?;
+        let mut total = Amount::ZERO;
+        for sweep in &open {
+            let funding = sweep
+                .funding
+                .as_ref()
+                .filter(|_| sweep.state() == Some(SweepState::Funding));
+            let sent = matches!(sweep.state(), Some(SweepState::Signed | SweepState::Broadcasted));
+            let hashes = [
+                funding.map(|f| f.tx_hash.as_str()),
+                sweep.tx_hash.as_deref().filter(|_| sent),
+            ];
+            for hash in hashes.into_iter().flatten() {
+                let hash = hash
+                    .parse()
+                    .map_err(|_| ChainError::Rpc(format!("sweep {} has a bad hash", sweep.id)))?;
+                let Some(receipt) = self.rpc.receipt(hash).await? else {
+                    continue;
+                };
+                if receipt.block_number.is_some_and(|mined| mined <= block) {
+                    let gas = gas_cost(receipt.gas_used, receipt.effective_gas_price)
+                        .ok_or_else(|| ChainError::Rpc("sweep gas overflows".into()))?;
+                    total = total
+                        .checked_add(gas)
+                        .ok_or_else(|| ChainError::Rpc("sweep gas overflows".into()))?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     async fn read(&self, asset: &AssetConfig) -> Result<ChainReading, ChainError> {
         let block = self.reading_block(asset).await?;
         let holders = self.holders(asset).await?;
@@ -140,8 +180,13 @@ impl ChainCustody {
             .store
             .unsettled_outflow_up_to(&self.chain, &asset.symbol, block, gas_in_asset)
             .await?;
+        let unbooked_gas = match asset.contract {
+            None => self.sweep_gas_in_flight(block).await?,
+            Some(_) => Amount::ZERO,
+        };
         let custody = on_chain
             .checked_add(unsettled)
+            .and_then(|a| a.checked_add(unbooked_gas))
             .and_then(|a| a.checked_sub(confirming))
             .ok_or_else(|| {
                 ChainError::Rpc(format!(

@@ -69,6 +69,26 @@ impl Store {
             .collect())
     }
 
+    /// Every hot wallet sweeps on `chain` went to (it holds what they moved even before it
+    /// signs anything), at most 1000.
+    pub async fn sweep_targets(&self, chain: &str) -> Result<Vec<String>, StoreError> {
+        let pipeline = vec![
+            doc! { "$match": { "chain": chain } },
+            doc! { "$group": { "_id": "$to" } },
+            doc! { "$limit": 1000 },
+        ];
+        let groups: Vec<Document> = self
+            .collection::<Document>(crate::sweeps::SWEEPS)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| g.get_str("_id").ok().map(str::to_string))
+            .collect())
+    }
+
     /// Deposits of `asset` on `chain` mined at or before `block` and still confirming: on chain,
     /// but in the ledger only as pending against suspense, not yet in custody.
     pub async fn confirming_deposits_up_to(
