@@ -758,6 +758,13 @@ impl Sweeper {
         }
     }
 
+    /// Whether `from`'s transaction count at the latest block is past `nonce`: then a version is
+    /// mined (its receipt is read next poll) or another transaction took the nonce; either way
+    /// a replacement could never be mined.
+    async fn nonce_spent(&self, from: Address, nonce: i64) -> Result<bool, ChainError> {
+        Ok(self.rpc.latest_nonce(from).await? > nonce.max(0) as u64)
+    }
+
     /// Counts and logs a stored replacement, then sends it (a refusal is logged: the next poll
     /// re-sends the latest version while the node does not know it).
     async fn send_replacement(
@@ -788,6 +795,9 @@ impl Sweeper {
     ) -> Result<(), ChainError> {
         if format!("{:#x}", self.hot.address()) != funding.from {
             tracing::warn!(sweep = %sweep.id, from = %funding.from, "stuck funding from another hot wallet: not replaced");
+            return Ok(());
+        }
+        if self.nonce_spent(self.hot.address(), funding.nonce).await? {
             return Ok(());
         }
         let latest = fees_of(funding.max_fee_per_gas, funding.max_priority_fee_per_gas);
@@ -839,6 +849,12 @@ impl Sweeper {
         let Some(latest) = sweep.latest().filter(|_| sweep.contract.is_none()) else {
             return Ok(());
         };
+        if self
+            .nonce_spent(parse_address(&sweep.address)?, sweep.nonce)
+            .await?
+        {
+            return Ok(());
+        }
         let signed_at = sweep.signed_at.unwrap_or(sweep.updated_at);
         let current = fees_of(latest.max_fee_per_gas, latest.max_priority_fee_per_gas);
         let versions = sweep.replaced.len() + 1;
