@@ -6,7 +6,15 @@
 //! Broadcasted ──receipt + confirmations──► Confirmed (gas → fees) | Failed (reverted; gas → fees)
 //! token sweep lacking gas: Planned ──hot wallet signs gas funding (its next nonce)──► Funding
 //!   Funding ──funding confirmed (its gas → fees)──► Funded ──sign+store──► Signed ──► …
+//! Funding | Broadcasted (coin) ──unmined past stuck_after──► re-signed, same nonce, higher fees
 //! ```
+//!
+//! A stuck funding (hot-wallet signer) or coin sweep (deposit key; its value lowered so the higher
+//! gas still fits, `coffer_domain::sweep::replan_native`) is replaced with the fees of the
+//! withdrawals' rule (`coffer_domain::replacement::next_fees`), stored conditionally on the
+//! replaced version still being the latest, then sent. Every version is kept; the one mined (any of
+//! them: they share a nonce) is booked. Token sweeps are not replaced (more gas would need another
+//! funding).
 //!
 //! The gas funding is signed by the broadcaster's own [`Signer`] and takes its nonce from the
 //! same stored nonce record as withdrawals, so the hot wallet's nonces never collide.
