@@ -17,6 +17,7 @@ use coffer_chain::hd::account_xpub_of_mnemonic;
 use coffer_chain::signer::{LocalSigner, Signer};
 use coffer_chain::sweep_signer::{account_xprv_of_mnemonic, LocalDepositSigner};
 use coffer_chain::sweeper::{Sweeper, SweeperConfig};
+use coffer_domain::replacement::ReplacementPolicy;
 use coffer_domain::sweep::{SweepPolicy, SweepState};
 use coffer_domain::Amount;
 use coffer_store::reconcile::{CheckStatus, ReconcileConfig, ReconcileMetrics, Reconciler};
@@ -37,14 +38,29 @@ fn policy(min_atomic: u128) -> SweepPolicy {
     }
 }
 
+/// A sweeper that replaces nothing in a test's time (unmined for less than 300 s).
 fn sweeper(w: &World, hot: Arc<dyn Signer>) -> Sweeper {
+    replacing_after(w, hot, Duration::from_secs(300))
+}
+
+/// A sweeper that replaces a funding or a coin sweep unmined for `stuck_after`.
+fn replacing_after(w: &World, hot: Arc<dyn Signer>, stuck_after: Duration) -> Sweeper {
     let mut policies = BTreeMap::new();
     policies.insert("ETH".to_string(), policy(10_000_000 * GWEI)); // 0.01 ETH
     policies.insert("CTT".to_string(), policy(1_000_000)); // 1 CTT
-    sweeper_with(w, hot, policies)
+    let replacement = ReplacementPolicy {
+        stuck_after,
+        max_fee_per_gas_cap: 500 * GWEI,
+    };
+    sweeper_with(w, hot, policies, replacement)
 }
 
-fn sweeper_with(w: &World, hot: Arc<dyn Signer>, policies: BTreeMap<String, SweepPolicy>) -> Sweeper {
+fn sweeper_with(
+    w: &World,
+    hot: Arc<dyn Signer>,
+    policies: BTreeMap<String, SweepPolicy>,
+    replacement: ReplacementPolicy,
+) -> Sweeper {
     let xpub = account_xpub_of_mnemonic(DEPOSIT_MNEMONIC).unwrap();
     let xprv = account_xprv_of_mnemonic(DEPOSIT_MNEMONIC).unwrap();
     let signer = Arc::new(LocalDepositSigner::from_xprv(&xprv, &xpub).unwrap());
@@ -53,6 +69,7 @@ fn sweeper_with(w: &World, hot: Arc<dyn Signer>, policies: BTreeMap<String, Swee
         poll_interval: Duration::from_millis(50),
         max_priority_fee_per_gas: GWEI,
         policies,
+        replacement,
     };
     Sweeper::new(
         config,
@@ -357,4 +374,279 @@ async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_
         a.poll_once().await.unwrap();
     }
     assert_eq!(w.app.store.sweeps(CHAIN, 10).await.unwrap().len(), 2);
+}
+
+async fn automine(w: &World, on: bool) {
+    w.anvil.call("evm_setAutomine", json!([on])).await;
+}
+
+async fn has_receipt(w: &World, hash: &str) -> bool {
+    !w.anvil
+        .call("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .is_null()
+}
+
+/// The chain's sweep of `asset` (there is at most one per asset in these tests).
+async fn sweep_of(w: &World, asset: &str) -> SweepDoc {
+    let sweeps = w.app.store.sweeps(CHAIN, 10).await.unwrap();
+    sweeps
+        .into_iter()
+        .find(|s| s.asset == asset)
+        .unwrap_or_else(|| panic!("no {asset} sweep"))
+}
+
+/// Both sweepers poll at once, past their `stuck_after`: the replacements they stored.
+async fn replace_together(a: &Sweeper, b: &Sweeper, stuck_after: Duration) -> u64 {
+    tokio::time::sleep(stuck_after + Duration::from_millis(100)).await;
+    let (ra, rb) = tokio::join!(a.poll_once(), b.poll_once());
+    ra.unwrap().replaced + rb.unwrap().replaced
+}
+
+/// Whether `new` raises `old` by at least 12.5 %.
+fn raised(new: i64, old: i64) -> bool {
+    i128::from(new) * 1000 >= i128::from(old) * 1125
+}
+
+/// The fee movement's chain reference: the hash of the version that was mined.
+async fn fee_reference(w: &World, fee_transaction_id: Option<&str>) -> Option<String> {
+    let fee = w
+        .app
+        .store
+        .transaction_by_id(fee_transaction_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fee.kind, coffer_domain::TxKind::Fee);
+    fee.external_reference
+}
+
+#[tokio::test]
+async fn chain_a_stuck_coin_sweep_is_replaced_once_with_higher_fees_and_less_value_and_settles_once() {
+    let w = world(&[spec("ETH", 18, None, 1)], "ETH", Options::default()).await;
+    let listener = w.listener(50);
+    w.anvil.send_eth(&w.address, eth("1")).await;
+    listener.poll_once().await.unwrap();
+    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
+    let hot_text = format!("{:#x}", hot.address());
+    automine(&w, false).await;
+
+    let patient = sweeper(&w, hot.clone());
+    let first = patient.poll_once().await.unwrap();
+    assert_eq!(
+        (first.signed, first.broadcast, first.replaced),
+        (1, 1, 0),
+        "{first:?}"
+    );
+    assert_eq!(patient.poll_once().await.unwrap().replaced, 0, "not stuck yet");
+    let original = sweep_of(&w, "ETH").await;
+    assert_eq!(original.state(), Some(SweepState::Broadcasted));
+
+    // Two replicas with a 400 ms limit, past it, at once: one replacement is stored.
+    let stuck_after = Duration::from_millis(400);
+    let (a, b) = (
+        replacing_after(&w, hot.clone(), stuck_after),
+        replacing_after(&w, hot.clone(), stuck_after),
+    );
+    assert_eq!(replace_together(&a, &b, stuck_after).await, 1);
+    let replacement = sweep_of(&w, "ETH").await;
+    assert_eq!(replacement.state(), Some(SweepState::Broadcasted));
+    assert_ne!(replacement.tx_hash, original.tx_hash);
+    assert_eq!(
+        replacement.replaced,
+        vec![original.latest().unwrap()],
+        "both versions are kept"
+    );
+    assert!(
+        raised(replacement.max_fee_per_gas, original.max_fee_per_gas)
+            && raised(
+                replacement.max_priority_fee_per_gas,
+                original.max_priority_fee_per_gas
+            ),
+        "both fee fields raised by at least 12.5%: {original:?} -> {replacement:?}"
+    );
+    let one = 1_000_000_000_000_000_000u128;
+    let (old_value, new_value): (u128, u128) = (
+        original.value.parse().unwrap(),
+        replacement.value.parse().unwrap(),
+    );
+    let reserve = 21_000 * replacement.max_fee_per_gas as u128;
+    assert!(new_value < old_value, "the higher gas comes out of the value");
+    assert!(new_value + reserve <= one, "value and gas still fit the balance");
+
+    w.anvil.mine(1).await;
+    automine(&w, true).await;
+    let mut done = None;
+    for _ in 0..100 {
+        let (ra, rb) = tokio::join!(a.poll_once(), b.poll_once());
+        assert_eq!(ra.unwrap().replaced + rb.unwrap().replaced, 0);
+        let sweep = sweep_of(&w, "ETH").await;
+        if sweep.state() == Some(SweepState::Confirmed) {
+            done = Some(sweep);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = done.expect("the sweep is confirmed within 10 s");
+    let (old_hash, new_hash) = (
+        original.tx_hash.clone().unwrap(),
+        replacement.tx_hash.clone().unwrap(),
+    );
+    let receipts = [has_receipt(&w, &old_hash).await, has_receipt(&w, &new_hash).await];
+    assert_eq!(
+        receipts,
+        [false, true],
+        "exactly one version is mined: the replacement"
+    );
+    assert_eq!(done.mined_tx_hash.as_deref(), Some(new_hash.as_str()));
+    let fee = gas_paid(&w, &new_hash).await;
+    assert_eq!(
+        done.fee.as_deref(),
+        Some(fee.to_string().as_str()),
+        "the mined version's gas"
+    );
+    assert_eq!(
+        fee_reference(&w, done.fee_transaction_id.as_deref()).await,
+        Some(new_hash.clone())
+    );
+    assert_eq!(
+        w.anvil.balance(&hot_text).await,
+        U256::from(new_value),
+        "paid once"
+    );
+    assert_eq!(
+        w.anvil.balance(&w.address).await,
+        U256::from(one - new_value - fee)
+    );
+    assert_eq!(
+        w.balances().await,
+        ("1".into(), "0".into()),
+        "the user is untouched"
+    );
+
+    listener.poll_once().await.unwrap();
+    custody_status(&w, &hot_text).await;
+    w.app.assert_books_balance().await;
+    for _ in 0..3 {
+        a.poll_once().await.unwrap();
+    }
+    assert_eq!(w.app.store.sweeps(CHAIN, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn chain_a_stuck_gas_funding_is_replaced_once_with_the_same_hot_wallet_nonce_and_the_mined_version_is_booked(
+) {
+    let placeholder = "0x0000000000000000000000000000000000000001";
+    let w = world(
+        &[spec("ETH", 18, None, 1), spec("CTT", 6, Some(placeholder), 1)],
+        "CTT",
+        Options::default(),
+    )
+    .await;
+    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
+    w.app.catalog.replace(catalog(&[
+        spec("ETH", 18, None, 1),
+        spec("CTT", 6, Some(&token), 1),
+    ]));
+    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
+    let hot_text = format!("{:#x}", hot.address());
+    let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot.clone()));
+    let broadcaster = broadcaster(&w, hot.clone());
+
+    // A coin sweep fills the hot wallet (booked coin only: custody stays exact).
+    let eth_wallet = w.app.create_wallet(&w.user, "ETH").await;
+    let reply = w
+        .app
+        .get(
+            &format!("/v1/wallets/{eth_wallet}/deposit-address"),
+            &w.user.access_token,
+        )
+        .await;
+    let eth_address = reply.body["address"].as_str().unwrap().to_string();
+    w.anvil.send_eth(&eth_address, eth("1")).await;
+    let listener = w.listener(50);
+    listener.poll_once().await.unwrap();
+    sweep_until_final(&w, (&a, &b), &broadcaster, 1).await;
+
+    // Tokens arrive; the node stops mining; the funding is sent and waits in the pool.
+    w.anvil
+        .send_token(&token, &w.address, U256::from(25_500_000u64))
+        .await;
+    listener.poll_once().await.unwrap();
+    automine(&w, false).await;
+    assert_eq!(a.poll_once().await.unwrap().funding, 1);
+    assert_eq!(a.poll_once().await.unwrap().replaced, 0, "not stuck yet");
+    let original = sweep_of(&w, "CTT").await;
+    assert_eq!(original.state(), Some(SweepState::Funding));
+    let first = original.funding.clone().unwrap();
+    assert_eq!(
+        w.app.store.recorded_nonce(CHAIN, &hot_text).await.unwrap(),
+        Some(1)
+    );
+
+    let stuck_after = Duration::from_millis(400);
+    let (c, d) = (
+        replacing_after(&w, hot.clone(), stuck_after),
+        replacing_after(&w, hot.clone(), stuck_after),
+    );
+    assert_eq!(replace_together(&c, &d, stuck_after).await, 1);
+    let stuck = sweep_of(&w, "CTT").await;
+    assert_eq!(stuck.state(), Some(SweepState::Funding));
+    let second = stuck.funding.clone().unwrap();
+    assert_eq!(
+        (second.nonce, second.value.as_str(), second.from.as_str()),
+        (first.nonce, first.value.as_str(), hot_text.as_str()),
+        "the same nonce, value and hot wallet"
+    );
+    assert_ne!(second.tx_hash, first.tx_hash);
+    assert_eq!(second.replaced, vec![first.latest()], "both versions are kept");
+    assert!(
+        raised(second.max_fee_per_gas, first.max_fee_per_gas)
+            && raised(second.max_priority_fee_per_gas, first.max_priority_fee_per_gas),
+        "{first:?} -> {second:?}"
+    );
+    assert_eq!(
+        w.app.store.recorded_nonce(CHAIN, &hot_text).await.unwrap(),
+        Some(1),
+        "a replacement takes no new nonce"
+    );
+
+    w.anvil.mine(1).await;
+    automine(&w, true).await;
+    let sweeps = sweep_until_final(&w, (&c, &d), &broadcaster, 2).await;
+    let tokens = sweeps.iter().find(|s| s.asset == "CTT").unwrap();
+    assert_eq!(tokens.state(), Some(SweepState::Confirmed), "{sweeps:?}");
+    let funding = tokens.funding.clone().unwrap();
+    let receipts = [
+        has_receipt(&w, &first.tx_hash).await,
+        has_receipt(&w, &second.tx_hash).await,
+    ];
+    assert_eq!(
+        receipts,
+        [false, true],
+        "exactly one version is mined: the replacement"
+    );
+    assert_eq!(funding.mined_tx_hash.as_deref(), Some(second.tx_hash.as_str()));
+    let funding_gas = gas_paid(&w, &second.tx_hash).await;
+    assert_eq!(funding.fee.as_deref(), Some(funding_gas.to_string().as_str()));
+    assert_eq!(
+        fee_reference(&w, funding.fee_transaction_id.as_deref()).await,
+        Some(second.tx_hash.clone())
+    );
+    let sweep_gas = gas_paid(&w, tokens.tx_hash.as_deref().unwrap()).await;
+    let funded: u128 = funding.value.parse().unwrap();
+    assert_eq!(
+        w.anvil.balance(&w.address).await,
+        U256::from(funded - sweep_gas),
+        "funded once"
+    );
+    assert_eq!(
+        w.anvil.token_balance(&token, &hot_text).await,
+        U256::from(25_500_000u64)
+    );
+    assert_eq!(w.anvil.rpc.latest_nonce(hot.address()).await.unwrap(), 1);
+
+    listener.poll_once().await.unwrap();
+    custody_status(&w, &hot_text).await;
+    w.app.assert_books_balance().await;
 }

@@ -6,7 +6,15 @@
 //! Broadcasted ──receipt + confirmations──► Confirmed (gas → fees) | Failed (reverted; gas → fees)
 //! token sweep lacking gas: Planned ──hot wallet signs gas funding (its next nonce)──► Funding
 //!   Funding ──funding confirmed (its gas → fees)──► Funded ──sign+store──► Signed ──► …
+//! Funding | Broadcasted (coin) ──unmined past stuck_after──► re-signed, same nonce, higher fees
 //! ```
+//!
+//! A stuck funding (hot-wallet signer) or coin sweep (deposit key; its value lowered so the higher
+//! gas still fits, `coffer_domain::sweep::replan_native`) is replaced with the fees of the
+//! withdrawals' rule (`coffer_domain::replacement::next_fees`), stored conditionally on the
+//! replaced version still being the latest, then sent. Every version is kept; the one mined (any of
+//! them: they share a nonce) is booked. Token sweeps are not replaced (more gas would need another
+//! funding).
 //!
 //! The gas funding is signed by the broadcaster's own [`Signer`] and takes its nonce from the
 //! same stored nonce record as withdrawals, so the hot wallet's nonces never collide.
@@ -26,24 +34,27 @@ pub use alloy::primitives::Address;
 use alloy::primitives::{Bytes, TxKind, U256};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::sol_types::SolCall;
+use coffer_domain::replacement::{next_fees, Fees, NoReplacement, ReplacementPolicy};
 use coffer_domain::sweep::{
-    check_ceiling, plan_gas_fee, plan_native, plan_token, MinedSweep, NoSweep, SweepFees, SweepPolicy,
-    SweepState, NATIVE_TRANSFER_GAS,
+    check_ceiling, plan_gas_fee, plan_native, plan_token, replan_native, MinedSweep, NativeSweep, NoSweep,
+    SweepFees, SweepPolicy, SweepState, NATIVE_TRANSFER_GAS,
 };
 use coffer_domain::{Amount, AssetConfig, LiveCatalog};
-use coffer_store::sweeps::{FundingDoc, Leg, SweepDoc};
+use coffer_store::sweeps::{FundingDoc, Leg, SweepDoc, TxVersion};
 use coffer_store::{Store, StoreError};
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::broadcaster::transferCall;
 use crate::rpc::Rpc;
-use crate::signer::Signer;
+use crate::signer::{SignedTx, Signer};
 use crate::sweep_signer::DepositKeySigner;
 use crate::ChainError;
 
 /// Outcomes of `coffer_sweeps_total{asset,outcome}`.
-pub const SWEEP_OUTCOMES: [&str; 8] = [
+pub const SWEEP_OUTCOMES: [&str; 10] = [
     "funded",
+    "replaced",
+    "replacement_unaffordable",
     "signed",
     "confirmed",
     "failed",
@@ -65,7 +76,7 @@ impl SweepMetrics {
             sweeps: IntCounterVec::new(
                 Opts::new(
                     "coffer_sweeps_total",
-                    "Sweeps of deposit addresses to the hot wallet, by outcome: funded (a token sweep's gas sent by the hot wallet and confirmed), signed, confirmed, failed (reverted), dust (below the minimum), gas_above_ceiling (round skipped), claimed_elsewhere (another replica), send_error.",
+                    "Sweeps of deposit addresses to the hot wallet, by outcome: funded (a token sweep's gas sent by the hot wallet and confirmed), replaced (a stuck funding or coin sweep re-signed with the same nonce and higher fees), replacement_unaffordable (a stuck coin sweep's balance no longer covers the higher gas: not replaced), signed, confirmed, failed (reverted), dust (below the minimum), gas_above_ceiling (round skipped), claimed_elsewhere (another replica), send_error.",
                 ),
                 &["asset", "outcome"],
             )
@@ -93,6 +104,9 @@ pub struct SweeperConfig {
     pub max_priority_fee_per_gas: u128,
     /// The policy of each swept asset (by symbol); assets without one are not swept.
     pub policies: BTreeMap<String, SweepPolicy>,
+    /// When a sent funding or coin sweep counts as stuck, and the highest fee a replacement may
+    /// offer: the broadcaster's policy.
+    pub replacement: ReplacementPolicy,
 }
 
 /// What one poll did.
@@ -107,6 +121,8 @@ pub struct SweepOutcome {
     pub dust: u64,
     pub skipped_for_gas: bool,
     pub claimed_elsewhere: u64,
+    /// Stuck fundings and coin sweeps re-signed with higher fees.
+    pub replaced: u64,
 }
 
 pub struct Sweeper {
@@ -145,6 +161,47 @@ fn raw_bytes(id: &str, raw: &str) -> Result<Vec<u8>, ChainError> {
 fn wei(id: &str, text: &str) -> Result<U256, ChainError> {
     text.parse::<U256>()
         .map_err(|_| ChainError::Rpc(format!("sweep {id} has a bad amount {text}")))
+}
+
+/// What the chain shows of a leg's versions.
+enum Seen {
+    /// None is mined (the latest was re-sent if the node had lost it).
+    Unmined,
+    /// One is mined, without the coin's confirmations yet.
+    Mined,
+    /// This version is mined with its confirmations.
+    Settled(String, Box<TransactionReceipt>),
+}
+
+/// What following a leg did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Followed {
+    /// No version is mined: it may be stuck.
+    Unmined,
+    /// Mined and waiting for confirmations, or recorded by another replica meanwhile.
+    Pending,
+    /// Recorded: the leg succeeded or reverted.
+    Finished { succeeded: bool },
+}
+
+/// Stored fee fields as the replacement rule reads them.
+fn fees_of(max_fee_per_gas: i64, max_priority_fee_per_gas: i64) -> Fees {
+    Fees {
+        max_fee_per_gas: max_fee_per_gas.max(0) as u128,
+        max_priority_fee_per_gas: max_priority_fee_per_gas.max(0) as u128,
+    }
+}
+
+/// A signed version as stored.
+fn version_of(signed: &SignedTx, value: &str, fees: Fees) -> Result<TxVersion, ChainError> {
+    Ok(TxVersion {
+        tx_hash: format!("{:#x}", signed.hash),
+        raw_tx: format!("0x{}", hex::encode(&signed.raw)),
+        value: value.to_string(),
+        max_fee_per_gas: fee_i64(fees.max_fee_per_gas)?,
+        max_priority_fee_per_gas: fee_i64(fees.max_priority_fee_per_gas)?,
+        signed_at: Some(coffer_store::codec::now()),
+    })
 }
 
 /// What one address's sweep will send, before it is claimed.
@@ -442,6 +499,9 @@ impl Sweeper {
             state: SweepState::Planned.as_str().to_string(),
             raw_tx: None,
             tx_hash: None,
+            signed_at: None,
+            replaced: Vec::new(),
+            mined_tx_hash: None,
             gas_used: None,
             effective_gas_price: None,
             fee: None,
@@ -472,11 +532,16 @@ impl Sweeper {
                     sweep.id
                 ))));
             };
-            if !self
-                .follow(coin, &mut sweep, Leg::Funding, &funding.tx_hash, &funding.raw_tx)
+            match self
+                .follow(coin, &mut sweep, Leg::Funding, &funding.versions())
                 .await?
             {
-                return Ok(());
+                Followed::Finished { succeeded: true } => {}
+                Followed::Unmined => {
+                    self.replace_funding(&sweep, &funding, chain_id, outcome).await?;
+                    return Ok(());
+                }
+                _ => return Ok(()),
             }
         }
         if matches!(sweep.state(), Some(SweepState::Planned | SweepState::Funded))
@@ -491,7 +556,11 @@ impl Sweeper {
             self.broadcast(&mut sweep, &hash, &raw, outcome).await?;
         }
         if sweep.state() == Some(SweepState::Broadcasted) {
-            self.follow(coin, &mut sweep, Leg::Sweep, &hash, &raw).await?;
+            let versions = sweep.versions();
+            if self.follow(coin, &mut sweep, Leg::Sweep, &versions).await? == Followed::Unmined {
+                self.replace_sweep(&sweep, chain_id, outcome).await?;
+                return Ok(());
+            }
             match sweep.state() {
                 Some(SweepState::Confirmed) => {
                     self.metrics.count(&sweep.asset, "confirmed");
@@ -562,6 +631,7 @@ impl Sweeper {
         sweep.state = SweepState::Signed.as_str().to_string();
         sweep.raw_tx = Some(raw);
         sweep.tx_hash = Some(hash);
+        sweep.signed_at = Some(coffer_store::codec::now());
         Ok(true)
     }
 
@@ -624,6 +694,7 @@ impl Sweeper {
             value,
             ..Default::default()
         };
+        let (max_fee, priority) = (tx.max_fee_per_gas, tx.max_priority_fee_per_gas);
         let signed = self.hot.sign(tx).await?;
         let funding = FundingDoc {
             from: from_text,
@@ -631,6 +702,11 @@ impl Sweeper {
             value: value.to_string(),
             raw_tx: format!("0x{}", hex::encode(&signed.raw)),
             tx_hash: format!("{:#x}", signed.hash),
+            max_fee_per_gas: fee_i64(max_fee)?,
+            max_priority_fee_per_gas: fee_i64(priority)?,
+            signed_at: Some(coffer_store::codec::now()),
+            replaced: Vec::new(),
+            mined_tx_hash: None,
             gas_used: None,
             effective_gas_price: None,
             fee: None,
@@ -657,42 +733,223 @@ impl Sweeper {
         Ok(true)
     }
 
-    /// The receipt of `hash` once it has the coin's confirmations; re-sends `raw` while the
-    /// node does not know it.
+    /// The fees of the next version of a leg whose latest version offers `latest` and was signed
+    /// at `signed_at`, once it is stuck: the withdrawals' replacement rule
+    /// ([`next_fees`]: at least +12.5 % on both fields, under the cap), against the sweeper's
+    /// own suggestion at today's base fee. `None`: not stuck yet, or not replaced (logged).
+    async fn replacement_fees(
+        &self,
+        sweep_id: &str,
+        latest: Fees,
+        signed_at: coffer_store::codec::Time,
+        versions: usize,
+    ) -> Result<Option<Fees>, ChainError> {
+        let policy = &self.config.replacement;
+        let unmined_for = (coffer_store::codec::now() - signed_at)
+            .to_std()
+            .unwrap_or_default();
+        if unmined_for < policy.stuck_after {
+            return Ok(None);
+        }
+        let now = self.fees().await?;
+        let suggested = Fees {
+            max_fee_per_gas: now.max_fee_per_gas().unwrap_or(u128::MAX),
+            max_priority_fee_per_gas: now.max_priority_fee_per_gas,
+        };
+        match next_fees(policy, latest, suggested, unmined_for, versions) {
+            Ok(fees) => Ok(Some(fees)),
+            Err(NoReplacement::NotStuck) => Ok(None),
+            Err(why) => {
+                tracing::debug!(sweep = %sweep_id, %why, "stuck sweep not replaced");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether `from`'s transaction count at the latest block is past `nonce`: then a version is
+    /// mined (its receipt is read next poll) or another transaction took the nonce; either way
+    /// a replacement could never be mined.
+    async fn nonce_spent(&self, from: Address, nonce: i64) -> Result<bool, ChainError> {
+        Ok(self.rpc.latest_nonce(from).await? > nonce.max(0) as u64)
+    }
+
+    /// Counts and logs a stored replacement, then sends it (a refusal is logged: the next poll
+    /// re-sends the latest version while the node does not know it).
+    async fn send_replacement(
+        &self,
+        sweep: &SweepDoc,
+        what: &str,
+        signed: &SignedTx,
+        outcome: &mut SweepOutcome,
+    ) {
+        self.metrics.count(&sweep.asset, "replaced");
+        outcome.replaced += 1;
+        let tx_hash = format!("{:#x}", signed.hash);
+        tracing::info!(sweep = %sweep.id, %tx_hash, what, "stuck sweep transaction re-signed with the same nonce and higher fees");
+        if let Err(error) = self.rpc.send_raw(&signed.raw).await {
+            tracing::warn!(sweep = %sweep.id, what, %error, "replacement not accepted yet; re-sent next poll");
+        }
+    }
+
+    /// Re-signs a stuck gas funding with the hot wallet's signer: the same nonce and value, the
+    /// fees of the replacement rule. Stored (only while `funding`'s latest version is still the
+    /// latest: of two replicas one stores, the other drops its signature unsent), then sent.
+    async fn replace_funding(
+        &self,
+        sweep: &SweepDoc,
+        funding: &FundingDoc,
+        chain_id: u64,
+        outcome: &mut SweepOutcome,
+    ) -> Result<(), ChainError> {
+        if format!("{:#x}", self.hot.address()) != funding.from {
+            tracing::warn!(sweep = %sweep.id, from = %funding.from, "stuck funding from another hot wallet: not replaced");
+            return Ok(());
+        }
+        if self.nonce_spent(self.hot.address(), funding.nonce).await? {
+            return Ok(());
+        }
+        let latest = fees_of(funding.max_fee_per_gas, funding.max_priority_fee_per_gas);
+        let signed_at = funding.signed_at.unwrap_or(sweep.updated_at);
+        let versions = funding.replaced.len() + 1;
+        let Some(fees) = self
+            .replacement_fees(&sweep.id, latest, signed_at, versions)
+            .await?
+        else {
+            return Ok(());
+        };
+        let tx = TxEip1559 {
+            chain_id,
+            nonce: funding.nonce.max(0) as u64,
+            gas_limit: NATIVE_TRANSFER_GAS,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: TxKind::Call(parse_address(&sweep.address)?),
+            value: wei(&sweep.id, &funding.value)?,
+            ..Default::default()
+        };
+        let signed = self.hot.sign(tx).await?;
+        let next = funding.replaced_by(version_of(&signed, &funding.value, fees)?);
+        match self
+            .store
+            .record_funding_replacement(&sweep.id, &funding.tx_hash, &next)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::StateConflict) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.send_replacement(sweep, "gas funding", &signed, outcome)
+            .await;
+        Ok(())
+    }
+
+    /// Re-signs a stuck coin sweep with its deposit key: the same nonce, the fees of the
+    /// replacement rule, and a value lowered so the higher gas still fits the balance
+    /// ([`replan_native`]; when nothing would be left it is not replaced). Stored (only while its
+    /// latest version is still the latest), then sent. Token sweeps are not replaced: more gas
+    /// would need another funding.
+    async fn replace_sweep(
+        &self,
+        sweep: &SweepDoc,
+        chain_id: u64,
+        outcome: &mut SweepOutcome,
+    ) -> Result<(), ChainError> {
+        let Some(latest) = sweep.latest().filter(|_| sweep.contract.is_none()) else {
+            return Ok(());
+        };
+        if self
+            .nonce_spent(parse_address(&sweep.address)?, sweep.nonce)
+            .await?
+        {
+            return Ok(());
+        }
+        let signed_at = sweep.signed_at.unwrap_or(sweep.updated_at);
+        let current = fees_of(latest.max_fee_per_gas, latest.max_priority_fee_per_gas);
+        let versions = sweep.replaced.len() + 1;
+        let Some(fees) = self
+            .replacement_fees(&sweep.id, current, signed_at, versions)
+            .await?
+        else {
+            return Ok(());
+        };
+        let stuck = NativeSweep {
+            value: Amount::from_atomic(wei(&sweep.id, &sweep.value)?),
+            gas_limit: sweep.gas_limit.max(0) as u64,
+            max_fee_per_gas: current.max_fee_per_gas,
+            max_priority_fee_per_gas: current.max_priority_fee_per_gas,
+        };
+        let balance = Amount::from_atomic(self.rpc.balance(parse_address(&sweep.address)?).await?);
+        let plan = match replan_native(&stuck, balance, fees) {
+            Ok(plan) => plan,
+            Err(why) => {
+                tracing::warn!(sweep = %sweep.id, %why, "stuck sweep not replaced: its balance does not cover the higher gas");
+                self.metrics.count(&sweep.asset, "replacement_unaffordable");
+                return Ok(());
+            }
+        };
+        let mut next = sweep.clone();
+        next.value = plan.value.to_string();
+        next.max_fee_per_gas = fee_i64(plan.max_fee_per_gas)?;
+        next.max_priority_fee_per_gas = fee_i64(plan.max_priority_fee_per_gas)?;
+        let index = u32::try_from(sweep.index)
+            .map_err(|_| ChainError::Derivation(format!("deposit index {} out of range", sweep.index)))?;
+        let signed = self.signer.sign(index, self.payload(&next, chain_id)?).await?;
+        let version = version_of(&signed, &next.value, fees)?;
+        match self.store.record_sweep_replacement(sweep, &version).await {
+            Ok(()) => {}
+            Err(StoreError::StateConflict) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.send_replacement(sweep, "sweep", &signed, outcome).await;
+        Ok(())
+    }
+
+    /// Which of `versions` (all spending one nonce) the chain mined, with its receipt once it has
+    /// the coin's confirmations. When none is mined, the latest is re-sent if the node does not
+    /// know it.
     async fn settled_receipt(
         &self,
         coin: &AssetConfig,
         sweep_id: &str,
-        (hash, raw): (&str, &str),
-    ) -> Result<Option<TransactionReceipt>, ChainError> {
-        let hash = hex_hash(hash)?;
-        let Some(receipt) = self.rpc.receipt(hash).await? else {
-            if self.rpc.transaction(hash).await?.is_none() {
-                let _ = self.rpc.send_raw(&raw_bytes(sweep_id, raw)?).await;
+        versions: &[TxVersion],
+    ) -> Result<Seen, ChainError> {
+        for version in versions.iter().take(coffer_store::sweeps::VERSIONS_MAX) {
+            let Some(receipt) = self.rpc.receipt(hex_hash(&version.tx_hash)?).await? else {
+                continue;
+            };
+            let Some(mined_in) = receipt.block_number else {
+                return Ok(Seen::Mined);
+            };
+            let head = self.rpc.head().await?;
+            let required = u64::from(coin.confirmations_required.max(1));
+            if head.saturating_sub(mined_in) + 1 < required {
+                return Ok(Seen::Mined);
             }
-            return Ok(None);
-        };
-        let Some(mined_in) = receipt.block_number else {
-            return Ok(None);
-        };
-        let head = self.rpc.head().await?;
-        let confirmed = head.saturating_sub(mined_in) + 1 >= u64::from(coin.confirmations_required.max(1));
-        Ok(confirmed.then_some(receipt))
+            return Ok(Seen::Settled(version.tx_hash.clone(), Box::new(receipt)));
+        }
+        if let Some(latest) = versions.last() {
+            if self.rpc.transaction(hex_hash(&latest.tx_hash)?).await?.is_none() {
+                let _ = self.rpc.send_raw(&raw_bytes(sweep_id, &latest.raw_tx)?).await;
+            }
+        }
+        Ok(Seen::Unmined)
     }
 
-    /// Follows a sent leg of the sweep (its gas funding, or itself) to the chain's verdict and
-    /// books the gas its receipt reports with the new state. Returns whether the leg succeeded.
+    /// Follows a sent leg of the sweep (its gas funding, or itself; any of its versions) to the
+    /// chain's verdict and books the gas the mined version's receipt reports with the new state.
     async fn follow(
         &self,
         coin: &AssetConfig,
         sweep: &mut SweepDoc,
         leg: Leg,
-        hash: &str,
-        raw: &str,
-    ) -> Result<bool, ChainError> {
-        let Some(receipt) = self.settled_receipt(coin, &sweep.id, (hash, raw)).await? else {
-            return Ok(false);
+        versions: &[TxVersion],
+    ) -> Result<Followed, ChainError> {
+        let (hash, receipt) = match self.settled_receipt(coin, &sweep.id, versions).await? {
+            Seen::Settled(hash, receipt) => (hash, receipt),
+            Seen::Mined => return Ok(Followed::Pending),
+            Seen::Unmined => return Ok(Followed::Unmined),
         };
+        let hash = hash.as_str();
         let (from, to, key, paid) = match (leg, receipt.status()) {
             (Leg::Funding, ok) => {
                 let to = if ok {
@@ -730,14 +987,14 @@ impl Sweeper {
         };
         let fee = plan_gas_fee(origin, &mined, coin)
             .map_err(|e| ChainError::Config(format!("booking sweep gas: {e}")))?;
-        let (gas, price) = (receipt.gas_used, receipt.effective_gas_price);
+        let gas = (receipt.gas_used, receipt.effective_gas_price);
         match self
             .store
-            .finish_sweep(sweep, leg, from, to, gas, price, fee)
+            .finish_sweep(sweep, leg, from, to, hash, gas, fee)
             .await
         {
             Ok(()) => {}
-            Err(StoreError::StateConflict) => return Ok(false),
+            Err(StoreError::StateConflict) => return Ok(Followed::Pending),
             Err(e) => return Err(e.into()),
         }
         match (leg, to) {
@@ -746,6 +1003,8 @@ impl Sweeper {
             _ => {}
         }
         sweep.state = to.as_str().to_string();
-        Ok(receipt.status())
+        Ok(Followed::Finished {
+            succeeded: receipt.status(),
+        })
     }
 }

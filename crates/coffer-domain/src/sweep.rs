@@ -18,6 +18,7 @@ use crate::asset::AssetConfig;
 use crate::ledger::{LedgerError, LedgerTransaction, Posting, TxKind};
 use crate::movement::Movement;
 use crate::plan::Origin;
+use crate::replacement::Fees;
 use crate::Bucket;
 
 /// Gas of a plain value transfer to an address without code.
@@ -114,6 +115,26 @@ pub fn plan_native(policy: &SweepPolicy, balance: Amount, fees: SweepFees) -> Re
         value,
         gas_limit: NATIVE_TRANSFER_GAS,
         max_fee_per_gas,
+        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+    })
+}
+
+/// The replacement of a stuck native sweep `stuck` (same nonce) offering `fees` (from
+/// [`crate::replacement::next_fees`]): a higher maximum fee reserves more gas, so the value is
+/// lowered until `value + gas_limit × max_fee_per_gas ≤ balance` (what the address holds now),
+/// and never raised above the stuck version's. [`NoSweep::GasExceedsBalance`] when nothing
+/// would be left to send: then the sweep is not replaced.
+pub fn replan_native(stuck: &NativeSweep, balance: Amount, fees: Fees) -> Result<NativeSweep, NoSweep> {
+    let reserve = gas_cost(stuck.gas_limit, fees.max_fee_per_gas).ok_or(NoSweep::Overflow)?;
+    let value = balance
+        .checked_sub(reserve)
+        .map(|fits| fits.min(stuck.value))
+        .filter(|v| !v.is_zero())
+        .ok_or(NoSweep::GasExceedsBalance)?;
+    Ok(NativeSweep {
+        value,
+        gas_limit: stuck.gas_limit,
+        max_fee_per_gas: fees.max_fee_per_gas,
         max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
     })
 }
@@ -367,6 +388,35 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_native_sweep_sends_less_so_its_higher_gas_still_fits() {
+        let balance = Amount::from_u128(1_000_000_000 * GWEI); // 1 ETH
+        let stuck = plan_native(&policy(), balance, fees(10, 1)).unwrap();
+        let bumped = Fees {
+            max_fee_per_gas: 24 * GWEI,
+            max_priority_fee_per_gas: 2 * GWEI,
+        };
+        let next = replan_native(&stuck, balance, bumped).unwrap();
+        assert_eq!(
+            next.value,
+            Amount::from_u128(1_000_000_000 * GWEI - 21_000 * 24 * GWEI)
+        );
+        assert!(next.value < stuck.value);
+        assert_eq!((next.gas_limit, next.max_fee_per_gas), (21_000, 24 * GWEI));
+        assert_eq!(next.max_priority_fee_per_gas, 2 * GWEI);
+        let more = Amount::from_u128(2_000_000_000 * GWEI);
+        assert_eq!(
+            replan_native(&stuck, more, bumped).unwrap().value,
+            stuck.value,
+            "a deposit arriving meanwhile is not swept by the replacement"
+        );
+        let little = Amount::from_u128(21_000 * 24 * GWEI);
+        assert_eq!(
+            replan_native(&stuck, little, bumped),
+            Err(NoSweep::GasExceedsBalance)
+        );
+    }
+
+    #[test]
     fn erc20_gas_is_funded_with_exactly_the_shortfall() {
         let tokens = Amount::from_u128(10_000_000 * GWEI);
         let needed = 65_000 * 21 * GWEI;
@@ -507,6 +557,39 @@ mod tests {
             !Funding.can_become(Signed),
             "a sweep is signed only once its gas is confirmed"
         );
+    }
+
+    proptest! {
+        /// A replacement never spends more than the address holds, nor sends more than the
+        /// version it replaces, and offers exactly the replacement's fees.
+        #[test]
+        fn a_replaced_sweep_never_spends_more_than_the_address_holds(
+            balance in 0u128..=u128::MAX / 4,
+            old_value in 1u128..=u128::MAX / 4,
+            max_fee in 0u128..=1_000 * GWEI,
+            tip_share in 0u128..=100,
+        ) {
+            let stuck = NativeSweep {
+                value: Amount::from_u128(old_value),
+                gas_limit: NATIVE_TRANSFER_GAS,
+                max_fee_per_gas: 1,
+                max_priority_fee_per_gas: 1,
+            };
+            let fees = Fees { max_fee_per_gas: max_fee, max_priority_fee_per_gas: max_fee * tip_share / 100 };
+            let balance = Amount::from_u128(balance);
+            let reserve = gas_cost(NATIVE_TRANSFER_GAS, max_fee).unwrap();
+            match replan_native(&stuck, balance, fees) {
+                Ok(next) => {
+                    prop_assert!(next.value.checked_add(reserve).unwrap() <= balance);
+                    prop_assert!(next.value <= stuck.value && !next.value.is_zero());
+                    prop_assert_eq!((next.max_fee_per_gas, next.max_priority_fee_per_gas),
+                        (fees.max_fee_per_gas, fees.max_priority_fee_per_gas));
+                    prop_assert_eq!(next.gas_limit, stuck.gas_limit);
+                }
+                Err(NoSweep::GasExceedsBalance) => prop_assert!(balance <= reserve),
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
     }
 
     proptest! {

@@ -58,8 +58,20 @@ pub struct SweepDoc {
     pub max_priority_fee_per_gas: i64,
     /// A [`SweepState`] name.
     pub state: String,
+    /// The latest signed version (`value` and the fee fields above are its own).
     pub raw_tx: Option<String>,
     pub tx_hash: Option<String>,
+    /// When the latest version was signed (`None` in sweeps stored before replacement existed:
+    /// `updated_at` stands in).
+    #[serde(default, with = "crate::codec::time_opt")]
+    pub signed_at: Option<crate::codec::Time>,
+    /// Earlier versions replaced with higher fees (same nonce), oldest first: any one of them may
+    /// still be mined instead of the latest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<TxVersion>,
+    /// The hash of the version the chain mined (set with the final state).
+    #[serde(default)]
+    pub mined_tx_hash: Option<String>,
     /// From the receipt.
     pub gas_used: Option<i64>,
     pub effective_gas_price: Option<i64>,
@@ -80,12 +92,81 @@ pub struct FundingDoc {
     pub nonce: i64,
     /// Atomic units of the chain's coin, decimal.
     pub value: String,
+    /// The latest signed version.
     pub raw_tx: String,
     pub tx_hash: String,
+    /// The latest version's EIP-1559 fee fields, wei per gas (0 in fundings stored before
+    /// replacement existed).
+    #[serde(default)]
+    pub max_fee_per_gas: i64,
+    #[serde(default)]
+    pub max_priority_fee_per_gas: i64,
+    /// When the latest version was signed (`None` before replacement existed: the sweep's
+    /// `updated_at` stands in).
+    #[serde(default, with = "crate::codec::time_opt")]
+    pub signed_at: Option<crate::codec::Time>,
+    /// Earlier versions replaced with higher fees (same hot-wallet nonce), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<TxVersion>,
+    /// The hash of the version the chain mined (set with `funded` or `failed`).
+    #[serde(default)]
+    pub mined_tx_hash: Option<String>,
     pub gas_used: Option<i64>,
     pub effective_gas_price: Option<i64>,
     pub fee: Option<String>,
     pub fee_transaction_id: Option<String>,
+}
+
+/// One signed version of a sweep or of its funding: all versions share a nonce, so at most one
+/// is ever mined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxVersion {
+    pub tx_hash: String,
+    pub raw_tx: String,
+    /// What it sends (atomic units, decimal): a replaced native sweep sends less.
+    pub value: String,
+    pub max_fee_per_gas: i64,
+    pub max_priority_fee_per_gas: i64,
+    #[serde(default, with = "crate::codec::time_opt")]
+    pub signed_at: Option<crate::codec::Time>,
+}
+
+/// The most versions a sweep or a funding keeps (the original and its replacements), as for
+/// withdrawals.
+pub const VERSIONS_MAX: usize = coffer_domain::replacement::VERSIONS_MAX;
+
+impl FundingDoc {
+    /// The latest version.
+    pub fn latest(&self) -> TxVersion {
+        TxVersion {
+            tx_hash: self.tx_hash.clone(),
+            raw_tx: self.raw_tx.clone(),
+            value: self.value.clone(),
+            max_fee_per_gas: self.max_fee_per_gas,
+            max_priority_fee_per_gas: self.max_priority_fee_per_gas,
+            signed_at: self.signed_at,
+        }
+    }
+
+    /// Every version, oldest first, the latest last.
+    pub fn versions(&self) -> Vec<TxVersion> {
+        let mut all = self.replaced.clone();
+        all.push(self.latest());
+        all
+    }
+
+    /// This funding with `next` as its latest version and the current one kept in `replaced`.
+    pub fn replaced_by(&self, next: TxVersion) -> FundingDoc {
+        let mut record = self.clone();
+        record.replaced.push(self.latest());
+        record.tx_hash = next.tx_hash;
+        record.raw_tx = next.raw_tx;
+        record.value = next.value;
+        record.max_fee_per_gas = next.max_fee_per_gas;
+        record.max_priority_fee_per_gas = next.max_priority_fee_per_gas;
+        record.signed_at = next.signed_at;
+        record
+    }
 }
 
 /// Which of a sweep's transactions was mined: the sweep itself, or its gas funding.
@@ -112,6 +193,25 @@ impl SweepDoc {
 
     pub fn key(chain: &str, address: &str, nonce: u64) -> String {
         format!("{chain}:{address}:{nonce}")
+    }
+
+    /// The latest signed version, once signed.
+    pub fn latest(&self) -> Option<TxVersion> {
+        Some(TxVersion {
+            tx_hash: self.tx_hash.clone()?,
+            raw_tx: self.raw_tx.clone()?,
+            value: self.value.clone(),
+            max_fee_per_gas: self.max_fee_per_gas,
+            max_priority_fee_per_gas: self.max_priority_fee_per_gas,
+            signed_at: self.signed_at,
+        })
+    }
+
+    /// Every signed version, oldest first, the latest last (empty before signing).
+    pub fn versions(&self) -> Vec<TxVersion> {
+        let mut all = self.replaced.clone();
+        all.extend(self.latest());
+        all
     }
 }
 
@@ -208,7 +308,7 @@ impl Store {
                 doc! { "_id": id, "state": { "$in": signable.to_vec() }, "raw_tx": null },
                 doc! { "$set": {
                     "state": SweepState::Signed.as_str(), "raw_tx": raw_tx, "tx_hash": tx_hash,
-                    "updated_at": DateTime::now(),
+                    "signed_at": DateTime::now(), "updated_at": DateTime::now(),
                 } },
             )
             .await?;
@@ -262,6 +362,68 @@ impl Store {
         .await
     }
 
+    /// Stores `next`, the replacement of broadcast sweep `current`'s latest version (same nonce,
+    /// higher fees, a value that still fits), keeping that version in `replaced`, before it is
+    /// sent. [`StoreError::StateConflict`] (nothing written; the caller discards its signature
+    /// unsent) if the sweep moved on or its latest version is no longer `current`'s (another
+    /// replica replaced it first).
+    pub async fn record_sweep_replacement(
+        &self,
+        current: &SweepDoc,
+        next: &TxVersion,
+    ) -> Result<(), StoreError> {
+        let latest = current.latest().ok_or(StoreError::StateConflict)?;
+        let updated = self
+            .collection::<SweepDoc>(SWEEPS)
+            .update_one(
+                doc! {
+                    "_id": &current.id, "state": SweepState::Broadcasted.as_str(),
+                    "tx_hash": &latest.tx_hash,
+                },
+                doc! {
+                    "$set": {
+                        "raw_tx": &next.raw_tx, "tx_hash": &next.tx_hash, "value": &next.value,
+                        "max_fee_per_gas": next.max_fee_per_gas,
+                        "max_priority_fee_per_gas": next.max_priority_fee_per_gas,
+                        "signed_at": DateTime::now(), "updated_at": DateTime::now(),
+                    },
+                    "$push": { "replaced": to_bson(&latest)? },
+                },
+            )
+            .await?;
+        if updated.matched_count != 1 {
+            return Err(StoreError::StateConflict);
+        }
+        Ok(())
+    }
+
+    /// Stores `next` (from [`FundingDoc::replaced_by`]: the same hot-wallet nonce, higher fees)
+    /// as the gas funding of sweep `id`, before it is sent, only while the sweep is funding and
+    /// `current_hash` is still the funding's latest version. The nonce record does not move: the
+    /// replacement spends the nonce the first version took. [`StoreError::StateConflict`]
+    /// (nothing written; the signature is discarded unsent) otherwise.
+    pub async fn record_funding_replacement(
+        &self,
+        id: &str,
+        current_hash: &str,
+        next: &FundingDoc,
+    ) -> Result<(), StoreError> {
+        let updated = self
+            .collection::<SweepDoc>(SWEEPS)
+            .update_one(
+                doc! {
+                    "_id": id, "state": SweepState::Funding.as_str(),
+                    "funding.tx_hash": current_hash, "funding.nonce": next.nonce,
+                },
+                doc! { "$set": { "funding": to_bson(next)?, "updated_at": DateTime::now() } },
+            )
+            .await?;
+        if updated.matched_count != 1 {
+            return Err(StoreError::StateConflict);
+        }
+        Ok(())
+    }
+
     /// `from → to` without money (signed → broadcasted, planned → failed).
     pub async fn move_sweep(&self, id: &str, from: SweepState, to: SweepState) -> Result<(), StoreError> {
         if !from.can_become(to) {
@@ -281,8 +443,8 @@ impl Store {
     }
 
     /// Records a mined leg of a sweep: the sweep itself (`to` is Confirmed, or Failed for a
-    /// reverted one) or its gas funding (`to` is Funded, or Failed): the state, the receipt's
-    /// gas and, when it cost anything, the domain's booking `fee` of it
+    /// reverted one) or its gas funding (`to` is Funded, or Failed): the state, which version was
+    /// mined (`mined_tx_hash`), its receipt's gas and, when it cost anything, the domain's booking `fee` of it
     /// (`coffer_domain::sweep::plan_gas_fee`), in one database transaction.
     /// [`StoreError::StateConflict`] if another writer recorded it first.
     #[allow(clippy::too_many_arguments)]
@@ -292,8 +454,8 @@ impl Store {
         leg: Leg,
         from: SweepState,
         to: SweepState,
-        gas_used: u64,
-        effective_gas_price: u128,
+        mined_tx_hash: &str,
+        (gas_used, effective_gas_price): (u64, u128),
         fee: Option<Movement>,
     ) -> Result<(), StoreError> {
         let mined = match leg {
@@ -325,12 +487,14 @@ impl Store {
             to,
             gas,
             price,
+            mined_tx_hash.to_string(),
         ));
         self.with_transaction(|session| {
             let shared = shared.clone();
             Box::pin(async move {
-                let (store, id, movement, leg, from, to, gas, price) = &*shared;
+                let (store, id, movement, leg, from, to, gas, price, mined_hash) = &*shared;
                 let mut set = doc! { "state": to.as_str(), "updated_at": DateTime::now() };
+                set.insert(leg.field("mined_tx_hash"), mined_hash.as_str());
                 set.insert(leg.field("gas_used"), *gas);
                 set.insert(leg.field("effective_gas_price"), *price);
                 if let Some(movement) = movement {

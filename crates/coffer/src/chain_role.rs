@@ -129,6 +129,8 @@ fn sweeper(
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(1000)),
         max_priority_fee_per_gas: 1_000_000_000,
         policies,
+        // The broadcaster's policy: a stuck funding holds up the withdrawals' nonces too.
+        replacement: args.replacement.policy(),
     };
     let metrics = SweepMetrics::new(registry)?;
     Ok(Some(
