@@ -139,17 +139,15 @@ impl ChainCustody {
         let open = self.store.open_sweeps(&self.chain, SWEEP_PAGE_MAX).await?;
         let mut total = Amount::ZERO;
         for sweep in &open {
-            let funding = sweep
-                .funding
-                .as_ref()
-                .filter(|_| sweep.state() == Some(SweepState::Funding));
-            let sent = matches!(sweep.state(), Some(SweepState::Signed | SweepState::Broadcasted));
-            let hashes = [
-                funding.map(|f| f.tx_hash.as_str()),
-                sweep.tx_hash.as_deref().filter(|_| sent),
-            ];
-            for hash in hashes.into_iter().flatten() {
-                let hash = hash
+            // Every version spends one nonce: at most one of them has a receipt.
+            let versions = match sweep.state() {
+                Some(SweepState::Funding) => sweep.funding.as_ref().map(|f| f.versions()).unwrap_or_default(),
+                Some(SweepState::Signed | SweepState::Broadcasted) => sweep.versions(),
+                _ => Vec::new(),
+            };
+            for version in &versions {
+                let hash = version
+                    .tx_hash
                     .parse()
                     .map_err(|_| ChainError::Rpc(format!("sweep {} has a bad hash", sweep.id)))?;
                 let Some(receipt) = self.rpc.receipt(hash).await? else {
