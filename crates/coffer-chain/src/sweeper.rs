@@ -34,10 +34,11 @@ pub use alloy::primitives::Address;
 use alloy::primitives::{Bytes, TxKind, U256};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::sol_types::SolCall;
+use coffer_domain::gas::PaidGas;
 use coffer_domain::replacement::{next_fees, Fees, NoReplacement, ReplacementPolicy};
 use coffer_domain::sweep::{
-    check_ceiling, plan_gas_fee, plan_native, plan_token, replan_native, MinedSweep, NativeSweep, NoSweep,
-    SweepFees, SweepPolicy, SweepState, NATIVE_TRANSFER_GAS,
+    check_ceiling, plan_gas_fee, plan_native, plan_token, replan_native, NativeSweep, NoSweep, SweepFees,
+    SweepPolicy, SweepState, NATIVE_TRANSFER_GAS,
 };
 use coffer_domain::{Amount, AssetConfig, LiveCatalog};
 use coffer_store::sweeps::{FundingDoc, Leg, SweepDoc, TxVersion};
@@ -973,8 +974,8 @@ impl Sweeper {
                 (SweepState::Broadcasted, to, sweep.id.clone(), sweep.to.clone())
             }
         };
-        let mined = MinedSweep {
-            sweep_id: &key,
+        let mined = PaidGas {
+            ledger_key: String::new(),
             tx_hash: Some(hash),
             to: &paid,
             gas_used: receipt.gas_used,
@@ -985,7 +986,7 @@ impl Sweeper {
             now: chrono::Utc::now(),
             initiated_by: "sweeper".to_string(),
         };
-        let fee = plan_gas_fee(origin, &mined, coin)
+        let fee = plan_gas_fee(origin, &key, mined, coin)
             .map_err(|e| ChainError::Config(format!("booking sweep gas: {e}")))?;
         let gas = (receipt.gas_used, receipt.effective_gas_price);
         match self

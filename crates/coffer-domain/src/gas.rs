@@ -14,7 +14,8 @@ use crate::sweep::gas_fee_booking;
 /// A mined transaction the platform paid gas for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaidGas<'a> {
-    /// Books it at most once: `sweep:<id>`, `withdrawal-gas:<id>`.
+    /// Books it at most once: `sweep:<id>`, `withdrawal-gas:<id>` (set by [`plan_withdrawal_gas`]
+    /// and [`crate::sweep::plan_gas_fee`] from what paid it).
     pub ledger_key: String,
     pub tx_hash: Option<&'a str>,
     /// Where the transaction went (the fee's destination, for people reading the books).

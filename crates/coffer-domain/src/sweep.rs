@@ -196,33 +196,21 @@ pub fn gas_cost(gas: u64, price_per_gas: u128) -> Option<Amount> {
     Some(Amount::from_atomic(product))
 }
 
-/// A mined sweep, as its fee booking names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MinedSweep<'a> {
-    pub sweep_id: &'a str,
-    pub tx_hash: Option<&'a str>,
-    /// The hot wallet it paid.
-    pub to: &'a str,
-    pub gas_used: u64,
-    pub effective_gas_price: u128,
-}
-
-/// The movement booking a mined sweep's gas, when it cost anything: a `fee` transaction
-/// (custody → fees, see [`gas_fee_booking`]) final at once, with the ledger key `sweep:<id>` so
-/// a sweep's gas is booked once.
+/// The movement booking the gas a mined sweep (or its gas funding) paid, when it cost anything:
+/// a `fee` transaction (custody → fees, see [`gas_fee_booking`]) final at once, with the ledger
+/// key `sweep:<key>` so it is booked once (`key` is the sweep's id, `<id>:funding` for its
+/// funding).
 pub fn plan_gas_fee(
     origin: Origin,
-    sweep: &MinedSweep<'_>,
-    asset: &AssetConfig,
+    key: &str,
+    paid: crate::gas::PaidGas<'_>,
+    coin: &AssetConfig,
 ) -> Result<Option<Movement>, LedgerError> {
     let paid = crate::gas::PaidGas {
-        ledger_key: format!("sweep:{}", sweep.sweep_id),
-        tx_hash: sweep.tx_hash,
-        to: sweep.to,
-        gas_used: sweep.gas_used,
-        effective_gas_price: sweep.effective_gas_price,
+        ledger_key: format!("sweep:{key}"),
+        ..paid
     };
-    crate::gas::plan_paid_gas(origin, &paid, asset)
+    crate::gas::plan_paid_gas(origin, &paid, coin)
 }
 
 /// The booking of a confirmed sweep's gas, `gas_used × effective_gas_price` from its receipt:
@@ -503,14 +491,16 @@ mod tests {
             now: "2026-12-04T10:00:00Z".parse().unwrap(),
             initiated_by: "sweeper".into(),
         };
-        let mined = MinedSweep {
-            sweep_id: "ethereum:0xabc:0",
+        let mined = crate::gas::PaidGas {
+            ledger_key: String::new(),
             tx_hash: Some("0x01"),
             to: "0xhot",
             gas_used: 21_000,
             effective_gas_price: 7 * GWEI,
         };
-        let fee = plan_gas_fee(origin(), &mined, &eth).unwrap().unwrap();
+        let fee = plan_gas_fee(origin(), "ethereum:0xabc:0", mined.clone(), &eth)
+            .unwrap()
+            .unwrap();
         assert_eq!(fee.ledger_key, "sweep:ethereum:0xabc:0");
         assert_eq!(
             (fee.ledger.kind(), fee.state),
@@ -525,11 +515,14 @@ mod tests {
             fee.participants.is_empty() && fee.events.is_empty(),
             "no user is touched"
         );
-        let free = MinedSweep {
+        let free = crate::gas::PaidGas {
             effective_gas_price: 0,
             ..mined
         };
-        assert_eq!(plan_gas_fee(origin(), &free, &eth).unwrap(), None);
+        assert_eq!(
+            plan_gas_fee(origin(), "ethereum:0xabc:0", free, &eth).unwrap(),
+            None
+        );
     }
 
     #[test]
