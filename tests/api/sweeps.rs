@@ -682,3 +682,111 @@ async fn chain_reserves_add_back_the_gas_of_a_sweep_mined_but_not_yet_followed()
     custody_status(&w).await;
     w.app.assert_books_balance().await;
 }
+
+fn planned(id: &str, address: &str) -> SweepDoc {
+    let now = coffer_store::codec::now();
+    SweepDoc {
+        id: id.into(),
+        chain: CHAIN.into(),
+        asset: "CTT".into(),
+        address: address.into(),
+        index: 0,
+        nonce: 0,
+        to: "0x00000000000000000000000000000000000000aa".into(),
+        value: "25500000".into(),
+        contract: Some("0x00000000000000000000000000000000000000cc".into()),
+        funding_needed: Some("1000".into()),
+        funding: None,
+        gas_limit: 100_000,
+        max_fee_per_gas: 2,
+        max_priority_fee_per_gas: 1,
+        state: SweepState::Planned.as_str().into(),
+        raw_tx: None,
+        tx_hash: None,
+        signed_at: None,
+        replaced: Vec::new(),
+        mined_tx_hash: None,
+        gas_used: None,
+        effective_gas_price: None,
+        fee: None,
+        fee_transaction_id: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn funding(nonce: i64, hash: &str) -> coffer_store::sweeps::FundingDoc {
+    coffer_store::sweeps::FundingDoc {
+        from: "0x00000000000000000000000000000000000000aa".into(),
+        nonce,
+        value: "1000".into(),
+        raw_tx: "0x02".into(),
+        tx_hash: hash.into(),
+        max_fee_per_gas: 2,
+        max_priority_fee_per_gas: 1,
+        signed_at: None,
+        replaced: Vec::new(),
+        mined_tx_hash: None,
+        gas_used: None,
+        effective_gas_price: None,
+        fee: None,
+        fee_transaction_id: None,
+    }
+}
+
+/// The store's half of "one nonce sequence": a funding signed from a stale read of the hot
+/// wallet's nonce record, or for a sweep that moved on, writes nothing — neither the funding nor
+/// the nonce (the advance rolls back with the sweep update in one transaction).
+#[tokio::test]
+async fn a_funding_from_a_stale_nonce_read_or_for_a_sweep_already_funding_writes_nothing() {
+    let app = coffer_test_support::TestApp::spawn().await;
+    let store = &app.store;
+    let hot = "0x00000000000000000000000000000000000000aa";
+    let (a, b) = (planned("anvil:0xa:0", "0xa"), planned("anvil:0xb:0", "0xb"));
+    store.claim_sweep(&a).await.unwrap();
+    store.claim_sweep(&b).await.unwrap();
+    store
+        .record_sweep_funding(CHAIN, &a.id, None, &funding(0, "0x01"))
+        .await
+        .unwrap();
+    assert_eq!(store.recorded_nonce(CHAIN, hot).await.unwrap(), Some(1));
+
+    // b read the record before a took nonce 0 (it saw none): refused, nothing written.
+    let stale = store
+        .record_sweep_funding(CHAIN, &b.id, None, &funding(0, "0x02"))
+        .await;
+    assert!(
+        matches!(stale, Err(coffer_store::StoreError::StateConflict)),
+        "{stale:?}"
+    );
+    assert_eq!(store.recorded_nonce(CHAIN, hot).await.unwrap(), Some(1));
+    let sweeps = store.sweeps(CHAIN, 10).await.unwrap();
+    let b_now = sweeps.iter().find(|s| s.id == b.id).unwrap();
+    assert_eq!(
+        (b_now.state(), b_now.funding.is_none()),
+        (Some(SweepState::Planned), true)
+    );
+
+    store
+        .record_sweep_funding(CHAIN, &b.id, Some(1), &funding(1, "0x03"))
+        .await
+        .unwrap();
+    assert_eq!(store.recorded_nonce(CHAIN, hot).await.unwrap(), Some(2));
+    // b is funding already: a second funding (another replica's) is refused and the nonce it
+    // advanced is rolled back with it.
+    let again = store
+        .record_sweep_funding(CHAIN, &b.id, Some(2), &funding(2, "0x04"))
+        .await;
+    assert!(
+        matches!(again, Err(coffer_store::StoreError::StateConflict)),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.recorded_nonce(CHAIN, hot).await.unwrap(),
+        Some(2),
+        "rolled back"
+    );
+    let sweeps = store.sweeps(CHAIN, 10).await.unwrap();
+    let b_now = sweeps.iter().find(|s| s.id == b.id).unwrap();
+    assert_eq!(b_now.funding.as_ref().map(|f| f.tx_hash.as_str()), Some("0x03"));
+}

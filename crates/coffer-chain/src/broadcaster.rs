@@ -449,7 +449,14 @@ impl Broadcaster {
                 let Some(record) = tx.broadcast.clone().filter(|b| b.chain == self.config.chain) else {
                     continue;
                 };
-                self.follow(&tx, &record, asset, head, outcome).await?;
+                if let Err(error) = self.follow(&tx, &record, asset, head, outcome).await {
+                    // One withdrawal that cannot move on does not hold up the others.
+                    self.metrics
+                        .poll_errors
+                        .with_label_values(&[&self.config.chain, "broadcaster"])
+                        .inc();
+                    tracing::warn!(transaction_id = %tx.id, %error, "withdrawal not followed; retried next poll");
+                }
             }
         }
         Ok(())
@@ -739,9 +746,13 @@ impl Broadcaster {
             return Ok(None);
         };
         let assets = self.chain_assets();
+        // Without the coin its gas cannot be booked: the withdrawal is not settled (the poll
+        // error is counted) rather than settled with its cost missing from the books for good.
         let Some(coin) = assets.iter().find(|a| a.contract.is_none()) else {
-            tracing::warn!(transaction_id = %tx.id, chain = %self.config.chain, "no coin asset in the catalog: the token withdrawal's gas is not booked");
-            return Ok(None);
+            return Err(ChainError::Config(format!(
+                "withdrawal {}: chain {} has no coin asset in the catalog to book the token withdrawal's gas in",
+                tx.id, self.config.chain
+            )));
         };
         let paid = PaidGas {
             ledger_key: String::new(),

@@ -137,6 +137,12 @@ impl ChainCustody {
     /// from the chain, booked only once they have their confirmations.
     async fn sweep_gas_in_flight(&self, block: u64) -> Result<Amount, ChainError> {
         let open = self.store.open_sweeps(&self.chain, SWEEP_PAGE_MAX).await?;
+        if open.len() >= SWEEP_PAGE_MAX as usize {
+            return Err(ChainError::Config(format!(
+                "{} has {SWEEP_PAGE_MAX} or more open sweeps: their gas in flight cannot be read whole",
+                self.chain
+            )));
+        }
         let mut total = Amount::ZERO;
         for sweep in &open {
             // Every version spends one nonce: at most one of them has a receipt.

@@ -278,15 +278,17 @@ impl Sweeper {
         let Some((coin, assets)) = self.assets() else {
             return Ok(outcome);
         };
-        if assets.is_empty() {
-            return Ok(outcome);
-        }
         let chain_id = self.rpc.chain_id().await?;
         let open = self.store.open_sweeps(&self.config.chain, 500).await?;
         let busy: HashSet<String> = open.iter().map(|s| s.address.clone()).collect();
+        // Every open sweep is followed, whatever the policies say now: an asset no longer swept
+        // (or gone from the catalog) may have a gas funding holding one of the hot wallet's
+        // nonces, and later withdrawals wait behind it. Everything a sweep needs is stored on it.
         for sweep in open {
-            if assets.iter().any(|(a, _)| a.symbol == sweep.asset) {
-                self.advance(&coin, sweep, chain_id, &mut outcome).await?;
+            let id = sweep.id.clone();
+            if let Err(error) = self.advance(&coin, sweep, chain_id, &mut outcome).await {
+                // One bad sweep does not hold up the others (a funding among them).
+                tracing::warn!(sweep = %id, %error, "sweep not advanced; retried next poll");
             }
         }
         for (asset, policy) in &assets {
