@@ -117,10 +117,12 @@ fn stored_fee(value: u128) -> Result<i64, ChainError> {
         .map_err(|_| ChainError::Config(format!("a fee of {value} wei per gas cannot be stored")))
 }
 
-fn fees_of(record: &BroadcastDoc) -> Fees {
+/// Stored fee fields (wei per gas) as the replacement rule reads them: a withdrawal's, a
+/// sweep's or a gas funding's latest version.
+pub(crate) fn fees_of(max_fee_per_gas: i64, max_priority_fee_per_gas: i64) -> Fees {
     Fees {
-        max_fee_per_gas: record.max_fee_per_gas.max(0) as u128,
-        max_priority_fee_per_gas: record.max_priority_fee_per_gas.max(0) as u128,
+        max_fee_per_gas: max_fee_per_gas.max(0) as u128,
+        max_priority_fee_per_gas: max_priority_fee_per_gas.max(0) as u128,
     }
 }
 
@@ -672,7 +674,7 @@ impl Broadcaster {
         let versions = record.replaced.len() + 1;
         let fees = match next_fees(
             policy,
-            fees_of(record),
+            fees_of(record.max_fee_per_gas, record.max_priority_fee_per_gas),
             self.suggested_fees(gas_price),
             unmined_for,
             versions,

@@ -90,10 +90,12 @@ impl ChainCustody {
         loop {
             let page = self
                 .store
-                .deposit_addresses_page(&self.chain, only, after.as_deref(), ADDRESS_PAGE_MAX)
+                .deposit_address_docs_page(&self.chain, only, after.as_deref(), ADDRESS_PAGE_MAX)
                 .await?;
-            let Some(last) = page.last().cloned() else { break };
-            texts.extend(page);
+            let Some(last) = page.last().map(|d| d.address.clone()) else {
+                break;
+            };
+            texts.extend(page.into_iter().map(|d| d.address));
             if texts.len() > ADDRESSES_MAX {
                 return Err(ChainError::Config(format!(
                     "{} holds funds at more than {ADDRESSES_MAX} addresses",

@@ -45,7 +45,7 @@ use coffer_store::sweeps::{FundingDoc, Leg, SweepDoc, TxVersion};
 use coffer_store::{Store, StoreError};
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::broadcaster::transferCall;
+use crate::broadcaster::{fees_of, transferCall};
 use crate::rpc::Rpc;
 use crate::signer::{SignedTx, Signer};
 use crate::sweep_signer::DepositKeySigner;
@@ -185,14 +185,6 @@ enum Followed {
     Finished { succeeded: bool },
 }
 
-/// Stored fee fields as the replacement rule reads them.
-fn fees_of(max_fee_per_gas: i64, max_priority_fee_per_gas: i64) -> Fees {
-    Fees {
-        max_fee_per_gas: max_fee_per_gas.max(0) as u128,
-        max_priority_fee_per_gas: max_priority_fee_per_gas.max(0) as u128,
-    }
-}
-
 /// A signed version as stored.
 fn version_of(signed: &SignedTx, value: &str, fees: Fees) -> Result<TxVersion, ChainError> {
     Ok(TxVersion {
@@ -202,6 +194,21 @@ fn version_of(signed: &SignedTx, value: &str, fees: Fees) -> Result<TxVersion, C
         max_fee_per_gas: fee_i64(fees.max_fee_per_gas)?,
         max_priority_fee_per_gas: fee_i64(fees.max_priority_fee_per_gas)?,
         signed_at: Some(coffer_store::codec::now()),
+    })
+}
+
+/// The hot wallet's coin transfer of `value` to deposit address `to` at `nonce`: every version
+/// of a gas funding (the first and its replacements) differs only in `fees`.
+fn funding_tx(chain_id: u64, nonce: i64, to: &str, value: U256, fees: Fees) -> Result<TxEip1559, ChainError> {
+    Ok(TxEip1559 {
+        chain_id,
+        nonce: nonce.max(0) as u64,
+        gas_limit: NATIVE_TRANSFER_GAS,
+        max_fee_per_gas: fees.max_fee_per_gas,
+        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        to: TxKind::Call(parse_address(to)?),
+        value,
+        ..Default::default()
     })
 }
 
@@ -326,12 +333,12 @@ impl Sweeper {
         let batch = u32::try_from(policy.batch_max.clamp(1, 1000)).unwrap_or(1000);
         let mut page = self
             .store
-            .deposit_address_docs_page(&self.config.chain, &asset.symbol, after.as_deref(), batch)
+            .deposit_address_docs_page(&self.config.chain, Some(&asset.symbol), after.as_deref(), batch)
             .await?;
         if page.is_empty() && after.is_some() {
             page = self
                 .store
-                .deposit_address_docs_page(&self.config.chain, &asset.symbol, None, batch)
+                .deposit_address_docs_page(&self.config.chain, Some(&asset.symbol), None, batch)
                 .await?;
         }
         let mut cursors = self.cursors.lock().expect("not poisoned");
@@ -684,37 +691,16 @@ impl Sweeper {
         let nonce = recorded
             .unwrap_or(0)
             .max(self.rpc.latest_nonce(from).await? as i64);
-        let fees = self.fees().await?;
-        let tx = TxEip1559 {
-            chain_id,
-            nonce: nonce as u64,
-            gas_limit: NATIVE_TRANSFER_GAS,
-            max_fee_per_gas: fees
+        let suggested = self.fees().await?;
+        let fees = Fees {
+            max_fee_per_gas: suggested
                 .max_fee_per_gas()
                 .ok_or(ChainError::Config("fee overflow".into()))?,
-            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-            to: TxKind::Call(parse_address(&sweep.address)?),
-            value,
-            ..Default::default()
+            max_priority_fee_per_gas: suggested.max_priority_fee_per_gas,
         };
-        let (max_fee, priority) = (tx.max_fee_per_gas, tx.max_priority_fee_per_gas);
+        let tx = funding_tx(chain_id, nonce, &sweep.address, value, fees)?;
         let signed = self.hot.sign(tx).await?;
-        let funding = FundingDoc {
-            from: from_text,
-            nonce,
-            value: value.to_string(),
-            raw_tx: format!("0x{}", hex::encode(&signed.raw)),
-            tx_hash: format!("{:#x}", signed.hash),
-            max_fee_per_gas: fee_i64(max_fee)?,
-            max_priority_fee_per_gas: fee_i64(priority)?,
-            signed_at: Some(coffer_store::codec::now()),
-            replaced: Vec::new(),
-            mined_tx_hash: None,
-            gas_used: None,
-            effective_gas_price: None,
-            fee: None,
-            fee_transaction_id: None,
-        };
+        let funding = FundingDoc::first(from_text, nonce, version_of(&signed, &value.to_string(), fees)?);
         match self
             .store
             .record_sweep_funding(&self.config.chain, &sweep.id, recorded, &funding)
@@ -820,16 +806,8 @@ impl Sweeper {
         else {
             return Ok(());
         };
-        let tx = TxEip1559 {
-            chain_id,
-            nonce: funding.nonce.max(0) as u64,
-            gas_limit: NATIVE_TRANSFER_GAS,
-            max_fee_per_gas: fees.max_fee_per_gas,
-            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-            to: TxKind::Call(parse_address(&sweep.address)?),
-            value: wei(&sweep.id, &funding.value)?,
-            ..Default::default()
-        };
+        let value = wei(&sweep.id, &funding.value)?;
+        let tx = funding_tx(chain_id, funding.nonce, &sweep.address, value, fees)?;
         let signed = self.hot.sign(tx).await?;
         let next = funding.replaced_by(version_of(&signed, &funding.value, fees)?);
         match self

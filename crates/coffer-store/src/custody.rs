@@ -25,15 +25,16 @@ fn add(total: Amount, more: Amount) -> Result<Amount, StoreError> {
 }
 
 impl Store {
-    /// Deposit addresses of `asset` (of every asset when `None`) on `chain` after `after` (by
-    /// address), at most `limit`.
-    pub async fn deposit_addresses_page(
+    /// Deposit addresses (with their index) of `asset` (of every asset when `None`) on `chain`
+    /// after `after` (by address), at most `limit`: the reserves reading and the sweeper page
+    /// through them.
+    pub async fn deposit_address_docs_page(
         &self,
         chain: &str,
         asset: Option<&str>,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<DepositAddressDoc>, StoreError> {
         let mut filter = doc! { "chain": chain };
         if let Some(asset) = asset {
             filter.insert("asset", asset);
@@ -41,15 +42,14 @@ impl Store {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        let page: Vec<DepositAddressDoc> = self
+        Ok(self
             .collection::<DepositAddressDoc>(DEPOSIT_ADDRESSES)
             .find(filter)
             .sort(doc! { "_id": 1 })
             .limit(i64::from(limit.clamp(1, ADDRESS_PAGE_MAX)))
             .await?
             .try_collect()
-            .await?;
-        Ok(page.into_iter().map(|d| d.address).collect())
+            .await?)
     }
 
     /// Every hot wallet that ever signed on `chain` (the nonce records the broadcaster keeps).

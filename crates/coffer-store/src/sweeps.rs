@@ -20,8 +20,6 @@ use mongodb::bson::{doc, to_bson, DateTime};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::write_one;
-use crate::chain::collections::DEPOSIT_ADDRESSES;
-use crate::chain::DepositAddressDoc;
 use crate::withdrawals::{advance_nonce, nonce_key};
 use crate::{Store, StoreError};
 
@@ -136,6 +134,26 @@ pub struct TxVersion {
 pub const VERSIONS_MAX: usize = coffer_domain::replacement::VERSIONS_MAX;
 
 impl FundingDoc {
+    /// A funding of hot wallet `from` at `nonce` whose only version is `first`.
+    pub fn first(from: String, nonce: i64, first: TxVersion) -> FundingDoc {
+        FundingDoc {
+            from,
+            nonce,
+            value: first.value,
+            raw_tx: first.raw_tx,
+            tx_hash: first.tx_hash,
+            max_fee_per_gas: first.max_fee_per_gas,
+            max_priority_fee_per_gas: first.max_priority_fee_per_gas,
+            signed_at: first.signed_at,
+            replaced: Vec::new(),
+            mined_tx_hash: None,
+            gas_used: None,
+            effective_gas_price: None,
+            fee: None,
+            fee_transaction_id: None,
+        }
+    }
+
     /// The latest version.
     pub fn latest(&self) -> TxVersion {
         TxVersion {
@@ -219,28 +237,6 @@ impl SweepDoc {
 pub const SWEEP_PAGE_MAX: u32 = 500;
 
 impl Store {
-    /// Deposit addresses (with their index) of `asset` on `chain` after `after`, at most `limit`.
-    pub async fn deposit_address_docs_page(
-        &self,
-        chain: &str,
-        asset: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<DepositAddressDoc>, StoreError> {
-        let mut filter = doc! { "chain": chain, "asset": asset };
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$gt": after });
-        }
-        Ok(self
-            .collection::<DepositAddressDoc>(DEPOSIT_ADDRESSES)
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::from(limit.clamp(1, crate::custody::ADDRESS_PAGE_MAX)))
-            .await?
-            .try_collect()
-            .await?)
-    }
-
     /// The index the sweeper's reads of open sweeps use (`open_sweeps`, `sweeps`).
     pub(crate) async fn ensure_sweep_indexes(&self) -> Result<(), StoreError> {
         let options = mongodb::options::IndexOptions::builder()
