@@ -82,7 +82,37 @@ pub async fn world_on(anvil: Anvil, specs: &[AssetSpec], asset: &str, options: O
     }
 }
 
+/// A world whose user's wallet is of token `CTT` (6 decimals), beside the coin `ETH`, both at
+/// `confirmations`, with the token's contract deployed on the node; answers the contract.
+pub async fn token_world(confirmations: u32) -> (World, String) {
+    let placeholder = "0x0000000000000000000000000000000000000001";
+    let w = world(
+        &[
+            spec("ETH", 18, None, confirmations),
+            spec("CTT", 6, Some(placeholder), confirmations),
+        ],
+        "CTT",
+        Options::default(),
+    )
+    .await;
+    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
+    w.app.catalog.replace(catalog(&[
+        spec("ETH", 18, None, confirmations),
+        spec("CTT", 6, Some(&token), confirmations),
+    ]));
+    (w, token)
+}
+
 impl World {
+    /// What the chain charged for transaction `hash`: its receipt's `gasUsed × effectiveGasPrice`.
+    pub async fn gas_paid(&self, hash: &str) -> u128 {
+        let receipt = self.anvil.receipt_of(hash).await;
+        let field = |name: &str| {
+            u128::from_str_radix(receipt[name].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        };
+        field("gasUsed") * field("effectiveGasPrice")
+    }
+
     pub fn listener(&self, max_blocks_per_poll: u64) -> Listener {
         let mut config = ListenerConfig::new(CHAIN);
         config.start_block = Some(self.start_block);

@@ -22,7 +22,7 @@ fn fresh_address() -> String {
     format!("{:#x}", LocalSigner::random().address())
 }
 
-async fn reconcile(w: &World, hot_wallets: &[String]) -> ReconciliationRun {
+pub(crate) async fn reconcile(w: &World, hot_wallets: &[String]) -> ReconciliationRun {
     reconcile_with(w, hot_wallets, &prometheus::Registry::new()).await
 }
 
@@ -46,7 +46,7 @@ async fn reconcile_with(
     reconciler.run(&w.app.store, "test", None).await.unwrap()
 }
 
-fn custody_status(run: &ReconciliationRun) -> CheckStatus {
+pub(crate) fn custody_status(run: &ReconciliationRun) -> CheckStatus {
     run.checks.iter().find(|c| c.check == "custody").unwrap().status
 }
 
@@ -163,30 +163,10 @@ async fn chain_a_deposit_past_the_read_block_but_not_yet_credited_is_not_counted
     assert_eq!(custody_status(&run), CheckStatus::Ok, "{:?}", run.findings);
 }
 
-/// The gas a mined transaction paid, from its receipt.
-async fn gas_paid(w: &World, hash: &str) -> u128 {
-    let receipt = w.anvil.receipt_of(hash).await;
-    let field = |name: &str| {
-        u128::from_str_radix(receipt[name].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
-    field("gasUsed") * field("effectiveGasPrice")
-}
-
 #[tokio::test]
 async fn chain_a_token_withdrawals_gas_is_booked_in_the_coin_so_coin_reserves_agree_while_and_after_it_settles(
 ) {
-    let placeholder = "0x0000000000000000000000000000000000000001";
-    let w = world(
-        &[spec("ETH", 18, None, 2), spec("CTT", 6, Some(placeholder), 2)],
-        "CTT",
-        Options::default(),
-    )
-    .await;
-    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
-    w.app.catalog.replace(crate::chain::catalog(&[
-        spec("ETH", 18, None, 2),
-        spec("CTT", 6, Some(&token), 2),
-    ]));
+    let (w, token) = crate::chain::token_world(2).await;
     let listener = w.listener(50);
     // A hot wallet holding coin and tokens that rail deposits booked.
     let signer = Arc::new(LocalSigner::random());
@@ -236,7 +216,7 @@ async fn chain_a_token_withdrawals_gas_is_booked_in_the_coin_so_coin_reserves_ag
         U256::from(4_000_000u64)
     );
     let hash = tx.broadcast.as_ref().unwrap().mined_tx_hash.clone().unwrap();
-    let gas = gas_paid(&w, &hash).await;
+    let gas = w.gas_paid(&hash).await;
     let fees = w
         .app
         .store

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use coffer_chain::broadcaster::{Broadcaster, BroadcasterConfig};
-use coffer_chain::custody::ChainCustody;
 use coffer_chain::hd::account_xpub_of_mnemonic;
 use coffer_chain::signer::{LocalSigner, Signer};
 use coffer_chain::sweep_signer::{account_xprv_of_mnemonic, LocalDepositSigner};
@@ -20,13 +19,13 @@ use coffer_chain::sweeper::{Sweeper, SweeperConfig};
 use coffer_domain::replacement::ReplacementPolicy;
 use coffer_domain::sweep::{SweepPolicy, SweepState};
 use coffer_domain::Amount;
-use coffer_store::reconcile::{CheckStatus, ReconcileConfig, ReconcileMetrics, Reconciler};
+use coffer_store::reconcile::CheckStatus;
 use coffer_store::sweeps::SweepDoc;
 use coffer_test_support::chain::DEPOSIT_MNEMONIC;
 use coffer_test_support::Options;
 use serde_json::json;
 
-use crate::chain::{catalog, eth, spec, world, World, CHAIN};
+use crate::chain::{eth, spec, token_world, world, World, CHAIN};
 
 const GWEI: u128 = 1_000_000_000;
 
@@ -81,34 +80,13 @@ fn sweeper_with(
     )
 }
 
-/// What the chain charged for transaction `hash`: its receipt's `gasUsed × effectiveGasPrice`.
-async fn gas_paid(w: &World, hash: &str) -> u128 {
-    let receipt = w.anvil.receipt_of(hash).await;
-    let field = |name: &str| {
-        u128::from_str_radix(receipt[name].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
-    field("gasUsed") * field("effectiveGasPrice")
-}
-
 /// The reconciler's custody check, Ok. No hot wallet is configured: the reading finds the one
 /// sweeps went to (and signing ones) by itself.
 async fn custody_status(w: &World) -> CheckStatus {
-    let source = ChainCustody::new(
-        CHAIN,
-        w.anvil.rpc.clone(),
-        w.app.store.clone(),
-        w.app.catalog.clone(),
-        Vec::new(),
-    );
-    let reconciler = Reconciler {
-        config: ReconcileConfig::default(),
-        custody: source,
-        metrics: ReconcileMetrics::new(&prometheus::Registry::new()).unwrap(),
-    };
-    let run = reconciler.run(&w.app.store, "test", None).await.unwrap();
-    let check = run.checks.iter().find(|c| c.check == "custody").unwrap();
-    assert!(check.status == CheckStatus::Ok, "custody: {:?}", run.findings);
-    check.status
+    let run = crate::reserves::reconcile(w, &[]).await;
+    let status = crate::reserves::custody_status(&run);
+    assert!(status == CheckStatus::Ok, "custody: {:?}", run.findings);
+    status
 }
 
 #[tokio::test]
@@ -138,7 +116,7 @@ async fn chain_sweep_empties_the_deposit_address_once_books_its_gas_and_reserves
     }
     let sweep = confirmed.expect("the sweep is confirmed within 10 s");
     let hash = sweep.tx_hash.clone().unwrap();
-    let fee = gas_paid(&w, &hash).await;
+    let fee = w.gas_paid(&hash).await;
     assert!(fee > 0, "anvil charges a base fee");
     assert_eq!(
         sweep.fee.as_deref(),
@@ -245,26 +223,14 @@ fn broadcaster(w: &World, hot: Arc<dyn Signer>) -> Broadcaster {
     )
 }
 
-#[tokio::test]
-async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_booked() {
-    let placeholder = "0x0000000000000000000000000000000000000001";
-    let w = world(
-        &[spec("ETH", 18, None, 1), spec("CTT", 6, Some(placeholder), 1)],
-        "CTT",
-        Options::default(),
-    )
-    .await;
-    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
-    w.app.catalog.replace(catalog(&[
-        spec("ETH", 18, None, 1),
-        spec("CTT", 6, Some(&token), 1),
-    ]));
-    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
-    let hot_text = format!("{:#x}", hot.address());
-    let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot.clone()));
-    let broadcaster = broadcaster(&w, hot.clone());
-
-    // The same user's coin wallet: its sweep gives the hot wallet coin to fund gas with.
+/// Gives the user a coin wallet, deposits 1 ETH to it and sweeps it into the hot wallet (booked
+/// coin only: custody stays exact). Answers the wallet, the listener following the chain, and the
+/// confirmed coin sweep.
+async fn fill_hot_wallet(
+    w: &World,
+    sweepers: (&Sweeper, &Sweeper),
+    broadcaster: &Broadcaster,
+) -> (String, coffer_chain::listener::Listener, SweepDoc) {
     let eth_wallet = w.app.create_wallet(&w.user, "ETH").await;
     let reply = w
         .app
@@ -277,7 +243,20 @@ async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_
     w.anvil.send_eth(&eth_address, eth("1")).await;
     let listener = w.listener(50);
     listener.poll_once().await.unwrap();
-    let coin = sweep_until_final(&w, (&a, &b), &broadcaster, 1).await.remove(0);
+    let coin = sweep_until_final(w, sweepers, broadcaster, 1).await.remove(0);
+    (eth_wallet, listener, coin)
+}
+
+#[tokio::test]
+async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_booked() {
+    let (w, token) = token_world(1).await;
+    let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
+    let hot_text = format!("{:#x}", hot.address());
+    let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot.clone()));
+    let broadcaster = broadcaster(&w, hot.clone());
+
+    // The same user's coin wallet: its sweep gives the hot wallet coin to fund gas with.
+    let (eth_wallet, listener, coin) = fill_hot_wallet(&w, (&a, &b), &broadcaster).await;
     assert_eq!(coin.state(), Some(SweepState::Confirmed));
     assert!(coin.funding.is_none(), "the coin pays its own gas");
 
@@ -326,9 +305,9 @@ async fn chain_token_sweep_is_funded_by_the_hot_wallet_first_and_both_gases_are_
         w.anvil.token_balance(&token, &hot_text).await,
         U256::from(25_500_000u64)
     );
-    let funding_gas = gas_paid(&w, &funding.tx_hash).await;
-    let sweep_gas = gas_paid(&w, tokens.tx_hash.as_deref().unwrap()).await;
-    let withdrawal_gas = gas_paid(&w, paid.mined_tx_hash.as_deref().unwrap()).await;
+    let funding_gas = w.gas_paid(&funding.tx_hash).await;
+    let sweep_gas = w.gas_paid(tokens.tx_hash.as_deref().unwrap()).await;
+    let withdrawal_gas = w.gas_paid(paid.mined_tx_hash.as_deref().unwrap()).await;
     assert_eq!(funding.fee.as_deref(), Some(funding_gas.to_string().as_str()));
     assert_eq!(tokens.fee.as_deref(), Some(sweep_gas.to_string().as_str()));
     let funded: u128 = funding.value.parse().unwrap();
@@ -501,7 +480,7 @@ async fn chain_a_stuck_coin_sweep_is_replaced_once_with_higher_fees_and_less_val
         "exactly one version is mined: the replacement"
     );
     assert_eq!(done.mined_tx_hash.as_deref(), Some(new_hash.as_str()));
-    let fee = gas_paid(&w, &new_hash).await;
+    let fee = w.gas_paid(&new_hash).await;
     assert_eq!(
         done.fee.as_deref(),
         Some(fee.to_string().as_str()),
@@ -538,37 +517,14 @@ async fn chain_a_stuck_coin_sweep_is_replaced_once_with_higher_fees_and_less_val
 #[tokio::test]
 async fn chain_a_stuck_gas_funding_is_replaced_once_with_the_same_hot_wallet_nonce_and_the_mined_version_is_booked(
 ) {
-    let placeholder = "0x0000000000000000000000000000000000000001";
-    let w = world(
-        &[spec("ETH", 18, None, 1), spec("CTT", 6, Some(placeholder), 1)],
-        "CTT",
-        Options::default(),
-    )
-    .await;
-    let token = w.anvil.deploy_token(U256::from(1_000_000_000_000u64)).await;
-    w.app.catalog.replace(catalog(&[
-        spec("ETH", 18, None, 1),
-        spec("CTT", 6, Some(&token), 1),
-    ]));
+    let (w, token) = token_world(1).await;
     let hot: Arc<dyn Signer> = Arc::new(LocalSigner::random());
     let hot_text = format!("{:#x}", hot.address());
     let (a, b) = (sweeper(&w, hot.clone()), sweeper(&w, hot.clone()));
     let broadcaster = broadcaster(&w, hot.clone());
 
     // A coin sweep fills the hot wallet (booked coin only: custody stays exact).
-    let eth_wallet = w.app.create_wallet(&w.user, "ETH").await;
-    let reply = w
-        .app
-        .get(
-            &format!("/v1/wallets/{eth_wallet}/deposit-address"),
-            &w.user.access_token,
-        )
-        .await;
-    let eth_address = reply.body["address"].as_str().unwrap().to_string();
-    w.anvil.send_eth(&eth_address, eth("1")).await;
-    let listener = w.listener(50);
-    listener.poll_once().await.unwrap();
-    sweep_until_final(&w, (&a, &b), &broadcaster, 1).await;
+    let (_, listener, _) = fill_hot_wallet(&w, (&a, &b), &broadcaster).await;
 
     // Tokens arrive; the node stops mining; the funding is sent and waits in the pool.
     w.anvil
@@ -629,13 +585,13 @@ async fn chain_a_stuck_gas_funding_is_replaced_once_with_the_same_hot_wallet_non
         "exactly one version is mined: the replacement"
     );
     assert_eq!(funding.mined_tx_hash.as_deref(), Some(second.tx_hash.as_str()));
-    let funding_gas = gas_paid(&w, &second.tx_hash).await;
+    let funding_gas = w.gas_paid(&second.tx_hash).await;
     assert_eq!(funding.fee.as_deref(), Some(funding_gas.to_string().as_str()));
     assert_eq!(
         fee_reference(&w, funding.fee_transaction_id.as_deref()).await,
         Some(second.tx_hash.clone())
     );
-    let sweep_gas = gas_paid(&w, tokens.tx_hash.as_deref().unwrap()).await;
+    let sweep_gas = w.gas_paid(tokens.tx_hash.as_deref().unwrap()).await;
     let funded: u128 = funding.value.parse().unwrap();
     assert_eq!(
         w.anvil.balance(&w.address).await,
@@ -716,22 +672,19 @@ fn planned(id: &str, address: &str) -> SweepDoc {
 }
 
 fn funding(nonce: i64, hash: &str) -> coffer_store::sweeps::FundingDoc {
-    coffer_store::sweeps::FundingDoc {
-        from: "0x00000000000000000000000000000000000000aa".into(),
-        nonce,
-        value: "1000".into(),
-        raw_tx: "0x02".into(),
+    let version = coffer_store::sweeps::TxVersion {
         tx_hash: hash.into(),
+        raw_tx: "0x02".into(),
+        value: "1000".into(),
         max_fee_per_gas: 2,
         max_priority_fee_per_gas: 1,
         signed_at: None,
-        replaced: Vec::new(),
-        mined_tx_hash: None,
-        gas_used: None,
-        effective_gas_price: None,
-        fee: None,
-        fee_transaction_id: None,
-    }
+    };
+    coffer_store::sweeps::FundingDoc::first(
+        "0x00000000000000000000000000000000000000aa".into(),
+        nonce,
+        version,
+    )
 }
 
 /// The store's half of "one nonce sequence": a funding signed from a stale read of the hot
